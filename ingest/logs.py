@@ -1,0 +1,116 @@
+"""structlog setup: JSON off a TTY, console on one, and a redaction processor in front of both.
+
+Redaction works two ways: values registered with `register_secret` are masked wherever they appear,
+and well-known secret-bearing fields/headers are masked by name or by pattern.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import threading
+from collections.abc import Iterable, MutableMapping
+from typing import Any, Literal
+
+import structlog
+from pydantic import SecretStr
+
+REDACTED = "[REDACTED]"
+
+_SECRET_FIELDS = re.compile(
+    r"(secret|password|token|authorization|signature|session|credential|api_key)", re.IGNORECASE
+)
+# Header or query forms that carry secrets inside otherwise harmless text (exception messages, URLs).
+_SECRET_PATTERNS = [
+    re.compile(r"(Authorization['\"]?\s*[:=]\s*['\"]?)(Bearer\s+)?[^'\",\s]+", re.IGNORECASE),
+    re.compile(r"(X-Amz-Security-Token['\"]?\s*[:=]\s*['\"]?)[^'\",&\s]+", re.IGNORECASE),
+    re.compile(r"(X-Amz-Signature['\"]?\s*[:=]\s*['\"]?)[^'\",&\s]+", re.IGNORECASE),
+    re.compile(r"(X-Amz-Credential['\"]?\s*[:=]\s*['\"]?)[^'\",&\s]+", re.IGNORECASE),
+    re.compile(r"(Signature=)[0-9a-f]{16,}", re.IGNORECASE),
+]
+
+_secrets: set[str] = set()
+_lock = threading.Lock()
+
+
+def register_secret(*values: str | SecretStr | None) -> None:
+    """Remember secret values so they are masked anywhere in log output (min. 6 chars)."""
+    with _lock:
+        for v in values:
+            raw = v.get_secret_value() if isinstance(v, SecretStr) else v
+            if raw and len(raw) >= 6:
+                _secrets.add(raw)
+
+
+def redact_text(text: str) -> str:
+    for pattern in _SECRET_PATTERNS:
+        text = pattern.sub(lambda m: m.group(1) + REDACTED, text)
+    with _lock:
+        known = sorted(_secrets, key=len, reverse=True)
+    for secret in known:
+        if secret in text:
+            text = text.replace(secret, REDACTED)
+    return text
+
+
+def _redact_value(key: str, value: Any) -> Any:
+    if isinstance(value, SecretStr):
+        return REDACTED
+    if isinstance(value, str):
+        if _SECRET_FIELDS.search(key) and not key.endswith(("_id", "_count", "_total")) and value:
+            return REDACTED
+        return redact_text(value)
+    if isinstance(value, dict):
+        return {k: _redact_value(str(k), v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_redact_value(key, v) for v in value]
+    if isinstance(value, BaseException):
+        return redact_text(repr(value))
+    return value
+
+
+def redact_processor(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """structlog processor: masks secrets in every field, including rendered exceptions."""
+    for key in list(event):
+        event[key] = _redact_value(key, event[key])
+    return event
+
+
+def _redact_rendered(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    # format_exc_info turns exc_info into text; mask that text too.
+    if isinstance(event.get("exception"), str):
+        event["exception"] = redact_text(event["exception"])
+    return event
+
+
+def configure(
+    fmt: Literal["auto", "json", "console"] = "auto", level: str = "info", stream: Any = None
+) -> None:
+    """Configure structlog (and stdlib logging, for library messages) once per process."""
+    out = stream or sys.stderr
+    use_json = fmt == "json" or (fmt == "auto" and not out.isatty())
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    renderer: Any
+    tail: Iterable[Any]
+    if use_json:
+        tail = [structlog.processors.format_exc_info, _redact_rendered]
+        renderer = structlog.processors.JSONRenderer()
+    else:
+        tail = [structlog.processors.format_exc_info, _redact_rendered]
+        renderer = structlog.dev.ConsoleRenderer(colors=out.isatty())
+    structlog.configure(
+        processors=[*shared, redact_processor, *tail, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
+        logger_factory=structlog.PrintLoggerFactory(file=out),
+        cache_logger_on_first_use=False,
+    )
+    logging.basicConfig(level=logging.WARNING, stream=out, force=True)
+
+
+def get_logger(name: str = "ingest") -> Any:
+    return structlog.get_logger(name)
