@@ -21,8 +21,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-out = Console()
-err = Console(stderr=True)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 
 
 class State:
@@ -79,9 +79,9 @@ def local(
                     info.write_env_file(env_file)
                 out.print("[bold green]local R2 ready[/] (Ctrl-C to stop)" if not check else "local R2 ready")
                 for k, v in info.env().items():
-                    out.print(f"  {k}={v}", markup=False, highlight=False, soft_wrap=True)
+                    out.print(f"  {k}={v}", markup=False, highlight=False)
                 if check:
-                    ok = await self_check(info, lambda good, msg: out.print(("✓ " if good else "✗ ") + msg, soft_wrap=True))
+                    ok = await self_check(info, lambda good, msg: out.print(("✓ " if good else "✗ ") + msg))
                     return
                 async for signum in signals:
                     out.print(f"received {signal.Signals(signum).name}, stopping")

@@ -11,7 +11,7 @@ import os
 import tomllib
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
@@ -184,31 +184,27 @@ class _R2EnvSource(PydanticBaseSettingsSource):
         return out
 
 
-def _known_keys(model: type[BaseModel]) -> list[str]:
-    return list(model.model_fields)
-
-
 def _format_error(exc: ValidationError, model: type[BaseModel] = Settings) -> str:
     err = exc.errors()[0]
     loc = [str(p) for p in err["loc"]]
     key = ".".join(loc) or "config"
     kind = err["type"]
     if kind == "extra_forbidden":
-        # Walk the model to suggest the nearest valid key.
-        node: Any = model
+        # Walk the model down to the section that owns the unknown key, to suggest the nearest one.
+        node: type[BaseModel] | None = model
         for part in loc[:-1]:
-            field = node.model_fields.get(part) if isinstance(node, type) else None
-            ann = getattr(field, "annotation", None)
-            args = getattr(ann, "__args__", None)
-            node = args[0] if args else ann
-        choices = _known_keys(node) if isinstance(node, type) and issubclass(node, BaseModel) else []
+            if part.isdigit() or node is None:  # list index, e.g. sources.0.kind
+                continue
+            ann = node.model_fields[part].annotation if part in node.model_fields else None
+            ann = (get_args(ann) or (ann,))[0]
+            node = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+        choices = list(node.model_fields) if node is not None else []
         close = difflib.get_close_matches(loc[-1], choices, n=1)
         hint = f" (did you mean {'.'.join([*loc[:-1], close[0]])}?)" if close else ""
         return f"{key}: unknown key{hint}"
     if kind == "literal_error":
-        expected = err.get("ctx", {}).get("expected", "")
-        options = ", ".join(o.strip().strip("'") for o in expected.replace(" or ", ",").split(",") if o.strip())
-        options = ", ".join(o for o in options.split(", ") if o) or expected
+        # pydantic says "'default', 'eu', 'fedramp' or 'us'"
+        options = str(err.get("ctx", {}).get("expected", "")).replace("' or '", "', '").replace("'", "")
         return f"{key}: must be one of {options} (got {err['input']!r})"
     msg = err["msg"]
     msg = msg.removeprefix("Value error, ")

@@ -17,12 +17,13 @@ Report = Callable[[bool, str], None]
 
 async def self_check(info: LocalR2Info, report: Report) -> bool:
     """Verify the token, write+read+delete with token-derived keys, mint temporary credentials."""
-    ok = True
+    ok: bool = True
     key = f"_selfcheck/{uuid.uuid4().hex}.txt"
     async with AsyncCloudflare(api_token=info.api_token, base_url=info.api_base_url, max_retries=0) as cf:
         verified = await cf.user.tokens.verify()
         good = verified is not None and verified.id == info.access_key_id and verified.status == "active"
-        report(good, f"API token verifies: id {verified.id if verified else '?'} is {getattr(verified, 'status', '?')}")
+        status = verified.status if verified else "unknown"
+        report(good, f"API token verifies: id {verified.id if verified else '?'} is {status}")
         ok &= good
         session = aioboto3.Session()
         async with session.client(

@@ -103,7 +103,11 @@ class Emulator:
 
     def _bearer(self, request: Request) -> TokenRecord:
         auth = request.headers.get("authorization", "")
-        tok = self.state.token_by_value(auth.removeprefix("Bearer ").strip()) if auth.startswith("Bearer ") else None
+        tok = (
+            self.state.token_by_value(auth.removeprefix("Bearer ").strip())
+            if auth.startswith("Bearer ")
+            else None
+        )
         if tok is None or token_status(tok) != "active":
             raise ApiError(403, 10000, "Authentication error")
         return tok
@@ -148,7 +152,9 @@ class Emulator:
             p.setdefault("id", secrets.token_hex(16))
             p.setdefault("effect", "allow")
             for g in p.get("permission_groups") or []:
-                g.setdefault("name", next((x["name"] for x in pol.PERMISSION_GROUPS if x["id"] == g.get("id")), ""))
+                g.setdefault(
+                    "name", next((x["name"] for x in pol.PERMISSION_GROUPS if x["id"] == g.get("id")), "")
+                )
             if not isinstance(p.get("resources"), dict):
                 raise ApiError(400, 1001, f"policies[{i}].resources: must be an object")
         value = new_token_value()
@@ -181,7 +187,12 @@ class Emulator:
             raise ApiError(401, 1000, "Invalid API Token")
         if account_owned and tok.account_id != request.path_params["account_id"]:
             raise ApiError(401, 1000, "Invalid API Token")
-        return {"id": tok.id, "status": token_status(tok), "expires_on": tok.expires_on, "not_before": tok.not_before}
+        return {
+            "id": tok.id,
+            "status": token_status(tok),
+            "expires_on": tok.expires_on,
+            "not_before": tok.not_before,
+        }
 
     async def verify_user(self, request: Request) -> Any:
         return self._verify(request, account_owned=False)
@@ -263,7 +274,9 @@ class Emulator:
         else:
             creds = {"accessKeyId": secrets.token_hex(16), "secretAccessKey": secrets.token_hex(32)}
             actions = pol.temp_actions(bucket, permission, prefixes, objects)
-            await self.store.put(f"temp-{creds['accessKeyId']}", creds["accessKeyId"], creds["secretAccessKey"], actions)
+            await self.store.put(
+                f"temp-{creds['accessKeyId']}", creds["accessKeyId"], creds["secretAccessKey"], actions
+            )
             kind = "identity"
         record = TempCredential(
             creds["accessKeyId"], parent.id, bucket, permission, time.time() + ttl, kind, prefixes, objects
@@ -326,7 +339,9 @@ class Emulator:
                 await s3.create_bucket(Bucket=name)
             except ClientError as exc:
                 if exc.response["Error"]["Code"] in ("BucketAlreadyExists", "BucketAlreadyOwnedByYou"):
-                    raise ApiError(409, 10004, f"The bucket you tried to create already exists: {name}") from None
+                    raise ApiError(
+                        409, 10004, f"The bucket you tried to create already exists: {name}"
+                    ) from None
                 raise ApiError(400, 10005, exc.response["Error"].get("Message", "invalid bucket")) from None
         return {"name": name, "creation_date": utc_iso(), "location": "enam", "storage_class": "Standard"}
 
@@ -363,7 +378,9 @@ class Emulator:
             raise ApiError(400, 10040, "rules: must be a list")
         async with self.store.admin_client() as s3:
             if rules:
-                await s3.put_bucket_cors(Bucket=bucket, CORSConfiguration={"CORSRules": s3_from_cloudflare(rules)})
+                await s3.put_bucket_cors(
+                    Bucket=bucket, CORSConfiguration={"CORSRules": s3_from_cloudflare(rules)}
+                )
             else:
                 await s3.delete_bucket_cors(Bucket=bucket)
         return None
@@ -398,7 +415,9 @@ class Emulator:
             self._route(f"{acct}/r2/buckets/{{bucket}}/cors", self.get_cors, "GET"),
             self._route(f"{acct}/r2/buckets/{{bucket}}/cors", self.put_cors, "PUT"),
             self._route(f"{acct}/r2/buckets/{{bucket}}/cors", self.delete_cors, "DELETE"),
-            self._route("/_emulator/temp-access-credentials/{access_key_id}/revoke", self.force_revoke, "POST"),
+            self._route(
+                "/_emulator/temp-access-credentials/{access_key_id}/revoke", self.force_revoke, "POST"
+            ),
         ]
 
         @asynccontextmanager

@@ -137,4 +137,7 @@ def session_policy(bucket: str, permission: str, prefixes: list[str], objects: l
     resources = [f"arn:aws:s3:::{bucket}/{p}*" for p in prefixes] + [
         f"arn:aws:s3:::{bucket}/{o}" for o in objects
     ] or [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"]
-    return {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": actions, "Resource": resources}]}
+    return {
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Action": actions, "Resource": resources}],
+    }

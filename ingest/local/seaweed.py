@@ -149,7 +149,9 @@ class SeaweedServer:
         path.write_text(json.dumps(doc))
         path.chmod(0o600)
 
-    def start(self, timeout: float = 60.0) -> None:
+    def spawn(self) -> None:
+        """Start the process. Call from a long-lived thread: the parent-death signal is tied to the
+        thread that forks, so spawning from a pooled worker thread would kill weed when it idles out."""
         (self.data_dir / "data").mkdir(parents=True, exist_ok=True)
         self._write_identities()
         logfile = (self.data_dir / "weed.log").open("ab")
@@ -162,10 +164,12 @@ class SeaweedServer:
             preexec_fn=_die_with_parent,
         )
         logfile.close()
-        self._wait_ready(timeout)
-        log.info("seaweedfs started", pid=self.proc.pid, s3=self.s3_url)
 
-    def _wait_ready(self, timeout: float) -> None:
+    def start(self, timeout: float = 60.0) -> None:
+        self.spawn()
+        self.wait_ready(timeout)
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
         with httpx.Client(timeout=2.0) as http:
             while time.monotonic() < deadline:
@@ -176,11 +180,14 @@ class SeaweedServer:
                 try:
                     http.get(self.s3_url)
                     http.get(self.filer_url + "/", headers={"Accept": "application/json"})
+                    log.info("seaweedfs ready", pid=self.proc.pid if self.proc else None, s3=self.s3_url)
                     return
                 except httpx.TransportError:
                     time.sleep(0.2)
         self.stop()
-        raise SeaweedError(f"SeaweedFS did not answer within {timeout:.0f}s; see {self.data_dir / 'weed.log'}")
+        raise SeaweedError(
+            f"SeaweedFS did not answer within {timeout:.0f}s; see {self.data_dir / 'weed.log'}"
+        )
 
     def stop(self, timeout: float = 15.0) -> None:
         proc, self.proc = self.proc, None

@@ -80,16 +80,22 @@ class LocalR2:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.state = LocalState.load(self.state_path) or LocalState.new(bucket)
         self.state.save(self.state_path)
-        self.seaweed = SeaweedServer(self.dir, self.state.admin_access_key, self.state.admin_secret_key, s3_port)
+        self.seaweed = SeaweedServer(
+            self.dir, self.state.admin_access_key, self.state.admin_secret_key, s3_port
+        )
         self._api_port = api_port
         register_secret(self.state.admin_secret_key, self.state.sts_secret_key)
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[LocalR2Info]:
         """Start everything, yield connection info, stop everything (also on cancellation)."""
-        await anyio.to_thread.run_sync(self.seaweed.start)
+        self.seaweed.spawn()  # on this (long-lived) thread; see SeaweedServer.spawn
+        await anyio.to_thread.run_sync(self.seaweed.wait_ready)
         store = IdentityStore(
-            self.seaweed.s3_url, self.seaweed.filer_url, self.state.admin_access_key, self.state.admin_secret_key
+            self.seaweed.s3_url,
+            self.seaweed.filer_url,
+            self.state.admin_access_key,
+            self.state.admin_secret_key,
         )
         sock = _loopback_socket(self._api_port)
         try:
@@ -99,7 +105,7 @@ class LocalR2:
             server = uvicorn.Server(config)
             async with anyio.create_task_group() as tg:
                 tg.start_soon(server.serve, [sock])
-                while not server.started:
+                while not server.started:  # noqa: ASYNC110 (uvicorn exposes a flag, not an event)
                     await anyio.sleep(0.02)
                 yield self.info(f"http://127.0.0.1:{sock.getsockname()[1]}{API_PREFIX}")
                 server.should_exit = True
@@ -140,7 +146,9 @@ class LocalR2:
         if not st.default_token:
             st.default_token = new_token_value()
             resource = pol.bucket_resource(st.account_id, st.default_bucket)
-            await emulator.issue_token(self._token("local bucket token", st.default_token, [(resource, [pol.ITEM_WRITE])]))
+            await emulator.issue_token(
+                self._token("local bucket token", st.default_token, [(resource, [pol.ITEM_WRITE])])
+            )
         register_secret(st.root_token, st.default_token, sha256_hex(st.default_token))
         await emulator.sweep_expired()
         st.save(self.state_path)

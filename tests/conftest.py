@@ -1,0 +1,138 @@
+"""Shared fixtures: one real local R2 (`ingest local` as a subprocess) for the whole test session."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from cloudflare import Cloudflare
+
+from ingest.r2.endpoint import client_config
+
+
+def _die_with_parent() -> None:
+    ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL, 0, 0, 0)
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
+
+
+@dataclass
+class LocalR2:
+    """Connection details of the running local R2, plus real clients built from them."""
+
+    env: dict[str, str]
+    dir: Path
+    proc: subprocess.Popen[bytes]
+
+    @property
+    def endpoint_url(self) -> str:
+        return self.env["R2_ENDPOINT_URL"]
+
+    @property
+    def api_base_url(self) -> str:
+        return self.env["CLOUDFLARE_API_BASE_URL"]
+
+    @property
+    def account_id(self) -> str:
+        return self.env["R2_ACCOUNT_ID"]
+
+    @property
+    def bucket(self) -> str:
+        return self.env["R2_BUCKET_NAME"]
+
+    @property
+    def api_token(self) -> str:
+        return self.env["R2_API_TOKEN"]
+
+    @property
+    def root_token(self) -> str:
+        return self.env["CLOUDFLARE_API_TOKEN"]
+
+    def s3(self, key: str, secret: str, session_token: str | None = None) -> Any:
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint_url,
+            aws_access_key_id=key,
+            aws_secret_access_key=secret,
+            aws_session_token=session_token,
+            config=client_config(),
+        )
+
+    def token_s3(self) -> Any:
+        """S3 client from the default bucket token (id, sha256(value))."""
+        return self.s3(self.env["R2_ACCESS_KEY_ID"], self.env["R2_SECRET_ACCESS_KEY"])
+
+    def cf(self, token: str | None = None) -> Cloudflare:
+        return Cloudflare(api_token=token or self.root_token, base_url=self.api_base_url, max_retries=0)
+
+
+def start_local_r2(directory: Path, timeout: float = 120.0) -> LocalR2:
+    env_file = directory / "local.env"
+    log = (directory / "ingest-local.log").open("wb")
+    directory.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "ingest",
+            "local",
+            "--dir",
+            str(directory / "r2"),
+            "--env-file",
+            str(env_file),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        preexec_fn=_die_with_parent,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    deadline = time.monotonic() + timeout
+    while not env_file.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"ingest local did not start:\n{(directory / 'ingest-local.log').read_text()}")
+        time.sleep(0.2)
+    return LocalR2(read_env_file(env_file), directory, proc)
+
+
+def stop_local_r2(r2: LocalR2) -> None:
+    if r2.proc.poll() is None:
+        r2.proc.send_signal(signal.SIGTERM)
+        try:
+            r2.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            r2.proc.kill()
+            r2.proc.wait(5)
+
+
+@pytest.fixture(scope="session")
+def local_r2(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalR2]:
+    r2 = start_local_r2(tmp_path_factory.mktemp("local-r2"))
+    try:
+        yield r2
+    finally:
+        stop_local_r2(r2)
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No R2 settings leak in from the developer's shell."""
+    for name in list(os.environ):
+        if name.startswith(("R2_", "CLOUDFLARE_")):
+            monkeypatch.delenv(name)
+    with contextlib.suppress(FileNotFoundError):
+        monkeypatch.chdir(Path.cwd())

@@ -1,0 +1,48 @@
+"""The redaction processor masks registered secrets, secret-named fields and signed headers."""
+
+from __future__ import annotations
+
+import io
+import json
+
+from pydantic import SecretStr
+
+from ingest import logs
+
+
+def capture() -> io.StringIO:
+    buf = io.StringIO()
+    logs.configure("json", "debug", stream=buf)
+    return buf
+
+
+def test_registered_secret_is_masked_everywhere() -> None:
+    buf = capture()
+    logs.register_secret("sup3r-s3cret-value")
+    log = logs.get_logger("t")
+    log.info("uploading with sup3r-s3cret-value inside", detail={"nested": "x sup3r-s3cret-value y"})
+    try:
+        raise RuntimeError("failed: sup3r-s3cret-value")
+    except RuntimeError:
+        log.exception("boom")
+    out = buf.getvalue()
+    assert "sup3r-s3cret-value" not in out
+    assert out.count(logs.REDACTED) >= 3
+
+
+def test_secret_fields_headers_and_secretstr_are_masked() -> None:
+    buf = capture()
+    logs.get_logger("t").info(
+        "request",
+        secret_access_key="abc123def456",
+        access_key_id="AKIDVISIBLE",
+        creds=SecretStr("hidden-value"),
+        headers="Authorization: Bearer tok_abcdefgh, X-Amz-Security-Token: sess_zzzzzz",
+        url="https://x/y?X-Amz-Signature=deadbeefdeadbeef&X-Amz-Credential=AKID%2F2024",
+    )
+    event = json.loads(buf.getvalue().splitlines()[-1])
+    assert event["secret_access_key"] == logs.REDACTED
+    assert event["access_key_id"] == "AKIDVISIBLE"
+    assert event["creds"] == logs.REDACTED
+    for leaked in ("tok_abcdefgh", "sess_zzzzzz", "deadbeefdeadbeef", "AKID%2F2024"):
+        assert leaked not in buf.getvalue()
