@@ -136,3 +136,8 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(name)
     with contextlib.suppress(FileNotFoundError):
         monkeypatch.chdir(Path.cwd())
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"

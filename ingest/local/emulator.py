@@ -75,6 +75,8 @@ class Emulator:
         self.state_path = state_path
         self.store = store
         self._lock = anyio.Lock()
+        self._rate_limited_until = 0.0  # test hook: answer 429 to temp-credential requests until then
+        self._retry_after = 0
 
     # --- plumbing -----------------------------------------------------------------------------
     def _route(self, path: str, fn: Handler, method: str) -> Route:
@@ -242,6 +244,12 @@ class Emulator:
     # --- temporary credentials ---------------------------------------------------------------
     async def temp_credentials(self, request: Request) -> Any:
         bearer = self._caps(self._bearer(request))
+        if time.time() < self._rate_limited_until:
+            response = failure(
+                429, 10429, "Rate limited. Please wait and consider throttling your request speed"
+            )
+            response.headers["Retry-After"] = str(self._retry_after)
+            return response
         body = await self._body(request)
         bucket, permission, ttl = body.get("bucket"), body.get("permission"), body.get("ttlSeconds")
         prefixes, objects = body.get("prefixes") or [], body.get("objects") or []
@@ -314,12 +322,24 @@ class Emulator:
 
     async def force_revoke(self, request: Request) -> Any:
         """Test hook: revoke temporary credentials before their expiry (root token only)."""
-        if self._bearer(request).value_sha256 != sha256_hex(self.state.root_token):
-            raise ApiError(403, 10000, "Authentication error")
+        self._require_root(request)
         akid = request.path_params["access_key_id"]
         if not await self.revoke_temp(akid):
             raise ApiError(409, 10040, f"{akid}: unknown, or an STS credential that cannot be revoked early")
         return {"revoked": akid}
+
+    async def rate_limit(self, request: Request) -> Any:
+        """Test hook: make temp-credential requests answer 429 for `seconds` (root token only)."""
+        self._require_root(request)
+        body = await self._body(request)
+        seconds = float(body.get("seconds", 0))
+        self._rate_limited_until = time.time() + seconds
+        self._retry_after = int(body.get("retry_after", seconds))
+        return {"rate_limited_for": seconds}
+
+    def _require_root(self, request: Request) -> None:
+        if self._bearer(request).value_sha256 != sha256_hex(self.state.root_token):
+            raise ApiError(403, 10000, "Authentication error")
 
     # --- buckets and CORS --------------------------------------------------------------------
     async def _require_bucket(self, bucket: str) -> None:
