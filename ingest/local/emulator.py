@@ -438,6 +438,7 @@ class Emulator:
             self._route(
                 "/_emulator/temp-access-credentials/{access_key_id}/revoke", self.force_revoke, "POST"
             ),
+            self._route("/_emulator/rate-limit", self.rate_limit, "POST"),
         ]
 
         @asynccontextmanager
