@@ -10,12 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-BUCKET_RESOURCE = "com.cloudflare.edge.r2.bucket."
+from ingest.r2.tokens import BUCKET_RESOURCE, ITEM_READ, ITEM_WRITE, bucket_resource
+
+__all__ = ["ITEM_READ", "ITEM_WRITE", "bucket_resource"]
+
 ACCOUNT_RESOURCE = "com.cloudflare.api.account"
 USER_RESOURCE = "com.cloudflare.api.user"
 
-ITEM_WRITE = "Workers R2 Storage Bucket Item Write"
-ITEM_READ = "Workers R2 Storage Bucket Item Read"
 STORAGE_WRITE = "Workers R2 Storage Write"
 STORAGE_READ = "Workers R2 Storage Read"
 TOKENS_WRITE = "API Tokens Write"
@@ -55,10 +56,6 @@ class Capabilities:
 
     def is_account_admin(self, write: bool) -> bool:
         return any(g.bucket == "*" and g.admin and (g.write or not write) for g in self.grants)
-
-
-def bucket_resource(account_id: str, bucket: str, jurisdiction: str = "default") -> str:
-    return f"{BUCKET_RESOURCE}{account_id}_{jurisdiction}_{bucket}"
 
 
 def capabilities(policies: list[dict[str, Any]], account_id: str) -> Capabilities:

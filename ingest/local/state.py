@@ -6,7 +6,6 @@ same tokens, and temporary credentials that expired while it was down are revoke
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import secrets
@@ -17,13 +16,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from ingest.r2.credentials import derive_secret as sha256_hex
+
+__all__ = ["sha256_hex"]
+
 
 def utc_iso(ts: float | None = None) -> str:
     return datetime.fromtimestamp(time.time() if ts is None else ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def sha256_hex(value: str) -> str:
-    return hashlib.sha256(value.encode()).hexdigest()
 
 
 def new_token_value() -> str:

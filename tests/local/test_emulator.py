@@ -10,8 +10,8 @@ import httpx
 import pytest
 from botocore.exceptions import ClientError
 
-from ingest.local.policy import ITEM_READ, ITEM_WRITE, bucket_resource
 from ingest.local.state import sha256_hex
+from ingest.r2.tokens import ITEM_READ, ITEM_WRITE, bucket_resource
 from tests.conftest import LocalR2
 
 

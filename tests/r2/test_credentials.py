@@ -9,7 +9,6 @@ import pytest
 from pydantic import SecretStr
 
 from ingest.config import AuthConfig, R2Config
-from ingest.local.policy import ITEM_WRITE, bucket_resource
 from ingest.r2.client import R2Client
 from ingest.r2.credentials import (
     CredentialError,
@@ -18,6 +17,7 @@ from ingest.r2.credentials import (
     looks_derived,
     provider_from_settings,
 )
+from ingest.r2.tokens import ITEM_WRITE, bucket_resource
 from tests.conftest import LocalR2
 
 

@@ -1,0 +1,81 @@
+"""`ingest doctor` against the local R2: all ✓ when healthy, the right ✗ line and exit 1 otherwise."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import LocalR2
+
+
+def doctor(r2: LocalR2, tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("R2_", "CLOUDFLARE_"))}
+    full = {**base, **{k: v for k, v in r2.env.items() if k != "CLOUDFLARE_API_TOKEN"}, **env}
+    full = {k: v for k, v in full.items() if v != ""}
+    return subprocess.run(
+        [sys.executable, "-m", "ingest", "doctor"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=full,
+        cwd=tmp_path,
+    )
+
+
+def lines(r: subprocess.CompletedProcess[str], mark: str) -> list[str]:
+    return [line for line in r.stdout.splitlines() if line.startswith(mark)]
+
+
+def test_all_checks_pass_on_local_r2(local_r2: LocalR2, tmp_path: Path) -> None:
+    r = doctor(local_r2, tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert lines(r, "✗") == []
+    names = {line.split()[1].rstrip(":") for line in lines(r, "✓")}
+    assert {"config", "endpoint", "clock", "token", "secret", "bucket", "write", "conditional"} <= names
+
+
+def test_temporary_mode_mints(local_r2: LocalR2, tmp_path: Path) -> None:
+    r = doctor(local_r2, tmp_path, R2_AUTH_MODE="temporary", R2_ACCESS_KEY_ID="", R2_SECRET_ACCESS_KEY="")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert any(line.startswith("✓ temporary: minted") for line in lines(r, "✓"))
+
+
+@pytest.mark.parametrize(
+    ("env", "name", "says"),
+    [
+        ({"R2_SECRET_ACCESS_KEY": "0" * 64}, "bucket", "secret access key does not belong"),
+        ({"R2_BUCKET_NAME": "no-such-bucket-here"}, "bucket", "bucket no-such-bucket-here does not exist"),
+    ],
+)
+def test_failures_name_the_problem(
+    local_r2: LocalR2, tmp_path: Path, env: dict[str, str], name: str, says: str
+) -> None:
+    r = doctor(local_r2, tmp_path, **env)
+    assert r.returncode == 1
+    failed = lines(r, "✗")
+    assert any(line.startswith(f"✗ {name}:") and says in line for line in failed), r.stdout
+
+
+def test_raw_token_as_secret_is_recognised(local_r2: LocalR2, tmp_path: Path) -> None:
+    r = doctor(local_r2, tmp_path, R2_SECRET_ACCESS_KEY=local_r2.api_token)
+    assert r.returncode == 1
+    failed = lines(r, "✗")
+    assert any(
+        line.startswith("✗ secret:") and "raw API token value" in line and "sha256sum" in line
+        for line in failed
+    )
+    assert local_r2.api_token not in r.stdout + r.stderr
+
+
+def test_unreachable_endpoint(local_r2: LocalR2, tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    r = doctor(local_r2, tmp_path, R2_ENDPOINT_URL=f"http://127.0.0.1:{closed}")
+    assert r.returncode == 1
+    assert any(line.startswith("✗ endpoint: cannot reach") for line in lines(r, "✗")), r.stdout
