@@ -5,7 +5,7 @@ from __future__ import annotations
 import signal
 import sys
 from pathlib import Path
-from typing import Annotated, Literal, cast
+from typing import TYPE_CHECKING, Annotated, Literal, cast
 
 import anyio
 import typer
@@ -13,6 +13,9 @@ from rich.console import Console
 
 from ingest import logs
 from ingest.config import ConfigError, Settings, load_settings
+
+if TYPE_CHECKING:
+    from ingest.doctor import Check
 
 app = typer.Typer(
     name="ingest",
@@ -65,7 +68,7 @@ def local(
     check: Annotated[bool, typer.Option("--check", help="Start, run a self-check, stop.")] = False,
 ) -> None:
     """Run an offline R2 (SeaweedFS + Cloudflare API emulator) on 127.0.0.1 until SIGINT/SIGTERM."""
-    from ingest.local.check import self_check
+    from ingest.doctor import diagnose
     from ingest.local.server import LocalR2
 
     s = settings()
@@ -81,7 +84,11 @@ def local(
                 for k, v in info.env().items():
                     out.print(f"  {k}={v}", markup=False, highlight=False)
                 if check:
-                    ok = await self_check(info, lambda good, msg: out.print(("✓ " if good else "✗ ") + msg))
+                    for mode in ("keys", "temporary"):
+                        out.print(f"self-check, {mode} credentials:")
+                        checks = await diagnose(info.settings(mode))
+                        print_checks(checks)
+                        ok &= not any(c.ok is False for c in checks)
                     return
                 async for signum in signals:
                     out.print(f"received {signal.Signals(signum).name}, stopping")
@@ -107,12 +114,16 @@ def doctor() -> None:
 
     s = settings()
     checks = anyio.run(diagnose, s)
+    print_checks(checks)
+    if any(c.ok is False for c in checks):
+        raise typer.Exit(1)
+
+
+def print_checks(checks: list[Check]) -> None:
     for c in checks:
         mark = {True: "[green]✓[/]", False: "[red]✗[/]", None: "·"}[c.ok]
         out.print(f"{mark} {c.name}: ", end="")
         out.print(c.detail, markup=False, highlight=False)
-    if any(c.ok is False for c in checks):
-        raise typer.Exit(1)
 
 
 token_app = typer.Typer(help="Cloudflare API tokens for R2.", no_args_is_help=True)

@@ -12,10 +12,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import anyio
 import uvicorn
 
+from ingest.config import Settings
 from ingest.local import policy as pol
 from ingest.local.emulator import API_PREFIX, Emulator
 from ingest.local.identities import IdentityStore
@@ -54,6 +56,20 @@ class LocalR2Info:
             "CLOUDFLARE_API_BASE_URL": self.api_base_url,
             "CLOUDFLARE_API_TOKEN": self.cloudflare_api_token,
         }
+
+    def settings(self, mode: str = "keys") -> Settings:
+        """Settings that point this tool at the local R2 (used by `ingest local --check`)."""
+        auth: dict[str, Any] = {"mode": mode, "api_token": self.api_token}
+        if mode == "keys":
+            auth |= {"access_key_id": self.access_key_id, "secret_access_key": self.secret_access_key}
+        r2 = {
+            "account_id": self.account_id,
+            "bucket": self.bucket,
+            "endpoint_url": self.endpoint_url,
+            "api_base_url": self.api_base_url,
+            "auth": auth,
+        }
+        return Settings.model_validate({"r2": r2})
 
     def write_env_file(self, path: Path) -> None:
         tmp = path.with_name(path.name + ".tmp")
