@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 
 from ingest import logs
-from ingest.config import ConfigError, Settings, load_settings
+from ingest.config import ConfigError, Settings, load_settings, write_env_file
 
 if TYPE_CHECKING:
     from ingest.doctor import Check
@@ -181,10 +181,7 @@ def token_create(
         "R2_API_TOKEN": value,
     }
     if env_file is not None:
-        fd = os.open(env_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.writelines(f"{k}={v}\n" for k, v in lines.items())
-        os.chmod(env_file, 0o600)
+        write_env_file(env_file, lines)
         out.print(f"token {key_id} created; keys written to {env_file}")
         return
     out.print("Shown once — store them now:")

@@ -211,6 +211,15 @@ def _format_error(exc: ValidationError, model: type[BaseModel] = Settings) -> st
     return f"{key}: {msg}"
 
 
+def write_env_file(path: Path, values: dict[str, str]) -> None:
+    """Write KEY=value lines atomically with mode 0600 (they hold secrets), replacing any old file."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.writelines(f"{k}={v}\n" for k, v in values.items())
+    os.replace(tmp, path)
+
+
 def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
     """Load `path` (or ./ingest.toml when present), overlay the environment, validate."""
     if path is None and DEFAULT_CONFIG_FILE.is_file():

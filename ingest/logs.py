@@ -10,7 +10,7 @@ import logging
 import re
 import sys
 import threading
-from collections.abc import Iterable, MutableMapping
+from collections.abc import MutableMapping
 from typing import Any, Literal
 
 import structlog
@@ -95,16 +95,19 @@ def configure(
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
-    renderer: Any
-    tail: Iterable[Any]
-    if use_json:
-        tail = [structlog.processors.format_exc_info, _redact_rendered]
-        renderer = structlog.processors.JSONRenderer()
-    else:
-        tail = [structlog.processors.format_exc_info, _redact_rendered]
-        renderer = structlog.dev.ConsoleRenderer(colors=out.isatty())
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if use_json
+        else structlog.dev.ConsoleRenderer(colors=out.isatty())
+    )
     structlog.configure(
-        processors=[*shared, redact_processor, *tail, renderer],
+        processors=[
+            *shared,
+            redact_processor,
+            structlog.processors.format_exc_info,
+            _redact_rendered,
+            renderer,
+        ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
         logger_factory=structlog.PrintLoggerFactory(file=out),
         cache_logger_on_first_use=False,

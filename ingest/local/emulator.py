@@ -29,11 +29,11 @@ from ingest.local.state import (
     TempCredential,
     TokenRecord,
     new_token_value,
-    sha256_hex,
     utc_iso,
 )
 from ingest.logs import get_logger
 from ingest.r2.cors import cloudflare_from_s3, s3_from_cloudflare
+from ingest.r2.credentials import derive_secret
 
 log = get_logger("ingest.local.emulator")
 API_PREFIX = "/client/v4"  # as on api.cloudflare.com
@@ -103,13 +103,17 @@ class Emulator:
             raise ApiError(400, 10040, "request body must be a JSON object")
         return body
 
-    def _bearer(self, request: Request) -> TokenRecord:
+    def _presented(self, request: Request) -> TokenRecord | None:
+        """The token named by `Authorization: Bearer <value>`, whatever its status."""
         auth = request.headers.get("authorization", "")
-        tok = (
+        return (
             self.state.token_by_value(auth.removeprefix("Bearer ").strip())
             if auth.startswith("Bearer ")
             else None
         )
+
+    def _bearer(self, request: Request) -> TokenRecord:
+        tok = self._presented(request)
         if tok is None or token_status(tok) != "active":
             raise ApiError(403, 10000, "Authentication error")
         return tok
@@ -163,7 +167,7 @@ class Emulator:
         tok = TokenRecord(
             id=secrets.token_hex(16),
             name=body["name"],
-            value_sha256=sha256_hex(value),
+            value_sha256=derive_secret(value),
             policies=policies,
             issued_on=utc_iso(),
             account_id=account,
@@ -183,8 +187,7 @@ class Emulator:
             await self._save()
 
     def _verify(self, request: Request, account_owned: bool) -> dict[str, Any]:
-        auth = request.headers.get("authorization", "")
-        tok = self.state.token_by_value(auth.removeprefix("Bearer ").strip())
+        tok = self._presented(request)
         if tok is None or bool(tok.account_id) != account_owned:
             raise ApiError(401, 1000, "Invalid API Token")
         if account_owned and tok.account_id != request.path_params["account_id"]:
@@ -338,7 +341,7 @@ class Emulator:
         return {"rate_limited_for": seconds}
 
     def _require_root(self, request: Request) -> None:
-        if self._bearer(request).value_sha256 != sha256_hex(self.state.root_token):
+        if self._bearer(request).value_sha256 != derive_secret(self.state.root_token):
             raise ApiError(403, 10000, "Authentication error")
 
     # --- buckets and CORS --------------------------------------------------------------------

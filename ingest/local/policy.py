@@ -10,9 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ingest.r2.tokens import BUCKET_RESOURCE, ITEM_READ, ITEM_WRITE, bucket_resource
-
-__all__ = ["ITEM_READ", "ITEM_WRITE", "bucket_resource"]
+from ingest.r2.tokens import BUCKET_RESOURCE, ITEM_READ, ITEM_WRITE
 
 ACCOUNT_RESOURCE = "com.cloudflare.api.account"
 USER_RESOURCE = "com.cloudflare.api.user"

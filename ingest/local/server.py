@@ -17,13 +17,15 @@ from typing import Any
 import anyio
 import uvicorn
 
-from ingest.config import Settings
+from ingest.config import Settings, write_env_file
 from ingest.local import policy as pol
 from ingest.local.emulator import API_PREFIX, Emulator
 from ingest.local.identities import IdentityStore
 from ingest.local.seaweed import SeaweedServer
-from ingest.local.state import LocalState, TokenRecord, new_token_value, sha256_hex, utc_iso
+from ingest.local.state import LocalState, TokenRecord, new_token_value, utc_iso
 from ingest.logs import get_logger, register_secret
+from ingest.r2.credentials import derive_secret
+from ingest.r2.tokens import ITEM_WRITE, bucket_resource
 
 log = get_logger("ingest.local")
 DEFAULT_DIR = Path(".ingest/local")
@@ -72,11 +74,7 @@ class LocalR2Info:
         return Settings.model_validate({"r2": r2})
 
     def write_env_file(self, path: Path) -> None:
-        tmp = path.with_name(path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.writelines(f"{k}={v}\n" for k, v in self.env().items())
-        os.replace(tmp, path)
+        write_env_file(path, self.env())
 
 
 def _loopback_socket(port: int) -> socket.socket:
@@ -161,11 +159,11 @@ class LocalR2:
             )
         if not st.default_token:
             st.default_token = new_token_value()
-            resource = pol.bucket_resource(st.account_id, st.default_bucket)
+            resource = bucket_resource(st.account_id, st.default_bucket)
             await emulator.issue_token(
-                self._token("local bucket token", st.default_token, [(resource, [pol.ITEM_WRITE])])
+                self._token("local bucket token", st.default_token, [(resource, [ITEM_WRITE])])
             )
-        register_secret(st.root_token, st.default_token, sha256_hex(st.default_token))
+        register_secret(st.root_token, st.default_token, derive_secret(st.default_token))
         await emulator.sweep_expired()
         st.save(self.state_path)
 
@@ -180,7 +178,7 @@ class LocalR2:
             }
             for resource, names in grants
         ]
-        return TokenRecord(os.urandom(16).hex(), name, sha256_hex(value), policies, utc_iso())
+        return TokenRecord(os.urandom(16).hex(), name, derive_secret(value), policies, utc_iso())
 
     def info(self, api_base_url: str) -> LocalR2Info:
         st = self.state
@@ -193,7 +191,7 @@ class LocalR2:
             bucket=st.default_bucket,
             api_token=st.default_token,
             access_key_id=default.id,
-            secret_access_key=sha256_hex(st.default_token),
+            secret_access_key=derive_secret(st.default_token),
             cloudflare_api_token=st.root_token,
             admin_access_key_id=st.admin_access_key,
             admin_secret_access_key=st.admin_secret_key,

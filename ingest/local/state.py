@@ -16,9 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ingest.r2.credentials import derive_secret as sha256_hex
-
-__all__ = ["sha256_hex"]
+from ingest.r2.credentials import derive_secret
 
 
 def utc_iso(ts: float | None = None) -> str:
@@ -98,5 +96,5 @@ class LocalState:
         os.replace(tmp, path)
 
     def token_by_value(self, value: str) -> TokenRecord | None:
-        digest = sha256_hex(value)
+        digest = derive_secret(value)
         return next((t for t in self.tokens.values() if t.value_sha256 == digest), None)

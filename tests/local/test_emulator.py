@@ -10,7 +10,7 @@ import httpx
 import pytest
 from botocore.exceptions import ClientError
 
-from ingest.local.state import sha256_hex
+from ingest.r2.credentials import derive_secret
 from ingest.r2.tokens import ITEM_READ, ITEM_WRITE, bucket_resource
 from tests.conftest import LocalR2
 
@@ -45,7 +45,7 @@ def other_bucket(local_r2: LocalR2) -> str:
 
 def test_token_keys_write_own_bucket_and_are_denied_elsewhere(local_r2: LocalR2, other_bucket: str) -> None:
     token_id, value = _make_token(local_r2, local_r2.bucket, ITEM_WRITE)
-    s3 = local_r2.s3(token_id, sha256_hex(value))
+    s3 = local_r2.s3(token_id, derive_secret(value))
     s3.put_object(Bucket=local_r2.bucket, Key="tokens/w.txt", Body=b"written")
     assert s3.get_object(Bucket=local_r2.bucket, Key="tokens/w.txt")["Body"].read() == b"written"
     with pytest.raises(ClientError) as denied:
@@ -56,7 +56,7 @@ def test_token_keys_write_own_bucket_and_are_denied_elsewhere(local_r2: LocalR2,
 def test_read_only_token_can_read_but_not_write(local_r2: LocalR2) -> None:
     local_r2.token_s3().put_object(Bucket=local_r2.bucket, Key="ro/existing.txt", Body=b"data")
     token_id, value = _make_token(local_r2, local_r2.bucket, ITEM_READ)
-    s3 = local_r2.s3(token_id, sha256_hex(value))
+    s3 = local_r2.s3(token_id, derive_secret(value))
     assert s3.get_object(Bucket=local_r2.bucket, Key="ro/existing.txt")["Body"].read() == b"data"
     with pytest.raises(ClientError) as denied:
         s3.put_object(Bucket=local_r2.bucket, Key="ro/new.txt", Body=b"no")
@@ -87,7 +87,7 @@ def test_unknown_token_gets_error_envelope_and_sdk_raises(local_r2: LocalR2) -> 
 
 def test_disabled_token_loses_its_s3_identity(local_r2: LocalR2) -> None:
     token_id, value = _make_token(local_r2, local_r2.bucket, ITEM_WRITE)
-    s3 = local_r2.s3(token_id, sha256_hex(value))
+    s3 = local_r2.s3(token_id, derive_secret(value))
     s3.put_object(Bucket=local_r2.bucket, Key="disable/before", Body=b"1")
     local_r2.cf().user.tokens.update(token_id, name="disabled", policies=[], status="disabled")
     assert local_r2.cf(value).user.tokens.verify().status == "disabled"  # type: ignore[union-attr]
