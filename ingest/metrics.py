@@ -13,6 +13,8 @@ CREDENTIAL_REFRESH_FAILURES = Counter(
 CLOUDFLARE_RATE_LIMITED = Counter(
     "ingest_cloudflare_api_rate_limited_total", "429 answers from the Cloudflare API."
 )
+# A timestamp, not a countdown: it stays right between refreshes (alert on `- time() < N`).
 CREDENTIAL_EXPIRY = Gauge(
-    "ingest_credential_expiry_seconds", "Seconds until the current temporary credentials expire."
+    "ingest_credential_expiry_timestamp_seconds",
+    "Unix time at which the current temporary credentials expire.",
 )

@@ -233,7 +233,7 @@ class TemporaryCredentials(CredentialProvider):
         )
         self.refreshes += 1
         metrics.CREDENTIAL_REFRESHES.labels(reason=reason).inc()
-        metrics.CREDENTIAL_EXPIRY.set(self.ttl_seconds)
+        metrics.CREDENTIAL_EXPIRY.set(time.time() + self.ttl_seconds - (time.monotonic() - started))
         log.info("temporary credentials refreshed", reason=reason, access_key_id=out.access_key_id)
         return self._current
 

@@ -166,3 +166,13 @@ async def test_log_of_temporary_run_contains_no_secret(local_r2: LocalR2) -> Non
     assert len(secrets) >= 4
     for secret in secrets:
         assert secret not in text
+
+
+@pytest.mark.anyio
+async def test_expiry_metric_is_the_expiry_time(local_r2: LocalR2) -> None:
+    from prometheus_client import REGISTRY
+
+    before = time.time()
+    async with temporary(local_r2, ttl=900, prefix="metric/"):
+        value = REGISTRY.get_sample_value("ingest_credential_expiry_timestamp_seconds")
+    assert value is not None and before + 890 <= value <= time.time() + 900
