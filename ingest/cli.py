@@ -100,6 +100,56 @@ def local(
         raise typer.Exit(1)
 
 
+@app.command()
+def run(
+    once: Annotated[
+        bool, typer.Option("--once", help="Take what the sources hold now, upload it all, exit (cron).")
+    ] = False,
+) -> None:
+    """Watch the sources and upload Parquet batches to R2 (SIGTERM/SIGINT drains and exits 0)."""
+    from ingest import service
+    from ingest.r2.credentials import CredentialError
+
+    s = settings()
+    try:
+        result = anyio.run(service.run, s, once, out, once and out.is_terminal)
+    except (ConfigError, CredentialError) as exc:
+        err.print(f"config error: {exc}", markup=False, highlight=False)
+        raise typer.Exit(2) from None
+    st = result.stats
+    out.print(
+        f"uploaded {st.records_uploaded:,} records in {st.objects_uploaded} objects "
+        f"({st.bytes_uploaded / 1e6:.1f} MB) from {st.units_acked} files",
+        markup=False,
+        highlight=False,
+    )
+    if result.dead_letters:
+        out.print(
+            f"{result.dead_letters} records could not be read; they are in {result.dead_letter_dir}",
+            markup=False,
+            highlight=False,
+        )
+    if result.complete:
+        return
+    if st.failed_objects:
+        where = st.failed_objects[0].path.parent
+        err.print(
+            f"not uploaded: {st.failed_records:,} records in {len(st.failed_objects)} objects, "
+            f"kept in {where}",
+            markup=False,
+            highlight=False,
+        )
+    if result.pending_units:
+        err.print(
+            f"not acknowledged: {len(result.pending_units)} source files, kept in "
+            f"{Path(result.pending_units[0]).parent}",
+            markup=False,
+            highlight=False,
+        )
+    if once:
+        raise typer.Exit(1)
+
+
 def main() -> None:
     try:
         app()

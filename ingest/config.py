@@ -89,6 +89,10 @@ class SourceConfig(_Section):
     stream: str = ""
 
 
+class WorkerConfig(_Section):
+    id: str = ""  # default: the host name; names this worker's claim directory
+
+
 class BatchConfig(_Section):
     max_records: int = Field(default=1_000_000, ge=1)
     max_bytes: ByteSize = Field(default=128 * 2**20, ge=1)
@@ -100,6 +104,8 @@ class OutputConfig(_Section):
     key_template: str = DEFAULT_TEMPLATE
     partition_by: str = ""
     compression: Literal["zstd", "snappy", "gzip", "none"] = "zstd"
+    row_group_size: int = Field(default=1_000_000, ge=1)
+    schema_file: str = ""
 
     @field_validator("key_template")
     @classmethod
@@ -112,6 +118,7 @@ class OutputConfig(_Section):
 class UploadConfig(_Section):
     concurrency: int = Field(default=8, ge=1, le=256)
     multipart_threshold: ByteSize = Field(default=64 * 2**20, ge=5 * 2**20)
+    part_size: ByteSize = Field(default=16 * 2**20, ge=5 * 2**20, le=5 * 2**30)
 
 
 class RetryConfig(_Section):
@@ -139,6 +146,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(extra="forbid", validate_default=True)
 
     r2: R2Config = R2Config()
+    worker: WorkerConfig = WorkerConfig()
     sources: list[SourceConfig] = []
     batch: BatchConfig = BatchConfig()
     output: OutputConfig = OutputConfig()

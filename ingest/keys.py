@@ -1,0 +1,79 @@
+"""Object keys: the template, and sequence numbers that never collide without a coordinator.
+
+The first number tried for a date comes from one LIST of that date's prefix per process; after that a
+local counter. The number is only *claimed* by the conditional write itself (`If-None-Match: *`): on
+412 the uploader asks for the next one. So twenty replicas can share a bucket and never overwrite.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+from datetime import date, datetime
+
+import anyio
+
+from ingest.config import ConfigError
+
+_MARK = "\x00SEQ\x00"
+
+# list_keys(prefix) -> every key under prefix
+ListKeys = Callable[[str], Awaitable[list[str]]]
+
+
+class _SeqMark:
+    def __format__(self, spec: str) -> str:
+        return _MARK
+
+
+class KeyTemplate:
+    def __init__(self, template: str, prefix: str = "") -> None:
+        self.template = template
+        self.prefix = prefix
+        try:
+            sample = self._fmt(date(2024, 8, 2), _SeqMark())
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ConfigError(
+                f"output.key_template: {exc!s} is not a placeholder; "
+                "use {prefix}, {date:%Y/%m/%d} and {seq:04d}"
+            ) from None
+        if sample.count(_MARK) != 1:
+            raise ConfigError("output.key_template: must contain {seq...} exactly once")
+
+    def _fmt(self, day: date, seq: object) -> str:
+        when = datetime(day.year, day.month, day.day)
+        return self.template.format(prefix=self.prefix, date=when, seq=seq)
+
+    def render(self, day: date, seq: int) -> str:
+        return self._fmt(day, seq)
+
+    def list_prefix(self, day: date) -> str:
+        """The part of the key before the sequence number: everything one LIST needs to see."""
+        return self._fmt(day, _SeqMark()).split(_MARK)[0]
+
+    def parse_seq(self, day: date, key: str) -> int | None:
+        head, tail = self._fmt(day, _SeqMark()).split(_MARK)
+        m = re.fullmatch(re.escape(head) + r"(\d+)" + re.escape(tail), key)
+        return int(m.group(1)) if m else None
+
+
+class KeyAllocator:
+    """Hands out candidate sequence numbers per date; concurrency-safe within the event loop."""
+
+    def __init__(self, template: KeyTemplate, list_keys: ListKeys) -> None:
+        self.template = template
+        self._list_keys = list_keys
+        self._next: dict[date, int] = {}
+        self._locks: dict[date, anyio.Lock] = {}
+
+    async def candidate(self, day: date) -> int:
+        if day not in self._next:
+            lock = self._locks.setdefault(day, anyio.Lock())
+            async with lock:
+                if day not in self._next:
+                    keys = await self._list_keys(self.template.list_prefix(day))
+                    seqs = [s for k in keys if (s := self.template.parse_seq(day, k)) is not None]
+                    self._next[day] = max(seqs, default=0) + 1
+        seq = self._next[day]
+        self._next[day] = seq + 1
+        return seq

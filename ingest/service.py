@@ -1,0 +1,158 @@
+"""`ingest run`: assemble credentials, client, sources and pipeline; handle signals, probes, progress.
+
+With no R2 configured it starts the embedded local R2 first, so `ingest run` works on a fresh machine.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anyio
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from ingest import logs
+from ingest.config import ConfigError, Settings, SourceConfig
+from ingest.deadletters import DeadLetters
+from ingest.logs import get_logger
+from ingest.pipeline import Health, Pipeline, Stats
+from ingest.r2.client import R2Client
+from ingest.r2.credentials import provider_from_settings
+from ingest.r2.endpoint import endpoint_url
+from ingest.server import ProbeServer, bind
+from ingest.sources.base import Source
+from ingest.sources.directory import DirectorySource
+
+log = get_logger("ingest.service")
+DEFAULT_INBOX = "inbox"
+
+
+@dataclass
+class RunResult:
+    stats: Stats
+    dead_letters: int
+    dead_letter_dir: Path
+    pending_units: list[str] = field(default_factory=list)
+    interrupted: bool = False
+
+    @property
+    def complete(self) -> bool:
+        return not self.stats.failed_objects and not self.pending_units
+
+
+@asynccontextmanager
+async def r2_settings(settings: Settings, say: Console) -> AsyncIterator[Settings]:
+    """The settings to run with; with no R2 configured, the local R2 is started for the duration."""
+    if settings.r2.configured:
+        yield settings
+        return
+    from ingest.local.server import DEFAULT_DIR, LocalR2
+
+    bucket = settings.r2.bucket or "ingest"
+    async with LocalR2(DEFAULT_DIR, bucket).running() as info:
+        say.print(
+            f"no R2 configured: using the local R2 at {info.endpoint_url} (bucket {info.bucket}, "
+            f"data in {DEFAULT_DIR}); set R2_ACCOUNT_ID and credentials to use Cloudflare R2",
+            markup=False,
+            highlight=False,
+        )
+        local = info.settings("keys").r2
+        logs.register_secret(local.auth.secret_access_key, local.auth.api_token)
+        yield settings.model_copy(update={"r2": local})
+
+
+def build_sources(settings: Settings, dead: DeadLetters, say: Console) -> list[Source]:
+    configs = settings.sources
+    if not configs:
+        configs = [SourceConfig(kind="directory", path=DEFAULT_INBOX)]
+        say.print(f"no sources configured: watching ./{DEFAULT_INBOX}/", markup=False, highlight=False)
+    worker_id = settings.worker.id or socket.gethostname()
+    sources: list[Source] = []
+    for i, cfg in enumerate(configs):
+        if cfg.kind != "directory":
+            raise ConfigError(f"sources.{i}.kind: {cfg.kind!r} sources are not available yet; use directory")
+        if not cfg.path:
+            raise ConfigError(f"sources.{i}.path: required for a directory source")
+        sources.append(DirectorySource(cfg, worker_id, dead))
+    return sources
+
+
+async def run(settings: Settings, once: bool, say: Console, progress: bool = False) -> RunResult:
+    async with r2_settings(settings, say) as s, AsyncExitStack() as stack:
+        r2 = s.r2
+        if not r2.bucket:
+            raise ConfigError("r2.bucket: required (R2_BUCKET_NAME)")
+        dead = DeadLetters(Path(s.spool.dir) / "dead-letters")
+        sources = build_sources(s, dead, say)
+        probe_sock = None if once or not s.server.listen else bind(s.server.listen)
+        provider = await stack.enter_async_context(await provider_from_settings(r2, s.output.prefix))
+        client = await stack.enter_async_context(
+            R2Client(
+                endpoint_url(r2.account_id, r2.jurisdiction, r2.endpoint_url),
+                provider,
+                max_connections=s.upload.concurrency + 4,
+            )
+        )
+        health = Health()
+        pipeline = Pipeline(s, client, sources, dead, health)
+        interrupted = False
+
+        async with anyio.create_task_group() as tg:
+            probes = ProbeServer(health, probe_sock) if probe_sock else None
+            if probes is not None:
+                tg.start_soon(probes.serve)
+                log.info("probes listening", healthz=f"http://{s.server.listen}/healthz")
+
+            async def on_signals() -> None:
+                nonlocal interrupted
+                with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                    async for signum in signals:
+                        if interrupted:  # second signal: stop now; unacked input is read again later
+                            log.warning("second signal: exiting without draining")
+                            tg.cancel_scope.cancel()
+                            return
+                        interrupted = True
+                        log.info(
+                            "stopping intake; finishing what was read", signal=signal.Signals(signum).name
+                        )
+                        pipeline.stop_intake()
+
+            tg.start_soon(on_signals)
+            if progress:
+                tg.start_soon(_show_progress, pipeline, say)
+            await pipeline.run(once)
+            tg.cancel_scope.cancel()  # signal watcher, progress
+            if probes is not None:
+                probes.stop()
+        pending = [p for src in sources for p in src.pending()]
+        return RunResult(pipeline.stats, dead.count, dead.dir, pending, interrupted)
+
+
+async def _show_progress(pipeline: Pipeline, console: Console) -> None:
+    st = pipeline.stats
+    columns = (
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        TextColumn(
+            "{task.fields[files]} files · {task.fields[records]:,} records · {task.fields[mb]:.1f} MB"
+        ),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task("uploading", total=None, files=0, records=0, mb=0.0)
+        while True:
+            total = st.records_read or None
+            bar.update(
+                task,
+                total=total,
+                completed=st.records_uploaded,
+                files=st.units_acked,
+                records=st.records_uploaded,
+                mb=st.bytes_uploaded / 1e6,
+            )
+            await anyio.sleep(0.2)

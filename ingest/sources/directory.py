@@ -1,0 +1,217 @@
+"""Directory source: complete files are claimed by atomic rename, read with pyarrow, acked after upload.
+
+A file is complete when its size and mtime have not changed for `settle_seconds` (dotfiles, `*.tmp`
+and `*.part` are never taken). Claiming renames it into `<path>/.ingest/claimed/<worker-id>/`, which
+only one of several workers sharing the directory can win. After its rows are in R2 the claimed file
+is deleted, or moved to `done_dir`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+import anyio.from_thread
+import anyio.to_thread
+import pyarrow as pa
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from watchfiles import awatch
+
+from ingest.config import SourceConfig
+from ingest.deadletters import DeadLetter, DeadLetters
+from ingest.logs import get_logger
+from ingest.sources.base import Chunk, Item, SourceUnit, UnitRead
+from ingest.sources.formats import Format, detect, read_file
+
+log = get_logger("ingest.sources.directory")
+CLAIM_DIR = ".ingest"
+IGNORED_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".swp")
+READERS = 2  # files parsed at once; pyarrow also uses threads inside each
+
+
+@dataclass
+class _Seen:
+    size: int
+    mtime_ns: int
+    stable_since: float
+
+
+class DirectorySource:
+    def __init__(self, config: SourceConfig, worker_id: str, dead: DeadLetters) -> None:
+        self.config = config
+        self.root = Path(config.path).resolve()
+        self.name = f"directory:{config.path}"
+        self.claim_dir = self.root / CLAIM_DIR / "claimed" / worker_id
+        self.done_dir = Path(config.done_dir).resolve() if config.done_dir else None
+        self.dead = dead
+        self._seen: dict[Path, _Seen] = {}
+        self._warned: set[Path] = set()
+
+    # -- discovery -------------------------------------------------------------------------------
+
+    def _candidates(self) -> Iterator[Path]:
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            here = Path(dirpath)
+            dirnames[:] = [
+                d for d in dirnames if not d.startswith(".") and (here / d).resolve() != self.done_dir
+            ]
+            for name in filenames:
+                if name.startswith(".") or name.endswith(IGNORED_SUFFIXES):
+                    continue
+                yield here / name
+
+    def _complete(self, now: float) -> list[Path]:
+        """Files whose size and mtime held still for settle_seconds; updates what was seen."""
+        ready: list[Path] = []
+        present: set[Path] = set()
+        for path in self._candidates():
+            try:
+                st = path.stat()
+            except FileNotFoundError:  # claimed by another worker meanwhile
+                continue
+            present.add(path)
+            seen = self._seen.get(path)
+            if seen is None:
+                # Untouched for a while already (e.g. there before we started): no need to wait again.
+                idle = max(0.0, time.time() - st.st_mtime_ns / 1e9)
+                self._seen[path] = seen = _Seen(st.st_size, st.st_mtime_ns, now - idle)
+            elif (seen.size, seen.mtime_ns) != (st.st_size, st.st_mtime_ns):
+                self._seen[path] = _Seen(st.st_size, st.st_mtime_ns, now)
+                continue
+            if now - seen.stable_since >= self.config.settle_seconds:
+                ready.append(path)
+        for gone in set(self._seen) - present:
+            del self._seen[gone]
+        return sorted(ready)
+
+    def _claim(self, path: Path) -> Path | None:
+        fmt = detect(path, self.config.format)
+        if fmt is None:
+            if path not in self._warned:
+                self._warned.add(path)
+                log.warning(
+                    "file skipped: unknown format; name it .jsonl/.ndjson/.csv/.parquet (optionally "
+                    ".gz/.zst) or set sources.format",
+                    path=str(path),
+                )
+            return None
+        self.claim_dir.mkdir(parents=True, exist_ok=True)
+        target = self.claim_dir / f"{uuid.uuid4().hex[:12]}--{path.name}"
+        try:
+            os.rename(path, target)  # atomic; exactly one worker wins
+        except FileNotFoundError:
+            return None
+        finally:
+            self._seen.pop(path, None)
+        _write_origin(target, path.relative_to(self.root))
+        return target
+
+    def pending(self) -> list[str]:
+        if not self.claim_dir.is_dir():
+            return []
+        return [str(p) for p in sorted(self.claim_dir.iterdir()) if not p.name.endswith(".origin")]
+
+    # -- running ---------------------------------------------------------------------------------
+
+    async def run(self, send: MemoryObjectSendStream[Item], once: bool) -> None:
+        files_send, files_recv = anyio.create_memory_object_stream[Path](READERS)
+        async with send, anyio.create_task_group() as tg:
+            for _ in range(READERS):
+                tg.start_soon(self._reader, files_recv.clone(), send.clone())
+            files_recv.close()
+            async with files_send:
+                # Claimed earlier by this worker but never acknowledged (e.g. a previous run stopped).
+                for leftover in self.pending():
+                    await files_send.send(Path(leftover))
+                await self._discover(files_send, once)
+
+    async def _discover(self, files: MemoryObjectSendStream[Path], once: bool) -> None:
+        poll_ms = max(50, int(self.config.settle_seconds * 1000 / 2))
+        self.root.mkdir(parents=True, exist_ok=True)
+        at_start: set[Path] | None = set(self._candidates()) if once else None
+        watcher = awatch(
+            self.root,
+            watch_filter=lambda _change, p: f"/{CLAIM_DIR}/" not in p,
+            yield_on_timeout=True,
+            rust_timeout=poll_ms,
+            recursive=True,
+        )
+        async for _changes in watcher:
+            for path in await anyio.to_thread.run_sync(self._complete, anyio.current_time()):
+                if at_start is not None and path not in at_start:
+                    continue  # --once takes what was there at start
+                claimed = self._claim(path)
+                if at_start is not None:
+                    at_start.discard(path)
+                if claimed is not None:
+                    await files.send(claimed)
+            if at_start is not None:
+                at_start &= {p for p in at_start if p.exists()}
+                if not at_start:
+                    return
+
+    async def _reader(
+        self, files: MemoryObjectReceiveStream[Path], send: MemoryObjectSendStream[Item]
+    ) -> None:
+        async with files, send:
+            async for path in files:
+                unit = SourceUnit(name=_origin(path).as_posix(), ack=self._acker(path))
+                await self._read(path, unit, send)
+                await send.send(UnitRead(unit))
+
+    async def _read(self, path: Path, unit: SourceUnit, send: MemoryObjectSendStream[Item]) -> None:
+        detected = detect(_origin(path), self.config.format)
+        assert detected is not None
+        fmt, compression = detected
+
+        def emit(table: pa.Table, first_line: int, lines: list[int] | None) -> None:
+            unit.records += table.num_rows
+            anyio.from_thread.run(send.send, Chunk(table, unit, first_line, lines))
+
+        def work() -> None:
+            try:
+                read_file(path, fmt, compression, unit.name, emit, self.dead.write)
+            except (OSError, pa.ArrowException) as exc:
+                self.dead.write([DeadLetter(unit.name, None, f"could not read file: {exc}")])
+
+        await anyio.to_thread.run_sync(work)
+
+    def _acker(self, claimed: Path) -> Callable[[], Awaitable[None]]:
+        async def ack() -> None:
+            await anyio.to_thread.run_sync(self._finish, claimed)
+
+        return ack
+
+    def _finish(self, claimed: Path) -> None:
+        origin = _origin(claimed)
+        if self.done_dir is not None:
+            target = self.done_dir / origin
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(claimed, target)
+        else:
+            claimed.unlink(missing_ok=True)
+        _origin_file(claimed).unlink(missing_ok=True)
+
+
+def _origin_file(claimed: Path) -> Path:
+    return claimed.with_name(claimed.name + ".origin")
+
+
+def _write_origin(claimed: Path, relative: Path) -> None:
+    _origin_file(claimed).write_text(relative.as_posix())
+
+
+def _origin(claimed: Path) -> Path:
+    """The path the claimed file had under the watched directory."""
+    try:
+        return Path(_origin_file(claimed).read_text())
+    except FileNotFoundError:
+        return Path(claimed.name.split("--", 1)[-1])
+
+
+__all__ = ["DirectorySource", "Format"]

@@ -1,0 +1,250 @@
+"""Uploader: conditional PUTs (and equal-part multipart uploads) with retries and backoff.
+
+Every request is retried on connection errors, timeouts, 5xx and 429 with exponential backoff and full
+jitter. 412 on our conditional write means the key is taken: if the object there carries our batch id
+it is our own earlier attempt (the answer was lost), otherwise we try the next number.
+Anything else (403 scope, 404 bucket, 400) is permanent: the object stays in the spool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import aiohttp
+import anyio
+import anyio.to_thread
+from botocore.exceptions import ClientError, HTTPClientError
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_after_delay,
+    stop_any,
+    wait_random_exponential,
+)
+from tenacity.stop import stop_base
+
+from ingest import metrics
+from ingest.config import RetryConfig, UploadConfig
+from ingest.keys import KeyAllocator
+from ingest.logs import get_logger
+from ingest.parquet import EncodedObject
+from ingest.r2.client import R2AccessDenied, R2Client
+
+log = get_logger("ingest.upload")
+T = TypeVar("T")
+BATCH_ID_META = "batch-id"  # sent as x-amz-meta-batch-id
+MAX_PARTS = 10_000
+
+
+class PermanentUploadError(Exception):
+    """The store refused in a way retrying cannot fix; the object stays in the spool."""
+
+
+@dataclass
+class Uploaded:
+    key: str
+    attempts: int
+    seconds: float
+
+
+def status_of(exc: ClientError) -> tuple[int | None, str]:
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return status, str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def is_retryable(exc: BaseException) -> bool:
+    if isinstance(exc, ClientError):
+        status, code = status_of(exc)
+        return status is None or status >= 500 or status == 429 or code in ("SlowDown", "RequestTimeout")
+    return isinstance(exc, HTTPClientError | aiohttp.ClientError | OSError | asyncio.TimeoutError)
+
+
+def is_conflict(exc: BaseException) -> bool:
+    return isinstance(exc, ClientError) and status_of(exc)[0] == 412
+
+
+def describe(exc: BaseException) -> str:
+    if isinstance(exc, ClientError):
+        status, code = status_of(exc)
+        return f"{status} {code}: {exc.response.get('Error', {}).get('Message', '')}".strip()
+    return f"{type(exc).__name__}: {exc}"
+
+
+class Uploader:
+    def __init__(
+        self,
+        client: R2Client,
+        bucket: str,
+        allocator: KeyAllocator,
+        upload: UploadConfig,
+        retry: RetryConfig,
+    ) -> None:
+        self.client = client
+        self.bucket = bucket
+        self.allocator = allocator
+        self.config = upload
+        self.retry_config = retry
+        self.requests = anyio.CapacityLimiter(upload.concurrency)
+
+    # -- retries ----------------------------------------------------------------------------------
+
+    async def _retrying(self, what: str, fn: Callable[[], Awaitable[T]], counter: list[int]) -> T:
+        rc = self.retry_config
+        stop: stop_base = stop_after_delay(rc.max_elapsed)
+        if rc.max_attempts:
+            stop = stop_any(stop, stop_after_attempt(rc.max_attempts))
+
+        def before_sleep(state: RetryCallState) -> None:
+            metrics.UPLOAD_RETRIES.inc()
+            exc = state.outcome.exception() if state.outcome else None
+            log.warning(
+                "transient failure; retrying",
+                request=what,
+                attempt=state.attempt_number,
+                wait=round(state.upcoming_sleep, 3),
+                error=describe(exc) if exc else "",
+            )
+
+        async for attempt in AsyncRetrying(
+            stop=stop,
+            wait=wait_random_exponential(multiplier=rc.initial, max=rc.max),  # full jitter
+            retry=retry_if_exception(is_retryable),
+            before_sleep=before_sleep,
+            reraise=True,
+        ):
+            with attempt:
+                counter[0] += 1
+                async with self.requests:
+                    return await fn()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def request(self, what: str, counter: list[int], op: str, **params: Any) -> dict[str, Any]:
+        return await self._retrying(what, lambda: self.client.call(op, **params), counter)
+
+    # -- objects ----------------------------------------------------------------------------------
+
+    async def upload(self, obj: EncodedObject) -> Uploaded:
+        """Write `obj` under the first free key of its date; returns the key."""
+        started = time.monotonic()
+        attempts = [0]
+        multipart = obj.size > self.config.multipart_threshold
+        body = None if multipart else await anyio.Path(obj.path).read_bytes()
+        try:
+            while True:
+                seq = await self.allocator.candidate(obj.day)
+                key = self.allocator.template.render(obj.day, seq)
+                try:
+                    if body is not None:
+                        await self.request(
+                            key,
+                            attempts,
+                            "put_object",
+                            Bucket=self.bucket,
+                            Key=key,
+                            Body=body,
+                            IfNoneMatch="*",
+                            ContentType="application/vnd.apache.parquet",
+                            Metadata={BATCH_ID_META: obj.object_id},
+                        )
+                    else:
+                        await self._multipart(obj, key, attempts)
+                    return Uploaded(key, attempts[0], time.monotonic() - started)
+                except ClientError as exc:
+                    # NoSuchUpload: a completion whose answer was lost, retried after it had succeeded.
+                    if not (is_conflict(exc) or status_of(exc)[1] == "NoSuchUpload"):
+                        raise
+                    if await self._is_ours(key, obj, attempts):
+                        return Uploaded(key, attempts[0], time.monotonic() - started)
+                    metrics.KEY_CONFLICTS.inc()
+                    log.debug("key taken; trying the next number", key=key)
+        except R2AccessDenied as exc:
+            raise PermanentUploadError(str(exc)) from exc
+        except ClientError as exc:
+            raise PermanentUploadError(f"s3://{self.bucket}: {describe(exc)}") from exc
+
+    async def _is_ours(self, key: str, obj: EncodedObject, attempts: list[int]) -> bool:
+        """After a 412: is the object there the one an earlier, lost-answer attempt of ours wrote?"""
+        try:
+            head = await self.request(key, attempts, "head_object", Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if status_of(exc)[0] == 404:
+                return False
+            raise
+        return bool(head.get("Metadata", {}).get(BATCH_ID_META) == obj.object_id)
+
+    async def _multipart(self, obj: EncodedObject, key: str, attempts: list[int]) -> None:
+        size = obj.size
+        part_size = max(self.config.part_size, math.ceil(size / MAX_PARTS))
+        count = math.ceil(size / part_size)
+        created = await self.request(
+            key,
+            attempts,
+            "create_multipart_upload",
+            Bucket=self.bucket,
+            Key=key,
+            ContentType="application/vnd.apache.parquet",
+            Metadata={BATCH_ID_META: obj.object_id},
+        )
+        upload_id = created["UploadId"]
+        etags: dict[int, str] = {}
+        try:
+            fd = os.open(obj.path, os.O_RDONLY)
+            try:
+
+                async def part(number: int) -> None:
+                    offset = (number - 1) * part_size
+                    data = await anyio.to_thread.run_sync(os.pread, fd, part_size, offset)
+                    answer = await self.request(
+                        f"{key} part {number}/{count}",
+                        attempts,
+                        "upload_part",
+                        Bucket=self.bucket,
+                        Key=key,
+                        UploadId=upload_id,
+                        PartNumber=number,
+                        Body=data,
+                    )
+                    etags[number] = answer["ETag"]
+
+                # Parts share the request limiter with every other upload; at most a few read ahead.
+                parts_send, parts_recv = anyio.create_memory_object_stream[int](count)
+                for n in range(1, count + 1):
+                    parts_send.send_nowait(n)
+                parts_send.close()
+
+                async def worker() -> None:
+                    async for n in parts_recv:
+                        await part(n)
+
+                async with anyio.create_task_group() as tg:
+                    for _ in range(min(4, count)):
+                        tg.start_soon(worker)
+            finally:
+                os.close(fd)
+            await self.request(
+                key,
+                attempts,
+                "complete_multipart_upload",
+                Bucket=self.bucket,
+                Key=key,
+                UploadId=upload_id,
+                MultipartUpload={"Parts": [{"PartNumber": n, "ETag": etags[n]} for n in sorted(etags)]},
+                IfNoneMatch="*",
+            )
+        except BaseException:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(10):
+                try:
+                    await self.client.call(
+                        "abort_multipart_upload", Bucket=self.bucket, Key=key, UploadId=upload_id
+                    )
+                except Exception as exc:  # the upload id expires by itself; say so and move on
+                    log.warning("could not abort multipart upload", key=key, error=describe(exc))
+            raise
