@@ -72,13 +72,16 @@ def build_sources(settings: Settings, dead: DeadLetters, say: Console) -> list[S
         configs = [SourceConfig(kind="directory", path=DEFAULT_INBOX)]
         say.print(f"no sources configured: watching ./{DEFAULT_INBOX}/", markup=False, highlight=False)
     worker_id = settings.worker.id or socket.gethostname()
+    explicit = bool(settings.worker.id)
     sources: list[Source] = []
     for i, cfg in enumerate(configs):
         if cfg.kind != "directory":
             raise ConfigError(f"sources.{i}.kind: {cfg.kind!r} sources are not available yet; use directory")
         if not cfg.path:
             raise ConfigError(f"sources.{i}.path: required for a directory source")
-        sources.append(DirectorySource(cfg, worker_id, dead))
+        source = DirectorySource(cfg, worker_id, dead, explicit)
+        source.lock_claim_dir()
+        sources.append(source)
     return sources
 
 

@@ -8,6 +8,7 @@ is deleted, or moved to `done_dir`.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import time
 import uuid
@@ -22,7 +23,7 @@ import pyarrow as pa
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from watchfiles import awatch
 
-from ingest.config import SourceConfig
+from ingest.config import ConfigError, SourceConfig
 from ingest.deadletters import DeadLetter, DeadLetters
 from ingest.logs import get_logger
 from ingest.sources.base import Chunk, Item, SourceUnit, UnitRead
@@ -42,11 +43,16 @@ class _Seen:
 
 
 class DirectorySource:
-    def __init__(self, config: SourceConfig, worker_id: str, dead: DeadLetters) -> None:
+    def __init__(
+        self, config: SourceConfig, worker_id: str, dead: DeadLetters, explicit_id: bool = False
+    ) -> None:
         self.config = config
         self.root = Path(config.path).resolve()
         self.name = f"directory:{config.path}"
+        self.worker_id = worker_id
+        self.explicit_id = explicit_id
         self.claim_dir = self.root / CLAIM_DIR / "claimed" / worker_id
+        self._lock_fd: int | None = None
         self.done_dir = Path(config.done_dir).resolve() if config.done_dir else None
         self.dead = dead
         self._seen: dict[Path, _Seen] = {}
@@ -118,7 +124,35 @@ class DirectorySource:
 
     # -- running ---------------------------------------------------------------------------------
 
+    def lock_claim_dir(self) -> None:
+        """Own a claim directory for this process's lifetime (flock), so no two live workers share one.
+
+        The default id is the host name, stable across restarts so a restarted worker finds its own
+        unacknowledged claims; a second process on the same host gets `<host>.2`, and so on.
+        """
+        base = self.root / CLAIM_DIR / "claimed"
+        base.mkdir(parents=True, exist_ok=True)
+        for n in range(1, 1000):
+            worker_id = self.worker_id if n == 1 else f"{self.worker_id}.{n}"
+            fd = os.open(base / f"{worker_id}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                if self.explicit_id:
+                    raise ConfigError(
+                        f"worker.id: {self.worker_id!r} is in use by another running worker on {self.root}; "
+                        "give each worker its own id"
+                    ) from None
+                continue
+            self._lock_fd = fd
+            self.claim_dir = base / worker_id
+            return
+        raise ConfigError(f"worker.id: too many workers named {self.worker_id!r}")
+
     async def run(self, send: MemoryObjectSendStream[Item], once: bool) -> None:
+        if self._lock_fd is None:
+            self.lock_claim_dir()
         files_send, files_recv = anyio.create_memory_object_stream[Path](READERS)
         async with send, anyio.create_task_group() as tg:
             for _ in range(READERS):

@@ -1,0 +1,122 @@
+"""A real TCP proxy that injects faults between the worker and SeaweedFS (runs in its own thread).
+
+Per accepted connection it picks one behaviour by weight: pass through, answer 503, drop the
+connection before forwarding, drop the *response* after the server has done the work (the case that
+tests exactly-once: the write happened but the client never heard), or delay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+
+_503 = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+
+
+@dataclass
+class Faults:
+    drop: float = 0.0  # close before forwarding anything
+    drop_response: float = 0.0  # forward the request, swallow the answer, close
+    unavailable: float = 0.0  # answer 503
+    delay: float = 0.0  # wait delay_seconds before forwarding
+    delay_seconds: float = 1.0
+    seed: int = 1
+
+
+@dataclass
+class FaultProxy:
+    upstream_port: int
+    faults: Faults = field(default_factory=Faults)
+    port: int = 0
+    seen: Counter[str] = field(default_factory=Counter)
+
+    def __post_init__(self) -> None:
+        self._rng = random.Random(self.faults.seed)
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> FaultProxy:
+        self._thread.start()
+        self._ready.wait(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        self._loop.run_until_complete(self._serve())
+
+    async def _serve(self) -> None:
+        self._stop = asyncio.Event()
+        server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
+        self.port = server.sockets[0].getsockname()[1]
+        self._ready.set()
+        async with server:
+            await self._stop.wait()
+        server.close()
+
+    def _pick(self) -> str:
+        f = self.faults
+        r = self._rng.random()
+        for name, weight in (
+            ("drop", f.drop),
+            ("drop_response", f.drop_response),
+            ("unavailable", f.unavailable),
+            ("delay", f.delay),
+        ):
+            if r < weight:
+                return name
+            r -= weight
+        return "pass"
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        mode = self._pick()
+        self.seen[mode] += 1
+        try:
+            if mode == "drop":
+                return
+            if mode == "unavailable":
+                await reader.read(1)  # let the client send a request first
+                writer.write(_503)
+                await writer.drain()
+                return
+            if mode == "delay":
+                await asyncio.sleep(self.faults.delay_seconds)
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+            try:
+                await asyncio.gather(
+                    self._pipe(reader, up_writer),
+                    self._pipe(up_reader, writer, swallow=mode == "drop_response"),
+                )
+            finally:
+                up_writer.close()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            writer.close()
+
+    async def _pipe(
+        self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, swallow: bool = False
+    ) -> None:
+        try:
+            while data := await src.read(65536):
+                if swallow:
+                    # The server answered, so it did the work; the client never hears of it.
+                    dst.transport.abort()
+                    return
+                dst.write(data)
+                await dst.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            if not dst.is_closing():
+                dst.close()

@@ -1,0 +1,172 @@
+"""Run the real `ingest run` as a subprocess against the real local R2, and read back what it wrote."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from tests.conftest import LocalR2
+
+
+def toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return repr(v)
+    return json.dumps(str(v))
+
+
+def write_toml(path: Path, config: dict[str, Any]) -> Path:
+    lines: list[str] = []
+    for section, body in config.items():
+        if isinstance(body, list):
+            for item in body:
+                lines.append(f"[[{section}]]")
+                lines += [f"{k} = {toml_value(v)}" for k, v in item.items()]
+        else:
+            lines.append(f"[{section}]")
+            lines += [f"{k} = {toml_value(v)}" for k, v in body.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
+    data = "".join(json.dumps(r) + "\n" for r in rows).encode()
+    if path.name.endswith(".gz"):
+        data = gzip.compress(data)
+    elif path.name.endswith(".zst"):
+        sink = pa.BufferOutputStream()
+        with pa.CompressedOutputStream(sink, "zstd") as out:
+            out.write(data)
+        data = sink.getvalue().to_pybytes()
+    path.write_bytes(data)
+    return path
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]]) -> Path:
+    cols = list(rows[0])
+    path.write_text(",".join(cols) + "\n" + "".join(",".join(str(r[c]) for c in cols) + "\n" for r in rows))
+    return path
+
+
+def today_dir() -> str:
+    return datetime.now(UTC).strftime("%Y/%m/%d")
+
+
+@dataclass
+class Job:
+    """One ingest job: a working directory, an inbox, a key prefix of its own in the shared bucket."""
+
+    r2: LocalR2
+    dir: Path
+    prefix: str
+    endpoint_url: str = ""
+    config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def inbox(self) -> Path:
+        return self.dir / "inbox"
+
+    def configure(self, **sections: dict[str, Any]) -> Path:
+        base: dict[str, Any] = {
+            "sources": [{"kind": "directory", "path": str(self.inbox), "settle_seconds": "200ms"}],
+            "output": {"prefix": self.prefix},
+            "spool": {"dir": str(self.dir / "spool")},
+            "retry": {"initial": "50ms", "max": "1s", "max_elapsed": "120s"},
+            "log": {"format": "json"},
+        }
+        for name, body in sections.items():
+            if isinstance(body, dict) and isinstance(base.get(name), dict):
+                base[name] = {**base[name], **body}
+            elif isinstance(body, dict) and name == "sources":
+                base["sources"] = [{**base["sources"][0], **body}]
+            else:
+                base[name] = body
+        self.config = base
+        return write_toml(self.dir / "ingest.toml", base)
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("R2_", "CLOUDFLARE_"))}
+        env |= {
+            "R2_ENDPOINT_URL": self.endpoint_url or self.r2.endpoint_url,
+            "R2_ACCOUNT_ID": self.r2.account_id,
+            "R2_BUCKET_NAME": self.r2.bucket,
+            "R2_ACCESS_KEY_ID": self.r2.env["R2_ACCESS_KEY_ID"],
+            "R2_SECRET_ACCESS_KEY": self.r2.env["R2_SECRET_ACCESS_KEY"],
+            "PYTHONUNBUFFERED": "1",
+        }
+        return env | extra
+
+    def command(self, *args: str) -> list[str]:
+        if not self.config:
+            self.configure()
+        return [sys.executable, "-m", "ingest", "--config", str(self.dir / "ingest.toml"), "run", *args]
+
+    def run_once(self, *args: str, timeout: float = 240, **env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            self.command("--once", *args),
+            cwd=self.dir,
+            env=self.env(**env),
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            timeout=timeout,
+        )
+
+    def start(self, *args: str, **env: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            self.command(*args),
+            cwd=self.dir,
+            env=self.env(**env),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+        )
+
+    def keys(self) -> list[str]:
+        s3 = self.r2.token_s3()
+        keys: list[str] = []
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=self.r2.bucket, Prefix=self.prefix):
+            keys += [o["Key"] for o in page.get("Contents", [])]
+        return sorted(keys)
+
+    def read(self, key: str) -> pa.Table:
+        body = self.r2.token_s3().get_object(Bucket=self.r2.bucket, Key=key)["Body"].read()
+        return pq.read_table(pa.BufferReader(body))
+
+    def rows(self) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for key in self.keys():
+            out += self.read(key).to_pylist()
+        return out
+
+
+def logs_of(stderr: str) -> list[dict[str, Any]]:
+    out = []
+    for line in stderr.splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue
+    return out
+
+
+@pytest.fixture
+def job(local_r2: LocalR2, tmp_path: Path) -> Iterator[Job]:
+    j = Job(local_r2, tmp_path, prefix=f"t-{uuid.uuid4().hex[:10]}/")
+    j.inbox.mkdir()
+    yield j
