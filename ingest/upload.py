@@ -20,6 +20,7 @@ import aiohttp
 import anyio
 import anyio.to_thread
 from botocore.exceptions import ClientError, HTTPClientError
+from botocore.exceptions import ConnectionError as BotoConnectionError
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -64,7 +65,9 @@ def is_retryable(exc: BaseException) -> bool:
     if isinstance(exc, ClientError):
         status, code = status_of(exc)
         return status is None or status >= 500 or status == 429 or code in ("SlowDown", "RequestTimeout")
-    return isinstance(exc, HTTPClientError | aiohttp.ClientError | OSError | asyncio.TimeoutError)
+    return isinstance(
+        exc, HTTPClientError | BotoConnectionError | aiohttp.ClientError | OSError | asyncio.TimeoutError
+    )
 
 
 def is_conflict(exc: BaseException) -> bool:

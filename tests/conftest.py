@@ -79,10 +79,11 @@ class LocalR2:
         return Cloudflare(api_token=token or self.root_token, base_url=self.api_base_url, max_retries=0)
 
 
-def start_local_r2(directory: Path, timeout: float = 120.0) -> LocalR2:
+def start_local_r2(directory: Path, timeout: float = 120.0, s3_port: int = 0, api_port: int = 0) -> LocalR2:
     env_file = directory / "local.env"
-    log = (directory / "ingest-local.log").open("wb")
     directory.mkdir(parents=True, exist_ok=True)
+    env_file.unlink(missing_ok=True)
+    log = (directory / "ingest-local.log").open("ab")
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -93,6 +94,10 @@ def start_local_r2(directory: Path, timeout: float = 120.0) -> LocalR2:
             str(directory / "r2"),
             "--env-file",
             str(env_file),
+            "--s3-port",
+            str(s3_port),
+            "--api-port",
+            str(api_port),
         ],
         stdout=log,
         stderr=subprocess.STDOUT,

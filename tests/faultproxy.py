@@ -1,8 +1,9 @@
 """A real TCP proxy that injects faults between the worker and SeaweedFS (runs in its own thread).
 
-Per accepted connection it picks one behaviour by weight: pass through, answer 503, drop the
-connection before forwarding, drop the *response* after the server has done the work (the case that
-tests exactly-once: the write happened but the client never heard), or delay.
+Every request gets `Connection: close`, so each request has a connection of its own and its own
+draw of behaviour by weight: pass through, answer 503, drop the connection before forwarding, drop the
+*response* after the server has done the work (the case that tests exactly-once: the write happened
+but the client never heard), or delay.
 """
 
 from __future__ import annotations
@@ -79,19 +80,25 @@ class FaultProxy:
         return "pass"
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+            writer.close()
+            return
         mode = self._pick()
         self.seen[mode] += 1
         try:
             if mode == "drop":
                 return
             if mode == "unavailable":
-                await reader.read(1)  # let the client send a request first
                 writer.write(_503)
                 await writer.drain()
                 return
             if mode == "delay":
                 await asyncio.sleep(self.faults.delay_seconds)
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+            lines = [ln for ln in head[:-4].split(b"\r\n") if not ln.lower().startswith(b"connection:")]
+            up_writer.write(b"\r\n".join([*lines, b"Connection: close", b"", b""]))
             try:
                 await asyncio.gather(
                     self._pipe(reader, up_writer),

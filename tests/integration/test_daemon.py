@@ -1,0 +1,112 @@
+"""`ingest run` as a daemon: settling files, probes, permanent refusals, SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.integration.conftest import Job, logs_of, write_jsonl
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait(predicate: object, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _stop(proc: subprocess.Popen[str]) -> tuple[str, str]:
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    return out, err
+
+
+def test_file_still_being_written_is_taken_only_when_complete(job: Job) -> None:
+    port = _free_port()
+    job.configure(
+        sources={"settle_seconds": "1s"},
+        batch={"max_age": "300ms"},
+        server={"listen": f"127.0.0.1:{port}"},
+    )
+    proc = job.start()
+    try:
+        _wait(lambda: _ready(port) is not None, 60, "the probe server")
+        assert _ready(port) == 200
+        path = job.inbox / "growing.jsonl"
+        written = 0
+        with path.open("w") as fh:
+            for _ in range(12):  # ~3 s of writing, never idle for the 1 s settle time
+                fh.write("".join(json.dumps({"id": written + i}) + "\n" for i in range(10)))
+                fh.flush()
+                written += 10
+                time.sleep(0.25)
+                assert path.exists(), "claimed while still being written"
+        assert job.keys() == []
+        _wait(lambda: not path.exists() and job.keys(), 30, "the finished file to be ingested")
+        ids = sorted(int(r["id"]) for r in job.rows())  # type: ignore[call-overload]
+        assert ids == list(range(written))  # all of it, in one piece: never a partial read
+
+        # Temporary and hidden files are never taken; renaming into place makes them eligible.
+        tmp = write_jsonl(job.inbox / "next.jsonl.tmp", [{"id": 1000}])
+        hidden = write_jsonl(job.inbox / ".hidden.jsonl", [{"id": 1001}])
+        time.sleep(2.5)
+        assert tmp.exists() and hidden.exists()
+        tmp.rename(job.inbox / "next.jsonl")
+        _wait(lambda: len(job.rows()) == written + 1, 30, "the renamed file")
+    finally:
+        out, err = _stop(proc)
+    assert any(e.get("event") == "uploaded" for e in logs_of(err))
+
+
+def _ready(port: int) -> int | None:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code
+    except httpx.HTTPError:
+        return None
+
+
+def test_permanent_refusal_keeps_data_local_and_fails_readiness(job: Job) -> None:
+    """A bucket the credentials may not use: no retry storm, data kept, /readyz 503, --once exits 1."""
+    write_jsonl(job.inbox / "a.jsonl", [{"id": i} for i in range(30)])
+    job.configure()
+    r = job.run_once(R2_BUCKET_NAME="not-our-bucket")
+    assert r.returncode == 1, r.stderr
+    assert "not uploaded: 30 records in 1 objects, kept in" in r.stderr
+    assert "not acknowledged: 1 source files" in r.stderr
+    assert not any(e.get("event") == "transient failure; retrying" for e in logs_of(r.stderr))
+    kept = list((job.dir / "spool" / "objects").glob("*.parquet"))
+    assert len(kept) == 1
+    claimed = [p for p in (job.inbox / ".ingest" / "claimed").rglob("*--a.jsonl")]
+    assert len(claimed) == 1
+
+    port = _free_port()
+    job.configure(server={"listen": f"127.0.0.1:{port}"}, batch={"max_age": "300ms"})
+    proc = job.start(R2_BUCKET_NAME="not-our-bucket")
+    try:
+        _wait(lambda: _ready(port) == 503, 60, "readiness to turn false")
+        body = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).json()
+        assert "denied" in body["reason"].lower() or "403" in body["reason"]
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200
+        assert "ingest_upload_failures_total" in httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
+    finally:
+        _stop(proc)
+    # With the right bucket, the kept claim is picked up again and nothing is lost.
+    r = job.run_once()
+    assert r.returncode == 0, r.stderr
+    assert sorted(int(x["id"]) for x in job.rows()) == list(range(30))  # type: ignore[call-overload]
+    assert not Path(claimed[0]).exists()
