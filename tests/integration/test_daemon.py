@@ -69,7 +69,7 @@ def test_file_still_being_written_is_taken_only_when_complete(job: Job) -> None:
         tmp.rename(job.inbox / "next.jsonl")
         _wait(lambda: len(job.rows()) == written + 1, 30, "the renamed file")
     finally:
-        out, err = _stop(proc)
+        _, err = _stop(proc)
     assert any(e.get("event") == "uploaded" for e in logs_of(err))
 
 

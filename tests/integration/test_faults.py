@@ -77,7 +77,7 @@ def test_seaweedfs_stopped_for_ten_seconds_mid_run(job: Job, tmp_path: Path) -> 
         restarted = start_local_r2(tmp_path / "own-r2", s3_port=s3_port, api_port=api_port)
         own = restarted
         job.r2 = restarted
-        out, err = proc.communicate(timeout=240)
+        _, err = proc.communicate(timeout=240)
         assert proc.returncode == 0, "".join(first) + err
         events = logs_of("".join(first) + err)
         assert any(e.get("event") == "transient failure; retrying" for e in events)
