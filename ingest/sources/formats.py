@@ -124,7 +124,7 @@ def _parse_json_slowly(block: bytes, first_line: int, source: str, emit: Emit, d
             continue
         number = first_line + i
         try:
-            value = json.loads(raw)
+            value = json.loads(raw.decode("utf-8"))
         except UnicodeDecodeError as exc:
             bad.append(DeadLetter(source, number, f"invalid UTF-8: {exc}", raw))
             continue

@@ -1,0 +1,109 @@
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from ingest.deadletters import DeadLetter
+from ingest.sources import formats
+from ingest.sources.formats import detect, read_file
+
+
+def _read(
+    path: Path, fmt: str = ""
+) -> tuple[list[tuple[list[dict[str, object]], list[int]]], list[DeadLetter]]:
+    detected = detect(path, fmt)
+    assert detected is not None
+    chunks: list[tuple[list[dict[str, object]], list[int]]] = []
+    dead: list[DeadLetter] = []
+
+    def emit(table: pa.Table, first: int, lines: list[int] | None) -> None:
+        chunks.append((table.to_pylist(), lines or [first + i for i in range(table.num_rows)]))
+
+    read_file(path, detected[0], detected[1], path.name, emit, dead.extend)
+    return chunks, dead
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("a.jsonl", ("jsonl", None)),
+        ("a.ndjson.gz", ("jsonl", "gzip")),
+        ("a.json.zst", ("jsonl", "zstd")),
+        ("a.CSV", ("csv", None)),
+        ("a.csv.gz", ("csv", "gzip")),
+        ("a.parquet", ("parquet", None)),
+        ("a.txt", None),
+        ("a.parquet.gz", None),
+    ],
+)
+def test_detect_by_name(name: str, expected: object) -> None:
+    assert detect(Path(name)) == expected
+
+
+def test_jsonl_blocks_keep_line_numbers_across_blank_lines(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(formats, "READ_BLOCK", 64)  # many blocks, cut at line ends
+    lines = [f'{{"id": {i}}}' if i % 7 else "" for i in range(1, 60)]
+    p = tmp_path / "a.jsonl"
+    p.write_text("\n".join(lines))  # no final newline
+    chunks, dead = _read(p)
+    rows = [(r["id"], line) for table, nums in chunks for r, line in zip(table, nums, strict=True)]
+    assert rows == [(i, i) for i in range(1, 60) if i % 7]
+    assert len(chunks) > 5 and not dead
+
+
+def test_bad_lines_go_to_dead_letters_and_good_ones_stay(tmp_path: Path) -> None:
+    p = tmp_path / "a.jsonl.gz"
+    body = b'{"id": 1}\n{"id": 2\n[3]\n{"id": 4}\n\xff\xfe\n{"id": 5}\n'
+    p.write_bytes(gzip.compress(body))
+    chunks, dead = _read(p)
+    assert [(r["id"], n) for t, ns in chunks for r, n in zip(t, ns, strict=True)] == [(1, 1), (4, 4), (5, 6)]
+    assert [(d.line, d.reason.split(":")[0]) for d in dead] == [
+        (2, "invalid JSON"),
+        (3, "not a JSON object"),
+        (5, "invalid UTF-8"),
+    ]
+    assert dead[2].as_json()["raw_base64"] == "//4="
+
+
+def test_truncated_gzip_keeps_the_readable_part(tmp_path: Path) -> None:
+    p = tmp_path / "a.jsonl.gz"
+    full = gzip.compress(b"".join(b'{"id": %d, "pad": "%s"}\n' % (i, b"x" * 50) for i in range(5000)))
+    p.write_bytes(full[: len(full) // 2])
+    chunks, dead = _read(p)
+    ids = [r["id"] for t, _ in chunks for r in t]
+    assert ids == list(range(len(ids)))
+    assert dead and "unreadable" in dead[-1].reason
+
+
+def test_csv_ragged_rows_are_dead_letters(tmp_path: Path) -> None:
+    p = tmp_path / "a.csv"
+    p.write_text("id,name\n1,a\n2\n3,c\n4,d,extra\n")
+    chunks, dead = _read(p)
+    assert [r for t, _ in chunks for r in t] == [{"id": 1, "name": "a"}, {"id": 3, "name": "c"}]
+    assert [d.raw for d in dead] == ["2", "4,d,extra"]
+
+
+def test_csv_type_change_in_a_later_block_is_read_as_text(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(formats, "READ_BLOCK", 256)
+    p = tmp_path / "a.csv"
+    p.write_text("id,v\n" + "".join(f"{i},{i}\n" for i in range(100)) + "100,oops\n")
+    chunks, dead = _read(p)
+    values = [str(r["v"]) for t, _ in chunks for r in t]
+    assert values == [str(i) for i in range(100)] + ["oops"] and not dead
+
+
+def test_parquet_streams_in_batches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pyarrow.parquet as pq
+
+    monkeypatch.setattr(formats, "PARQUET_BATCH_ROWS", 10)
+    pq.write_table(pa.table({"id": list(range(35))}), tmp_path / "a.parquet")
+    chunks, _ = _read(tmp_path / "a.parquet")
+    assert [len(t) for t, _ in chunks] == [10, 10, 10, 5]
+    assert chunks[3][1] == [31, 32, 33, 34, 35]

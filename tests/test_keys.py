@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+from datetime import date
+
+import anyio
+import pytest
+
+from ingest.config import ConfigError
+from ingest.keys import KeyAllocator, KeyTemplate
+
+DAY = date(2024, 8, 2)
+
+
+def test_default_template_renders_and_parses() -> None:
+    t = KeyTemplate("{prefix}{date:%Y/%m/%d}/ingested_{seq:04d}.parquet", "events/")
+    assert t.render(DAY, 1) == "events/2024/08/02/ingested_0001.parquet"
+    assert t.render(DAY, 12345) == "events/2024/08/02/ingested_12345.parquet"
+    assert t.list_prefix(DAY) == "events/2024/08/02/ingested_"
+    assert t.parse_seq(DAY, "events/2024/08/02/ingested_0042.parquet") == 42
+    assert t.parse_seq(DAY, "events/2024/08/02/ingested_0042.parquet.tmp") is None
+    assert t.parse_seq(DAY, "events/2024/08/02/other_0042.parquet") is None
+
+
+def test_unknown_placeholder_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match=r"output.key_template: 'day' is not a placeholder"):
+        KeyTemplate("{day}/{seq}.parquet")
+
+
+@pytest.mark.anyio
+async def test_allocator_lists_once_per_date_then_counts() -> None:
+    listed: list[str] = []
+    t = KeyTemplate("{prefix}{date:%Y/%m/%d}/ingested_{seq:04d}.parquet")
+
+    async def list_keys(prefix: str) -> list[str]:
+        listed.append(prefix)
+        await anyio.sleep(0.01)
+        return [f"{prefix}0001.parquet", f"{prefix}0007.parquet", f"{prefix}junk"]
+
+    alloc = KeyAllocator(t, list_keys)
+    got: list[int] = []
+
+    async def take() -> None:
+        got.append(await alloc.candidate(DAY))
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(5):
+            tg.start_soon(take)
+    assert sorted(got) == [8, 9, 10, 11, 12]
+    assert await alloc.candidate(date(2024, 8, 3)) == 8
+    assert listed == ["2024/08/02/ingested_", "2024/08/03/ingested_"]

@@ -1,0 +1,105 @@
+from __future__ import annotations
+
+import json
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from ingest.batch import Batch
+from ingest.config import ConfigError, OutputConfig
+from ingest.deadletters import DeadLetters
+from ingest.parquet import Encoder, load_schema
+from ingest.sources.base import Chunk, SourceUnit
+
+
+async def _noop() -> None:
+    return None
+
+
+def _batch(*tables: pa.Table) -> Batch:
+    b = Batch(closed_at=datetime(2024, 8, 2, 12, tzinfo=UTC))
+    unit = SourceUnit("in.jsonl", _noop)
+    line = 1
+    for t in tables:
+        b.add(Chunk(t, unit, first_line=line))
+        line += t.num_rows
+    return b
+
+
+def _dead(tmp_path: Path) -> list[dict[str, object]]:
+    return [json.loads(x) for f in sorted(tmp_path.glob("dead/*.jsonl")) for x in f.read_text().splitlines()]
+
+
+def _encoder(tmp_path: Path, **output: object) -> Encoder:
+    return Encoder(OutputConfig(**output), tmp_path / "spool", DeadLetters(tmp_path / "dead"))
+
+
+def test_types_unify_across_files_int_float_and_null(tmp_path: Path) -> None:
+    enc = _encoder(tmp_path)
+    a = pa.table({"x": pa.array([1, 2], pa.int64()), "y": pa.nulls(2)})
+    b = pa.table({"x": pa.array([1.5], pa.float64()), "y": pa.array(["s"]), "z": pa.array([True])})
+    [obj] = enc.encode(_batch(a, b))
+    out = pq.read_table(obj.path)
+    assert out.schema.field("x").type == pa.float64()
+    assert out.schema.field("y").type == pa.string()
+    assert out.to_pylist() == [
+        {"x": 1.0, "y": None, "z": None},
+        {"x": 2.0, "y": None, "z": None},
+        {"x": 1.5, "y": "s", "z": True},
+    ]
+    assert obj.records == 3 and obj.day == date(2024, 8, 2)
+    assert pq.ParquetFile(obj.path).metadata.row_group(0).column(0).compression == "ZSTD"
+
+
+def test_uncastable_value_goes_to_dead_letters_with_its_line(tmp_path: Path) -> None:
+    enc = _encoder(tmp_path)
+    a = pa.table({"n": pa.array([1, 2], pa.int64())})
+    b = pa.table({"n": pa.array(["3", "three", "4"])})
+    [obj] = enc.encode(_batch(a, b))
+    assert pq.read_table(obj.path).column("n").to_pylist() == [1, 2, 3, 4]
+    [letter] = _dead(tmp_path)
+    assert letter["source"] == "in.jsonl" and letter["line"] == 4
+    assert "field 'n'" in str(letter["reason"]) and "'three'" in str(letter["reason"])
+    assert json.loads(str(letter["raw"])) == {"n": "three"}
+
+
+def test_explicit_schema_file_fixes_types(tmp_path: Path) -> None:
+    schema_file = tmp_path / "schema.json"
+    schema_file.write_text(json.dumps({"id": "int32", "at": "timestamp[ms, tz=UTC]", "price": "double"}))
+    enc = _encoder(tmp_path, schema_file=str(schema_file), compression="snappy", row_group_size=2)
+    t = pa.table(
+        {"id": [1, 2, 3], "at": ["2024-08-02T10:00:00Z"] * 3, "price": [1, 2, 3], "extra": ["a"] * 3}
+    )
+    [obj] = enc.encode(_batch(t))
+    f = pq.ParquetFile(obj.path)
+    assert f.schema_arrow.field("id").type == pa.int32()
+    assert f.schema_arrow.field("at").type == pa.timestamp("ms", "UTC")
+    assert f.schema_arrow.field("price").type == pa.float64()
+    assert f.metadata.num_row_groups == 2
+    assert f.metadata.row_group(0).column(0).compression == "SNAPPY"
+
+
+def test_bad_schema_file_names_the_field(tmp_path: Path) -> None:
+    p = tmp_path / "s.json"
+    p.write_text(json.dumps({"id": "integr"}))
+    with pytest.raises(ConfigError, match=r"output.schema_file: field 'id' has unknown type 'integr'"):
+        load_schema(str(p))
+
+
+def test_partition_by_splits_a_batch_by_utc_day(tmp_path: Path) -> None:
+    enc = _encoder(tmp_path, partition_by="ts")
+    t = pa.table(
+        {
+            "id": [1, 2, 3, 4],
+            "ts": ["2024-08-01T23:59:59Z", "2024-08-02T01:00:00+02:00", "2024-08-02T00:00:00Z", "never"],
+        }
+    )
+    objs = enc.encode(_batch(t))
+    assert [(o.day, pq.read_table(o.path).column("id").to_pylist()) for o in objs] == [
+        (date(2024, 8, 1), [1, 2]),  # 01:00+02:00 is 23:00 UTC the day before
+        (date(2024, 8, 2), [3]),
+    ]
+    assert len(_dead(tmp_path)) == 1
