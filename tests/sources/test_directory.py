@@ -80,5 +80,5 @@ def test_an_explicit_worker_id_in_use_is_a_config_error(tmp_path: Path) -> None:
     first.lock_claim_dir()
     second = _source(root, "worker-1")
     second.explicit_id = True
-    with pytest.raises(ConfigError, match="worker.id: 'worker-1' is in use by another running worker"):
+    with pytest.raises(ConfigError, match=r"worker\.id: 'worker-1' is in use by another running worker"):
         second.lock_claim_dir()
