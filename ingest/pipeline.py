@@ -126,6 +126,7 @@ class Pipeline:
         async with batches, objects:
             async for batch in batches:
                 self.stats.records_read += batch.records
+                started = time.monotonic()
                 try:
                     encoded = await anyio.to_thread.run_sync(self.encoder.encode, batch)
                 except Exception as exc:  # disk full, unwritable spool: keep the sources unacked
@@ -134,6 +135,13 @@ class Pipeline:
                     batch.failed = True
                     self._batch_done(batch)
                     continue
+                log.debug(
+                    "batch encoded",
+                    batch=batch.id,
+                    records=batch.records,
+                    objects=len(encoded),
+                    seconds=round(time.monotonic() - started, 3),
+                )
                 batch.pending_objects = len(encoded)
                 if not encoded:
                     self._batch_done(batch)

@@ -175,7 +175,9 @@ class DirectorySource:
             rust_timeout=poll_ms,
             recursive=True,
         )
-        async for _changes in watcher:
+
+        async def scan() -> bool:
+            """Claim what is complete; True once --once has taken everything that was there at start."""
             for path in await anyio.to_thread.run_sync(self._complete, anyio.current_time()):
                 if at_start is not None and path not in at_start:
                     continue  # --once takes what was there at start
@@ -184,10 +186,16 @@ class DirectorySource:
                     at_start.discard(path)
                 if claimed is not None:
                     await files.send(claimed)
-            if at_start is not None:
-                at_start &= {p for p in at_start if p.exists()}
-                if not at_start:
-                    return
+            if at_start is None:
+                return False
+            at_start.intersection_update({p for p in at_start if p.exists()})
+            return not at_start
+
+        if await scan():  # right away: files that have been idle for a while need no waiting
+            return
+        async for _changes in watcher:
+            if await scan():
+                return
 
     async def _reader(
         self, files: MemoryObjectReceiveStream[Path], send: MemoryObjectSendStream[Item]
