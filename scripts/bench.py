@@ -19,7 +19,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import pyarrow as pa
 import pyarrow.json as pj
 import pyarrow.parquet as pq
 
@@ -106,7 +105,9 @@ def run_ingest(work: Path, env: dict[str, str]) -> tuple[float, int, str]:
     )
     _, status, usage = os.wait4(proc.pid, 0)
     elapsed = time.perf_counter() - start
-    out = (proc.stdout.read() if proc.stdout else b"").decode() + (proc.stderr.read() if proc.stderr else b"").decode()
+    out = (proc.stdout.read() if proc.stdout else b"").decode() + (
+        proc.stderr.read() if proc.stderr else b""
+    ).decode()
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"ingest run failed:\n{out}")
     return elapsed, usage.ru_maxrss * 1024, out.strip().splitlines()[-1]
@@ -131,7 +132,10 @@ def main() -> None:
 
     def row(name: str, seconds: float, rss: int | None = None) -> None:
         rss_text = f"{rss / 2**20:.0f} MiB" if rss else "-"
-        print(f"{name:<28}{seconds:>9.2f}{args.records / seconds:>13,.0f}{mb / seconds:>9.1f}{rss_text:>11}", flush=True)
+        print(
+            f"{name:<28}{seconds:>9.2f}{args.records / seconds:>13,.0f}{mb / seconds:>9.1f}{rss_text:>11}",
+            flush=True,
+        )
 
     for processes in (1, 2):
         seconds, rows = raw_pyarrow(files, processes)
