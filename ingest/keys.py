@@ -17,8 +17,8 @@ from ingest.config import ConfigError
 
 _MARK = "\x00SEQ\x00"
 
-# list_keys(prefix) -> every key under prefix
-ListKeys = Callable[[str], Awaitable[list[str]]]
+# list_keys(prefix, start_after) -> every key under prefix (after start_after)
+ListKeys = Callable[[str, str], Awaitable[list[str]]]
 
 
 class _SeqMark:
@@ -71,9 +71,21 @@ class KeyAllocator:
             lock = self._locks.setdefault(day, anyio.Lock())
             async with lock:
                 if day not in self._next:
-                    keys = await self._list_keys(self.template.list_prefix(day))
-                    seqs = [s for k in keys if (s := self.template.parse_seq(day, k)) is not None]
-                    self._next[day] = max(seqs, default=0) + 1
+                    self._next[day] = await self._highest(day, "") + 1
         seq = self._next[day]
         self._next[day] = seq + 1
         return seq
+
+    async def taken(self, day: date, seq: int) -> None:
+        """`seq` was taken by another writer: look past every number taken since, instead of trying
+        them one by one (each try would send the whole object again)."""
+        lock = self._locks.setdefault(day, anyio.Lock())
+        async with lock:
+            if self._next.get(day, 0) > seq + 1:
+                return  # someone else already looked past it
+            highest = await self._highest(day, self.template.render(day, seq))
+            self._next[day] = max(self._next.get(day, 0), seq + 1, highest + 1)
+
+    async def _highest(self, day: date, start_after: str) -> int:
+        keys = await self._list_keys(self.template.list_prefix(day), start_after)
+        return max((s for k in keys if (s := self.template.parse_seq(day, k)) is not None), default=0)

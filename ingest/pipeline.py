@@ -216,11 +216,13 @@ class Pipeline:
         self.stats.units_acked += 1
         metrics.UNITS_ACKED.inc()
 
-    async def _list_keys(self, prefix: str) -> list[str]:
+    async def _list_keys(self, prefix: str, start_after: str) -> list[str]:
         keys: list[str] = []
         token: str | None = None
         while True:
             params: dict[str, str] = {"Bucket": self.bucket, "Prefix": prefix}
+            if start_after:
+                params["StartAfter"] = start_after
             if token:
                 params["ContinuationToken"] = token
             page = await self.uploader.request(f"list {prefix}", [0], "list_objects_v2", **params)

@@ -167,7 +167,8 @@ class Uploader:
                     if await self._is_ours(key, obj, attempts):
                         return Uploaded(key, attempts[0], time.monotonic() - started)
                     metrics.KEY_CONFLICTS.inc()
-                    log.debug("key taken; trying the next number", key=key)
+                    log.debug("key taken; trying the next free number", key=key)
+                    await self.allocator.taken(obj.day, seq)
         except R2AccessDenied as exc:
             raise PermanentUploadError(str(exc)) from exc
         except ClientError as exc:

@@ -31,8 +31,9 @@ async def test_allocator_lists_once_per_date_then_counts() -> None:
     listed: list[str] = []
     t = KeyTemplate("{prefix}{date:%Y/%m/%d}/ingested_{seq:04d}.parquet")
 
-    async def list_keys(prefix: str) -> list[str]:
+    async def list_keys(prefix: str, start_after: str) -> list[str]:
         listed.append(prefix)
+        assert start_after == ""
         await anyio.sleep(0.01)
         return [f"{prefix}0001.parquet", f"{prefix}0007.parquet", f"{prefix}junk"]
 
@@ -48,3 +49,23 @@ async def test_allocator_lists_once_per_date_then_counts() -> None:
     assert sorted(got) == [8, 9, 10, 11, 12]
     assert await alloc.candidate(date(2024, 8, 3)) == 8
     assert listed == ["2024/08/02/ingested_", "2024/08/03/ingested_"]
+
+
+@pytest.mark.anyio
+async def test_a_conflict_looks_past_every_number_taken_meanwhile() -> None:
+    t = KeyTemplate("{date:%Y/%m/%d}/ingested_{seq:04d}.parquet")
+    bucket = {t.render(DAY, n) for n in (1, 2)}
+    calls: list[str] = []
+
+    async def list_keys(prefix: str, start_after: str) -> list[str]:
+        calls.append(start_after)
+        return sorted(k for k in bucket if k.startswith(prefix) and k > start_after)
+
+    alloc = KeyAllocator(t, list_keys)
+    assert await alloc.candidate(DAY) == 3
+    bucket |= {t.render(DAY, n) for n in range(3, 40)}  # another worker wrote 3..39 meanwhile
+    assert await alloc.candidate(DAY) == 4
+    await alloc.taken(DAY, 4)
+    await alloc.taken(DAY, 3)  # an older conflict: no second LIST
+    assert await alloc.candidate(DAY) == 40
+    assert calls == ["", "2024/08/02/ingested_0004.parquet"]
