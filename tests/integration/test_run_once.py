@@ -69,10 +69,10 @@ def test_existing_objects_are_not_overwritten_and_numbering_continues(job: Job) 
 
 def test_two_processes_share_one_directory(job: Job) -> None:
     total = 0
-    for i in range(60):
-        write_jsonl(job.inbox / f"f{i:02d}.jsonl", _rows(i * 500, 500))
-        total += 500
-    job.configure(batch={"max_records": 1000})
+    for i in range(40):  # enough work that the second process starts before the first is done
+        write_jsonl(job.inbox / f"f{i:02d}.jsonl", _rows(i * 10_000, 10_000))
+        total += 10_000
+    job.configure(batch={"max_records": 15_000})
 
     procs = [
         subprocess.Popen(
@@ -94,8 +94,9 @@ def test_two_processes_share_one_directory(job: Job) -> None:
     assert sum(ids.values()) == total
     assert max(ids.values()) == 1
     assert set(ids) == set(range(total))
-    uploaded = [e["key"] for out in outputs for e in logs_of(out[1]) if e.get("event") == "uploaded"]
-    assert sorted(uploaded) == keys  # every key written by exactly one process, none overwritten
+    per_process = [[e["key"] for e in logs_of(out[1]) if e.get("event") == "uploaded"] for out in outputs]
+    assert all(per_process), "both workers should have taken part of the directory"
+    assert sorted(per_process[0] + per_process[1]) == keys  # each key written by exactly one process
 
 
 def test_partition_by_event_time_gives_one_directory_per_day(job: Job) -> None:
