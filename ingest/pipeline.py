@@ -86,12 +86,12 @@ class Pipeline:
             settings.upload,
             settings.retry,
         )
-        self.intake = anyio.CancelScope()
         self._tg: TaskGroup | None = None
 
     def stop_intake(self) -> None:
-        """Stop reading sources; what was read is still batched, encoded and uploaded."""
-        self.intake.cancel()
+        """Take no new input; units already taken are read to their end, batched, encoded, uploaded."""
+        for source in self.sources:
+            source.stop()
 
     async def run(self, once: bool) -> Stats:
         items_send, items_recv = anyio.create_memory_object_stream[Item](ITEM_BUFFER)
@@ -114,11 +114,9 @@ class Pipeline:
     # -- stages ------------------------------------------------------------------------------------
 
     async def _intake(self, send: MemoryObjectSendStream[Item], once: bool) -> None:
-        async with send:
-            with self.intake:
-                async with anyio.create_task_group() as tg:
-                    for source in self.sources:
-                        tg.start_soon(source.run, send.clone(), once)
+        async with send, anyio.create_task_group() as tg:
+            for source in self.sources:
+                tg.start_soon(source.run, send.clone(), once)
 
     async def _encode(
         self, batches: MemoryObjectReceiveStream[Batch], objects: MemoryObjectSendStream[EncodedObject]

@@ -69,6 +69,10 @@ class Source(Protocol):
 
     async def run(self, send: MemoryObjectSendStream[Item], once: bool) -> None: ...
 
+    def stop(self) -> None:
+        """Take nothing new; finish the units already taken (so none is left half-read), then return."""
+        ...
+
     def pending(self) -> list[str]:
         """Where unacknowledged input is kept, for the end-of-run report."""
         ...

@@ -110,3 +110,24 @@ def test_permanent_refusal_keeps_data_local_and_fails_readiness(job: Job) -> Non
     assert r.returncode == 0, r.stderr
     assert sorted(int(x["id"]) for x in job.rows()) == list(range(30))  # type: ignore[call-overload]
     assert not Path(claimed[0]).exists()
+
+
+def test_sigterm_finishes_the_files_already_taken_and_exits_0(job: Job) -> None:
+    job.configure(sources={"settle_seconds": "100ms"}, batch={"max_records": 50_000})
+    proc = job.start()
+    try:
+        time.sleep(2.0)  # running and watching
+        rows = [{"id": i, "pad": "x" * 100} for i in range(400_000)]
+        staged = write_jsonl(job.dir / "big.jsonl", rows)
+        staged.rename(job.inbox / "big.jsonl")
+        _wait(lambda: not (job.inbox / "big.jsonl").exists(), 30, "the file to be claimed")
+        proc.send_signal(signal.SIGTERM)  # mid-file: the rest of it must still be read and uploaded
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert any(e.get("event") == "stopping intake; finishing what was read" for e in logs_of(err))
+    ids = [int(r["id"]) for r in job.rows()]  # type: ignore[call-overload]
+    assert len(ids) == len(set(ids)) == 400_000
+    assert not list((job.inbox / ".ingest" / "claimed").rglob("*big.jsonl"))  # acknowledged
