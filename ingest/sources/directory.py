@@ -53,7 +53,8 @@ class DirectorySource:
         self.explicit_id = explicit_id
         self.claim_dir = self.root / CLAIM_DIR / "claimed" / worker_id
         self._lock_fd: int | None = None
-        self._discovery = anyio.CancelScope()
+        self._discovery: anyio.CancelScope | None = None  # made in run(): a scope needs a running loop
+        self._stopped = False
         self.done_dir = Path(config.done_dir).resolve() if config.done_dir else None
         self.dead = dead
         self._seen: dict[Path, _Seen] = {}
@@ -160,6 +161,9 @@ class DirectorySource:
                 tg.start_soon(self._reader, files_recv.clone(), send.clone())
             files_recv.close()
             async with files_send:
+                self._discovery = anyio.CancelScope()
+                if self._stopped:
+                    self._discovery.cancel()
                 with self._discovery:
                     # Claimed earlier by this worker but never acknowledged (e.g. a previous run stopped).
                     for leftover in self.pending():
@@ -167,7 +171,9 @@ class DirectorySource:
                     await self._discover(files_send, once)
 
     def stop(self) -> None:
-        self._discovery.cancel()
+        self._stopped = True
+        if self._discovery is not None:
+            self._discovery.cancel()
 
     async def _discover(self, files: MemoryObjectSendStream[Path], once: bool) -> None:
         poll_ms = max(50, int(self.config.settle_seconds * 1000 / 2))
