@@ -53,7 +53,6 @@ class Stats:
     objects_uploaded: int = 0
     bytes_uploaded: int = 0
     failed_objects: list[EncodedObject] = field(default_factory=list)
-    keys: list[str] = field(default_factory=list)
 
     @property
     def failed_records(self) -> int:
@@ -171,7 +170,6 @@ class Pipeline:
             self.stats.records_uploaded += obj.records
             self.stats.objects_uploaded += 1
             self.stats.bytes_uploaded += obj.size
-            self.stats.keys.append(done.key)
             metrics.RECORDS_UPLOADED.inc(obj.records)
             metrics.OBJECTS_UPLOADED.inc()
             metrics.BYTES_UPLOADED.inc(obj.size)
