@@ -164,9 +164,10 @@ class Encoder:
         field_name = self.output.partition_by
         if not field_name:
             return [(batch.closed_at.date(), table)]
-        if field_name not in table.column_names:
-            return self._undated(table, field_name)
-        days = _days(table.column(field_name))
+        if field_name in table.column_names:
+            days = _days(table.column(field_name))
+        else:  # never seen in any record so far: no row can be dated
+            days = pa.nulls(table.num_rows, pa.date32())
         valid = pc.is_valid(days)
         if not pc.all(valid).as_py():
             invalid = table.filter(pc.invert(valid))
@@ -186,21 +187,6 @@ class Encoder:
         for day in sorted(pc.unique(days).to_pylist()):
             out.append((day, table.filter(pc.equal(days, pa.scalar(day, pa.date32())))))
         return out
-
-    def _undated(self, table: pa.Table, field_name: str) -> list[tuple[date, pa.Table]]:
-        rows = table.to_pylist()
-        self.dead.write(
-            [
-                DeadLetter(
-                    "partition_by",
-                    None,
-                    f"field {field_name!r} (output.partition_by) is missing; cannot choose a date directory",
-                    json.dumps(row, default=str),
-                )
-                for row in rows
-            ]
-        )
-        return []
 
     def _write(self, batch: Batch, day: date, table: pa.Table) -> EncodedObject:
         object_id = str(uuid.uuid4())

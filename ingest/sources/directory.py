@@ -213,12 +213,15 @@ class DirectorySource:
     ) -> None:
         async with files, send:
             async for path in files:
-                unit = SourceUnit(name=_origin(path).as_posix(), ack=self._acker(path))
-                await self._read(path, unit, send)
+                origin = _origin(path)
+                unit = SourceUnit(name=origin.as_posix(), ack=self._acker(path))
+                await self._read(path, origin, unit, send)
                 await send.send(UnitRead(unit))
 
-    async def _read(self, path: Path, unit: SourceUnit, send: MemoryObjectSendStream[Item]) -> None:
-        detected = detect(_origin(path), self.config.format)
+    async def _read(
+        self, path: Path, origin: Path, unit: SourceUnit, send: MemoryObjectSendStream[Item]
+    ) -> None:
+        detected = detect(origin, self.config.format)
         assert detected is not None
         fmt, compression = detected
 
