@@ -24,6 +24,7 @@ class Batch:
     id: str = field(default_factory=lambda: str(uuid.uuid4()))
     chunks: list[Chunk] = field(default_factory=list)
     units: list[SourceUnit] = field(default_factory=list)
+    spans: dict[SourceUnit, list[tuple[int, int]]] = field(default_factory=dict)  # unit row ranges
     records: int = 0
     nbytes: int = 0
     opened: float = 0.0  # anyio clock
@@ -32,9 +33,17 @@ class Batch:
     failed: bool = False
 
     def add(self, chunk: Chunk) -> None:
-        if not any(u is chunk.unit for u in self.units):
-            self.units.append(chunk.unit)
-            chunk.unit.pending_batches += 1
+        unit = chunk.unit
+        ranges = self.spans.get(unit)
+        if ranges is None:
+            self.units.append(unit)
+            unit.pending_batches += 1
+            ranges = self.spans[unit] = []
+        start, stop = chunk.row0, chunk.row0 + chunk.table.num_rows
+        if ranges and ranges[-1][1] == start:
+            ranges[-1] = (ranges[-1][0], stop)
+        else:
+            ranges.append((start, stop))
         self.chunks.append(chunk)
         self.records += chunk.table.num_rows
         self.nbytes += chunk.table.nbytes

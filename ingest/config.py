@@ -90,11 +90,13 @@ class SourceConfig(_Section):
 
 
 class WorkerConfig(_Section):
-    id: str = ""  # default: the host name; names this worker's claim directory
+    id: str = ""  # default: the host name; names this worker's spool and claim directories
+    shutdown_timeout: Duration = Field(default=25.0, gt=0)  # SIGTERM drain limit (k8s grace is 30 s)
 
 
 class BatchConfig(_Section):
     max_records: int = Field(default=1_000_000, ge=1)
+    max_record_bytes: ByteSize = Field(default=8 * 2**20, ge=1)  # longer records go to dead letters
     max_bytes: ByteSize = Field(default=128 * 2**20, ge=1)
     max_age: Duration = Field(default=60.0, gt=0)
 
@@ -130,7 +132,7 @@ class RetryConfig(_Section):
 
 class SpoolConfig(_Section):
     dir: str = ".ingest/spool"
-    max_bytes: ByteSize = 10 * 2**30
+    max_bytes: ByteSize = Field(default=10 * 2**30, ge=1)  # above it intake pauses (resumes at 80 %)
 
 
 class ServerConfig(_Section):

@@ -13,7 +13,6 @@ import os
 import threading
 import tomllib
 import uuid
-from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
@@ -24,21 +23,11 @@ import pyarrow.parquet as pq
 from ingest.batch import Batch
 from ingest.config import ConfigError, OutputConfig
 from ingest.deadletters import DeadLetter, DeadLetters
+from ingest.files import fsync_dir, sha256_of
 from ingest.sources.base import Chunk
+from ingest.spool import SpooledObject
 
 _CAST_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError)
-
-
-@dataclass(frozen=True)
-class EncodedObject:
-    """One Parquet file in the spool, waiting for its key and upload."""
-
-    object_id: str  # x-amz-meta-batch-id
-    batch: Batch
-    path: Path
-    day: date
-    records: int
-    size: int
 
 
 def load_schema(path: str) -> pa.Schema | None:
@@ -87,19 +76,30 @@ class Encoder:
         self._schema = self.explicit or pa.schema([])
         self._lock = threading.Lock()
 
-    def encode(self, batch: Batch) -> list[EncodedObject]:
+    def encode(self, batch: Batch) -> list[SpooledObject]:
+        """Parquet files for the batch, fsynced; on failure (disk full) none is left behind."""
         tables: list[pa.Table] = []
         for chunk in batch.chunks:
             table = self._conform(chunk)
             if table.num_rows:
                 tables.append(table)
-        batch.chunks = []  # free the source tables as soon as possible
         if not tables:
+            batch.chunks = []
             return []
         with self._lock:
             schema = self._schema
         table = pa.concat_tables([_with_schema(t, schema) for t in tables])
-        return [self._write(batch, day, part) for day, part in self._by_day(table, batch)]
+        written: list[SpooledObject] = []
+        try:
+            for day, part in self._by_day(table, batch):
+                written.append(self._write(batch, day, part))
+            fsync_dir(self.dir)
+        except BaseException:
+            for obj in written:
+                obj.path.unlink(missing_ok=True)
+            raise
+        batch.chunks = []  # free the source tables
+        return written
 
     # -- schema -----------------------------------------------------------------------------------
 
@@ -188,16 +188,21 @@ class Encoder:
             out.append((day, table.filter(pc.equal(days, pa.scalar(day, pa.date32())))))
         return out
 
-    def _write(self, batch: Batch, day: date, table: pa.Table) -> EncodedObject:
+    def _write(self, batch: Batch, day: date, table: pa.Table) -> SpooledObject:
         object_id = str(uuid.uuid4())
         path = self.dir / f"{object_id}.parquet"
         tmp = path.with_suffix(".tmp")
         compression = None if self.output.compression == "none" else self.output.compression
-        pq.write_table(table, tmp, compression=compression, row_group_size=self.output.row_group_size)
-        with tmp.open("rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        return EncodedObject(object_id, batch, path, day, table.num_rows, path.stat().st_size)
+        try:
+            pq.write_table(table, tmp, compression=compression, row_group_size=self.output.row_group_size)
+            with tmp.open("rb") as fh:
+                os.fsync(fh.fileno())
+            digest = sha256_of(tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # never a half-written file in the spool
+            raise
+        return SpooledObject(object_id, batch, path, day, table.num_rows, path.stat().st_size, digest)
 
 
 def _with_schema(table: pa.Table, schema: pa.Schema) -> pa.Table:

@@ -1,15 +1,19 @@
-"""The data path: sources → batcher → encoders (threads) → uploaders → acknowledgements.
+"""The data path: sources → batcher → encoders (threads) → spool + journal → uploaders → acks.
 
-Stages are joined by bounded anyio memory streams, so a slow store slows intake instead of filling
-memory, and parsing, encoding and uploading overlap. A source unit is acknowledged (its file deleted
-or moved) only after every row read from it is inside an object in R2.
+Stages are joined by anyio memory streams: bounded up to the spool, so a slow encoder slows intake;
+after the spool, objects wait on disk (bounded by `spool.max_bytes`, which pauses intake), so a store
+outage fills the spool instead of memory. A source unit is acknowledged (its file deleted or moved)
+only after every row read from it is inside an object in R2; the journal makes that hold across
+crashes (see spool.py for recovery).
 """
 
 from __future__ import annotations
 
+import errno
+import math
+import sqlite3
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import anyio
 import anyio.to_thread
@@ -19,29 +23,42 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from ingest import metrics
 from ingest.batch import Batch, Batcher
 from ingest.config import Settings
-from ingest.deadletters import DeadLetters
+from ingest.faults import crash_point
 from ingest.keys import KeyAllocator, KeyTemplate
 from ingest.logs import get_logger
-from ingest.parquet import EncodedObject, Encoder
+from ingest.parquet import Encoder
 from ingest.r2.client import R2Client
 from ingest.sources.base import Item, Source, SourceUnit
+from ingest.spool import Spool, SpooledObject
 from ingest.upload import Uploader, describe
 
 log = get_logger("ingest.pipeline")
 ENCODERS = 2  # batches encoded at once (pyarrow releases the GIL: this is what uses both cores)
 ITEM_BUFFER = 4
+ERRORS_TEMPLATE = "{prefix}_errors/{date:%Y/%m/%d}/errors_{seq:04d}.jsonl"
+DISK_RETRY_MAX = 30.0
 
 
 @dataclass
 class Health:
-    """Readiness for probes: false while the store refuses us for good (scope, bucket, request)."""
+    """Readiness for probes: false while any problem is open (store refusal, spool full, disk full)."""
 
-    ready: bool = True
-    reason: str = ""
+    problems: dict[str, str] = field(default_factory=dict)
     last_upload: float | None = None  # wall clock
 
-    def fail(self, reason: str) -> None:
-        self.ready, self.reason = False, reason
+    @property
+    def ready(self) -> bool:
+        return not self.problems
+
+    @property
+    def reason(self) -> str:
+        return "; ".join(self.problems.values())
+
+    def fail(self, reason: str, kind: str = "upload") -> None:
+        self.problems[kind] = reason
+
+    def clear(self, kind: str) -> None:
+        self.problems.pop(kind, None)
 
 
 @dataclass
@@ -52,11 +69,13 @@ class Stats:
     records_uploaded: int = 0
     objects_uploaded: int = 0
     bytes_uploaded: int = 0
-    failed_objects: list[EncodedObject] = field(default_factory=list)
+    recovered_objects: int = 0
+    dead_letter_keys: list[str] = field(default_factory=list)
+    failed_objects: list[SpooledObject] = field(default_factory=list)
 
     @property
     def failed_records(self) -> int:
-        return sum(o.records for o in self.failed_objects)
+        return sum(o.records for o in self.failed_objects if o.kind == "data")
 
 
 class Pipeline:
@@ -65,26 +84,34 @@ class Pipeline:
         settings: Settings,
         client: R2Client,
         sources: list[Source],
-        dead: DeadLetters,
+        spool: Spool,
         health: Health | None = None,
     ) -> None:
         self.settings = settings
         self.sources = sources
-        self.dead = dead
+        self.spool = spool
+        self.journal = spool.journal
+        self.dead = spool.dead
         self.health = health or Health()
         self.stats = Stats()
         self.bucket = settings.r2.bucket
         self.client = client
-        spool = Path(settings.spool.dir)
-        self.encoder = Encoder(settings.output, spool, dead)
-        self.template = KeyTemplate(settings.output.key_template, settings.output.prefix)
+        self.encoder = Encoder(settings.output, spool.dir, spool.dead)
+        prefix = settings.output.prefix
+        self.template = KeyTemplate(settings.output.key_template, prefix)
         self.uploader = Uploader(
             client,
             self.bucket,
-            KeyAllocator(self.template, self._list_keys),
+            {
+                "data": KeyAllocator(self.template, self._list_keys),
+                "deadletters": KeyAllocator(KeyTemplate(ERRORS_TEMPLATE, prefix), self._list_keys),
+            },
             settings.upload,
             settings.retry,
         )
+        self.once = False
+        self._units: dict[str, SourceUnit] = {}
+        self._intake_done = anyio.Event()
         self._tg: TaskGroup | None = None
 
     def stop_intake(self) -> None:
@@ -92,19 +119,51 @@ class Pipeline:
         for source in self.sources:
             source.stop()
 
+    # -- what sources call (the Units protocol) -------------------------------------------------------
+
+    def open_unit(self, unit: SourceUnit) -> SourceUnit:
+        known = self._units.get(unit.id)
+        if known is not None and known.fingerprint == unit.fingerprint:
+            known.name, known.ack, known.path = unit.name, unit.ack, unit.path
+            return known
+        if known is not None:
+            log.warning("source unit changed since it was journaled; reading all of it", unit=unit.name)
+        self.journal.add_unit(unit.id, unit.name, unit.fingerprint, unit.path)
+        self._units[unit.id] = unit
+        return unit
+
+    async def wait_for_room(self) -> None:
+        await self.spool.wait_for_room()
+
+    # -- running ---------------------------------------------------------------------------------
+
     async def run(self, once: bool) -> Stats:
+        self.once = once
+        recovered = await anyio.to_thread.run_sync(self.spool.recover)
+        self._units = recovered.units
+        if recovered.objects or recovered.units:
+            log.info(
+                "resuming from the journal",
+                objects=len(recovered.objects),
+                units=len(recovered.units),
+                dropped_batches=recovered.dropped_batches,
+            )
+        self.stats.recovered_objects = len(recovered.objects)
         items_send, items_recv = anyio.create_memory_object_stream[Item](ITEM_BUFFER)
         batch_send, batch_recv = anyio.create_memory_object_stream[Batch](1)
-        obj_send, obj_recv = anyio.create_memory_object_stream[EncodedObject](
-            self.settings.upload.concurrency
-        )
+        # Objects are on disk; the spool's high-water mark (not this stream) bounds them.
+        obj_send, obj_recv = anyio.create_memory_object_stream[SpooledObject](math.inf)
+        for obj in recovered.objects:
+            self._spooled(obj)
+            obj_send.send_nowait(obj)
         async with anyio.create_task_group() as tg:
             self._tg = tg
             tg.start_soon(self._intake, items_send, once)
             tg.start_soon(Batcher(self.settings.batch, self._unit_read).run, items_recv, batch_send)
-            async with batch_recv, obj_send:
-                for _ in range(ENCODERS):
-                    tg.start_soon(self._encode, batch_recv.clone(), obj_send.clone())
+            tg.start_soon(self._encode_all, batch_recv, obj_send.clone())
+            if not once:
+                tg.start_soon(self._seal_periodically, obj_send.clone())
+            obj_send.close()
             async with obj_recv:
                 for _ in range(self.settings.upload.concurrency):
                     tg.start_soon(self._upload, obj_recv.clone())
@@ -115,22 +174,42 @@ class Pipeline:
     async def _intake(self, send: MemoryObjectSendStream[Item], once: bool) -> None:
         async with send, anyio.create_task_group() as tg:
             for source in self.sources:
-                tg.start_soon(source.run, send.clone(), once)
+                tg.start_soon(source.run, send.clone(), self, once)
+
+    async def _encode_all(
+        self, batches: MemoryObjectReceiveStream[Batch], objects: MemoryObjectSendStream[SpooledObject]
+    ) -> None:
+        async with objects:
+            async with batches, anyio.create_task_group() as tg:
+                for _ in range(ENCODERS):
+                    tg.start_soon(self._encode, batches.clone(), objects.clone())
+            # Everything read is encoded: ship the dead letters written meanwhile.
+            self._intake_done.set()
+            self._seal(objects)
+
+    async def _seal_periodically(self, objects: MemoryObjectSendStream[SpooledObject]) -> None:
+        interval = max(self.settings.batch.max_age, 10.0)
+        async with objects:
+            while True:
+                with anyio.move_on_after(interval):
+                    await self._intake_done.wait()
+                    return
+                self._seal(objects)
+
+    def _seal(self, objects: MemoryObjectSendStream[SpooledObject]) -> None:
+        for obj in self.spool.seal_dead_letters():
+            self._spooled(obj)
+            objects.send_nowait(obj)
 
     async def _encode(
-        self, batches: MemoryObjectReceiveStream[Batch], objects: MemoryObjectSendStream[EncodedObject]
+        self, batches: MemoryObjectReceiveStream[Batch], objects: MemoryObjectSendStream[SpooledObject]
     ) -> None:
         async with batches, objects:
             async for batch in batches:
                 self.stats.records_read += batch.records
                 started = time.monotonic()
-                try:
-                    encoded = await anyio.to_thread.run_sync(self.encoder.encode, batch)
-                except Exception as exc:  # disk full, unwritable spool: keep the sources unacked
-                    log.error("could not encode batch; its input stays unacknowledged", error=describe(exc))
-                    self.health.fail(f"encoding failed: {describe(exc)}")
-                    batch.failed = True
-                    self._batch_done(batch)
+                encoded = await self._spool_batch(batch)
+                if encoded is None:
                     continue
                 log.debug(
                     "batch encoded",
@@ -140,25 +219,78 @@ class Pipeline:
                     seconds=round(time.monotonic() - started, 3),
                 )
                 batch.pending_objects = len(encoded)
-                if not encoded:
+                if not encoded:  # every row was a dead letter
                     self._batch_done(batch)
                 for obj in encoded:
+                    self._spooled(obj)
                     await objects.send(obj)
 
-    async def _upload(self, objects: MemoryObjectReceiveStream[EncodedObject]) -> None:
+    async def _spool_batch(self, batch: Batch) -> list[SpooledObject] | None:
+        """Encode into the spool and journal it; a full disk keeps the batch in memory and retries."""
+        delay = 1.0
+        while True:
+            encoded: list[SpooledObject] = []
+            try:
+                encoded = await anyio.to_thread.run_sync(self.encoder.encode, batch)
+                crash_point("encoded")
+                spans = [(u.id, a, b) for u, ranges in batch.spans.items() for a, b in ranges]
+                self.journal.spooled(batch.id, spans, [o.row() for o in encoded])
+                crash_point("spooled")
+            except (OSError, sqlite3.OperationalError) as exc:
+                for obj in encoded:
+                    obj.path.unlink(missing_ok=True)
+                full = isinstance(exc, sqlite3.OperationalError) or exc.errno in (errno.ENOSPC, errno.EDQUOT)
+                what = "spool disk full" if full else f"cannot write the spool: {exc}"
+                self.health.fail(f"{what} at {self.spool.dir}; free space or move spool.dir", "disk")
+                log.error(
+                    f"{what}; the batch stays in memory and its input unacknowledged, retrying",
+                    error=str(exc),
+                    retry_in=delay,
+                    spool=str(self.spool.dir),
+                )
+                await anyio.sleep(delay)
+                delay = min(delay * 2, DISK_RETRY_MAX)
+                continue
+            except Exception as exc:  # a bug or an Arrow limit: keep the input for a later run
+                log.error("could not encode batch; its input stays unacknowledged", error=describe(exc))
+                self.health.fail(f"encoding failed: {describe(exc)}", "encode")
+                batch.failed = True
+                self._batch_done(batch)
+                return None
+            self.health.clear("disk")
+            return encoded
+
+    def _spooled(self, obj: SpooledObject) -> None:
+        if self.spool.added(obj.size):
+            self.health.fail(
+                f"spool holds {self.spool.used / 1e6:.1f} MB waiting for upload, over spool.max_bytes: "
+                "intake paused until uploads catch up",
+                "spool",
+            )
+            log.warning("spool over spool.max_bytes; intake paused", used=self.spool.used)
+
+    def _unspooled(self, obj: SpooledObject) -> None:
+        if self.spool.removed(obj.size):
+            self.health.clear("spool")
+            log.info("spool below its low-water mark; intake resumed", used=self.spool.used)
+
+    async def _upload(self, objects: MemoryObjectReceiveStream[SpooledObject]) -> None:
         async with objects:
             async for obj in objects:
                 await self._upload_one(obj)
 
-    async def _upload_one(self, obj: EncodedObject) -> None:
+    async def _upload_one(self, obj: SpooledObject) -> None:
         try:
-            done = await self.uploader.upload(obj)
+            done = await self.uploader.upload(obj, lambda key: self.journal.attempting(obj.object_id, key))
         except Exception as exc:
             # Permanent refusal, or retries exhausted: keep the file, say where, stop looking ready.
             metrics.UPLOAD_FAILURES.inc()
             self.stats.failed_objects.append(obj)
-            obj.batch.failed = True
+            if obj.batch is not None:
+                obj.batch.failed = True
             self.health.fail(describe(exc))
+            if self.once:  # parked until the next run; it must not hold intake paused
+                self._unspooled(obj)
             log.error(
                 "upload failed; object kept in the spool",
                 error=describe(exc),
@@ -166,30 +298,45 @@ class Pipeline:
                 path=str(obj.path),
             )
         else:
+            crash_point("put")
+            self.journal.uploaded(obj.object_id, done.key)
+            crash_point("uploaded")
             await anyio.Path(obj.path).unlink(missing_ok=True)
-            self.stats.records_uploaded += obj.records
-            self.stats.objects_uploaded += 1
-            self.stats.bytes_uploaded += obj.size
-            metrics.RECORDS_UPLOADED.inc(obj.records)
-            metrics.OBJECTS_UPLOADED.inc()
-            metrics.BYTES_UPLOADED.inc(obj.size)
-            self.health.last_upload = time.time()
+            self._unspooled(obj)
+            self._count_upload(obj, done.key)
             log.info(
                 "uploaded",
                 key=done.key,
+                batch=obj.object_id,
+                kind=obj.kind,
                 records=obj.records,
                 bytes=obj.size,
                 seconds=round(done.seconds, 3),
                 attempts=done.attempts,
             )
-        obj.batch.pending_objects -= 1
-        if obj.batch.pending_objects == 0:
-            self._batch_done(obj.batch)
+        if obj.batch is not None:
+            obj.batch.pending_objects -= 1
+            if obj.batch.pending_objects == 0:
+                self._batch_done(obj.batch)
+
+    def _count_upload(self, obj: SpooledObject, key: str) -> None:
+        self.health.last_upload = time.time()
+        if obj.kind != "data":
+            self.stats.dead_letter_keys.append(key)
+            return
+        self.stats.records_uploaded += obj.records
+        self.stats.objects_uploaded += 1
+        self.stats.bytes_uploaded += obj.size
+        metrics.RECORDS_UPLOADED.inc(obj.records)
+        metrics.OBJECTS_UPLOADED.inc()
+        metrics.BYTES_UPLOADED.inc(obj.size)
 
     # -- acknowledgements ----------------------------------------------------------------------------
 
     def _unit_read(self, unit: SourceUnit) -> None:
         self.stats.units_claimed += 1
+        unit.total = unit.next_row
+        self.journal.unit_read(unit.id, unit.total)
         self._maybe_ack(unit)
 
     def _batch_done(self, batch: Batch) -> None:
@@ -204,11 +351,15 @@ class Pipeline:
             self._tg.start_soon(self._ack, unit)
 
     async def _ack(self, unit: SourceUnit) -> None:
+        assert unit.ack is not None
         try:
             await unit.ack()
         except OSError as exc:
             log.error("could not acknowledge source unit", unit=unit.name, error=str(exc))
             return
+        crash_point("acked")
+        self.journal.forget_unit(unit.id)
+        self._units.pop(unit.id, None)
         self.stats.units_acked += 1
         metrics.UNITS_ACKED.inc()
 

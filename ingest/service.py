@@ -18,7 +18,6 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ingest import logs
 from ingest.config import ConfigError, Settings, SourceConfig
-from ingest.deadletters import DeadLetters
 from ingest.logs import get_logger
 from ingest.pipeline import Health, Pipeline, Stats
 from ingest.r2.client import R2Client
@@ -27,6 +26,7 @@ from ingest.r2.endpoint import endpoint_url
 from ingest.server import ProbeServer, bind
 from ingest.sources.base import Source
 from ingest.sources.directory import DirectorySource
+from ingest.spool import Spool
 
 log = get_logger("ingest.service")
 DEFAULT_INBOX = "inbox"
@@ -66,20 +66,29 @@ async def r2_settings(settings: Settings, say: Console) -> AsyncIterator[Setting
         yield settings.model_copy(update={"r2": local})
 
 
-def build_sources(settings: Settings, dead: DeadLetters, say: Console) -> list[Source]:
+def open_spool(settings: Settings) -> Spool:
+    """This worker's spool; also settles the worker id (`<host>.2` for a second process on a host)."""
+    return Spool(
+        Path(settings.spool.dir),
+        settings.worker.id or socket.gethostname(),
+        settings.spool.max_bytes,
+        explicit=bool(settings.worker.id),
+    )
+
+
+def build_sources(settings: Settings, spool: Spool, say: Console) -> list[Source]:
     configs = settings.sources
     if not configs:
         configs = [SourceConfig(kind="directory", path=DEFAULT_INBOX)]
         say.print(f"no sources configured: watching ./{DEFAULT_INBOX}/", markup=False, highlight=False)
-    worker_id = settings.worker.id or socket.gethostname()
-    explicit = bool(settings.worker.id)
     sources: list[Source] = []
     for i, cfg in enumerate(configs):
         if cfg.kind != "directory":
             raise ConfigError(f"sources.{i}.kind: {cfg.kind!r} sources are not available yet; use directory")
         if not cfg.path:
             raise ConfigError(f"sources.{i}.path: required for a directory source")
-        source = DirectorySource(cfg, worker_id, dead, explicit)
+        # The claim directory is named like the spool, so a restarted worker finds both together.
+        source = DirectorySource(cfg, spool.worker_id, spool.dead, explicit_id=True)
         source.lock_claim_dir()
         sources.append(source)
     return sources
@@ -90,8 +99,9 @@ async def run(settings: Settings, once: bool, say: Console, progress: bool = Fal
         r2 = s.r2
         if not r2.bucket:
             raise ConfigError("r2.bucket: required (R2_BUCKET_NAME)")
-        dead = DeadLetters(Path(s.spool.dir) / "dead-letters")
-        sources = build_sources(s, dead, say)
+        spool = open_spool(s)
+        stack.callback(spool.close)
+        sources = build_sources(s, spool, say)
         probe_sock = None if once or not s.server.listen else bind(s.server.listen)
         provider = await stack.enter_async_context(await provider_from_settings(r2, s.output.prefix))
         client = await stack.enter_async_context(
@@ -102,8 +112,19 @@ async def run(settings: Settings, once: bool, say: Console, progress: bool = Fal
             )
         )
         health = Health()
-        pipeline = Pipeline(s, client, sources, dead, health)
+        pipeline = Pipeline(s, client, sources, spool, health)
         interrupted = False
+        drain = anyio.CancelScope()
+
+        async def deadline() -> None:
+            await anyio.sleep(s.worker.shutdown_timeout)
+            log.warning(
+                "shutdown_timeout reached: stopping now; unfinished work stays in the spool and the "
+                "claimed input for the next start",
+                spool=str(spool.dir),
+                waiting_bytes=spool.used,
+            )
+            drain.cancel()
 
         async with anyio.create_task_group() as tg:
             probes = ProbeServer(health, probe_sock) if probe_sock else None
@@ -124,16 +145,18 @@ async def run(settings: Settings, once: bool, say: Console, progress: bool = Fal
                             "stopping intake; finishing what was read", signal=signal.Signals(signum).name
                         )
                         pipeline.stop_intake()
+                        tg.start_soon(deadline)
 
             tg.start_soon(on_signals)
             if progress:
                 tg.start_soon(_show_progress, pipeline, say)
-            await pipeline.run(once)
-            tg.cancel_scope.cancel()  # signal watcher, progress
+            with drain:
+                await pipeline.run(once)
+            tg.cancel_scope.cancel()  # signal watcher, deadline, progress
             if probes is not None:
                 probes.stop()
         pending = [p for src in sources for p in src.pending()]
-        return RunResult(pipeline.stats, dead.count, dead.dir, pending, interrupted)
+        return RunResult(pipeline.stats, spool.dead.count, spool.dead.dir, pending, interrupted)
 
 
 async def _show_progress(pipeline: Pipeline, console: Console) -> None:

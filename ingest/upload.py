@@ -36,8 +36,8 @@ from ingest import metrics
 from ingest.config import RetryConfig, UploadConfig
 from ingest.keys import KeyAllocator
 from ingest.logs import get_logger
-from ingest.parquet import EncodedObject
 from ingest.r2.client import R2AccessDenied, R2Client
+from ingest.spool import SpooledObject
 
 log = get_logger("ingest.upload")
 T = TypeVar("T")
@@ -86,13 +86,13 @@ class Uploader:
         self,
         client: R2Client,
         bucket: str,
-        allocator: KeyAllocator,
+        allocators: dict[str, KeyAllocator],  # by object kind: data, deadletters
         upload: UploadConfig,
         retry: RetryConfig,
     ) -> None:
         self.client = client
         self.bucket = bucket
-        self.allocator = allocator
+        self.allocators = allocators
         self.config = upload
         self.retry_config = retry
         self.requests = anyio.CapacityLimiter(upload.concurrency)
@@ -134,16 +134,27 @@ class Uploader:
 
     # -- objects ----------------------------------------------------------------------------------
 
-    async def upload(self, obj: EncodedObject) -> Uploaded:
-        """Write `obj` under the first free key of its date; returns the key."""
+    async def upload(
+        self, obj: SpooledObject, attempting: Callable[[str], None] = lambda key: None
+    ) -> Uploaded:
+        """Write `obj` under the first free key of its date; returns the key.
+
+        `attempting(key)` is called before anything is sent to a key (the journal records it). An
+        object that carries the key of an attempt before a crash is looked for there first.
+        """
         started = time.monotonic()
         attempts = [0]
         multipart = obj.size > self.config.multipart_threshold
-        body = None if multipart else await anyio.Path(obj.path).read_bytes()
+        allocator = self.allocators[obj.kind]
         try:
+            if obj.key is not None and await self._is_ours(obj.key, obj, attempts):
+                return Uploaded(obj.key, attempts[0], time.monotonic() - started)
+            body = None if multipart else await anyio.Path(obj.path).read_bytes()
             while True:
-                seq = await self.allocator.candidate(obj.day)
-                key = self.allocator.template.render(obj.day, seq)
+                seq = await allocator.candidate(obj.day)
+                key = allocator.template.render(obj.day, seq)
+                attempting(key)
+                obj.key = key
                 try:
                     if body is not None:
                         await self.request(
@@ -154,7 +165,7 @@ class Uploader:
                             Key=key,
                             Body=body,
                             IfNoneMatch="*",
-                            ContentType="application/vnd.apache.parquet",
+                            ContentType=obj.content_type,
                             Metadata={BATCH_ID_META: obj.object_id},
                         )
                     else:
@@ -168,13 +179,13 @@ class Uploader:
                         return Uploaded(key, attempts[0], time.monotonic() - started)
                     metrics.KEY_CONFLICTS.inc()
                     log.debug("key taken; trying the next free number", key=key)
-                    await self.allocator.taken(obj.day, seq)
+                    await allocator.taken(obj.day, seq)
         except R2AccessDenied as exc:
             raise PermanentUploadError(str(exc)) from exc
         except ClientError as exc:
             raise PermanentUploadError(f"s3://{self.bucket}: {describe(exc)}") from exc
 
-    async def _is_ours(self, key: str, obj: EncodedObject, attempts: list[int]) -> bool:
+    async def _is_ours(self, key: str, obj: SpooledObject, attempts: list[int]) -> bool:
         """After a 412: is the object there the one an earlier, lost-answer attempt of ours wrote?"""
         try:
             head = await self.request(key, attempts, "head_object", Bucket=self.bucket, Key=key)
@@ -184,7 +195,7 @@ class Uploader:
             raise
         return bool(head.get("Metadata", {}).get(BATCH_ID_META) == obj.object_id)
 
-    async def _multipart(self, obj: EncodedObject, key: str, attempts: list[int]) -> None:
+    async def _multipart(self, obj: SpooledObject, key: str, attempts: list[int]) -> None:
         size = obj.size
         part_size = max(self.config.part_size, math.ceil(size / MAX_PARTS))
         count = math.ceil(size / part_size)
@@ -194,7 +205,7 @@ class Uploader:
             "create_multipart_upload",
             Bucket=self.bucket,
             Key=key,
-            ContentType="application/vnd.apache.parquet",
+            ContentType=obj.content_type,
             Metadata={BATCH_ID_META: obj.object_id},
         )
         upload_id = created["UploadId"]

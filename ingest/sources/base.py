@@ -8,19 +8,32 @@ source has said it read the unit to its end.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import pyarrow as pa
 from anyio.streams.memory import MemoryObjectSendStream
 
+Ack = Callable[[], Awaitable[None]]
+Ranges = list[tuple[int, int]]  # sorted, non-overlapping [start, stop) row ranges
+
 
 @dataclass(eq=False)
 class SourceUnit:
-    """One acknowledgeable piece of input; `name` appears in logs and dead letters."""
+    """One acknowledgeable piece of input; `name` appears in logs and dead letters.
+
+    Rows are numbered in the order the source reads them (deterministic for a given file), so after a
+    crash the rows already in spooled or uploaded batches (`skip`, from the journal) are not sent again.
+    """
 
     name: str
-    ack: Callable[[], Awaitable[None]]
+    ack: Ack | None = None  # None until a source has opened the unit in this run
+    id: str = ""  # journal identity, stable across restarts
+    fingerprint: str = ""  # what the unit looked like when first opened (e.g. inode:size:mtime)
+    path: str | None = None  # the local file holding it, if any (gone = acknowledged)
+    skip: Ranges = field(default_factory=list)
+    total: int | None = None  # rows in the unit, once read to its end
+    next_row: int = 0
     records: int = 0
     pending_batches: int = 0  # open or in-flight batches holding rows of this unit
     read_done: bool = False
@@ -29,7 +42,38 @@ class SourceUnit:
 
     @property
     def ackable(self) -> bool:
-        return self.read_done and self.pending_batches == 0 and not self.failed and not self.acked
+        return (
+            self.ack is not None
+            and self.read_done
+            and self.pending_batches == 0
+            and not self.failed
+            and not self.acked
+        )
+
+    @property
+    def fully_covered(self) -> bool:
+        """Every row is already in a spooled or uploaded batch: nothing to read again."""
+        return self.total is not None and _covered(self.skip, 0, self.total) == self.total
+
+    def chunks(self, table: pa.Table, first_line: int, lines: list[int] | None) -> list[Chunk]:
+        """The next rows read from this unit, minus those already in journaled batches."""
+        start, n = self.next_row, table.num_rows
+        self.next_row += n
+        whole = Chunk(table, self, first_line, lines, row0=start)
+        if not self.skip or _covered(self.skip, start, start + n) == 0:
+            return [whole] if n else []
+        out: list[Chunk] = []
+        pos, stop = start, start + n
+        for a, b in [*self.skip, (stop, stop)]:
+            a, b = min(max(a, start), stop), min(max(b, start), stop)
+            if a > pos:
+                out.append(whole.slice(pos - start, a - pos))
+            pos = max(pos, b)
+        return out
+
+
+def _covered(ranges: Ranges, start: int, stop: int) -> int:
+    return sum(max(0, min(b, stop) - max(a, start)) for a, b in ranges)
 
 
 @dataclass(eq=False)
@@ -40,16 +84,18 @@ class Chunk:
     unit: SourceUnit
     first_line: int = 1
     lines: list[int] | None = None  # explicit line per row when rows are not consecutive
+    row0: int = 0  # the unit's row number of the first row (see SourceUnit)
 
     def line_of(self, row: int) -> int:
         return self.lines[row] if self.lines is not None else self.first_line + row
 
     def slice(self, offset: int, length: int | None = None) -> Chunk:
         table = self.table.slice(offset, length)
+        row0 = self.row0 + offset
         if self.lines is not None:
             end = len(self.lines) if length is None else offset + length
-            return Chunk(table, self.unit, lines=self.lines[offset:end])
-        return Chunk(table, self.unit, first_line=self.first_line + offset)
+            return Chunk(table, self.unit, lines=self.lines[offset:end], row0=row0)
+        return Chunk(table, self.unit, first_line=self.first_line + offset, row0=row0)
 
 
 @dataclass(eq=False)
@@ -62,12 +108,34 @@ class UnitRead:
 Item = Chunk | UnitRead
 
 
+class Units(Protocol):
+    """What the pipeline offers sources: unit bookkeeping across restarts, and backpressure."""
+
+    def open_unit(self, unit: SourceUnit) -> SourceUnit:
+        """Register a unit before reading it; returns the unit to read into (skip ranges filled in)."""
+        ...
+
+    async def wait_for_room(self) -> None:
+        """Return when the spool is below its high-water mark (sources take no new input until then)."""
+        ...
+
+
+class FreshUnits:
+    """Units with no journal behind them: every unit is read whole, never any backpressure."""
+
+    def open_unit(self, unit: SourceUnit) -> SourceUnit:
+        return unit
+
+    async def wait_for_room(self) -> None:
+        return None
+
+
 class Source(Protocol):
     """A source runs until its input is exhausted (`once`) or it is cancelled (daemon)."""
 
     name: str
 
-    async def run(self, send: MemoryObjectSendStream[Item], once: bool) -> None: ...
+    async def run(self, send: MemoryObjectSendStream[Item], units: Units, once: bool) -> None: ...
 
     def stop(self) -> None:
         """Take nothing new; finish the units already taken (so none is left half-read), then return."""

@@ -26,7 +26,7 @@ from watchfiles import awatch
 from ingest.config import ConfigError, SourceConfig
 from ingest.deadletters import DeadLetter, DeadLetters
 from ingest.logs import get_logger
-from ingest.sources.base import Chunk, Item, SourceUnit, UnitRead
+from ingest.sources.base import FreshUnits, Item, SourceUnit, UnitRead, Units
 from ingest.sources.formats import Format, detect, read_file
 
 log = get_logger("ingest.sources.directory")
@@ -59,6 +59,7 @@ class DirectorySource:
         self.dead = dead
         self._seen: dict[Path, _Seen] = {}
         self._warned: set[Path] = set()
+        self._units: Units = FreshUnits()
 
     # -- discovery -------------------------------------------------------------------------------
 
@@ -152,9 +153,10 @@ class DirectorySource:
             return
         raise ConfigError(f"worker.id: too many workers named {self.worker_id!r}")
 
-    async def run(self, send: MemoryObjectSendStream[Item], once: bool) -> None:
+    async def run(self, send: MemoryObjectSendStream[Item], units: Units, once: bool) -> None:
         if self._lock_fd is None:
             self.lock_claim_dir()
+        self._units = units
         files_send, files_recv = anyio.create_memory_object_stream[Path](READERS)
         async with send, anyio.create_task_group() as tg:
             for _ in range(READERS):
@@ -192,6 +194,7 @@ class DirectorySource:
             for path in await anyio.to_thread.run_sync(self._complete, anyio.current_time()):
                 if at_start is not None and path not in at_start:
                     continue  # --once takes what was there at start
+                await self._units.wait_for_room()  # backpressure: claim nothing while the spool is full
                 claimed = self._claim(path)
                 if at_start is not None:
                     at_start.discard(path)
@@ -214,8 +217,18 @@ class DirectorySource:
         async with files, send:
             async for path in files:
                 origin = _origin(path)
-                unit = SourceUnit(name=origin.as_posix(), ack=self._acker(path))
-                await self._read(path, origin, unit, send)
+                st = path.stat()
+                unit = self._units.open_unit(
+                    SourceUnit(
+                        name=origin.as_posix(),
+                        ack=self._acker(path),
+                        id=f"file:{path}",
+                        fingerprint=f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}",
+                        path=str(path),
+                    )
+                )
+                if not unit.fully_covered:  # else: every row is already spooled or uploaded
+                    await self._read(path, origin, unit, send)
                 await send.send(UnitRead(unit))
 
     async def _read(
@@ -227,7 +240,9 @@ class DirectorySource:
 
         def emit(table: pa.Table, first_line: int, lines: list[int] | None) -> None:
             unit.records += table.num_rows
-            anyio.from_thread.run(send.send, Chunk(table, unit, first_line, lines))
+            for chunk in unit.chunks(table, first_line, lines):
+                anyio.from_thread.run(self._units.wait_for_room)
+                anyio.from_thread.run(send.send, chunk)
 
         def work() -> None:
             try:

@@ -89,7 +89,7 @@ def test_permanent_refusal_keeps_data_local_and_fails_readiness(job: Job) -> Non
     assert "not uploaded: 30 records in 1 objects, kept in" in r.stderr
     assert "not acknowledged: 1 source files" in r.stderr
     assert not any(e.get("event") == "transient failure; retrying" for e in logs_of(r.stderr))
-    kept = list((job.dir / "spool" / "objects").glob("*.parquet"))
+    kept = list((job.dir / "spool").glob("*/objects/*.parquet"))
     assert len(kept) == 1
     claimed = [p for p in (job.inbox / ".ingest" / "claimed").rglob("*--a.jsonl")]
     assert len(claimed) == 1

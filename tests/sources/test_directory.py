@@ -8,7 +8,7 @@ import pytest
 
 from ingest.config import ConfigError, SourceConfig
 from ingest.deadletters import DeadLetters
-from ingest.sources.base import Chunk, Item, UnitRead
+from ingest.sources.base import Chunk, FreshUnits, Item, UnitRead
 from ingest.sources.directory import DirectorySource
 
 
@@ -23,7 +23,7 @@ async def _collect(*sources: DirectorySource) -> list[Item]:
     async with anyio.create_task_group() as tg:
         async with send:
             for s in sources:
-                tg.start_soon(s.run, send.clone(), True)
+                tg.start_soon(s.run, send.clone(), FreshUnits(), True)
         async with recv:
             items = [i async for i in recv]
     return items

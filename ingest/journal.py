@@ -1,0 +1,218 @@
+"""The journal: a small SQLite database (WAL, synchronous=FULL) next to the spooled files.
+
+It records what a crash must not forget:
+- `units`: source units opened (a claimed file, identified by path + inode + size + mtime), and their
+  row count once read to the end;
+- `spans`: which row ranges of which unit each spooled batch holds (kept until the unit is
+  acknowledged, so a restart never sends those rows again);
+- `objects`: spooled files not yet known to be in R2, with size, SHA-256, and the key being attempted.
+  A row is deleted once the object is uploaded.
+Every change is one committed transaction. Used from one thread at a time (recovery in a worker
+thread before the pipeline starts, then the event-loop thread), plus read-only `ingest status`
+readers in other processes.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS units (
+    id TEXT PRIMARY KEY, name TEXT NOT NULL, fingerprint TEXT NOT NULL, path TEXT, total INTEGER
+);
+CREATE TABLE IF NOT EXISTS spans (
+    batch_id TEXT NOT NULL, unit_id TEXT NOT NULL, start INTEGER NOT NULL, stop INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS spans_unit ON spans (unit_id);
+CREATE TABLE IF NOT EXISTS objects (
+    id TEXT PRIMARY KEY, batch_id TEXT, kind TEXT NOT NULL, file TEXT NOT NULL, day TEXT NOT NULL,
+    records INTEGER NOT NULL, size INTEGER NOT NULL, sha256 TEXT NOT NULL,
+    state TEXT NOT NULL, key TEXT, created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS daily (day TEXT PRIMARY KEY, dead_letters INTEGER NOT NULL);
+"""
+
+
+@dataclass(frozen=True)
+class UnitRow:
+    id: str
+    name: str
+    fingerprint: str
+    path: str | None
+    total: int | None
+
+
+@dataclass(frozen=True)
+class ObjectRow:
+    id: str
+    batch_id: str | None  # None for dead-letter files
+    kind: str  # "data" | "deadletters"
+    file: str  # name inside the spool directory for its kind
+    day: str  # ISO date of the key's date directory
+    records: int
+    size: int
+    sha256: str
+    state: str  # "spooled" | "uploading" (a key was attempted; it may already hold the object)
+    key: str | None
+    created: float
+
+
+@dataclass(frozen=True)
+class Backlog:
+    objects: int
+    bytes: int
+    oldest: float | None
+    units: int
+
+
+class Journal:
+    def __init__(self, path: Path, readonly: bool = False) -> None:
+        self.path = path
+        if readonly:
+            self.db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+        else:
+            self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=FULL")
+            self.db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    def _tx(self, statements: Iterable[tuple[str, tuple[object, ...]]]) -> None:
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            for sql, args in statements:
+                self.db.execute(sql, args)
+
+    # -- units -----------------------------------------------------------------------------------
+
+    def add_unit(self, unit_id: str, name: str, fingerprint: str, path: str | None) -> None:
+        self._tx(
+            [
+                (
+                    "INSERT OR REPLACE INTO units (id, name, fingerprint, path, total) VALUES (?,?,?,?,NULL)",
+                    (unit_id, name, fingerprint, path),
+                ),
+                ("DELETE FROM spans WHERE unit_id = ?", (unit_id,)),
+            ]
+        )
+
+    def unit_read(self, unit_id: str, total: int) -> None:
+        self._tx([("UPDATE units SET total = ? WHERE id = ?", (total, unit_id))])
+
+    def forget_unit(self, unit_id: str) -> None:
+        """After the unit is acknowledged: nothing about it is needed any more."""
+        self._tx(
+            [
+                ("DELETE FROM spans WHERE unit_id = ?", (unit_id,)),
+                ("DELETE FROM units WHERE id = ?", (unit_id,)),
+            ]
+        )
+
+    def units(self) -> list[UnitRow]:
+        rows = self.db.execute("SELECT id, name, fingerprint, path, total FROM units").fetchall()
+        return [UnitRow(*r) for r in rows]
+
+    def spans(self) -> list[tuple[str, str, int, int]]:
+        """(batch_id, unit_id, start, stop) for every journaled batch."""
+        return list(self.db.execute("SELECT batch_id, unit_id, start, stop FROM spans ORDER BY start"))
+
+    # -- batches and objects -----------------------------------------------------------------------
+
+    def spooled(self, batch_id: str, spans: list[tuple[str, int, int]], objects: list[ObjectRow]) -> None:
+        """A batch is in the spool: its files (fsynced) and the rows they hold, in one transaction."""
+        self._tx(
+            [
+                *(
+                    ("INSERT INTO spans VALUES (?,?,?,?)", (batch_id, unit_id, a, b))
+                    for unit_id, a, b in spans
+                ),
+                *((_INSERT_OBJECT, _object_values(o)) for o in objects),
+            ]
+        )
+
+    def add_object(self, obj: ObjectRow) -> None:
+        self._tx([(_INSERT_OBJECT, _object_values(obj))])
+
+    def attempting(self, object_id: str, key: str) -> None:
+        self._tx([("UPDATE objects SET state='uploading', key=? WHERE id=?", (key, object_id))])
+
+    def uploaded(self, object_id: str, key: str) -> None:
+        now = str(time.time())
+        self._tx(
+            [
+                ("DELETE FROM objects WHERE id = ?", (object_id,)),
+                ("INSERT OR REPLACE INTO meta VALUES ('last_upload_at', ?)", (now,)),
+                ("INSERT OR REPLACE INTO meta VALUES ('last_upload_key', ?)", (key,)),
+            ]
+        )
+
+    def drop_batch(self, batch_id: str) -> None:
+        """Forget a batch whose spooled file is damaged: its rows will be read from the source again."""
+        self._tx(
+            [
+                ("DELETE FROM spans WHERE batch_id = ?", (batch_id,)),
+                ("DELETE FROM objects WHERE batch_id = ?", (batch_id,)),
+            ]
+        )
+
+    def drop_object(self, object_id: str) -> None:
+        self._tx([("DELETE FROM objects WHERE id = ?", (object_id,))])
+
+    def objects(self) -> list[ObjectRow]:
+        rows = self.db.execute(f"SELECT {_OBJECT_COLUMNS} FROM objects ORDER BY created").fetchall()
+        return [ObjectRow(*r) for r in rows]
+
+    # -- dead letters and status ---------------------------------------------------------------------
+
+    def count_dead_letters(self, day: str, count: int) -> None:
+        self._tx(
+            [
+                (
+                    "INSERT INTO daily VALUES (?, ?) ON CONFLICT(day) "
+                    "DO UPDATE SET dead_letters = dead_letters + excluded.dead_letters",
+                    (day, count),
+                )
+            ]
+        )
+
+    def dead_letters_on(self, day: str) -> int:
+        row = self.db.execute("SELECT dead_letters FROM daily WHERE day = ?", (day,)).fetchone()
+        return int(row[0]) if row else 0
+
+    def meta(self, name: str) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
+        return str(row[0]) if row else None
+
+    def backlog(self) -> Backlog:
+        n, size, oldest = self.db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(size), 0), MIN(created) FROM objects"
+        ).fetchone()
+        (units,) = self.db.execute("SELECT COUNT(*) FROM units").fetchone()
+        return Backlog(int(n), int(size), oldest, int(units))
+
+
+_OBJECT_COLUMNS = "id, batch_id, kind, file, day, records, size, sha256, state, key, created"
+_INSERT_OBJECT = f"INSERT OR REPLACE INTO objects ({_OBJECT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
+
+
+def _object_values(o: ObjectRow) -> tuple[object, ...]:
+    return (
+        o.id,
+        o.batch_id,
+        o.kind,
+        o.file,
+        o.day,
+        o.records,
+        o.size,
+        o.sha256,
+        o.state,
+        o.key,
+        o.created,
+    )

@@ -1,0 +1,253 @@
+"""The spool: encoded objects on local disk (fsynced) plus the journal, the durability point.
+
+One spool directory per worker (`<spool.dir>/<worker-id>/`, owned through an flock), holding
+`objects/` (Parquet files waiting for upload), `dead-letters/` (the day's dead-letter file, and
+`outbox/` for sealed ones waiting for upload) and `journal.db`.
+
+On start, `recover()` turns the journal back into work: spooled objects whose file is intact go back
+to the uploader (with the key last attempted, which may already hold them), damaged ones are dropped
+so their rows are read from the source again, and every unit remembers which of its rows are
+already spooled or uploaded. The spool also carries backpressure: above `spool.max_bytes` of
+objects waiting, sources take no new input until it is back under the low-water mark.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+
+import anyio
+
+from ingest.batch import Batch
+from ingest.config import ConfigError
+from ingest.deadletters import DeadLetters
+from ingest.files import sha256_of
+from ingest.journal import Journal, ObjectRow, UnitRow
+from ingest.logs import get_logger
+from ingest.sources.base import Ranges, SourceUnit
+
+log = get_logger("ingest.spool")
+LOW_WATER = 0.8  # intake resumes below this fraction of spool.max_bytes
+CONTENT_TYPES = {"data": "application/vnd.apache.parquet", "deadletters": "application/x-ndjson"}
+
+
+@dataclass(eq=False)
+class SpooledObject:
+    """One file in the spool waiting for its key and upload. `object_id` is the x-amz-meta-batch-id."""
+
+    object_id: str
+    batch: Batch | None  # None for dead letters
+    path: Path
+    day: date
+    records: int
+    size: int
+    sha256: str = ""
+    kind: str = "data"
+    key: str | None = None  # last key attempted (after a restart: may already hold this object)
+
+    @property
+    def content_type(self) -> str:
+        return CONTENT_TYPES[self.kind]
+
+    def row(self, state: str = "spooled") -> ObjectRow:
+        return ObjectRow(
+            self.object_id,
+            self.batch.id if self.batch is not None else None,
+            self.kind,
+            self.path.name,
+            self.day.isoformat(),
+            self.records,
+            self.size,
+            self.sha256,
+            state,
+            self.key,
+            time.time(),
+        )
+
+
+@dataclass
+class Recovered:
+    objects: list[SpooledObject] = field(default_factory=list)
+    units: dict[str, SourceUnit] = field(default_factory=dict)
+    dropped_batches: int = 0
+
+
+class Spool:
+    def __init__(self, root: Path, worker_id: str, max_bytes: int, explicit: bool = False) -> None:
+        self.root = root
+        self.worker_id, self._lock_fd = _lock_worker(root, worker_id, explicit)
+        self.dir = root / self.worker_id
+        self.objects_dir = self.dir / "objects"
+        self.objects_dir.mkdir(parents=True, exist_ok=True)
+        self.dead = DeadLetters(self.dir / "dead-letters")
+        self.journal = Journal(self.dir / "journal.db")
+        self.max_bytes = max_bytes
+        self.used = 0
+        self.paused = False
+        self._room = anyio.Event()
+        self._room.set()
+
+    def close(self) -> None:
+        self.journal.close()
+        os.close(self._lock_fd)
+
+    # -- backpressure ------------------------------------------------------------------------------
+
+    def added(self, size: int) -> bool:
+        """Count bytes waiting for upload; True when this crossed the high-water mark."""
+        self.used += size
+        if not self.paused and self.used >= self.max_bytes:
+            self.paused = True
+            self._room = anyio.Event()
+            return True
+        return False
+
+    def removed(self, size: int) -> bool:
+        """True when this brought the spool back under the low-water mark."""
+        self.used = max(0, self.used - size)
+        if self.paused and self.used <= self.max_bytes * LOW_WATER:
+            self.paused = False
+            self._room.set()
+            return True
+        return False
+
+    async def wait_for_room(self) -> None:
+        await self._room.wait()
+
+    # -- dead letters --------------------------------------------------------------------------------
+
+    def seal_dead_letters(self) -> list[SpooledObject]:
+        """Close the dead-letter files written so far and journal them for upload."""
+        sealed = []
+        for path, day, lines in self.dead.seal():
+            obj = SpooledObject(
+                path.stem, None, path, day, lines, path.stat().st_size, sha256_of(path), "deadletters"
+            )
+            self.journal.add_object(obj.row())
+            self.journal.count_dead_letters(day.isoformat(), lines)
+            sealed.append(obj)
+        return sealed
+
+    # -- recovery ------------------------------------------------------------------------------------
+
+    def recover(self) -> Recovered:
+        """Rebuild pending work from the journal and the files (blocking: run it in a thread)."""
+        out = Recovered()
+        self._journal_stray_dead_letters()
+        rows = self.journal.objects()
+        known = {r.file for r in rows if r.kind == "data"}
+        for stray in self.objects_dir.iterdir():
+            if stray.name not in known:  # written, but the crash came before the journal said so
+                stray.unlink(missing_ok=True)
+        bad_batches: set[str] = set()
+        for r in rows:
+            path = self._path(r)
+            if not path.is_file() or path.stat().st_size != r.size or sha256_of(path) != r.sha256:
+                log.error(
+                    "spooled file damaged or missing; its rows will be read from the source again",
+                    path=str(path),
+                )
+                if r.batch_id is None:
+                    self.journal.drop_object(r.id)
+                else:
+                    bad_batches.add(r.batch_id)
+        for batch_id in bad_batches:
+            for r in rows:
+                if r.batch_id == batch_id:
+                    self._path(r).unlink(missing_ok=True)
+            self.journal.drop_batch(batch_id)
+        out.dropped_batches = len(bad_batches)
+
+        units = {u.id: _unit(u) for u in self._live_units()}
+        by_batch: dict[str, list[SourceUnit]] = defaultdict(list)
+        skips: dict[str, Ranges] = defaultdict(list)
+        for batch_id, unit_id, start, stop in self.journal.spans():
+            if unit_id in units:
+                skips[unit_id].append((start, stop))
+                if units[unit_id] not in by_batch[batch_id]:
+                    by_batch[batch_id].append(units[unit_id])
+        for unit_id, ranges in skips.items():
+            units[unit_id].skip = _merge(ranges)
+        batches: dict[str, Batch] = {}
+        for r in self.journal.objects():
+            batch = None
+            if r.batch_id is not None:
+                batch = batches.get(r.batch_id)
+                if batch is None:
+                    batch = batches[r.batch_id] = Batch(id=r.batch_id, units=by_batch[r.batch_id])
+                    for unit in batch.units:
+                        unit.pending_batches += 1
+                batch.pending_objects += 1
+            obj = SpooledObject(
+                r.id, batch, self._path(r), date.fromisoformat(r.day), r.records, r.size, r.sha256, r.kind
+            )
+            obj.key = r.key
+            out.objects.append(obj)
+        out.units = units
+        return out
+
+    def _live_units(self) -> list[UnitRow]:
+        """Units still to acknowledge; a unit whose file is gone was acknowledged just before a crash."""
+        live = []
+        for u in self.journal.units():
+            if u.path is not None and not os.path.exists(u.path):
+                self.journal.forget_unit(u.id)
+            else:
+                live.append(u)
+        return live
+
+    def _journal_stray_dead_letters(self) -> None:
+        known = {r.file for r in self.journal.objects() if r.kind == "deadletters"}
+        for path, day, lines in self.dead.outbox():
+            if path.name not in known:  # sealed, then the crash came before the journal said so
+                obj = SpooledObject(
+                    path.stem, None, path, day, lines, path.stat().st_size, sha256_of(path), "deadletters"
+                )
+                self.journal.add_object(obj.row())
+                self.journal.count_dead_letters(day.isoformat(), lines)
+
+    def _path(self, r: ObjectRow) -> Path:
+        return (self.objects_dir if r.kind == "data" else self.dead.outbox_dir) / r.file
+
+
+def _unit(u: UnitRow) -> SourceUnit:
+    return SourceUnit(name=u.name, id=u.id, fingerprint=u.fingerprint, total=u.total)
+
+
+def _merge(ranges: Ranges) -> Ranges:
+    out: Ranges = []
+    for a, b in sorted(ranges):
+        if out and a <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], b))
+        else:
+            out.append((a, b))
+    return out
+
+
+def _lock_worker(root: Path, worker_id: str, explicit: bool) -> tuple[str, int]:
+    """Own `<root>/<id>` for this process's lifetime (flock), so no two live workers share a spool.
+
+    The default id is the host name, stable across restarts so a restarted worker finds its own
+    journal; a second process on the same host gets `<host>.2`, and so on.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 1000):
+        candidate = worker_id if n == 1 else f"{worker_id}.{n}"
+        fd = os.open(root / f"{candidate}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            if explicit:
+                raise ConfigError(
+                    f"worker.id: {worker_id!r} is in use by another running worker with spool.dir {root}; "
+                    "give each worker its own id"
+                ) from None
+            continue
+        return candidate, fd
+    raise ConfigError(f"worker.id: too many workers named {worker_id!r}")
