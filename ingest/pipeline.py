@@ -300,10 +300,6 @@ class Pipeline:
         else:
             crash_point("put")
             self.journal.uploaded(obj.object_id, done.key)
-            crash_point("uploaded")
-            await anyio.Path(obj.path).unlink(missing_ok=True)
-            self._unspooled(obj)
-            self._count_upload(obj, done.key)
             log.info(
                 "uploaded",
                 key=done.key,
@@ -314,6 +310,10 @@ class Pipeline:
                 seconds=round(done.seconds, 3),
                 attempts=done.attempts,
             )
+            crash_point("uploaded")
+            self._unspooled(obj)
+            self._count_upload(obj, done.key)
+            await anyio.Path(obj.path).unlink(missing_ok=True)
         if obj.batch is not None:
             obj.batch.pending_objects -= 1
             if obj.batch.pending_objects == 0:

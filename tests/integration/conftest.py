@@ -137,12 +137,35 @@ class Job:
             text=True,
         )
 
-    def keys(self) -> list[str]:
+    def all_keys(self) -> list[str]:
         s3 = self.r2.token_s3()
         keys: list[str] = []
         for page in s3.get_paginator("list_objects_v2").paginate(Bucket=self.r2.bucket, Prefix=self.prefix):
             keys += [o["Key"] for o in page.get("Contents", [])]
         return sorted(keys)
+
+    def keys(self) -> list[str]:
+        """The data objects (dead-letter objects live under `{prefix}_errors/`)."""
+        return [k for k in self.all_keys() if not k.startswith(f"{self.prefix}_errors/")]
+
+    def error_keys(self) -> list[str]:
+        return [k for k in self.all_keys() if k.startswith(f"{self.prefix}_errors/")]
+
+    def dead_letters(self) -> list[dict[str, Any]]:
+        s3 = self.r2.token_s3()
+        out: list[dict[str, Any]] = []
+        for key in self.error_keys():
+            body = s3.get_object(Bucket=self.r2.bucket, Key=key)["Body"].read()
+            out += [json.loads(line) for line in body.splitlines()]
+        return out
+
+    def batch_ids(self) -> dict[str, str]:
+        """key → x-amz-meta-batch-id of every data object."""
+        s3 = self.r2.token_s3()
+        return {
+            k: s3.head_object(Bucket=self.r2.bucket, Key=k)["Metadata"].get("batch-id", "")
+            for k in self.keys()
+        }
 
     def read(self, key: str) -> pa.Table:
         body = self.r2.token_s3().get_object(Bucket=self.r2.bucket, Key=key)["Body"].read()

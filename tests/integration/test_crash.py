@@ -1,0 +1,115 @@
+"""Crash matrix: SIGKILL `ingest run` at random moments and at the hardest points, restart until done.
+
+Every trial asserts the promise: the rows in R2 are exactly the rows in (none lost, no id twice), and
+no key was ever written by two different batches (no object overwritten). The default run takes a
+short matrix; the full 30 trials run with `pytest -m slow tests/integration/test_crash.py`.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import subprocess
+import time
+from collections import defaultdict
+
+import pytest
+
+from tests.integration.conftest import Job, logs_of, write_jsonl
+
+RECORDS = 200_000
+FILES = 16
+MAX_RUNS = 12
+
+# (crash point, n-th time) and ("random", seed) trials; the first ones run by default.
+FAST = [
+    ("encoded", 2),
+    ("spooled", 3),
+    ("put", 2),
+    ("uploaded", 4),
+    ("acked", 3),
+    ("random", 1),
+    ("random", 2),
+]
+FULL = (
+    FAST
+    + [(p, n) for p in ("encoded", "spooled", "put", "uploaded", "acked") for n in (1, 5, 9)]
+    + [("random", seed) for seed in range(3, 11)]
+)
+assert len(FULL) == 30
+
+
+def _inbox(job: Job, seed: int) -> None:
+    rng = random.Random(seed)
+    per = RECORDS // FILES
+    for f in range(FILES):
+        rows = [{"id": f * per + i, "v": rng.random(), "tag": f"f{f}"} for i in range(per)]
+        name = f"part-{f:02d}.jsonl" + (".gz" if f % 4 == 0 else "")
+        write_jsonl(job.inbox / name, rows)
+
+
+def _run_until_done(job: Job, point: str, n: int) -> tuple[int, str]:
+    """Run `--once` repeatedly, killing early runs; return (kills, all logs)."""
+    rng = random.Random(n)
+    kills = 0
+    logs = ""
+    for attempt in range(MAX_RUNS):
+        env: dict[str, str] = {}
+        if point != "random" and attempt == 0:
+            env["INGEST_CRASH_AT"] = f"{point}:{n}"
+        proc = job.start("--once", **env)
+        if point == "random" and attempt < 2:
+            time.sleep(rng.uniform(0.3, 3.5))
+            proc.send_signal(signal.SIGKILL)
+        try:
+            _, err = proc.communicate(timeout=240)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+        logs += err
+        if proc.returncode == -signal.SIGKILL:
+            kills += 1
+            continue
+        assert proc.returncode == 0, err[-3000:]
+        if not list(job.inbox.rglob("*.jsonl*")):
+            return kills, logs
+    raise AssertionError(f"not done after {MAX_RUNS} runs")
+
+
+def _trial(job: Job, point: str, n: int) -> None:
+    job.configure(
+        sources={"settle_seconds": "50ms"},
+        batch={"max_records": 15_000},  # batches span files, files span batches
+        upload={"concurrency": 4},
+    )
+    _inbox(job, n)
+    kills, logs = _run_until_done(job, point, n)
+    if point != "random":
+        assert kills == 1, f"the crash point {point}:{n} was never reached"
+
+    ids = [int(r["id"]) for r in job.rows()]  # type: ignore[call-overload]
+    assert len(ids) == len(set(ids)), f"{len(ids) - len(set(ids))} ids twice after {kills} kills"
+    assert sorted(ids) == list(range(RECORDS)), f"{RECORDS - len(set(ids))} rows lost after {kills} kills"
+
+    # No key ever held two different batches, and every object in R2 is a distinct batch.
+    writers: dict[str, set[str]] = defaultdict(set)
+    for e in logs_of(logs):
+        if e.get("event") == "uploaded" and e.get("kind") == "data":
+            writers[e["key"]].add(e["batch"])
+    assert all(len(b) == 1 for b in writers.values()), {k: b for k, b in writers.items() if len(b) > 1}
+    stored = job.batch_ids()
+    assert len(set(stored.values())) == len(stored)
+    if point != "random":  # (a random kill may land between the journal commit and its log line)
+        assert set(stored) <= set(writers)
+    assert not list((job.inbox / ".ingest" / "claimed").rglob("*--*")), "input left unacknowledged"
+
+
+@pytest.mark.parametrize(("point", "n"), FAST, ids=[f"{p}-{n}" for p, n in FAST])
+def test_crash_matrix(job: Job, point: str, n: int) -> None:
+    _trial(job, point, n)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("point", "n"), FULL, ids=[f"{p}-{n}" for p, n in FULL])
+def test_crash_matrix_full(job: Job, point: str, n: int) -> None:
+    _trial(job, point, n)
