@@ -64,6 +64,12 @@ class FaultProxy:
         async with server:
             await self._stop.wait()
         server.close()
+        # Connections still in a delay or a pipe: cancel them, so none outlives the loop.
+        current = asyncio.current_task()
+        pending = [t for t in asyncio.all_tasks() if t is not current]
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
 
     def _pick(self) -> str:
         f = self.faults
