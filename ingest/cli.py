@@ -123,16 +123,20 @@ def run(
         markup=False,
         highlight=False,
     )
-    if result.dead_letters:
+    keys = st.dead_letter_keys
+    if result.dead_letters or keys:
+        where = f"s3://{result.bucket}/{keys[0]}" if keys else str(result.dead_letter_dir)
+        more = f" (and {len(keys) - 1} more objects)" if len(keys) > 1 else ""
         out.print(
-            f"{result.dead_letters} records could not be read; they are in {result.dead_letter_dir}",
+            f"dead letters: {result.dead_letters} records could not be read; source, line and reason "
+            f"are in {where}{more}",
             markup=False,
             highlight=False,
         )
     if result.complete:
         return
     if st.failed_objects:
-        where = st.failed_objects[0].path.parent
+        where = str(st.failed_objects[0].path.parent)
         err.print(
             f"not uploaded: {st.failed_records:,} records in {len(st.failed_objects)} objects, "
             f"kept in {where}",

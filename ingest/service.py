@@ -37,6 +37,7 @@ class RunResult:
     stats: Stats
     dead_letters: int
     dead_letter_dir: Path
+    bucket: str = ""
     pending_units: list[str] = field(default_factory=list)
     interrupted: bool = False
 
@@ -88,7 +89,7 @@ def build_sources(settings: Settings, spool: Spool, say: Console) -> list[Source
         if not cfg.path:
             raise ConfigError(f"sources.{i}.path: required for a directory source")
         # The claim directory is named like the spool, so a restarted worker finds both together.
-        source = DirectorySource(cfg, spool.worker_id, spool.dead, explicit_id=True)
+        source = DirectorySource(cfg, spool.worker_id, spool.dead, True, settings.batch.max_record_bytes)
         source.lock_claim_dir()
         sources.append(source)
     return sources
@@ -156,7 +157,7 @@ async def run(settings: Settings, once: bool, say: Console, progress: bool = Fal
             if probes is not None:
                 probes.stop()
         pending = [p for src in sources for p in src.pending()]
-        return RunResult(pipeline.stats, spool.dead.count, spool.dead.dir, pending, interrupted)
+        return RunResult(pipeline.stats, spool.dead.count, spool.dead.dir, r2.bucket, pending, interrupted)
 
 
 async def _show_progress(pipeline: Pipeline, console: Console) -> None:

@@ -27,7 +27,7 @@ from ingest.config import ConfigError, SourceConfig
 from ingest.deadletters import DeadLetter, DeadLetters
 from ingest.logs import get_logger
 from ingest.sources.base import FreshUnits, Item, SourceUnit, UnitRead, Units
-from ingest.sources.formats import Format, detect, read_file
+from ingest.sources.formats import DEFAULT_MAX_RECORD, Format, detect, read_file
 
 log = get_logger("ingest.sources.directory")
 CLAIM_DIR = ".ingest"
@@ -44,9 +44,15 @@ class _Seen:
 
 class DirectorySource:
     def __init__(
-        self, config: SourceConfig, worker_id: str, dead: DeadLetters, explicit_id: bool = False
+        self,
+        config: SourceConfig,
+        worker_id: str,
+        dead: DeadLetters,
+        explicit_id: bool = False,
+        max_record_bytes: int = DEFAULT_MAX_RECORD,
     ) -> None:
         self.config = config
+        self.max_record_bytes = max_record_bytes
         self.root = Path(config.path).resolve()
         self.name = f"directory:{config.path}"
         self.worker_id = worker_id
@@ -246,7 +252,7 @@ class DirectorySource:
 
         def work() -> None:
             try:
-                read_file(path, fmt, compression, unit.name, emit, self.dead.write)
+                read_file(path, fmt, compression, unit.name, emit, self.dead.write, self.max_record_bytes)
             except (OSError, pa.ArrowException) as exc:
                 self.dead.write([DeadLetter(unit.name, None, f"could not read file: {exc}")])
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,11 +19,13 @@ import pyarrow.csv as pcsv
 import pyarrow.json as pjson
 import pyarrow.parquet as pq
 
-from ingest.deadletters import DeadLetter
+from ingest.deadletters import MAX_RAW, DeadLetter
 
 Format = Literal["jsonl", "csv", "parquet"]
 READ_BLOCK = 32 << 20
 PARQUET_BATCH_ROWS = 256 * 1024
+DEFAULT_MAX_RECORD = 8 << 20
+COMPRESSED_PIECE = 64 << 10
 # emit(table, first_line, explicit_lines)
 Emit = Callable[[pa.Table, int, list[int] | None], None]
 Dead = Callable[[list[DeadLetter]], None]
@@ -49,14 +52,23 @@ def detect(path: Path, configured: str = "") -> tuple[Format, str | None] | None
     return None
 
 
-def read_file(path: Path, fmt: Format, compression: str | None, source: str, emit: Emit, dead: Dead) -> None:
+def read_file(
+    path: Path,
+    fmt: Format,
+    compression: str | None,
+    source: str,
+    emit: Emit,
+    dead: Dead,
+    max_record: int = DEFAULT_MAX_RECORD,
+) -> None:
     """Read `path` to its end, handing Arrow tables to `emit` and unreadable records to `dead`."""
     if fmt == "parquet":
         _read_parquet(path, emit)
         return
     with pa.input_stream(str(path), compression=compression) as stream:
         if fmt == "jsonl":
-            _read_jsonl(stream, source, emit, dead)
+            piece = READ_BLOCK if compression is None else COMPRESSED_PIECE
+            _JsonLines(source, emit, dead, max_record, piece).read(stream)
         else:
             _read_csv(stream, path, compression, source, emit, dead)
 
@@ -68,49 +80,127 @@ def _read_parquet(path: Path, emit: Emit) -> None:
         line += batch.num_rows
 
 
-def _read_jsonl(stream: Any, source: str, emit: Emit, dead: Dead) -> None:
-    line = 1
-    carry = b""
-    while True:
+@dataclass
+class _JsonLines:
+    source: str
+    emit: Emit
+    dead: Dead
+    max_record: int
+    piece: int = READ_BLOCK  # read size; small for compressed input
+
+    def read(self, stream: Any) -> None:
+        line = 1
+        carry = b""
+        while True:
+            data, error = self._read_block(stream)
+            buf = carry + data if carry else data
+            if error is not None:
+                # Truncated/corrupt compression: keep every whole line read, say where it stopped.
+                cut = buf.rfind(b"\n") + 1
+                if cut:
+                    self.block(buf[:cut], line)
+                    line += buf.count(b"\n", 0, cut)
+                reason = f"unreadable from this line on: {error}"
+                self.dead([DeadLetter(self.source, line, reason, buf[cut : cut + MAX_RAW] or None)])
+                return
+            if data:
+                cut = buf.rfind(b"\n")
+                if cut < 0:  # one line longer than a block: keep reading, up to max_record
+                    if len(buf) > self.max_record:
+                        carry = self._skip_long_line(stream, buf, line)
+                        line += 1
+                    else:
+                        carry = buf
+                    continue
+                block, carry = buf[: cut + 1], buf[cut + 1 :]
+            else:
+                block, carry = buf, b""
+            if block:
+                self.block(block, line)
+                line += block.count(b"\n") + (0 if block.endswith(b"\n") else 1)
+            if not data:
+                return
+
+    def _read_block(self, stream: Any) -> tuple[bytes, Exception | None]:
+        """Up to READ_BLOCK bytes; compressed input is read in small pieces so that a truncated
+        stream loses at most one piece of what could still be decompressed."""
+        pieces: list[bytes] = []
+        size = 0
         try:
-            data = stream.read(READ_BLOCK)
+            while size < READ_BLOCK:
+                piece = stream.read(min(self.piece, READ_BLOCK - size))
+                if not piece:
+                    break
+                pieces.append(piece)
+                size += len(piece)
         except (OSError, pa.ArrowException) as exc:
-            # Truncated/corrupt compression: keep what was readable, record where it stopped.
-            if carry:
-                _parse_json_block(carry, line, source, emit, dead)
-                line += carry.count(b"\n") + (0 if carry.endswith(b"\n") else 1)
-            dead([DeadLetter(source, line, f"unreadable from this line on: {exc}")])
+            return b"".join(pieces), exc
+        return b"".join(pieces), None
+
+    def _too_long(self, size: int, line: int, raw: bytes) -> None:
+        reason = (
+            f"record is {size} bytes, over batch.max_record_bytes ({self.max_record}); "
+            "raise it or split the record"
+        )
+        self.dead([DeadLetter(self.source, line, reason, raw)])
+
+    def _skip_long_line(self, stream: Any, head: bytes, line: int) -> bytes:
+        """Dead-letter a line over max_record without holding it in memory; returns what follows it."""
+        size, rest = len(head), b""
+        while data := stream.read(READ_BLOCK):
+            cut = data.find(b"\n")
+            if cut >= 0:
+                size, rest = size + cut, data[cut + 1 :]
+                break
+            size += len(data)
+        self._too_long(size, line, head[:MAX_RAW])
+        return rest
+
+    def block(self, block: bytes, first_line: int) -> None:
+        long = _long_line(block, self.max_record)
+        if long is not None:  # parse around it
+            a, b = long
+            self.block(block[:a], first_line)
+            line = first_line + block.count(b"\n", 0, a)
+            self._too_long(b - a, line, block[a : min(b, a + MAX_RAW)])
+            self.block(block[b + 1 :], line + 1)
             return
-        buf = carry + data if carry else data
-        if data:
-            cut = buf.rfind(b"\n")
-            if cut < 0:  # one line longer than a block: keep reading
-                carry = buf
-                continue
-            block, carry = buf[: cut + 1], buf[cut + 1 :]
+        try:
+            table = pjson.read_json(pa.BufferReader(block))
+        except pa.ArrowInvalid as exc:
+            if "Empty JSON file" in str(exc):
+                return
+            _parse_json_slowly(block, first_line, self.source, self.emit, self.dead)
+            return
+        expected = block.count(b"\n") + (0 if block.endswith(b"\n") else 1)
+        if table.num_rows == expected:
+            self.emit(table, first_line, None)
+        else:  # blank lines were skipped: number the rows explicitly
+            lines = [first_line + i for i, text in enumerate(block.split(b"\n")) if text.strip()]
+            self.emit(table, first_line, lines[: table.num_rows])
+
+
+def _long_line(block: bytes, limit: int) -> tuple[int, int] | None:
+    """(start, end) of the first line longer than `limit`, or None.
+
+    Cheap: a line longer than `limit` contains a whole aligned window of limit/2 bytes with no
+    newline, so only len/(limit/2) windows are searched, not every line.
+    """
+    if len(block) <= limit:
+        return None
+    step = max(1, limit // 2)
+    s = 0
+    while s < len(block):
+        if block.find(b"\n", s, s + step) < 0:
+            start = block.rfind(b"\n", 0, s) + 1
+            end = block.find(b"\n", s)
+            end = len(block) if end < 0 else end
+            if end - start > limit:
+                return start, end
+            s = end + 1
         else:
-            block, carry = buf, b""
-        if block:
-            _parse_json_block(block, line, source, emit, dead)
-            line += block.count(b"\n") + (0 if block.endswith(b"\n") else 1)
-        if not data:
-            return
-
-
-def _parse_json_block(block: bytes, first_line: int, source: str, emit: Emit, dead: Dead) -> None:
-    try:
-        table = pjson.read_json(pa.BufferReader(block))
-    except pa.ArrowInvalid as exc:
-        if "Empty JSON file" in str(exc):
-            return
-        _parse_json_slowly(block, first_line, source, emit, dead)
-        return
-    expected = block.count(b"\n") + (0 if block.endswith(b"\n") else 1)
-    if table.num_rows == expected:
-        emit(table, first_line, None)
-    else:  # blank lines were skipped: number the rows explicitly
-        lines = [first_line + i for i, text in enumerate(block.split(b"\n")) if text.strip()]
-        emit(table, first_line, lines[: table.num_rows])
+            s += step
+    return None
 
 
 def _parse_json_slowly(block: bytes, first_line: int, source: str, emit: Emit, dead: Dead) -> None:
@@ -153,21 +243,30 @@ def _unify(a: pa.Schema, b: pa.Schema) -> pa.Schema:
 
 def _read_csv(stream: Any, path: Path, compression: str | None, source: str, emit: Emit, dead: Dead) -> None:
     invalid: list[DeadLetter] = []
+    skipped: list[int] = []  # line numbers of ragged rows, which pyarrow leaves out
 
     def on_invalid(row: Any) -> str:
         line = row.number if row.number is not None else None
         reason = f"expected {row.expected_columns} columns, got {row.actual_columns}"
         invalid.append(DeadLetter(source, line, reason, row.text))
+        if line is not None:
+            skipped.append(line)
         return "skip"
+
+    emitted = 0
+
+    def send(batch: pa.RecordBatch) -> None:
+        nonlocal emitted
+        lines = _csv_lines(emitted, batch.num_rows, skipped) if skipped else None
+        emit(pa.Table.from_batches([batch]), emitted + 2, lines)
+        emitted += batch.num_rows
 
     parse = pcsv.ParseOptions(newlines_in_values=True, invalid_row_handler=on_invalid)
     read = pcsv.ReadOptions(block_size=READ_BLOCK, use_threads=False)
-    emitted = 0
     try:
         reader = pcsv.open_csv(stream, read_options=read, parse_options=parse)
         for batch in reader:
-            emit(pa.Table.from_batches([batch]), emitted + 2, None)
-            emitted += batch.num_rows
+            send(batch)
     except pa.ArrowInvalid as exc:
         if "Empty CSV file" in str(exc):
             dead(invalid)
@@ -175,15 +274,41 @@ def _read_csv(stream: Any, path: Path, compression: str | None, source: str, emi
         if "conversion error" not in str(exc).lower() and "In CSV column" not in str(exc):
             dead([*invalid, DeadLetter(source, emitted + 2, f"unreadable from this row on: {exc}")])
             return
-        # A later block holds a value the first block's types cannot take: read the rest as text and
-        # let the encoder cast (values that do not fit become dead letters there).
+        # A later block holds a value the first block's types cannot take: read the file again as
+        # text, skipping the rows already sent, and let the encoder cast (misfits become dead letters).
         names = reader.schema.names
-        read = pcsv.ReadOptions(block_size=READ_BLOCK, use_threads=False, skip_rows_after_names=emitted)
+        already, emitted = emitted, 0
+        invalid.clear()
+        skipped.clear()
         convert = pcsv.ConvertOptions(column_types=dict.fromkeys(names, pa.string()))
         with pa.input_stream(str(path), compression=compression) as again:
             for batch in pcsv.open_csv(
                 again, read_options=read, parse_options=parse, convert_options=convert
             ):
-                emit(pa.Table.from_batches([batch]), emitted + 2, None)
-                emitted += batch.num_rows
+                if emitted + batch.num_rows <= already:
+                    emitted += batch.num_rows
+                    continue
+                if emitted < already:
+                    batch, emitted = batch.slice(already - emitted), already
+                send(batch)
     dead(invalid)
+
+
+def _csv_lines(first: int, n: int, skipped: list[int]) -> list[int]:
+    """Line numbers of good rows `first`..`first+n` (0-based among good rows), around skipped lines.
+
+    Good rows fill the gaps between skipped lines (sorted), so this walks gaps, not lines.
+    """
+    out: list[int] = []
+    good, line = 0, 2
+    for s in [*skipped, 1 << 62]:
+        gap = s - line  # lines line..s-1 are good rows
+        if good + gap > first:
+            lo = max(first - good, 0)
+            take = min(gap - lo, n - len(out))
+            out.extend(range(line + lo, line + lo + take))
+            if len(out) == n:
+                return out
+        good += gap
+        line = s + 1
+    return out

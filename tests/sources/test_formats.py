@@ -12,7 +12,7 @@ from ingest.sources.formats import detect, read_file
 
 
 def _read(
-    path: Path, fmt: str = ""
+    path: Path, fmt: str = "", max_record: int = formats.DEFAULT_MAX_RECORD
 ) -> tuple[list[tuple[list[dict[str, object]], list[int]]], list[DeadLetter]]:
     detected = detect(path, fmt)
     assert detected is not None
@@ -22,8 +22,12 @@ def _read(
     def emit(table: pa.Table, first: int, lines: list[int] | None) -> None:
         chunks.append((table.to_pylist(), lines or [first + i for i in range(table.num_rows)]))
 
-    read_file(path, detected[0], detected[1], path.name, emit, dead.extend)
+    read_file(path, detected[0], detected[1], path.name, emit, dead.extend, max_record)
     return chunks, dead
+
+
+def _rows_and_lines(chunks: list[tuple[list[dict[str, object]], list[int]]]) -> list[tuple[object, int]]:
+    return [(r["id"], n) for t, ns in chunks for r, n in zip(t, ns, strict=True)]
 
 
 @pytest.mark.parametrize(
@@ -61,7 +65,7 @@ def test_bad_lines_go_to_dead_letters_and_good_ones_stay(tmp_path: Path) -> None
     body = b'{"id": 1}\n{"id": 2\n[3]\n{"id": 4}\n\xff\xfe\n{"id": 5}\n'
     p.write_bytes(gzip.compress(body))
     chunks, dead = _read(p)
-    assert [(r["id"], n) for t, ns in chunks for r, n in zip(t, ns, strict=True)] == [(1, 1), (4, 4), (5, 6)]
+    assert _rows_and_lines(chunks) == [(1, 1), (4, 4), (5, 6)]
     assert [(d.line, d.reason.split(":")[0]) for d in dead] == [
         (2, "invalid JSON"),
         (3, "not a JSON object"),
@@ -76,16 +80,39 @@ def test_truncated_gzip_keeps_the_readable_part(tmp_path: Path) -> None:
     p.write_bytes(full[: len(full) // 2])
     chunks, dead = _read(p)
     ids = [r["id"] for t, _ in chunks for r in t]
-    assert ids == list(range(len(ids)))
-    assert dead and "unreadable" in dead[-1].reason
+    assert len(ids) > 1000 and ids == list(range(len(ids)))  # the readable part, no gaps
+    assert [d.line for d in dead] == [len(ids) + 1] and "unreadable from this line on" in dead[0].reason
 
 
 def test_csv_ragged_rows_are_dead_letters(tmp_path: Path) -> None:
     p = tmp_path / "a.csv"
-    p.write_text("id,name\n1,a\n2\n3,c\n4,d,extra\n")
+    p.write_text("id,name\n1,a\n2\n3,c\n4,d,extra\n5,e\n")
     chunks, dead = _read(p)
-    assert [r for t, _ in chunks for r in t] == [{"id": 1, "name": "a"}, {"id": 3, "name": "c"}]
-    assert [d.raw for d in dead] == ["2", "4,d,extra"]
+    assert [r for t, _ in chunks for r in t] == [
+        {"id": 1, "name": "a"},
+        {"id": 3, "name": "c"},
+        {"id": 5, "name": "e"},
+    ]
+    assert [(d.line, d.raw) for d in dead] == [(3, "2"), (5, "4,d,extra")]
+    # Rows after a skipped row keep their real line numbers.
+    assert _rows_and_lines(chunks) == [(1, 2), (3, 4), (5, 6)]
+
+
+@pytest.mark.parametrize("block", [64, 1 << 20])
+def test_lines_over_max_record_bytes_are_dead_letters_and_the_rest_is_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, block: int
+) -> None:
+    monkeypatch.setattr(formats, "READ_BLOCK", block)  # the long lines span blocks, or sit inside one
+    long = '{"id": 3, "blob": "' + "x" * 5000 + '"}'
+    p = tmp_path / "a.jsonl"
+    p.write_text(
+        "\n".join(['{"id": 1}', '{"id": 2}', long, '{"id": 4}', long.replace("3", "5", 1), '{"id": 6}'])
+    )
+    chunks, dead = _read(p, max_record=1000)
+    assert _rows_and_lines(chunks) == [(1, 1), (2, 2), (4, 4), (6, 6)]
+    assert [d.line for d in dead] == [3, 5]
+    assert "over batch.max_record_bytes (1000)" in dead[0].reason
+    assert f"record is {len(long)} bytes" in dead[0].reason
 
 
 def test_csv_type_change_in_a_later_block_is_read_as_text(
