@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import socket
 import time
 from collections import Counter
@@ -84,3 +85,63 @@ def test_seaweedfs_stopped_for_ten_seconds_mid_run(job: Job, tmp_path: Path) -> 
         _assert_exactly_once(job, total)
     finally:
         stop_local_r2(own)
+
+
+def test_store_down_thirty_seconds_with_a_small_spool_pauses_intake_and_loses_nothing(
+    job: Job, tmp_path: Path
+) -> None:
+    import httpx
+
+    from tests.integration.test_daemon import _free_port, _ready, _wait
+
+    s3_port, api_port = free_port_pairs(2)
+    own = start_local_r2(tmp_path / "own-r2", s3_port=s3_port, api_port=api_port)
+    probe = _free_port()
+    proc = None
+    try:
+        job.r2 = own
+        job.configure(
+            sources={"settle_seconds": "50ms"},
+            batch={"max_records": 400, "max_age": "200ms"},
+            upload={"concurrency": 2},
+            spool={"dir": str(job.dir / "spool"), "max_bytes": "24KiB"},
+            retry={"initial": "100ms", "max": "1s", "max_elapsed": "600s"},
+            server={"listen": f"127.0.0.1:{probe}"},
+        )
+        proc = job.start()
+        _wait(lambda: _ready(probe) == 200, 60, "the worker")
+        first = _fill(job, 2, 400)
+        _wait(lambda: len(job.keys()) == 2, 30, "the first objects")
+
+        stop_local_r2(own)
+        _wait_port_closed(s3_port)
+        down = time.monotonic()
+        total = first
+        for i in range(40):  # 40 files of 400 rows arrive while the store is down
+            staged = job.dir / f"s{i}.jsonl"
+            write_jsonl(staged, [{"id": total + j, "pad": f"{total + j:x}" * 8} for j in range(400)])
+            staged.rename(job.inbox / f"later{i:03d}.jsonl")
+            total += 400
+        _wait(lambda: _ready(probe) == 503, 30, "readiness to turn false")
+        reason = httpx.get(f"http://127.0.0.1:{probe}/readyz", timeout=2).json()["reason"]
+        assert "spool.max_bytes" in reason and "intake paused" in reason
+        waiting = lambda: len(list(job.inbox.glob("later*.jsonl")))  # noqa: E731
+        time.sleep(max(0.0, 30 - (time.monotonic() - down)))
+        assert waiting() > 20, "intake went on although the spool was full"
+        spool = sum(p.stat().st_size for p in (job.dir / "spool").glob("*/objects/*.parquet"))
+        assert spool < 24 * 1024 + 3 * 16 * 1024  # bounded: the mark plus what was in flight
+
+        own = start_local_r2(tmp_path / "own-r2", s3_port=s3_port, api_port=api_port)
+        job.r2 = own
+        _wait(lambda: waiting() == 0 and _ready(probe) == 200, 120, "intake to resume and drain")
+        _wait(lambda: sum(1 for _ in job.rows()) == total, 60, "every row in R2")
+        _assert_exactly_once(job, total)
+    finally:
+        if proc is not None:
+            proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=60)
+        stop_local_r2(own)
+    assert proc.returncode == 0, err[-2000:]
+    events = [e.get("event") for e in logs_of(err)]
+    assert "spool over spool.max_bytes; intake paused" in events
+    assert "spool below its low-water mark; intake resumed" in events
