@@ -113,3 +113,25 @@ def test_crash_matrix(job: Job, point: str, n: int) -> None:
 @pytest.mark.parametrize(("point", "n"), FULL, ids=[f"{p}-{n}" for p, n in FULL])
 def test_crash_matrix_full(job: Job, point: str, n: int) -> None:
     _trial(job, point, n)
+
+
+def test_damaged_spool_file_is_detected_by_checksum_and_its_rows_read_again(job: Job) -> None:
+    """A spooled file that no longer matches its journaled SHA-256 is dropped and its rows re-read."""
+    job.configure(
+        sources={"settle_seconds": "50ms"}, batch={"max_records": 15_000}, upload={"concurrency": 1}
+    )
+    _inbox(job, 99)
+    r = job.run_once(INGEST_CRASH_AT="spooled:3")
+    assert r.returncode == -signal.SIGKILL
+    spooled = sorted((job.dir / "spool").glob("*/objects/*.parquet"))
+    assert spooled
+    victim = spooled[0]
+    data = victim.read_bytes()
+    victim.write_bytes(data[: len(data) // 2])  # as if the disk lost the end of it
+
+    r = job.run_once()
+    assert r.returncode == 0, r.stderr[-3000:]
+    damaged = [e for e in logs_of(r.stderr) if str(e.get("event", "")).startswith("spooled file damaged")]
+    assert [e["path"] for e in damaged] == [str(victim)]
+    ids = [int(x["id"]) for x in job.rows()]  # type: ignore[call-overload]
+    assert len(ids) == len(set(ids)) and sorted(ids) == list(range(RECORDS))

@@ -93,6 +93,14 @@ def test_permanent_refusal_keeps_data_local_and_fails_readiness(job: Job) -> Non
     assert len(kept) == 1
     claimed = [p for p in (job.inbox / ".ingest" / "claimed").rglob("*--a.jsonl")]
     assert len(claimed) == 1
+    status = subprocess.run(
+        [*job.command()[:-1], "status", "--json"], env=job.env(), capture_output=True, text=True, timeout=60
+    )
+    assert status.returncode == 0, status.stderr
+    (worker,) = json.loads(status.stdout)
+    assert worker["backlog_objects"] == 1 and worker["backlog_bytes"] == kept[0].stat().st_size
+    assert worker["unacknowledged_units"] == 1 and not worker["running"]
+    assert worker["last_upload_at"] is None
 
     port = _free_port()
     job.configure(server={"listen": f"127.0.0.1:{port}"}, batch={"max_age": "300ms"})
