@@ -1,0 +1,82 @@
+"""Recovery from the journal, without a store: what comes back, what is dropped, what is skipped."""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+
+import pytest
+
+from ingest.batch import Batch
+from ingest.config import ConfigError
+from ingest.files import sha256_of
+from ingest.spool import Spool, SpooledObject
+
+DAY = date(2026, 11, 23)
+
+
+def _spool_object(spool: Spool, name: str, batch: str, body: bytes) -> SpooledObject:
+    path = spool.objects_dir / f"{name}.parquet"
+    path.write_bytes(body)
+    return SpooledObject(name, Batch(id=batch), path, DAY, 5, len(body), sha256_of(path))
+
+
+@pytest.mark.anyio
+async def test_recovery_resumes_intact_objects_drops_damaged_ones_and_skips_covered_rows(
+    tmp_path: Path,
+) -> None:
+    spool = Spool(tmp_path, "w", 10**9)
+    a_file = tmp_path / "a.jsonl"
+    a_file.write_text("x")
+    gone = tmp_path / "gone.jsonl"  # acknowledged just before the crash
+    j = spool.journal
+    j.add_unit("file:a", "a.jsonl", "1:1:1", str(a_file))
+    j.add_unit("file:gone", "gone.jsonl", "2:2:2", str(gone))
+    j.unit_read("file:a", 300)
+    good = _spool_object(spool, "good", "b1", b"intact")
+    bad = _spool_object(spool, "bad", "b2", b"will be damaged")
+    j.spooled("b1", [("file:a", 0, 100)], [good.row()])
+    j.spooled("b2", [("file:a", 100, 200)], [bad.row()])
+    j.spooled("b3", [("file:a", 200, 250)], [])  # every row a dead letter: covered, nothing to upload
+    j.attempting("good", "p/2026/11/23/ingested_0007.parquet")
+    bad.path.write_bytes(b"damaged")
+    (spool.objects_dir / "orphan.parquet").write_bytes(b"written, never journaled")
+
+    rec = spool.recover()
+
+    assert [o.object_id for o in rec.objects] == ["good"]
+    assert rec.objects[0].key == "p/2026/11/23/ingested_0007.parquet"  # looked for there first
+    assert rec.dropped_batches == 1
+    assert sorted(p.name for p in spool.objects_dir.iterdir()) == ["good.parquet"]
+    assert set(rec.units) == {"file:a"}  # the acknowledged one is forgotten
+    unit = rec.units["file:a"]
+    assert unit.skip == [(0, 100), (200, 250)]  # b2's rows are read again
+    assert unit.total == 300 and not unit.fully_covered
+    assert unit.pending_batches == 1 and rec.objects[0].batch is not None
+    assert rec.objects[0].batch.units == [unit]
+    assert [u.id for u in j.units()] == ["file:a"]
+    spool.close()
+
+
+@pytest.mark.anyio
+async def test_backpressure_pauses_at_the_high_water_mark_and_resumes_below_the_low(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, "w", 1000)
+    assert not spool.added(600)
+    assert spool.added(500) and spool.paused  # 1100 >= 1000
+    assert not spool.removed(200)  # 900: still above 80 %
+    assert spool.removed(200) and not spool.paused  # 700
+    await spool.wait_for_room()
+    spool.close()
+
+
+@pytest.mark.anyio
+async def test_a_second_worker_gets_its_own_spool_and_an_explicit_id_in_use_is_an_error(
+    tmp_path: Path,
+) -> None:
+    first = Spool(tmp_path, "host", 10)
+    second = Spool(tmp_path, "host", 10)
+    assert (first.worker_id, second.worker_id) == ("host", "host.2")
+    with pytest.raises(ConfigError, match=r"worker\.id: 'host' is in use by another running worker"):
+        Spool(tmp_path, "host", 10, explicit=True)
+    first.close()
+    second.close()
