@@ -335,8 +335,9 @@ class Pipeline:
 
     def _unit_read(self, unit: SourceUnit) -> None:
         self.stats.units_claimed += 1
-        unit.total = unit.next_row
-        self.journal.unit_read(unit.id, unit.total)
+        if unit.next_row or unit.total is None:  # read now (a fully covered unit keeps its known total)
+            unit.total = unit.next_row
+            self.journal.unit_read(unit.id, unit.total)
         self._maybe_ack(unit)
 
     def _batch_done(self, batch: Batch) -> None:
