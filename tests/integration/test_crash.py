@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 import signal
+import sqlite3
 import subprocess
 import time
 from collections import defaultdict
@@ -123,9 +124,11 @@ def test_damaged_spool_file_is_detected_by_checksum_and_its_rows_read_again(job:
     _inbox(job, 99)
     r = job.run_once(INGEST_CRASH_AT="spooled:3")
     assert r.returncode == -signal.SIGKILL
-    spooled = sorted((job.dir / "spool").glob("*/objects/*.parquet"))
-    assert spooled
-    victim = spooled[0]
+    (db,) = (job.dir / "spool").glob("*/journal.db")
+    with sqlite3.connect(db) as conn:  # a file the journal vouches for (not one written but not journaled)
+        journaled = [f for (f,) in conn.execute("SELECT file FROM objects WHERE kind = 'data'")]
+    assert journaled
+    victim = db.parent / "objects" / journaled[0]
     data = victim.read_bytes()
     victim.write_bytes(data[: len(data) // 2])  # as if the disk lost the end of it
 
