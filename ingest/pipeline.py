@@ -139,15 +139,24 @@ class Pipeline:
 
     async def run(self, once: bool) -> Stats:
         self.once = once
-        recovered = await anyio.to_thread.run_sync(self.spool.recover)
+        undecided: set[str] = set()
+        for row in await anyio.to_thread.run_sync(self.spool.damaged):
+            # A damaged file whose upload may have happened before the crash: the store decides.
+            try:
+                held = row.key is not None and await self.uploader.holds(row.key, row.id)
+            except Exception as exc:  # cannot tell: neither drop (could duplicate) nor upload it
+                log.error("cannot check a damaged spooled object; keeping it", error=describe(exc))
+                self.health.fail(describe(exc))
+                undecided.add(row.id)
+                continue
+            if held and row.key is not None:
+                self.spool.forget_uploaded(row, row.key)
+            else:
+                self.spool.drop(row)
+        recovered = await anyio.to_thread.run_sync(self.spool.recover, undecided)
         self._units = recovered.units
         if recovered.objects or recovered.units:
-            log.info(
-                "resuming from the journal",
-                objects=len(recovered.objects),
-                units=len(recovered.units),
-                dropped_batches=recovered.dropped_batches,
-            )
+            log.info("resuming from the journal", objects=len(recovered.objects), units=len(recovered.units))
         self.stats.recovered_objects = len(recovered.objects)
         items_send, items_recv = anyio.create_memory_object_stream[Item](ITEM_BUFFER)
         batch_send, batch_recv = anyio.create_memory_object_stream[Batch](1)

@@ -74,7 +74,6 @@ class SpooledObject:
 class Recovered:
     objects: list[SpooledObject] = field(default_factory=list)
     units: dict[str, SourceUnit] = field(default_factory=dict)
-    dropped_batches: int = 0
 
 
 class Spool:
@@ -135,34 +134,50 @@ class Spool:
 
     # -- recovery ------------------------------------------------------------------------------------
 
-    def recover(self) -> Recovered:
-        """Rebuild pending work from the journal and the files (blocking: run it in a thread)."""
-        out = Recovered()
+    def damaged(self) -> list[ObjectRow]:
+        """Journaled objects whose file is missing or no longer matches its size and SHA-256; first
+        removes files written but never journaled (blocking: run it in a thread)."""
         self._journal_stray_dead_letters()
         rows = self.journal.objects()
         known = {r.file for r in rows if r.kind == "data"}
         for stray in self.objects_dir.iterdir():
             if stray.name not in known:  # written, but the crash came before the journal said so
                 stray.unlink(missing_ok=True)
-        bad_batches: set[str] = set()
+        out = []
         for r in rows:
             path = self._path(r)
             if not path.is_file() or path.stat().st_size != r.size or sha256_of(path) != r.sha256:
-                log.error(
-                    "spooled file damaged or missing; its rows will be read from the source again",
-                    path=str(path),
-                )
-                if r.batch_id is None:
-                    self.journal.drop_object(r.id)
-                else:
-                    bad_batches.add(r.batch_id)
-        for batch_id in bad_batches:
-            for r in rows:
-                if r.batch_id == batch_id:
-                    self._path(r).unlink(missing_ok=True)
-            self.journal.drop_batch(batch_id)
-        out.dropped_batches = len(bad_batches)
+                out.append(r)
+        return out
 
+    def drop(self, damaged: ObjectRow) -> None:
+        """Forget a damaged object (and the rest of its batch): its rows will be read again."""
+        log.error(
+            "spooled file damaged or missing; its rows will be read from the source again",
+            path=str(self._path(damaged)),
+        )
+        if damaged.batch_id is None:
+            self.journal.drop_object(damaged.id)
+            self._path(damaged).unlink(missing_ok=True)
+            return
+        for r in self.journal.objects():
+            if r.batch_id == damaged.batch_id:
+                self._path(r).unlink(missing_ok=True)
+        self.journal.drop_batch(damaged.batch_id)
+
+    def forget_uploaded(self, row: ObjectRow, key: str) -> None:
+        """A damaged object that the store turned out to hold already (the crash came after the PUT)."""
+        self.journal.uploaded(row.id, key)
+        self._path(row).unlink(missing_ok=True)
+
+    def recover(self, undecided: set[str] | None = None) -> Recovered:
+        """Rebuild pending work from the journal (after `damaged()` was dealt with; blocking).
+
+        `undecided` objects (damaged, and the store could not be asked whether it holds them) are not
+        uploaded, and the units whose rows they hold are not acknowledged in this run.
+        """
+        undecided = undecided or set()
+        out = Recovered()
         units = {u.id: _unit(u) for u in self._live_units()}
         by_batch: dict[str, list[SourceUnit]] = defaultdict(list)
         skips: dict[str, Ranges] = defaultdict(list)
@@ -175,6 +190,10 @@ class Spool:
             units[unit_id].skip = _merge(ranges)
         batches: dict[str, Batch] = {}
         for r in self.journal.objects():
+            if r.id in undecided:
+                for unit in by_batch.get(r.batch_id or "", []):
+                    unit.failed = True
+                continue
             batch = None
             if r.batch_id is not None:
                 batch = batches.get(r.batch_id)

@@ -147,7 +147,7 @@ class Uploader:
         multipart = obj.size > self.config.multipart_threshold
         allocator = self.allocators[obj.kind]
         try:
-            if obj.key is not None and await self._is_ours(obj.key, obj, attempts):
+            if obj.key is not None and await self._is_ours(obj.key, obj.object_id, attempts):
                 return Uploaded(obj.key, attempts[0], time.monotonic() - started)
             body = None if multipart else await anyio.Path(obj.path).read_bytes()
             while True:
@@ -175,7 +175,7 @@ class Uploader:
                     # NoSuchUpload: a completion whose answer was lost, retried after it had succeeded.
                     if not (is_conflict(exc) or status_of(exc)[1] == "NoSuchUpload"):
                         raise
-                    if await self._is_ours(key, obj, attempts):
+                    if await self._is_ours(key, obj.object_id, attempts):
                         return Uploaded(key, attempts[0], time.monotonic() - started)
                     metrics.KEY_CONFLICTS.inc()
                     log.debug("key taken; trying the next free number", key=key)
@@ -185,7 +185,16 @@ class Uploader:
         except ClientError as exc:
             raise PermanentUploadError(f"s3://{self.bucket}: {describe(exc)}") from exc
 
-    async def _is_ours(self, key: str, obj: SpooledObject, attempts: list[int]) -> bool:
+    async def holds(self, key: str, object_id: str) -> bool:
+        """Does `key` hold the object with this batch id (an upload whose answer was lost)?"""
+        try:
+            return await self._is_ours(key, object_id, [0])
+        except R2AccessDenied as exc:
+            raise PermanentUploadError(str(exc)) from exc
+        except ClientError as exc:
+            raise PermanentUploadError(f"s3://{self.bucket}: {describe(exc)}") from exc
+
+    async def _is_ours(self, key: str, object_id: str, attempts: list[int]) -> bool:
         """After a 412: is the object there the one an earlier, lost-answer attempt of ours wrote?"""
         try:
             head = await self.request(key, attempts, "head_object", Bucket=self.bucket, Key=key)
@@ -193,7 +202,7 @@ class Uploader:
             if status_of(exc)[0] == 404:
                 return False
             raise
-        return bool(head.get("Metadata", {}).get(BATCH_ID_META) == obj.object_id)
+        return bool(head.get("Metadata", {}).get(BATCH_ID_META) == object_id)
 
     async def _multipart(self, obj: SpooledObject, key: str, attempts: list[int]) -> None:
         size = obj.size

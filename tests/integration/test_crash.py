@@ -116,17 +116,24 @@ def test_crash_matrix_full(job: Job, point: str, n: int) -> None:
     _trial(job, point, n)
 
 
-def test_damaged_spool_file_is_detected_by_checksum_and_its_rows_read_again(job: Job) -> None:
-    """A spooled file that no longer matches its journaled SHA-256 is dropped and its rows re-read."""
+@pytest.mark.parametrize(
+    ("crash", "state"),
+    [("spooled:3", "spooled"), ("put:2", "uploading")],
+    ids=["never-uploaded", "already-in-r2"],
+)
+def test_damaged_spool_file_is_detected_by_checksum(job: Job, crash: str, state: str) -> None:
+    """A spooled file that no longer matches its journaled SHA-256: if its last attempted key holds it
+    (the crash came after the PUT) it counts as uploaded, else it is dropped and its rows re-read."""
     job.configure(
         sources={"settle_seconds": "50ms"}, batch={"max_records": 15_000}, upload={"concurrency": 1}
     )
     _inbox(job, 99)
-    r = job.run_once(INGEST_CRASH_AT="spooled:3")
+    r = job.run_once(INGEST_CRASH_AT=crash)
     assert r.returncode == -signal.SIGKILL
     (db,) = (job.dir / "spool").glob("*/journal.db")
     with sqlite3.connect(db) as conn:  # a file the journal vouches for (not one written but not journaled)
-        journaled = [f for (f,) in conn.execute("SELECT file FROM objects WHERE kind = 'data'")]
+        rows = conn.execute("SELECT file FROM objects WHERE kind = 'data' AND state = ?", (state,))
+        journaled = [f for (f,) in rows]
     assert journaled
     victim = db.parent / "objects" / journaled[0]
     data = victim.read_bytes()
@@ -135,6 +142,7 @@ def test_damaged_spool_file_is_detected_by_checksum_and_its_rows_read_again(job:
     r = job.run_once()
     assert r.returncode == 0, r.stderr[-3000:]
     damaged = [e for e in logs_of(r.stderr) if str(e.get("event", "")).startswith("spooled file damaged")]
-    assert [e["path"] for e in damaged] == [str(victim)]
+    assert [e["path"] for e in damaged] == ([str(victim)] if state == "spooled" else [])
     ids = [int(x["id"]) for x in job.rows()]  # type: ignore[call-overload]
     assert len(ids) == len(set(ids)) and sorted(ids) == list(range(RECORDS))
+    assert not victim.exists()
