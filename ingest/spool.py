@@ -122,15 +122,15 @@ class Spool:
 
     def seal_dead_letters(self) -> list[SpooledObject]:
         """Close the dead-letter files written so far and journal them for upload."""
-        sealed = []
-        for path, day, lines in self.dead.seal():
-            obj = SpooledObject(
-                path.stem, None, path, day, lines, path.stat().st_size, sha256_of(path), "deadletters"
-            )
-            self.journal.add_object(obj.row())
-            self.journal.count_dead_letters(day.isoformat(), lines)
-            sealed.append(obj)
-        return sealed
+        return [self._journal_dead_letters(path, day, lines) for path, day, lines in self.dead.seal()]
+
+    def _journal_dead_letters(self, path: Path, day: date, lines: int) -> SpooledObject:
+        obj = SpooledObject(
+            path.stem, None, path, day, lines, path.stat().st_size, sha256_of(path), "deadletters"
+        )
+        self.journal.add_object(obj.row())
+        self.journal.count_dead_letters(day.isoformat(), lines)
+        return obj
 
     # -- recovery ------------------------------------------------------------------------------------
 
@@ -224,11 +224,7 @@ class Spool:
         known = {r.file for r in self.journal.objects() if r.kind == "deadletters"}
         for path, day, lines in self.dead.outbox():
             if path.name not in known:  # sealed, then the crash came before the journal said so
-                obj = SpooledObject(
-                    path.stem, None, path, day, lines, path.stat().st_size, sha256_of(path), "deadletters"
-                )
-                self.journal.add_object(obj.row())
-                self.journal.count_dead_letters(day.isoformat(), lines)
+                self._journal_dead_letters(path, day, lines)
 
     def _path(self, r: ObjectRow) -> Path:
         return (self.objects_dir if r.kind == "data" else self.dead.outbox_dir) / r.file
