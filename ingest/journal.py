@@ -17,7 +17,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from pathlib import Path
 
 SCHEMA = """
@@ -203,16 +203,4 @@ _INSERT_OBJECT = f"INSERT OR REPLACE INTO objects ({_OBJECT_COLUMNS}) VALUES (?,
 
 
 def _object_values(o: ObjectRow) -> tuple[object, ...]:
-    return (
-        o.id,
-        o.batch_id,
-        o.kind,
-        o.file,
-        o.day,
-        o.records,
-        o.size,
-        o.sha256,
-        o.state,
-        o.key,
-        o.created,
-    )
+    return astuple(o)  # ObjectRow's fields are in _OBJECT_COLUMNS order

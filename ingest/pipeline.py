@@ -69,7 +69,6 @@ class Stats:
     records_uploaded: int = 0
     objects_uploaded: int = 0
     bytes_uploaded: int = 0
-    recovered_objects: int = 0
     dead_letter_keys: list[str] = field(default_factory=list)
     failed_objects: list[SpooledObject] = field(default_factory=list)
 
@@ -157,7 +156,6 @@ class Pipeline:
         self._units = recovered.units
         if recovered.objects or recovered.units:
             log.info("resuming from the journal", objects=len(recovered.objects), units=len(recovered.units))
-        self.stats.recovered_objects = len(recovered.objects)
         items_send, items_recv = anyio.create_memory_object_stream[Item](ITEM_BUFFER)
         batch_send, batch_recv = anyio.create_memory_object_stream[Batch](1)
         # Objects are on disk; the spool's high-water mark (not this stream) bounds them.

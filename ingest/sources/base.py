@@ -34,7 +34,6 @@ class SourceUnit:
     skip: Ranges = field(default_factory=list)
     total: int | None = None  # rows in the unit, once read to its end
     next_row: int = 0
-    records: int = 0
     pending_batches: int = 0  # open or in-flight batches holding rows of this unit
     read_done: bool = False
     failed: bool = False  # a batch holding its rows could not be uploaded: never ack

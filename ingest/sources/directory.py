@@ -245,7 +245,6 @@ class DirectorySource:
         fmt, compression = detected
 
         def emit(table: pa.Table, first_line: int, lines: list[int] | None) -> None:
-            unit.records += table.num_rows
             for chunk in unit.chunks(table, first_line, lines):
                 anyio.from_thread.run(self._units.wait_for_room)
                 anyio.from_thread.run(send.send, chunk)
