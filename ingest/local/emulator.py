@@ -32,10 +32,11 @@ from ingest.local.state import (
     utc_iso,
 )
 from ingest.logs import get_logger
-from ingest.r2.cors import cloudflare_from_s3, s3_from_cloudflare
+from ingest.r2.cors import CorsError, CorsRule, parse_policy, to_s3, to_wrangler
 from ingest.r2.credentials import derive_secret
 
 log = get_logger("ingest.local.emulator")
+JURISDICTIONS = ("default", "eu", "fedramp", "fedramp-high", "us")
 API_PREFIX = "/client/v4"  # as on api.cloudflare.com
 STS_MIN, STS_MAX = 900, 43200  # SeaweedFS federation tokens; other TTLs get an identity we revoke
 
@@ -270,7 +271,7 @@ class Emulator:
             raise ApiError(400, 10040, "parentAccessKeyId: no active R2 API token with that access key id")
         if not self._caps(parent).allows(bucket, write) or not bearer.allows(bucket, write=True):
             raise ApiError(403, 10000, f"the parent token may not grant {permission} on bucket {bucket}")
-        await self._require_bucket(bucket)
+        await self._require_bucket(bucket, request)
         ttl = int(ttl)
         if STS_MIN <= ttl <= STS_MAX:
             if not self.state.sts_access_key:
@@ -345,7 +346,15 @@ class Emulator:
             raise ApiError(403, 10000, "Authentication error")
 
     # --- buckets and CORS --------------------------------------------------------------------
-    async def _require_bucket(self, bucket: str) -> None:
+    async def _require_bucket(self, bucket: str, request: Request | None = None) -> None:
+        # Every local bucket lives in the default jurisdiction; R2 finds a bucket only in its own.
+        where = (request.headers.get("cf-r2-jurisdiction") if request is not None else None) or "default"
+        if where not in JURISDICTIONS:
+            raise ApiError(400, 10040, f"cf-r2-jurisdiction: unknown jurisdiction {where!r}")
+        if where != "default":
+            raise ApiError(
+                404, 10006, f"The specified bucket does not exist in jurisdiction {where}: {bucket}"
+            )
         async with self.store.admin_client() as s3:
             try:
                 await s3.head_bucket(Bucket=bucket)
@@ -382,7 +391,7 @@ class Emulator:
     async def get_cors(self, request: Request) -> Any:
         self._require_admin(request, write=False)
         bucket = request.path_params["bucket"]
-        await self._require_bucket(bucket)
+        await self._require_bucket(bucket, request)
         async with self.store.admin_client() as s3:
             try:
                 rules = (await s3.get_bucket_cors(Bucket=bucket)).get("CORSRules", [])
@@ -390,20 +399,22 @@ class Emulator:
                 if exc.response["Error"]["Code"] == "NoSuchCORSConfiguration":
                     raise ApiError(404, 10059, "The CORS configuration does not exist.") from None
                 raise
-        return {"rules": cloudflare_from_s3(rules)}
+        return to_wrangler([CorsRule.from_s3(r) for r in rules])
 
     async def put_cors(self, request: Request) -> Any:
         self._require_admin(request, write=True)
         bucket = request.path_params["bucket"]
-        await self._require_bucket(bucket)
+        await self._require_bucket(bucket, request)
         rules = (await self._body(request)).get("rules")
         if not isinstance(rules, list):
             raise ApiError(400, 10040, "rules: must be a list")
+        try:
+            parsed = parse_policy({"rules": rules})[0] if rules else []
+        except CorsError as exc:
+            raise ApiError(400, 10040, f"The CORS configuration is invalid: {exc}") from None
         async with self.store.admin_client() as s3:
-            if rules:
-                await s3.put_bucket_cors(
-                    Bucket=bucket, CORSConfiguration={"CORSRules": s3_from_cloudflare(rules)}
-                )
+            if parsed:
+                await s3.put_bucket_cors(Bucket=bucket, CORSConfiguration=to_s3(parsed))
             else:
                 await s3.delete_bucket_cors(Bucket=bucket)
         return None
@@ -411,7 +422,7 @@ class Emulator:
     async def delete_cors(self, request: Request) -> Any:
         self._require_admin(request, write=True)
         bucket = request.path_params["bucket"]
-        await self._require_bucket(bucket)
+        await self._require_bucket(bucket, request)
         async with self.store.admin_client() as s3:
             await s3.delete_bucket_cors(Bucket=bucket)
         return None
