@@ -39,7 +39,7 @@ def settings() -> Settings:
     except ConfigError as exc:
         err.print(f"config error: {exc}", markup=False, highlight=False)
         raise typer.Exit(2) from None
-    logs.register_secret(s.r2.auth.secret_access_key, s.r2.auth.api_token)
+    logs.register_secret(s.r2.auth.secret_access_key, s.r2.auth.api_token, s.r2.admin_api_token)
     logs.configure(s.log.format, s.log.level)
     return s
 
@@ -219,20 +219,17 @@ def token_create(
     ] = None,
 ) -> None:
     """Create a least-privilege R2 token (needs CLOUDFLARE_API_TOKEN able to create tokens)."""
-    import os
-
     from ingest.r2.api import cloudflare_client
     from ingest.r2.tokens import create_bucket_token
 
     s = settings()
-    admin = os.environ.get("CLOUDFLARE_API_TOKEN", "")
+    admin = s.r2.admin_api_token.get_secret_value()
     if permission not in ("read", "write") or jurisdiction not in ("default", "eu", "fedramp", "us"):
         err.print("usage error: --permission is read|write; --jurisdiction is default|eu|fedramp|us")
         raise typer.Exit(2)
     if not admin or not s.r2.account_id:
         err.print("config error: CLOUDFLARE_API_TOKEN and r2.account_id (R2_ACCOUNT_ID) are required")
         raise typer.Exit(2)
-    logs.register_secret(admin)
 
     async def create() -> tuple[str, str, str]:
         async with cloudflare_client(admin, s.r2.api_base_url) as cf:
@@ -263,3 +260,10 @@ def token_create(
     out.print("Shown once — store them now:")
     for k, v in lines.items():
         out.print(f"{k}={v}", markup=False, highlight=False)
+
+
+# Defined in their own module; imported last because they use the helpers above.
+from ingest.cli_browser import cors_app, presign_command  # noqa: E402
+
+app.add_typer(cors_app, name="cors")
+app.command("presign")(presign_command)

@@ -41,6 +41,7 @@ ENV_KEYS: dict[str, str] = {
     "R2_SECRET_ACCESS_KEY": "r2.auth.secret_access_key",
     "R2_API_TOKEN": "r2.auth.api_token",
     "R2_TOKEN_ID": "r2.auth.token_id",
+    "CLOUDFLARE_API_TOKEN": "r2.admin_api_token",
 }
 
 
@@ -71,6 +72,9 @@ class R2Config(_Section):
     jurisdiction: Literal["default", "eu", "fedramp", "us"] = "default"
     endpoint_url: str = ""
     api_base_url: str = ""
+    # Account-level Cloudflare API token for admin work (creating tokens, bucket CORS via the API);
+    # never needed by `ingest run`.
+    admin_api_token: SecretStr = SecretStr("")
     auth: AuthConfig = AuthConfig()
 
     @property

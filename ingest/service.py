@@ -63,7 +63,7 @@ async def r2_settings(settings: Settings, say: Console) -> AsyncIterator[Setting
             highlight=False,
         )
         local = info.settings("keys").r2
-        logs.register_secret(local.auth.secret_access_key, local.auth.api_token)
+        logs.register_secret(local.auth.secret_access_key, local.auth.api_token, local.admin_api_token)
         yield settings.model_copy(update={"r2": local})
 
 

@@ -69,6 +69,7 @@ class LocalR2Info:
             "bucket": self.bucket,
             "endpoint_url": self.endpoint_url,
             "api_base_url": self.api_base_url,
+            "admin_api_token": self.cloudflare_api_token,
             "auth": auth,
         }
         return Settings.model_validate({"r2": r2})

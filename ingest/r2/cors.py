@@ -58,6 +58,19 @@ class CorsRule:
             rule.get("ID") or None,
         )
 
+    @classmethod
+    def from_wrangler(cls, rule: dict[str, Any]) -> CorsRule:
+        allowed = rule.get("allowed") or {}
+        age = rule.get("maxAgeSeconds")
+        return cls(
+            list(allowed.get("origins") or []),
+            list(allowed.get("methods") or []),
+            None if allowed.get("headers") is None else list(allowed["headers"]),
+            list(rule.get("exposeHeaders") or []),
+            None if age is None else int(age),
+            rule.get("id") or None,
+        )
+
     def to_s3(self) -> dict[str, Any]:
         out: dict[str, Any] = {"AllowedOrigins": list(self.origins), "AllowedMethods": list(self.methods)}
         if self.headers is not None:
