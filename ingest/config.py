@@ -42,6 +42,7 @@ ENV_KEYS: dict[str, str] = {
     "R2_API_TOKEN": "r2.auth.api_token",
     "R2_TOKEN_ID": "r2.auth.token_id",
     "CLOUDFLARE_API_TOKEN": "r2.admin_api_token",
+    "INGEST_UPLOAD_TOKEN": "server.upload_token",
 }
 
 
@@ -141,6 +142,19 @@ class SpoolConfig(_Section):
 
 class ServerConfig(_Section):
     listen: str = "127.0.0.1:8080"
+    upload_token: SecretStr = SecretStr("")  # bearer token for POST /v1/uploads; empty = no grants
+    upload_expires: Duration = Field(default=900.0, ge=1, le=7 * 86400)  # life of a granted URL
+    cors_origins: list[str] = []  # browser origins that may call the worker's API (upload grants)
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, v: list[str]) -> list[str]:
+        from ingest.r2.cors import origin_problem
+
+        for origin in v:
+            if (problem := origin_problem(origin)) is not None:
+                raise ValueError(problem)
+        return v
 
 
 class LogConfig(_Section):

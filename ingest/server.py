@@ -1,22 +1,35 @@
-"""The worker's HTTP server: liveness, readiness and Prometheus metrics (push sources join later)."""
+"""The worker's HTTP server: liveness, readiness, Prometheus metrics, and browser upload grants."""
 
 from __future__ import annotations
 
 import contextlib
+import hmac
 import socket
 
 import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import SecretStr
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from ingest.config import ConfigError
+from ingest.grants import GrantError, UploadGrants
+from ingest.logs import get_logger
 from ingest.pipeline import Health
 
+log = get_logger("ingest.server")
 
-def app(health: Health) -> Starlette:
+
+def app(
+    health: Health,
+    grants: UploadGrants | None = None,
+    upload_token: SecretStr | None = None,
+    cors_origins: list[str] | None = None,
+) -> Starlette:
     async def healthz(_: Request) -> Response:
         return PlainTextResponse("ok\n")
 
@@ -27,9 +40,54 @@ def app(health: Health) -> Starlette:
     async def metrics(_: Request) -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
+    async def uploads(request: Request) -> Response:
+        """`{"filename": "events.jsonl"}` → `{url, key, expires_at, headers}` (a presigned PUT)."""
+        token = upload_token.get_secret_value() if upload_token is not None else ""
+        if grants is None or not token:
+            return _error(404, "upload grants are off: set server.upload_token (INGEST_UPLOAD_TOKEN)")
+        scheme, _, presented = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(presented.encode(), token.encode()):
+            return _error(401, "Authorization: Bearer <server.upload_token> required", bearer=True)
+        try:
+            body = await request.json()
+        except ValueError:
+            return _error(400, 'body: must be JSON like {"filename": "events.jsonl"}')
+        filename = body.get("filename") if isinstance(body, dict) else None
+        content_type = body.get("content_type", "") if isinstance(body, dict) else ""
+        if not isinstance(filename, str) or not isinstance(content_type, str):
+            return _error(400, 'filename: required, a string, e.g. {"filename": "events.jsonl"}')
+        try:
+            granted = await grants.grant(filename, content_type)
+        except GrantError as exc:
+            return _error(400, str(exc))
+        log.info("upload granted", key=granted.key, expires_at=granted.as_json()["expires_at"])
+        return JSONResponse(granted.as_json(), status_code=201)
+
+    middleware = []
+    if cors_origins:
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=cors_origins,
+                allow_methods=["POST"],
+                allow_headers=["authorization", "content-type"],
+                max_age=600,
+            )
+        )
     return Starlette(
-        routes=[Route("/healthz", healthz), Route("/readyz", readyz), Route("/metrics", metrics)]
+        routes=[
+            Route("/healthz", healthz),
+            Route("/readyz", readyz),
+            Route("/metrics", metrics),
+            Route("/v1/uploads", uploads, methods=["POST"]),
+        ],
+        middleware=middleware,
     )
+
+
+def _error(status: int, message: str, bearer: bool = False) -> JSONResponse:
+    headers = {"WWW-Authenticate": 'Bearer realm="ingest"'} if bearer else None
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
 def bind(listen: str) -> socket.socket:
@@ -45,10 +103,10 @@ def bind(listen: str) -> socket.socket:
 class ProbeServer:
     """uvicorn on an already-bound socket; signals stay with the worker, not uvicorn."""
 
-    def __init__(self, health: Health, sock: socket.socket) -> None:
+    def __init__(self, application: Starlette, sock: socket.socket) -> None:
         self.sock = sock
         self.server = uvicorn.Server(
-            uvicorn.Config(app(health), log_level="warning", access_log=False, lifespan="off")
+            uvicorn.Config(application, log_level="warning", access_log=False, lifespan="off")
         )
         self.server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
 

@@ -18,14 +18,17 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ingest import logs
 from ingest.config import ConfigError, Settings, SourceConfig
+from ingest.grants import UploadGrants
 from ingest.logs import get_logger
 from ingest.pipeline import Health, Pipeline, Stats
 from ingest.r2.client import R2Client
 from ingest.r2.credentials import provider_from_settings
 from ingest.r2.endpoint import endpoint_url
 from ingest.server import ProbeServer, bind
+from ingest.server import app as server_app
 from ingest.sources.base import Source
 from ingest.sources.directory import DirectorySource
+from ingest.sources.landing import LandingSource
 from ingest.spool import Spool
 
 log = get_logger("ingest.service")
@@ -77,15 +80,31 @@ def open_spool(settings: Settings) -> Spool:
     )
 
 
-def build_sources(settings: Settings, spool: Spool, say: Console) -> list[Source]:
+def build_sources(settings: Settings, spool: Spool, say: Console, client: R2Client) -> list[Source]:
     configs = settings.sources
     if not configs:
         configs = [SourceConfig(kind="directory", path=DEFAULT_INBOX)]
         say.print(f"no sources configured: watching ./{DEFAULT_INBOX}/", markup=False, highlight=False)
     sources: list[Source] = []
     for i, cfg in enumerate(configs):
+        if cfg.kind == "landing":
+            sources.append(
+                LandingSource(
+                    cfg,
+                    client,
+                    settings.r2.bucket,
+                    settings.output.prefix,
+                    spool.worker_id,
+                    spool.dir / "landing",
+                    spool.dead,
+                    settings.batch.max_record_bytes,
+                )
+            )
+            continue
         if cfg.kind != "directory":
-            raise ConfigError(f"sources.{i}.kind: {cfg.kind!r} sources are not available yet; use directory")
+            raise ConfigError(
+                f"sources.{i}.kind: {cfg.kind!r} sources are not available yet; use directory or landing"
+            )
         if not cfg.path:
             raise ConfigError(f"sources.{i}.path: required for a directory source")
         # The claim directory is named like the spool, so a restarted worker finds both together.
@@ -95,6 +114,20 @@ def build_sources(settings: Settings, spool: Spool, say: Console) -> list[Source
     return sources
 
 
+def upload_grants(settings: Settings, client: R2Client) -> UploadGrants | None:
+    """Grants for browser uploads, when a token is set; they only make sense with a landing source."""
+    if not settings.server.upload_token.get_secret_value():
+        return None
+    landing = [c for c in settings.sources if c.kind == "landing"]
+    if not landing:
+        raise ConfigError(
+            'server.upload_token: set, but no source has kind = "landing", so granted uploads would '
+            'never be ingested; add [[sources]] kind = "landing"'
+        )
+    s = settings
+    return UploadGrants(client, s.r2.bucket, s.output.prefix, s.server.upload_expires, landing[0].format)
+
+
 async def run(settings: Settings, once: bool, say: Console, progress: bool = False) -> RunResult:
     async with r2_settings(settings, say) as s, AsyncExitStack() as stack:
         r2 = s.r2
@@ -102,7 +135,6 @@ async def run(settings: Settings, once: bool, say: Console, progress: bool = Fal
             raise ConfigError("r2.bucket: required (R2_BUCKET_NAME)")
         spool = open_spool(s)
         stack.callback(spool.close)
-        sources = build_sources(s, spool, say)
         probe_sock = None if once or not s.server.listen else bind(s.server.listen)
         provider = await stack.enter_async_context(await provider_from_settings(r2, s.output.prefix))
         client = await stack.enter_async_context(
@@ -112,6 +144,8 @@ async def run(settings: Settings, once: bool, say: Console, progress: bool = Fal
                 max_connections=s.upload.concurrency + 4,
             )
         )
+        sources = build_sources(s, spool, say, client)
+        grants = upload_grants(s, client)
         health = Health()
         pipeline = Pipeline(s, client, sources, spool, health)
         interrupted = False
@@ -128,7 +162,10 @@ async def run(settings: Settings, once: bool, say: Console, progress: bool = Fal
             drain.cancel()
 
         async with anyio.create_task_group() as tg:
-            probes = ProbeServer(health, probe_sock) if probe_sock else None
+            probes = None
+            if probe_sock is not None:
+                application = server_app(health, grants, s.server.upload_token, s.server.cors_origins)
+                probes = ProbeServer(application, probe_sock)
             if probes is not None:
                 tg.start_soon(probes.serve)
                 log.info("probes listening", healthz=f"http://{s.server.listen}/healthz")

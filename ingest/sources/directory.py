@@ -19,15 +19,15 @@ from pathlib import Path
 import anyio
 import anyio.from_thread
 import anyio.to_thread
-import pyarrow as pa
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from watchfiles import awatch
 
 from ingest.config import ConfigError, SourceConfig
-from ingest.deadletters import DeadLetter, DeadLetters
+from ingest.deadletters import DeadLetters
 from ingest.logs import get_logger
 from ingest.sources.base import FreshUnits, Item, SourceUnit, UnitRead, Units
-from ingest.sources.formats import DEFAULT_MAX_RECORD, Format, detect, read_file
+from ingest.sources.formats import DEFAULT_MAX_RECORD, Format, detect
+from ingest.sources.reader import read_unit
 
 log = get_logger("ingest.sources.directory")
 CLAIM_DIR = ".ingest"
@@ -234,28 +234,17 @@ class DirectorySource:
                     )
                 )
                 if not unit.fully_covered:  # else: every row is already spooled or uploaded
-                    await self._read(path, origin, unit, send)
+                    await read_unit(
+                        path,
+                        origin,
+                        self.config.format,
+                        unit,
+                        self._units,
+                        send,
+                        self.dead,
+                        self.max_record_bytes,
+                    )
                 await send.send(UnitRead(unit))
-
-    async def _read(
-        self, path: Path, origin: Path, unit: SourceUnit, send: MemoryObjectSendStream[Item]
-    ) -> None:
-        detected = detect(origin, self.config.format)
-        assert detected is not None
-        fmt, compression = detected
-
-        def emit(table: pa.Table, first_line: int, lines: list[int] | None) -> None:
-            for chunk in unit.chunks(table, first_line, lines):
-                anyio.from_thread.run(self._units.wait_for_room)
-                anyio.from_thread.run(send.send, chunk)
-
-        def work() -> None:
-            try:
-                read_file(path, fmt, compression, unit.name, emit, self.dead.write, self.max_record_bytes)
-            except (OSError, pa.ArrowException) as exc:
-                self.dead.write([DeadLetter(unit.name, None, f"could not read file: {exc}")])
-
-        await anyio.to_thread.run_sync(work)
 
     def _acker(self, claimed: Path) -> Callable[[], Awaitable[None]]:
         async def ack() -> None:

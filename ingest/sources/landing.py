@@ -1,0 +1,317 @@
+"""Landing-prefix source: objects uploaded under `{prefix}_landing/` (e.g. by browsers with an upload
+grant) are claimed, copied to the spool, read like directory files, and deleted once their rows are in R2.
+
+An S3 object is visible only once its upload completed, so whatever a listing shows is complete.
+Several workers may watch one prefix: a worker claims an object by creating the marker
+`{prefix}_landing/.claims/<name>` with `If-None-Match: *`, which exactly one of them wins. The marker
+holds the worker id, so a restarted worker resumes its own claims. Acknowledging deletes the object,
+then the marker, then the local copy; every step is safe to repeat after a crash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from contextlib import closing
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import anyio
+import anyio.to_thread
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from botocore.exceptions import BotoCoreError, ClientError
+
+from ingest.config import SourceConfig
+from ingest.deadletters import DeadLetters
+from ingest.files import fsync_dir
+from ingest.grants import landing_prefix
+from ingest.logs import get_logger
+from ingest.r2.client import R2AccessDenied, R2Client
+from ingest.sources.base import Ack, FreshUnits, Item, SourceUnit, UnitRead, Units
+from ingest.sources.directory import IGNORED_SUFFIXES
+from ingest.sources.formats import DEFAULT_MAX_RECORD, detect
+from ingest.sources.reader import read_unit
+from ingest.upload import describe
+
+log = get_logger("ingest.sources.landing")
+CLAIMS = ".claims/"
+READERS = 2
+STALE_CLAIM_WARNING = 3600.0  # another worker's claim this old is probably abandoned: say so
+
+
+@dataclass(frozen=True)
+class Landed:
+    """One landing object as listed (and as recorded beside its local copy)."""
+
+    key: str
+    etag: str
+    size: int
+
+    def as_json(self) -> str:
+        return json.dumps({"key": self.key, "etag": self.etag, "size": self.size})
+
+
+class LandingSource:
+    def __init__(
+        self,
+        config: SourceConfig,
+        client: R2Client,
+        bucket: str,
+        prefix: str,
+        worker_id: str,
+        local_dir: Path,
+        dead: DeadLetters,
+        max_record_bytes: int = DEFAULT_MAX_RECORD,
+    ) -> None:
+        self.config = config
+        self.client = client
+        self.bucket = bucket
+        self.landing = landing_prefix(prefix)
+        self.claims = f"{self.landing}{CLAIMS}"
+        self.name = f"landing:s3://{bucket}/{self.landing}"
+        self.worker_id = worker_id
+        self.local = local_dir
+        self.dead = dead
+        self.max_record_bytes = max_record_bytes
+        self.poll_interval = max(0.05, config.settle_seconds)
+        self._units: Units = FreshUnits()
+        self._taken: set[str] = set()  # keys this run has taken (downloaded or reading)
+        self._owners: dict[str, str] = {}  # marker key → worker id, learned once per marker
+        self._warned: set[str] = set()
+        self._discovery: anyio.CancelScope | None = None
+        self._stopped = False
+        self._unlisted = False
+
+    # -- discovery ---------------------------------------------------------------------------------
+
+    async def _list(self) -> tuple[list[tuple[Landed, float]], dict[str, float]]:
+        """(objects waiting, oldest first, with their mtime; markers → their mtime)."""
+        objects: list[tuple[Landed, float]] = []
+        markers: dict[str, float] = {}
+        params: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self.landing}
+        while True:
+            page = await self.client.call("list_objects_v2", **params)
+            for o in page.get("Contents", []):
+                key, mtime = o["Key"], o["LastModified"].timestamp()
+                if key.startswith(self.claims):
+                    markers[key] = mtime
+                elif self._wanted(key):
+                    objects.append((Landed(key, o["ETag"].strip('"'), int(o["Size"])), mtime))
+            if not page.get("IsTruncated"):
+                break
+            params["ContinuationToken"] = page["NextContinuationToken"]
+        objects.sort(key=lambda x: (x[1], x[0].key))
+        return objects, markers
+
+    def _wanted(self, key: str) -> bool:
+        name = PurePosixPath(key).name
+        if name.startswith(".") or name.endswith(IGNORED_SUFFIXES):
+            return False
+        if detect(PurePosixPath(name), self.config.format) is None:  # type: ignore[arg-type]
+            if key not in self._warned:
+                self._warned.add(key)
+                log.warning(
+                    "landing object skipped: unknown format; name it .jsonl/.ndjson/.csv/.parquet "
+                    "(optionally .gz/.zst) or set sources.format",
+                    key=key,
+                )
+            return False
+        return True
+
+    def _marker(self, key: str) -> str:
+        return self.claims + key[len(self.landing) :]
+
+    async def _owner(self, marker: str) -> str | None:
+        if marker not in self._owners:
+            try:
+                out = await self.client.call("get_object", Bucket=self.bucket, Key=marker)
+                with closing(out["Body"]) as body:
+                    self._owners[marker] = str(json.loads(await body.read()).get("worker", ""))
+            except ClientError as exc:
+                if _code(exc) == "NoSuchKey":
+                    return None
+                raise
+        return self._owners[marker]
+
+    async def _claim(self, obj: Landed) -> bool:
+        """Create the marker if nobody has; True when this worker now owns the object."""
+        body = json.dumps({"worker": self.worker_id, "key": obj.key, "etag": obj.etag, "at": time.time()})
+        try:
+            await self.client.call(
+                "put_object",
+                Bucket=self.bucket,
+                Key=self._marker(obj.key),
+                Body=body.encode(),
+                IfNoneMatch="*",
+                ContentType="application/json",
+            )
+        except ClientError as exc:
+            if _code(exc) in ("PreconditionFailed", "ConditionalRequestConflict"):
+                return False
+            raise
+        self._owners[self._marker(obj.key)] = self.worker_id
+        return True
+
+    async def _poll(self, files: MemoryObjectSendStream[Path]) -> None:
+        objects, markers = await self._list()
+        present = {obj.key for obj, _ in objects}
+        for obj, _mtime in objects:
+            if obj.key in self._taken:
+                continue
+            marker = self._marker(obj.key)
+            if marker in markers:
+                owner = await self._owner(marker)
+                if owner != self.worker_id:
+                    self._note_foreign_claim(obj.key, owner, markers[marker])
+                    continue
+            else:
+                await self._units.wait_for_room()  # backpressure: claim nothing while the spool is full
+                if not await self._claim(obj):
+                    continue
+            local = await self._download(obj)
+            if local is not None:
+                self._taken.add(obj.key)
+                await files.send(local)
+        for marker in markers:  # our marker whose object is gone: a crash between the two deletes
+            key = self.landing + marker[len(self.claims) :]
+            if key not in present and key not in self._taken and self._owners.get(marker) == self.worker_id:
+                await self.client.call("delete_object", Bucket=self.bucket, Key=marker)
+
+    def _note_foreign_claim(self, key: str, owner: str | None, since: float) -> None:
+        if time.time() - since > STALE_CLAIM_WARNING and key not in self._warned:
+            self._warned.add(key)
+            log.warning(
+                "landing object claimed long ago by another worker that has not finished it; start that "
+                "worker (same worker.id) again, or delete the marker to release it",
+                key=key,
+                owner=owner,
+                marker=self._marker(key),
+            )
+
+    async def _download(self, obj: Landed) -> Path | None:
+        """Copy the object next to the spool (`.part`, fsync, rename): reading never depends on R2."""
+        self.local.mkdir(parents=True, exist_ok=True)
+        digest = hashlib.sha256(obj.key.encode()).hexdigest()[:16]
+        target = self.local / f"{digest}--{PurePosixPath(obj.key).name}"
+        if target.exists():
+            return target
+        part = target.with_name(target.name + ".part")
+        try:
+            out = await self.client.call("get_object", Bucket=self.bucket, Key=obj.key, IfMatch=obj.etag)
+        except ClientError as exc:
+            if _code(exc) in ("NoSuchKey", "PreconditionFailed"):  # gone or replaced since the listing
+                log.warning("landing object changed before it was read; releasing it", key=obj.key)
+                await self.client.call("delete_object", Bucket=self.bucket, Key=self._marker(obj.key))
+                return None
+            raise
+        with part.open("wb") as fh:
+            with closing(out["Body"]) as body:
+                while chunk := await body.read(1 << 20):
+                    await anyio.to_thread.run_sync(fh.write, chunk)
+            await anyio.to_thread.run_sync(os.fsync, fh.fileno())
+        _origin_file(target).write_text(obj.as_json())
+        os.replace(part, target)
+        fsync_dir(self.local)
+        return target
+
+    def pending(self) -> list[str]:
+        unlisted = [f"s3://{self.bucket}/{self.landing}(not listed)"] if self._unlisted else []
+        if not self.local.is_dir():
+            return unlisted
+        return unlisted + [str(p) for p in sorted(self.local.iterdir()) if _is_copy(p)]
+
+    # -- running -----------------------------------------------------------------------------------
+
+    async def run(self, send: MemoryObjectSendStream[Item], units: Units, once: bool) -> None:
+        self._units = units
+        files_send, files_recv = anyio.create_memory_object_stream[Path](READERS)
+        async with send, anyio.create_task_group() as tg:
+            for _ in range(READERS):
+                tg.start_soon(self._reader, files_recv.clone(), send.clone())
+            files_recv.close()
+            async with files_send:
+                self._discovery = anyio.CancelScope()
+                if self._stopped:
+                    self._discovery.cancel()
+                with self._discovery:
+                    for leftover in self.pending():  # copied by an earlier run, never acknowledged
+                        self._taken.add(_landed(Path(leftover)).key)
+                        await files_send.send(Path(leftover))
+                    while True:
+                        try:
+                            await self._poll(files_send)
+                        except (ClientError, BotoCoreError, R2AccessDenied) as exc:
+                            log.warning("landing prefix not reachable", error=describe(exc), retry=not once)
+                            self._unlisted = once  # --once: report it as not taken, exit 1
+                        if once:
+                            return
+                        await anyio.sleep(self.poll_interval)
+
+    def stop(self) -> None:
+        self._stopped = True
+        if self._discovery is not None:
+            self._discovery.cancel()
+
+    async def _reader(
+        self, files: MemoryObjectReceiveStream[Path], send: MemoryObjectSendStream[Item]
+    ) -> None:
+        async with files, send:
+            async for path in files:
+                obj = _landed(path)
+                unit = self._units.open_unit(
+                    SourceUnit(
+                        name=obj.key,
+                        ack=self._acker(path, obj),
+                        id=f"landing:{self.bucket}/{obj.key}",
+                        fingerprint=f"{obj.etag}:{obj.size}",
+                        path=str(path),
+                    )
+                )
+                if not unit.fully_covered:
+                    name = PurePosixPath(obj.key).name
+                    await read_unit(
+                        path,
+                        Path(name),
+                        self.config.format,
+                        unit,
+                        self._units,
+                        send,
+                        self.dead,
+                        self.max_record_bytes,
+                    )
+                await send.send(UnitRead(unit))
+
+    def _acker(self, path: Path, obj: Landed) -> Ack:
+        async def ack() -> None:
+            await self.client.call("delete_object", Bucket=self.bucket, Key=obj.key)
+            await self.client.call("delete_object", Bucket=self.bucket, Key=self._marker(obj.key))
+            await anyio.to_thread.run_sync(_remove_copy, path)
+            self._taken.discard(obj.key)
+            log.info("landing object ingested and deleted", key=obj.key)
+
+        return ack
+
+
+def _code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def _origin_file(copy: Path) -> Path:
+    return copy.with_name(copy.name + ".origin")
+
+
+def _remove_copy(copy: Path) -> None:
+    copy.unlink(missing_ok=True)
+    _origin_file(copy).unlink(missing_ok=True)
+
+
+def _is_copy(p: Path) -> bool:
+    return not p.name.endswith((".origin", ".part")) and _origin_file(p).exists()
+
+
+def _landed(copy: Path) -> Landed:
+    d = json.loads(_origin_file(copy).read_text())
+    return Landed(d["key"], d["etag"], int(d["size"]))
