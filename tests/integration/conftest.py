@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import socket
 import subprocess
 import sys
 import uuid
@@ -26,6 +27,8 @@ def toml_value(v: Any) -> str:
         return "true" if v else "false"
     if isinstance(v, int | float):
         return repr(v)
+    if isinstance(v, list):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
     return json.dumps(str(v))
 
 
@@ -60,6 +63,12 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> Path:
     cols = list(rows[0])
     path.write_text(",".join(cols) + "\n" + "".join(",".join(str(r[c]) for c in cols) + "\n" for r in rows))
     return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def today_dir() -> str:
@@ -114,6 +123,20 @@ class Job:
         if not self.config:
             self.configure()
         return [sys.executable, "-m", "ingest", "--config", str(self.dir / "ingest.toml"), "run", *args]
+
+    def cli(self, *args: str, timeout: float = 120, **env: str) -> subprocess.CompletedProcess[str]:
+        """Any other `ingest` command (cors, presign, …) with this job's config and R2 environment."""
+        if not self.config:
+            self.configure()
+        return subprocess.run(
+            [sys.executable, "-m", "ingest", "--config", str(self.dir / "ingest.toml"), *args],
+            cwd=self.dir,
+            env=self.env(**env),
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            timeout=timeout,
+        )
 
     def run_once(self, *args: str, timeout: float = 240, **env: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(

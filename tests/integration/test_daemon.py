@@ -4,20 +4,13 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
 
 import httpx
 
-from tests.integration.conftest import Job, logs_of, write_jsonl
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.integration.conftest import Job, free_port, logs_of, write_jsonl
 
 
 def _wait(predicate: object, timeout: float, what: str) -> None:
@@ -37,7 +30,7 @@ def _stop(proc: subprocess.Popen[str]) -> tuple[str, str]:
 
 
 def test_file_still_being_written_is_taken_only_when_complete(job: Job) -> None:
-    port = _free_port()
+    port = free_port()
     job.configure(
         sources={"settle_seconds": "1s"},
         batch={"max_age": "300ms"},
@@ -102,7 +95,7 @@ def test_permanent_refusal_keeps_data_local_and_fails_readiness(job: Job) -> Non
     assert worker["unacknowledged_units"] == 1 and not worker["running"]
     assert worker["last_upload_at"] is None
 
-    port = _free_port()
+    port = free_port()
     job.configure(server={"listen": f"127.0.0.1:{port}"}, batch={"max_age": "300ms"})
     proc = job.start(R2_BUCKET_NAME="not-our-bucket")
     try:
