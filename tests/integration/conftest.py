@@ -168,8 +168,13 @@ class Job:
         return sorted(keys)
 
     def keys(self) -> list[str]:
-        """The data objects (dead-letter objects live under `{prefix}_errors/`)."""
-        return [k for k in self.all_keys() if not k.startswith(f"{self.prefix}_errors/")]
+        """Data objects only: not dead letters (`{prefix}_errors/`) nor uploads (`{prefix}_landing/`)."""
+        internal = (f"{self.prefix}_errors/", f"{self.prefix}_landing/")
+        return [k for k in self.all_keys() if not k.startswith(internal)]
+
+    def landing_keys(self) -> list[str]:
+        """Browser uploads not yet ingested, and the claim markers beside them."""
+        return [k for k in self.all_keys() if k.startswith(f"{self.prefix}_landing/")]
 
     def error_keys(self) -> list[str]:
         return [k for k in self.all_keys() if k.startswith(f"{self.prefix}_errors/")]

@@ -20,6 +20,7 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.integration.conftest import Job, free_port, today_dir
@@ -134,24 +135,24 @@ def test_browser_upload_through_grant_and_cors_then_dashboard_reads_parquet(
         assert blocked["grantStatus"] == 201, blocked
         assert blocked["key"].startswith(f"{job.prefix}_landing/")
         assert "status" not in blocked and "Failed to fetch" in blocked["error"], blocked
-        assert not [k for k in job.all_keys() if "_landing/" in k]
+        assert not job.landing_keys()
 
         # 2. The policy this page needs: its origin, PUT (and GET for the dashboard) with
         #    Content-Type, ETag exposed.
+        rule = {
+            "AllowedOrigins": [site],
+            "AllowedMethods": ["PUT", "GET"],
+            "AllowedHeaders": ["content-type"],
+            "MaxAgeSeconds": 0,
+        }
         policy = job.dir / "cors.json"
-        policy.write_text(
-            json.dumps(
-                [
-                    {
-                        "AllowedOrigins": [site],
-                        "AllowedMethods": ["PUT", "GET"],
-                        "AllowedHeaders": ["content-type"],
-                        "ExposeHeaders": ["ETag"],
-                        "MaxAgeSeconds": 0,
-                    }
-                ]
-            )
-        )
+        policy.write_text(json.dumps([rule]))
+        applied = job.cli("cors", "set", str(policy))
+        assert applied.returncode == 0, applied.stderr
+        hidden = page.evaluate(UPLOAD, args | {"filename": "hidden.jsonl", "body": ""})
+        assert hidden.get("status") == 200 and hidden["etag"] is None, hidden  # not exposed: unreadable
+
+        policy.write_text(json.dumps([rule | {"ExposeHeaders": ["ETag"]}]))
         applied = job.cli("cors", "set", str(policy))
         assert applied.returncode == 0, applied.stderr
         done = page.evaluate(UPLOAD, args)
@@ -165,10 +166,11 @@ def test_browser_upload_through_grant_and_cors_then_dashboard_reads_parquet(
         assert why.returncode == 1 and "does not allow x-api-key" in why.stdout, why.stdout
 
         # 4. The worker turns the landed file into a dated Parquet object and deletes the upload.
-        data = _wait(lambda: [k for k in job.keys() if k.endswith(".parquet")], 60, "the Parquet object")
-        assert data[0].startswith(f"{job.prefix}{today_dir()}/")
+        _wait(lambda: not job.landing_keys(), 60, "the uploads to be ingested and deleted")
+        data = job.keys()
+        assert len(data) == 1 and data[0].startswith(f"{job.prefix}{today_dir()}/"), data
+        assert data[0].endswith(".parquet")
         assert sorted(job.rows(), key=lambda r: r["id"]) == rows
-        _wait(lambda: not [k for k in job.all_keys() if "_landing/" in k], 30, "the upload to be deleted")
 
         # 5. A second page (the dashboard) reads the Parquet object with a presigned GET.
         url = job.cli("presign", data[0], "--method", "GET", "--expires", "10m")
@@ -189,8 +191,6 @@ def test_browser_upload_through_grant_and_cors_then_dashboard_reads_parquet(
 
 
 def _ready(port: int) -> bool:
-    import httpx
-
     try:
         return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
     except httpx.HTTPError:
