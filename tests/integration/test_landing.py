@@ -1,0 +1,97 @@
+"""The landing-prefix source against the local R2: several workers, claims, restarts."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import uuid
+from collections import Counter
+from pathlib import Path
+
+from tests.integration.conftest import Job, logs_of
+
+
+def _workers(job: Job, tmp_path: Path, *ids: str) -> list[Job]:
+    """Jobs sharing `job`'s prefix (so one landing prefix), each with its own worker id and spool."""
+    out = []
+    for wid in ids:
+        d = tmp_path / wid
+        d.mkdir()
+        w = Job(job.r2, d, job.prefix)
+        w.configure(
+            sources=[{"kind": "landing", "settle_seconds": "200ms"}],
+            worker={"id": wid},
+            batch={"max_records": 40},  # several batches per worker
+        )
+        out.append(w)
+    return out
+
+
+def _land(job: Job, files: int, rows_per_file: int, name: str = "part.jsonl", first: int = 0) -> list[str]:
+    s3 = job.r2.token_s3()
+    keys = []
+    for f in range(files):
+        key = f"{job.prefix}_landing/{uuid.uuid4().hex}/{name}"
+        rows = ({"id": first + f * rows_per_file + i, "file": f} for i in range(rows_per_file))
+        body = "".join(json.dumps(r) + "\n" for r in rows)
+        s3.put_object(Bucket=job.r2.bucket, Key=key, Body=body.encode())
+        keys.append(key)
+    return keys
+
+
+def _ingested(stderr: str) -> list[str]:
+    return [e["key"] for e in logs_of(stderr) if e.get("event") == "landing object ingested and deleted"]
+
+
+def test_two_workers_on_one_landing_prefix_take_every_object_once(job: Job, tmp_path: Path) -> None:
+    files, per_file = 24, 15
+    landed = _land(job, files, per_file)
+    a, b = _workers(job, tmp_path, "worker-a", "worker-b")
+    procs = [
+        subprocess.Popen(
+            w.command("--once"),
+            cwd=w.dir,
+            env=w.env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+        )
+        for w in (a, b)
+    ]
+    results = [p.communicate(timeout=240) for p in procs]
+    for p, (_out, err) in zip(procs, results, strict=True):
+        assert p.returncode == 0, err[-3000:]
+
+    taken = [_ingested(err) for _out, err in results]
+    assert Counter(taken[0] + taken[1]) == Counter(landed)  # each object by exactly one worker
+
+    ids = [r["id"] for r in job.rows()]
+    assert len(ids) == files * per_file and set(ids) == set(range(files * per_file))
+    assert job.landing_keys() == []  # objects and claim markers deleted
+    data = job.keys()
+    assert data and all(k.endswith(".parquet") for k in data)
+
+
+def test_a_claim_belongs_to_its_worker_until_that_worker_finishes_it(job: Job, tmp_path: Path) -> None:
+    mine, theirs = _land(job, 1, 5), _land(job, 1, 5, name="other.jsonl", first=100)
+    skipped = _land(job, 1, 1, name="notes.txt")  # unknown format: left alone, with a warning
+    a, b = _workers(job, tmp_path, "worker-a", "worker-b")
+    s3 = job.r2.token_s3()
+    marker = theirs[0].replace("_landing/", "_landing/.claims/", 1)
+    # worker-b claimed `theirs` and crashed before copying it
+    s3.put_object(Bucket=job.r2.bucket, Key=marker, Body=json.dumps({"worker": "worker-b"}).encode())
+
+    first = a.run_once()
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert _ingested(first.stderr) == mine
+    assert sorted(r["id"] for r in job.rows()) == [0, 1, 2, 3, 4]
+    assert job.landing_keys() == sorted([theirs[0], marker, skipped[0]])
+    warned = [e for e in logs_of(first.stderr) if e.get("event", "").startswith("landing object skipped")]
+    assert [e["key"] for e in warned] == skipped
+
+    second = b.run_once()  # the same worker id resumes its own claim
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert _ingested(second.stderr) == theirs
+    assert sorted(r["id"] for r in job.rows()) == [0, 1, 2, 3, 4, 100, 101, 102, 103, 104]
+    assert job.landing_keys() == skipped
