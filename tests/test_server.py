@@ -1,0 +1,128 @@
+"""The worker's HTTP API, served in-process over ASGI, signing against the real local R2."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+from datetime import datetime
+
+import httpx
+import pytest
+from pydantic import SecretStr
+
+from ingest.grants import UploadGrants
+from ingest.pipeline import Health
+from ingest.r2.client import R2Client
+from ingest.r2.credentials import CredentialProvider, S3Credentials
+from ingest.server import app
+from tests.conftest import LocalR2
+
+pytestmark = pytest.mark.anyio
+TOKEN = "grant-token"
+SITE = "http://127.0.0.1:5173"
+
+
+@pytest.fixture
+async def grants(local_r2: LocalR2) -> AsyncIterator[UploadGrants]:
+    creds = S3Credentials(local_r2.env["R2_ACCESS_KEY_ID"], SecretStr(local_r2.env["R2_SECRET_ACCESS_KEY"]))
+    async with R2Client(local_r2.endpoint_url, CredentialProvider(creds)) as client:
+        yield UploadGrants(client, local_r2.bucket, f"t-{uuid.uuid4().hex[:8]}/", expires=120)
+
+
+def _client(application: object) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=application), base_url="http://worker")  # type: ignore[arg-type]
+
+
+async def test_probes() -> None:
+    health = Health()
+    async with _client(app(health)) as c:
+        assert (await c.get("/healthz")).text == "ok\n"
+        assert (await c.get("/readyz")).status_code == 200
+        health.problems["store"] = "bucket refused the write"
+        ready = await c.get("/readyz")
+        assert ready.status_code == 503 and ready.json()["reason"]
+        assert "ingest_" in (await c.get("/metrics")).text
+
+
+async def test_grants_are_off_without_a_token(grants: UploadGrants) -> None:
+    async with _client(app(Health(), grants, SecretStr(""))) as c:
+        r = await c.post("/v1/uploads", json={"filename": "a.jsonl"})
+    assert r.status_code == 404 and "server.upload_token" in r.json()["error"]
+
+
+@pytest.mark.parametrize(
+    "authorization", [None, "Bearer wrong", f"Basic {TOKEN}", f"Bearer {TOKEN}x", "Bearer"]
+)
+async def test_a_grant_needs_the_bearer_token(grants: UploadGrants, authorization: str | None) -> None:
+    headers = {"Authorization": authorization} if authorization else {}
+    async with _client(app(Health(), grants, SecretStr(TOKEN))) as c:
+        r = await c.post("/v1/uploads", json={"filename": "a.jsonl"}, headers=headers)
+    assert r.status_code == 401
+    assert r.headers["www-authenticate"].startswith("Bearer")
+    assert TOKEN not in r.text
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        (b"not json", "body"),
+        (b'["a.jsonl"]', "filename"),
+        (b'{"name": "a.jsonl"}', "filename"),
+        (b'{"filename": 7}', "filename"),
+        (b'{"filename": "../etc/passwd.jsonl"}', "filename"),
+        (b'{"filename": "dir/a.jsonl"}', "filename"),
+        (b'{"filename": ".hidden.jsonl"}', "filename"),
+        (b'{"filename": "notes.txt"}', "filename"),
+        (b'{"filename": ""}', "filename"),
+    ],
+)
+async def test_a_bad_request_names_the_field(grants: UploadGrants, body: bytes, field: str) -> None:
+    async with _client(app(Health(), grants, SecretStr(TOKEN))) as c:
+        r = await c.post("/v1/uploads", content=body, headers={"Authorization": f"Bearer {TOKEN}"})
+    assert r.status_code == 400
+    assert r.json()["error"].startswith(f"{field}:")
+
+
+async def test_a_grant_is_a_working_presigned_put_into_its_own_landing_key(
+    grants: UploadGrants, local_r2: LocalR2
+) -> None:
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    async with _client(app(Health(), grants, SecretStr(TOKEN))) as c:
+        first = (await c.post("/v1/uploads", json={"filename": "events.jsonl"}, headers=auth)).json()
+        second = await c.post("/v1/uploads", json={"filename": "events.jsonl.gz"}, headers=auth)
+    assert second.status_code == 201
+    landing = f"{grants.prefix}"
+    assert first["key"].startswith(landing) and first["key"].endswith("/events.jsonl")
+    assert len(first["key"][len(landing) :].split("/")[0]) == 32  # a uuid of its own
+    assert second.json()["key"].split("/")[-2] != first["key"].split("/")[-2]
+    assert first["headers"] == {"Content-Type": "application/x-ndjson"}
+    assert second.json()["headers"] == {"Content-Type": "application/gzip"}
+    expires = datetime.fromisoformat(first["expires_at"].replace("Z", "+00:00")).timestamp()
+    assert abs(expires - (time.time() + 120)) < 10
+
+    body = b'{"id": 1}\n'
+    async with httpx.AsyncClient() as s3:
+        assert (
+            await s3.put(first["url"], content=body, headers={"Content-Type": "text/plain"})
+        ).status_code == 403
+        assert (await s3.put(first["url"], content=body, headers=first["headers"])).status_code == 200
+    got = local_r2.token_s3().get_object(Bucket=local_r2.bucket, Key=first["key"])
+    assert got["Body"].read() == body
+
+
+async def test_cors_for_listed_origins_only(grants: UploadGrants) -> None:
+    preflight = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization"}
+    async with _client(app(Health(), grants, SecretStr(TOKEN), [SITE])) as c:
+        ok = await c.options("/v1/uploads", headers=preflight | {"Origin": SITE})
+        other = await c.options("/v1/uploads", headers=preflight | {"Origin": "https://evil.example"})
+        real = await c.post(
+            "/v1/uploads",
+            json={"filename": "a.csv"},
+            headers={"Origin": SITE, "Authorization": f"Bearer {TOKEN}"},
+        )
+    assert ok.status_code == 200 and ok.headers["access-control-allow-origin"] == SITE
+    assert "authorization" in ok.headers["access-control-allow-headers"].lower()
+    assert other.status_code == 400 and "access-control-allow-origin" not in other.headers
+    assert real.status_code == 201 and real.headers["access-control-allow-origin"] == SITE
+    assert real.json()["headers"] == {"Content-Type": "text/csv"}
