@@ -151,3 +151,17 @@ def test_evaluate_explains_origin_method_and_header() -> None:
     assert not v.allowed and "no CORS policy" in v.reason
     # a wildcard origin matches only one label's worth of pattern, not a different domain
     assert not evaluate(FULL, "https://example.com.evil.net", "GET").allowed
+
+
+def test_the_example_policy_allows_what_the_readme_describes() -> None:
+    from pathlib import Path
+
+    text = (Path(__file__).parents[2] / "config" / "cors.example.json").read_text()
+    rules, form = parse_policy(text)
+    assert form == "s3"
+    upload = evaluate(rules, "https://app.example.com", "PUT", ["Content-Type"])
+    assert upload.allowed and "ETag" in upload.exposed
+    read = evaluate(rules, "https://dashboard.example.com", "GET", [])
+    assert read.allowed and "Content-Length" in read.exposed
+    assert not evaluate(rules, "https://dashboard.example.com", "PUT", ["content-type"]).allowed
+    assert not evaluate(rules, "https://app.example.com", "DELETE", []).allowed
