@@ -19,20 +19,18 @@ from pathlib import Path
 import anyio
 import anyio.from_thread
 import anyio.to_thread
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from anyio.streams.memory import MemoryObjectSendStream
 from watchfiles import awatch
 
 from ingest.config import ConfigError, SourceConfig
 from ingest.deadletters import DeadLetters
 from ingest.logs import get_logger
-from ingest.sources.base import FreshUnits, Item, SourceUnit, UnitRead, Units
+from ingest.sources.base import FreshUnits, Item, SourceUnit, Units
 from ingest.sources.formats import DEFAULT_MAX_RECORD, Format, detect
-from ingest.sources.reader import read_unit
+from ingest.sources.reader import IGNORED_SUFFIXES, FileSource
 
 log = get_logger("ingest.sources.directory")
 CLAIM_DIR = ".ingest"
-IGNORED_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".swp")
-READERS = 2  # files parsed at once; pyarrow also uses threads inside each
 
 
 @dataclass
@@ -42,7 +40,7 @@ class _Seen:
     stable_since: float
 
 
-class DirectorySource:
+class DirectorySource(FileSource):
     def __init__(
         self,
         config: SourceConfig,
@@ -59,8 +57,6 @@ class DirectorySource:
         self.explicit_id = explicit_id
         self.claim_dir = self.root / CLAIM_DIR / "claimed" / worker_id
         self._lock_fd: int | None = None
-        self._discovery: anyio.CancelScope | None = None  # made in run(): a scope needs a running loop
-        self._stopped = False
         self.done_dir = Path(config.done_dir).resolve() if config.done_dir else None
         self.dead = dead
         self._seen: dict[Path, _Seen] = {}
@@ -162,28 +158,12 @@ class DirectorySource:
     async def run(self, send: MemoryObjectSendStream[Item], units: Units, once: bool) -> None:
         if self._lock_fd is None:
             self.lock_claim_dir()
-        self._units = units
-        files_send, files_recv = anyio.create_memory_object_stream[Path](READERS)
-        async with send, anyio.create_task_group() as tg:
-            for _ in range(READERS):
-                tg.start_soon(self._reader, files_recv.clone(), send.clone())
-            files_recv.close()
-            async with files_send:
-                self._discovery = anyio.CancelScope()
-                if self._stopped:
-                    self._discovery.cancel()
-                with self._discovery:
-                    # Claimed earlier by this worker but never acknowledged (e.g. a previous run stopped).
-                    for leftover in self.pending():
-                        await files_send.send(Path(leftover))
-                    await self._discover(files_send, once)
-
-    def stop(self) -> None:
-        self._stopped = True
-        if self._discovery is not None:
-            self._discovery.cancel()
+        await super().run(send, units, once)
 
     async def _discover(self, files: MemoryObjectSendStream[Path], once: bool) -> None:
+        # Claimed earlier by this worker but never acknowledged (e.g. a previous run stopped).
+        for leftover in self.pending():
+            await files.send(Path(leftover))
         poll_ms = max(50, int(self.config.settle_seconds * 1000 / 2))
         self.root.mkdir(parents=True, exist_ok=True)
         at_start: set[Path] | None = set(self._candidates()) if once else None
@@ -217,34 +197,17 @@ class DirectorySource:
             if await scan():
                 return
 
-    async def _reader(
-        self, files: MemoryObjectReceiveStream[Path], send: MemoryObjectSendStream[Item]
-    ) -> None:
-        async with files, send:
-            async for path in files:
-                origin = _origin(path)
-                st = path.stat()
-                unit = self._units.open_unit(
-                    SourceUnit(
-                        name=origin.as_posix(),
-                        ack=self._acker(path),
-                        id=f"file:{path}",
-                        fingerprint=f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}",
-                        path=str(path),
-                    )
-                )
-                if not unit.fully_covered:  # else: every row is already spooled or uploaded
-                    await read_unit(
-                        path,
-                        origin,
-                        self.config.format,
-                        unit,
-                        self._units,
-                        send,
-                        self.dead,
-                        self.max_record_bytes,
-                    )
-                await send.send(UnitRead(unit))
+    def _unit(self, path: Path) -> tuple[SourceUnit, Path]:
+        origin = _origin(path)
+        st = path.stat()
+        unit = SourceUnit(
+            name=origin.as_posix(),
+            ack=self._acker(path),
+            id=f"file:{path}",
+            fingerprint=f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}",
+            path=str(path),
+        )
+        return unit, origin
 
     def _acker(self, claimed: Path) -> Callable[[], Awaitable[None]]:
         async def ack() -> None:

@@ -21,7 +21,7 @@ from typing import Any
 
 import anyio
 import anyio.to_thread
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from anyio.streams.memory import MemoryObjectSendStream
 from botocore.exceptions import BotoCoreError, ClientError
 
 from ingest.config import SourceConfig
@@ -30,15 +30,13 @@ from ingest.files import fsync_dir
 from ingest.grants import landing_prefix
 from ingest.logs import get_logger
 from ingest.r2.client import R2AccessDenied, R2Client
-from ingest.sources.base import Ack, FreshUnits, Item, SourceUnit, UnitRead, Units
-from ingest.sources.directory import IGNORED_SUFFIXES
+from ingest.sources.base import Ack, FreshUnits, SourceUnit, Units
 from ingest.sources.formats import DEFAULT_MAX_RECORD, detect
-from ingest.sources.reader import read_unit
+from ingest.sources.reader import IGNORED_SUFFIXES, FileSource
 from ingest.upload import describe
 
 log = get_logger("ingest.sources.landing")
 CLAIMS = ".claims/"
-READERS = 2
 STALE_CLAIM_WARNING = 3600.0  # another worker's claim this old is probably abandoned: say so
 
 
@@ -54,7 +52,7 @@ class Landed:
         return json.dumps({"key": self.key, "etag": self.etag, "size": self.size})
 
 
-class LandingSource:
+class LandingSource(FileSource):
     def __init__(
         self,
         config: SourceConfig,
@@ -81,8 +79,6 @@ class LandingSource:
         self._taken: set[str] = set()  # keys this run has taken (downloaded or reading)
         self._owners: dict[str, str] = {}  # marker key → worker id, learned once per marker
         self._warned: set[str] = set()
-        self._discovery: anyio.CancelScope | None = None
-        self._stopped = False
         self._unlisted = False
 
     # -- discovery ---------------------------------------------------------------------------------
@@ -217,72 +213,40 @@ class LandingSource:
         fsync_dir(self.local)
         return target
 
+    def _copies(self) -> list[Path]:
+        """Local copies not yet acknowledged."""
+        return sorted(p for p in self.local.iterdir() if _is_copy(p)) if self.local.is_dir() else []
+
     def pending(self) -> list[str]:
         unlisted = [f"s3://{self.bucket}/{self.landing}(not listed)"] if self._unlisted else []
-        if not self.local.is_dir():
-            return unlisted
-        return unlisted + [str(p) for p in sorted(self.local.iterdir()) if _is_copy(p)]
+        return unlisted + [str(p) for p in self._copies()]
 
     # -- running -----------------------------------------------------------------------------------
 
-    async def run(self, send: MemoryObjectSendStream[Item], units: Units, once: bool) -> None:
-        self._units = units
-        files_send, files_recv = anyio.create_memory_object_stream[Path](READERS)
-        async with send, anyio.create_task_group() as tg:
-            for _ in range(READERS):
-                tg.start_soon(self._reader, files_recv.clone(), send.clone())
-            files_recv.close()
-            async with files_send:
-                self._discovery = anyio.CancelScope()
-                if self._stopped:
-                    self._discovery.cancel()
-                with self._discovery:
-                    for leftover in self.pending():  # copied by an earlier run, never acknowledged
-                        self._taken.add(_landed(Path(leftover)).key)
-                        await files_send.send(Path(leftover))
-                    while True:
-                        try:
-                            await self._poll(files_send)
-                        except (ClientError, BotoCoreError, R2AccessDenied) as exc:
-                            log.warning("landing prefix not reachable", error=describe(exc), retry=not once)
-                            self._unlisted = once  # --once: report it as not taken, exit 1
-                        if once:
-                            return
-                        await anyio.sleep(self.poll_interval)
+    async def _discover(self, files: MemoryObjectSendStream[Path], once: bool) -> None:
+        for leftover in self._copies():  # copied by an earlier run, never acknowledged
+            self._taken.add(_landed(leftover).key)
+            await files.send(leftover)
+        while True:
+            try:
+                await self._poll(files)
+            except (ClientError, BotoCoreError, R2AccessDenied) as exc:
+                log.warning("landing prefix not reachable", error=describe(exc), retry=not once)
+                self._unlisted = once  # --once: report it as not taken, exit 1
+            if once:
+                return
+            await anyio.sleep(self.poll_interval)
 
-    def stop(self) -> None:
-        self._stopped = True
-        if self._discovery is not None:
-            self._discovery.cancel()
-
-    async def _reader(
-        self, files: MemoryObjectReceiveStream[Path], send: MemoryObjectSendStream[Item]
-    ) -> None:
-        async with files, send:
-            async for path in files:
-                obj = _landed(path)
-                unit = self._units.open_unit(
-                    SourceUnit(
-                        name=obj.key,
-                        ack=self._acker(path, obj),
-                        id=f"landing:{self.bucket}/{obj.key}",
-                        fingerprint=f"{obj.etag}:{obj.size}",
-                        path=str(path),
-                    )
-                )
-                if not unit.fully_covered:
-                    name = PurePosixPath(obj.key).name
-                    await read_unit(
-                        path,
-                        Path(name),
-                        self.config.format,
-                        unit,
-                        self._units,
-                        send,
-                        self.dead,
-                        self.max_record_bytes,
-                    )
-                await send.send(UnitRead(unit))
+    def _unit(self, path: Path) -> tuple[SourceUnit, Path]:
+        obj = _landed(path)
+        unit = SourceUnit(
+            name=obj.key,
+            ack=self._acker(path, obj),
+            id=f"landing:{self.bucket}/{obj.key}",
+            fingerprint=f"{obj.etag}:{obj.size}",
+            path=str(path),
+        )
+        return unit, Path(PurePosixPath(obj.key).name)
 
     def _acker(self, path: Path, obj: Landed) -> Ack:
         async def ack() -> None:
