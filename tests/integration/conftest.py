@@ -139,15 +139,7 @@ class Job:
         )
 
     def run_once(self, *args: str, timeout: float = 240, **env: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            self.command("--once", *args),
-            cwd=self.dir,
-            env=self.env(**env),
-            capture_output=True,
-            text=True,
-            stdin=subprocess.DEVNULL,
-            timeout=timeout,
-        )
+        return self.cli("run", "--once", *args, timeout=timeout, **env)
 
     def start(self, *args: str, **env: str) -> subprocess.Popen[str]:
         return subprocess.Popen(

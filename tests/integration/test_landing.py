@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -47,18 +46,7 @@ def test_two_workers_on_one_landing_prefix_take_every_object_once(job: Job, tmp_
     files, per_file = 24, 15
     landed = _land(job, files, per_file)
     a, b = _workers(job, tmp_path, "worker-a", "worker-b")
-    procs = [
-        subprocess.Popen(
-            w.command("--once"),
-            cwd=w.dir,
-            env=w.env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            stdin=subprocess.DEVNULL,
-            text=True,
-        )
-        for w in (a, b)
-    ]
+    procs = [w.start("--once") for w in (a, b)]
     results = [p.communicate(timeout=240) for p in procs]
     for p, (_out, err) in zip(procs, results, strict=True):
         assert p.returncode == 0, err[-3000:]

@@ -74,17 +74,7 @@ def test_two_processes_share_one_directory(job: Job) -> None:
         total += 10_000
     job.configure(batch={"max_records": 15_000})
 
-    procs = [
-        subprocess.Popen(
-            job.command("--once"),
-            cwd=job.dir,
-            env=job.env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(2)
-    ]
+    procs = [job.start("--once") for _ in range(2)]
     outputs = [p.communicate(timeout=240) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
 
