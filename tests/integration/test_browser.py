@@ -13,17 +13,15 @@ import shutil
 import signal
 import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
-from tests.integration.conftest import Job, free_port, today_dir
+from tests.integration.conftest import Job, free_port, readyz, today_dir, wait_for
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -95,15 +93,6 @@ def browser() -> Iterator[Any]:
             b.close()
 
 
-def _wait(predicate: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_browser_upload_through_grant_and_cors_then_dashboard_reads_parquet(
     job: Job, site: str, browser: Any
 ) -> None:
@@ -116,7 +105,7 @@ def test_browser_upload_through_grant_and_cors_then_dashboard_reads_parquet(
     assert job.cli("cors", "delete").returncode == 0  # the shared bucket starts without a policy
     proc = job.start()
     try:
-        _wait(lambda: _ready(port), 60, "the worker's HTTP server")
+        wait_for(lambda: readyz(port) is not None, 60, "the worker's HTTP server")
         page = browser.new_page()
         page.goto(f"{site}/upload.html")
         rows = [{"id": i, "user": f"u{i}", "amount": i * 1.5} for i in range(50)]
@@ -166,7 +155,7 @@ def test_browser_upload_through_grant_and_cors_then_dashboard_reads_parquet(
         assert why.returncode == 1 and "does not allow x-api-key" in why.stdout, why.stdout
 
         # 4. The worker turns the landed file into a dated Parquet object and deletes the upload.
-        _wait(lambda: not job.landing_keys(), 60, "the uploads to be ingested and deleted")
+        wait_for(lambda: not job.landing_keys(), 60, "the uploads to be ingested and deleted")
         data = job.keys()
         assert len(data) == 1 and data[0].startswith(f"{job.prefix}{today_dir()}/"), data
         assert data[0].endswith(".parquet")
@@ -188,10 +177,3 @@ def test_browser_upload_through_grant_and_cors_then_dashboard_reads_parquet(
             proc.kill()
             proc.communicate()
         job.cli("cors", "delete")
-
-
-def _ready(port: int) -> bool:
-    try:
-        return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False

@@ -10,16 +10,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.integration.conftest import Job, free_port, logs_of, write_jsonl
-
-
-def _wait(predicate: object, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+from tests.integration.conftest import Job, free_port, logs_of, readyz, wait_for, write_jsonl
 
 
 def _stop(proc: subprocess.Popen[str]) -> tuple[str, str]:
@@ -38,8 +29,8 @@ def test_file_still_being_written_is_taken_only_when_complete(job: Job) -> None:
     )
     proc = job.start()
     try:
-        _wait(lambda: _ready(port) is not None, 60, "the probe server")
-        assert _ready(port) == 200
+        wait_for(lambda: readyz(port) is not None, 60, "the probe server")
+        assert readyz(port) == 200
         path = job.inbox / "growing.jsonl"
         written = 0
         with path.open("w") as fh:
@@ -50,7 +41,7 @@ def test_file_still_being_written_is_taken_only_when_complete(job: Job) -> None:
                 time.sleep(0.25)
                 assert path.exists(), "claimed while still being written"
         assert job.keys() == []
-        _wait(lambda: not path.exists() and job.keys(), 30, "the finished file to be ingested")
+        wait_for(lambda: not path.exists() and job.keys(), 30, "the finished file to be ingested")
         ids = sorted(int(r["id"]) for r in job.rows())  # type: ignore[call-overload]
         assert ids == list(range(written))  # all of it, in one piece: never a partial read
 
@@ -60,17 +51,10 @@ def test_file_still_being_written_is_taken_only_when_complete(job: Job) -> None:
         time.sleep(2.5)
         assert tmp.exists() and hidden.exists()
         tmp.rename(job.inbox / "next.jsonl")
-        _wait(lambda: len(job.rows()) == written + 1, 30, "the renamed file")
+        wait_for(lambda: len(job.rows()) == written + 1, 30, "the renamed file")
     finally:
         _, err = _stop(proc)
     assert any(e.get("event") == "uploaded" for e in logs_of(err))
-
-
-def _ready(port: int) -> int | None:
-    try:
-        return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code
-    except httpx.HTTPError:
-        return None
 
 
 def test_permanent_refusal_keeps_data_local_and_fails_readiness(job: Job) -> None:
@@ -99,7 +83,7 @@ def test_permanent_refusal_keeps_data_local_and_fails_readiness(job: Job) -> Non
     job.configure(server={"listen": f"127.0.0.1:{port}"}, batch={"max_age": "300ms"})
     proc = job.start(R2_BUCKET_NAME="not-our-bucket")
     try:
-        _wait(lambda: _ready(port) == 503, 60, "readiness to turn false")
+        wait_for(lambda: readyz(port) == 503, 60, "readiness to turn false")
         body = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).json()
         assert "denied" in body["reason"].lower() or "403" in body["reason"]
         assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200
@@ -121,7 +105,7 @@ def test_sigterm_finishes_the_files_already_taken_and_exits_0(job: Job) -> None:
         rows = [{"id": i, "pad": "x" * 100} for i in range(400_000)]
         staged = write_jsonl(job.dir / "big.jsonl", rows)
         staged.rename(job.inbox / "big.jsonl")
-        _wait(lambda: not (job.inbox / "big.jsonl").exists(), 30, "the file to be claimed")
+        wait_for(lambda: not (job.inbox / "big.jsonl").exists(), 30, "the file to be claimed")
         proc.send_signal(signal.SIGTERM)  # mid-file: the rest of it must still be read and uploaded
         _, err = proc.communicate(timeout=120)
     finally:

@@ -17,8 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.integration.conftest import Job, logs_of
-from tests.integration.test_daemon import _free_port, _ready, _wait
+from tests.integration.conftest import Job, free_port, logs_of, readyz, wait_for
 
 
 @pytest.fixture
@@ -37,7 +36,7 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 def test_disk_full_keeps_the_batch_fails_readiness_and_recovers_when_space_returns(
     job: Job, small_disk: Path
 ) -> None:
-    probe = _free_port()
+    probe = free_port()
     job.configure(
         sources={"settle_seconds": "50ms"},
         batch={"max_age": "200ms"},
@@ -47,7 +46,7 @@ def test_disk_full_keeps_the_batch_fails_readiness_and_recovers_when_space_retur
     )
     proc = job.start()
     try:
-        _wait(lambda: _ready(probe) == 200, 60, "the worker")
+        wait_for(lambda: readyz(probe) == 200, 60, "the worker")
         filler = small_disk / "filler"
         fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
         try:  # fill the disk for real, then leave ~64 KiB free
@@ -66,7 +65,7 @@ def test_disk_full_keeps_the_batch_fails_readiness_and_recovers_when_space_retur
         staged.write_text("".join(json.dumps(r) + "\n" for r in rows))
         staged.rename(job.inbox / "big.jsonl")
 
-        _wait(lambda: _ready(probe) == 503, 30, "readiness to turn false")
+        wait_for(lambda: readyz(probe) == 503, 30, "readiness to turn false")
         reason = httpx.get(f"http://127.0.0.1:{probe}/readyz", timeout=2).json()["reason"]
         assert "spool disk full" in reason and "spool.dir" in reason
         objects = small_disk / "spool"
@@ -75,8 +74,8 @@ def test_disk_full_keeps_the_batch_fails_readiness_and_recovers_when_space_retur
         assert job.keys() == []
 
         filler.unlink()  # space comes back: the kept batch is written and uploaded
-        _wait(lambda: len(job.rows()) == len(rows), 90, "the batch to be uploaded")
-        _wait(lambda: _ready(probe) == 200, 30, "readiness to return")
+        wait_for(lambda: len(job.rows()) == len(rows), 90, "the batch to be uploaded")
+        wait_for(lambda: readyz(probe) == 200, 30, "readiness to return")
     finally:
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)

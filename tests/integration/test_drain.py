@@ -8,8 +8,7 @@ from collections import Counter
 from urllib.parse import urlparse
 
 from tests.faultproxy import FaultProxy, Faults
-from tests.integration.conftest import Job, logs_of, write_jsonl
-from tests.integration.test_daemon import _wait
+from tests.integration.conftest import Job, logs_of, wait_for, write_jsonl
 
 
 def test_sigterm_during_slow_uploads_exits_0_within_shutdown_timeout_and_restart_completes(job: Job) -> None:
@@ -29,7 +28,7 @@ def test_sigterm_during_slow_uploads_exits_0_within_shutdown_timeout_and_restart
         proc = job.start()
         try:
             spooled = lambda: list((job.dir / "spool").glob("*/objects/*.parquet"))  # noqa: E731
-            _wait(lambda: len(spooled()) >= 3, 60, "batches waiting in the spool")
+            wait_for(lambda: len(spooled()) >= 3, 60, "batches waiting in the spool")
             assert proxy.seen["delay"] > 0  # uploads are under way, and slow
             sent = time.monotonic()
             proc.send_signal(signal.SIGTERM)

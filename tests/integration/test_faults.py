@@ -12,7 +12,7 @@ from urllib.parse import urlparse
 from ingest.local.seaweed import free_port_pairs
 from tests.conftest import start_local_r2, stop_local_r2
 from tests.faultproxy import FaultProxy, Faults
-from tests.integration.conftest import Job, logs_of, write_jsonl
+from tests.integration.conftest import Job, free_port, logs_of, readyz, wait_for, write_jsonl
 
 
 def _fill(job: Job, files: int, per_file: int) -> int:
@@ -92,11 +92,9 @@ def test_store_down_thirty_seconds_with_a_small_spool_pauses_intake_and_loses_no
 ) -> None:
     import httpx
 
-    from tests.integration.test_daemon import _free_port, _ready, _wait
-
     s3_port, api_port = free_port_pairs(2)
     own = start_local_r2(tmp_path / "own-r2", s3_port=s3_port, api_port=api_port)
-    probe = _free_port()
+    probe = free_port()
     proc = None
     try:
         job.r2 = own
@@ -109,9 +107,9 @@ def test_store_down_thirty_seconds_with_a_small_spool_pauses_intake_and_loses_no
             server={"listen": f"127.0.0.1:{probe}"},
         )
         proc = job.start()
-        _wait(lambda: _ready(probe) == 200, 60, "the worker")
+        wait_for(lambda: readyz(probe) == 200, 60, "the worker")
         first = _fill(job, 2, 400)
-        _wait(lambda: len(job.keys()) == 2, 30, "the first objects")
+        wait_for(lambda: len(job.keys()) == 2, 30, "the first objects")
 
         stop_local_r2(own)
         _wait_port_closed(s3_port)
@@ -122,7 +120,7 @@ def test_store_down_thirty_seconds_with_a_small_spool_pauses_intake_and_loses_no
             write_jsonl(staged, [{"id": total + j, "pad": f"{total + j:x}" * 8} for j in range(400)])
             staged.rename(job.inbox / f"later{i:03d}.jsonl")
             total += 400
-        _wait(lambda: _ready(probe) == 503, 30, "readiness to turn false")
+        wait_for(lambda: readyz(probe) == 503, 30, "readiness to turn false")
         reason = httpx.get(f"http://127.0.0.1:{probe}/readyz", timeout=2).json()["reason"]
         assert "spool.max_bytes" in reason and "intake paused" in reason
         waiting = lambda: len(list(job.inbox.glob("later*.jsonl")))  # noqa: E731
@@ -133,8 +131,8 @@ def test_store_down_thirty_seconds_with_a_small_spool_pauses_intake_and_loses_no
 
         own = start_local_r2(tmp_path / "own-r2", s3_port=s3_port, api_port=api_port)
         job.r2 = own
-        _wait(lambda: waiting() == 0 and _ready(probe) == 200, 120, "intake to resume and drain")
-        _wait(lambda: sum(1 for _ in job.rows()) == total, 60, "every row in R2")
+        wait_for(lambda: waiting() == 0 and readyz(probe) == 200, 120, "intake to resume and drain")
+        wait_for(lambda: sum(1 for _ in job.rows()) == total, 60, "every row in R2")
         _assert_exactly_once(job, total)
     finally:
         if proc is not None:
