@@ -10,9 +10,10 @@ from email.utils import parsedate_to_datetime
 import httpx
 from botocore.exceptions import ClientError
 
-from ingest.config import Settings
+from ingest.config import ServerConfig, Settings
 from ingest.r2.api import cloudflare_client
 from ingest.r2.client import R2AccessDenied, R2Client
+from ingest.r2.cors import CorsRule, evaluate
 from ingest.r2.credentials import (
     CredentialError,
     TemporaryCredentials,
@@ -116,11 +117,12 @@ async def diagnose(settings: Settings) -> list[Check]:
             checks.append(
                 Check(True, "temporary", f"minted: {provider.describe_scope()}, ttl {provider.ttl_seconds} s")
             )
-        checks += await _bucket_checks(client, r2.bucket, settings.output.prefix)
+        checks += await _bucket_checks(client, r2.bucket, settings)
     return checks
 
 
-async def _bucket_checks(client: R2Client, bucket: str, prefix: str) -> list[Check]:
+async def _bucket_checks(client: R2Client, bucket: str, settings: Settings) -> list[Check]:
+    prefix = settings.output.prefix
     checks: list[Check] = []
     try:
         await client.call("list_objects_v2", Bucket=bucket, Prefix=prefix, MaxKeys=1)
@@ -141,8 +143,7 @@ async def _bucket_checks(client: R2Client, bucket: str, prefix: str) -> list[Che
         return [*checks, Check(False, "write", explain(exc, bucket))]
     checks.append(Check(body == b"r2-ingest doctor probe", "write", f"write, read and delete of {key}"))
     checks.append(conditional)
-    checks.append(await _cors_summary(client, bucket))
-    return checks
+    return checks + await _cors_checks(client, bucket, settings.server)
 
 
 async def _second_put_refused(client: R2Client, bucket: str, key: str) -> Check:
@@ -156,13 +157,31 @@ async def _second_put_refused(client: R2Client, bucket: str, key: str) -> Check:
     return Check(False, "conditional", "the store overwrote an existing key despite If-None-Match: *")
 
 
-async def _cors_summary(client: R2Client, bucket: str) -> Check:
+async def _cors_checks(client: R2Client, bucket: str, server: ServerConfig) -> list[Check]:
+    """The policy in one line; with upload grants for browser origins, whether their PUTs get through."""
     try:
-        rules = (await client.call("get_bucket_cors", Bucket=bucket)).get("CORSRules", [])
+        found = (await client.call("get_bucket_cors", Bucket=bucket)).get("CORSRules", [])
     except (ClientError, R2AccessDenied) as exc:
         code = exc.response.get("Error", {}).get("Code", "") if isinstance(exc, ClientError) else ""
-        if code == "NoSuchCORSConfiguration":
-            return Check(None, "cors", "no CORS policy: browsers cannot upload to or read from the bucket")
-        return Check(None, "cors", "CORS policy not readable with these credentials")
-    origins = sorted({o for r in rules for o in r.get("AllowedOrigins", [])})
-    return Check(None, "cors", f"{len(rules)} rule(s) for {', '.join(origins) or 'no origin'}")
+        if code != "NoSuchCORSConfiguration":
+            return [Check(None, "cors", "CORS policy not readable with these credentials")]
+        found = []
+    rules = [CorsRule.from_s3(r) for r in found]
+    origins = sorted({o for r in rules for o in r.origins})
+    summary = f"{len(rules)} rule(s) for {', '.join(origins) or 'no origin'}"
+    if not rules:
+        summary = "no CORS policy: browsers cannot upload to or read from the bucket"
+    checks = [Check(None, "cors", summary)]
+    if not server.upload_token.get_secret_value():
+        return checks
+    for origin in server.cors_origins:  # pages that get upload grants must also be let through by R2
+        verdict = evaluate(rules, origin, "PUT", ["content-type"])
+        if verdict.allowed:
+            checks.append(Check(True, "cors", f"uploads from {origin}: {verdict.reason}"))
+        else:
+            why = verdict.reason.removeprefix("blocked: ")
+            checks.append(
+                Check(False, "cors", f"uploads from {origin} would be blocked by the browser: {why} "
+                      "(grants need PUT with header content-type; example: config/cors.example.json)")
+            )  # fmt: skip
+    return checks

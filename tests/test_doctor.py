@@ -79,3 +79,47 @@ def test_unreachable_endpoint(local_r2: LocalR2, tmp_path: Path) -> None:
     r = doctor(local_r2, tmp_path, R2_ENDPOINT_URL=f"http://127.0.0.1:{closed}")
     assert r.returncode == 1
     assert any(line.startswith("✗ endpoint: cannot reach") for line in lines(r, "✗")), r.stdout
+
+
+def test_upload_grants_for_a_browser_origin_need_the_bucket_to_allow_its_put(
+    local_r2: LocalR2, tmp_path: Path
+) -> None:
+    site = "http://127.0.0.1:5173"
+    (tmp_path / "ingest.toml").write_text(
+        f'[[sources]]\nkind = "landing"\n\n[server]\ncors_origins = ["{site}"]\n'
+    )
+    s3 = local_r2.token_s3()
+    s3.delete_bucket_cors(Bucket=local_r2.bucket)
+    try:
+        blocked = doctor(local_r2, tmp_path, INGEST_UPLOAD_TOKEN="t0ken")
+        assert blocked.returncode == 1
+        assert lines(blocked, "✗") == [
+            f"✗ cors: uploads from {site} would be blocked by the browser: the bucket has no CORS policy, "
+            "so browsers get no Access-Control-Allow-Origin from it; set one with `ingest cors set FILE` "
+            "(grants need PUT with header content-type; example: config/cors.example.json)"
+        ]
+        s3.put_bucket_cors(
+            Bucket=local_r2.bucket,
+            CORSConfiguration={"CORSRules": [{"AllowedOrigins": [site], "AllowedMethods": ["GET"]}]},
+        )
+        method = doctor(local_r2, tmp_path, INGEST_UPLOAD_TOKEN="t0ken")
+        assert method.returncode == 1
+        assert f"✗ cors: uploads from {site} would be blocked by the browser: method PUT is not allowed" in (
+            method.stdout
+        )
+        s3.put_bucket_cors(
+            Bucket=local_r2.bucket,
+            CORSConfiguration={
+                "CORSRules": [
+                    {"AllowedOrigins": [site], "AllowedMethods": ["PUT"], "AllowedHeaders": ["content-type"]}
+                ]
+            },
+        )
+        allowed = doctor(local_r2, tmp_path, INGEST_UPLOAD_TOKEN="t0ken")
+        assert allowed.returncode == 0, allowed.stdout
+        assert f"✓ cors: uploads from {site}: allowed by rule 0" in allowed.stdout
+        assert "t0ken" not in allowed.stdout + allowed.stderr
+        without_grants = doctor(local_r2, tmp_path)
+        assert "uploads from" not in without_grants.stdout
+    finally:
+        s3.delete_bucket_cors(Bucket=local_r2.bucket)
