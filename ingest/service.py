@@ -88,6 +88,11 @@ def build_sources(settings: Settings, spool: Spool, say: Console, client: R2Clie
     sources: list[Source] = []
     for i, cfg in enumerate(configs):
         if cfg.kind == "landing":
+            if any(isinstance(s, LandingSource) for s in sources):
+                raise ConfigError(
+                    f"sources.{i}.kind: a second landing source; there is one landing prefix "
+                    "({output.prefix}_landing/) per worker, so keep one"
+                )
             sources.append(
                 LandingSource(
                     cfg,

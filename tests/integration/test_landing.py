@@ -83,3 +83,16 @@ def test_a_claim_belongs_to_its_worker_until_that_worker_finishes_it(job: Job, t
     assert _ingested(second.stderr) == theirs
     assert sorted(r["id"] for r in job.rows()) == [0, 1, 2, 3, 4, 100, 101, 102, 103, 104]
     assert job.landing_keys() == skipped
+
+
+def test_landing_configuration_mistakes_exit_2_naming_the_key(job: Job) -> None:
+    job.configure(sources=[{"kind": "landing"}, {"kind": "landing", "settle_seconds": "5s"}])
+    two = job.run_once()
+    assert two.returncode == 2
+    assert "sources.1.kind: a second landing source" in two.stderr
+
+    job.configure(server={"upload_token": "t0ken"})  # grants, but only a directory source
+    orphan = job.run_once()
+    assert orphan.returncode == 2
+    assert 'server.upload_token: set, but no source has kind = "landing"' in orphan.stderr
+    assert "t0ken" not in orphan.stderr + orphan.stdout
