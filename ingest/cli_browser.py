@@ -225,5 +225,12 @@ def presign_command(
         if p.shortened:
             note += " (cut short: the temporary credentials that signed it expire then)"
         err.print(note, markup=False, highlight=False)
+        if not s.r2.configured:
+            err.print(
+                "warning: that local R2 ran only for this command, so the URL is dead already; run "
+                "`ingest local --env-file .ingest/local.env`, load that file and presign again",
+                markup=False,
+                highlight=False,
+            )
 
     _run_r2(body)

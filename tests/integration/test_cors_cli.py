@@ -7,7 +7,11 @@ The bucket's policy is checked where it matters: SeaweedFS answers a real prefli
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -186,3 +190,19 @@ def test_presigned_put_then_get_round_trip(job: Job) -> None:
     got = httpx.get(url.stdout.strip(), timeout=10)
     assert got.status_code == 200 and got.content == body
     assert httpx.get(url.stdout.strip().replace("X-Amz-Signature=", "X-Amz-Signature=0"), timeout=10).is_error
+
+
+def test_presign_on_the_embedded_local_r2_says_the_url_dies_with_it(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("R2_", "CLOUDFLARE_"))}
+    done = subprocess.run(
+        [sys.executable, "-m", "ingest", "presign", "2024/08/02/ingested_0001.parquet"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("http://127.0.0.1:")
+    assert "the URL is dead already" in done.stderr and "ingest local --env-file" in done.stderr
