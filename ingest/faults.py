@@ -15,6 +15,8 @@ POINTS = (
     "put",  # object in R2, journal not yet updated
     "uploaded",  # journal says uploaded, source not yet acknowledged
     "acked",  # source file deleted, journal not yet updated
+    "claimed",  # landing: claim marker created, object not yet copied
+    "unlanded",  # landing: object deleted, its marker and local copy not yet
 )
 _point, _, _nth = os.environ.get("INGEST_CRASH_AT", "").partition(":")
 _left = int(_nth or 1)

@@ -26,6 +26,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from ingest.config import SourceConfig
 from ingest.deadletters import DeadLetters
+from ingest.faults import crash_point
 from ingest.files import fsync_dir
 from ingest.grants import landing_prefix
 from ingest.logs import get_logger
@@ -167,6 +168,7 @@ class LandingSource(FileSource):
                 await self._units.wait_for_room()  # backpressure: claim nothing while the spool is full
                 if not await self._claim(obj):
                     continue
+                crash_point("claimed")
             local = await self._download(obj)
             if local is not None:
                 self._taken.add(obj.key)
@@ -251,6 +253,7 @@ class LandingSource(FileSource):
     def _acker(self, path: Path, obj: Landed) -> Ack:
         async def ack() -> None:
             await self.client.call("delete_object", Bucket=self.bucket, Key=obj.key)
+            crash_point("unlanded")
             await self.client.call("delete_object", Bucket=self.bucket, Key=self._marker(obj.key))
             await anyio.to_thread.run_sync(_remove_copy, path)
             self._taken.discard(obj.key)

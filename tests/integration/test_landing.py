@@ -7,6 +7,8 @@ import uuid
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from tests.integration.conftest import Job, logs_of
 
 
@@ -96,3 +98,24 @@ def test_landing_configuration_mistakes_exit_2_naming_the_key(job: Job) -> None:
     assert orphan.returncode == 2
     assert 'server.upload_token: set, but no source has kind = "landing"' in orphan.stderr
     assert "t0ken" not in orphan.stderr + orphan.stdout
+
+
+@pytest.mark.parametrize(
+    "point", ["claimed:2", "encoded:1", "put:1", "uploaded:2", "unlanded:1", "unlanded:3", "acked:2"]
+)
+def test_killed_at_any_step_a_restart_finishes_with_every_row_once(
+    job: Job, tmp_path: Path, point: str
+) -> None:
+    files, per_file = 6, 10
+    landed = _land(job, files, per_file)
+    (worker,) = _workers(job, tmp_path, "worker-a")
+    worker.configure(sources=[{"kind": "landing"}], worker={"id": "worker-a"}, batch={"max_records": 15})
+    killed = worker.run_once(INGEST_CRASH_AT=point)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+
+    done = worker.run_once()
+    assert done.returncode == 0, done.stderr[-3000:]
+    ids = sorted(r["id"] for r in job.rows())
+    assert ids == list(range(files * per_file))  # none lost, none twice
+    assert job.landing_keys() == []
+    assert set(_ingested(killed.stderr) + _ingested(done.stderr)) == set(landed)
