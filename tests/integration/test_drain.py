@@ -29,7 +29,7 @@ def test_sigterm_during_slow_uploads_exits_0_within_shutdown_timeout_and_restart
         try:
             spooled = lambda: list((job.dir / "spool").glob("*/objects/*.parquet"))  # noqa: E731
             wait_for(lambda: len(spooled()) >= 3, 60, "batches waiting in the spool")
-            assert proxy.seen["delay"] > 0  # uploads are under way, and slow
+            wait_for(lambda: proxy.seen["delay"] > 0, 30, "uploads under way through the slow proxy")
             sent = time.monotonic()
             proc.send_signal(signal.SIGTERM)
             _, err = proc.communicate(timeout=60)

@@ -118,4 +118,6 @@ def test_killed_at_any_step_a_restart_finishes_with_every_row_once(
     ids = sorted(r["id"] for r in job.rows())
     assert ids == list(range(files * per_file))  # none lost, none twice
     assert job.landing_keys() == []
-    assert set(_ingested(killed.stderr) + _ingested(done.stderr)) == set(landed)
+    before, after = _ingested(killed.stderr), _ingested(done.stderr)
+    assert set(before) | set(after) <= set(landed) and not set(before) & set(after)
+    assert len(after) == len(set(after))  # (a kill inside an acknowledgement may leave no log line)
