@@ -23,7 +23,7 @@ from ingest.config import Settings
 from ingest.r2.api import cloudflare_client
 from ingest.r2.bucket_cors import ApiBucketCors, BucketCors, S3BucketCors
 from ingest.r2.client import R2AccessDenied, R2Client
-from ingest.r2.cors import CorsError, dumps, evaluate, origin_problem, parse_policy
+from ingest.r2.cors import CorsError, dumps, evaluate, holds, origin_problem, parse_policy
 from ingest.r2.credentials import CredentialError, provider_from_settings
 from ingest.r2.endpoint import endpoint_url
 from ingest.r2.presign import PresignError, check_request, presign
@@ -134,7 +134,7 @@ def cors_set(
         async with bucket_cors(via) as (bucket, target):
             await target.put(rules)
             live = await target.get()
-        if live != rules:
+        if not holds(rules, live):
             raise fail(
                 f"error: bucket {bucket} holds a different policy after the update: {dumps(live, 's3')}"
             )

@@ -11,7 +11,7 @@ import difflib
 import fnmatch
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 METHODS = ("GET", "PUT", "POST", "DELETE", "HEAD")
@@ -103,6 +103,17 @@ def to_s3(rules: list[CorsRule]) -> dict[str, Any]:
 
 def to_wrangler(rules: list[CorsRule]) -> dict[str, Any]:
     return {"rules": [r.to_wrangler() for r in rules]}
+
+
+def holds(sent: list[CorsRule], live: list[CorsRule]) -> bool:
+    """Whether the bucket holds the policy sent; a store may fill in an omitted MaxAgeSeconds
+    (SeaweedFS stores 0), which is not a difference."""
+    if len(sent) != len(live):
+        return False
+    return all(
+        s == (replace(x, max_age_seconds=None) if s.max_age_seconds is None else x)
+        for s, x in zip(sent, live, strict=True)
+    )
 
 
 def dumps(rules: list[CorsRule], form: Form) -> str:

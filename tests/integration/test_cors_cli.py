@@ -206,3 +206,10 @@ def test_presign_on_the_embedded_local_r2_says_the_url_dies_with_it(tmp_path: Pa
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("http://127.0.0.1:")
     assert "the URL is dead already" in done.stderr and "ingest local --env-file" in done.stderr
+
+
+def test_a_policy_without_max_age_applies(cors_job: Job) -> None:
+    rule = {"AllowedOrigins": [ORIGIN], "AllowedMethods": ["GET"]}
+    _set(cors_job, [rule])  # the store fills in MaxAgeSeconds; that is not "a different policy"
+    live = json.loads(cors_job.cli("cors", "get").stdout)["CORSRules"]
+    assert [{k: v for k, v in r.items() if k != "MaxAgeSeconds"} for r in live] == [rule]

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
-from ingest.r2.cors import CorsError, CorsRule, dumps, evaluate, parse_policy, to_s3, to_wrangler
+from ingest.r2.cors import CorsError, CorsRule, dumps, evaluate, holds, parse_policy, to_s3, to_wrangler
 
 OK = None
 
@@ -165,3 +166,11 @@ def test_the_example_policy_allows_what_the_readme_describes() -> None:
     assert read.allowed and "Content-Length" in read.exposed
     assert not evaluate(rules, "https://dashboard.example.com", "PUT", ["content-type"]).allowed
     assert not evaluate(rules, "https://app.example.com", "DELETE", []).allowed
+
+
+def test_holds_forgives_a_filled_in_max_age_only() -> None:
+    sent = [CorsRule(["https://a.com"], ["GET"])]
+    filled = [replace(sent[0], max_age_seconds=0)]  # what SeaweedFS gives back
+    assert holds(sent, filled) and holds(sent, sent)
+    assert not holds(filled, [replace(filled[0], max_age_seconds=60)])
+    assert not holds(sent, [replace(filled[0], origins=["https://b.com"])]) and not holds(sent, [])
