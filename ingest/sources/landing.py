@@ -23,6 +23,7 @@ import anyio
 import anyio.to_thread
 from anyio.streams.memory import MemoryObjectSendStream
 from botocore.exceptions import BotoCoreError, ClientError
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_random_exponential
 
 from ingest.config import SourceConfig
 from ingest.deadletters import DeadLetters
@@ -34,10 +35,11 @@ from ingest.r2.client import R2AccessDenied, R2Client
 from ingest.sources.base import Ack, FreshUnits, SourceUnit, Units
 from ingest.sources.formats import DEFAULT_MAX_RECORD, detect
 from ingest.sources.reader import IGNORED_SUFFIXES, FileSource
-from ingest.upload import describe
+from ingest.upload import describe, is_retryable
 
 log = get_logger("ingest.sources.landing")
 CLAIMS = ".claims/"
+ACK_RETRY_SECONDS = 300.0  # keep trying to delete an ingested object this long
 STALE_CLAIM_WARNING = 3600.0  # another worker's claim this old is probably abandoned: say so
 
 
@@ -250,11 +252,26 @@ class LandingSource(FileSource):
         )
         return unit, Path(PurePosixPath(obj.key).name)
 
+    async def _delete(self, key: str) -> None:
+        """Delete through transient failures (503, dropped connections); deleting twice is harmless."""
+        try:
+            async for attempt in AsyncRetrying(
+                stop=stop_after_delay(ACK_RETRY_SECONDS),
+                wait=wait_random_exponential(multiplier=0.2, max=10),
+                retry=retry_if_exception(is_retryable),
+                reraise=True,
+            ):
+                with attempt:
+                    await self.client.call("delete_object", Bucket=self.bucket, Key=key)
+        except Exception as exc:  # any failure: the pipeline logs OSError and keeps running
+            # The rows are in R2; a restart acknowledges again (the local copy is kept until then).
+            raise OSError(f"could not delete s3://{self.bucket}/{key}: {describe(exc)}") from None
+
     def _acker(self, path: Path, obj: Landed) -> Ack:
         async def ack() -> None:
-            await self.client.call("delete_object", Bucket=self.bucket, Key=obj.key)
+            await self._delete(obj.key)
             crash_point("unlanded")
-            await self.client.call("delete_object", Bucket=self.bucket, Key=self._marker(obj.key))
+            await self._delete(self._marker(obj.key))
             await anyio.to_thread.run_sync(_remove_copy, path)
             self._taken.discard(obj.key)
             log.info("landing object ingested and deleted", key=obj.key)

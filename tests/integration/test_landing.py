@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import signal
 import uuid
 from collections import Counter
 from pathlib import Path
+from urllib.parse import urlparse
 
 import pytest
 
-from tests.integration.conftest import Job, logs_of
+from tests.faultproxy import FaultProxy, Faults
+from tests.integration.conftest import Job, logs_of, wait_for
 
 
 def _workers(job: Job, tmp_path: Path, *ids: str) -> list[Job]:
@@ -121,3 +124,23 @@ def test_killed_at_any_step_a_restart_finishes_with_every_row_once(
     before, after = _ingested(killed.stderr), _ingested(done.stderr)
     assert set(before) | set(after) <= set(landed) and not set(before) & set(after)
     assert len(after) == len(set(after))  # (a kill inside an acknowledgement may leave no log line)
+
+
+def test_drops_and_503s_between_worker_and_store_lose_and_duplicate_nothing(job: Job, tmp_path: Path) -> None:
+    files, per_file = 12, 10
+    _land(job, files, per_file)
+    faults = Faults(drop=0.1, drop_response=0.15, unavailable=0.45, seed=3)
+    with FaultProxy(urlparse(job.r2.endpoint_url).port or 0, faults) as proxy:
+        (worker,) = _workers(job, tmp_path, "worker-a")
+        worker.endpoint_url = proxy.url
+        proc = worker.start()  # a daemon: a failed listing is retried at the next poll
+        try:
+            wait_for(lambda: not job.landing_keys(), 120, "every upload ingested and deleted")
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err[-3000:]
+    for mode in ("drop", "drop_response", "unavailable", "pass"):
+        assert proxy.seen[mode] > 0, proxy.seen
+    ids = sorted(r["id"] for r in job.rows())
+    assert ids == list(range(files * per_file))  # none lost, none twice
