@@ -73,6 +73,20 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def ingest_without_r2(cwd: Path, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    """`ingest …` in `cwd` with no R2 settings at all: it falls back to the embedded local R2."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("R2_", "CLOUDFLARE_"))}
+    return subprocess.run(
+        [sys.executable, "-m", "ingest", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+
+
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> None:
     """Poll until `predicate()` is truthy; a bounded loop that fails naming what never happened."""
     deadline = time.monotonic() + timeout

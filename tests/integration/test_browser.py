@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from playwright.sync_api import sync_playwright
 
 from tests.integration.conftest import Job, free_port, readyz, today_dir, wait_for
 
-playwright_api = pytest.importorskip("playwright.sync_api")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 TOKEN = "upload-token-for-tests"
 
@@ -85,7 +85,7 @@ def site(tmp_path: Path) -> Iterator[str]:
 def browser() -> Iterator[Any]:
     if CHROMIUM is None:
         pytest.fail("chromium is not installed (scripts/test installs it with apt-get)")
-    with playwright_api.sync_playwright() as p:
+    with sync_playwright() as p:
         b = p.chromium.launch(executable_path=CHROMIUM, headless=True)
         try:
             yield b

@@ -7,9 +7,6 @@ The bucket's policy is checked where it matters: SeaweedFS answers a real prefli
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.integration.conftest import Job
+from tests.integration.conftest import Job, ingest_without_r2
 
 ORIGIN = "http://127.0.0.1:5173"
 POLICY = [
@@ -193,16 +190,7 @@ def test_presigned_put_then_get_round_trip(job: Job) -> None:
 
 
 def test_presign_on_the_embedded_local_r2_says_the_url_dies_with_it(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("R2_", "CLOUDFLARE_"))}
-    done = subprocess.run(
-        [sys.executable, "-m", "ingest", "presign", "2024/08/02/ingested_0001.parquet"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-        timeout=120,
-    )
+    done = ingest_without_r2(tmp_path, "presign", "2024/08/02/ingested_0001.parquet")
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("http://127.0.0.1:")
     assert "the URL is dead already" in done.stderr and "ingest local --env-file" in done.stderr

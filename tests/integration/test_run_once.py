@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 from collections import Counter
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tests.integration.conftest import Job, logs_of, today_dir, write_csv, write_jsonl
+from tests.integration.conftest import Job, ingest_without_r2, logs_of, today_dir, write_csv, write_jsonl
 
 
 def _rows(start: int, n: int) -> list[dict[str, object]]:
@@ -144,26 +146,12 @@ def test_multipart_upload_with_equal_parts_reads_back_intact(job: Job) -> None:
     assert back.column("blob").equals(table.column("blob"))
 
 
-def test_no_r2_configured_starts_the_local_r2(tmp_path: object) -> None:
+def test_no_r2_configured_starts_the_local_r2(tmp_path: Path) -> None:
     """The README's main command: nothing configured, `ingest run --once` still works."""
-    import json
-    import os
-    import sys
-    from pathlib import Path
-
-    work = Path(str(tmp_path))
+    work = tmp_path
     (work / "inbox").mkdir()
     (work / "inbox" / "a.jsonl").write_text("".join(json.dumps({"id": i}) + "\n" for i in range(25)))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("R2_", "CLOUDFLARE_"))}
-    r = subprocess.run(
-        [sys.executable, "-m", "ingest", "run", "--once"],
-        cwd=work,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        stdin=subprocess.DEVNULL,
-    )
+    r = ingest_without_r2(work, "run", "--once")
     assert r.returncode == 0, r.stderr
     assert "no R2 configured: using the local R2" in r.stdout
     assert "uploaded 25 records in 1 objects" in r.stdout
