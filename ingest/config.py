@@ -21,6 +21,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from ingest.r2.cors import origin_problem
 from ingest.units import ByteSize, Duration
 
 DEFAULT_CONFIG_FILE = Path("ingest.toml")
@@ -149,8 +150,6 @@ class ServerConfig(_Section):
     @field_validator("cors_origins")
     @classmethod
     def _origins(cls, v: list[str]) -> list[str]:
-        from ingest.r2.cors import origin_problem
-
         for origin in v:
             if (problem := origin_problem(origin)) is not None:
                 raise ValueError(problem)

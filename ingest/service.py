@@ -129,8 +129,13 @@ def upload_grants(settings: Settings, client: R2Client) -> UploadGrants | None:
             'server.upload_token: set, but no source has kind = "landing", so granted uploads would '
             'never be ingested; add [[sources]] kind = "landing"'
         )
-    s = settings
-    return UploadGrants(client, s.r2.bucket, s.output.prefix, s.server.upload_expires, landing[0].format)
+    return UploadGrants(
+        client,
+        settings.r2.bucket,
+        settings.output.prefix,
+        settings.server.upload_expires,
+        landing[0].format,
+    )
 
 
 async def run(settings: Settings, once: bool, say: Console, progress: bool = False) -> RunResult:
@@ -171,7 +176,6 @@ async def run(settings: Settings, once: bool, say: Console, progress: bool = Fal
             if probe_sock is not None:
                 application = server_app(health, grants, s.server.upload_token, s.server.cors_origins)
                 probes = ProbeServer(application, probe_sock)
-            if probes is not None:
                 tg.start_soon(probes.serve)
                 log.info("probes listening", healthz=f"http://{s.server.listen}/healthz")
 
