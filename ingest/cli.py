@@ -150,6 +150,17 @@ def run(
             markup=False,
             highlight=False,
         )
+    if result.unreadable:
+        err.print(
+            f"could not read {len(result.unreadable)} inputs; they are kept where they are and tried again "
+            "on the next run:",
+            markup=False,
+            highlight=False,
+        )
+        for where, why in sorted(result.unreadable.items())[:20]:
+            err.print(f"  {where}: {why}", markup=False, highlight=False)
+        if len(result.unreadable) > 20:
+            err.print(f"  … and {len(result.unreadable) - 20} more", markup=False, highlight=False)
     if once:
         raise typer.Exit(1)
 

@@ -91,6 +91,8 @@ class SourceConfig(_Section):
     format: Literal["", "jsonl", "csv", "parquet"] = ""
     settle_seconds: Duration = 1.0
     done_dir: str = ""
+    follow_symlinks: bool = True  # read a linked file's target (only the link is acknowledged)
+    wait_for_writers: bool = True  # never finish a file some process holds open for writing (/proc)
     url: str = ""
     stream: str = ""
 
@@ -247,6 +249,26 @@ def write_env_file(path: Path, values: dict[str, str]) -> None:
     os.replace(tmp, path)
 
 
+def resolve_paths(settings: Settings, base: Path) -> Settings:
+    """Relative paths in a config file mean paths next to that file, wherever the worker is started
+    from (a cron job's working directory is rarely the config's)."""
+
+    def at(value: str) -> str:
+        return value if not value or Path(value).is_absolute() else str(base / value)
+
+    sources = [
+        src.model_copy(update={"path": at(src.path), "done_dir": at(src.done_dir)})
+        for src in settings.sources
+    ]
+    return settings.model_copy(
+        update={
+            "sources": sources,
+            "spool": settings.spool.model_copy(update={"dir": at(settings.spool.dir)}),
+            "output": settings.output.model_copy(update={"schema_file": at(settings.output.schema_file)}),
+        }
+    )
+
+
 def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
     """Load `path` (or ./ingest.toml when present), overlay the environment, validate."""
     if path is None and DEFAULT_CONFIG_FILE.is_file():
@@ -255,7 +277,8 @@ def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
         raise ConfigError(f"{path}: config file not found; pass an existing file to --config")
     token = _config_file.set(path)
     try:
-        return Settings(**overrides)
+        settings = Settings(**overrides)
+        return settings if path is None else resolve_paths(settings, path.resolve().parent)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from None
     except ValidationError as exc:

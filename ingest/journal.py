@@ -35,6 +35,7 @@ CREATE TABLE IF NOT EXISTS objects (
 );
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS daily (day TEXT PRIMARY KEY, dead_letters INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS problems (input TEXT PRIMARY KEY, reason TEXT NOT NULL, since REAL NOT NULL);
 """
 
 
@@ -103,8 +104,12 @@ class Journal:
             ]
         )
 
-    def unit_read(self, unit_id: str, total: int) -> None:
-        self._tx([("UPDATE units SET total = ? WHERE id = ?", (total, unit_id))])
+    def unit_read(self, unit_id: str, total: int, fingerprint: str) -> None:
+        """Read to its end: its row count, and what the file looked like then (a later change means
+        rows were appended after that read)."""
+        self._tx(
+            [("UPDATE units SET total = ?, fingerprint = ? WHERE id = ?", (total, fingerprint, unit_id))]
+        )
 
     def forget_unit(self, unit_id: str) -> None:
         """After the unit is acknowledged: nothing about it is needed any more."""
@@ -185,6 +190,27 @@ class Journal:
     def dead_letters_on(self, day: str) -> int:
         row = self.db.execute("SELECT dead_letters FROM daily WHERE day = ?", (day,)).fetchone()
         return int(row[0]) if row else 0
+
+    def set_problems(self, problems: dict[str, str]) -> None:
+        """Input that could not be read right now (path → reason), for `ingest status`."""
+        known = dict(self.db.execute("SELECT input, since FROM problems").fetchall())
+        now = time.time()
+        self._tx(
+            [
+                ("DELETE FROM problems", ()),
+                *(
+                    ("INSERT INTO problems VALUES (?,?,?)", (where, why, known.get(where, now)))
+                    for where, why in problems.items()
+                ),
+            ]
+        )
+
+    def problems(self) -> list[tuple[str, str, float]]:
+        try:
+            rows = self.db.execute("SELECT input, reason, since FROM problems ORDER BY input").fetchall()
+        except sqlite3.OperationalError:  # a journal written before this table existed
+            return []
+        return [(str(a), str(b), float(c)) for a, b, c in rows]
 
     def meta(self, name: str) -> str | None:
         row = self.db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()

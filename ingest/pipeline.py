@@ -37,6 +37,7 @@ ENCODERS = 2  # batches encoded at once (pyarrow releases the GIL: this is what 
 ITEM_BUFFER = 4
 ERRORS_TEMPLATE = "{prefix}_errors/{date:%Y/%m/%d}/errors_{seq:04d}.jsonl"
 DISK_RETRY_MAX = 30.0
+PROBLEMS_INTERVAL = 2.0  # how often unreadable input is written down for `ingest status`
 
 
 @dataclass
@@ -112,6 +113,7 @@ class Pipeline:
         self._units: dict[str, SourceUnit] = {}
         self._intake_done = anyio.Event()
         self._tg: TaskGroup | None = None
+        self._recorded_problems: dict[str, str] | None = None  # None: not written in this run yet
 
     def stop_intake(self) -> None:
         """Take no new input; units already taken are read to their end, batched, encoded, uploaded."""
@@ -122,11 +124,15 @@ class Pipeline:
 
     def open_unit(self, unit: SourceUnit) -> SourceUnit:
         known = self._units.get(unit.id)
-        if known is not None and known.fingerprint == unit.fingerprint:
+        if known is not None and _same_file(known.fingerprint, unit.fingerprint):
+            if known.fingerprint != unit.fingerprint and known.total is not None:
+                # Grown since it was read to its end (a writer kept appending): read the rest.
+                known.total = None
+                known.read_again()
             known.name, known.ack, known.path = unit.name, unit.ack, unit.path
             return known
         if known is not None:
-            log.warning("source unit changed since it was journaled; reading all of it", unit=unit.name)
+            log.warning("source unit replaced since it was journaled; reading all of it", unit=unit.name)
         self.journal.add_unit(unit.id, unit.name, unit.fingerprint, unit.path)
         self._units[unit.id] = unit
         return unit
@@ -170,11 +176,29 @@ class Pipeline:
             tg.start_soon(self._encode_all, batch_recv, obj_send.clone())
             if not once:
                 tg.start_soon(self._seal_periodically, obj_send.clone())
+                tg.start_soon(self._record_problems_periodically)
             obj_send.close()
             async with obj_recv:
                 for _ in range(self.settings.upload.concurrency):
                     tg.start_soon(self._upload, obj_recv.clone())
+        self._record_problems()
         return self.stats
+
+    def _problems(self) -> dict[str, str]:
+        return {where: why for source in self.sources for where, why in source.problems().items()}
+
+    def _record_problems(self) -> None:
+        problems = self._problems()
+        if problems != self._recorded_problems:
+            self.journal.set_problems(problems)
+            self._recorded_problems = problems
+
+    async def _record_problems_periodically(self) -> None:
+        while True:
+            with anyio.move_on_after(PROBLEMS_INTERVAL):
+                await self._intake_done.wait()
+                return
+            self._record_problems()
 
     # -- stages ------------------------------------------------------------------------------------
 
@@ -344,7 +368,9 @@ class Pipeline:
         self.stats.units_claimed += 1
         if unit.next_row or unit.total is None:  # read now (a fully covered unit keeps its known total)
             unit.total = unit.next_row
-            self.journal.unit_read(unit.id, unit.total)
+            if unit.read_stat is not None:  # what the file looked like when its last byte was read
+                unit.fingerprint = ":".join(map(str, unit.read_stat))
+            self.journal.unit_read(unit.id, unit.total, unit.fingerprint)
         self._maybe_ack(unit)
 
     def _batch_done(self, batch: Batch) -> None:
@@ -361,9 +387,14 @@ class Pipeline:
     async def _ack(self, unit: SourceUnit) -> None:
         assert unit.ack is not None
         try:
-            await unit.ack()
+            acked = await unit.ack()
         except OSError as exc:
             log.error("could not acknowledge source unit", unit=unit.name, error=str(exc))
+            return
+        if acked is False:  # it changed after it was read: the source reads the rest, then acks again
+            unit.acked = unit.read_done = False
+            unit.total = None
+            self.stats.units_claimed -= 1
             return
         crash_point("acked")
         self.journal.forget_unit(unit.id)
@@ -385,3 +416,8 @@ class Pipeline:
             token = page.get("NextContinuationToken")
             if not page.get("IsTruncated") or not token:
                 return keys
+
+
+def _same_file(a: str, b: str) -> bool:
+    """Fingerprints are `inode:size:mtime`: the same inode is the same file, grown or not."""
+    return a.split(":", 1)[0] == b.split(":", 1)[0]

@@ -5,8 +5,10 @@ With no R2 configured it starts the embedded local R2 first, so `ingest run` wor
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
+import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
@@ -42,11 +44,11 @@ class RunResult:
     dead_letter_dir: Path
     bucket: str = ""
     pending_units: list[str] = field(default_factory=list)
-    interrupted: bool = False
+    unreadable: dict[str, str] = field(default_factory=dict)  # input that could not be read → why
 
     @property
     def complete(self) -> bool:
-        return not self.stats.failed_objects and not self.pending_units
+        return not self.stats.failed_objects and not self.pending_units and not self.unreadable
 
 
 @asynccontextmanager
@@ -72,17 +74,45 @@ async def r2_settings(settings: Settings, say: Console) -> AsyncIterator[Setting
 
 def open_spool(settings: Settings) -> Spool:
     """This worker's spool; also settles the worker id (`<host>.2` for a second process on a host)."""
-    return Spool(
-        Path(settings.spool.dir),
-        settings.worker.id or socket.gethostname(),
-        settings.spool.max_bytes,
-        explicit=bool(settings.worker.id),
-    )
+    try:
+        return Spool(
+            Path(settings.spool.dir),
+            settings.worker.id or socket.gethostname(),
+            settings.spool.max_bytes,
+            explicit=bool(settings.worker.id),
+        )
+    except (OSError, sqlite3.Error) as exc:
+        raise ConfigError(
+            f"spool.dir: cannot create or write {settings.spool.dir} ({_reason(exc)}); "
+            "point it at a writable local directory"
+        ) from None
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc)
+
+
+def check_directory(key: str, path: str, create: bool = False) -> None:
+    """A watched directory must exist and be one: a typo must not watch a new, empty directory."""
+    p = Path(path)
+    if create and not p.exists():
+        p.mkdir(parents=True, exist_ok=True)
+    if not p.exists():
+        raise ConfigError(f"{key}: directory {p} does not exist; create it or fix the path")
+    if not p.is_dir():
+        raise ConfigError(f"{key}: {p} is not a directory; point it at the directory to watch")
+    if not os.access(p, os.R_OK | os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"{key}: {p} is not readable and writable by this user; files are claimed by renaming them"
+        )
 
 
 def build_sources(settings: Settings, spool: Spool, say: Console, client: R2Client) -> list[Source]:
     configs = settings.sources
-    if not configs:
+    default = not configs
+    if default:
         configs = [SourceConfig(kind="directory", path=DEFAULT_INBOX)]
         say.print(f"no sources configured: watching ./{DEFAULT_INBOX}/", markup=False, highlight=False)
     sources: list[Source] = []
@@ -112,11 +142,26 @@ def build_sources(settings: Settings, spool: Spool, say: Console, client: R2Clie
             )
         if not cfg.path:
             raise ConfigError(f"sources.{i}.path: required for a directory source")
+        check_directory(f"sources.{i}.path", cfg.path, create=default)
+        if cfg.done_dir:
+            check_done_dir(f"sources.{i}.done_dir", cfg.done_dir)
         # The claim directory is named like the spool, so a restarted worker finds both together.
         source = DirectorySource(cfg, spool.worker_id, spool.dead, True, settings.batch.max_record_bytes)
         source.lock_claim_dir()
         sources.append(source)
     return sources
+
+
+def check_done_dir(key: str, path: str) -> None:
+    p = Path(path)
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            f"{key}: cannot create {p} ({_reason(exc)}); fix the path or its permissions"
+        ) from None
+    if not p.is_dir() or not os.access(p, os.W_OK | os.X_OK):
+        raise ConfigError(f"{key}: {p} is not a writable directory")
 
 
 def upload_grants(settings: Settings, client: R2Client) -> UploadGrants | None:
@@ -203,7 +248,8 @@ async def run(settings: Settings, once: bool, say: Console, progress: bool = Fal
             if probes is not None:
                 probes.stop()
         pending = [p for src in sources for p in src.pending()]
-        return RunResult(pipeline.stats, spool.dead.count, spool.dead.dir, r2.bucket, pending, interrupted)
+        unreadable = {where: why for src in sources for where, why in src.problems().items()}
+        return RunResult(pipeline.stats, spool.dead.count, spool.dead.dir, r2.bucket, pending, unreadable)
 
 
 async def _show_progress(pipeline: Pipeline, console: Console) -> None:

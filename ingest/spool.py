@@ -29,7 +29,7 @@ from ingest.deadletters import DeadLetters
 from ingest.files import sha256_of
 from ingest.journal import Journal, ObjectRow, UnitRow
 from ingest.logs import get_logger
-from ingest.sources.base import Ranges, SourceUnit
+from ingest.sources.base import Ranges, SourceUnit, merge_ranges
 
 log = get_logger("ingest.spool")
 LOW_WATER = 0.8  # intake resumes below this fraction of spool.max_bytes
@@ -187,7 +187,7 @@ class Spool:
                 if units[unit_id] not in by_batch[batch_id]:
                     by_batch[batch_id].append(units[unit_id])
         for unit_id, ranges in skips.items():
-            units[unit_id].skip = _merge(ranges)
+            units[unit_id].skip = merge_ranges(ranges)
         batches: dict[str, Batch] = {}
         for r in self.journal.objects():
             if r.id in undecided:
@@ -232,16 +232,6 @@ class Spool:
 
 def _unit(u: UnitRow) -> SourceUnit:
     return SourceUnit(name=u.name, id=u.id, fingerprint=u.fingerprint, total=u.total)
-
-
-def _merge(ranges: Ranges) -> Ranges:
-    out: Ranges = []
-    for a, b in sorted(ranges):
-        if out and a <= out[-1][1]:
-            out[-1] = (out[-1][0], max(out[-1][1], b))
-        else:
-            out.append((a, b))
-    return out
 
 
 def _lock_worker(root: Path, worker_id: str, explicit: bool) -> tuple[str, int]:

@@ -31,6 +31,7 @@ class WorkerStatus:
     last_upload_at: float | None
     last_upload_key: str | None
     dead_letters_today: int
+    unreadable: list[dict[str, object]]  # input that could not be read: {input, reason, since}
 
     def as_json(self) -> dict[str, object]:
         return asdict(self)
@@ -52,6 +53,7 @@ def spool_status(root: Path) -> list[WorkerStatus]:
             last_at = journal.meta("last_upload_at")
             last_key = journal.meta("last_upload_key")
             dead_today = journal.dead_letters_on(today)
+            unreadable = [{"input": i, "reason": r, "since": t} for i, r, t in journal.problems()]
         finally:
             journal.close()
         dead_today += DeadLetters(db.parent / "dead-letters").today()
@@ -67,6 +69,7 @@ def spool_status(root: Path) -> list[WorkerStatus]:
                 last_upload_at=float(last_at) if last_at else None,
                 last_upload_key=last_key,
                 dead_letters_today=dead_today,
+                unreadable=unreadable,
             )
         )
     return out
@@ -108,6 +111,9 @@ def describe(st: WorkerStatus) -> list[str]:
     else:
         lines.append("  last upload: never")
     lines.append(f"  dead letters today: {st.dead_letters_today}")
+    if st.unreadable:
+        lines.append(f"  unreadable input (kept, tried again): {len(st.unreadable)}")
+        lines += [f"    {p['input']}: {p['reason']}" for p in st.unreadable[:10]]
     return lines
 
 

@@ -41,7 +41,28 @@ path = "inbox"
     assert s.r2.bucket == "b" and s.r2.jurisdiction == "eu"
     assert s.batch.max_bytes == 64 * 2**20 and s.batch.max_age == 0.5
     assert s.retry.max_elapsed == 86400
-    assert s.sources[0].kind == "directory" and s.sources[0].path == "inbox"
+    assert s.sources[0].kind == "directory" and s.sources[0].path == str(tmp_path / "inbox")
+
+
+@pytest.mark.usefixtures("clean_env")
+def test_relative_paths_resolve_against_the_config_file_not_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conf = tmp_path / "etc"
+    conf.mkdir()
+    path = write(
+        conf,
+        '[spool]\ndir = "spool"\n[output]\nschema_file = "schema.json"\n'
+        '[[sources]]\nkind = "directory"\npath = "../data/inbox"\ndone_dir = "/abs/done"\n',
+    )
+    elsewhere = tmp_path / "cron-cwd"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    s = load_settings(path)
+    assert s.sources[0].path == str(conf / "../data/inbox")
+    assert s.sources[0].done_dir == "/abs/done"
+    assert s.spool.dir == str(conf / "spool")
+    assert s.output.schema_file == str(conf / "schema.json")
 
 
 @pytest.mark.usefixtures("clean_env")

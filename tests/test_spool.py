@@ -32,7 +32,7 @@ async def test_recovery_resumes_intact_objects_drops_damaged_ones_and_skips_cove
     j = spool.journal
     j.add_unit("file:a", "a.jsonl", "1:1:1", str(a_file))
     j.add_unit("file:gone", "gone.jsonl", "2:2:2", str(gone))
-    j.unit_read("file:a", 300)
+    j.unit_read("file:a", 300, "1:2:3")
     good = _spool_object(spool, "good", "b1", b"intact")
     bad = _spool_object(spool, "bad", "b2", b"will be damaged")
     j.spooled("b1", [("file:a", 0, 100)], [good.row()])

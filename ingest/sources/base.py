@@ -14,7 +14,7 @@ from typing import Protocol
 import pyarrow as pa
 from anyio.streams.memory import MemoryObjectSendStream
 
-Ack = Callable[[], Awaitable[None]]
+Ack = Callable[[], Awaitable[bool | None]]  # False: not acknowledged (the unit changed; read again)
 Ranges = list[tuple[int, int]]  # sorted, non-overlapping [start, stop) row ranges
 
 
@@ -38,6 +38,17 @@ class SourceUnit:
     read_done: bool = False
     failed: bool = False  # a batch holding its rows could not be uploaded: never ack
     acked: bool = False
+    position: tuple[int, int] = (0, 1)  # (byte offset, line) where a resumable read goes on
+    read_stat: tuple[int, int, int] | None = None  # (inode, size, mtime_ns) when its last byte was read
+    read_error: str | None = None  # the last read failed: never ack; read again later
+
+    def read_again(self) -> None:
+        """Read from the top next time, skipping every row already taken (parsing is deterministic):
+        for input that cannot continue from a byte offset, or after a read that failed midway."""
+        if self.next_row:
+            self.skip = merge_ranges([*self.skip, (0, self.next_row)])
+        self.next_row = 0
+        self.position = (0, 1)
 
     @property
     def ackable(self) -> bool:
@@ -71,6 +82,16 @@ class SourceUnit:
         return out
 
 
+def merge_ranges(ranges: Ranges) -> Ranges:
+    out: Ranges = []
+    for a, b in sorted(ranges):
+        if out and a <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], b))
+        else:
+            out.append((a, b))
+    return out
+
+
 def _covered(ranges: Ranges, start: int, stop: int) -> int:
     return sum(max(0, min(b, stop) - max(a, start)) for a, b in ranges)
 
@@ -99,7 +120,8 @@ class Chunk:
 
 @dataclass(eq=False)
 class UnitRead:
-    """Sent after the last chunk of a unit: nothing more will come from it."""
+    """Sent after the last chunk of a unit: nothing more will come from it (unless `unit.read_error`
+    is set: then the read failed and the unit must not be acknowledged)."""
 
     unit: SourceUnit
 
@@ -142,4 +164,8 @@ class Source(Protocol):
 
     def pending(self) -> list[str]:
         """Where unacknowledged input is kept, for the end-of-run report."""
+        ...
+
+    def problems(self) -> dict[str, str]:
+        """Input this source could not take (path or name → reason), for the report and status."""
         ...

@@ -1,42 +1,60 @@
 """Directory source: complete files are claimed by atomic rename, read with pyarrow, acked after upload.
 
-A file is complete when its size and mtime have not changed for `settle_seconds` (dotfiles, `*.tmp`
-and `*.part` are never taken). Claiming renames it into `<path>/.ingest/claimed/<worker-id>/`, which
-only one of several workers sharing the directory can win. After its rows are in R2 the claimed file
-is deleted, or moved to `done_dir`.
+A file is complete when its size and mtime have not changed for `settle_seconds` and no process holds
+it open for writing (`wait_for_writers`, see writers.py); dotfiles, `*.tmp` and `*.part` are never
+taken. Claiming renames it into `<path>/.ingest/claimed/<worker-id>/`, which only one of several
+workers sharing the directory can win. A writer that still holds the file open keeps writing into the
+claimed file: whatever it appends is read too (plain JSON lines from the byte offset reached, other
+formats again from the top, skipping the rows taken), and the file is acknowledged (deleted, or moved
+to `done_dir`) only if it is unchanged since its last byte was read.
+
+Symlinks (`follow_symlinks`, on by default): a linked file is read where its target is and only the
+link is claimed and acknowledged, never the target; a link to a file inside the watched tree is
+skipped (the file itself is taken); linked directories are walked, loops skipped. A file that cannot
+be read stays where it is, is reported (`problems()`, `ingest status`) and is tried again.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
+import json
 import os
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
-import anyio.from_thread
 import anyio.to_thread
 from anyio.streams.memory import MemoryObjectSendStream
 from watchfiles import awatch
 
 from ingest.config import ConfigError, SourceConfig
 from ingest.deadletters import DeadLetters
+from ingest.files import move_durably
 from ingest.logs import get_logger
 from ingest.sources.base import FreshUnits, Item, SourceUnit, Units
 from ingest.sources.formats import DEFAULT_MAX_RECORD, Format, detect
-from ingest.sources.reader import IGNORED_SUFFIXES, FileSource
+from ingest.sources.reader import IGNORED_SUFFIXES, FileSource, describe_read_error, read_unit
+from ingest.sources.writers import open_for_writing
 
 log = get_logger("ingest.sources.directory")
 CLAIM_DIR = ".ingest"
+RETRY_FAILED = 10.0  # seconds between attempts to read a claimed file that could not be read
+
+Stat = tuple[int, int, int, int]  # (st_dev, st_ino, st_size, st_mtime_ns)
+
+
+def _stat(path: Path) -> Stat:
+    st = os.stat(path)
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 @dataclass
 class _Seen:
-    size: int
-    mtime_ns: int
+    stat: Stat
     stable_since: float
 
 
@@ -60,72 +78,185 @@ class DirectorySource(FileSource):
         self.done_dir = Path(config.done_dir).resolve() if config.done_dir else None
         self.dead = dead
         self._seen: dict[Path, _Seen] = {}
-        self._warned: set[Path] = set()
+        self._warned: set[tuple[Path, str]] = set()
+        self._skipped: set[Path] = set()
         self._units: Units = FreshUnits()
+        self._problems = {}
+        self._failed = {}
+        self._writers: set[tuple[int, int]] = set()
+        self._targets: dict[Path, Path] = {}  # claimed symlink → the file it points to
+        self._following: dict[Path, _Seen] = {}  # claimed files still growing (or changed after reading)
+        self._observed: dict[Path, _Seen] = {}  # the last look at a followed file sent to be read again
+        self._read_stats: dict[Path, Stat] = {}  # claimed file → its stat when its last byte was read
 
     # -- discovery -------------------------------------------------------------------------------
 
+    def _skip(self, path: Path, message: str, **kw: object) -> None:
+        """Leave a path alone by policy (not an error): said once, and --once does not wait for it."""
+        self._skipped.add(path)
+        if (path, message) not in self._warned:
+            self._warned.add((path, message))
+            log.warning(message, path=str(path), **kw)
+
     def _candidates(self) -> Iterator[Path]:
-        for dirpath, dirnames, filenames in os.walk(self.root):
+        follow = self.config.follow_symlinks
+        visited = {self.root}
+
+        def unreadable_dir(exc: OSError) -> None:
+            where = Path(exc.filename) if exc.filename else self.root
+            self._problem(where, f"cannot list directory: {describe_read_error(exc)}")
+
+        for dirpath, dirnames, filenames in os.walk(self.root, onerror=unreadable_dir, followlinks=follow):
             here = Path(dirpath)
-            dirnames[:] = [
-                d for d in dirnames if not d.startswith(".") and (here / d).resolve() != self.done_dir
-            ]
+            keep = []
+            for d in dirnames:
+                sub = here / d
+                if d.startswith(".") or sub.resolve() == self.done_dir:
+                    continue
+                if sub.is_symlink():
+                    if not follow:
+                        self._skip(sub, "symlinked directory skipped; set follow_symlinks = true")
+                        continue
+                    real = sub.resolve()
+                    if real in visited or self.root.is_relative_to(real):
+                        self._skip(sub, "symlinked directory skipped: it loops back", target=str(real))
+                        continue
+                    visited.add(real)
+                keep.append(d)
+            dirnames[:] = keep
+            self._solved(here)
             for name in filenames:
                 if name.startswith(".") or name.endswith(IGNORED_SUFFIXES):
                     continue
                 yield here / name
 
+    def _writing(self, st: Stat) -> bool:
+        return (st[0], st[1]) in self._writers
+
+    def _scan_writers(self, extra: Iterable[Path] = ()) -> None:
+        if not self.config.wait_for_writers:
+            return
+        targets = [str(p) for p in self._targets.values()] + [str(p) for p in extra]
+        self._writers = open_for_writing([str(self.root)], targets)
+
     def _complete(self, now: float) -> list[Path]:
-        """Files whose size and mtime held still for settle_seconds; updates what was seen."""
+        """Files whose size and mtime held still for settle_seconds and that no process is writing;
+        updates what was seen (blocking: runs in a thread)."""
+        candidates = list(self._candidates())
+        links = [p for p in candidates if p.is_symlink()]
+        self._scan_writers([Path(os.path.realpath(p)) for p in links])
         ready: list[Path] = []
         present: set[Path] = set()
-        for path in self._candidates():
-            try:
-                st = path.stat()
-            except FileNotFoundError:  # claimed by another worker meanwhile
+        for path in candidates:
+            st = self._inspect(path)
+            if st is None:
                 continue
             present.add(path)
             seen = self._seen.get(path)
             if seen is None:
                 # Untouched for a while already (e.g. there before we started): no need to wait again.
-                idle = max(0.0, time.time() - st.st_mtime_ns / 1e9)
-                self._seen[path] = seen = _Seen(st.st_size, st.st_mtime_ns, now - idle)
-            elif (seen.size, seen.mtime_ns) != (st.st_size, st.st_mtime_ns):
-                self._seen[path] = _Seen(st.st_size, st.st_mtime_ns, now)
+                idle = max(0.0, time.time() - st[3] / 1e9)
+                self._seen[path] = seen = _Seen(st, now - idle)
+            elif seen.stat != st or self._writing(st):
+                self._seen[path] = _Seen(st, now)
                 continue
-            if now - seen.stable_since >= self.config.settle_seconds:
+            if now - seen.stable_since >= self.config.settle_seconds and self._readable(path):
                 ready.append(path)
         for gone in set(self._seen) - present:
             del self._seen[gone]
         return sorted(ready)
 
+    def _inspect(self, path: Path) -> Stat | None:
+        """The stat of a candidate (of its target, for a symlink), or None to leave it alone."""
+        if path.is_symlink():
+            if not self.config.follow_symlinks:
+                self._skip(path, "symlink skipped; set follow_symlinks = true to ingest its target")
+                return None
+            target = Path(os.path.realpath(path))
+            if target.is_relative_to(self.root):
+                self._skip(path, "symlink skipped: its target is in the watched tree and is taken itself")
+                return None
+            try:
+                st = _stat(path)
+            except OSError as exc:
+                if exc.errno == errno.ENOENT and not os.path.lexists(path):
+                    return None  # claimed by another worker meanwhile
+                what = "broken symlink" if exc.errno == errno.ENOENT else "symlink cannot be followed"
+                self._problem(path, f"{what} (→ {os.readlink(path)}): {describe_read_error(exc)}")
+                return None
+            if not os.path.isfile(path):
+                return None
+            return st
+        try:
+            return _stat(path)
+        except FileNotFoundError:  # claimed by another worker meanwhile
+            return None
+        except OSError as exc:
+            self._problem(path, describe_read_error(exc))
+            return None
+
+    def _readable(self, path: Path) -> bool:
+        """Never claim a file we may not read: it stays where it is, reported, tried again."""
+        try:
+            os.close(os.open(path, os.O_RDONLY | os.O_NONBLOCK))
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            self._problem(path, describe_read_error(exc))
+            return False
+        self._solved(path)
+        return True
+
     def _claim(self, path: Path) -> Path | None:
+        """Rename `path` into this worker's claim directory (blocking); None if it was not claimed."""
         fmt = detect(path, self.config.format)
         if fmt is None:
-            if path not in self._warned:
-                self._warned.add(path)
-                log.warning(
-                    "file skipped: unknown format; name it .jsonl/.ndjson/.csv/.parquet (optionally "
-                    ".gz/.zst) or set sources.format",
-                    path=str(path),
-                )
+            self._skip(
+                path,
+                "file skipped: unknown format; name it .jsonl/.ndjson/.json/.csv/.parquet (optionally "
+                ".gz/.zst) or set sources.format",
+            )
             return None
         self.claim_dir.mkdir(parents=True, exist_ok=True)
         target = self.claim_dir / f"{uuid.uuid4().hex[:12]}--{path.name}"
+        link_target = os.path.realpath(path) if path.is_symlink() else None
+        # Written before the rename, so a claimed file always has it (a crash in between leaves a
+        # sidecar without its file, removed at the next start).
+        sidecar = {"origin": path.relative_to(self.root).as_posix(), "target": link_target}
+        _origin_file(target).write_text(json.dumps(sidecar))
         try:
             os.rename(path, target)  # atomic; exactly one worker wins
         except FileNotFoundError:
+            _origin_file(target).unlink(missing_ok=True)
+            return None
+        except OSError as exc:
+            _origin_file(target).unlink(missing_ok=True)
+            if exc.errno == errno.EXDEV:
+                reason = (
+                    "on another filesystem than the claim directory (in a linked directory?): "
+                    "link the file instead"
+                )
+            else:
+                reason = f"cannot claim: {describe_read_error(exc)}"
+            self._problem(path, reason)
             return None
         finally:
             self._seen.pop(path, None)
-        _write_origin(target, path.relative_to(self.root))
+        if link_target is not None:
+            self._targets[target] = Path(link_target)
         return target
 
     def pending(self) -> list[str]:
         if not self.claim_dir.is_dir():
             return []
-        return [str(p) for p in sorted(self.claim_dir.iterdir()) if not p.name.endswith(".origin")]
+        out = []
+        for p in sorted(self.claim_dir.iterdir()):
+            if p.name.endswith(".origin"):
+                if not os.path.lexists(p.with_name(p.name.removesuffix(".origin"))):
+                    p.unlink(missing_ok=True)  # the claim's rename never happened (crash) or it was acked
+                continue
+            out.append(str(p))
+        return out
 
     # -- running ---------------------------------------------------------------------------------
 
@@ -160,18 +291,20 @@ class DirectorySource(FileSource):
             self.lock_claim_dir()
         await super().run(send, units, once)
 
+    @property
+    def _poll(self) -> float:
+        return max(0.05, self.config.settle_seconds / 2)
+
     async def _discover(self, files: MemoryObjectSendStream[Path], once: bool) -> None:
         # Claimed earlier by this worker but never acknowledged (e.g. a previous run stopped).
-        for leftover in self.pending():
+        for leftover in await anyio.to_thread.run_sync(self.pending):
             await files.send(Path(leftover))
-        poll_ms = max(50, int(self.config.settle_seconds * 1000 / 2))
-        self.root.mkdir(parents=True, exist_ok=True)
         at_start: set[Path] | None = set(self._candidates()) if once else None
         watcher = awatch(
             self.root,
             watch_filter=lambda _change, p: f"/{CLAIM_DIR}/" not in p,
             yield_on_timeout=True,
-            rust_timeout=poll_ms,
+            rust_timeout=int(self._poll * 1000),
             recursive=True,
         )
 
@@ -181,14 +314,15 @@ class DirectorySource(FileSource):
                 if at_start is not None and path not in at_start:
                     continue  # --once takes what was there at start
                 await self._units.wait_for_room()  # backpressure: claim nothing while the spool is full
-                claimed = self._claim(path)
+                claimed = await anyio.to_thread.run_sync(self._claim, path)
                 if at_start is not None:
                     at_start.discard(path)
                 if claimed is not None:
                     await files.send(claimed)
+            await self._resend(files, retry_failed=not once)
             if at_start is None:
                 return False
-            at_start.intersection_update({p for p in at_start if p.exists()})
+            self._leave_for_next_run(at_start)
             return not at_start
 
         if await scan():  # right away: files that have been idle for a while need no waiting
@@ -197,49 +331,188 @@ class DirectorySource(FileSource):
             if await scan():
                 return
 
+    def _leave_for_next_run(self, at_start: set[Path]) -> None:
+        """--once does not wait for what it cannot take now: gone, unreadable, or still being written."""
+        for path in list(at_start):
+            seen = self._seen.get(path)
+            if not os.path.lexists(path) or path in self._skipped or str(path) in self._problems:
+                at_start.discard(path)
+            elif seen is not None and self._writing(seen.stat):
+                log.warning("still open for writing: left for the next run", path=str(path))
+                at_start.discard(path)
+
+    async def _resend(self, files: MemoryObjectSendStream[Path], retry_failed: bool) -> None:
+        """Send again claimed files that grew or settled since they were read, and (daemon) those
+        whose read failed, every RETRY_FAILED seconds."""
+        now = anyio.current_time()
+        for path in await anyio.to_thread.run_sync(self._due, now):
+            await files.send(path)
+        if retry_failed:
+            for path, failed_at in list(self._failed.items()):
+                if now - failed_at >= RETRY_FAILED:
+                    del self._failed[path]
+                    await files.send(path)
+
+    def _due(self, now: float) -> list[Path]:
+        """Followed files to read again now: grown (plain JSON lines: read what was appended) or
+        settled (read the end, then finish). Blocking: runs in a thread."""
+        due = []
+        for path, seen in list(self._following.items()):
+            try:
+                st = _stat(self._target(path))
+            except OSError as exc:
+                self._problem(path, describe_read_error(exc))
+                continue
+            if st != seen.stat:
+                self._following[path] = _Seen(st, now)
+                if self._resumable(path):
+                    due.append(path)
+            elif self._quiet(st, now - seen.stable_since):
+                due.append(path)
+        for path in due:
+            self._observed[path] = self._following.pop(path)
+        return due
+
+    async def _finish_following(self, files: MemoryObjectSendStream[Path]) -> None:
+        while self._following:
+            await anyio.to_thread.run_sync(self._scan_writers)
+            await self._resend(files, retry_failed=False)
+            await anyio.sleep(self._poll)
+
+    def _quiet(self, st: Stat, unchanged_for: float = 0.0) -> bool:
+        """Unchanged for settle_seconds (by what we saw, or by its mtime) and not open for writing."""
+        idle = max(unchanged_for, time.time() - st[3] / 1e9)
+        return idle >= self.config.settle_seconds and not self._writing(st)
+
+    def _resumable(self, path: Path) -> bool:
+        detected = detect(Path(_origin(path).name), self.config.format)
+        return detected is not None and detected[0] == "jsonl" and detected[1] is None
+
+    def _target(self, claimed: Path) -> Path:
+        """The file to read: the claimed file itself, or the target of a claimed symlink."""
+        target = self._targets.get(claimed)
+        if target is None and claimed.is_symlink():
+            target = _link_target(claimed)
+            self._targets[claimed] = target
+        return target or claimed
+
+    # -- reading -----------------------------------------------------------------------------------
+
+    async def _read(
+        self, path: Path, name: Path, unit: SourceUnit, send: MemoryObjectSendStream[Item]
+    ) -> bool:
+        target = self._target(path)
+        before = await anyio.to_thread.run_sync(_stat, target)
+
+        def settled() -> bool:  # at the end of the data: may a last line without newline be parsed?
+            return _stat(target) == before and self._quiet(before)
+
+        await read_unit(
+            target,
+            name,
+            self.config.format,
+            unit,
+            self._units,
+            send,
+            self.dead,
+            self.max_record_bytes,
+            settled,
+        )
+        after = await anyio.to_thread.run_sync(_stat, target)
+        seen = self._observed.pop(path, None)
+        unchanged = anyio.current_time() - seen.stable_since if seen and seen.stat == after else 0.0
+        if after == before and self._quiet(after, unchanged):
+            unit.read_stat = after[1:]
+            self._read_stats[path] = after
+            return True
+        self._following[path] = _Seen(after, anyio.current_time())
+        return False
+
     def _unit(self, path: Path) -> tuple[SourceUnit, Path]:
         origin = _origin(path)
-        st = path.stat()
+        st = _stat(self._target(path))
+        self._read_stats[path] = st
         unit = SourceUnit(
             name=origin.as_posix(),
             ack=self._acker(path),
             id=f"file:{path}",
-            fingerprint=f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}",
+            fingerprint=_fingerprint(st),
             path=str(path),
         )
         return unit, origin
 
-    def _acker(self, claimed: Path) -> Callable[[], Awaitable[None]]:
-        async def ack() -> None:
+    def _acker(self, claimed: Path) -> Callable[[], Awaitable[bool]]:
+        async def ack() -> bool:
+            changed = await anyio.to_thread.run_sync(self._changed_since_read, claimed)
+            if changed is not None:
+                log.info("file changed after it was read; reading what was added", path=str(claimed))
+                self._following[claimed] = _Seen(changed, anyio.current_time())
+                return False
             await anyio.to_thread.run_sync(self._finish, claimed)
+            self._read_stats.pop(claimed, None)
+            self._targets.pop(claimed, None)
+            return True
 
         return ack
+
+    def _changed_since_read(self, claimed: Path) -> Stat | None:
+        """The file's stat if it changed since its last byte was read (or a writer holds it)."""
+        try:
+            st = _stat(self._target(claimed))
+        except FileNotFoundError:
+            return None
+        expected = self._read_stats.get(claimed)
+        if expected is not None and st != expected:
+            return st
+        if self.config.wait_for_writers:
+            self._scan_writers([self._target(claimed)])
+            if self._writing(st):
+                return st
+        return None
 
     def _finish(self, claimed: Path) -> None:
         origin = _origin(claimed)
         if self.done_dir is not None:
             target = self.done_dir / origin
             target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(claimed, target)
+            if os.path.lexists(claimed):
+                move_durably(claimed, target)
         else:
             claimed.unlink(missing_ok=True)
         _origin_file(claimed).unlink(missing_ok=True)
+
+
+def _fingerprint(st: Stat) -> str:
+    return f"{st[1]}:{st[2]}:{st[3]}"
 
 
 def _origin_file(claimed: Path) -> Path:
     return claimed.with_name(claimed.name + ".origin")
 
 
-def _write_origin(claimed: Path, relative: Path) -> None:
-    _origin_file(claimed).write_text(relative.as_posix())
+def _sidecar(claimed: Path) -> dict[str, str | None]:
+    try:
+        text = _origin_file(claimed).read_text()
+    except FileNotFoundError:
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = None
+    if isinstance(value, dict):
+        return value
+    return {"origin": text}  # written by an earlier version: the relative path alone
 
 
 def _origin(claimed: Path) -> Path:
     """The path the claimed file had under the watched directory."""
-    try:
-        return Path(_origin_file(claimed).read_text())
-    except FileNotFoundError:
-        return Path(claimed.name.split("--", 1)[-1])
+    origin = _sidecar(claimed).get("origin")
+    return Path(origin) if origin else Path(claimed.name.split("--", 1)[-1])
+
+
+def _link_target(claimed: Path) -> Path:
+    target = _sidecar(claimed).get("target")
+    return Path(target) if target else Path(os.path.realpath(claimed))
 
 
 __all__ = ["DirectorySource", "Format"]

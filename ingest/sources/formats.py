@@ -29,6 +29,7 @@ COMPRESSED_PIECE = 64 << 10
 # emit(table, first_line, explicit_lines)
 Emit = Callable[[pa.Table, int, list[int] | None], None]
 Dead = Callable[[list[DeadLetter]], None]
+Position = tuple[int, int]  # (byte offset, line number) where a resumable read continues
 
 _COMPRESSION = {".gz": "gzip", ".zst": "zstd", ".zstd": "zstd"}
 _FORMATS: dict[str, Format] = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv"}
@@ -52,6 +53,12 @@ def detect(path: Path, configured: str = "") -> tuple[Format, str | None] | None
     return None
 
 
+def resumable(fmt: Format, compression: str | None) -> bool:
+    """Whether a read can continue from a byte offset (plain JSON lines); others are read again from
+    the start, skipping the rows already taken."""
+    return fmt == "jsonl" and compression is None
+
+
 def read_file(
     path: Path,
     fmt: Format,
@@ -60,17 +67,28 @@ def read_file(
     emit: Emit,
     dead: Dead,
     max_record: int = DEFAULT_MAX_RECORD,
-) -> None:
-    """Read `path` to its end, handing Arrow tables to `emit` and unreadable records to `dead`."""
+    start: Position = (0, 1),
+    settled: Callable[[], bool] = lambda: True,
+) -> Position:
+    """Read `path` to its end, handing Arrow tables to `emit` and unreadable records to `dead`.
+
+    For plain JSON lines, reading starts at `start` (byte offset, line number) and returns where it
+    stopped: a last line without its newline is parsed only when `settled()` says the file is done
+    growing; otherwise it is left for the next read.
+    """
     if fmt == "parquet":
         _read_parquet(path, emit)
-        return
+        return (0, 1)
     with pa.input_stream(str(path), compression=compression) as stream:
         if fmt == "jsonl":
             piece = READ_BLOCK if compression is None else COMPRESSED_PIECE
-            _JsonLines(source, emit, dead, max_record, piece).read(stream)
-        else:
-            _read_csv(stream, path, compression, source, emit, dead)
+            if start[0]:
+                stream.seek(start[0])
+            reader = _JsonLines(source, emit, dead, max_record, piece)
+            offset, line = reader.read(stream, start[1], settled)
+            return start[0] + offset, line
+        _read_csv(stream, path, compression, source, emit, dead)
+        return (0, 1)
 
 
 def _read_parquet(path: Path, emit: Emit) -> None:
@@ -88,11 +106,14 @@ class _JsonLines:
     max_record: int
     piece: int = READ_BLOCK  # read size; small for compressed input
 
-    def read(self, stream: Any) -> None:
-        line = 1
+    def read(self, stream: Any, line: int = 1, settled: Callable[[], bool] = lambda: True) -> Position:
+        """Parse to the end of `stream`; returns (bytes consumed, next line number). At the end, a
+        last line without its newline is parsed only if `settled()`: a writer may still finish it."""
         carry = b""
+        consumed = 0  # bytes read from the stream, including `carry`
         while True:
             data, error = self._read_block(stream)
+            consumed += len(data)
             buf = carry + data if carry else data
             if error is not None:
                 # Truncated/corrupt compression: keep every whole line read, say where it stopped.
@@ -102,24 +123,27 @@ class _JsonLines:
                     line += buf.count(b"\n", 0, cut)
                 reason = f"unreadable from this line on: {error}"
                 self.dead([DeadLetter(self.source, line, reason, buf[cut : cut + MAX_RAW] or None)])
-                return
+                return consumed, line
             if data:
                 cut = buf.rfind(b"\n")
                 if cut < 0:  # one line longer than a block: keep reading, up to max_record
                     if len(buf) > self.max_record:
-                        carry = self._skip_long_line(stream, buf, line)
+                        carry, skipped = self._skip_long_line(stream, buf, line)
+                        consumed += skipped
                         line += 1
                     else:
                         carry = buf
                     continue
                 block, carry = buf[: cut + 1], buf[cut + 1 :]
-            else:
+            elif buf and settled():
                 block, carry = buf, b""
+            else:  # the end, or a last line still being written: leave it for the next read
+                block, carry = b"", buf
             if block:
                 self.block(block, line)
                 line += block.count(b"\n") + (0 if block.endswith(b"\n") else 1)
             if not data:
-                return
+                return consumed - len(carry), line
 
     def _read_block(self, stream: Any) -> tuple[bytes, Exception | None]:
         """Up to READ_BLOCK bytes; compressed input is read in small pieces so that a truncated
@@ -144,17 +168,19 @@ class _JsonLines:
         )
         self.dead([DeadLetter(self.source, line, reason, raw)])
 
-    def _skip_long_line(self, stream: Any, head: bytes, line: int) -> bytes:
-        """Dead-letter a line over max_record without holding it in memory; returns what follows it."""
-        size, rest = len(head), b""
+    def _skip_long_line(self, stream: Any, head: bytes, line: int) -> tuple[bytes, int]:
+        """Dead-letter a line over max_record without holding it in memory; returns what follows it
+        and how many bytes were read from the stream."""
+        size, rest, nread = len(head), b"", 0
         while data := stream.read(READ_BLOCK):
+            nread += len(data)
             cut = data.find(b"\n")
             if cut >= 0:
                 size, rest = size + cut, data[cut + 1 :]
                 break
             size += len(data)
         self._too_long(size, line, head[:MAX_RAW])
-        return rest
+        return rest, nread
 
     def block(self, block: bytes, first_line: int) -> None:
         long = _long_line(block, self.max_record)

@@ -79,6 +79,8 @@ class LandingSource(FileSource):
         self.max_record_bytes = max_record_bytes
         self.poll_interval = max(0.05, config.settle_seconds)
         self._units: Units = FreshUnits()
+        self._problems = {}
+        self._failed = {}
         self._taken: set[str] = set()  # keys this run has taken (downloaded or reading)
         self._owners: dict[str, str] = {}  # marker key → worker id, learned once per marker
         self._warned: set[str] = set()

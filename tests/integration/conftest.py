@@ -57,6 +57,7 @@ def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
         with pa.CompressedOutputStream(sink, "zstd") as out:
             out.write(data)
         data = sink.getvalue().to_pybytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
     return path
 
