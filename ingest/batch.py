@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -50,7 +50,7 @@ class Batch:
 
 
 class Batcher:
-    def __init__(self, config: BatchConfig, on_unit_read: Callable[[SourceUnit], None]) -> None:
+    def __init__(self, config: BatchConfig, on_unit_read: Callable[[SourceUnit], Awaitable[None]]) -> None:
         self.config = config
         self.on_unit_read = on_unit_read
         self.current: Batch | None = None
@@ -73,7 +73,7 @@ class Batcher:
                     await self._flush(batches)
                 elif isinstance(item, UnitRead):
                     item.unit.read_done = True
-                    self.on_unit_read(item.unit)
+                    await self.on_unit_read(item.unit)
                 else:
                     for full in self._add(item):
                         await batches.send(full)

@@ -8,15 +8,19 @@ hence the lock.
 from __future__ import annotations
 
 import base64
+import errno
 import json
 import os
 import threading
+import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
+from ingest.faults import disk_full_point
 from ingest.files import fsync_dir
 from ingest.logs import get_logger
 
@@ -56,6 +60,8 @@ class DeadLetters:
         self.outbox_dir = directory / "outbox"
         self.count = 0
         self._lock = threading.Lock()
+        self.on_full: Callable[[str], None] = _noop  # readiness hooks, set by the pipeline
+        self.on_room: Callable[[], None] = _noop
 
     def path_for(self, day: datetime) -> Path:
         return self.dir / f"errors-{day:%Y-%m-%d}.jsonl"
@@ -89,20 +95,44 @@ class DeadLetters:
         path = self.path_for(datetime.now(UTC))
         return _lines(path) if path.is_file() else 0
 
+    def _append(self, data: bytes) -> Path:
+        """Append whole lines, fsynced; a failed append is cut back so no half line stays behind."""
+        with self._lock:
+            disk_full_point("deadletters", "file")
+            self.dir.mkdir(parents=True, exist_ok=True)
+            path = self.path_for(datetime.now(UTC))
+            with path.open("ab") as fh:
+                size = fh.tell()
+                try:
+                    fh.write(data)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                except OSError:
+                    fh.truncate(size)
+                    raise
+            self.count += data.count(b"\n")
+        return path
+
     def write(self, letters: list[DeadLetter]) -> None:
         if not letters:
             return
         from ingest import metrics
 
-        lines = "".join(json.dumps(d.as_json(), ensure_ascii=False) + "\n" for d in letters)
-        with self._lock:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            path = self.path_for(datetime.now(UTC))
-            with path.open("a", encoding="utf-8") as fh:
-                fh.write(lines)
-                fh.flush()
-                os.fsync(fh.fileno())
-            self.count += len(letters)
+        data = "".join(json.dumps(d.as_json(), ensure_ascii=False) + "\n" for d in letters).encode()
+        delay = 0.5
+        while True:
+            try:
+                path = self._append(data)
+                break
+            except OSError as exc:  # callers are reader and encoder threads: waiting here is fine
+                if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                self.on_full(f"spool disk full at {self.dir} (dead letters); free space or move spool.dir")
+                log.error("spool disk full; dead letters wait for space", error=str(exc), retry_in=delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 30.0)
+        if delay > 0.5:
+            self.on_room()
         metrics.DEAD_LETTERS.inc(len(letters))
         first = letters[0]
         log.warning(
@@ -113,6 +143,10 @@ class DeadLetters:
             reason=first.reason,
             path=str(path),
         )
+
+
+def _noop(*_: object) -> None:
+    return None
 
 
 def _lines(path: Path) -> int:

@@ -20,6 +20,8 @@ from collections.abc import Iterable
 from dataclasses import astuple, dataclass
 from pathlib import Path
 
+from ingest.faults import disk_full_point
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS units (
     id TEXT PRIMARY KEY, name TEXT NOT NULL, fingerprint TEXT NOT NULL, path TEXT, total INTEGER
@@ -85,7 +87,10 @@ class Journal:
     def close(self) -> None:
         self.db.close()
 
-    def _tx(self, statements: Iterable[tuple[str, tuple[object, ...]]]) -> None:
+    def _tx(self, point: str, statements: Iterable[tuple[str, tuple[object, ...]]]) -> None:
+        """One committed transaction; a full disk raises sqlite3.OperationalError and changes nothing
+        (the caller waits for space and calls again)."""
+        disk_full_point(point)
         with self.db:
             self.db.execute("BEGIN IMMEDIATE")
             for sql, args in statements:
@@ -95,29 +100,32 @@ class Journal:
 
     def add_unit(self, unit_id: str, name: str, fingerprint: str, path: str | None) -> None:
         self._tx(
+            "add_unit",
             [
                 (
                     "INSERT OR REPLACE INTO units (id, name, fingerprint, path, total) VALUES (?,?,?,?,NULL)",
                     (unit_id, name, fingerprint, path),
                 ),
                 ("DELETE FROM spans WHERE unit_id = ?", (unit_id,)),
-            ]
+            ],
         )
 
     def unit_read(self, unit_id: str, total: int, fingerprint: str) -> None:
         """Read to its end: its row count, and what the file looked like then (a later change means
         rows were appended after that read)."""
         self._tx(
-            [("UPDATE units SET total = ?, fingerprint = ? WHERE id = ?", (total, fingerprint, unit_id))]
+            "unit_read",
+            [("UPDATE units SET total = ?, fingerprint = ? WHERE id = ?", (total, fingerprint, unit_id))],
         )
 
     def forget_unit(self, unit_id: str) -> None:
         """After the unit is acknowledged: nothing about it is needed any more."""
         self._tx(
+            "forget_unit",
             [
                 ("DELETE FROM spans WHERE unit_id = ?", (unit_id,)),
                 ("DELETE FROM units WHERE id = ?", (unit_id,)),
-            ]
+            ],
         )
 
     def units(self) -> list[UnitRow]:
@@ -133,59 +141,58 @@ class Journal:
     def spooled(self, batch_id: str, spans: list[tuple[str, int, int]], objects: list[ObjectRow]) -> None:
         """A batch is in the spool: its files (fsynced) and the rows they hold, in one transaction."""
         self._tx(
+            "spooled",
             [
                 *(
                     ("INSERT INTO spans VALUES (?,?,?,?)", (batch_id, unit_id, a, b))
                     for unit_id, a, b in spans
                 ),
                 *((_INSERT_OBJECT, _object_values(o)) for o in objects),
-            ]
+            ],
         )
 
-    def add_object(self, obj: ObjectRow) -> None:
-        self._tx([(_INSERT_OBJECT, _object_values(obj))])
+    def add_object(self, obj: ObjectRow, dead_letters: int = 0) -> None:
+        """A file to upload; for a sealed dead-letter file, its letters are counted for its day in the
+        same transaction (so a retry neither loses nor doubles the count)."""
+        count = (
+            "INSERT INTO daily VALUES (?, ?) ON CONFLICT(day) "
+            "DO UPDATE SET dead_letters = dead_letters + excluded.dead_letters",
+            (obj.day, dead_letters),
+        )
+        self._tx("add_object", [(_INSERT_OBJECT, _object_values(obj)), *([count] if dead_letters else [])])
 
     def attempting(self, object_id: str, key: str) -> None:
-        self._tx([("UPDATE objects SET state='uploading', key=? WHERE id=?", (key, object_id))])
+        self._tx("attempting", [("UPDATE objects SET state='uploading', key=? WHERE id=?", (key, object_id))])
 
     def uploaded(self, object_id: str, key: str) -> None:
         now = str(time.time())
         self._tx(
+            "uploaded",
             [
                 ("DELETE FROM objects WHERE id = ?", (object_id,)),
                 ("INSERT OR REPLACE INTO meta VALUES ('last_upload_at', ?)", (now,)),
                 ("INSERT OR REPLACE INTO meta VALUES ('last_upload_key', ?)", (key,)),
-            ]
+            ],
         )
 
     def drop_batch(self, batch_id: str) -> None:
         """Forget a batch whose spooled file is damaged: its rows will be read from the source again."""
         self._tx(
+            "drop_batch",
             [
                 ("DELETE FROM spans WHERE batch_id = ?", (batch_id,)),
                 ("DELETE FROM objects WHERE batch_id = ?", (batch_id,)),
-            ]
+            ],
         )
 
     def drop_object(self, object_id: str) -> None:
-        self._tx([("DELETE FROM objects WHERE id = ?", (object_id,))])
+        self._tx("drop_object", [("DELETE FROM objects WHERE id = ?", (object_id,))])
 
     def objects(self) -> list[ObjectRow]:
         rows = self.db.execute(f"SELECT {_OBJECT_COLUMNS} FROM objects ORDER BY created").fetchall()
         return [ObjectRow(*r) for r in rows]
 
     # -- dead letters and status ---------------------------------------------------------------------
-
-    def count_dead_letters(self, day: str, count: int) -> None:
-        self._tx(
-            [
-                (
-                    "INSERT INTO daily VALUES (?, ?) ON CONFLICT(day) "
-                    "DO UPDATE SET dead_letters = dead_letters + excluded.dead_letters",
-                    (day, count),
-                )
-            ]
-        )
 
     def dead_letters_on(self, day: str) -> int:
         row = self.db.execute("SELECT dead_letters FROM daily WHERE day = ?", (day,)).fetchone()
@@ -196,13 +203,14 @@ class Journal:
         known = dict(self.db.execute("SELECT input, since FROM problems").fetchall())
         now = time.time()
         self._tx(
+            "set_problems",
             [
                 ("DELETE FROM problems", ()),
                 *(
                     ("INSERT INTO problems VALUES (?,?,?)", (where, why, known.get(where, now)))
                     for where, why in problems.items()
                 ),
-            ]
+            ],
         )
 
     def problems(self) -> list[tuple[str, str, float]]:

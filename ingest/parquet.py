@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 from ingest.batch import Batch
 from ingest.config import ConfigError, OutputConfig
 from ingest.deadletters import DeadLetter, DeadLetters
+from ingest.faults import disk_full_point
 from ingest.files import fsync_dir, sha256_of
 from ingest.sources.base import Chunk
 from ingest.spool import SpooledObject
@@ -194,6 +195,7 @@ class Encoder:
         tmp = path.with_suffix(".tmp")
         compression = None if self.output.compression == "none" else self.output.compression
         try:
+            disk_full_point("encode", "file")
             pq.write_table(table, tmp, compression=compression, row_group_size=self.output.row_group_size)
             with tmp.open("rb") as fh:
                 os.fsync(fh.fileno())

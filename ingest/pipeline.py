@@ -110,6 +110,10 @@ class Pipeline:
             settings.retry,
         )
         self.once = False
+        spool.retry_initial, spool.retry_max = settings.retry.initial, min(settings.retry.max, DISK_RETRY_MAX)
+        spool.on_full = lambda reason: self.health.fail(reason, "disk")
+        spool.on_room = lambda: self.health.clear("disk")
+        spool.dead.on_full, spool.dead.on_room = spool.on_full, spool.on_room
         self._units: dict[str, SourceUnit] = {}
         self._intake_done = anyio.Event()
         self._tg: TaskGroup | None = None
@@ -122,7 +126,7 @@ class Pipeline:
 
     # -- what sources call (the Units protocol) -------------------------------------------------------
 
-    def open_unit(self, unit: SourceUnit) -> SourceUnit:
+    async def open_unit(self, unit: SourceUnit) -> SourceUnit:
         known = self._units.get(unit.id)
         if known is not None and _same_file(known.fingerprint, unit.fingerprint):
             if known.fingerprint != unit.fingerprint and known.total is not None:
@@ -133,7 +137,9 @@ class Pipeline:
             return known
         if known is not None:
             log.warning("source unit replaced since it was journaled; reading all of it", unit=unit.name)
-        self.journal.add_unit(unit.id, unit.name, unit.fingerprint, unit.path)
+        await self.spool.durably(
+            "add unit", self.journal.add_unit, unit.id, unit.name, unit.fingerprint, unit.path
+        )
         self._units[unit.id] = unit
         return unit
 
@@ -145,7 +151,7 @@ class Pipeline:
     async def run(self, once: bool) -> Stats:
         self.once = once
         undecided: set[str] = set()
-        for row in await anyio.to_thread.run_sync(self.spool.damaged):
+        for row in await self.spool.durably("recover", self.spool.damaged):
             # A damaged file whose upload may have happened before the crash: the store decides.
             try:
                 held = row.key is not None and await self.uploader.holds(row.key, row.id)
@@ -155,10 +161,10 @@ class Pipeline:
                 undecided.add(row.id)
                 continue
             if held and row.key is not None:
-                self.spool.forget_uploaded(row, row.key)
+                await self.spool.durably("recover", self.spool.forget_uploaded, row, row.key)
             else:
-                self.spool.drop(row)
-        recovered = await anyio.to_thread.run_sync(self.spool.recover, undecided)
+                await self.spool.durably("recover", self.spool.drop, row)
+        recovered = await self.spool.durably("recover", self.spool.recover, undecided)
         self._units = recovered.units
         if recovered.objects or recovered.units:
             log.info("resuming from the journal", objects=len(recovered.objects), units=len(recovered.units))
@@ -181,16 +187,16 @@ class Pipeline:
             async with obj_recv:
                 for _ in range(self.settings.upload.concurrency):
                     tg.start_soon(self._upload, obj_recv.clone())
-        self._record_problems()
+        await self._record_problems()
         return self.stats
 
     def _problems(self) -> dict[str, str]:
         return {where: why for source in self.sources for where, why in source.problems().items()}
 
-    def _record_problems(self) -> None:
+    async def _record_problems(self) -> None:
         problems = self._problems()
         if problems != self._recorded_problems:
-            self.journal.set_problems(problems)
+            await self.spool.durably("unreadable input", self.journal.set_problems, problems)
             self._recorded_problems = problems
 
     async def _record_problems_periodically(self) -> None:
@@ -198,7 +204,7 @@ class Pipeline:
             with anyio.move_on_after(PROBLEMS_INTERVAL):
                 await self._intake_done.wait()
                 return
-            self._record_problems()
+            await self._record_problems()
 
     # -- stages ------------------------------------------------------------------------------------
 
@@ -216,7 +222,7 @@ class Pipeline:
                     tg.start_soon(self._encode, batches.clone(), objects.clone())
             # Everything read is encoded: ship the dead letters written meanwhile.
             self._intake_done.set()
-            self._seal(objects)
+            await self._seal(objects)
 
     async def _seal_periodically(self, objects: MemoryObjectSendStream[SpooledObject]) -> None:
         interval = max(self.settings.batch.max_age, 10.0)
@@ -225,10 +231,10 @@ class Pipeline:
                 with anyio.move_on_after(interval):
                     await self._intake_done.wait()
                     return
-                self._seal(objects)
+                await self._seal(objects)
 
-    def _seal(self, objects: MemoryObjectSendStream[SpooledObject]) -> None:
-        for obj in self.spool.seal_dead_letters():
+    async def _seal(self, objects: MemoryObjectSendStream[SpooledObject]) -> None:
+        for obj in await self.spool.durably("seal dead letters", self.spool.seal_dead_letters):
             self._spooled(obj)
             objects.send_nowait(obj)
 
@@ -258,14 +264,15 @@ class Pipeline:
 
     async def _spool_batch(self, batch: Batch) -> list[SpooledObject] | None:
         """Encode into the spool and journal it; a full disk keeps the batch in memory and retries."""
-        delay = 1.0
+        delay = self.spool.retry_initial
         while True:
             encoded: list[SpooledObject] = []
             try:
                 encoded = await anyio.to_thread.run_sync(self.encoder.encode, batch)
                 crash_point("encoded")
                 spans = [(u.id, a, b) for u, ranges in batch.spans.items() for a, b in ranges]
-                self.journal.spooled(batch.id, spans, [o.row() for o in encoded])
+                rows = [o.row() for o in encoded]
+                await self.spool.durably("journal batch", self.journal.spooled, batch.id, spans, rows)
                 crash_point("spooled")
             except (OSError, sqlite3.OperationalError) as exc:
                 for obj in encoded:
@@ -280,7 +287,7 @@ class Pipeline:
                     spool=str(self.spool.dir),
                 )
                 await anyio.sleep(delay)
-                delay = min(delay * 2, DISK_RETRY_MAX)
+                delay = min(delay * 2, self.spool.retry_max)
                 continue
             except Exception as exc:  # a bug or an Arrow limit: keep the input for a later run
                 log.error("could not encode batch; its input stays unacknowledged", error=describe(exc))
@@ -312,7 +319,10 @@ class Pipeline:
 
     async def _upload_one(self, obj: SpooledObject) -> None:
         try:
-            done = await self.uploader.upload(obj, lambda key: self.journal.attempting(obj.object_id, key))
+            done = await self.uploader.upload(
+                obj,
+                lambda key: self.spool.durably("journal key", self.journal.attempting, obj.object_id, key),
+            )
         except Exception as exc:
             # Permanent refusal, or retries exhausted: keep the file, say where, stop looking ready.
             metrics.UPLOAD_FAILURES.inc()
@@ -330,7 +340,7 @@ class Pipeline:
             )
         else:
             crash_point("put")
-            self.journal.uploaded(obj.object_id, done.key)
+            await self.spool.durably("journal upload", self.journal.uploaded, obj.object_id, done.key)
             log.info(
                 "uploaded",
                 key=done.key,
@@ -364,13 +374,15 @@ class Pipeline:
 
     # -- acknowledgements ----------------------------------------------------------------------------
 
-    def _unit_read(self, unit: SourceUnit) -> None:
+    async def _unit_read(self, unit: SourceUnit) -> None:
         self.stats.units_claimed += 1
         if unit.next_row or unit.total is None:  # read now (a fully covered unit keeps its known total)
             unit.total = unit.next_row
             if unit.read_stat is not None:  # what the file looked like when its last byte was read
                 unit.fingerprint = ":".join(map(str, unit.read_stat))
-            self.journal.unit_read(unit.id, unit.total, unit.fingerprint)
+            await self.spool.durably(
+                "journal unit read", self.journal.unit_read, unit.id, unit.total, unit.fingerprint
+            )
         self._maybe_ack(unit)
 
     def _batch_done(self, batch: Batch) -> None:
@@ -397,7 +409,7 @@ class Pipeline:
             self.stats.units_claimed -= 1
             return
         crash_point("acked")
-        self.journal.forget_unit(unit.id)
+        await self.spool.durably("forget unit", self.journal.forget_unit, unit.id)
         self._units.pop(unit.id, None)
         self.stats.units_acked += 1
         metrics.UNITS_ACKED.inc()

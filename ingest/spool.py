@@ -13,15 +13,21 @@ objects waiting, sources take no new input until it is back under the low-water 
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
+import sqlite3
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date
+from functools import partial
 from pathlib import Path
+from typing import Any, TypeVar
 
 import anyio
+import anyio.to_thread
 
 from ingest.batch import Batch
 from ingest.config import ConfigError
@@ -33,6 +39,7 @@ from ingest.sources.base import Ranges, SourceUnit, merge_ranges
 
 log = get_logger("ingest.spool")
 LOW_WATER = 0.8  # intake resumes below this fraction of spool.max_bytes
+T = TypeVar("T")
 CONTENT_TYPES = {"data": "application/vnd.apache.parquet", "deadletters": "application/x-ndjson"}
 
 
@@ -90,10 +97,50 @@ class Spool:
         self.paused = False
         self._room = anyio.Event()
         self._room.set()
+        self._writer: anyio.CapacityLimiter | None = None  # made on first use: it needs a running loop
+        self.retry_initial, self.retry_max = 0.5, 30.0  # backoff while the disk is full
+        self.full: str | None = None
+        self._queued: set[str] = set()  # dead-letter files this process journaled for upload
+        self.on_full: Callable[[str], None] = lambda reason: None
+        self.on_room: Callable[[], None] = lambda: None
 
     def close(self) -> None:
         self.journal.close()
         os.close(self._lock_fd)
+
+    # -- durable writes --------------------------------------------------------------------------
+
+    async def durably(self, what: str, fn: Callable[..., T], *args: Any) -> T:
+        """Run a journal or spool write in the journal's thread (never on the event loop), one at a
+        time; on a full disk report it (readiness false), back off and try again until there is room.
+        The writes are single transactions or idempotent file steps, so trying again is safe."""
+        delay = self.retry_initial
+        while True:
+            try:
+                if self._writer is None:
+                    self._writer = anyio.CapacityLimiter(1)
+                result = await anyio.to_thread.run_sync(partial(fn, *args), limiter=self._writer)
+            except (OSError, sqlite3.OperationalError) as exc:
+                if not disk_full(exc):
+                    raise
+                reason = f"spool disk full at {self.dir} ({what}); free space or move spool.dir"
+                self.full = reason
+                self.on_full(reason)
+                log.error(
+                    "spool disk full; waiting for space before going on",
+                    write=what,
+                    error=str(exc),
+                    retry_in=round(delay, 3),
+                    spool=str(self.dir),
+                )
+                await anyio.sleep(delay)
+                delay = min(delay * 2, self.retry_max)
+                continue
+            if self.full is not None:
+                self.full = None
+                self.on_room()
+                log.info("spool disk has room again", write=what)
+            return result
 
     # -- backpressure ------------------------------------------------------------------------------
 
@@ -121,23 +168,34 @@ class Spool:
     # -- dead letters --------------------------------------------------------------------------------
 
     def seal_dead_letters(self) -> list[SpooledObject]:
-        """Close the dead-letter files written so far and journal them for upload."""
-        return [self._journal_dead_letters(path, day, lines) for path, day, lines in self.dead.seal()]
+        """Close the dead-letter files written so far and journal them for upload (blocking).
 
-    def _journal_dead_letters(self, path: Path, day: date, lines: int) -> SpooledObject:
-        obj = SpooledObject(
-            path.stem, None, path, day, lines, path.stat().st_size, sha256_of(path), "deadletters"
-        )
-        self.journal.add_object(obj.row())
-        self.journal.count_dead_letters(day.isoformat(), lines)
-        return obj
+        Safe to call again after a failure (a full disk): files already sealed but not journaled are
+        found in the outbox and journaled then."""
+        self.dead.seal()
+        return self._journal_outbox()
+
+    def _journal_outbox(self) -> list[SpooledObject]:
+        """Journal every sealed dead-letter file not journaled (nor queued by this process) yet."""
+        known = {r.file for r in self.journal.objects() if r.kind == "deadletters"} | self._queued
+        out = []
+        for path, day, lines in self.dead.outbox():
+            if path.name in known:
+                continue
+            obj = SpooledObject(
+                path.stem, None, path, day, lines, path.stat().st_size, sha256_of(path), "deadletters"
+            )
+            self.journal.add_object(obj.row(), dead_letters=lines)
+            self._queued.add(path.name)
+            out.append(obj)
+        return out
 
     # -- recovery ------------------------------------------------------------------------------------
 
     def damaged(self) -> list[ObjectRow]:
         """Journaled objects whose file is missing or no longer matches its size and SHA-256; first
         removes files written but never journaled (blocking: run it in a thread)."""
-        self._journal_stray_dead_letters()
+        self._journal_outbox()  # sealed, then the crash came before the journal said so
         rows = self.journal.objects()
         known = {r.file for r in rows if r.kind == "data"}
         for stray in self.objects_dir.iterdir():
@@ -220,12 +278,6 @@ class Spool:
                 live.append(u)
         return live
 
-    def _journal_stray_dead_letters(self) -> None:
-        known = {r.file for r in self.journal.objects() if r.kind == "deadletters"}
-        for path, day, lines in self.dead.outbox():
-            if path.name not in known:  # sealed, then the crash came before the journal said so
-                self._journal_dead_letters(path, day, lines)
-
     def _path(self, r: ObjectRow) -> Path:
         return (self.objects_dir if r.kind == "data" else self.dead.outbox_dir) / r.file
 
@@ -256,3 +308,10 @@ def _lock_worker(root: Path, worker_id: str, explicit: bool) -> tuple[str, int]:
             continue
         return candidate, fd
     raise ConfigError(f"worker.id: too many workers named {worker_id!r}")
+
+
+def disk_full(exc: BaseException) -> bool:
+    """ENOSPC/EDQUOT from a file write, or SQLite's SQLITE_FULL."""
+    if isinstance(exc, sqlite3.OperationalError):
+        return "disk is full" in str(exc) or "disk full" in str(exc)
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)

@@ -135,7 +135,7 @@ class Uploader:
     # -- objects ----------------------------------------------------------------------------------
 
     async def upload(
-        self, obj: SpooledObject, attempting: Callable[[str], None] = lambda key: None
+        self, obj: SpooledObject, attempting: Callable[[str], Awaitable[None]] | None = None
     ) -> Uploaded:
         """Write `obj` under the first free key of its date; returns the key.
 
@@ -153,7 +153,8 @@ class Uploader:
             while True:
                 seq = await allocator.candidate(obj.day)
                 key = allocator.template.render(obj.day, seq)
-                attempting(key)
+                if attempting is not None:
+                    await attempting(key)
                 obj.key = key
                 try:
                     if body is not None:

@@ -23,7 +23,11 @@ def _chunk(unit: SourceUnit, start: int, n: int) -> Chunk:
 
 async def _run(config: BatchConfig, items: list[Item | float]) -> tuple[list[Batch], list[SourceUnit]]:
     read: list[SourceUnit] = []
-    batcher = Batcher(config, read.append)
+
+    async def on_read(unit: SourceUnit) -> None:
+        read.append(unit)
+
+    batcher = Batcher(config, on_read)
     send, recv = anyio.create_memory_object_stream[Item](10)
     bsend, brecv = anyio.create_memory_object_stream[Batch](10)
     out: list[Batch] = []

@@ -132,7 +132,7 @@ Item = Chunk | UnitRead
 class Units(Protocol):
     """What the pipeline offers sources: unit bookkeeping across restarts, and backpressure."""
 
-    def open_unit(self, unit: SourceUnit) -> SourceUnit:
+    async def open_unit(self, unit: SourceUnit) -> SourceUnit:
         """Register a unit before reading it; returns the unit to read into (skip ranges filled in)."""
         ...
 
@@ -144,7 +144,7 @@ class Units(Protocol):
 class FreshUnits:
     """Units with no journal behind them: every unit is read whole, never any backpressure."""
 
-    def open_unit(self, unit: SourceUnit) -> SourceUnit:
+    async def open_unit(self, unit: SourceUnit) -> SourceUnit:
         return unit
 
     async def wait_for_room(self) -> None:

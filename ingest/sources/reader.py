@@ -169,7 +169,7 @@ class FileSource:
                     self._failed[path] = anyio.current_time()
                     self._problem(path, describe_read_error(exc))
                     continue
-                unit = self._units.open_unit(described)
+                unit = await self._units.open_unit(described)
                 if not unit.fully_covered:  # else: every row is already spooled or uploaded
                     try:
                         done = await self._read(path, name, unit, send)

@@ -69,7 +69,10 @@ def test_disk_full_keeps_the_batch_fails_readiness_and_recovers_when_space_retur
         reason = httpx.get(f"http://127.0.0.1:{probe}/readyz", timeout=2).json()["reason"]
         assert "spool disk full" in reason and "spool.dir" in reason
         objects = small_disk / "spool"
-        assert not [p for p in objects.rglob("objects/*") if p.is_file()]  # nothing half-written left
+        # Nothing half-written stays between attempts (an attempt in progress may hold a .tmp).
+        wait_for(
+            lambda: not [p for p in objects.rglob("objects/*") if p.is_file()], 20, "no partial spool file"
+        )
         assert list((job.inbox / ".ingest" / "claimed").rglob("*--big.jsonl"))  # input kept
         assert job.keys() == []
 
@@ -83,3 +86,61 @@ def test_disk_full_keeps_the_batch_fails_readiness_and_recovers_when_space_retur
     assert any("spool disk full" in str(e.get("event")) for e in logs_of(err))
     ids = sorted(int(r["id"]) for r in job.rows())  # type: ignore[call-overload]
     assert ids == list(range(len(rows)))
+
+
+# Every write the spool and journal make, by the name the fault hook knows it by (ingest/faults.py):
+# each fails three times with the error a full disk gives that call, then the disk has room again.
+WRITES = [
+    "add_unit",  # a claimed file is journaled before it is read
+    "encode",  # the Parquet file in the spool (ENOSPC)
+    "deadletters",  # the dead-letter file (ENOSPC)
+    "spooled",  # the batch and the rows it holds
+    "attempting",  # the key about to be written
+    "uploaded",  # the object is in R2 (the write that crashed the worker before)
+    "unit_read",  # a file was read to its end
+    "forget_unit",  # a file was acknowledged
+    "add_object",  # sealed dead letters queued for upload (and counted for `ingest status`)
+    "set_problems",  # unreadable input, for `ingest status`
+]
+
+
+@pytest.mark.parametrize("point", WRITES)
+def test_every_spool_and_journal_write_waits_for_space(job: Job, point: str) -> None:
+    for f in range(3):
+        lines = [json.dumps({"id": f * 100 + i, "v": f"r{i}"}) for i in range(50)]
+        lines.insert(7, "{not json")
+        (job.inbox / f"f{f}.jsonl").write_text("\n".join(lines) + "\n")
+    job.configure(batch={"max_records": 60}, retry={"initial": "20ms", "max": "100ms"})
+    r = job.run_once(INGEST_DISK_FULL_AT=f"{point}:1:3")
+    assert r.returncode == 0, r.stderr[-3000:]
+    full = [e for e in logs_of(r.stderr) if "disk full" in str(e.get("event"))]
+    assert len(full) >= 3, f"the fault at {point} never fired"
+    assert sorted(int(row["id"]) for row in job.rows()) == [f * 100 + i for f in range(3) for i in range(50)]
+    letters = job.dead_letters()
+    assert sorted((d["source"], d["line"]) for d in letters) == [(f"f{f}.jsonl", 8) for f in range(3)]
+    assert not [p for p in job.inbox.rglob("*.jsonl")]  # every file acknowledged
+
+
+def test_readiness_is_false_while_the_journal_cannot_write(job: Job) -> None:
+    probe = free_port()
+    job.configure(
+        sources={"settle_seconds": "50ms"},
+        batch={"max_age": "100ms"},
+        retry={"initial": "50ms", "max": "200ms"},
+        server={"listen": f"127.0.0.1:{probe}"},
+    )
+    proc = job.start(INGEST_DISK_FULL_AT="uploaded:1:40")  # ~8 s without room after the first upload
+    try:
+        wait_for(lambda: readyz(probe) == 200, 60, "the worker")
+        (job.inbox / "a.jsonl").write_text("".join(json.dumps({"id": i}) + "\n" for i in range(10)))
+        wait_for(lambda: readyz(probe) == 503, 30, "readiness to turn false")
+        reason = httpx.get(f"http://127.0.0.1:{probe}/readyz", timeout=2).json()["reason"]
+        assert "spool disk full" in reason and "journal upload" in reason
+        assert (job.inbox / ".ingest" / "claimed").exists()
+        wait_for(lambda: readyz(probe) == 200, 60, "readiness to return once there is room")
+        wait_for(lambda: not list(job.inbox.rglob("*.jsonl")), 30, "the file acknowledged")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err[-2000:]
+    assert sorted(int(r["id"]) for r in job.rows()) == list(range(10))
