@@ -88,7 +88,7 @@ class R2Config(_Section):
 class SourceConfig(_Section):
     kind: Literal["directory", "http", "redis", "stdin", "landing"]
     path: str = ""
-    format: Literal["", "jsonl", "csv", "parquet"] = ""
+    format: Literal["", "jsonl", "json", "csv", "parquet"] = ""
     settle_seconds: Duration = 1.0
     done_dir: str = ""
     follow_symlinks: bool = True  # read a linked file's target (only the link is acknowledged)

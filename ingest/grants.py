@@ -18,6 +18,7 @@ LANDING = "_landing/"
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9._ -]{1,200}$")
 CONTENT_TYPES = {
     "jsonl": "application/x-ndjson",
+    "json": "application/json",
     "csv": "text/csv",
     "parquet": "application/vnd.apache.parquet",
 }

@@ -138,8 +138,15 @@ class Journal:
 
     # -- batches and objects -----------------------------------------------------------------------
 
-    def spooled(self, batch_id: str, spans: list[tuple[str, int, int]], objects: list[ObjectRow]) -> None:
-        """A batch is in the spool: its files (fsynced) and the rows they hold, in one transaction."""
+    def spooled(
+        self,
+        batch_id: str,
+        spans: list[tuple[str, int, int]],
+        objects: list[ObjectRow],
+        schema: str | None = None,
+    ) -> None:
+        """A batch is in the spool: its files (fsynced), the rows they hold and (when it widened) the
+        table's schema they were written with, in one transaction."""
         self._tx(
             "spooled",
             [
@@ -148,6 +155,7 @@ class Journal:
                     for unit_id, a, b in spans
                 ),
                 *((_INSERT_OBJECT, _object_values(o)) for o in objects),
+                *([("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (schema,))] if schema else []),
             ],
         )
 

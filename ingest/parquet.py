@@ -8,6 +8,7 @@ letters with the reason, instead of failing the batch.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import threading
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.ipc
 import pyarrow.parquet as pq
 
 from ingest.batch import Batch
@@ -26,6 +28,7 @@ from ingest.deadletters import DeadLetter, DeadLetters
 from ingest.faults import disk_full_point
 from ingest.files import fsync_dir, sha256_of
 from ingest.sources.base import Chunk
+from ingest.sources.types import unify, widen
 from ingest.spool import SpooledObject
 
 _CAST_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError)
@@ -65,34 +68,65 @@ def _arrow_type(name: str) -> pa.DataType:
     return pa.type_for_alias(aliases.get(name, name))
 
 
-class Encoder:
-    """Thread-safe: `encode` runs in worker threads; the learned schema is shared under a lock."""
+def schema_blob(schema: pa.Schema) -> str:
+    """A schema as text for the journal (Arrow IPC, base64): every type, nested ones too."""
+    return base64.b64encode(schema.serialize().to_pybytes()).decode("ascii")
 
-    def __init__(self, output: OutputConfig, spool_dir: Path, dead: DeadLetters) -> None:
+
+def load_schema_blob(blob: str | None) -> pa.Schema | None:
+    if not blob:
+        return None
+    return pa.ipc.read_schema(pa.py_buffer(base64.b64decode(blob)))
+
+
+class Encoder:
+    """Thread-safe: `encode` runs in worker threads; the learned schema is shared under a lock.
+
+    The schema only widens (a new field, int → double, a finer timestamp unit), and it outlives the
+    process (`schema`, journaled with each batch, passed back as `learned` at the next start): the
+    table keeps one type per field across batches and runs. A batch's own types are unified first,
+    so a row's fate never depends on the order of its neighbours.
+    """
+
+    def __init__(
+        self, output: OutputConfig, spool_dir: Path, dead: DeadLetters, learned: pa.Schema | None = None
+    ) -> None:
         self.output = output
         self.dir = spool_dir / "objects"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.dead = dead
         self.explicit = load_schema(output.schema_file)
-        self._schema = self.explicit or pa.schema([])
+        schema = learned or pa.schema([])
+        if self.explicit is not None:  # the schema file wins over anything learned
+            fixed = {f.name: f for f in self.explicit}
+            schema = pa.schema([fixed.pop(f.name, f) for f in schema] + list(fixed.values()))
+        self._schema = schema
         self._lock = threading.Lock()
+
+    @property
+    def schema(self) -> pa.Schema:
+        with self._lock:
+            return self._schema
 
     def encode(self, batch: Batch) -> list[SpooledObject]:
         """Parquet files for the batch, fsynced; on failure (disk full) none is left behind."""
+        with self._lock:
+            self._schema = self._learn(self._schema, [c.table.schema for c in batch.chunks])
+            schema = self._schema
         tables: list[pa.Table] = []
+        days: list[pa.Array] = []
         for chunk in batch.chunks:
-            table = self._conform(chunk)
+            table, day = self._conform(chunk, schema, batch)
             if table.num_rows:
                 tables.append(table)
+                days.append(day)
         if not tables:
             batch.chunks = []
             return []
-        with self._lock:
-            schema = self._schema
-        table = pa.concat_tables([_with_schema(t, schema) for t in tables])
+        table = pa.concat_tables(tables)
         written: list[SpooledObject] = []
         try:
-            for day, part in self._by_day(table, batch):
+            for day, part in _split_by_day(table, pa.concat_arrays(days)):
                 written.append(self._write(batch, day, part))
             fsync_dir(self.dir)
         except BaseException:
@@ -104,11 +138,8 @@ class Encoder:
 
     # -- schema -----------------------------------------------------------------------------------
 
-    def _conform(self, chunk: Chunk) -> pa.Table:
-        """Cast a chunk to the shared schema (learning new fields/promotions); bad rows → dead letters."""
-        with self._lock:
-            self._schema = self._learn(self._schema, chunk.table.schema)
-            schema = self._schema
+    def _conform(self, chunk: Chunk, schema: pa.Schema, batch: Batch) -> tuple[pa.Table, pa.Array]:
+        """Cast a chunk to the schema and date its rows; rows that do not fit → dead letters."""
         table = chunk.table
         bad: dict[int, str] = {}
         columns = []
@@ -125,69 +156,64 @@ class Encoder:
                     original = table.column(f.name)
                     for row in failures:
                         bad.setdefault(
-                            row, f"field {f.name!r}: value {original[row].as_py()!r} is not {f.type}"
+                            row,
+                            f"field {f.name!r}: value {original[row].as_py()!r} does not fit the table's "
+                            f"type {f.type} (output.schema_file can set another)",
                         )
             columns.append(col)
         out = pa.table(columns, schema=schema)
+        days = self._days(table, batch)  # from the values as read, before any cast to the table's types
+        if not pc.all(pc.is_valid(days)).as_py():
+            reason = (
+                f"field {self.output.partition_by!r} (output.partition_by) is missing or not a date, "
+                "time or epoch number; cannot choose a date directory"
+            )
+            for row in pc.indices_nonzero(pc.invert(pc.is_valid(days))).to_pylist():
+                bad.setdefault(row, reason)
         if bad:
+            raw = chunk.unit.raw_lines([chunk.line_of(r) for r in bad]) if chunk.unit.raw_lines else {}
             self.dead.write(
                 [
                     DeadLetter(
-                        chunk.unit.name, chunk.line_of(r), reason, json.dumps(_row(table, r), default=str)
+                        chunk.unit.name,
+                        chunk.line_of(r),
+                        reason,
+                        raw.get(chunk.line_of(r)) or json.dumps(_row(table, r), default=str),
                     )
                     for r, reason in sorted(bad.items())
                 ]
             )
             keep = pa.array([i not in bad for i in range(table.num_rows)])
-            out = out.filter(keep)
-        return out
+            out, days = out.filter(keep), days.filter(keep)
+        return out, days
 
-    def _learn(self, known: pa.Schema, new: pa.Schema) -> pa.Schema:
+    def _learn(self, known: pa.Schema, schemas: list[pa.Schema]) -> pa.Schema:
+        """Widen `known` by a batch's schemas: new fields take the batch's unified type; a known field
+        widens when that holds every value unchanged, else keeps its type (misfits: dead letters)."""
+        seen: dict[str, list[pa.DataType]] = {}
+        for schema in schemas:
+            for f in schema:
+                seen.setdefault(f.name, []).append(f.type)
         fields = {f.name: f for f in known}
         fixed = set(self.explicit.names) if self.explicit is not None else set()
-        for f in new:
-            old = fields.get(f.name)
-            if old is None:
-                fields[f.name] = f.with_nullable(True)
-            elif old.type != f.type and f.name not in fixed:
-                try:
-                    merged = pa.unify_schemas(
-                        [pa.schema([old]), pa.schema([f])], promote_options="permissive"
-                    )
-                    fields[f.name] = merged.field(f.name)
-                except _CAST_ERRORS:
-                    pass  # incompatible: keep the known type; non-castable values become dead letters
+        for name, types in seen.items():
+            batch_type = unify(types)
+            old = fields.get(name)
+            if old is None or pa.types.is_null(old.type):
+                fields[name] = pa.field(name, batch_type)
+            elif name not in fixed and (wider := widen(old.type, batch_type)) is not None:
+                fields[name] = pa.field(name, wider)
         return pa.schema(list(fields.values()))
 
     # -- days and files ---------------------------------------------------------------------------
 
-    def _by_day(self, table: pa.Table, batch: Batch) -> list[tuple[date, pa.Table]]:
-        field_name = self.output.partition_by
-        if not field_name:
-            return [(batch.closed_at.date(), table)]
-        if field_name in table.column_names:
-            days = _days(table.column(field_name))
-        else:  # never seen in any record so far: no row can be dated
-            days = pa.nulls(table.num_rows, pa.date32())
-        valid = pc.is_valid(days)
-        if not pc.all(valid).as_py():
-            invalid = table.filter(pc.invert(valid))
-            self.dead.write(
-                [
-                    DeadLetter(
-                        "partition_by",
-                        None,
-                        f"field {field_name!r} is missing or not a date/time; cannot choose a date directory",
-                        json.dumps(row, default=str),
-                    )
-                    for row in invalid.to_pylist()
-                ]
-            )
-            table, days = table.filter(valid), days.filter(valid)
-        out = []
-        for day in sorted(pc.unique(days).to_pylist()):
-            out.append((day, table.filter(pc.equal(days, pa.scalar(day, pa.date32())))))
-        return out
+    def _days(self, table: pa.Table, batch: Batch) -> pa.Array:
+        name = self.output.partition_by
+        if not name:
+            return pa.array([batch.closed_at.date()] * table.num_rows, pa.date32())
+        if name not in table.column_names:
+            return pa.nulls(table.num_rows, pa.date32())
+        return utc_days(table.column(name))
 
     def _write(self, batch: Batch, day: date, table: pa.Table) -> SpooledObject:
         object_id = str(uuid.uuid4())
@@ -207,19 +233,6 @@ class Encoder:
         return SpooledObject(object_id, batch, path, day, table.num_rows, path.stat().st_size, digest)
 
 
-def _with_schema(table: pa.Table, schema: pa.Schema) -> pa.Table:
-    """Columns learned after this chunk was conformed are added as nulls; promotions are cast."""
-    if table.schema == schema:
-        return table
-    cols = [
-        table.column(f.name).cast(f.type)
-        if f.name in table.column_names
-        else pa.nulls(table.num_rows, f.type)
-        for f in schema
-    ]
-    return pa.table(cols, schema=schema)
-
-
 def _cast_rowwise(col: pa.ChunkedArray, to: pa.DataType) -> tuple[pa.Array, list[int]]:
     """Slow path, only for a column that failed to cast: cast value by value, nulls where it fails."""
     values = []
@@ -233,25 +246,71 @@ def _cast_rowwise(col: pa.ChunkedArray, to: pa.DataType) -> tuple[pa.Array, list
     return pa.array(values, type=to), failed
 
 
+def _cast(values: pa.Array, to: pa.DataType) -> pa.Array:
+    """Cast; values that do not cast become nulls (value by value only when the whole cast fails)."""
+    try:
+        return values.cast(to)
+    except (*_CAST_ERRORS, OverflowError):
+        return _cast_rowwise(pa.chunked_array([values]), to)[0]
+
+
 def _row(table: pa.Table, row: int) -> dict[str, object]:
     rows: list[dict[str, object]] = table.slice(row, 1).to_pylist()
     return rows[0]
 
 
-def _days(col: pa.ChunkedArray) -> pa.Array:
-    """UTC calendar day of each value (null when it is not a date/time)."""
+def _split_by_day(table: pa.Table, days: pa.Array) -> list[tuple[date, pa.Table]]:
+    return [
+        (day, table.filter(pc.equal(days, pa.scalar(day, pa.date32()))))
+        for day in sorted(pc.unique(days).to_pylist())
+    ]
+
+
+# Epoch numbers: the unit is told by the magnitude (documented): up to 1e11 seconds (year 5138),
+# then milliseconds up to 1e14, microseconds up to 1e17, else nanoseconds.
+_EPOCH_UNITS = ((1e11, "s"), (1e14, "ms"), (1e17, "us"))
+_ZONED = r"(Z|[-+][0-9]{2}:?[0-9]{2})$"
+
+
+def utc_days(col: pa.ChunkedArray) -> pa.Array:
+    """UTC calendar day of each value (null when it is not a date, a time or an epoch number).
+
+    Timestamps with a zone count in UTC; naive ones and dates are taken as UTC already.
+    """
+    col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
     t = col.type
-    if pa.types.is_string(t) or pa.types.is_large_string(t):
-        utc = pa.timestamp("us", "UTC")
-        try:
-            col = col.cast(utc)
-        except _CAST_ERRORS:
-            col = pa.chunked_array([_cast_rowwise(col, utc)[0]])
-        t = col.type
     if pa.types.is_date(t):
-        return col.cast(pa.date32()).combine_chunks()
+        return col.cast(pa.date32())
     if pa.types.is_timestamp(t):
         # Arrow stores UTC instants; drop the zone so the day is the UTC day, not the local one.
-        naive = col.cast(pa.timestamp("us", t.tz)).cast(pa.int64()).cast(pa.timestamp("us"))
-        return naive.cast(pa.date32()).combine_chunks()
+        naive = col.cast(pa.timestamp(t.unit, t.tz)).cast(pa.int64()).cast(pa.timestamp(t.unit))
+        return naive.cast(pa.date32())
+    if pa.types.is_integer(t) or pa.types.is_floating(t):
+        return _epoch_days(col.cast(pa.float64()))
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return _text_days(col.cast(pa.string()))
     return pa.nulls(len(col), pa.date32())
+
+
+def _epoch_days(seconds_or_finer: pa.Array) -> pa.Array:
+    magnitude = pc.abs(seconds_or_finer)
+    per_second = pa.array([1.0] * len(seconds_or_finer))
+    for limit, unit in reversed(_EPOCH_UNITS):
+        factor = {"s": 1.0, "ms": 1e3, "us": 1e6}[unit]
+        per_second = pc.if_else(pc.less(magnitude, limit), factor, per_second)
+    per_second = pc.if_else(pc.greater_equal(magnitude, _EPOCH_UNITS[-1][0]), 1e9, per_second)
+    days = pc.floor(pc.divide(pc.divide(seconds_or_finer, per_second), 86400.0))
+    valid = pc.and_(pc.is_finite(days), pc.less(pc.abs(days), 2_900_000))  # within date32's years
+    return pc.if_else(valid, days, None).cast(pa.int32()).cast(pa.date32())
+
+
+def _text_days(col: pa.Array) -> pa.Array:
+    """ISO text: with a zone, the UTC day of that instant; without one (a date, a naive time), the
+    date written."""
+    zoned = pc.fill_null(pc.match_substring_regex(col, _ZONED), False)
+    instants = _cast(pc.if_else(zoned, col, None), pa.timestamp("ns", "UTC"))
+    from_instant = utc_days(instants)
+    head = pc.utf8_slice_codeunits(col, 0, 10)
+    dated = pc.if_else(pc.match_substring_regex(head, r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"), head, None)
+    from_text = _cast(dated, pa.date32())
+    return pc.if_else(zoned, from_instant, from_text)

@@ -26,7 +26,7 @@ from ingest.config import Settings
 from ingest.faults import crash_point
 from ingest.keys import KeyAllocator, KeyTemplate
 from ingest.logs import get_logger
-from ingest.parquet import Encoder
+from ingest.parquet import Encoder, load_schema_blob, schema_blob
 from ingest.r2.client import R2Client
 from ingest.sources.base import Item, Source, SourceUnit
 from ingest.spool import Spool, SpooledObject
@@ -96,7 +96,10 @@ class Pipeline:
         self.stats = Stats()
         self.bucket = settings.r2.bucket
         self.client = client
-        self.encoder = Encoder(settings.output, spool.dir, spool.dead)
+        self.encoder = Encoder(
+            settings.output, spool.dir, spool.dead, load_schema_blob(self.journal.meta("schema"))
+        )
+        self._journaled_schema = self.encoder.schema
         prefix = settings.output.prefix
         self.template = KeyTemplate(settings.output.key_template, prefix)
         self.uploader = Uploader(
@@ -272,7 +275,10 @@ class Pipeline:
                 crash_point("encoded")
                 spans = [(u.id, a, b) for u, ranges in batch.spans.items() for a, b in ranges]
                 rows = [o.row() for o in encoded]
-                await self.spool.durably("journal batch", self.journal.spooled, batch.id, spans, rows)
+                schema = self.encoder.schema
+                blob = schema_blob(schema) if schema != self._journaled_schema else None
+                await self.spool.durably("journal batch", self.journal.spooled, batch.id, spans, rows, blob)
+                self._journaled_schema = schema
                 crash_point("spooled")
             except (OSError, sqlite3.OperationalError) as exc:
                 for obj in encoded:

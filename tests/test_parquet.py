@@ -54,16 +54,47 @@ def test_types_unify_across_files_int_float_and_null(tmp_path: Path) -> None:
     assert pq.ParquetFile(obj.path).metadata.row_group(0).column(0).compression == "ZSTD"
 
 
-def test_uncastable_value_goes_to_dead_letters_with_its_line(tmp_path: Path) -> None:
+def test_a_batch_mixing_numbers_and_text_keeps_every_value_as_text_whatever_the_order(
+    tmp_path: Path,
+) -> None:
+    for order in ((0, 1), (1, 0)):
+        enc = _encoder(tmp_path / str(order))
+        parts = [pa.table({"n": pa.array([1, 2], pa.int64())}), pa.table({"n": pa.array(["3", "three"])})]
+        [obj] = enc.encode(_batch(*(parts[i] for i in order)))
+        assert sorted(pq.read_table(obj.path).column("n").to_pylist()) == ["1", "2", "3", "three"]
+        assert _dead(tmp_path / str(order)) == []
+
+
+def test_a_value_that_does_not_fit_the_tables_known_type_is_a_dead_letter_naming_field_type_value(
+    tmp_path: Path,
+) -> None:
     enc = _encoder(tmp_path)
-    a = pa.table({"n": pa.array([1, 2], pa.int64())})
-    b = pa.table({"n": pa.array(["3", "three", "4"])})
-    [obj] = enc.encode(_batch(a, b))
-    assert pq.read_table(obj.path).column("n").to_pylist() == [1, 2, 3, 4]
+    enc.encode(_batch(pa.table({"n": pa.array([1.5], pa.float64())})))  # the table's n is double now
+    [obj] = enc.encode(_batch(pa.table({"n": pa.array(["3", "three", "4"])})))
+    assert pq.read_table(obj.path).column("n").to_pylist() == [3.0, 4.0]
     [letter] = _dead(tmp_path)
-    assert letter["source"] == "in.jsonl" and letter["line"] == 4
+    assert letter["source"] == "in.jsonl" and letter["line"] == 2
     assert "field 'n'" in str(letter["reason"]) and "'three'" in str(letter["reason"])
-    assert json.loads(str(letter["raw"])) == {"n": "three"}
+    assert "double" in str(letter["reason"])
+    assert json.loads(str(letter["raw"])) == {"n": "three"}  # no source file here: the row as JSON
+
+
+def test_known_types_widen_and_survive_a_restart(tmp_path: Path) -> None:
+    from ingest.parquet import load_schema_blob, schema_blob
+
+    enc = _encoder(tmp_path)
+    [a] = enc.encode(_batch(pa.table({"v": pa.array([1], pa.int64())})))
+    assert pq.read_table(a.path).schema.field("v").type == pa.int64()
+    [b] = enc.encode(_batch(pa.table({"v": pa.array([2.5])})))  # int → double: widened, not refused
+    assert pq.read_table(b.path).column("v").to_pylist() == [2.5]
+    learned = load_schema_blob(schema_blob(enc.schema))
+    again = Encoder(OutputConfig(), tmp_path / "spool", DeadLetters(tmp_path / "dead"), learned)
+    [c] = again.encode(_batch(pa.table({"v": pa.array([3], pa.int64())}), pa.table({"v": pa.array(["x"])})))
+    assert pq.read_table(c.path).schema.field("v").type == pa.float64()
+    assert pq.read_table(c.path).column("v").to_pylist() == [3.0]
+    assert [d["reason"] for d in _dead(tmp_path)] == [
+        "field 'v': value 'x' does not fit the table's type double (output.schema_file can set another)"
+    ]
 
 
 def test_explicit_schema_file_fixes_types(tmp_path: Path) -> None:

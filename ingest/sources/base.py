@@ -41,6 +41,7 @@ class SourceUnit:
     position: tuple[int, int] = (0, 1)  # (byte offset, line) where a resumable read goes on
     read_stat: tuple[int, int, int] | None = None  # (inode, size, mtime_ns) when its last byte was read
     read_error: str | None = None  # the last read failed: never ack; read again later
+    raw_lines: Callable[[list[int]], dict[int, bytes]] | None = None  # line number → its raw text
 
     def read_again(self) -> None:
         """Read from the top next time, skipping every row already taken (parsing is deterministic):

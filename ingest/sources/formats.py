@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,8 +20,9 @@ import pyarrow.json as pjson
 import pyarrow.parquet as pq
 
 from ingest.deadletters import MAX_RAW, DeadLetter
+from ingest.sources.types import column_from_values, infer_text, lossy_doubles, recognise_timestamps
 
-Format = Literal["jsonl", "csv", "parquet"]
+Format = Literal["jsonl", "json", "csv", "parquet"]
 READ_BLOCK = 32 << 20
 PARQUET_BATCH_ROWS = 256 * 1024
 DEFAULT_MAX_RECORD = 8 << 20
@@ -32,7 +33,7 @@ Dead = Callable[[list[DeadLetter]], None]
 Position = tuple[int, int]  # (byte offset, line number) where a resumable read continues
 
 _COMPRESSION = {".gz": "gzip", ".zst": "zstd", ".zstd": "zstd"}
-_FORMATS: dict[str, Format] = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv"}
+_FORMATS: dict[str, Format] = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv"}
 
 
 def detect(path: Path, configured: str = "") -> tuple[Format, str | None] | None:
@@ -79,8 +80,11 @@ def read_file(
     if fmt == "parquet":
         _read_parquet(path, emit)
         return (0, 1)
+    if fmt == "json" and _is_document(path, compression):
+        _read_document(path, compression, source, emit, dead)
+        return (0, 1)
     with pa.input_stream(str(path), compression=compression) as stream:
-        if fmt == "jsonl":
+        if fmt in ("jsonl", "json"):
             piece = READ_BLOCK if compression is None else COMPRESSED_PIECE
             if start[0]:
                 stream.seek(start[0])
@@ -89,6 +93,130 @@ def read_file(
             return start[0] + offset, line
         _read_csv(stream, path, compression, source, emit, dead)
         return (0, 1)
+
+
+DOCUMENT_LIMIT = 256 << 20  # a .json document is parsed whole: bigger ones should be JSON lines
+DOCUMENT_GROUP = 50_000  # records per emitted table
+
+
+def _is_document(path: Path, compression: str | None) -> bool:
+    """A `.json` file is a JSON document (an array, or one object over several lines) unless its
+    first line is a whole JSON value (then it is JSON lines)."""
+    with pa.input_stream(str(path), compression=compression) as stream:
+        head = stream.read(COMPRESSED_PIECE)
+    text = head.lstrip()
+    if text.startswith(b"["):
+        return True
+    first, newline, _ = text.partition(b"\n")
+    if not newline and len(head) == COMPRESSED_PIECE:
+        return True  # a first line longer than this is no JSON-lines record we would read anyway
+    try:
+        json.loads(first)
+    except ValueError:
+        return bool(text)
+    return False
+
+
+def _read_document(path: Path, compression: str | None, source: str, emit: Emit, dead: Dead) -> None:
+    """A whole JSON document: its objects become rows, numbered by the line each starts on. A
+    document that does not parse is refused whole (never partly ingested): the file is kept."""
+    with pa.input_stream(str(path), compression=compression) as stream:
+        data = stream.read(DOCUMENT_LIMIT + 1)
+    if len(data) > DOCUMENT_LIMIT:
+        raise pa.ArrowInvalid(
+            f"a JSON document over {DOCUMENT_LIMIT >> 20} MiB; write it as JSON lines (.jsonl) instead"
+        )
+    try:
+        text = data.decode("utf-8")
+        elements = _elements(text)
+    except UnicodeDecodeError as exc:
+        raise pa.ArrowInvalid(f"not UTF-8: {exc}; nothing of it was ingested") from None
+    except json.JSONDecodeError as exc:
+        raise pa.ArrowInvalid(
+            f"not a valid JSON document: {exc.msg} at line {exc.lineno} column {exc.colno}; "
+            "nothing of it was ingested"
+        ) from None
+    records: list[dict[str, Any]] = []
+    lines: list[int] = []
+    bad: list[DeadLetter] = []
+    for n, (value, line) in enumerate(elements, 1):
+        if isinstance(value, dict):
+            records.append(value)
+            lines.append(line)
+        else:
+            reason = f"element {n} of the document is not a JSON object: {type(value).__name__}"
+            bad.append(DeadLetter(source, line, reason, json.dumps(value, ensure_ascii=False)))
+    dead(bad)
+    for i in range(0, len(records), DOCUMENT_GROUP):
+        group = lines[i : i + DOCUMENT_GROUP]
+        emit(table_from_records(records[i : i + DOCUMENT_GROUP]), group[0], group)
+
+
+def _elements(text: str) -> list[tuple[Any, int]]:
+    """(value, line it starts on) of each element of a top-level array, or of the one value."""
+    decoder = json.JSONDecoder()
+    out: list[tuple[Any, int]] = []
+    pos, line, counted = _skip_space(text, 0), 1, 0
+
+    def line_at(i: int) -> int:
+        nonlocal line, counted
+        line += text.count("\n", counted, i)
+        counted = i
+        return line
+
+    if not text[pos:].startswith("["):
+        value, end = decoder.raw_decode(text, pos)
+        out.append((value, line_at(pos)))
+    else:
+        pos = _skip_space(text, pos + 1)
+        end = pos + 1 if text.startswith("]", pos) else -1
+        while end < 0:
+            value, after = decoder.raw_decode(text, pos)
+            out.append((value, line_at(pos)))
+            pos = _skip_space(text, after)
+            if text.startswith("]", pos):
+                end = pos + 1
+            elif text.startswith(",", pos):
+                pos = _skip_space(text, pos + 1)
+            else:
+                raise json.JSONDecodeError("expected ',' or ']'", text, pos)
+    if _skip_space(text, end) != len(text):
+        raise json.JSONDecodeError("extra data after the document", text, _skip_space(text, end))
+    return out
+
+
+def _skip_space(text: str, pos: int) -> int:
+    while pos < len(text) and text[pos] in " \t\r\n":
+        pos += 1
+    return pos
+
+
+def raw_lines(path: Path, compression: str | None, wanted: list[int]) -> dict[int, bytes]:
+    """The raw text of the given 1-based lines of a text file (for dead letters; at most MAX_RAW
+    bytes each), read in one pass that stops after the last one wanted."""
+    want, out = set(wanted), dict[int, bytes]()
+    if not want:
+        return out
+    last = max(want)
+    with pa.input_stream(str(path), compression=compression) as stream:
+        line, carry = 1, b""
+        while line <= last:
+            data = stream.read(COMPRESSED_PIECE)
+            if not data:
+                if line in want and carry:
+                    out[line] = carry[:MAX_RAW]
+                break
+            buf = carry + data
+            start = 0
+            while (end := buf.find(b"\n", start)) >= 0:
+                if line in want:
+                    out[line] = buf[start:end][:MAX_RAW]
+                line += 1
+                start = end + 1
+                if line > last:
+                    break
+            carry = buf[start : start + MAX_RAW]  # a line's head is all a dead letter keeps
+    return out
 
 
 def _read_parquet(path: Path, emit: Emit) -> None:
@@ -105,6 +233,7 @@ class _JsonLines:
     dead: Dead
     max_record: int
     piece: int = READ_BLOCK  # read size; small for compressed input
+    text_fields: set[str] = field(default_factory=set)  # read as text, typed by ingest.sources.types
 
     def read(self, stream: Any, line: int = 1, settled: Callable[[], bool] = lambda: True) -> Position:
         """Parse to the end of `stream`; returns (bytes consumed, next line number). At the end, a
@@ -192,10 +321,12 @@ class _JsonLines:
             self.block(block[b + 1 :], line + 1)
             return
         try:
-            table = pjson.read_json(pa.BufferReader(block))
+            table = self._parse(block)
         except pa.ArrowInvalid as exc:
             if "Empty JSON file" in str(exc):
                 return
+            table = None
+        if table is None:  # types conflict between lines, or a number the fast reader changes
             _parse_json_slowly(block, first_line, self.source, self.emit, self.dead)
             return
         expected = block.count(b"\n") + (0 if block.endswith(b"\n") else 1)
@@ -204,6 +335,22 @@ class _JsonLines:
         else:  # blank lines were skipped: number the rows explicitly
             lines = [first_line + i for i, text in enumerate(block.split(b"\n")) if text.strip()]
             self.emit(table, first_line, lines[: table.num_rows])
+
+    def _parse(self, block: bytes) -> pa.Table | None:
+        """pyarrow's reader, with timestamps kept as text (it would drop their zone) and recognised
+        by our rules; None when only a per-line parse keeps every value exact."""
+        options = None
+        if self.text_fields:
+            schema = pa.schema([(name, pa.string()) for name in sorted(self.text_fields)])
+            options = pjson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="infer")
+        table = pjson.read_json(pa.BufferReader(block), parse_options=options)
+        stamps = {f.name for f in table.schema if pa.types.is_timestamp(f.type)}
+        if stamps - self.text_fields:
+            self.text_fields |= stamps
+            return self._parse(block)
+        if lossy_doubles(table):
+            return None
+        return recognise_timestamps(table)
 
 
 def _long_line(block: bytes, limit: int) -> tuple[int, int] | None:
@@ -233,38 +380,43 @@ def _parse_json_slowly(block: bytes, first_line: int, source: str, emit: Emit, d
     """Per-line fallback for a block pyarrow refused: keep every good record, dead-letter the rest."""
     records: list[dict[str, Any]] = []
     lines: list[int] = []
-    schema: pa.Schema | None = None
     bad: list[DeadLetter] = []
     for i, raw in enumerate(block.split(b"\n")):
         if not raw.strip():
             continue
         number = first_line + i
-        try:
-            value = json.loads(raw.decode("utf-8"))
-        except UnicodeDecodeError as exc:
-            bad.append(DeadLetter(source, number, f"invalid UTF-8: {exc}", raw))
-            continue
-        except ValueError as exc:
-            bad.append(DeadLetter(source, number, f"invalid JSON: {exc}", raw))
-            continue
-        if not isinstance(value, dict):
-            bad.append(DeadLetter(source, number, f"not a JSON object: {type(value).__name__}", raw))
-            continue
-        try:
-            row_schema = pa.Table.from_pylist([value]).schema
-            schema = row_schema if schema is None else _unify(schema, row_schema)
-        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OverflowError) as exc:
-            bad.append(DeadLetter(source, number, f"type conflicts with earlier lines: {exc}", raw))
-            continue
-        records.append(value)
-        lines.append(number)
+        value = _record(raw, source, number, bad)
+        if value is not None:
+            records.append(value)
+            lines.append(number)
     dead(bad)
     if records:
-        emit(pa.Table.from_pylist(records, schema=schema), first_line, lines)
+        emit(table_from_records(records), first_line, lines)
 
 
-def _unify(a: pa.Schema, b: pa.Schema) -> pa.Schema:
-    return pa.unify_schemas([a, b], promote_options="permissive")
+def _record(raw: bytes, source: str, line: int, bad: list[DeadLetter]) -> dict[str, Any] | None:
+    try:
+        value = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        bad.append(DeadLetter(source, line, f"invalid UTF-8: {exc}", raw))
+        return None
+    except ValueError as exc:
+        bad.append(DeadLetter(source, line, f"invalid JSON: {exc}", raw))
+        return None
+    if not isinstance(value, dict):
+        bad.append(DeadLetter(source, line, f"not a JSON object: {type(value).__name__}", raw))
+        return None
+    return value
+
+
+def table_from_records(records: list[dict[str, Any]]) -> pa.Table:
+    """Records parsed one by one into columns whose types never depend on the records' order: a
+    field whose values are of different kinds holds their text (see ingest.sources.types)."""
+    names: dict[str, None] = {}
+    for r in records:
+        names.update(dict.fromkeys(r))
+    columns = [column_from_values([r.get(name) for r in records]) for name in names]
+    return recognise_timestamps(pa.table(columns, names=list(names)))
 
 
 def _read_csv(stream: Any, path: Path, compression: str | None, source: str, emit: Emit, dead: Dead) -> None:
@@ -281,43 +433,41 @@ def _read_csv(stream: Any, path: Path, compression: str | None, source: str, emi
 
     emitted = 0
 
-    def send(batch: pa.RecordBatch) -> None:
+    def send(table: pa.Table) -> None:
         nonlocal emitted
-        lines = _csv_lines(emitted, batch.num_rows, skipped) if skipped else None
-        emit(pa.Table.from_batches([batch]), emitted + 2, lines)
-        emitted += batch.num_rows
+        lines = _csv_lines(emitted, table.num_rows, skipped) if skipped else None
+        emit(infer_text(table), emitted + 2, lines)
+        emitted += table.num_rows
 
     parse = pcsv.ParseOptions(newlines_in_values=True, invalid_row_handler=on_invalid)
     read = pcsv.ReadOptions(block_size=READ_BLOCK, use_threads=False)
+    # Every cell is read as text and typed by ingest.sources.types, so `01234` stays `01234`.
+    names = _csv_header(path, compression)
+    if names is None:
+        dead(invalid)
+        return
+    convert = pcsv.ConvertOptions(column_types=dict.fromkeys(names, pa.string()))
     try:
-        reader = pcsv.open_csv(stream, read_options=read, parse_options=parse)
+        reader = pcsv.open_csv(stream, read_options=read, parse_options=parse, convert_options=convert)
         for batch in reader:
-            send(batch)
+            send(pa.Table.from_batches([batch]))
     except pa.ArrowInvalid as exc:
-        if "Empty CSV file" in str(exc):
-            dead(invalid)
-            return
-        if "conversion error" not in str(exc).lower() and "In CSV column" not in str(exc):
-            dead([*invalid, DeadLetter(source, emitted + 2, f"unreadable from this row on: {exc}")])
-            return
-        # A later block holds a value the first block's types cannot take: read the file again as
-        # text, skipping the rows already sent, and let the encoder cast (misfits become dead letters).
-        names = reader.schema.names
-        already, emitted = emitted, 0
-        invalid.clear()
-        skipped.clear()
-        convert = pcsv.ConvertOptions(column_types=dict.fromkeys(names, pa.string()))
-        with pa.input_stream(str(path), compression=compression) as again:
-            for batch in pcsv.open_csv(
-                again, read_options=read, parse_options=parse, convert_options=convert
-            ):
-                if emitted + batch.num_rows <= already:
-                    emitted += batch.num_rows
-                    continue
-                if emitted < already:
-                    batch, emitted = batch.slice(already - emitted), already
-                send(batch)
+        if "Empty CSV file" not in str(exc):
+            invalid.append(DeadLetter(source, emitted + 2, f"unreadable from this row on: {exc}"))
     dead(invalid)
+
+
+def _csv_header(path: Path, compression: str | None) -> list[str] | None:
+    """The column names (the header row), read with a small block; None for an empty file."""
+    read = pcsv.ReadOptions(block_size=1 << 20, use_threads=False)
+    parse = pcsv.ParseOptions(newlines_in_values=True, invalid_row_handler=lambda row: "skip")
+    with pa.input_stream(str(path), compression=compression) as stream:
+        try:
+            return list(pcsv.open_csv(stream, read_options=read, parse_options=parse).schema.names)
+        except pa.ArrowInvalid as exc:
+            if "Empty CSV file" in str(exc):
+                return None
+            raise
 
 
 def _csv_lines(first: int, n: int, skipped: list[int]) -> list[int]:

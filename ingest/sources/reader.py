@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import anyio
@@ -24,7 +25,7 @@ from ingest.config import SourceConfig
 from ingest.deadletters import DeadLetters
 from ingest.logs import get_logger
 from ingest.sources.base import Item, SourceUnit, UnitRead, Units
-from ingest.sources.formats import detect, read_file, resumable
+from ingest.sources.formats import detect, raw_lines, read_file, resumable
 
 log = get_logger("ingest.sources.reader")
 READERS = 2  # files parsed at once; pyarrow also uses threads inside each
@@ -56,6 +57,9 @@ async def read_unit(
         for chunk in unit.chunks(table, first_line, lines):
             anyio.from_thread.run(units.wait_for_room)
             anyio.from_thread.run(send.send, chunk)
+
+    if fmt != "parquet":
+        unit.raw_lines = partial(raw_lines, path, compression)
 
     def work() -> None:
         if not resumable(fmt, compression):

@@ -35,7 +35,7 @@ def _rows_and_lines(chunks: list[tuple[list[dict[str, object]], list[int]]]) -> 
     [
         ("a.jsonl", ("jsonl", None)),
         ("a.ndjson.gz", ("jsonl", "gzip")),
-        ("a.json.zst", ("jsonl", "zstd")),
+        ("a.json.zst", ("json", "zstd")),  # a document or JSON lines, told by its content
         ("a.CSV", ("csv", None)),
         ("a.csv.gz", ("csv", "gzip")),
         ("a.parquet", ("parquet", None)),
@@ -134,3 +134,31 @@ def test_parquet_streams_in_batches(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     chunks, _ = _read(tmp_path / "a.parquet")
     assert [len(t) for t, _ in chunks] == [10, 10, 10, 5]
     assert chunks[3][1] == [31, 32, 33, 34, 35]
+
+
+def test_a_growing_file_is_read_from_where_it_stopped_and_a_half_line_waits(tmp_path: Path) -> None:
+    path = tmp_path / "live.jsonl"
+    path.write_bytes(b'{"id": 1}\n{"id": 2}\n{"id"')
+    rows: list[tuple[object, int]] = []
+    dead: list[DeadLetter] = []
+
+    def emit(table: pa.Table, first: int, lines: list[int] | None) -> None:
+        numbers = lines or [first + i for i in range(table.num_rows)]
+        rows.extend((r["id"], n) for r, n in zip(table.to_pylist(), numbers, strict=True))
+
+    def read(start: tuple[int, int], settled: bool) -> tuple[int, int]:
+        return read_file(path, "jsonl", None, "live", emit, dead.extend, start=start, settled=lambda: settled)
+
+    pos = read((0, 1), settled=False)  # the writer may still finish line 3
+    assert rows == [(1, 1), (2, 2)] and dead == [] and pos == (20, 3)
+    with path.open("ab") as fh:
+        fh.write(b': 3}\n{"id": 4}')
+    pos = read(pos, settled=True)  # done growing: the last line, without its newline, counts
+    assert rows == [(1, 1), (2, 2), (3, 3), (4, 4)] and dead == []
+    assert pos == (path.stat().st_size, 5)
+
+
+def test_raw_lines_returns_lines_as_written(tmp_path: Path) -> None:
+    path = tmp_path / "a.jsonl.gz"
+    path.write_bytes(gzip.compress(b'{"a": 1}\n{"b":  2}\nlast'))
+    assert formats.raw_lines(path, "gzip", [2, 3]) == {2: b'{"b":  2}', 3: b"last"}
