@@ -136,6 +136,7 @@ class RetryConfig(_Section):
     max: Duration = Field(default=60.0, gt=0)
     max_elapsed: Duration = Field(default=86400.0, gt=0)
     max_attempts: int = Field(default=0, ge=0)  # 0 = bounded by max_elapsed only
+    once_max_elapsed: Duration = Field(default=600.0, gt=0)  # --once: stop retrying this long after start
 
 
 class SpoolConfig(_Section):
@@ -145,6 +146,7 @@ class SpoolConfig(_Section):
 
 class ServerConfig(_Section):
     listen: str = "127.0.0.1:8080"
+    ready_failure_seconds: Duration = Field(default=30.0, gt=0)  # failing uploads this long: not ready
     upload_token: SecretStr = SecretStr("")  # bearer token for POST /v1/uploads; empty = no grants
     upload_expires: Duration = Field(default=900.0, ge=1, le=7 * 86400)  # life of a granted URL
     cors_origins: list[str] = []  # browser origins that may call the worker's API (upload grants)

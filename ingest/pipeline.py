@@ -42,18 +42,40 @@ PROBLEMS_INTERVAL = 2.0  # how often unreadable input is written down for `inges
 
 @dataclass
 class Health:
-    """Readiness for probes: false while any problem is open (store refusal, spool full, disk full)."""
+    """Readiness for probes: false while any problem is open (store refusal, spool full, disk full),
+    or while requests to the store have kept failing for `failure_seconds` (an outage or a wrong
+    endpoint must not look healthy while objects pile up)."""
 
     problems: dict[str, str] = field(default_factory=dict)
     last_upload: float | None = None  # wall clock
+    failure_seconds: float = 30.0
+    failing_since: float | None = None  # monotonic; first failure since the last success
+    last_failure: str = ""
 
     @property
     def ready(self) -> bool:
-        return not self.problems
+        return not self.open_problems
 
     @property
     def reason(self) -> str:
-        return "; ".join(self.problems.values())
+        return "; ".join(self.open_problems.values())
+
+    @property
+    def open_problems(self) -> dict[str, str]:
+        out = dict(self.problems)
+        if self.failing_since is not None:
+            failing = time.monotonic() - self.failing_since
+            if failing >= self.failure_seconds:
+                out["store"] = f"requests to the store have failed for {failing:.0f}s: {self.last_failure}"
+        return out
+
+    def request_failed(self, reason: str) -> None:
+        if self.failing_since is None:
+            self.failing_since = time.monotonic()
+        self.last_failure = reason
+
+    def request_succeeded(self) -> None:
+        self.failing_since = None
 
     def fail(self, reason: str, kind: str = "upload") -> None:
         self.problems[kind] = reason
@@ -93,6 +115,7 @@ class Pipeline:
         self.journal = spool.journal
         self.dead = spool.dead
         self.health = health or Health()
+        self.health.failure_seconds = settings.server.ready_failure_seconds
         self.stats = Stats()
         self.bucket = settings.r2.bucket
         self.client = client
@@ -111,6 +134,7 @@ class Pipeline:
             },
             settings.upload,
             settings.retry,
+            self.health,
         )
         self.once = False
         spool.retry_initial, spool.retry_max = settings.retry.initial, min(settings.retry.max, DISK_RETRY_MAX)
@@ -153,6 +177,8 @@ class Pipeline:
 
     async def run(self, once: bool) -> Stats:
         self.once = once
+        if once:  # a cron run must end: retries stop once_max_elapsed after it started
+            self.uploader.deadline = time.monotonic() + self.settings.retry.once_max_elapsed
         undecided: set[str] = set()
         for row in await self.spool.durably("recover", self.spool.damaged):
             # A damaged file whose upload may have happened before the crash: the store decides.

@@ -14,7 +14,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import aiohttp
 import anyio
@@ -43,6 +43,22 @@ log = get_logger("ingest.upload")
 T = TypeVar("T")
 BATCH_ID_META = "batch-id"  # sent as x-amz-meta-batch-id
 MAX_PARTS = 10_000
+
+
+class _StopAt(stop_base):
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        return time.monotonic() >= self.deadline
+
+
+class RequestHealth(Protocol):
+    """Told about every failed and successful request (readiness after a long outage)."""
+
+    def request_failed(self, reason: str) -> None: ...
+
+    def request_succeeded(self) -> None: ...
 
 
 class PermanentUploadError(Exception):
@@ -89,7 +105,10 @@ class Uploader:
         allocators: dict[str, KeyAllocator],  # by object kind: data, deadletters
         upload: UploadConfig,
         retry: RetryConfig,
+        health: RequestHealth | None = None,
     ) -> None:
+        self.health = health
+        self.deadline: float | None = None  # monotonic: no retry starts after it (--once)
         self.client = client
         self.bucket = bucket
         self.allocators = allocators
@@ -104,10 +123,14 @@ class Uploader:
         stop: stop_base = stop_after_delay(rc.max_elapsed)
         if rc.max_attempts:
             stop = stop_any(stop, stop_after_attempt(rc.max_attempts))
+        if self.deadline is not None:
+            stop = stop_any(stop, _StopAt(self.deadline))
 
         def before_sleep(state: RetryCallState) -> None:
             metrics.UPLOAD_RETRIES.inc()
             exc = state.outcome.exception() if state.outcome else None
+            if self.health is not None:
+                self.health.request_failed(describe(exc) if exc else "unknown error")
             log.warning(
                 "transient failure; retrying",
                 request=what,
@@ -126,7 +149,10 @@ class Uploader:
             with attempt:
                 counter[0] += 1
                 async with self.requests:
-                    return await fn()
+                    result = await fn()
+                if self.health is not None:
+                    self.health.request_succeeded()
+                return result
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def request(self, what: str, counter: list[int], op: str, **params: Any) -> dict[str, Any]:

@@ -9,6 +9,8 @@ from collections import Counter
 from pathlib import Path
 from urllib.parse import urlparse
 
+import httpx
+
 from ingest.local.seaweed import free_port_pairs
 from tests.conftest import start_local_r2, stop_local_r2
 from tests.faultproxy import FaultProxy, Faults
@@ -143,3 +145,33 @@ def test_store_down_thirty_seconds_with_a_small_spool_pauses_intake_and_loses_no
     events = [e.get("event") for e in logs_of(err)]
     assert "spool over spool.max_bytes; intake paused" in events
     assert "spool below its low-water mark; intake resumed" in events
+
+
+def test_an_unreachable_store_turns_readiness_false_and_once_gives_up_in_its_own_time(job: Job) -> None:
+    job.endpoint_url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    write_jsonl(job.inbox / "a.jsonl", [{"id": i} for i in range(5)])
+    probe = free_port()
+    job.configure(
+        sources={"settle_seconds": "50ms"},
+        batch={"max_age": "100ms"},
+        retry={"initial": "100ms", "max": "500ms", "max_elapsed": "24h", "once_max_elapsed": "3s"},
+        server={"listen": f"127.0.0.1:{probe}", "ready_failure_seconds": "2s"},
+    )
+    started = time.monotonic()
+    r = job.run_once(timeout=60)
+    assert r.returncode == 1, r.stderr
+    assert time.monotonic() - started < 30  # not retry.max_elapsed (24 h)
+    assert "not uploaded: 5 records in 1 objects, kept in" in r.stderr
+    retries = [e for e in logs_of(r.stderr) if e.get("event") == "transient failure; retrying"]
+    assert retries and all(e["level"] == "warning" and "wait" in e and e["error"] for e in retries)
+
+    proc = job.start()
+    try:
+        wait_for(lambda: readyz(probe) is not None, 60, "the probe server")
+        wait_for(lambda: readyz(probe) == 503, 20, "readiness to turn false")
+        reason = httpx.get(f"http://127.0.0.1:{probe}/readyz", timeout=2).json()["reason"]
+        assert "requests to the store have failed for" in reason
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
+    assert proc.returncode == 0
