@@ -14,11 +14,16 @@ from datetime import date, datetime
 import anyio
 
 from ingest.config import ConfigError
+from ingest.logs import get_logger
+from ingest.r2.client import R2AccessDenied
 
 _MARK = "\x00SEQ\x00"
 
 # list_keys(prefix, start_after) -> every key under prefix (after start_after)
 ListKeys = Callable[[str, str], Awaitable[list[str]]]
+# exists(key) -> whether an object is there (a HEAD)
+Exists = Callable[[str], Awaitable[bool]]
+log = get_logger("ingest.keys")
 
 
 class _SeqMark:
@@ -60,9 +65,11 @@ class KeyTemplate:
 class KeyAllocator:
     """Hands out candidate sequence numbers per date; concurrency-safe within the event loop."""
 
-    def __init__(self, template: KeyTemplate, list_keys: ListKeys) -> None:
+    def __init__(self, template: KeyTemplate, list_keys: ListKeys, exists: Exists | None = None) -> None:
         self.template = template
         self._list_keys = list_keys
+        self._exists = exists
+        self._probing = False  # LIST was denied (credentials scoped to objects under a prefix)
         self._next: dict[date, int] = {}
         self._locks: dict[date, anyio.Lock] = {}
 
@@ -87,5 +94,36 @@ class KeyAllocator:
             self._next[day] = max(self._next.get(day, 0), seq + 1, highest + 1)
 
     async def _highest(self, day: date, start_after: str) -> int:
-        keys = await self._list_keys(self.template.list_prefix(day), start_after)
-        return max((s for k in keys if (s := self.template.parse_seq(day, k)) is not None), default=0)
+        if not self._probing:
+            try:
+                keys = await self._list_keys(self.template.list_prefix(day), start_after)
+            except R2AccessDenied as exc:
+                if self._exists is None:
+                    raise
+                self._probing = True
+                log.warning(
+                    "LIST is not allowed with these credentials; finding free key numbers with HEAD",
+                    prefix=self.template.list_prefix(day),
+                    error=str(exc),
+                )
+            else:
+                return max((s for k in keys if (s := self.template.parse_seq(day, k)) is not None), default=0)
+        base = self.template.parse_seq(day, start_after) or 0 if start_after else 0
+        return await self._probe(day, base)
+
+    async def _probe(self, day: date, base: int) -> int:
+        """The highest taken number above `base`, by HEAD: doubling steps until a free number, then
+        bisection (numbers are taken in order, so the taken ones are contiguous; a gap only costs a
+        412 and another try, never an overwrite)."""
+        assert self._exists is not None
+        present, step = base, 1
+        while await self._exists(self.template.render(day, present + step)):
+            present, step = present + step, step * 2
+        absent = present + step
+        while absent - present > 1:
+            mid = (present + absent) // 2
+            if await self._exists(self.template.render(day, mid)):
+                present = mid
+            else:
+                absent = mid
+        return present

@@ -19,6 +19,7 @@ import anyio
 import anyio.to_thread
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from botocore.exceptions import ClientError
 
 from ingest import metrics
 from ingest.batch import Batch, Batcher
@@ -30,7 +31,7 @@ from ingest.parquet import Encoder, load_schema_blob, schema_blob
 from ingest.r2.client import R2Client
 from ingest.sources.base import Item, Source, SourceUnit
 from ingest.spool import Spool, SpooledObject
-from ingest.upload import Uploader, describe
+from ingest.upload import Uploader, describe, status_of
 
 log = get_logger("ingest.pipeline")
 ENCODERS = 2  # batches encoded at once (pyarrow releases the GIL: this is what uses both cores)
@@ -129,8 +130,10 @@ class Pipeline:
             client,
             self.bucket,
             {
-                "data": KeyAllocator(self.template, self._list_keys),
-                "deadletters": KeyAllocator(KeyTemplate(ERRORS_TEMPLATE, prefix), self._list_keys),
+                "data": KeyAllocator(self.template, self._list_keys, self._key_exists),
+                "deadletters": KeyAllocator(
+                    KeyTemplate(ERRORS_TEMPLATE, prefix), self._list_keys, self._key_exists
+                ),
             },
             settings.upload,
             settings.retry,
@@ -445,6 +448,15 @@ class Pipeline:
         self._units.pop(unit.id, None)
         self.stats.units_acked += 1
         metrics.UNITS_ACKED.inc()
+
+    async def _key_exists(self, key: str) -> bool:
+        try:
+            await self.uploader.request(f"head {key}", [0], "head_object", Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if status_of(exc)[0] == 404:
+                return False
+            raise
+        return True
 
     async def _list_keys(self, prefix: str, start_after: str) -> list[str]:
         keys: list[str] = []

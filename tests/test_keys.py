@@ -69,3 +69,27 @@ async def test_a_conflict_looks_past_every_number_taken_meanwhile() -> None:
     await alloc.taken(DAY, 3)  # an older conflict: no second LIST
     assert await alloc.candidate(DAY) == 40
     assert calls == ["", "2024/08/02/ingested_0004.parquet"]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("taken", [0, 1, 2, 5, 37, 64, 1000])
+async def test_when_list_is_denied_free_numbers_are_found_with_few_heads(taken: int) -> None:
+    from ingest.r2.client import R2AccessDenied
+
+    t = KeyTemplate("{prefix}{date:%Y/%m/%d}/ingested_{seq:04d}.parquet", "s9/")
+    bucket = {t.render(DAY, n) for n in range(1, taken + 1)}
+    heads: list[str] = []
+
+    async def list_keys(prefix: str, start_after: str) -> list[str]:
+        raise R2AccessDenied("temporary credentials are scoped to bucket b, prefixes s9/")
+
+    async def exists(key: str) -> bool:
+        heads.append(key)
+        return key in bucket
+
+    alloc = KeyAllocator(t, list_keys, exists)
+    assert await alloc.candidate(DAY) == taken + 1
+    assert len(heads) <= 2 * (taken + 1).bit_length() + 1  # logarithmic, not one per object
+    bucket |= {t.render(DAY, n) for n in range(taken + 1, taken + 4)}  # another writer took 3 more
+    await alloc.taken(DAY, taken + 1)
+    assert await alloc.candidate(DAY) == taken + 4

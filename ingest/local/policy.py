@@ -132,7 +132,15 @@ def session_policy(bucket: str, permission: str, prefixes: list[str], objects: l
     resources = [f"arn:aws:s3:::{bucket}/{p}*" for p in prefixes] + [
         f"arn:aws:s3:::{bucket}/{o}" for o in objects
     ] or [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"]
-    return {
-        "Version": "2012-10-17",
-        "Statement": [{"Effect": "Allow", "Action": actions, "Resource": resources}],
-    }
+    statements: list[dict[str, Any]] = [{"Effect": "Allow", "Action": actions, "Resource": resources}]
+    if prefixes:
+        # LIST inside the scope: R2 lets prefix-scoped credentials list their own prefixes.
+        statements.append(
+            {
+                "Effect": "Allow",
+                "Action": ["s3:ListBucket"],
+                "Resource": [f"arn:aws:s3:::{bucket}"],
+                "Condition": {"StringLike": {"s3:prefix": [f"{p}*" for p in prefixes]}},
+            }
+        )
+    return {"Version": "2012-10-17", "Statement": statements}

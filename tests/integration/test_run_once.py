@@ -193,3 +193,21 @@ def test_once_on_a_tty_shows_progress(job: Job) -> None:
     screen = b"".join(chunks).decode(errors="replace")
     assert "uploading" in screen and "records" in screen  # the rich progress bar was drawn
     assert "uploaded 5,000 records in 1 objects" in screen
+
+
+def test_temporary_credentials_scoped_to_the_output_prefix_can_upload(job: Job) -> None:
+    write_jsonl(job.inbox / "a.jsonl", _rows(0, 10))
+    job.configure(output={"prefix": job.prefix})
+    env = {
+        "R2_AUTH_MODE": "temporary",
+        "R2_API_TOKEN": job.r2.api_token,
+        "CLOUDFLARE_API_BASE_URL": job.r2.api_base_url,
+    }
+    r = job.run_once(**env, R2_ACCESS_KEY_ID="", R2_SECRET_ACCESS_KEY="")
+    assert r.returncode == 0, r.stderr
+    write_jsonl(job.inbox / "b.jsonl", _rows(10, 10))
+    r = job.run_once(**env, R2_ACCESS_KEY_ID="", R2_SECRET_ACCESS_KEY="")
+    assert r.returncode == 0, r.stderr
+    day = today_dir()
+    assert job.keys() == [f"{job.prefix}{day}/ingested_{n:04d}.parquet" for n in (1, 2)]
+    assert sorted(int(row["id"]) for row in job.rows()) == list(range(20))

@@ -176,3 +176,17 @@ async def test_expiry_metric_is_the_expiry_time(local_r2: LocalR2) -> None:
     async with temporary(local_r2, ttl=900, prefix="metric/"):
         value = REGISTRY.get_sample_value("ingest_credential_expiry_timestamp_seconds")
     assert value is not None and before + 890 <= value <= time.time() + 900
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("ttl", [300, 1800])  # both kinds the local R2 mints: identity, and STS
+async def test_prefix_scoped_credentials_list_inside_their_prefix_only(local_r2: LocalR2, ttl: int) -> None:
+    prefix = f"scoped-{uuid.uuid4().hex[:6]}/"
+    async with temporary(local_r2, ttl=ttl, prefix=prefix) as (_provider, client):
+        await client.call("put_object", Bucket=local_r2.bucket, Key=f"{prefix}2024/08/02/a", Body=b"1")
+        for inside in (prefix, f"{prefix}2024/08/02/"):
+            listed = await client.call("list_objects_v2", Bucket=local_r2.bucket, Prefix=inside)
+            assert [o["Key"] for o in listed["Contents"]] == [f"{prefix}2024/08/02/a"]
+        for outside in ("", "other/", prefix.rstrip("/")):
+            with pytest.raises(R2AccessDenied, match=f"prefixes {prefix}"):
+                await client.call("list_objects_v2", Bucket=local_r2.bucket, Prefix=outside)
