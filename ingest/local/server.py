@@ -21,13 +21,15 @@ from ingest.config import Settings, write_env_file
 from ingest.local import policy as pol
 from ingest.local.emulator import API_PREFIX, Emulator
 from ingest.local.identities import IdentityStore
-from ingest.local.seaweed import SeaweedServer
+from ingest.local.seaweed import SeaweedError, SeaweedServer
 from ingest.local.state import LocalState, TokenRecord, new_token_value, utc_iso
 from ingest.logs import get_logger, register_secret
 from ingest.r2.credentials import derive_secret
 from ingest.r2.tokens import ITEM_WRITE, bucket_resource
 
 log = get_logger("ingest.local")
+SUPERVISE_INTERVAL = 0.5
+MAX_RESTARTS, RESTART_WINDOW = 3, 300.0
 DEFAULT_DIR = Path(".ingest/local")
 DEFAULT_BUCKET = "ingest"
 
@@ -88,17 +90,27 @@ def _loopback_socket(port: int) -> socket.socket:
 
 class LocalR2:
     def __init__(
-        self, directory: Path = DEFAULT_DIR, bucket: str = DEFAULT_BUCKET, s3_port: int = 0, api_port: int = 0
+        self,
+        directory: Path = DEFAULT_DIR,
+        bucket: str = DEFAULT_BUCKET,
+        s3_port: int = 0,
+        api_port: int = 0,
+        new_ports: bool = False,
     ) -> None:
         self.dir = directory.resolve()
         self.state_path = self.dir / "state.json"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.state = LocalState.load(self.state_path) or LocalState.new(bucket)
         self.state.save(self.state_path)
+        saved = {} if new_ports else dict(self.state.ports)
         self.seaweed = SeaweedServer(
-            self.dir, self.state.admin_access_key, self.state.admin_secret_key, s3_port
+            self.dir,
+            self.state.admin_access_key,
+            self.state.admin_secret_key,
+            s3_port,
+            saved if set(saved) >= {"s3", "master", "volume", "filer", "admin"} else None,
         )
-        self._api_port = api_port
+        self._api_port = api_port or saved.get("api", 0)
         register_secret(self.state.admin_secret_key, self.state.sts_secret_key)
 
     @asynccontextmanager
@@ -112,7 +124,15 @@ class LocalR2:
             self.state.admin_access_key,
             self.state.admin_secret_key,
         )
-        sock = _loopback_socket(self._api_port)
+        try:
+            sock = _loopback_socket(self._api_port)
+        except OSError as exc:
+            await anyio.to_thread.run_sync(self.seaweed.stop)
+            raise SeaweedError(
+                f"API port {self._api_port} kept for {self.dir} is in use ({exc.strerror}); stop what "
+                "holds it, or start with --new-ports"
+            ) from None
+        self.state.ports = {**self.seaweed.ports.saved(), "api": sock.getsockname()[1]}
         try:
             emulator = Emulator(self.state, self.state_path, store)
             await self._bootstrap(store, emulator)
@@ -120,15 +140,43 @@ class LocalR2:
             server = uvicorn.Server(config)
             async with anyio.create_task_group() as tg:
                 tg.start_soon(server.serve, [sock])
+                supervisor = anyio.CancelScope()
+                tg.start_soon(self._supervise, supervisor)
                 while not server.started:  # noqa: ASYNC110 (uvicorn exposes a flag, not an event)
                     await anyio.sleep(0.02)
                 yield self.info(f"http://127.0.0.1:{sock.getsockname()[1]}{API_PREFIX}")
+                supervisor.cancel()
                 server.should_exit = True
         finally:
             sock.close()
             await store.aclose()
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(self.seaweed.stop)
+
+    async def _supervise(self, scope: anyio.CancelScope) -> None:
+        """Restart SeaweedFS on the same ports when it dies; give up (raising, so `ingest local`
+        exits non-zero saying why) when it dies again and again. Ends when `scope` is cancelled."""
+        with scope:
+            await self._watch_seaweed()
+
+    async def _watch_seaweed(self) -> None:
+        deaths: list[float] = []
+        while True:
+            await anyio.sleep(SUPERVISE_INTERVAL)
+            code = self.seaweed.exited()
+            if code is None:
+                continue
+            now = anyio.current_time()
+            deaths = [t for t in deaths if now - t < RESTART_WINDOW] + [now]
+            tail = self.seaweed.log_tail()
+            if len(deaths) > MAX_RESTARTS:
+                raise SeaweedError(
+                    f"SeaweedFS exited with {code} {len(deaths)} times in {RESTART_WINDOW:.0f}s; giving up "
+                    f"(see {self.dir / 'weed.log'}: {tail})"
+                )
+            log.error("seaweedfs exited unexpectedly; restarting it on the same ports", code=code, log=tail)
+            self.seaweed.spawn()  # on the event loop's thread, which lives as long as the process
+            await anyio.to_thread.run_sync(self.seaweed.wait_ready)
 
     async def _bootstrap(self, store: IdentityStore, emulator: Emulator) -> None:
         st = self.state

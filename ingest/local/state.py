@@ -65,6 +65,9 @@ class LocalState:
     sts_secret_key: str = ""
     tokens: dict[str, TokenRecord] = field(default_factory=dict)
     temp: dict[str, TempCredential] = field(default_factory=dict)
+    # Ports chosen on the first start (s3, master, volume, filer, admin, api): kept, so env files and
+    # running workers stay right across restarts.
+    ports: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def new(cls, default_bucket: str) -> LocalState:

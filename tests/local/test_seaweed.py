@@ -45,3 +45,68 @@ def test_no_orphan_weed(tmp_path: Path, sig: signal.Signals) -> None:
     while _alive(weeds[0]) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not _alive(weeds[0]), f"weed {weeds[0]} survived {sig.name} of ingest local"
+
+
+def test_a_dead_seaweed_is_restarted_on_its_ports_and_a_restart_keeps_the_ports(tmp_path: Path) -> None:
+    from tests.conftest import read_env_file, stop_local_r2
+
+    r2 = start_local_r2(tmp_path)
+    try:
+        s3 = r2.token_s3()
+        s3.put_object(Bucket=r2.bucket, Key="kept", Body=b"1")
+        [weed] = _weed_children(r2.proc.pid)
+        os.kill(weed, signal.SIGKILL)  # SeaweedFS dies under a running `ingest local`
+        deadline = time.monotonic() + 60
+        new: list[int] = []
+        while time.monotonic() < deadline and not new:
+            new = [p for p in _weed_children(r2.proc.pid) if p != weed and _alive(p)]
+            time.sleep(0.2)
+        assert new, "SeaweedFS was not restarted"
+        deadline = time.monotonic() + 60
+        while True:  # the same endpoint answers again, with the data
+            try:
+                assert s3.get_object(Bucket=r2.bucket, Key="kept")["Body"].read() == b"1"
+                break
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.3)
+        assert r2.proc.poll() is None
+    finally:
+        stop_local_r2(r2)
+    log = (tmp_path / "ingest-local.log").read_text()
+    assert "seaweedfs exited unexpectedly; restarting it on the same ports" in log
+
+    again = start_local_r2(tmp_path)  # same --dir: the same ports, so env files stay right
+    try:
+        for name in ("R2_ENDPOINT_URL", "CLOUDFLARE_API_BASE_URL"):
+            assert again.env[name] == r2.env[name]
+        assert again.token_s3().get_object(Bucket=again.bucket, Key="kept")["Body"].read() == b"1"
+        assert read_env_file(tmp_path / "local.env") == again.env
+    finally:
+        stop_local_r2(again)
+
+
+def test_a_port_kept_for_the_directory_in_use_is_a_clear_error(tmp_path: Path) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    from tests.conftest import stop_local_r2
+
+    r2 = start_local_r2(tmp_path)
+    stop_local_r2(r2)
+    port = int(r2.endpoint_url.rsplit(":", 1)[1])
+    with socket.socket() as holder:
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        holder.bind(("127.0.0.1", port))
+        holder.listen(1)
+        r = subprocess.run(
+            [sys.executable, "-m", "ingest", "local", "--dir", str(tmp_path / "r2"), "--check"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            stdin=subprocess.DEVNULL,
+        )
+    assert r.returncode == 1, r.stderr
+    assert f"ports {port}" in r.stderr and "--new-ports" in r.stderr
