@@ -28,7 +28,7 @@ from ingest.deadletters import DeadLetter, DeadLetters
 from ingest.faults import disk_full_point
 from ingest.files import fsync_dir, sha256_of
 from ingest.sources.base import Chunk
-from ingest.sources.types import unify, widen
+from ingest.sources.types import family, text_fits, unify, widen
 from ingest.spool import SpooledObject
 
 _CAST_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError)
@@ -111,7 +111,7 @@ class Encoder:
     def encode(self, batch: Batch) -> list[SpooledObject]:
         """Parquet files for the batch, fsynced; on failure (disk full) none is left behind."""
         with self._lock:
-            self._schema = self._learn(self._schema, [c.table.schema for c in batch.chunks])
+            self._schema = self._learn(self._schema, [c.table for c in batch.chunks])
             schema = self._schema
         tables: list[pa.Table] = []
         days: list[pa.Array] = []
@@ -149,10 +149,8 @@ class Encoder:
                 continue
             col = table.column(f.name)
             if col.type != f.type:
-                try:
-                    col = col.cast(f.type)
-                except _CAST_ERRORS:
-                    col, failures = _cast_rowwise(col, f.type)
+                col, failures = _conform_column(col, f.type)
+                if failures:
                     original = table.column(f.name)
                     for row in failures:
                         bad.setdefault(
@@ -187,17 +185,19 @@ class Encoder:
             out, days = out.filter(keep), days.filter(keep)
         return out, days
 
-    def _learn(self, known: pa.Schema, schemas: list[pa.Schema]) -> pa.Schema:
-        """Widen `known` by a batch's schemas: new fields take the batch's unified type; a known field
-        widens when that holds every value unchanged, else keeps its type (misfits: dead letters)."""
-        seen: dict[str, list[pa.DataType]] = {}
-        for schema in schemas:
-            for f in schema:
-                seen.setdefault(f.name, []).append(f.type)
+    def _learn(self, known: pa.Schema, tables: list[pa.Table]) -> pa.Schema:
+        """Widen `known` by a batch: a new field takes the batch's unified type (see
+        ingest.sources.types.unify); a known field widens when that holds every value unchanged,
+        else keeps its type (misfits: dead letters)."""
+        seen: dict[str, dict[pa.DataType, int]] = {}
+        for table in tables:
+            for f, col in zip(table.schema, table.columns, strict=True):
+                counts = seen.setdefault(f.name, {})
+                counts[f.type] = counts.get(f.type, 0) + len(col) - col.null_count
         fields = {f.name: f for f in known}
         fixed = set(self.explicit.names) if self.explicit is not None else set()
-        for name, types in seen.items():
-            batch_type = unify(types)
+        for name, counts in seen.items():
+            batch_type = unify(counts)
             old = fields.get(name)
             if old is None or pa.types.is_null(old.type):
                 fields[name] = pa.field(name, batch_type)
@@ -231,6 +231,27 @@ class Encoder:
             tmp.unlink(missing_ok=True)  # never a half-written file in the spool
             raise
         return SpooledObject(object_id, batch, path, day, table.num_rows, path.stat().st_size, digest)
+
+
+def _conform_column(col: pa.ChunkedArray, to: pa.DataType) -> tuple[pa.ChunkedArray | pa.Array, list[int]]:
+    """`col` as type `to` and the rows whose value cannot be carried over unchanged: text only
+    becomes a number, boolean or time when written the way that type writes it (`01234` is no
+    int64), anything becomes text (nested values as JSON)."""
+    if pa.types.is_string(col.type) and (fits := text_fits(col, to)) is not None:
+        fits = pc.fill_null(fits, True)
+        misfit = pc.and_(pc.invert(fits), pc.is_valid(col))
+        try:
+            cast = pc.if_else(fits, col, None).cast(to)
+        except _CAST_ERRORS:
+            return _cast_rowwise(col, to)
+        return cast, pc.indices_nonzero(pc.fill_null(misfit, False)).to_pylist()
+    if pa.types.is_string(to) and family(col.type) == "nested":
+        values = [None if v is None else json.dumps(v, default=str) for v in col.to_pylist()]
+        return pa.array(values, pa.string()), []
+    try:
+        return col.cast(to), []
+    except _CAST_ERRORS:
+        return _cast_rowwise(col, to)
 
 
 def _cast_rowwise(col: pa.ChunkedArray, to: pa.DataType) -> tuple[pa.Array, list[int]]:
@@ -270,6 +291,7 @@ def _split_by_day(table: pa.Table, days: pa.Array) -> list[tuple[date, pa.Table]
 # then milliseconds up to 1e14, microseconds up to 1e17, else nanoseconds.
 _EPOCH_UNITS = ((1e11, "s"), (1e14, "ms"), (1e17, "us"))
 _ZONED = r"(Z|[-+][0-9]{2}:?[0-9]{2})$"
+_NUMBER = r"^-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?$"
 
 
 def utc_days(col: pa.ChunkedArray) -> pa.Array:
@@ -313,4 +335,6 @@ def _text_days(col: pa.Array) -> pa.Array:
     head = pc.utf8_slice_codeunits(col, 0, 10)
     dated = pc.if_else(pc.match_substring_regex(head, r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"), head, None)
     from_text = _cast(dated, pa.date32())
-    return pc.if_else(zoned, from_instant, from_text)
+    numeric = pc.fill_null(pc.match_substring_regex(col, _NUMBER), False)  # an epoch written as text
+    from_epoch = _epoch_days(_cast(pc.if_else(numeric, col, None), pa.float64()))
+    return pc.if_else(zoned, from_instant, pc.if_else(numeric, from_epoch, from_text))

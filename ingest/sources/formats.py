@@ -146,10 +146,16 @@ def _read_document(path: Path, compression: str | None, source: str, emit: Emit,
         else:
             reason = f"element {n} of the document is not a JSON object: {type(value).__name__}"
             bad.append(DeadLetter(source, line, reason, json.dumps(value, ensure_ascii=False)))
-    dead(bad)
     for i in range(0, len(records), DOCUMENT_GROUP):
-        group = lines[i : i + DOCUMENT_GROUP]
-        emit(table_from_records(records[i : i + DOCUMENT_GROUP]), group[0], group)
+        group, part = lines[i : i + DOCUMENT_GROUP], records[i : i + DOCUMENT_GROUP]
+        table, misfits = table_from_records(part)
+        if misfits:
+            bad += [DeadLetter(source, group[r], why, json.dumps(part[r])) for r, why in misfits.items()]
+            keep = [r for r in range(len(part)) if r not in misfits]
+            table, group = table.take(keep), [group[r] for r in keep]
+        if table.num_rows:
+            emit(table, group[0], group)
+    dead(bad)
 
 
 def _elements(text: str) -> list[tuple[Any, int]]:
@@ -380,6 +386,7 @@ def _parse_json_slowly(block: bytes, first_line: int, source: str, emit: Emit, d
     """Per-line fallback for a block pyarrow refused: keep every good record, dead-letter the rest."""
     records: list[dict[str, Any]] = []
     lines: list[int] = []
+    raws: list[bytes] = []
     bad: list[DeadLetter] = []
     for i, raw in enumerate(block.split(b"\n")):
         if not raw.strip():
@@ -389,9 +396,16 @@ def _parse_json_slowly(block: bytes, first_line: int, source: str, emit: Emit, d
         if value is not None:
             records.append(value)
             lines.append(number)
-    dead(bad)
+            raws.append(raw)
     if records:
-        emit(table_from_records(records), first_line, lines)
+        table, misfits = table_from_records(records)
+        if misfits:
+            bad += [DeadLetter(source, lines[r], why, raws[r]) for r, why in sorted(misfits.items())]
+            keep = [r for r in range(len(records)) if r not in misfits]
+            table, lines = table.take(keep), [lines[r] for r in keep]
+        if table.num_rows:
+            emit(table, first_line, lines)
+    dead(bad)
 
 
 def _record(raw: bytes, source: str, line: int, bad: list[DeadLetter]) -> dict[str, Any] | None:
@@ -409,14 +423,19 @@ def _record(raw: bytes, source: str, line: int, bad: list[DeadLetter]) -> dict[s
     return value
 
 
-def table_from_records(records: list[dict[str, Any]]) -> pa.Table:
-    """Records parsed one by one into columns whose types never depend on the records' order: a
-    field whose values are of different kinds holds their text (see ingest.sources.types)."""
+def table_from_records(records: list[dict[str, Any]]) -> tuple[pa.Table, dict[int, str]]:
+    """Records parsed one by one, as columns whose types never depend on the records' order, and
+    the records that do not fit them (index → reason; see ingest.sources.types)."""
     names: dict[str, None] = {}
     for r in records:
         names.update(dict.fromkeys(r))
-    columns = [column_from_values([r.get(name) for r in records]) for name in names]
-    return recognise_timestamps(pa.table(columns, names=list(names)))
+    columns, misfits = [], dict[int, str]()
+    for name in names:
+        column, bad = column_from_values(name, [r.get(name) for r in records])
+        columns.append(column)
+        for row, why in bad.items():
+            misfits.setdefault(row, why)
+    return recognise_timestamps(pa.table(columns, names=list(names))), misfits
 
 
 def _read_csv(stream: Any, path: Path, compression: str | None, source: str, emit: Emit, dead: Dead) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from typing import Any
 
 import pyarrow as pa
@@ -130,52 +131,146 @@ def _temporal(col: pa.ChunkedArray) -> pa.ChunkedArray | None:
 
 # -- JSON values parsed one by one (the slow path) ---------------------------------------------------
 
+# When a field's values are of different kinds, the most frequent kind wins (ties: this order), so a
+# row's fate depends on how many rows agree with it, never on their order.
+PREFERENCE = {"number": 5, "time": 4, "bool": 3, "nested": 2, "text": 1}
 
-def column_from_values(values: list[Any]) -> pa.Array:
-    """An Arrow column for JSON values of one field, exactly: integers past int64 (or mixed with
-    fractions past 2**53) and values of different kinds become their JSON text."""
-    kinds = {_kind(v) for v in values if v is not None}
-    if kinds == {"int"} and all(-(2**63) <= v < 2**63 for v in values if v is not None):
-        return pa.array(values, pa.int64())
-    if kinds <= {"int", "float"} and all(abs(v) < SAFE_INT or isinstance(v, float) for v in values if v):
-        return pa.array([None if v is None else float(v) for v in values], pa.float64())
-    if len(kinds) <= 1 and kinds != {"int"} and kinds != {"float"}:
-        try:
-            return pa.array(values)
-        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
-            pass
-    text = [None if v is None else v if isinstance(v, str) else _text(v) for v in values]
-    return pa.array(text, pa.string())
+
+def column_from_values(name: str, values: list[Any]) -> tuple[pa.Array, dict[int, str]]:
+    """An Arrow column for the JSON values of one field, exactly, and the rows whose value does not
+    fit it (→ dead letters): the most frequent kind decides; numbers and booleans among text become
+    their text; integers past int64 (or past 2**53 among fractions) make the column text."""
+    kinds = Counter(_kind(v) for v in values if v is not None)
+    if not kinds:
+        return pa.nulls(len(values)), {}
+    winner = max(kinds, key=lambda k: (kinds[k], PREFERENCE[k]))
+    bad: dict[int, str] = {}
+    out: list[Any] = []
+    if winner == "number":
+        numbers = [v for v in values if _kind(v) == "number"]
+        ints = all(isinstance(v, int) for v in numbers)
+        exact = (
+            all(-(2**63) <= v < 2**63 for v in numbers)
+            if ints
+            else all(isinstance(v, float) or abs(v) < SAFE_INT for v in numbers)
+        )
+        if not exact:
+            winner = "text"
+        else:
+            target: pa.DataType = pa.int64() if ints else pa.float64()
+            for i, v in enumerate(values):
+                if v is None or _kind(v) == "number":
+                    out.append(v if ints or v is None else float(v))
+                else:
+                    out.append(None)
+                    bad[i] = _misfit(name, v, target)
+            return pa.array(out, target), bad
+    if winner == "text":
+        return pa.array([None if v is None else v if isinstance(v, str) else _text(v) for v in values]), {}
+    for i, v in enumerate(values):
+        if v is None or _kind(v) == winner:
+            out.append(v)
+        else:
+            out.append(None)
+            bad[i] = _misfit(name, v, winner)
+    try:
+        return pa.array(out), bad
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):  # nested values that do not agree
+        return pa.array([None if v is None else _text(v) for v in values], pa.string()), {}
+
+
+def _misfit(name: str, value: Any, expected: object) -> str:
+    shown = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    shown = shown if len(shown) <= 80 else shown[:77] + "..."
+    return (
+        f"field {name!r}: value {shown} is not {expected} like most values of this field around it; "
+        "output.schema_file can fix the field's type"
+    )
 
 
 def _kind(v: Any) -> str:
     if isinstance(v, bool):
         return "bool"
-    if isinstance(v, int):
-        return "int"
-    if isinstance(v, float):
-        return "float"
+    if isinstance(v, int | float):
+        return "number"
     if isinstance(v, str):
-        return "str"
-    return type(v).__name__
+        return "text"
+    return "nested"
 
 
 def _text(v: Any) -> str:
-    return json.dumps(v, ensure_ascii=False, separators=(",", ":"))
+    return v if isinstance(v, str) else json.dumps(v, ensure_ascii=False, separators=(",", ":"))
+
+
+def family(t: pa.DataType) -> str:
+    if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t):
+        return "number"
+    if pa.types.is_timestamp(t) or pa.types.is_date(t):
+        return "time"
+    if pa.types.is_boolean(t):
+        return "bool"
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return "text"
+    return "nested"
+
+
+def text_fits(col: pa.ChunkedArray | pa.Array, target: pa.DataType) -> pa.Array | None:
+    """For text going into a typed field: which values are written the way that type writes them
+    (so the cast changes no value); None when the target is not one text can turn into."""
+    if pa.types.is_integer(target):
+        pattern = _INT
+    elif pa.types.is_floating(target):
+        return pc.and_(pc.match_substring_regex(col, _FLOAT), _digits_fit(col))
+    elif pa.types.is_boolean(target):
+        pattern = _BOOL
+    elif pa.types.is_date(target):
+        pattern = _DATE
+    elif pa.types.is_timestamp(target):
+        zoned = pc.match_substring_regex(col, _ZONE)
+        stamp = pc.match_substring_regex(col, _TS)
+        if target.tz is not None:
+            return pc.and_(stamp, zoned)
+        return pc.or_(pc.and_(stamp, pc.invert(zoned)), pc.match_substring_regex(col, _DATE))
+    else:
+        return None
+    return pc.match_substring_regex(col, pattern)
+
+
+def _digits_fit(col: pa.ChunkedArray | pa.Array) -> pa.Array:
+    mantissa = pc.replace_substring_regex(col, r"[eE].*$", "")
+    digits = pc.replace_substring_regex(mantissa, r"[^0-9]", "")
+    significant = pc.replace_substring_regex(digits, r"^0+", "")
+    return pc.less_equal(pc.utf8_length(significant), DOUBLE_DIGITS)
 
 
 # -- unifying types across chunks, batches and runs ----------------------------------------------
 
 
-def unify(types: list[pa.DataType]) -> pa.DataType:
-    """One type for a field seen with `types` in one batch, whatever their order: numbers widen
-    (int → double), timestamps to the finer unit, null to anything; kinds that do not mix (text and
-    numbers, zoned and naive times) meet in text, which holds all of them exactly."""
+def unify(counts: dict[pa.DataType, int]) -> pa.DataType:
+    """One type for a field seen with these types (and that many non-null values of each) in one
+    batch, whatever their order: types that widen into one another meet (int → double, date → naive
+    timestamp, a finer unit); otherwise the family with the most values wins (ties: PREFERENCE),
+    and the values of the others are cast if that changes nothing, else dead-lettered."""
+    types = [t for t in counts if not pa.types.is_null(t)]
+    if not types:
+        return pa.null()
+    merged = _widen_all(types)
+    if merged is not None:
+        return merged
+    totals = Counter[str]()
+    for t in types:
+        totals[family(t)] += counts[t]
+    best = max(totals, key=lambda f: (totals[f], PREFERENCE[f]))
+    members = sorted((t for t in types if family(t) == best), key=lambda t: -counts[t])
+    return _widen_all(members) or members[0]
+
+
+def _widen_all(types: list[pa.DataType]) -> pa.DataType | None:
     out: pa.DataType = pa.null()
     for t in types:
         merged = widen(out, t)
         if merged is None:
-            return pa.string()
+            return None
         out = merged
     return out
 
