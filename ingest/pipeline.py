@@ -375,7 +375,8 @@ class Pipeline:
             )
         else:
             crash_point("put")
-            await self.spool.durably("journal upload", self.journal.uploaded, obj.object_id, done.key)
+            # Said before the journal commit (which waits on the journal thread): the object is in R2
+            # now; a crash before the commit makes the next start find it there and say it again.
             log.info(
                 "uploaded",
                 key=done.key,
@@ -386,6 +387,7 @@ class Pipeline:
                 seconds=round(done.seconds, 3),
                 attempts=done.attempts,
             )
+            await self.spool.durably("journal upload", self.journal.uploaded, obj.object_id, done.key)
             crash_point("uploaded")
             self._unspooled(obj)
             self._count_upload(obj, done.key)
