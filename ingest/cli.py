@@ -118,6 +118,7 @@ def run(
     from ingest import service
     from ingest.local.seaweed import SeaweedError
     from ingest.r2.credentials import CredentialError
+    from ingest.spool import SpoolError
 
     s = settings()
     try:
@@ -127,6 +128,12 @@ def run(
         raise typer.Exit(2) from None
     except SeaweedError as exc:
         err.print(f"local R2: {exc}", markup=False, highlight=False)
+        raise typer.Exit(1) from None
+    except (SpoolError, BaseExceptionGroup) as exc:
+        spool_error = _first(exc, SpoolError)
+        if spool_error is None:
+            raise
+        err.print(f"error: {spool_error}", markup=False, highlight=False)
         raise typer.Exit(1) from None
     st = result.stats
     out.print(
@@ -175,6 +182,17 @@ def run(
             err.print(f"  … and {len(result.unreadable) - 20} more", markup=False, highlight=False)
     if once:
         raise typer.Exit(1)
+
+
+def _first(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
+    """`exc` itself or the first `kind` inside it (task groups wrap what their tasks raise)."""
+    if isinstance(exc, kind):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            if (found := _first(inner, kind)) is not None:
+                return found
+    return None
 
 
 def main() -> None:

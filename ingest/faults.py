@@ -33,13 +33,16 @@ def crash_point(name: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-# `INGEST_DISK_FULL_AT=<point>[:<n>[:<times>]]`: from the n-th time (default 1st) the spool or journal
-# write named `<point>` runs, it fails `times` times in a row (default 3) with the error a full disk
-# gives that very call (SQLite: "database or disk is full"; files: ENOSPC), then the disk has room again.
+# `INGEST_DISK_FULL_AT=<point>[:<n>[:<times>[:<ERRNO>]]]`: from the n-th time (default 1st) the spool or
+# journal write named `<point>` runs, it fails `times` times in a row (default 3) with the error a full disk
+# (or, with ERRNO such as EIO or EROFS, that error) gives that very call (SQLite: "database or disk is
+# full" / "disk I/O error"; files: the OSError), then the disk is fine again.
 _full_point, _, _full_rest = os.environ.get("INGEST_DISK_FULL_AT", "").partition(":")
-_full_nth, _, _full_times = _full_rest.partition(":")
+_full_nth, _, _full_rest = _full_rest.partition(":")
+_full_times, _, _full_errno = _full_rest.partition(":")
 _full_skip = int(_full_nth or 1) - 1
 _full_left = int(_full_times or 3)
+_full_code = getattr(errno, _full_errno or "ENOSPC")
 
 
 def disk_full_point(name: str, kind: str = "sqlite") -> None:
@@ -51,5 +54,6 @@ def disk_full_point(name: str, kind: str = "sqlite") -> None:
         return
     _full_left -= 1
     if kind == "sqlite":
-        raise sqlite3.OperationalError("database or disk is full")
-    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        full = _full_code in (errno.ENOSPC, errno.EDQUOT)
+        raise sqlite3.OperationalError("database or disk is full" if full else "disk I/O error")
+    raise OSError(_full_code, os.strerror(_full_code))

@@ -9,9 +9,7 @@ crashes (see spool.py for recovery).
 
 from __future__ import annotations
 
-import errno
 import math
-import sqlite3
 import time
 from dataclasses import dataclass, field
 
@@ -30,7 +28,7 @@ from ingest.logs import get_logger
 from ingest.parquet import Encoder, load_schema_blob, schema_blob
 from ingest.r2.client import R2Client
 from ingest.sources.base import Item, Source, SourceUnit
-from ingest.spool import Spool, SpooledObject
+from ingest.spool import Spool, SpooledObject, SpoolError
 from ingest.upload import Uploader, describe, status_of
 
 log = get_logger("ingest.pipeline")
@@ -295,43 +293,27 @@ class Pipeline:
                     await objects.send(obj)
 
     async def _spool_batch(self, batch: Batch) -> list[SpooledObject] | None:
-        """Encode into the spool and journal it; a full disk keeps the batch in memory and retries."""
-        delay = self.spool.retry_initial
-        while True:
-            encoded: list[SpooledObject] = []
-            try:
-                encoded = await anyio.to_thread.run_sync(self.encoder.encode, batch)
-                crash_point("encoded")
-                spans = [(u.id, a, b) for u, ranges in batch.spans.items() for a, b in ranges]
-                rows = [o.row() for o in encoded]
-                schema = self.encoder.schema
-                blob = schema_blob(schema) if schema != self._journaled_schema else None
-                await self.spool.durably("journal batch", self.journal.spooled, batch.id, spans, rows, blob)
-                self._journaled_schema = schema
-                crash_point("spooled")
-            except (OSError, sqlite3.OperationalError) as exc:
-                for obj in encoded:
-                    obj.path.unlink(missing_ok=True)
-                full = isinstance(exc, sqlite3.OperationalError) or exc.errno in (errno.ENOSPC, errno.EDQUOT)
-                what = "spool disk full" if full else f"cannot write the spool: {exc}"
-                self.health.fail(f"{what} at {self.spool.dir}; free space or move spool.dir", "disk")
-                log.error(
-                    f"{what}; the batch stays in memory and its input unacknowledged, retrying",
-                    error=str(exc),
-                    retry_in=delay,
-                    spool=str(self.spool.dir),
-                )
-                await anyio.sleep(delay)
-                delay = min(delay * 2, self.spool.retry_max)
-                continue
-            except Exception as exc:  # a bug or an Arrow limit: keep the input for a later run
-                log.error("could not encode batch; its input stays unacknowledged", error=describe(exc))
-                self.health.fail(f"encoding failed: {describe(exc)}", "encode")
-                batch.failed = True
-                self._batch_done(batch)
-                return None
-            self.health.clear("disk")
-            return encoded
+        """Encode into the spool and journal it; a full disk keeps the batch in memory and waits
+        (Spool.durably), any other write failure ends the run (SpoolError)."""
+        try:
+            encoded = await self.spool.durably("write batch", self.encoder.encode, batch, serial=False)
+        except SpoolError:
+            raise
+        except Exception as exc:  # a bug or an Arrow limit: keep the input for a later run
+            log.error("could not encode batch; its input stays unacknowledged", error=describe(exc))
+            self.health.fail(f"encoding failed: {describe(exc)}", "encode")
+            batch.failed = True
+            self._batch_done(batch)
+            return None
+        crash_point("encoded")
+        spans = [(u.id, a, b) for u, ranges in batch.spans.items() for a, b in ranges]
+        rows = [o.row() for o in encoded]
+        schema = self.encoder.schema
+        blob = schema_blob(schema) if schema != self._journaled_schema else None
+        await self.spool.durably("journal batch", self.journal.spooled, batch.id, spans, rows, blob)
+        self._journaled_schema = schema
+        crash_point("spooled")
+        return encoded
 
     def _spooled(self, obj: SpooledObject) -> None:
         if self.spool.added(obj.size):

@@ -43,6 +43,22 @@ T = TypeVar("T")
 CONTENT_TYPES = {"data": "application/vnd.apache.parquet", "deadletters": "application/x-ndjson"}
 
 
+class SpoolError(Exception):
+    """The spool cannot be written for a reason waiting will not fix (read-only, I/O error, denied):
+    the run ends (exit 1) with this one line."""
+
+    def __init__(self, spool: Path, what: str, exc: BaseException) -> None:
+        where = getattr(exc, "filename", None) or spool
+        if isinstance(exc, OSError) and exc.errno:
+            reason = f"{errno.errorcode.get(exc.errno, exc.errno)}: {exc.strerror}"
+        else:
+            reason = str(exc)
+        super().__init__(
+            f"cannot write the spool ({what}) at {where}: {reason}; fix the disk or its permissions, or "
+            "move spool.dir; what was read stays unacknowledged and is read again"
+        )
+
+
 @dataclass(eq=False)
 class SpooledObject:
     """One file in the spool waiting for its key and upload. `object_id` is the x-amz-meta-batch-id."""
@@ -110,19 +126,21 @@ class Spool:
 
     # -- durable writes --------------------------------------------------------------------------
 
-    async def durably(self, what: str, fn: Callable[..., T], *args: Any) -> T:
-        """Run a journal or spool write in the journal's thread (never on the event loop), one at a
-        time; on a full disk report it (readiness false), back off and try again until there is room.
-        The writes are single transactions or idempotent file steps, so trying again is safe."""
+    async def durably(self, what: str, fn: Callable[..., T], *args: Any, serial: bool = True) -> T:
+        """Run a journal or spool write in a thread (never on the event loop): `serial` ones (the
+        journal's) one at a time, in order. On a full disk report it (readiness false), back off and
+        try again until there is room; the writes are single transactions or idempotent file steps,
+        so trying again is safe. Any other failure to write (EROFS, EIO, EACCES) is a SpoolError."""
         delay = self.retry_initial
         while True:
             try:
                 if self._writer is None:
                     self._writer = anyio.CapacityLimiter(1)
-                result = await anyio.to_thread.run_sync(partial(fn, *args), limiter=self._writer)
+                limiter = self._writer if serial else None
+                result = await anyio.to_thread.run_sync(partial(fn, *args), limiter=limiter)
             except (OSError, sqlite3.OperationalError) as exc:
                 if not disk_full(exc):
-                    raise
+                    raise SpoolError(self.dir, what, exc) from exc
                 reason = f"spool disk full at {self.dir} ({what}); free space or move spool.dir"
                 self.full = reason
                 self.on_full(reason)

@@ -144,3 +144,22 @@ def test_readiness_is_false_while_the_journal_cannot_write(job: Job) -> None:
         _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err[-2000:]
     assert sorted(int(r["id"]) for r in job.rows()) == list(range(10))
+
+
+@pytest.mark.parametrize(
+    ("point", "code", "says"),
+    [("encode", "EIO", "EIO"), ("spooled", "EROFS", "disk I/O error"), ("uploaded", "EIO", "disk I/O error")],
+)
+def test_a_spool_that_cannot_be_written_ends_the_run_with_one_line_and_keeps_the_input(
+    job: Job, point: str, code: str, says: str
+) -> None:
+    (job.inbox / "a.jsonl").write_text("".join(json.dumps({"id": i}) + "\n" for i in range(20)))
+    job.configure(retry={"initial": "20ms", "max": "100ms"})
+    r = job.run_once(INGEST_DISK_FULL_AT=f"{point}:1:1000:{code}", timeout=60)
+    assert r.returncode == 1, r.stderr[-2000:]
+    [line] = [x for x in r.stderr.splitlines() if x.startswith("error:")]
+    assert "cannot write the spool" in line and says in line and "Traceback" not in r.stderr
+    assert list((job.inbox / ".ingest" / "claimed").rglob("*--a.jsonl"))  # kept for the next run
+    r = job.run_once()  # the disk is fine again: everything arrives, once
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert sorted(int(row["id"]) for row in job.rows()) == list(range(20))
