@@ -27,7 +27,7 @@ from ingest.keys import KeyAllocator, KeyTemplate
 from ingest.logs import get_logger
 from ingest.parquet import Encoder, load_schema_blob, schema_blob
 from ingest.r2.client import R2Client
-from ingest.sources.base import Item, Source, SourceUnit
+from ingest.sources.base import AckError, Item, Source, SourceUnit
 from ingest.spool import Spool, SpooledObject, SpoolError
 from ingest.upload import Uploader, describe, status_of
 
@@ -173,6 +173,13 @@ class Pipeline:
 
     async def wait_for_room(self) -> None:
         await self.spool.wait_for_room()
+
+    def disk_full(self, reason: str) -> None:
+        self.health.fail(reason, "disk")
+
+    def disk_room(self) -> None:
+        if self.spool.full is None:
+            self.health.clear("disk")
 
     # -- running ---------------------------------------------------------------------------------
 
@@ -419,7 +426,7 @@ class Pipeline:
         assert unit.ack is not None
         try:
             acked = await unit.ack()
-        except OSError as exc:
+        except AckError as exc:
             log.error("could not acknowledge source unit", unit=unit.name, error=str(exc))
             return
         if acked is False:  # it changed after it was read: the source reads the rest, then acks again

@@ -133,6 +133,7 @@ def build_sources(settings: Settings, spool: Spool, say: Console, client: R2Clie
                     spool.dir / "landing",
                     spool.dead,
                     settings.batch.max_record_bytes,
+                    settings.retry,
                 )
             )
             continue

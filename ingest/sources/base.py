@@ -14,6 +14,12 @@ from typing import Protocol
 import pyarrow as pa
 from anyio.streams.memory import MemoryObjectSendStream
 
+
+class AckError(Exception):
+    """A unit's acknowledgement (delete, move, remote delete) failed; the unit is acknowledged again
+    at the next start, so nothing is lost, but it stays where it is until then."""
+
+
 Ack = Callable[[], Awaitable[bool | None]]  # False: not acknowledged (the unit changed; read again)
 Ranges = list[tuple[int, int]]  # sorted, non-overlapping [start, stop) row ranges
 
@@ -141,6 +147,14 @@ class Units(Protocol):
         """Return when the spool is below its high-water mark (sources take no new input until then)."""
         ...
 
+    def disk_full(self, reason: str) -> None:
+        """A source's own spool write (e.g. a landing copy) waits for disk space: readiness says so."""
+        ...
+
+    def disk_room(self) -> None:
+        """That write went through."""
+        ...
+
 
 class FreshUnits:
     """Units with no journal behind them: every unit is read whole, never any backpressure."""
@@ -149,6 +163,12 @@ class FreshUnits:
         return unit
 
     async def wait_for_room(self) -> None:
+        return None
+
+    def disk_full(self, reason: str) -> None:
+        return None
+
+    def disk_room(self) -> None:
         return None
 
 

@@ -35,7 +35,7 @@ from ingest.config import ConfigError, SourceConfig
 from ingest.deadletters import DeadLetters
 from ingest.files import move_durably
 from ingest.logs import get_logger
-from ingest.sources.base import FreshUnits, Item, SourceUnit, Units
+from ingest.sources.base import AckError, FreshUnits, Item, SourceUnit, Units
 from ingest.sources.formats import DEFAULT_MAX_RECORD, Format, detect
 from ingest.sources.reader import IGNORED_SUFFIXES, FileSource, describe_read_error, read_unit
 from ingest.sources.writers import open_for_writing
@@ -448,7 +448,10 @@ class DirectorySource(FileSource):
                 log.info("file changed after it was read; reading what was added", path=str(claimed))
                 self._following[claimed] = _Seen(changed, anyio.current_time())
                 return False
-            await anyio.to_thread.run_sync(self._finish, claimed)
+            try:
+                await anyio.to_thread.run_sync(self._finish, claimed)
+            except OSError as exc:
+                raise AckError(f"could not remove or move {claimed}: {exc}") from exc
             self._read_stats.pop(claimed, None)
             self._targets.pop(claimed, None)
             return True

@@ -3,13 +3,15 @@ grant) are claimed, copied to the spool, read like directory files, and deleted 
 
 An S3 object is visible only once its upload completed, so whatever a listing shows is complete.
 Several workers may watch one prefix: a worker claims an object by creating the marker
-`{prefix}_landing/.claims/<name>` with `If-None-Match: *`, which exactly one of them wins. The marker
-holds the worker id, so a restarted worker resumes its own claims. Acknowledging deletes the object,
-then the marker, then the local copy; every step is safe to repeat after a crash.
+`{prefix}_landing/.claims/<uuid>/<name>` (the key's part after `_landing/`) with `If-None-Match: *`,
+which exactly one of them wins. The marker holds the worker id, so a restarted worker resumes its own
+claims. Acknowledging deletes the object, then the marker, then the local copy; every step is safe to
+repeat after a crash.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -25,14 +27,14 @@ from anyio.streams.memory import MemoryObjectSendStream
 from botocore.exceptions import BotoCoreError, ClientError
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_random_exponential
 
-from ingest.config import SourceConfig
+from ingest.config import RetryConfig, SourceConfig
 from ingest.deadletters import DeadLetters
-from ingest.faults import crash_point
+from ingest.faults import crash_point, disk_full_point
 from ingest.files import fsync_dir
 from ingest.grants import landing_prefix
 from ingest.logs import get_logger
 from ingest.r2.client import R2AccessDenied, R2Client
-from ingest.sources.base import Ack, FreshUnits, SourceUnit, Units
+from ingest.sources.base import Ack, AckError, FreshUnits, SourceUnit, Units
 from ingest.sources.formats import DEFAULT_MAX_RECORD, detect
 from ingest.sources.reader import IGNORED_SUFFIXES, FileSource
 from ingest.upload import describe, is_retryable
@@ -66,8 +68,10 @@ class LandingSource(FileSource):
         local_dir: Path,
         dead: DeadLetters,
         max_record_bytes: int = DEFAULT_MAX_RECORD,
+        retry: RetryConfig | None = None,
     ) -> None:
         self.config = config
+        self.retry = retry or RetryConfig()
         self.client = client
         self.bucket = bucket
         self.landing = landing_prefix(prefix)
@@ -194,12 +198,28 @@ class LandingSource(FileSource):
             )
 
     async def _download(self, obj: Landed) -> Path | None:
-        """Copy the object next to the spool (`.part`, fsync, rename): reading never depends on R2."""
+        """Copy the object next to the spool (`.part`, fsync, rename): reading never depends on R2.
+        A full disk waits for space (readiness says so) instead of ending the worker."""
         self.local.mkdir(parents=True, exist_ok=True)
         digest = hashlib.sha256(obj.key.encode()).hexdigest()[:16]
         target = self.local / f"{digest}--{PurePosixPath(obj.key).name}"
         if target.exists():
             return target
+        delay = self.retry.initial
+        while True:
+            try:
+                return await self._copy(obj, target)
+            except OSError as exc:
+                if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                target.with_name(target.name + ".part").unlink(missing_ok=True)
+                reason = f"spool disk full at {self.local} (landing copy); free space or move spool.dir"
+                self._units.disk_full(reason)
+                log.error("spool disk full; the landing copy waits for space", key=obj.key, retry_in=delay)
+                await anyio.sleep(delay)
+                delay = min(delay * 2, self.retry.max)
+
+    async def _copy(self, obj: Landed, target: Path) -> Path | None:
         part = target.with_name(target.name + ".part")
         try:
             out = await self.client.call("get_object", Bucket=self.bucket, Key=obj.key, IfMatch=obj.etag)
@@ -214,9 +234,8 @@ class LandingSource(FileSource):
                 while chunk := await body.read(1 << 20):
                     await anyio.to_thread.run_sync(fh.write, chunk)
             await anyio.to_thread.run_sync(os.fsync, fh.fileno())
-        _origin_file(target).write_text(obj.as_json())
-        os.replace(part, target)
-        fsync_dir(self.local)
+        await anyio.to_thread.run_sync(_finish_copy, part, target, obj)
+        self._units.disk_room()
         return target
 
     def _copies(self) -> list[Path]:
@@ -259,22 +278,25 @@ class LandingSource(FileSource):
         try:
             async for attempt in AsyncRetrying(
                 stop=stop_after_delay(ACK_RETRY_SECONDS),
-                wait=wait_random_exponential(multiplier=0.2, max=10),
+                wait=wait_random_exponential(multiplier=self.retry.initial, max=self.retry.max),
                 retry=retry_if_exception(is_retryable),
                 reraise=True,
             ):
                 with attempt:
                     await self.client.call("delete_object", Bucket=self.bucket, Key=key)
-        except Exception as exc:  # any failure: the pipeline logs OSError and keeps running
+        except Exception as exc:  # any failure: the pipeline logs it and keeps running
             # The rows are in R2; a restart acknowledges again (the local copy is kept until then).
-            raise OSError(f"could not delete s3://{self.bucket}/{key}: {describe(exc)}") from None
+            raise AckError(f"could not delete s3://{self.bucket}/{key}: {describe(exc)}") from None
 
     def _acker(self, path: Path, obj: Landed) -> Ack:
         async def ack() -> None:
             await self._delete(obj.key)
             crash_point("unlanded")
             await self._delete(self._marker(obj.key))
-            await anyio.to_thread.run_sync(_remove_copy, path)
+            try:
+                await anyio.to_thread.run_sync(_remove_copy, path)
+            except OSError as exc:
+                raise AckError(f"could not remove the local copy {path}: {exc}") from exc
             self._taken.discard(obj.key)
             log.info("landing object ingested and deleted", key=obj.key)
 
@@ -283,6 +305,18 @@ class LandingSource(FileSource):
 
 def _code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def _finish_copy(part: Path, target: Path, obj: Landed) -> None:
+    """The sidecar (fsynced: it is read at the next start), then the copy into place, durably."""
+    disk_full_point("landing", "file")
+    sidecar = _origin_file(target)
+    with sidecar.open("w") as fh:
+        fh.write(obj.as_json())
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(part, target)
+    fsync_dir(target.parent)
 
 
 def _origin_file(copy: Path) -> Path:

@@ -144,3 +144,22 @@ def test_drops_and_503s_between_worker_and_store_lose_and_duplicate_nothing(job:
         assert proxy.seen[mode] > 0, proxy.seen
     ids = sorted(r["id"] for r in job.rows())
     assert ids == list(range(files * per_file))  # none lost, none twice
+
+
+def test_a_full_disk_while_copying_a_landing_object_waits_for_space(job: Job, tmp_path: Path) -> None:
+    _land(job, 3, 10)
+    [w] = _workers(job, tmp_path, "worker-full")
+    w.configure(
+        sources=[{"kind": "landing", "settle_seconds": "200ms"}],
+        worker={"id": "worker-full"},
+        retry={"initial": "20ms", "max": "100ms"},
+    )
+    r = w.run_once(INGEST_DISK_FULL_AT="landing:1:4")
+    assert r.returncode == 0, r.stderr[-3000:]
+    waits = [
+        e for e in logs_of(r.stderr) if e.get("event") == "spool disk full; the landing copy waits for space"
+    ]
+    assert len(waits) == 4
+    assert sorted(int(row["id"]) for row in job.rows()) == list(range(30))
+    assert job.landing_keys() == []
+    assert not list((w.dir / "spool").rglob("*.part"))
