@@ -1,7 +1,10 @@
-"""Crash points, for the crash-matrix tests: kill -9 at exactly the moments that are hardest to survive.
+"""Fault hooks for tests, each set by an environment variable and inert when unset (always, in
+production): crash points (`INGEST_CRASH_AT`: kill -9 at exactly the moments that are hardest to
+survive), write failures (`INGEST_DISK_FULL_AT`: the real error from the real spool or journal call) and
+a slow journal (`INGEST_JOURNAL_DELAY`).
 
 `INGEST_CRASH_AT=<point>[:<n>]` makes the worker SIGKILL itself the n-th time (default 1st) it passes
-`<point>`. Unset (always, in production) it costs one dictionary lookup.
+`<point>`; unset it costs one comparison.
 """
 
 from __future__ import annotations
@@ -10,16 +13,16 @@ import errno
 import os
 import signal
 import sqlite3
+import time
 
-POINTS = (
-    "encoded",  # objects written to the spool, journal not yet updated
-    "spooled",  # journal says spooled, upload not started
-    "put",  # object in R2, journal not yet updated
-    "uploaded",  # journal says uploaded, source not yet acknowledged
-    "acked",  # source file deleted, journal not yet updated
-    "claimed",  # landing: claim marker created, object not yet copied
-    "unlanded",  # landing: object deleted, its marker and local copy not yet
-)
+# Crash points, in the order a batch passes them:
+#   encoded: objects written to the spool, journal not yet updated
+#   spooled: journal says spooled, upload not started
+#   put: object in R2, journal not yet updated
+#   uploaded: journal says uploaded, source not yet acknowledged
+#   acked: source file deleted, journal not yet updated
+#   claimed: landing: claim marker created, object not yet copied
+#   unlanded: landing: object deleted, its marker and local copy not yet
 _point, _, _nth = os.environ.get("INGEST_CRASH_AT", "").partition(":")
 _left = int(_nth or 1)
 
@@ -57,3 +60,13 @@ def disk_full_point(name: str, kind: str = "sqlite") -> None:
         full = _full_code in (errno.ENOSPC, errno.EDQUOT)
         raise sqlite3.OperationalError("database or disk is full" if full else "disk I/O error")
     raise OSError(_full_code, os.strerror(_full_code))
+
+
+# `INGEST_JOURNAL_DELAY=<seconds>`: every journal transaction sleeps this long inside its commit (a slow
+# network volume), to show that nothing else waits for it.
+_journal_delay = float(os.environ.get("INGEST_JOURNAL_DELAY", "0") or 0)
+
+
+def journal_delay() -> None:
+    if _journal_delay:
+        time.sleep(_journal_delay)

@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from dataclasses import astuple, dataclass
 from pathlib import Path
 
-from ingest.faults import disk_full_point
+from ingest.faults import disk_full_point, journal_delay
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS units (
@@ -95,6 +95,7 @@ class Journal:
             self.db.execute("BEGIN IMMEDIATE")
             for sql, args in statements:
                 self.db.execute(sql, args)
+            journal_delay()
 
     # -- units -----------------------------------------------------------------------------------
 

@@ -116,3 +116,30 @@ def test_sigterm_finishes_the_files_already_taken_and_exits_0(job: Job) -> None:
     ids = [int(r["id"]) for r in job.rows()]  # type: ignore[call-overload]
     assert len(ids) == len(set(ids)) == 400_000
     assert not list((job.inbox / ".ingest" / "claimed").rglob("*big.jsonl"))  # acknowledged
+
+
+def test_probes_and_uploads_do_not_wait_for_a_slow_journal(job: Job) -> None:
+    port = free_port()
+    job.configure(
+        sources={"settle_seconds": "50ms"},
+        batch={"max_age": "100ms"},
+        server={"listen": f"127.0.0.1:{port}"},
+    )
+    proc = job.start(INGEST_JOURNAL_DELAY="2")  # every journal commit takes 2 s
+    try:
+        wait_for(lambda: readyz(port) is not None, 60, "the probe server")
+        for i in range(3):
+            write_jsonl(job.inbox / f"f{i}.jsonl", [{"id": i * 10 + n} for n in range(10)])
+        latencies = []
+        deadline = time.monotonic() + 20
+        with httpx.Client(timeout=5) as http:
+            while time.monotonic() < deadline:
+                started = time.monotonic()
+                assert http.get(f"http://127.0.0.1:{port}/healthz").status_code == 200
+                latencies.append(time.monotonic() - started)
+                time.sleep(0.1)
+        latencies.sort()
+        assert latencies[int(len(latencies) * 0.95)] < 0.1, latencies[-5:]  # while commits take 2 s
+        wait_for(lambda: len(job.rows()) == 30, 120, "every row, through the slow journal")
+    finally:
+        _stop(proc)
