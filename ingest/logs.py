@@ -100,19 +100,34 @@ def configure(
         if use_json
         else structlog.dev.ConsoleRenderer(colors=out.isatty())
     )
+    tail = [redact_processor, structlog.processors.format_exc_info, _redact_rendered, renderer]
     structlog.configure(
-        processors=[
-            *shared,
-            redact_processor,
-            structlog.processors.format_exc_info,
-            _redact_rendered,
-            renderer,
-        ],
+        processors=[*shared, *tail],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
         logger_factory=structlog.PrintLoggerFactory(file=out),
         cache_logger_on_first_use=False,
     )
-    logging.basicConfig(level=logging.WARNING, stream=out, force=True)
+    # Libraries log through the standard `logging` module (botocore, aiobotocore, uvicorn, httpx, the
+    # cloudflare SDK): their records take the same way out, as the same JSON or console lines, redacted.
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[
+                structlog.contextvars.merge_contextvars,
+                structlog.stdlib.add_log_level,
+                structlog.stdlib.add_logger_name,
+                structlog.processors.TimeStamper(fmt="iso", utc=True),
+            ],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *tail],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    # Library chatter only from warnings up, unless the worker itself is asked for debug output.
+    root.setLevel(logging.DEBUG if level.lower() == "debug" else logging.WARNING)
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logging.getLogger(name).handlers[:] = []
+        logging.getLogger(name).propagate = True
 
 
 def get_logger(name: str = "ingest") -> Any:

@@ -106,7 +106,9 @@ class ProbeServer:
     def __init__(self, application: Starlette, sock: socket.socket) -> None:
         self.sock = sock
         self.server = uvicorn.Server(
-            uvicorn.Config(application, log_level="warning", access_log=False, lifespan="off")
+            uvicorn.Config(
+                application, log_level="warning", access_log=False, lifespan="off", log_config=None
+            )
         )
         self.server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
 

@@ -136,7 +136,9 @@ class LocalR2:
         try:
             emulator = Emulator(self.state, self.state_path, store)
             await self._bootstrap(store, emulator)
-            config = uvicorn.Config(emulator.app(), log_level="warning", lifespan="on", access_log=False)
+            config = uvicorn.Config(
+                emulator.app(), log_level="warning", lifespan="on", access_log=False, log_config=None
+            )
             server = uvicorn.Server(config)
             async with anyio.create_task_group() as tg:
                 tg.start_soon(server.serve, [sock])

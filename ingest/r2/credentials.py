@@ -289,7 +289,9 @@ async def provider_from_settings(r2: R2Config, prefix: str = "") -> CredentialPr
             require_active(status)
         if mode == "token":
             await cf.close()
-            return CredentialProvider(S3Credentials(token_id, SecretStr(derive_secret(value))))
+            secret = derive_secret(value)
+            register_secret(secret)
+            return CredentialProvider(S3Credentials(token_id, SecretStr(secret)))
         if not r2.account_id or not r2.bucket:
             raise CredentialError("r2.account_id and r2.bucket: both required in temporary mode")
     except BaseException:

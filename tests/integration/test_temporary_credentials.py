@@ -6,7 +6,7 @@ import io
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 
 import anyio
@@ -18,6 +18,13 @@ from ingest.r2.client import R2AccessDenied, R2Client
 from ingest.r2.credentials import TemporaryCredentials, provider_from_settings
 from tests.conftest import LocalR2
 from tests.r2.test_credentials import r2_config
+
+
+@pytest.fixture(autouse=True)
+def _quiet_logs_afterwards() -> Iterator[None]:
+    """Tests here point logging at a buffer, at debug level: put it back for the rest of the session."""
+    yield
+    logs.configure("json", "warning")
 
 
 @asynccontextmanager
@@ -166,6 +173,31 @@ async def test_log_of_temporary_run_contains_no_secret(local_r2: LocalR2) -> Non
     assert len(secrets) >= 4
     for secret in secrets:
         assert secret not in text
+    _every_line_is_json_and_libraries_are_in_it(text)
+
+
+def _every_line_is_json_and_libraries_are_in_it(text: str) -> None:
+    records = [json.loads(line) for line in text.splitlines()]  # fails on any line that is not JSON
+    loggers = {str(r.get("logger", "")).split(".")[0] for r in records}
+    assert "botocore" in loggers, loggers  # library debug records came through the same renderer
+
+
+@pytest.mark.anyio
+async def test_botocore_debug_logs_of_session_credentials_are_json_and_redacted(local_r2: LocalR2) -> None:
+    buf = io.StringIO()
+    logs.configure("json", "debug", stream=buf)
+    prefix = f"redact-sts-{uuid.uuid4().hex[:6]}/"
+    secrets = {local_r2.api_token, local_r2.env["R2_SECRET_ACCESS_KEY"]}
+    async with temporary(local_r2, ttl=900, prefix=prefix) as (provider, client):  # STS: a session token
+        done, failures = await upload_stream(client, local_r2.bucket, prefix, 1.5, workers=2, seen=secrets)
+        assert provider.current().session_token is not None
+    assert failures == [] and done > 0
+    text = buf.getvalue()
+    assert len(secrets) >= 4
+    for secret in secrets:
+        assert secret not in text
+    assert "X-Amz-Security-Token" in text or "x-amz-security-token" in text.lower()  # it was logged, masked
+    _every_line_is_json_and_libraries_are_in_it(text)
 
 
 @pytest.mark.anyio
