@@ -21,11 +21,11 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from ingest.r2.cors import origin_problem
+from ingest.layout import DEFAULT_KEY_TEMPLATE
+from ingest.origins import origin_problem
 from ingest.units import ByteSize, Duration
 
 DEFAULT_CONFIG_FILE = Path("ingest.toml")
-DEFAULT_TEMPLATE = "{prefix}{date:%Y/%m/%d}/ingested_{seq:04d}.parquet"
 
 # The file `load_settings` reads; a context variable because pydantic-settings builds sources per class.
 _config_file: ContextVar[Path | None] = ContextVar("ingest_config_file", default=None)
@@ -86,15 +86,13 @@ class R2Config(_Section):
 
 
 class SourceConfig(_Section):
-    kind: Literal["directory", "http", "redis", "stdin", "landing"]
+    kind: Literal["directory", "landing"]
     path: str = ""
     format: Literal["", "jsonl", "json", "csv", "parquet"] = ""
     settle_seconds: Duration = 1.0
     done_dir: str = ""
     follow_symlinks: bool = True  # read a linked file's target (only the link is acknowledged)
     wait_for_writers: bool = True  # never finish a file some process holds open for writing (/proc)
-    url: str = ""
-    stream: str = ""
 
 
 class WorkerConfig(_Section):
@@ -111,7 +109,7 @@ class BatchConfig(_Section):
 
 class OutputConfig(_Section):
     prefix: str = ""
-    key_template: str = DEFAULT_TEMPLATE
+    key_template: str = DEFAULT_KEY_TEMPLATE
     partition_by: str = ""
     compression: Literal["zstd", "snappy", "gzip", "none"] = "zstd"
     row_group_size: int = Field(default=1_000_000, ge=1)

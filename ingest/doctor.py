@@ -23,6 +23,7 @@ from ingest.r2.credentials import (
     verify_token,
 )
 from ingest.r2.endpoint import endpoint_url
+from ingest.r2.errors import code_of, is_conflict, message_of
 
 MAX_SKEW = 300.0  # SigV4 rejects requests whose clock is off by more than 5 minutes
 
@@ -40,14 +41,14 @@ def explain(exc: Exception, bucket: str) -> str:
         return str(exc)
     if not isinstance(exc, ClientError):
         return f"{type(exc).__name__}: {exc}"
-    code = exc.response.get("Error", {}).get("Code", "")
+    code = code_of(exc)
     return {
         "NoSuchBucket": f"bucket {bucket} does not exist; create it or fix r2.bucket (R2_BUCKET_NAME)",
         "SignatureDoesNotMatch": "R2 rejected the signature: the secret access key does not belong to this "
         "access key id (a token-derived secret is the SHA-256 hex of the token value)",
         "InvalidAccessKeyId": "R2 does not know this access key id; check R2_ACCESS_KEY_ID",
         "AccessDenied": f"access denied on bucket {bucket}: the credentials lack permission there",
-    }.get(code, f"{code}: {exc.response.get('Error', {}).get('Message', '')}")
+    }.get(code, f"{code}: {message_of(exc)}")
 
 
 async def diagnose(settings: Settings) -> list[Check]:
@@ -150,8 +151,7 @@ async def _second_put_refused(client: R2Client, bucket: str, key: str) -> Check:
     try:
         await client.call("put_object", Bucket=bucket, Key=key, Body=b"again", IfNoneMatch="*")
     except ClientError as exc:
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        if status == 412:
+        if is_conflict(exc):
             return Check(True, "conditional", "PUT with If-None-Match: * on an existing key is refused (412)")
         return Check(False, "conditional", f"unexpected answer to a conditional PUT: {explain(exc, bucket)}")
     return Check(False, "conditional", "the store overwrote an existing key despite If-None-Match: *")
@@ -162,7 +162,7 @@ async def _cors_checks(client: R2Client, bucket: str, server: ServerConfig) -> l
     try:
         found = (await client.call("get_bucket_cors", Bucket=bucket)).get("CORSRules", [])
     except (ClientError, R2AccessDenied) as exc:
-        code = exc.response.get("Error", {}).get("Code", "") if isinstance(exc, ClientError) else ""
+        code = code_of(exc) if isinstance(exc, ClientError) else ""
         if code != "NoSuchCORSConfiguration":
             return [Check(None, "cors", "CORS policy not readable with these credentials")]
         found = []

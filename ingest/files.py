@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
 import os
 import shutil
@@ -44,3 +45,29 @@ def move_durably(src: Path, dst: Path) -> None:
     os.replace(tmp, dst)
     fsync_dir(dst.parent)
     src.unlink()
+
+
+class WorkerIdInUse(Exception):
+    """An explicit worker id is held by another live process (the caller says which key is wrong)."""
+
+
+def lock_worker_id(root: Path, worker_id: str, explicit: bool) -> tuple[str, int]:
+    """Own `<root>/<id>.lock` for this process's lifetime (flock): no two live workers share an id.
+
+    The default id is the host name, stable across restarts so a restarted worker finds what it left;
+    a second process on the same host gets `<host>.2`, and so on. An explicit id is never changed.
+    Returns (the id, the lock's fd, held open).
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 1000):
+        candidate = worker_id if n == 1 else f"{worker_id}.{n}"
+        fd = os.open(root / f"{candidate}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            if explicit:
+                raise WorkerIdInUse(worker_id) from None
+            continue
+        return candidate, fd
+    raise WorkerIdInUse(worker_id)

@@ -10,11 +10,11 @@ import re
 import uuid
 from pathlib import PurePosixPath
 
+from ingest.layout import landing_prefix
 from ingest.r2.client import R2Client
 from ingest.r2.presign import Presigned, presign
 from ingest.sources.formats import detect
 
-LANDING = "_landing/"
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9._ -]{1,200}$")
 CONTENT_TYPES = {
     "jsonl": "application/x-ndjson",
@@ -27,10 +27,6 @@ COMPRESSED_TYPES = {"gzip": "application/gzip", "zstd": "application/zstd"}
 
 class GrantError(ValueError):
     """A grant request we refuse; the message names the field and the fix."""
-
-
-def landing_prefix(prefix: str) -> str:
-    return f"{prefix}{LANDING}"
 
 
 def content_type_for(filename: str, fmt: str = "") -> str:

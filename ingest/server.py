@@ -18,8 +18,8 @@ from starlette.routing import Route
 
 from ingest.config import ConfigError
 from ingest.grants import GrantError, UploadGrants
+from ingest.health import Health
 from ingest.logs import get_logger
-from ingest.pipeline import Health
 
 log = get_logger("ingest.server")
 

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from ingest.deadletters import DeadLetters
-from ingest.journal import Journal
+from ingest.pipeline.journal import Journal
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import pytest
 from pydantic import SecretStr
 
 from ingest.grants import UploadGrants
-from ingest.pipeline import Health
+from ingest.health import Health
 from ingest.r2.client import R2Client
 from ingest.r2.credentials import CredentialProvider, S3Credentials
 from ingest.server import app

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from ingest.deadletters import DeadLetter
-from ingest.spool import Spool, SpooledObject
+from ingest.pipeline.spool import Spool, SpooledObject
 from ingest.status import describe, spool_status
 
 

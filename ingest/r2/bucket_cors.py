@@ -16,6 +16,7 @@ from cloudflare import AsyncCloudflare
 
 from ingest.r2.client import R2Client
 from ingest.r2.cors import CorsRule, to_s3, to_wrangler
+from ingest.r2.errors import code_of
 
 Jurisdiction = Literal["default", "eu", "us", "fedramp", "fedramp-high"]
 
@@ -39,7 +40,7 @@ class S3BucketCors:
         try:
             out = await self.client.call("get_bucket_cors", Bucket=self.bucket)
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") == "NoSuchCORSConfiguration":
+            if code_of(exc) == "NoSuchCORSConfiguration":
                 return []
             raise
         return [CorsRule.from_s3(r) for r in out.get("CORSRules", [])]

@@ -20,12 +20,11 @@ from botocore.exceptions import ClientError
 from ingest.logs import get_logger
 from ingest.r2.credentials import CredentialProvider, S3Credentials
 from ingest.r2.endpoint import client_config
+from ingest.r2.errors import code_of, is_access_denied, is_credentials_rejection
 
 log = get_logger("ingest.r2.client")
 
 # R2 (and S3) answers that mean "these credentials are no longer good", not "you may not do this".
-_EXPIRED_CODES = {"ExpiredToken", "ExpiredTokenException", "ExpiredRequest", "TokenRefreshRequired"}
-_UNKNOWN_KEY_CODES = {"InvalidAccessKeyId", "InvalidToken", "InvalidClientTokenId"}
 
 
 class R2AccessDenied(Exception):
@@ -52,13 +51,10 @@ class _Resolver:
 
 
 def is_refresh_signal(exc: ClientError, used: S3Credentials) -> bool:
-    err = exc.response.get("Error", {})
-    code = err.get("Code", "")
-    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-    if code in _EXPIRED_CODES or code in _UNKNOWN_KEY_CODES or status == 401:
+    if is_credentials_rejection(exc):
         return True
     # AccessDenied is a scope problem, unless the credentials are (about to be) expired.
-    return code == "AccessDenied" and used.expires_at is not None and used.remaining() < 5.0
+    return is_access_denied(exc) and used.expires_at is not None and used.remaining() < 5.0
 
 
 class R2Client:
@@ -96,7 +92,7 @@ class R2Client:
             return result
         except ClientError as exc:
             if self.provider.refreshable and is_refresh_signal(exc, used):
-                code = exc.response.get("Error", {}).get("Code", "")
+                code = code_of(exc)
                 started = time.monotonic()
                 await self.provider.refresh(used, reason=f"rejected:{code}")
                 self.reactive_refreshes += 1
@@ -114,7 +110,7 @@ class R2Client:
             raise self._explain(exc, operation, params) from exc
 
     def _explain(self, exc: ClientError, operation: str, params: dict[str, Any]) -> Exception:
-        if exc.response.get("Error", {}).get("Code") != "AccessDenied":
+        if not is_access_denied(exc):
             return exc
         target = f"s3://{params.get('Bucket', '?')}/{params.get('Key', params.get('Prefix', ''))}"
         scope = self.provider.describe_scope()

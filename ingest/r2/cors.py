@@ -10,9 +10,10 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import json
-import re
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
+
+from ingest.origins import origin_problem
 
 METHODS = ("GET", "PUT", "POST", "DELETE", "HEAD")
 MAX_AGE_LIMIT = 86400
@@ -22,9 +23,6 @@ Form = Literal["s3", "wrangler"]
 # Field names per form: (origins, methods, headers, expose, max age, id).
 _S3 = ("AllowedOrigins", "AllowedMethods", "AllowedHeaders", "ExposeHeaders", "MaxAgeSeconds", "ID")
 _WR = ("allowed.origins", "allowed.methods", "allowed.headers", "exposeHeaders", "maxAgeSeconds", "id")
-_ORIGIN = re.compile(
-    r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://(?P<host>[^/?#:]*)(?::(?P<port>[^/?#]*))?(?P<rest>.*)$"
-)
 
 
 class CorsError(ValueError):
@@ -222,29 +220,6 @@ def _strings(value: Any, where: str, problems: list[str], required: bool) -> lis
         if not v.strip() or v != v.strip():
             problems.append(f"{where}[{j}]: {v!r} is blank or has surrounding spaces")
     return list(value)
-
-
-def origin_problem(origin: str) -> str | None:
-    """Why R2 would reject this AllowedOrigins entry (with the fix), or None if it is fine."""
-    if origin == "*":
-        return None
-    m = _ORIGIN.match(origin)
-    if m is None:
-        guess = origin.split("/", 1)[0] if "://" not in origin else origin
-        return f"{origin!r} is not scheme://host[:port]; use e.g. 'https://{guess}'"
-    scheme, host, port, rest = m["scheme"], m["host"], m["port"], m["rest"]
-    base = f"{scheme}://{host}" + (f":{port}" if port is not None else "")
-    if rest:
-        return f"{origin!r} has a path; an origin is scheme://host[:port] only: use {base!r}"
-    if not host:
-        return f"{origin!r} has no host"
-    if origin.count("*") > 1:
-        return f"{origin!r} has more than one '*'; at most one wildcard per origin"
-    if port is not None and "*" in port:
-        return f"{origin!r} has '*' in the port; list each port explicitly"
-    if port is not None and not (port.isdigit() and 0 < int(port) < 65536):
-        return f"{origin!r} has an invalid port {port!r}"
-    return None
 
 
 # -- what a browser would do ---------------------------------------------------------------------

@@ -17,7 +17,6 @@ be read stays where it is, is reported (`problems()`, `ingest status`) and is tr
 from __future__ import annotations
 
 import errno
-import fcntl
 import json
 import os
 import time
@@ -33,7 +32,8 @@ from watchfiles import awatch
 
 from ingest.config import ConfigError, SourceConfig
 from ingest.deadletters import DeadLetters
-from ingest.files import move_durably
+from ingest.files import WorkerIdInUse, lock_worker_id, move_durably
+from ingest.layout import CLAIM_DIR
 from ingest.logs import get_logger
 from ingest.sources.base import AckError, FreshUnits, Item, SourceUnit, Units
 from ingest.sources.formats import DEFAULT_MAX_RECORD, Format, detect
@@ -41,7 +41,6 @@ from ingest.sources.reader import IGNORED_SUFFIXES, FileSource, describe_read_er
 from ingest.sources.writers import open_for_writing
 
 log = get_logger("ingest.sources.directory")
-CLAIM_DIR = ".ingest"
 RETRY_FAILED = 10.0  # seconds between attempts to read a claimed file that could not be read
 
 Stat = tuple[int, int, int, int]  # (st_dev, st_ino, st_size, st_mtime_ns)
@@ -267,24 +266,14 @@ class DirectorySource(FileSource):
         unacknowledged claims; a second process on the same host gets `<host>.2`, and so on.
         """
         base = self.root / CLAIM_DIR / "claimed"
-        base.mkdir(parents=True, exist_ok=True)
-        for n in range(1, 1000):
-            worker_id = self.worker_id if n == 1 else f"{self.worker_id}.{n}"
-            fd = os.open(base / f"{worker_id}.lock", os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                if self.explicit_id:
-                    raise ConfigError(
-                        f"worker.id: {self.worker_id!r} is in use by another running worker on {self.root}; "
-                        "give each worker its own id"
-                    ) from None
-                continue
-            self._lock_fd = fd
-            self.claim_dir = base / worker_id
-            return
-        raise ConfigError(f"worker.id: too many workers named {self.worker_id!r}")
+        try:
+            worker_id, self._lock_fd = lock_worker_id(base, self.worker_id, self.explicit_id)
+        except WorkerIdInUse:
+            raise ConfigError(
+                f"worker.id: {self.worker_id!r} is in use by another running worker on {self.root}; "
+                "give each worker its own id"
+            ) from None
+        self.claim_dir = base / worker_id
 
     async def run(self, send: MemoryObjectSendStream[Item], units: Units, once: bool) -> None:
         if self._lock_fd is None:

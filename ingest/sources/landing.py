@@ -31,16 +31,15 @@ from ingest.config import RetryConfig, SourceConfig
 from ingest.deadletters import DeadLetters
 from ingest.faults import crash_point, disk_full_point
 from ingest.files import fsync_dir
-from ingest.grants import landing_prefix
+from ingest.layout import CLAIMS, landing_prefix
 from ingest.logs import get_logger
 from ingest.r2.client import R2AccessDenied, R2Client
+from ingest.r2.errors import code_of, describe, is_retryable
 from ingest.sources.base import Ack, AckError, FreshUnits, SourceUnit, Units
 from ingest.sources.formats import DEFAULT_MAX_RECORD, detect
 from ingest.sources.reader import IGNORED_SUFFIXES, FileSource
-from ingest.upload import describe, is_retryable
 
 log = get_logger("ingest.sources.landing")
-CLAIMS = ".claims/"
 ACK_RETRY_SECONDS = 300.0  # keep trying to delete an ingested object this long
 STALE_CLAIM_WARNING = 3600.0  # another worker's claim this old is probably abandoned: say so
 
@@ -136,7 +135,7 @@ class LandingSource(FileSource):
                 with closing(out["Body"]) as body:
                     self._owners[marker] = str(json.loads(await body.read()).get("worker", ""))
             except ClientError as exc:
-                if _code(exc) == "NoSuchKey":
+                if code_of(exc) == "NoSuchKey":
                     return None
                 raise
         return self._owners[marker]
@@ -154,7 +153,7 @@ class LandingSource(FileSource):
                 ContentType="application/json",
             )
         except ClientError as exc:
-            if _code(exc) in ("PreconditionFailed", "ConditionalRequestConflict"):
+            if code_of(exc) in ("PreconditionFailed", "ConditionalRequestConflict"):
                 return False
             raise
         self._owners[self._marker(obj.key)] = self.worker_id
@@ -224,7 +223,7 @@ class LandingSource(FileSource):
         try:
             out = await self.client.call("get_object", Bucket=self.bucket, Key=obj.key, IfMatch=obj.etag)
         except ClientError as exc:
-            if _code(exc) in ("NoSuchKey", "PreconditionFailed"):  # gone or replaced since the listing
+            if code_of(exc) in ("NoSuchKey", "PreconditionFailed"):  # gone or replaced since the listing
                 log.warning("landing object changed before it was read; releasing it", key=obj.key)
                 await self.client.call("delete_object", Bucket=self.bucket, Key=self._marker(obj.key))
                 return None
@@ -301,10 +300,6 @@ class LandingSource(FileSource):
             log.info("landing object ingested and deleted", key=obj.key)
 
         return ack
-
-
-def _code(exc: ClientError) -> str:
-    return str(exc.response.get("Error", {}).get("Code", ""))
 
 
 def _finish_copy(part: Path, target: Path, obj: Landed) -> None:

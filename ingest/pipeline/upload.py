@@ -8,7 +8,6 @@ Anything else (403 scope, 404 bucket, 400) is permanent: the object stays in the
 
 from __future__ import annotations
 
-import asyncio
 import math
 import os
 import time
@@ -16,11 +15,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-import aiohttp
 import anyio
 import anyio.to_thread
-from botocore.exceptions import ClientError, HTTPClientError
-from botocore.exceptions import ConnectionError as BotoConnectionError
+from botocore.exceptions import ClientError
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -34,12 +31,13 @@ from tenacity.stop import stop_base
 
 from ingest import metrics
 from ingest.config import RetryConfig, UploadConfig
-from ingest.keys import KeyAllocator
 from ingest.logs import get_logger
+from ingest.pipeline.keys import KeyAllocator
+from ingest.pipeline.spool import SpooledObject
 from ingest.r2.client import R2AccessDenied, R2Client
-from ingest.spool import SpooledObject
+from ingest.r2.errors import describe, is_conflict, is_retryable, status_of
 
-log = get_logger("ingest.upload")
+log = get_logger("ingest.pipeline.upload")
 T = TypeVar("T")
 BATCH_ID_META = "batch-id"  # sent as x-amz-meta-batch-id
 MAX_PARTS = 10_000
@@ -70,31 +68,6 @@ class Uploaded:
     key: str
     attempts: int
     seconds: float
-
-
-def status_of(exc: ClientError) -> tuple[int | None, str]:
-    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-    return status, str(exc.response.get("Error", {}).get("Code", ""))
-
-
-def is_retryable(exc: BaseException) -> bool:
-    if isinstance(exc, ClientError):
-        status, code = status_of(exc)
-        return status is None or status >= 500 or status == 429 or code in ("SlowDown", "RequestTimeout")
-    return isinstance(
-        exc, HTTPClientError | BotoConnectionError | aiohttp.ClientError | OSError | asyncio.TimeoutError
-    )
-
-
-def is_conflict(exc: BaseException) -> bool:
-    return isinstance(exc, ClientError) and status_of(exc)[0] == 412
-
-
-def describe(exc: BaseException) -> str:
-    if isinstance(exc, ClientError):
-        status, code = status_of(exc)
-        return f"{status} {code}: {exc.response.get('Error', {}).get('Message', '')}".strip()
-    return f"{type(exc).__name__}: {exc}"
 
 
 class Uploader:

@@ -21,8 +21,10 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from ingest import logs
 from ingest.config import ConfigError, Settings, SourceConfig
 from ingest.grants import UploadGrants
+from ingest.health import Health, Stats
 from ingest.logs import get_logger
-from ingest.pipeline import Health, Pipeline, Stats
+from ingest.pipeline import Pipeline
+from ingest.pipeline.spool import Spool
 from ingest.r2.client import R2Client
 from ingest.r2.credentials import provider_from_settings
 from ingest.r2.endpoint import endpoint_url
@@ -31,9 +33,8 @@ from ingest.server import app as server_app
 from ingest.sources.base import Source
 from ingest.sources.directory import DirectorySource
 from ingest.sources.landing import LandingSource
-from ingest.spool import Spool
 
-log = get_logger("ingest.service")
+log = get_logger("ingest.worker")
 DEFAULT_INBOX = "inbox"
 
 
@@ -137,10 +138,6 @@ def build_sources(settings: Settings, spool: Spool, say: Console, client: R2Clie
                 )
             )
             continue
-        if cfg.kind != "directory":
-            raise ConfigError(
-                f"sources.{i}.kind: {cfg.kind!r} sources are not available yet; use directory or landing"
-            )
         if not cfg.path:
             raise ConfigError(f"sources.{i}.path: required for a directory source")
         check_directory(f"sources.{i}.path", cfg.path, create=default)

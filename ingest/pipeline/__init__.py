@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
 
 import anyio
 import anyio.to_thread
@@ -20,83 +19,25 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from botocore.exceptions import ClientError
 
 from ingest import metrics
-from ingest.batch import Batch, Batcher
 from ingest.config import Settings
 from ingest.faults import crash_point
-from ingest.keys import KeyAllocator, KeyTemplate
+from ingest.health import Health, Stats
+from ingest.layout import ERRORS_TEMPLATE
 from ingest.logs import get_logger
-from ingest.parquet import Encoder, load_schema_blob, schema_blob
+from ingest.pipeline.batch import Batch, Batcher
+from ingest.pipeline.encode import Encoder, load_schema_blob, schema_blob
+from ingest.pipeline.keys import KeyAllocator, KeyTemplate
+from ingest.pipeline.spool import Spool, SpooledObject, SpoolError
+from ingest.pipeline.upload import Uploader
 from ingest.r2.client import R2Client
+from ingest.r2.errors import describe, status_of
 from ingest.sources.base import AckError, Item, Source, SourceUnit
-from ingest.spool import Spool, SpooledObject, SpoolError
-from ingest.upload import Uploader, describe, status_of
 
 log = get_logger("ingest.pipeline")
 ENCODERS = 2  # batches encoded at once (pyarrow releases the GIL: this is what uses both cores)
 ITEM_BUFFER = 4
-ERRORS_TEMPLATE = "{prefix}_errors/{date:%Y/%m/%d}/errors_{seq:04d}.jsonl"
 DISK_RETRY_MAX = 30.0
 PROBLEMS_INTERVAL = 2.0  # how often unreadable input is written down for `ingest status`
-
-
-@dataclass
-class Health:
-    """Readiness for probes: false while any problem is open (store refusal, spool full, disk full),
-    or while requests to the store have kept failing for `failure_seconds` (an outage or a wrong
-    endpoint must not look healthy while objects pile up)."""
-
-    problems: dict[str, str] = field(default_factory=dict)
-    last_upload: float | None = None  # wall clock
-    failure_seconds: float = 30.0
-    failing_since: float | None = None  # monotonic; first failure since the last success
-    last_failure: str = ""
-
-    @property
-    def ready(self) -> bool:
-        return not self.open_problems
-
-    @property
-    def reason(self) -> str:
-        return "; ".join(self.open_problems.values())
-
-    @property
-    def open_problems(self) -> dict[str, str]:
-        out = dict(self.problems)
-        if self.failing_since is not None:
-            failing = time.monotonic() - self.failing_since
-            if failing >= self.failure_seconds:
-                out["store"] = f"requests to the store have failed for {failing:.0f}s: {self.last_failure}"
-        return out
-
-    def request_failed(self, reason: str) -> None:
-        if self.failing_since is None:
-            self.failing_since = time.monotonic()
-        self.last_failure = reason
-
-    def request_succeeded(self) -> None:
-        self.failing_since = None
-
-    def fail(self, reason: str, kind: str = "upload") -> None:
-        self.problems[kind] = reason
-
-    def clear(self, kind: str) -> None:
-        self.problems.pop(kind, None)
-
-
-@dataclass
-class Stats:
-    units_claimed: int = 0
-    units_acked: int = 0
-    records_read: int = 0
-    records_uploaded: int = 0
-    objects_uploaded: int = 0
-    bytes_uploaded: int = 0
-    dead_letter_keys: list[str] = field(default_factory=list)
-    failed_objects: list[SpooledObject] = field(default_factory=list)
-
-    @property
-    def failed_records(self) -> int:
-        return sum(o.records for o in self.failed_objects if o.kind == "data")
 
 
 class Pipeline:
@@ -112,12 +53,10 @@ class Pipeline:
         self.sources = sources
         self.spool = spool
         self.journal = spool.journal
-        self.dead = spool.dead
         self.health = health or Health()
         self.health.failure_seconds = settings.server.ready_failure_seconds
         self.stats = Stats()
         self.bucket = settings.r2.bucket
-        self.client = client
         self.encoder = Encoder(
             settings.output, spool.dir, spool.dead, load_schema_blob(self.journal.meta("schema"))
         )

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from ingest.batch import Batch
 from ingest.config import ConfigError
 from ingest.files import sha256_of
-from ingest.spool import Spool, SpooledObject
+from ingest.pipeline.batch import Batch
+from ingest.pipeline.spool import Spool, SpooledObject
 
 DAY = date(2026, 11, 23)
 

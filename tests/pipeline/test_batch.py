@@ -4,8 +4,8 @@ import anyio
 import pyarrow as pa
 import pytest
 
-from ingest.batch import Batch, Batcher
 from ingest.config import BatchConfig
+from ingest.pipeline.batch import Batch, Batcher
 from ingest.sources.base import Chunk, Item, SourceUnit, UnitRead
 
 

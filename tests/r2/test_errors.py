@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError, ParamValidationError, ReadTimeoutError
 
-from ingest.upload import describe, is_conflict, is_retryable
+from ingest.r2.errors import describe, is_conflict, is_retryable
 
 
 def _error(status: int, code: str) -> ClientError:

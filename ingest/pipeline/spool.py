@@ -14,7 +14,6 @@ objects waiting, sources take no new input until it is back under the low-water 
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
 import sqlite3
 import time
@@ -29,15 +28,15 @@ from typing import Any, TypeVar
 import anyio
 import anyio.to_thread
 
-from ingest.batch import Batch
 from ingest.config import ConfigError
 from ingest.deadletters import DeadLetters
-from ingest.files import sha256_of
-from ingest.journal import Journal, ObjectRow, UnitRow
+from ingest.files import WorkerIdInUse, lock_worker_id, sha256_of
 from ingest.logs import get_logger
+from ingest.pipeline.batch import Batch
+from ingest.pipeline.journal import Journal, ObjectRow, UnitRow
 from ingest.sources.base import Ranges, SourceUnit, merge_ranges
 
-log = get_logger("ingest.spool")
+log = get_logger("ingest.pipeline.spool")
 LOW_WATER = 0.8  # intake resumes below this fraction of spool.max_bytes
 T = TypeVar("T")
 CONTENT_TYPES = {"data": "application/vnd.apache.parquet", "deadletters": "application/x-ndjson"}
@@ -305,27 +304,13 @@ def _unit(u: UnitRow) -> SourceUnit:
 
 
 def _lock_worker(root: Path, worker_id: str, explicit: bool) -> tuple[str, int]:
-    """Own `<root>/<id>` for this process's lifetime (flock), so no two live workers share a spool.
-
-    The default id is the host name, stable across restarts so a restarted worker finds its own
-    journal; a second process on the same host gets `<host>.2`, and so on.
-    """
-    root.mkdir(parents=True, exist_ok=True)
-    for n in range(1, 1000):
-        candidate = worker_id if n == 1 else f"{worker_id}.{n}"
-        fd = os.open(root / f"{candidate}.lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            if explicit:
-                raise ConfigError(
-                    f"worker.id: {worker_id!r} is in use by another running worker with spool.dir {root}; "
-                    "give each worker its own id"
-                ) from None
-            continue
-        return candidate, fd
-    raise ConfigError(f"worker.id: too many workers named {worker_id!r}")
+    try:
+        return lock_worker_id(root, worker_id, explicit)
+    except WorkerIdInUse:
+        raise ConfigError(
+            f"worker.id: {worker_id!r} is in use by another running worker with spool.dir {root}; "
+            "give each worker its own id"
+        ) from None
 
 
 def disk_full(exc: BaseException) -> bool:

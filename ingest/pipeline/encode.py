@@ -22,14 +22,14 @@ import pyarrow.compute as pc
 import pyarrow.ipc
 import pyarrow.parquet as pq
 
-from ingest.batch import Batch
 from ingest.config import ConfigError, OutputConfig
 from ingest.deadletters import DeadLetter, DeadLetters
 from ingest.faults import disk_full_point
 from ingest.files import fsync_dir, sha256_of
+from ingest.pipeline.batch import Batch
+from ingest.pipeline.spool import SpooledObject
 from ingest.sources.base import Chunk
 from ingest.sources.types import family, text_fits, unify, widen
-from ingest.spool import SpooledObject
 
 _CAST_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError)
 

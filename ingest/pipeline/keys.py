@@ -23,7 +23,7 @@ _MARK = "\x00SEQ\x00"
 ListKeys = Callable[[str, str], Awaitable[list[str]]]
 # exists(key) -> whether an object is there (a HEAD)
 Exists = Callable[[str], Awaitable[bool]]
-log = get_logger("ingest.keys")
+log = get_logger("ingest.pipeline.keys")
 
 
 class _SeqMark:

@@ -18,12 +18,13 @@ import cloudflare
 import typer
 from botocore.exceptions import ClientError
 
-from ingest.cli import err, out, settings
+from ingest.cli.common import err, out, settings
 from ingest.config import Settings
+from ingest.origins import origin_problem
 from ingest.r2.api import cloudflare_client
 from ingest.r2.bucket_cors import ApiBucketCors, BucketCors, S3BucketCors
 from ingest.r2.client import R2AccessDenied, R2Client
-from ingest.r2.cors import CorsError, dumps, evaluate, holds, origin_problem, parse_policy
+from ingest.r2.cors import CorsError, dumps, evaluate, holds, parse_policy
 from ingest.r2.credentials import CredentialError, provider_from_settings
 from ingest.r2.endpoint import endpoint_url
 from ingest.r2.presign import PresignError, check_request, presign
@@ -46,7 +47,7 @@ def fail(message: str, code: int = 1) -> typer.Exit:
 @asynccontextmanager
 async def r2_client(s: Settings) -> AsyncIterator[tuple[Settings, R2Client]]:
     """Settings (the local R2's when none is configured) and an S3 client for them."""
-    from ingest.service import r2_settings
+    from ingest.worker import r2_settings
 
     async with r2_settings(s, err) as s2:
         r2 = s2.r2
@@ -66,7 +67,7 @@ async def bucket_cors(via: str) -> AsyncIterator[tuple[str, BucketCors]]:
         async with r2_client(s) as (s2, client):
             yield s2.r2.bucket, S3BucketCors(client, s2.r2.bucket)
         return
-    from ingest.service import r2_settings
+    from ingest.worker import r2_settings
 
     async with r2_settings(s, err) as s2:
         r2 = s2.r2

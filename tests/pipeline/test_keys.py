@@ -6,7 +6,7 @@ import anyio
 import pytest
 
 from ingest.config import ConfigError
-from ingest.keys import KeyAllocator, KeyTemplate
+from ingest.pipeline.keys import KeyAllocator, KeyTemplate
 
 DAY = date(2024, 8, 2)
 

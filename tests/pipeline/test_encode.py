@@ -8,10 +8,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from ingest.batch import Batch
 from ingest.config import ConfigError, OutputConfig
 from ingest.deadletters import DeadLetters
-from ingest.parquet import Encoder, load_schema
+from ingest.pipeline.batch import Batch
+from ingest.pipeline.encode import Encoder, load_schema
 from ingest.sources.base import Chunk, SourceUnit
 
 
@@ -87,7 +87,7 @@ def test_a_value_that_does_not_fit_the_tables_known_type_is_a_dead_letter_naming
 
 
 def test_known_types_widen_and_survive_a_restart(tmp_path: Path) -> None:
-    from ingest.parquet import load_schema_blob, schema_blob
+    from ingest.pipeline.encode import load_schema_blob, schema_blob
 
     enc = _encoder(tmp_path)
     [a] = enc.encode(_batch(pa.table({"v": pa.array([1], pa.int64())})))

@@ -1,0 +1,99 @@
+"""`ingest run`: the worker, as a daemon or a cron job (`--once`), and the end-of-run report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import anyio
+import typer
+
+from ingest.cli.common import app, err, out, settings
+from ingest.config import ConfigError
+
+
+@app.command()
+def run(
+    once: Annotated[
+        bool, typer.Option("--once", help="Take what the sources hold now, upload it all, exit (cron).")
+    ] = False,
+) -> None:
+    """Watch the sources and upload Parquet batches to R2 (SIGTERM/SIGINT drains and exits 0)."""
+    from ingest import worker
+    from ingest.local.seaweed import SeaweedError
+    from ingest.pipeline.spool import SpoolError
+    from ingest.r2.credentials import CredentialError
+
+    s = settings()
+    try:
+        result = anyio.run(worker.run, s, once, out, once and out.is_terminal)
+    except (ConfigError, CredentialError) as exc:
+        err.print(f"config error: {exc}", markup=False, highlight=False)
+        raise typer.Exit(2) from None
+    except SeaweedError as exc:
+        err.print(f"local R2: {exc}", markup=False, highlight=False)
+        raise typer.Exit(1) from None
+    except (SpoolError, BaseExceptionGroup) as exc:
+        spool_error = _first(exc, SpoolError)
+        if spool_error is None:
+            raise
+        err.print(f"error: {spool_error}", markup=False, highlight=False)
+        raise typer.Exit(1) from None
+    st = result.stats
+    out.print(
+        f"uploaded {st.records_uploaded:,} records in {st.objects_uploaded} objects "
+        f"({st.bytes_uploaded / 1e6:.1f} MB) from {st.units_acked} files",
+        markup=False,
+        highlight=False,
+    )
+    keys = st.dead_letter_keys
+    if result.dead_letters or keys:
+        where = f"s3://{result.bucket}/{keys[0]}" if keys else str(result.dead_letter_dir)
+        more = f" (and {len(keys) - 1} more objects)" if len(keys) > 1 else ""
+        out.print(
+            f"dead letters: {result.dead_letters} records could not be read; source, line and reason "
+            f"are in {where}{more}",
+            markup=False,
+            highlight=False,
+        )
+    if result.complete:
+        return
+    if st.failed_objects:
+        where = str(st.failed_objects[0].path.parent)
+        err.print(
+            f"not uploaded: {st.failed_records:,} records in {len(st.failed_objects)} objects, "
+            f"kept in {where}",
+            markup=False,
+            highlight=False,
+        )
+    if result.pending_units:
+        err.print(
+            f"not acknowledged: {len(result.pending_units)} source files, kept in "
+            f"{Path(result.pending_units[0]).parent}",
+            markup=False,
+            highlight=False,
+        )
+    if result.unreadable:
+        err.print(
+            f"could not read {len(result.unreadable)} inputs; they are kept where they are and tried again "
+            "on the next run:",
+            markup=False,
+            highlight=False,
+        )
+        for where, why in sorted(result.unreadable.items())[:20]:
+            err.print(f"  {where}: {why}", markup=False, highlight=False)
+        if len(result.unreadable) > 20:
+            err.print(f"  … and {len(result.unreadable) - 20} more", markup=False, highlight=False)
+    if once:
+        raise typer.Exit(1)
+
+
+def _first(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
+    """`exc` itself or the first `kind` inside it (task groups wrap what their tasks raise)."""
+    if isinstance(exc, kind):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            if (found := _first(inner, kind)) is not None:
+                return found
+    return None

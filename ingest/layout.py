@@ -1,0 +1,19 @@
+"""Every key, prefix and path name the worker writes, in one place.
+
+Data objects go under the key template; dead letters under `{prefix}_errors/`; browser uploads land
+under `{prefix}_landing/<uuid>/<name>` and are claimed with markers under `{prefix}_landing/.claims/`;
+the directory source claims files into `<path>/.ingest/claimed/<worker-id>/`.
+"""
+
+from __future__ import annotations
+
+DEFAULT_KEY_TEMPLATE = "{prefix}{date:%Y/%m/%d}/ingested_{seq:04d}.parquet"
+ERRORS_TEMPLATE = "{prefix}_errors/{date:%Y/%m/%d}/errors_{seq:04d}.jsonl"
+LANDING = "_landing/"
+CLAIMS = ".claims/"  # under the landing prefix: one marker per claimed landing object
+CLAIM_DIR = ".ingest"  # under a watched directory: `claimed/<worker-id>/` holds the claimed files
+
+
+def landing_prefix(prefix: str) -> str:
+    """Where browser uploads land (and the landing source lists)."""
+    return f"{prefix}{LANDING}"
