@@ -151,8 +151,8 @@ class LocalR2:
                 server.should_exit = True
         finally:
             sock.close()
-            await store.aclose()
-            with anyio.CancelScope(shield=True):
+            with anyio.CancelScope(shield=True):  # Ctrl-C included: SeaweedFS always stops cleanly
+                await store.aclose()
                 await anyio.to_thread.run_sync(self.seaweed.stop)
 
     async def _supervise(self, scope: anyio.CancelScope) -> None:

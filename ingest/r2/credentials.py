@@ -11,6 +11,8 @@ import hashlib
 import random
 import re
 import time
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,22 +72,21 @@ class CredentialProvider:
     def describe_scope(self) -> str:
         return ""
 
-    async def start(self) -> None:
-        return None
-
     async def refresh(self, stale: S3Credentials, reason: str) -> S3Credentials:
         return self.current()
 
-    async def aclose(self) -> None:
-        return None
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[CredentialProvider]:
+        """The provider, ready, for the duration of the block (background work lives exactly as long)."""
+        yield self
 
-    # Use as `async with provider:`; background refresh lives exactly as long as the block.
+    # `async with provider:` is `async with provider.running():`.
     async def __aenter__(self) -> CredentialProvider:
-        await self.start()
-        return self
+        self._stack = AsyncExitStack()
+        return await self._stack.enter_async_context(self.running())
 
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
+    async def __aexit__(self, *exc: Any) -> bool | None:
+        return await self._stack.__aexit__(*exc)
 
 
 async def verify_token(cf: AsyncCloudflare, account_id: str) -> tuple[str, str]:
@@ -140,24 +141,26 @@ class TemporaryCredentials(CredentialProvider):
         self._blocked_until = 0.0  # after a 429: no API calls before this (monotonic)
         self._retry_at = 0.0  # after a failed proactive refresh: try again at this time
         self._warned_window = -1.0
-        self._tg: Any = None
 
     def describe_scope(self) -> str:
         where = f"prefixes {', '.join(self.prefixes)}" if self.prefixes else "the whole bucket"
         return f"temporary credentials are scoped to bucket {self.bucket}, {where} ({self.permission})"
 
-    async def start(self) -> None:
-        await self.refresh(None, "initial")
-        self._tg = anyio.create_task_group()
-        await self._tg.__aenter__()
-        self._tg.start_soon(self._refresh_loop)
-
-    async def aclose(self) -> None:
-        if self._tg is not None:
-            self._tg.cancel_scope.cancel()
-            await self._tg.__aexit__(None, None, None)
-            self._tg = None
-        await self.cf.close()
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[CredentialProvider]:
+        """Mint the first credentials, refresh them in the background while the block runs; the API
+        client is closed however the block ends (shielded: Ctrl-C included)."""
+        try:
+            await self.refresh(None, "initial")
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._refresh_loop)
+                try:
+                    yield self
+                finally:
+                    tg.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.cf.close()
 
     def _next_refresh_in(self) -> float:
         now = time.monotonic()
