@@ -23,17 +23,17 @@ from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route
 
 from ingest.local import policy as pol
+from ingest.local.cors import InvalidCors, from_s3_rules, to_s3_rules
 from ingest.local.identities import IdentityStore
 from ingest.local.state import (
     LocalState,
     TempCredential,
     TokenRecord,
     new_token_value,
+    token_secret,
     utc_iso,
 )
 from ingest.logs import get_logger
-from ingest.r2.cors import CorsError, CorsRule, parse_policy, to_s3, to_wrangler
-from ingest.r2.credentials import derive_secret
 
 log = get_logger("ingest.local.emulator")
 JURISDICTIONS = ("default", "eu", "fedramp", "fedramp-high", "us")
@@ -168,7 +168,7 @@ class Emulator:
         tok = TokenRecord(
             id=secrets.token_hex(16),
             name=body["name"],
-            value_sha256=derive_secret(value),
+            value_sha256=token_secret(value),
             policies=policies,
             issued_on=utc_iso(),
             account_id=account,
@@ -342,7 +342,7 @@ class Emulator:
         return {"rate_limited_for": seconds}
 
     def _require_root(self, request: Request) -> None:
-        if self._bearer(request).value_sha256 != derive_secret(self.state.root_token):
+        if self._bearer(request).value_sha256 != token_secret(self.state.root_token):
             raise ApiError(403, 10000, "Authentication error")
 
     # --- buckets and CORS --------------------------------------------------------------------
@@ -399,7 +399,7 @@ class Emulator:
                 if exc.response["Error"]["Code"] == "NoSuchCORSConfiguration":
                     raise ApiError(404, 10059, "The CORS configuration does not exist.") from None
                 raise
-        return to_wrangler([CorsRule.from_s3(r) for r in rules])
+        return from_s3_rules(rules)
 
     async def put_cors(self, request: Request) -> Any:
         self._require_admin(request, write=True)
@@ -409,12 +409,12 @@ class Emulator:
         if not isinstance(rules, list):
             raise ApiError(400, 10040, "rules: must be a list")
         try:
-            parsed = parse_policy({"rules": rules})[0] if rules else []
-        except CorsError as exc:
+            parsed = to_s3_rules(rules)
+        except InvalidCors as exc:
             raise ApiError(400, 10040, f"The CORS configuration is invalid: {exc}") from None
         async with self.store.admin_client() as s3:
             if parsed:
-                await s3.put_bucket_cors(Bucket=bucket, CORSConfiguration=to_s3(parsed))
+                await s3.put_bucket_cors(Bucket=bucket, CORSConfiguration={"CORSRules": parsed})
             else:
                 await s3.delete_bucket_cors(Bucket=bucket)
         return None

@@ -10,8 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ingest.r2.tokens import BUCKET_RESOURCE, ITEM_READ, ITEM_WRITE
-
+# Literal strings from Cloudflare's API token documentation (never imported from the product).
+BUCKET_RESOURCE = "com.cloudflare.edge.r2.bucket."  # + <ACCOUNT_ID>_<JURISDICTION>_<BUCKET>
+ITEM_WRITE = "Workers R2 Storage Bucket Item Write"
+ITEM_READ = "Workers R2 Storage Bucket Item Read"
 ACCOUNT_RESOURCE = "com.cloudflare.api.account"
 USER_RESOURCE = "com.cloudflare.api.user"
 
@@ -29,6 +31,11 @@ PERMISSION_GROUPS: list[dict[str, Any]] = [
     {"id": "0cc3a61731504c89b99ec1be78b77aa0", "name": TOKENS_READ, "scopes": [USER_RESOURCE]},
 ]
 _GROUP_NAMES = {g["id"]: g["name"] for g in PERMISSION_GROUPS}
+
+
+def bucket_resource(account_id: str, bucket: str, jurisdiction: str = "default") -> str:
+    return f"{BUCKET_RESOURCE}{account_id}_{jurisdiction}_{bucket}"
+
 
 PERMISSIONS = ("admin-read-write", "admin-read-only", "object-read-write", "object-read-only")
 

@@ -22,10 +22,8 @@ from ingest.local import policy as pol
 from ingest.local.emulator import API_PREFIX, Emulator
 from ingest.local.identities import IdentityStore
 from ingest.local.seaweed import SeaweedError, SeaweedServer
-from ingest.local.state import LocalState, TokenRecord, new_token_value, utc_iso
+from ingest.local.state import LocalState, TokenRecord, new_token_value, token_secret, utc_iso
 from ingest.logs import get_logger, register_secret
-from ingest.r2.credentials import derive_secret
-from ingest.r2.tokens import ITEM_WRITE, bucket_resource
 
 log = get_logger("ingest.local")
 SUPERVISE_INTERVAL = 0.5
@@ -210,11 +208,11 @@ class LocalR2:
             )
         if not st.default_token:
             st.default_token = new_token_value()
-            resource = bucket_resource(st.account_id, st.default_bucket)
+            resource = pol.bucket_resource(st.account_id, st.default_bucket)
             await emulator.issue_token(
-                self._token("local bucket token", st.default_token, [(resource, [ITEM_WRITE])])
+                self._token("local bucket token", st.default_token, [(resource, [pol.ITEM_WRITE])])
             )
-        register_secret(st.root_token, st.default_token, derive_secret(st.default_token))
+        register_secret(st.root_token, st.default_token, token_secret(st.default_token))
         await emulator.sweep_expired()
         st.save(self.state_path)
 
@@ -229,7 +227,7 @@ class LocalR2:
             }
             for resource, names in grants
         ]
-        return TokenRecord(os.urandom(16).hex(), name, derive_secret(value), policies, utc_iso())
+        return TokenRecord(os.urandom(16).hex(), name, token_secret(value), policies, utc_iso())
 
     def info(self, api_base_url: str) -> LocalR2Info:
         st = self.state
@@ -242,7 +240,7 @@ class LocalR2:
             bucket=st.default_bucket,
             api_token=st.default_token,
             access_key_id=default.id,
-            secret_access_key=derive_secret(st.default_token),
+            secret_access_key=token_secret(st.default_token),
             cloudflare_api_token=st.root_token,
             admin_access_key_id=st.admin_access_key,
             admin_secret_access_key=st.admin_secret_key,

@@ -227,3 +227,35 @@ def test_bucket_scoped_token_cannot_manage_buckets(local_r2: LocalR2) -> None:
     with pytest.raises(cloudflare.APIStatusError) as exc:
         local_r2.cf(local_r2.api_token).r2.buckets.create(account_id=local_r2.account_id, name="nope-bucket")
     assert exc.value.status_code == 403
+
+
+def test_the_emulator_spells_cloudflare_formats_itself() -> None:
+    """The local R2 must not import the product's format helpers: a wrong format would pass every
+    test. Its own spellings are checked against literals from Cloudflare's documentation."""
+    import ast
+    from pathlib import Path
+
+    from ingest.local import policy, state
+    from ingest.local.cors import InvalidCors, from_s3_rules, to_s3_rules
+
+    for module in Path(policy.__file__).parent.glob("*.py"):
+        tree = ast.parse(module.read_text())
+        imported = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module]
+        assert not [
+            m
+            for m in imported
+            if m.startswith(("ingest.r2.cors", "ingest.r2.tokens", "ingest.r2.credentials"))
+        ], module
+    assert state.token_secret("example-token-value-123") == (
+        "69c37c98742bc5e82e9a382f72cf696b9b9b5ae52ed1defe4c1e5f4d3a82fb53"
+    )
+    assert policy.bucket_resource("acct", "b", "eu") == "com.cloudflare.edge.r2.bucket.acct_eu_b"
+    rules = [{"allowed": {"origins": ["https://a.com"], "methods": ["PUT"]}, "maxAgeSeconds": 60}]
+    assert from_s3_rules(to_s3_rules(rules)) == {"rules": rules}
+    for bad in (
+        [{"allowed": {"origins": ["https://a.com/"], "methods": ["PUT"]}}],
+        [{"allowed": {"origins": ["https://a.com"], "methods": ["PATCH"]}}],
+        [{"allowed": {"origins": ["https://a.com"], "methods": ["GET"]}, "maxAgeSeconds": 90000}],
+    ):
+        with pytest.raises(InvalidCors):
+            to_s3_rules(bad)

@@ -43,3 +43,19 @@ def test_token_create_keys_write_only_that_bucket(local_r2: LocalR2, tmp_path: P
     with pytest.raises(ClientError) as denied:
         s3.put_object(Bucket=local_r2.bucket, Key="not-mine.txt", Body=b"no")
     assert denied.value.response["Error"]["Code"] == "AccessDenied"
+
+
+def test_known_answers_for_the_token_formats() -> None:
+    """Fixed inputs and outputs written out by hand, so a wrong format cannot agree with itself."""
+    from ingest.r2.credentials import derive_secret
+    from ingest.r2.tokens import ITEM_READ, ITEM_WRITE, bucket_resource
+
+    # sha256("example-token-value-123") computed independently (coreutils sha256sum).
+    assert derive_secret("example-token-value-123") == (
+        "69c37c98742bc5e82e9a382f72cf696b9b9b5ae52ed1defe4c1e5f4d3a82fb53"
+    )
+    assert bucket_resource("0123456789abcdef0123456789abcdef", "logs", "eu") == (
+        "com.cloudflare.edge.r2.bucket.0123456789abcdef0123456789abcdef_eu_logs"
+    )
+    assert ITEM_WRITE == "Workers R2 Storage Bucket Item Write"
+    assert ITEM_READ == "Workers R2 Storage Bucket Item Read"
