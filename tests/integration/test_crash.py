@@ -49,8 +49,9 @@ def _inbox(job: Job, seed: int) -> None:
         write_jsonl(job.inbox / name, rows)
 
 
-def _run_until_done(job: Job, point: str, n: int) -> tuple[int, str]:
-    """Run `--once` repeatedly, killing early runs; return (kills, all logs)."""
+def _run_until_done(job: Job, point: str, n: int, schedule: list[str]) -> tuple[int, str]:
+    """Run `--once` repeatedly, killing early runs; return (kills, all logs). `schedule` records what
+    was done to each run, for the failure message (random kills: seed `n`, the delays below)."""
     rng = random.Random(n)
     kills = 0
     logs = ""
@@ -58,10 +59,15 @@ def _run_until_done(job: Job, point: str, n: int) -> tuple[int, str]:
         env: dict[str, str] = {}
         if point != "random" and attempt == 0:
             env["INGEST_CRASH_AT"] = f"{point}:{n}"
+            schedule.append(f"run {attempt}: INGEST_CRASH_AT={point}:{n}")
         proc = job.start("--once", **env)
         if point == "random" and attempt < 2:
-            time.sleep(rng.uniform(0.3, 3.5))
+            delay = rng.uniform(0.3, 3.5)
+            time.sleep(delay)
             proc.send_signal(signal.SIGKILL)
+            schedule.append(f"run {attempt}: SIGKILL after {delay:.3f}s (seed {n})")
+        else:
+            schedule.append(f"run {attempt}: to the end")
         try:
             _, err = proc.communicate(timeout=240)
         except subprocess.TimeoutExpired:
@@ -71,10 +77,10 @@ def _run_until_done(job: Job, point: str, n: int) -> tuple[int, str]:
         if proc.returncode == -signal.SIGKILL:
             kills += 1
             continue
-        assert proc.returncode == 0, err[-3000:]
+        assert proc.returncode == 0, f"{schedule}\n{err[-3000:]}"
         if not list(job.inbox.rglob("*.jsonl*")):
             return kills, logs
-    raise AssertionError(f"not done after {MAX_RUNS} runs")
+    raise AssertionError(f"not done after {MAX_RUNS} runs; schedule {schedule}; last log:\n{logs[-4000:]}")
 
 
 def _trial(job: Job, point: str, n: int) -> None:
@@ -84,13 +90,15 @@ def _trial(job: Job, point: str, n: int) -> None:
         upload={"concurrency": 4},
     )
     _inbox(job, n)
-    kills, logs = _run_until_done(job, point, n)
+    schedule: list[str] = []
+    kills, logs = _run_until_done(job, point, n, schedule)
     if point != "random":
         assert kills == 1, f"the crash point {point}:{n} was never reached"
 
     ids = [int(r["id"]) for r in job.rows()]  # type: ignore[call-overload]
-    assert len(ids) == len(set(ids)), f"{len(ids) - len(set(ids))} ids twice after {kills} kills"
-    assert sorted(ids) == list(range(RECORDS)), f"{RECORDS - len(set(ids))} rows lost after {kills} kills"
+    assert len(ids) == len(set(ids)), f"{len(ids) - len(set(ids))} ids twice after {kills} kills: {schedule}"
+    lost = RECORDS - len(set(ids))
+    assert sorted(ids) == list(range(RECORDS)), f"{lost} rows lost after {kills} kills: {schedule}"
 
     # No key ever held two different batches, and every object in R2 is a distinct batch.
     writers: dict[str, set[str]] = defaultdict(set)

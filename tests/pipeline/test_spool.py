@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import date
 from pathlib import Path
 
+import anyio
 import pytest
 
 from ingest.config import ConfigError
@@ -67,7 +68,8 @@ async def test_backpressure_pauses_at_the_high_water_mark_and_resumes_below_the_
     assert spool.added(500) and spool.paused  # 1100 >= 1000
     assert not spool.removed(200)  # 900: still above 80 %
     assert spool.removed(200) and not spool.paused  # 700
-    await spool.wait_for_room()
+    with anyio.fail_after(5):  # fails instead of hanging if the room never opens
+        await spool.wait_for_room()
     spool.close()
 
 
