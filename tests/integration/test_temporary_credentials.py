@@ -97,7 +97,9 @@ async def test_ttl_3s_stream_has_zero_failures_and_single_flight_refreshes(local
     assert failures == []
     assert done > 100
     assert provider.refreshes >= 6  # initial + at least 5 refreshes in 20 s
-    assert provider.refreshes == provider.api_calls  # single-flight: one API call per refresh
+    # Single-flight: one API call per refresh (a proactive one in flight when the block ends is
+    # cancelled after it was counted as a call, so at most one call more).
+    assert provider.refreshes <= provider.api_calls <= provider.refreshes + 1
     assert count_objects(local_r2, prefix) == done
 
 
