@@ -98,10 +98,15 @@ def test_permanent_refusal_keeps_data_local_and_fails_readiness(job: Job) -> Non
 
 
 def test_sigterm_finishes_the_files_already_taken_and_exits_0(job: Job) -> None:
-    job.configure(sources={"settle_seconds": "100ms"}, batch={"max_records": 50_000})
+    port = free_port()
+    job.configure(
+        sources={"settle_seconds": "100ms"},
+        batch={"max_records": 50_000},
+        server={"listen": f"127.0.0.1:{port}"},
+    )
     proc = job.start()
     try:
-        time.sleep(2.0)  # running and watching
+        wait_for(lambda: readyz(port) == 200, 60, "the worker to be ready")
         rows = [{"id": i, "pad": "x" * 100} for i in range(400_000)]
         staged = write_jsonl(job.dir / "big.jsonl", rows)
         staged.rename(job.inbox / "big.jsonl")
@@ -112,7 +117,14 @@ def test_sigterm_finishes_the_files_already_taken_and_exits_0(job: Job) -> None:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, err
-    assert any(e.get("event") == "stopping intake; finishing what was read" for e in logs_of(err))
+    events = logs_of(err)
+    stop = next(
+        i for i, e in enumerate(events) if e.get("event") == "stopping intake; finishing what was read"
+    )
+    before = sum(
+        e["records"] for e in events[:stop] if e.get("event") == "uploaded" and e.get("kind") == "data"
+    )
+    assert before < 400_000, "SIGTERM came after the whole file was uploaded: nothing was left to finish"
     ids = [int(r["id"]) for r in job.rows()]  # type: ignore[call-overload]
     assert len(ids) == len(set(ids)) == 400_000
     assert not list((job.inbox / ".ingest" / "claimed").rglob("*big.jsonl"))  # acknowledged
