@@ -12,13 +12,14 @@ import errno
 import json
 import os
 import threading
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
+
+from tenacity import RetryCallState, Retrying, retry_if_exception, wait_exponential
 
 from ingest.faults import disk_full_point
 from ingest.files import fsync_dir
@@ -119,19 +120,29 @@ class DeadLetters:
         from ingest import metrics
 
         data = "".join(json.dumps(d.as_json(), ensure_ascii=False) + "\n" for d in letters).encode()
-        delay = 0.5
-        while True:
-            try:
+        waited = False
+
+        def waiting(state: RetryCallState) -> None:
+            nonlocal waited
+            waited = True
+            exc = state.outcome.exception() if state.outcome else None
+            self.on_full(f"spool disk full at {self.dir} (dead letters); free space or move spool.dir")
+            log.error(
+                "spool disk full; dead letters wait for space",
+                error=str(exc),
+                retry_in=round(state.upcoming_sleep, 3),
+            )
+
+        # Callers are reader and encoder threads: waiting here (a blocking sleep) stalls no event loop.
+        for attempt in Retrying(
+            retry=retry_if_exception(_disk_full),  # no stop: a full disk is waited out
+            wait=wait_exponential(multiplier=0.5, max=30.0),
+            before_sleep=waiting,
+            reraise=True,
+        ):
+            with attempt:
                 path = self._append(data)
-                break
-            except OSError as exc:  # callers are reader and encoder threads: waiting here is fine
-                if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
-                    raise
-                self.on_full(f"spool disk full at {self.dir} (dead letters); free space or move spool.dir")
-                log.error("spool disk full; dead letters wait for space", error=str(exc), retry_in=delay)
-                time.sleep(delay)
-                delay = min(delay * 2, 30.0)
-        if delay > 0.5:
+        if waited:
             self.on_room()
         metrics.DEAD_LETTERS.inc(len(letters))
         first = letters[0]
@@ -143,6 +154,10 @@ class DeadLetters:
             reason=first.reason,
             path=str(path),
         )
+
+
+def _disk_full(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 def _noop(*_: object) -> None:

@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -81,6 +82,23 @@ def test_unreachable_endpoint(local_r2: LocalR2, tmp_path: Path) -> None:
     assert any(line.startswith("✗ endpoint: cannot reach") for line in lines(r, "✗")), r.stdout
 
 
+def _own_bucket(r2: LocalR2, tmp_path: Path) -> tuple[str, dict[str, str]]:
+    """A bucket of the test's own, and keys for it: its CORS changes touch no other test."""
+    bucket = f"doctor-{uuid.uuid4().hex[:8]}"
+    r2.cf().r2.buckets.create(account_id=r2.account_id, name=bucket)
+    env_file = tmp_path / "bucket.env"
+    made = subprocess.run(
+        [sys.executable, "-m", "ingest", "token", "create", "--bucket", bucket, "--env-file", str(env_file)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **r2.env},
+        cwd=tmp_path,
+    )
+    assert made.returncode == 0, made.stderr
+    return bucket, dict(line.split("=", 1) for line in env_file.read_text().splitlines() if "=" in line)
+
+
 def test_upload_grants_for_a_browser_origin_need_the_bucket_to_allow_its_put(
     local_r2: LocalR2, tmp_path: Path
 ) -> None:
@@ -88,10 +106,11 @@ def test_upload_grants_for_a_browser_origin_need_the_bucket_to_allow_its_put(
     (tmp_path / "ingest.toml").write_text(
         f'[[sources]]\nkind = "landing"\n\n[server]\ncors_origins = ["{site}"]\n'
     )
-    s3 = local_r2.token_s3()
-    s3.delete_bucket_cors(Bucket=local_r2.bucket)
+    bucket, keys = _own_bucket(local_r2, tmp_path)
+    s3 = local_r2.s3(keys["R2_ACCESS_KEY_ID"], keys["R2_SECRET_ACCESS_KEY"])
+    env = keys  # R2_BUCKET_NAME, R2_ACCESS_KEY_ID, R2_SECRET_ACCESS_KEY, R2_API_TOKEN of the new bucket
     try:
-        blocked = doctor(local_r2, tmp_path, INGEST_UPLOAD_TOKEN="t0ken")
+        blocked = doctor(local_r2, tmp_path, INGEST_UPLOAD_TOKEN="t0ken", **env)
         assert blocked.returncode == 1
         assert lines(blocked, "✗") == [
             f"✗ cors: uploads from {site} would be blocked by the browser: the bucket has no CORS policy, "
@@ -99,27 +118,27 @@ def test_upload_grants_for_a_browser_origin_need_the_bucket_to_allow_its_put(
             "(grants need PUT with header content-type; example: config/cors.example.json)"
         ]
         s3.put_bucket_cors(
-            Bucket=local_r2.bucket,
+            Bucket=bucket,
             CORSConfiguration={"CORSRules": [{"AllowedOrigins": [site], "AllowedMethods": ["GET"]}]},
         )
-        method = doctor(local_r2, tmp_path, INGEST_UPLOAD_TOKEN="t0ken")
+        method = doctor(local_r2, tmp_path, INGEST_UPLOAD_TOKEN="t0ken", **env)
         assert method.returncode == 1
         assert f"✗ cors: uploads from {site} would be blocked by the browser: method PUT is not allowed" in (
             method.stdout
         )
         s3.put_bucket_cors(
-            Bucket=local_r2.bucket,
+            Bucket=bucket,
             CORSConfiguration={
                 "CORSRules": [
                     {"AllowedOrigins": [site], "AllowedMethods": ["PUT"], "AllowedHeaders": ["content-type"]}
                 ]
             },
         )
-        allowed = doctor(local_r2, tmp_path, INGEST_UPLOAD_TOKEN="t0ken")
+        allowed = doctor(local_r2, tmp_path, INGEST_UPLOAD_TOKEN="t0ken", **env)
         assert allowed.returncode == 0, allowed.stdout
         assert f"✓ cors: uploads from {site}: allowed by rule 0" in allowed.stdout
         assert "t0ken" not in allowed.stdout + allowed.stderr
-        without_grants = doctor(local_r2, tmp_path)
+        without_grants = doctor(local_r2, tmp_path, **env)
         assert "uploads from" not in without_grants.stdout
     finally:
-        s3.delete_bucket_cors(Bucket=local_r2.bucket)
+        s3.delete_bucket_cors(Bucket=bucket)

@@ -16,6 +16,8 @@ from typing import Any
 
 import anyio
 import uvicorn
+from botocore.exceptions import ClientError
+from tenacity import AsyncRetrying, stop_after_attempt, wait_fixed
 
 from ingest.config import Settings, write_env_file
 from ingest.local import policy as pol
@@ -181,16 +183,19 @@ class LocalR2:
     async def _bootstrap(self, store: IdentityStore, emulator: Emulator) -> None:
         st = self.state
         async with store.admin_client() as s3:
-            for attempt in range(50):  # volumes may need a moment after the gateway answers
-                try:
-                    await s3.create_bucket(Bucket=st.default_bucket)
-                    break
-                except Exception as exc:
-                    if "BucketAlreadyOwnedByYou" in str(exc) or "BucketAlreadyExists" in str(exc):
-                        break
-                    if attempt == 49:
-                        raise
-                    await anyio.sleep(0.2)
+            # Volumes may need a moment after the gateway answers: 50 tries, 0.2 s apart.
+            async for attempt in AsyncRetrying(
+                stop=stop_after_attempt(50), wait=wait_fixed(0.2), reraise=True
+            ):
+                with attempt:
+                    try:
+                        await s3.create_bucket(Bucket=st.default_bucket)
+                    except ClientError as exc:
+                        if exc.response["Error"]["Code"] not in (
+                            "BucketAlreadyOwnedByYou",
+                            "BucketAlreadyExists",
+                        ):
+                            raise
         if not st.sts_access_key:
             st.sts_access_key, st.sts_secret_key = await store.ensure_sts_parent()
             register_secret(st.sts_secret_key)

@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 
 import anyio
 import anyio.to_thread
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential
 
 from ingest.config import ConfigError
 from ingest.deadletters import DeadLetters
@@ -130,34 +131,38 @@ class Spool:
         journal's) one at a time, in order. On a full disk report it (readiness false), back off and
         try again until there is room; the writes are single transactions or idempotent file steps,
         so trying again is safe. Any other failure to write (EROFS, EIO, EACCES) is a SpoolError."""
-        delay = self.retry_initial
-        while True:
-            try:
-                if self._writer is None:
-                    self._writer = anyio.CapacityLimiter(1)
-                limiter = self._writer if serial else None
-                result = await anyio.to_thread.run_sync(partial(fn, *args), limiter=limiter)
-            except (OSError, sqlite3.OperationalError) as exc:
-                if not disk_full(exc):
-                    raise SpoolError(self.dir, what, exc) from exc
-                reason = f"spool disk full at {self.dir} ({what}); free space or move spool.dir"
-                self.full = reason
-                self.on_full(reason)
-                log.error(
-                    "spool disk full; waiting for space before going on",
-                    write=what,
-                    error=str(exc),
-                    retry_in=round(delay, 3),
-                    spool=str(self.dir),
-                )
-                await anyio.sleep(delay)
-                delay = min(delay * 2, self.retry_max)
-                continue
-            if self.full is not None:
-                self.full = None
-                self.on_room()
-                log.info("spool disk has room again", write=what)
-            return result
+        if self._writer is None:
+            self._writer = anyio.CapacityLimiter(1)
+        limiter = self._writer if serial else None
+
+        def waiting(state: RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            self.full = f"spool disk full at {self.dir} ({what}); free space or move spool.dir"
+            self.on_full(self.full)
+            log.error(
+                "spool disk full; waiting for space before going on",
+                write=what,
+                error=str(exc),
+                retry_in=round(state.upcoming_sleep, 3),
+                spool=str(self.dir),
+            )
+
+        try:
+            async for attempt in AsyncRetrying(
+                retry=retry_if_exception(disk_full),  # no stop: a full disk is waited out
+                wait=wait_exponential(multiplier=self.retry_initial, max=self.retry_max),
+                before_sleep=waiting,
+                reraise=True,
+            ):
+                with attempt:
+                    result = await anyio.to_thread.run_sync(partial(fn, *args), limiter=limiter)
+        except (OSError, sqlite3.OperationalError) as exc:
+            raise SpoolError(self.dir, what, exc) from exc
+        if self.full is not None:
+            self.full = None
+            self.on_room()
+            log.info("spool disk has room again", write=what)
+        return result
 
     # -- backpressure ------------------------------------------------------------------------------
 
