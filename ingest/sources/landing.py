@@ -25,7 +25,14 @@ import anyio
 import anyio.to_thread
 from anyio.streams.memory import MemoryObjectSendStream
 from botocore.exceptions import BotoCoreError, ClientError
-from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_random_exponential
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_delay,
+    wait_exponential,
+    wait_random_exponential,
+)
 
 from ingest.config import RetryConfig, SourceConfig
 from ingest.deadletters import DeadLetters
@@ -204,19 +211,26 @@ class LandingSource(FileSource):
         target = self.local / f"{digest}--{PurePosixPath(obj.key).name}"
         if target.exists():
             return target
-        delay = self.retry.initial
-        while True:
-            try:
+
+        def waiting(state: RetryCallState) -> None:
+            target.with_name(target.name + ".part").unlink(missing_ok=True)
+            reason = f"spool disk full at {self.local} (landing copy); free space or move spool.dir"
+            self._units.disk_full(reason)
+            log.error(
+                "spool disk full; the landing copy waits for space",
+                key=obj.key,
+                retry_in=round(state.upcoming_sleep, 3),
+            )
+
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception(_disk_full),  # no stop: a full disk is waited out
+            wait=wait_exponential(multiplier=self.retry.initial, max=self.retry.max),
+            before_sleep=waiting,
+            reraise=True,
+        ):
+            with attempt:
                 return await self._copy(obj, target)
-            except OSError as exc:
-                if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
-                    raise
-                target.with_name(target.name + ".part").unlink(missing_ok=True)
-                reason = f"spool disk full at {self.local} (landing copy); free space or move spool.dir"
-                self._units.disk_full(reason)
-                log.error("spool disk full; the landing copy waits for space", key=obj.key, retry_in=delay)
-                await anyio.sleep(delay)
-                delay = min(delay * 2, self.retry.max)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def _copy(self, obj: Landed, target: Path) -> Path | None:
         part = target.with_name(target.name + ".part")
@@ -300,6 +314,10 @@ class LandingSource(FileSource):
             log.info("landing object ingested and deleted", key=obj.key)
 
         return ack
+
+
+def _disk_full(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 def _finish_copy(part: Path, target: Path, obj: Landed) -> None:

@@ -158,10 +158,7 @@ async def test_rate_limit_keeps_uploading_on_valid_credentials_and_warns_once(lo
 
 @pytest.mark.anyio
 async def test_log_of_temporary_run_contains_no_secret(local_r2: LocalR2) -> None:
-    buf = io.StringIO()
-    logs.configure("json", "debug", stream=buf)
-    prefix = f"redact-{uuid.uuid4().hex[:6]}/"
-    secrets = {local_r2.api_token, local_r2.env["R2_SECRET_ACCESS_KEY"]}
+    buf, prefix, secrets = _debug_logs(local_r2, "redact")
     async with temporary(local_r2, ttl=2, prefix=prefix) as (provider, client):
         done, failures = await upload_stream(client, local_r2.bucket, prefix, 4, workers=2, seen=secrets)
         emulator(local_r2, f"temp-access-credentials/{provider.current().access_key_id}/revoke")
@@ -170,36 +167,37 @@ async def test_log_of_temporary_run_contains_no_secret(local_r2: LocalR2) -> Non
             await client.call("put_object", Bucket=local_r2.bucket, Key="outside/x", Body=b"x")
         logs.get_logger("test").error("upload failed", error=denied.value, exc_info=denied.value)
     assert failures == [] and done > 0 and provider.refreshes >= 3
-    text = buf.getvalue()
+    text = _no_secret_and_every_line_json(buf.getvalue(), secrets)
     assert "temporary credentials refreshed" in text
-    assert len(secrets) >= 4
+
+
+def _debug_logs(r2: LocalR2, name: str) -> tuple[io.StringIO, str, set[str]]:
+    """Every log line (ours and the libraries', at debug) into a buffer; a fresh prefix; the secrets
+    known so far (the tests add each minted one as it is used)."""
+    buf = io.StringIO()
+    logs.configure("json", "debug", stream=buf)
+    return buf, f"{name}-{uuid.uuid4().hex[:6]}/", {r2.api_token, r2.env["R2_SECRET_ACCESS_KEY"]}
+
+
+def _no_secret_and_every_line_json(text: str, secrets: set[str]) -> str:
+    assert len(secrets) >= 4  # token value, derived secret, and at least one minted secret pair
     for secret in secrets:
         assert secret not in text
-    _every_line_is_json_and_libraries_are_in_it(text)
-
-
-def _every_line_is_json_and_libraries_are_in_it(text: str) -> None:
     records = [json.loads(line) for line in text.splitlines()]  # fails on any line that is not JSON
     loggers = {str(r.get("logger", "")).split(".")[0] for r in records}
     assert "botocore" in loggers, loggers  # library debug records came through the same renderer
+    return text
 
 
 @pytest.mark.anyio
 async def test_botocore_debug_logs_of_session_credentials_are_json_and_redacted(local_r2: LocalR2) -> None:
-    buf = io.StringIO()
-    logs.configure("json", "debug", stream=buf)
-    prefix = f"redact-sts-{uuid.uuid4().hex[:6]}/"
-    secrets = {local_r2.api_token, local_r2.env["R2_SECRET_ACCESS_KEY"]}
+    buf, prefix, secrets = _debug_logs(local_r2, "redact-sts")
     async with temporary(local_r2, ttl=900, prefix=prefix) as (provider, client):  # STS: a session token
         done, failures = await upload_stream(client, local_r2.bucket, prefix, 1.5, workers=2, seen=secrets)
         assert provider.current().session_token is not None
     assert failures == [] and done > 0
-    text = buf.getvalue()
-    assert len(secrets) >= 4
-    for secret in secrets:
-        assert secret not in text
+    text = _no_secret_and_every_line_json(buf.getvalue(), secrets)
     assert "X-Amz-Security-Token" in text or "x-amz-security-token" in text.lower()  # it was logged, masked
-    _every_line_is_json_and_libraries_are_in_it(text)
 
 
 @pytest.mark.anyio
