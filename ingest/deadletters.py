@@ -8,7 +8,6 @@ hence the lock.
 from __future__ import annotations
 
 import base64
-import errno
 import json
 import os
 import threading
@@ -22,7 +21,7 @@ from typing import Any
 from tenacity import RetryCallState, Retrying, retry_if_exception, wait_exponential
 
 from ingest.faults import disk_full_point
-from ingest.files import fsync_dir
+from ingest.files import fsync_dir, is_disk_full
 from ingest.logs import get_logger
 
 log = get_logger("ingest.deadletters")
@@ -135,7 +134,7 @@ class DeadLetters:
 
         # Callers are reader and encoder threads: waiting here (a blocking sleep) stalls no event loop.
         for attempt in Retrying(
-            retry=retry_if_exception(_disk_full),  # no stop: a full disk is waited out
+            retry=retry_if_exception(is_disk_full),  # no stop: a full disk is waited out
             wait=wait_exponential(multiplier=0.5, max=30.0),
             before_sleep=waiting,
             reraise=True,
@@ -154,10 +153,6 @@ class DeadLetters:
             reason=first.reason,
             path=str(path),
         )
-
-
-def _disk_full(exc: BaseException) -> bool:
-    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 def _noop(*_: object) -> None:

@@ -24,6 +24,11 @@ def sha256_of(path: Path) -> str:
         return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
+def is_disk_full(exc: BaseException) -> bool:
+    """ENOSPC or EDQUOT: the one failure to write that waiting for space can fix."""
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
 def move_durably(src: Path, dst: Path) -> None:
     """Move `src` to `dst`, across filesystems too: a rename where it can be, else copy, fsync, rename
     into place, fsync the directory, then delete `src`. Safe to repeat after a crash at any step (a

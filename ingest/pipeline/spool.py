@@ -31,7 +31,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exp
 
 from ingest.config import ConfigError
 from ingest.deadletters import DeadLetters
-from ingest.files import WorkerIdInUse, lock_worker_id, sha256_of
+from ingest.files import WorkerIdInUse, is_disk_full, lock_worker_id, sha256_of
 from ingest.logs import get_logger
 from ingest.pipeline.batch import Batch
 from ingest.pipeline.journal import Journal, ObjectRow, UnitRow
@@ -322,4 +322,4 @@ def disk_full(exc: BaseException) -> bool:
     """ENOSPC/EDQUOT from a file write, or SQLite's SQLITE_FULL."""
     if isinstance(exc, sqlite3.OperationalError):
         return "disk is full" in str(exc) or "disk full" in str(exc)
-    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    return is_disk_full(exc)

@@ -77,12 +77,12 @@ class DirectorySource(FileSource):
         self.done_dir = Path(config.done_dir).resolve() if config.done_dir else None
         self.dead = dead
         self._seen: dict[Path, _Seen] = {}
-        self._warned: set[tuple[Path, str]] = set()
-        self._skipped: set[Path] = set()
+        self._skipped: dict[Path, str] = {}  # left alone by policy → what was said about it
         self._units: Units = FreshUnits()
         self._problems = {}
         self._failed = {}
         self._writers: set[tuple[int, int]] = set()
+        self._writers_at = -float("inf")  # monotonic time of the last /proc scan
         self._targets: dict[Path, Path] = {}  # claimed symlink → the file it points to
         self._following: dict[Path, _Seen] = {}  # claimed files still growing (or changed after reading)
         self._observed: dict[Path, _Seen] = {}  # the last look at a followed file sent to be read again
@@ -92,9 +92,8 @@ class DirectorySource(FileSource):
 
     def _skip(self, path: Path, message: str, **kw: object) -> None:
         """Leave a path alone by policy (not an error): said once, and --once does not wait for it."""
-        self._skipped.add(path)
-        if (path, message) not in self._warned:
-            self._warned.add((path, message))
+        if self._skipped.get(path) != message:
+            self._skipped[path] = message
             log.warning(message, path=str(path), **kw)
 
     def _candidates(self) -> Iterator[Path]:
@@ -132,11 +131,14 @@ class DirectorySource(FileSource):
     def _writing(self, st: Stat) -> bool:
         return (st[0], st[1]) in self._writers
 
-    def _scan_writers(self, extra: Iterable[Path] = ()) -> None:
-        if not self.config.wait_for_writers:
+    def _scan_writers(self, extra: Iterable[Path] = (), max_age: float = 0.0) -> None:
+        """Refresh who holds files open for writing, unless a scan younger than `max_age` seconds
+        already answers (acknowledgements share the last scan instead of each reading /proc)."""
+        if not self.config.wait_for_writers or time.monotonic() - self._writers_at < max_age:
             return
         targets = [str(p) for p in self._targets.values()] + [str(p) for p in extra]
         self._writers = open_for_writing([str(self.root)], targets)
+        self._writers_at = time.monotonic()
 
     def _complete(self, now: float) -> list[Path]:
         """Files whose size and mtime held still for settle_seconds and that no process is writing;
@@ -456,10 +458,9 @@ class DirectorySource(FileSource):
         expected = self._read_stats.get(claimed)
         if expected is not None and st != expected:
             return st
-        if self.config.wait_for_writers:
-            self._scan_writers([self._target(claimed)])
-            if self._writing(st):
-                return st
+        self._scan_writers(max_age=self._poll)  # claimed files and link targets are always covered
+        if self._writing(st):
+            return st
         return None
 
     def _finish(self, claimed: Path) -> None:

@@ -11,7 +11,6 @@ repeat after a crash.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
@@ -37,7 +36,7 @@ from tenacity import (
 from ingest.config import RetryConfig, SourceConfig
 from ingest.deadletters import DeadLetters
 from ingest.faults import crash_point, disk_full_point
-from ingest.files import fsync_dir
+from ingest.files import fsync_dir, is_disk_full
 from ingest.layout import CLAIMS, landing_prefix
 from ingest.logs import get_logger
 from ingest.r2.client import R2AccessDenied, R2Client
@@ -223,7 +222,7 @@ class LandingSource(FileSource):
             )
 
         async for attempt in AsyncRetrying(
-            retry=retry_if_exception(_disk_full),  # no stop: a full disk is waited out
+            retry=retry_if_exception(is_disk_full),  # no stop: a full disk is waited out
             wait=wait_exponential(multiplier=self.retry.initial, max=self.retry.max),
             before_sleep=waiting,
             reraise=True,
@@ -314,10 +313,6 @@ class LandingSource(FileSource):
             log.info("landing object ingested and deleted", key=obj.key)
 
         return ack
-
-
-def _disk_full(exc: BaseException) -> bool:
-    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 def _finish_copy(part: Path, target: Path, obj: Landed) -> None:

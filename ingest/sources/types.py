@@ -92,17 +92,9 @@ def _typed_from_text(col: pa.ChunkedArray) -> pa.ChunkedArray | None:
             return col.cast(pa.int64())
         except (pa.ArrowInvalid, OverflowError):  # past int64: stays text
             return None
-    if _all(col, _FLOAT) and _fits_double(col):
+    if _all(col, _FLOAT) and pc.all(_digits_fit(col), skip_nulls=True).as_py():
         return col.cast(pa.float64())
     return None
-
-
-def _fits_double(col: pa.ChunkedArray) -> bool:
-    mantissa = pc.replace_substring_regex(col, r"[eE].*$", "")
-    digits = pc.replace_substring_regex(mantissa, r"[^0-9]", "")
-    significant = pc.replace_substring_regex(digits, r"^0+", "")
-    longest = pc.max(pc.utf8_length(significant)).as_py()
-    return longest is None or longest <= DOUBLE_DIGITS
 
 
 def _temporal(col: pa.ChunkedArray) -> pa.ChunkedArray | None:
