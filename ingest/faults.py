@@ -1,7 +1,7 @@
 """Fault hooks for tests, each set by an environment variable and inert when unset (always, in
 production): crash points (`INGEST_CRASH_AT`: kill -9 at exactly the moments that are hardest to
 survive), write failures (`INGEST_DISK_FULL_AT`: the real error from the real spool or journal call) and
-a slow journal (`INGEST_JOURNAL_DELAY`).
+a slow journal (`INGEST_JOURNAL_DELAY`) and a lost acknowledgement (`INGEST_LOSE_ACK`).
 
 `INGEST_CRASH_AT=<point>[:<n>]` makes the worker SIGKILL itself the n-th time (default 1st) it passes
 `<point>`; unset it costs one comparison.
@@ -70,3 +70,16 @@ _journal_delay = float(os.environ.get("INGEST_JOURNAL_DELAY", "0") or 0)
 def journal_delay() -> None:
     if _journal_delay:
         time.sleep(_journal_delay)
+
+
+# `INGEST_LOSE_ACK=<n>`: the n-th acknowledgement that falls due is never started, as a bookkeeping bug
+# would lose it: the safety net (`--once` exits 1 naming every unit not acknowledged) must catch it.
+_lose_ack = int(os.environ.get("INGEST_LOSE_ACK", "0") or 0)
+
+
+def ack_lost() -> bool:
+    global _lose_ack
+    if _lose_ack <= 0:
+        return False
+    _lose_ack -= 1
+    return _lose_ack == 0

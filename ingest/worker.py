@@ -44,7 +44,7 @@ class RunResult:
     dead_letters: int
     dead_letter_dir: Path
     bucket: str = ""
-    pending_units: list[str] = field(default_factory=list)
+    pending_units: dict[str, str] = field(default_factory=dict)  # input not acknowledged → why
     unreadable: dict[str, str] = field(default_factory=dict)  # input that could not be read → why
 
     @property
@@ -245,7 +245,10 @@ async def run(settings: Settings, once: bool, say: Console, progress: bool = Fal
             tg.cancel_scope.cancel()  # signal watcher, deadline, progress
             if probes is not None:
                 probes.stop()
-        pending = [p for src in sources for p in src.pending()]
+        # What the sources still hold claimed, and (the safety net) every unit the pipeline took or
+        # found in the journal that is not acknowledged, whatever the sources say.
+        pending = {p: "claimed, not acknowledged" for src in sources for p in src.pending()}
+        pending |= pipeline.unacknowledged()
         unreadable = {where: why for src in sources for where, why in src.problems().items()}
         return RunResult(pipeline.stats, spool.dead.count, spool.dead.dir, r2.bucket, pending, unreadable)
 

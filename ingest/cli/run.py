@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import anyio
@@ -41,8 +40,8 @@ def run(
         raise typer.Exit(1) from None
     st = result.stats
     out.print(
-        f"uploaded {st.records_uploaded:,} records in {st.objects_uploaded} objects "
-        f"({st.bytes_uploaded / 1e6:.1f} MB) from {st.units_acked} files",
+        f"uploaded {st.records_uploaded:,} records in {_count(st.objects_uploaded, 'object')} "
+        f"({st.bytes_uploaded / 1e6:.1f} MB) from {_count(st.units_acked, 'file')}",
         markup=False,
         highlight=False,
     )
@@ -61,18 +60,19 @@ def run(
     if st.failed_objects:
         where = str(st.failed_objects[0].path.parent)
         err.print(
-            f"not uploaded: {st.failed_records:,} records in {len(st.failed_objects)} objects, "
+            f"not uploaded: {st.failed_records:,} records in {_count(len(st.failed_objects), 'object')}, "
             f"kept in {where}",
             markup=False,
             highlight=False,
         )
     if result.pending_units:
         err.print(
-            f"not acknowledged: {len(result.pending_units)} source files, kept in "
-            f"{Path(result.pending_units[0]).parent}",
+            f"not acknowledged: {_count(len(result.pending_units), 'source unit')}; they are kept "
+            "and taken again by the next run:",
             markup=False,
             highlight=False,
         )
+        _list(result.pending_units)
     if result.unreadable:
         err.print(
             f"could not read {len(result.unreadable)} inputs; they are kept where they are and tried again "
@@ -80,12 +80,21 @@ def run(
             markup=False,
             highlight=False,
         )
-        for where, why in sorted(result.unreadable.items())[:20]:
-            err.print(f"  {where}: {why}", markup=False, highlight=False)
-        if len(result.unreadable) > 20:
-            err.print(f"  … and {len(result.unreadable) - 20} more", markup=False, highlight=False)
+        _list(result.unreadable)
     if once:
         raise typer.Exit(1)
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}" if n == 1 else f"{n} {what}s"
+
+
+def _list(items: dict[str, str], most: int = 20) -> None:
+    """`where: why`, one per line, the first `most` of them."""
+    for where, why in sorted(items.items())[:most]:
+        err.print(f"  {where}: {why}", markup=False, highlight=False)
+    if len(items) > most:
+        err.print(f"  … and {len(items) - most} more", markup=False, highlight=False)
 
 
 def _first(exc: BaseException, kind: type[BaseException]) -> BaseException | None:

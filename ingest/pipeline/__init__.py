@@ -20,7 +20,7 @@ from botocore.exceptions import ClientError
 
 from ingest import metrics
 from ingest.config import Settings
-from ingest.faults import crash_point
+from ingest.faults import ack_lost, crash_point
 from ingest.health import Health, Stats
 from ingest.layout import ERRORS_TEMPLATE
 from ingest.logs import get_logger
@@ -82,6 +82,7 @@ class Pipeline:
         spool.on_room = lambda: self.health.clear("disk")
         spool.dead.on_full, spool.dead.on_room = spool.on_full, spool.on_room
         self._units: dict[str, SourceUnit] = {}
+        self._ack_errors: dict[str, str] = {}  # unit id → why its acknowledgement failed
         self._intake_done = anyio.Event()
         self._tg: TaskGroup | None = None
         self._recorded_problems: dict[str, str] | None = None  # None: not written in this run yet
@@ -359,7 +360,8 @@ class Pipeline:
     def _maybe_ack(self, unit: SourceUnit) -> None:
         if unit.ackable and self._tg is not None:
             unit.acked = True
-            self._tg.start_soon(self._ack, unit)
+            if not ack_lost():
+                self._tg.start_soon(self._ack, unit)
 
     async def _ack(self, unit: SourceUnit) -> None:
         assert unit.ack is not None
@@ -367,6 +369,7 @@ class Pipeline:
             acked = await unit.ack()
         except AckError as exc:
             log.error("could not acknowledge source unit", unit=unit.name, error=str(exc))
+            self._ack_errors[unit.id] = str(exc)
             return
         if acked is False:  # it changed after it was read: the source reads the rest, then acks again
             unit.acked = unit.read_done = False
@@ -376,8 +379,29 @@ class Pipeline:
         crash_point("acked")
         await self.spool.durably("forget unit", self.journal.forget_unit, unit.id)
         self._units.pop(unit.id, None)
+        self._ack_errors.pop(unit.id, None)
         self.stats.units_acked += 1
         metrics.UNITS_ACKED.inc()
+
+    def unacknowledged(self) -> dict[str, str]:
+        """Units taken in this run, or found in the journal, that are still not acknowledged (where →
+        why): the safety net behind `--once`'s exit code, independent of what the sources report."""
+        return {unit.path or unit.name: self._why_unacked(unit) for unit in self._units.values()}
+
+    def _why_unacked(self, unit: SourceUnit) -> str:
+        if unit.id in self._ack_errors:
+            return f"acknowledgement failed: {self._ack_errors[unit.id]}"
+        if unit.read_error:
+            return f"read failed: {unit.read_error}"
+        if unit.failed:
+            return "rows in an object that was not uploaded"
+        if unit.ack is None:
+            return "in the journal, but not opened by its source in this run"
+        if not unit.read_done:
+            return "not read to its end"
+        if unit.pending_batches:
+            return f"rows in {unit.pending_batches} batch(es) not yet uploaded"
+        return "read and uploaded, but never acknowledged"
 
     async def _key_exists(self, key: str) -> bool:
         try:

@@ -13,6 +13,8 @@ import sqlite3
 import subprocess
 import time
 from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -49,60 +51,91 @@ def _inbox(job: Job, seed: int) -> None:
         write_jsonl(job.inbox / name, rows)
 
 
-def _run_until_done(job: Job, point: str, n: int, schedule: list[str]) -> tuple[int, str]:
-    """Run `--once` repeatedly, killing early runs; return (kills, all logs). `schedule` records what
-    was done to each run, for the failure message (random kills: seed `n`, the delays below)."""
+@dataclass
+class Trial:
+    """What a trial did, for its failure message: the seed, each run's crash schedule and its logs."""
+
+    point: str
+    n: int
+    schedule: list[str] = field(default_factory=list)
+    logs: list[str] = field(default_factory=list)  # stderr of each run, in order
+
+    def report(self) -> str:
+        seeds = f"inbox seed {self.n}"
+        if self.point == "random":
+            seeds += f", kill delays from random.Random({self.n})"
+        runs = "\n".join(f"  {s}" for s in self.schedule)
+        logs = "\n".join(f"--- run {i} ---\n{log}" for i, log in enumerate(self.logs))
+        head = f"trial {self.point}-{self.n} ({seeds}); schedule:"
+        return f"{head}\n{runs}\ncaptured logs of this trial:\n{logs}"
+
+
+def _run_until_done(job: Job, trial: Trial) -> int:
+    """Run `--once` repeatedly, killing early runs; return the number of kills."""
+    point, n = trial.point, trial.n
     rng = random.Random(n)
     kills = 0
-    logs = ""
     for attempt in range(MAX_RUNS):
         env: dict[str, str] = {}
         if point != "random" and attempt == 0:
             env["INGEST_CRASH_AT"] = f"{point}:{n}"
-            schedule.append(f"run {attempt}: INGEST_CRASH_AT={point}:{n}")
         proc = job.start("--once", **env)
         if point == "random" and attempt < 2:
             delay = rng.uniform(0.3, 3.5)
             time.sleep(delay)
             proc.send_signal(signal.SIGKILL)
-            schedule.append(f"run {attempt}: SIGKILL after {delay:.3f}s (seed {n})")
+            what = f"SIGKILL after {delay:.3f}s"
         else:
-            schedule.append(f"run {attempt}: to the end")
+            what = f"INGEST_CRASH_AT={point}:{n}" if env else "to the end"
         try:
             _, err = proc.communicate(timeout=240)
         except subprocess.TimeoutExpired:
             proc.kill()
-            raise
-        logs += err
+            _, err = proc.communicate()
+            trial.schedule.append(f"run {attempt}: {what} → hung, killed after 240 s")
+            trial.logs.append(err)
+            raise AssertionError(f"run {attempt} hung") from None
+        trial.schedule.append(f"run {attempt}: {what} → exit {proc.returncode}")
+        trial.logs.append(err)
         if proc.returncode == -signal.SIGKILL:
             kills += 1
             continue
-        assert proc.returncode == 0, f"{schedule}\n{err[-3000:]}"
-        if not list(job.inbox.rglob("*.jsonl*")):
-            return kills, logs
-    raise AssertionError(f"not done after {MAX_RUNS} runs; schedule {schedule}; last log:\n{logs[-4000:]}")
+        assert proc.returncode == 0, f"run {attempt} exited {proc.returncode}"
+        left = sorted(str(p.relative_to(job.inbox)) for p in job.inbox.rglob("*.jsonl*"))
+        if not left:
+            return kills
+        trial.schedule[-1] += f", left {left}"
+    raise AssertionError(f"not done after {MAX_RUNS} runs")
 
 
 def _trial(job: Job, point: str, n: int) -> None:
+    trial = Trial(point, n)
+    try:
+        _check_trial(job, trial)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{trial.report()}") from None
+
+
+def _check_trial(job: Job, trial: Trial) -> None:
+    point, n = trial.point, trial.n
     job.configure(
         sources={"settle_seconds": "50ms"},
         batch={"max_records": 15_000},  # batches span files, files span batches
         upload={"concurrency": 4},
     )
     _inbox(job, n)
-    schedule: list[str] = []
-    kills, logs = _run_until_done(job, point, n, schedule)
+    kills = _run_until_done(job, trial)
     if point != "random":
         assert kills == 1, f"the crash point {point}:{n} was never reached"
 
     ids = [int(r["id"]) for r in job.rows()]  # type: ignore[call-overload]
-    assert len(ids) == len(set(ids)), f"{len(ids) - len(set(ids))} ids twice after {kills} kills: {schedule}"
+    assert len(ids) == len(set(ids)), f"{len(ids) - len(set(ids))} ids twice after {kills} kills"
     lost = RECORDS - len(set(ids))
-    assert sorted(ids) == list(range(RECORDS)), f"{lost} rows lost after {kills} kills: {schedule}"
+    assert sorted(ids) == list(range(RECORDS)), f"{lost} rows lost after {kills} kills"
 
     # No key ever held two different batches, and every object in R2 is a distinct batch.
     writers: dict[str, set[str]] = defaultdict(set)
-    for e in logs_of(logs):
+    for e in logs_of("".join(trial.logs)):
         if e.get("event") == "uploaded" and e.get("kind") == "data":
             writers[e["key"]].add(e["batch"])
     assert all(len(b) == 1 for b in writers.values()), {k: b for k, b in writers.items() if len(b) > 1}
@@ -154,3 +187,52 @@ def test_damaged_spool_file_is_detected_by_checksum(job: Job, crash: str, state:
     ids = [int(x["id"]) for x in job.rows()]  # type: ignore[call-overload]
     assert len(ids) == len(set(ids)) and sorted(ids) == list(range(RECORDS))
     assert not victim.exists()
+
+
+def _claimed(job: Job) -> list[Path]:
+    return sorted(
+        p for p in (job.inbox / ".ingest" / "claimed").rglob("*--*") if not p.name.endswith(".origin")
+    )
+
+
+def _unacknowledged(stderr: str) -> dict[Path, str]:
+    """The `  <where>: <why>` lines under `not acknowledged:` in a run's report."""
+    lines = stderr.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("not acknowledged:"))
+    out = {}
+    for line in lines[start + 1 :]:
+        if not line.startswith("  "):
+            break
+        where, why = line.strip().split(": ", 1)
+        out[Path(where)] = why
+    return out
+
+
+@pytest.mark.parametrize("found", [False, True], ids=["claimed-in-this-run", "found-claimed-after-a-crash"])
+def test_once_exits_1_naming_a_unit_whose_acknowledgement_was_lost(job: Job, found: bool) -> None:
+    """The safety net: whatever loses an acknowledgement (injected here, as a bookkeeping bug would),
+    `--once` does not exit 0 while a unit it claimed, or found claimed under its own id, is not
+    acknowledged: it exits 1 naming the unit and where it is kept, and the next run finishes it."""
+    job.configure(sources={"settle_seconds": "50ms"})
+    for f in range(2):
+        write_jsonl(job.inbox / f"part-{f}.jsonl", [{"id": f * 100 + i} for i in range(100)])
+    before: list[Path] = []
+    if found:  # both files in one uploaded object, then killed before either is acknowledged
+        r = job.run_once(INGEST_CRASH_AT="uploaded:1")
+        assert r.returncode == -signal.SIGKILL, r.stderr[-2000:]
+        before = _claimed(job)
+        assert len(before) == 2 and not list(job.inbox.glob("*.jsonl"))
+
+    r = job.run_once(INGEST_LOSE_ACK="1")
+    assert r.returncode == 1, r.stderr[-3000:]
+    assert "not acknowledged: 1 source unit;" in r.stderr
+    (left,) = _claimed(job)
+    assert _unacknowledged(r.stderr) == {left: "read and uploaded, but never acknowledged"}
+    if found:
+        assert left in before
+
+    r = job.run_once()
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert _claimed(job) == []
+    ids = sorted(int(x["id"]) for x in job.rows())  # type: ignore[call-overload]
+    assert ids == list(range(200))  # the lost acknowledgement's rows were not uploaded twice

@@ -63,13 +63,14 @@ def test_permanent_refusal_keeps_data_local_and_fails_readiness(job: Job) -> Non
     job.configure()
     r = job.run_once(R2_BUCKET_NAME="not-our-bucket")
     assert r.returncode == 1, r.stderr
-    assert "not uploaded: 30 records in 1 objects, kept in" in r.stderr
-    assert "not acknowledged: 1 source files" in r.stderr
+    assert "not uploaded: 30 records in 1 object, kept in" in r.stderr
+    assert "not acknowledged: 1 source unit;" in r.stderr
     assert not any(e.get("event") == "transient failure; retrying" for e in logs_of(r.stderr))
     kept = list((job.dir / "spool").glob("*/objects/*.parquet"))
     assert len(kept) == 1
     claimed = [p for p in (job.inbox / ".ingest" / "claimed").rglob("*--a.jsonl")]
     assert len(claimed) == 1
+    assert f"  {claimed[0]}: rows in an object that was not uploaded" in r.stderr.splitlines()
     status = subprocess.run(
         [*job.command()[:-1], "status", "--json"], env=job.env(), capture_output=True, text=True, timeout=60
     )

@@ -161,7 +161,7 @@ def test_an_unreachable_store_turns_readiness_false_and_once_gives_up_in_its_own
     r = job.run_once(timeout=60)
     assert r.returncode == 1, r.stderr
     assert time.monotonic() - started < 30  # not retry.max_elapsed (24 h)
-    assert "not uploaded: 5 records in 1 objects, kept in" in r.stderr
+    assert "not uploaded: 5 records in 1 object, kept in" in r.stderr
     retries = [e for e in logs_of(r.stderr) if e.get("event") == "transient failure; retrying"]
     assert retries and all(e["level"] == "warning" and "wait" in e and e["error"] for e in retries)
 

@@ -155,7 +155,7 @@ def test_no_r2_configured_starts_the_local_r2(tmp_path: Path) -> None:
     r = ingest_without_r2(work, "run", "--once")
     assert r.returncode == 0, r.stderr
     assert "no R2 configured: using the local R2" in r.stdout
-    assert "uploaded 25 records in 1 objects" in r.stdout
+    assert "uploaded 25 records in 1 object" in r.stdout
     objects = list((work / ".ingest" / "local").rglob("*"))
     assert objects  # the local R2 kept its data under .ingest/local
     assert not (work / "inbox" / "a.jsonl").exists()
@@ -193,7 +193,7 @@ def test_once_on_a_tty_shows_progress(job: Job) -> None:
     assert proc.wait(30) == 0
     screen = b"".join(chunks).decode(errors="replace")
     assert "uploading" in screen and "records" in screen  # the rich progress bar was drawn
-    assert "uploaded 5,000 records in 1 objects" in screen
+    assert "uploaded 5,000 records in 1 object" in screen
 
 
 def test_temporary_credentials_scoped_to_the_output_prefix_can_upload(job: Job) -> None:
