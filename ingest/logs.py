@@ -10,11 +10,15 @@ import logging
 import re
 import sys
 import threading
-from collections.abc import MutableMapping
-from typing import Any, Literal
+from collections.abc import Iterator, MutableMapping
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Literal
 
 import structlog
 from pydantic import SecretStr
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 REDACTED = "[REDACTED]"
 
@@ -84,11 +88,69 @@ def _redact_rendered(_logger: Any, _name: str, event: MutableMapping[str, Any]) 
     return event
 
 
+class _Output:
+    """Where rendered log lines go: the stream, or, while a live display (the progress bar) is on the
+    terminal, its rich Console, which prints each whole line above the display instead of into it."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self.console: Console | None = None
+        self._partial = ""
+        self._lock = threading.Lock()
+
+    def write(self, text: str) -> int:
+        with self._lock:
+            if self.console is None:
+                return int(self.stream.write(text))
+            *lines, self._partial = (self._partial + text).split("\n")
+            for line in lines:
+                self._print(line)
+            return len(text)
+
+    def _print(self, line: str) -> None:
+        from rich.text import Text
+
+        assert self.console is not None
+        self.console.print(Text.from_ansi(line), soft_wrap=True)
+
+    def flush(self) -> None:
+        if self.console is None:
+            self.stream.flush()
+
+    def isatty(self) -> bool:
+        return bool(self.stream.isatty())
+
+    def detach(self) -> None:
+        with self._lock:
+            if self._partial:
+                self._print(self._partial)
+                self._partial = ""
+            self.console = None
+
+
+_output = _Output(sys.stderr)
+
+
+@contextmanager
+def through(console: Console) -> Iterator[None]:
+    """Log lines go through `console` (which shows a live display on the same terminal) meanwhile."""
+    if console.file is not _output.stream:
+        yield  # the logs go elsewhere (a file, a pipe): nothing to share
+        return
+    _output.console = console
+    try:
+        yield
+    finally:
+        _output.detach()
+
+
 def configure(
     fmt: Literal["auto", "json", "console"] = "auto", level: str = "info", stream: Any = None
 ) -> None:
     """Configure structlog (and stdlib logging, for library messages) once per process."""
+    global _output
     out = stream or sys.stderr
+    _output = _Output(out)
     use_json = fmt == "json" or (fmt == "auto" and not out.isatty())
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
@@ -104,12 +166,12 @@ def configure(
     structlog.configure(
         processors=[*shared, *tail],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(file=out),
+        logger_factory=structlog.PrintLoggerFactory(file=_output),
         cache_logger_on_first_use=False,
     )
     # Libraries log through the standard `logging` module (botocore, aiobotocore, uvicorn, httpx, the
     # cloudflare SDK): their records take the same way out, as the same JSON or console lines, redacted.
-    handler = logging.StreamHandler(out)
+    handler = logging.StreamHandler(_output)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=[

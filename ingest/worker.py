@@ -181,7 +181,9 @@ def upload_grants(settings: Settings, client: R2Client) -> UploadGrants | None:
     )
 
 
-async def run(settings: Settings, once: bool, say: Console, progress: bool = False) -> RunResult:
+async def run(settings: Settings, once: bool, say: Console, progress: Console | None = None) -> RunResult:
+    """Run the worker; `progress`: a terminal's console to show a progress bar on (log lines then go
+    through it too, above the bar)."""
     async with r2_settings(settings, say) as s, AsyncExitStack() as stack:
         r2 = s.r2
         if not r2.bucket:
@@ -238,8 +240,8 @@ async def run(settings: Settings, once: bool, say: Console, progress: bool = Fal
                         tg.start_soon(deadline)
 
             tg.start_soon(on_signals)
-            if progress:
-                tg.start_soon(_show_progress, pipeline, say)
+            if progress is not None:
+                tg.start_soon(_show_progress, pipeline, progress)
             with drain:
                 await pipeline.run(once)
             tg.cancel_scope.cancel()  # signal watcher, deadline, progress
@@ -263,7 +265,7 @@ async def _show_progress(pipeline: Pipeline, console: Console) -> None:
         ),
         TimeElapsedColumn(),
     )
-    with Progress(*columns, console=console, transient=True) as bar:
+    with Progress(*columns, console=console, transient=True) as bar, logs.through(console):
         task = bar.add_task("uploading", total=None, files=0, records=0, mb=0.0)
         while True:
             total = st.records_read or None

@@ -25,7 +25,8 @@ def run(
 
     s = settings()
     try:
-        result = anyio.run(worker.run, s, once, out, once and out.is_terminal)
+        bar = err if once and err.is_terminal else None  # on stderr, with the log lines
+        result = anyio.run(worker.run, s, once, out, bar)
     except (ConfigError, CredentialError) as exc:
         err.print(f"config error: {exc}", markup=False, highlight=False)
         raise typer.Exit(2) from None

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -159,41 +158,6 @@ def test_no_r2_configured_starts_the_local_r2(tmp_path: Path) -> None:
     objects = list((work / ".ingest" / "local").rglob("*"))
     assert objects  # the local R2 kept its data under .ingest/local
     assert not (work / "inbox" / "a.jsonl").exists()
-
-
-def test_once_on_a_tty_shows_progress(job: Job) -> None:
-    import os
-    import pty
-    import time
-
-    for i in range(5):
-        write_jsonl(job.inbox / f"f{i}.jsonl", _rows(i * 1000, 1000))
-    job.configure()
-    master, slave = pty.openpty()
-    proc = subprocess.Popen(
-        job.command("--once"),
-        cwd=job.dir,
-        env=job.env(),
-        stdin=subprocess.DEVNULL,
-        stdout=slave,
-        stderr=slave,
-    )
-    os.close(slave)
-    chunks: list[bytes] = []
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            data = os.read(master, 65536)
-        except OSError:  # the child closed the terminal
-            break
-        if not data:
-            break
-        chunks.append(data)
-    os.close(master)
-    assert proc.wait(30) == 0
-    screen = b"".join(chunks).decode(errors="replace")
-    assert "uploading" in screen and "records" in screen  # the rich progress bar was drawn
-    assert "uploaded 5,000 records in 1 object" in screen
 
 
 def test_temporary_credentials_scoped_to_the_output_prefix_can_upload(job: Job) -> None:
