@@ -20,6 +20,7 @@ import time
 #   spooled: journal says spooled, upload not started
 #   put: object in R2, journal not yet updated
 #   uploaded: journal says uploaded, source not yet acknowledged
+#   finishing: directory source: claimed file deleted (or moved to done_dir), its .origin sidecar not yet
 #   acked: source file deleted, journal not yet updated
 #   claimed: landing: claim marker created, object not yet copied
 #   unlanded: landing: object deleted, its marker and local copy not yet

@@ -12,7 +12,7 @@ import sys
 import threading
 from collections.abc import Iterator, MutableMapping
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TextIO, cast
 
 import structlog
 from pydantic import SecretStr
@@ -166,7 +166,7 @@ def configure(
     structlog.configure(
         processors=[*shared, *tail],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(file=_output),
+        logger_factory=structlog.PrintLoggerFactory(file=cast(TextIO, _output)),
         cache_logger_on_first_use=False,
     )
     # Libraries log through the standard `logging` module (botocore, aiobotocore, uvicorn, httpx, the

@@ -8,13 +8,19 @@ from typing import Annotated
 
 import typer
 
-from ingest.cli import browser, local, run, status, token
+from ingest.cli import browser, init, local, run, status, token
 from ingest.cli.common import State, app
 
+# In the order a newcomer uses them (`ingest --help` lists them so).
+app.command()(init.init)
+app.command()(local.local)
+app.command()(status.doctor)
+app.command()(run.run)
+app.command()(status.status)
 app.add_typer(token.token_app, name="token")
 app.add_typer(browser.cors_app, name="cors")
 app.command("presign")(browser.presign_command)
-__all__ = ["app", "local", "main", "run", "status"]
+__all__ = ["app", "main"]
 
 
 @app.callback()

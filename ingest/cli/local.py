@@ -10,10 +10,9 @@ import anyio
 import typer
 
 from ingest import logs
-from ingest.cli.common import app, err, out, print_checks, settings
+from ingest.cli.common import err, out, print_checks, settings
 
 
-@app.command()
 def local(
     directory: Annotated[Path, typer.Option("--dir", help="Where the local R2 keeps its data.")] = Path(
         ".ingest/local"

@@ -7,11 +7,10 @@ from typing import Annotated
 import anyio
 import typer
 
-from ingest.cli.common import app, err, out, settings
+from ingest.cli.common import err, out, settings
 from ingest.config import ConfigError
 
 
-@app.command()
 def run(
     once: Annotated[
         bool, typer.Option("--once", help="Take what the sources hold now, upload it all, exit (cron).")

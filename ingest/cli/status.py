@@ -8,10 +8,9 @@ from typing import Annotated
 import anyio
 import typer
 
-from ingest.cli.common import app, out, print_checks, settings
+from ingest.cli.common import out, print_checks, settings
 
 
-@app.command()
 def status(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON array, one object per worker.")] = False,
 ) -> None:
@@ -33,7 +32,6 @@ def status(
             out.print(line, markup=False, highlight=False)
 
 
-@app.command()
 def doctor() -> None:
     """Check config, endpoint, token, credentials and bucket behaviour; exit 1 on any ✗."""
     from ingest.doctor import diagnose

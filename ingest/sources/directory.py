@@ -32,6 +32,7 @@ from watchfiles import awatch
 
 from ingest.config import ConfigError, SourceConfig
 from ingest.deadletters import DeadLetters
+from ingest.faults import crash_point
 from ingest.files import WorkerIdInUse, lock_worker_id, move_durably
 from ingest.layout import CLAIM_DIR
 from ingest.logs import get_logger
@@ -472,6 +473,8 @@ class DirectorySource(FileSource):
                 move_durably(claimed, target)
         else:
             claimed.unlink(missing_ok=True)
+        # A crash here leaves the sidecar alone; `pending()` removes it at the next start or end.
+        crash_point("finishing")
         _origin_file(claimed).unlink(missing_ok=True)
 
 

@@ -2,7 +2,7 @@
 
 Every trial asserts the promise: the rows in R2 are exactly the rows in (none lost, no id twice), and
 no key was ever written by two different batches (no object overwritten). The default run takes a
-short matrix; the full 30 trials run with `pytest -m slow tests/integration/test_crash.py`.
+short matrix; the full 34 trials run with `pytest -m slow tests/integration/test_crash.py`.
 """
 
 from __future__ import annotations
@@ -31,15 +31,16 @@ FAST = [
     ("put", 2),
     ("uploaded", 4),
     ("acked", 3),
+    ("finishing", 4),  # issue 14: a sidecar left by a kill inside an acknowledgement
     ("random", 1),
     ("random", 2),
 ]
 FULL = (
     FAST
-    + [(p, n) for p in ("encoded", "spooled", "put", "uploaded", "acked") for n in (1, 5, 9)]
+    + [(p, n) for p in ("encoded", "spooled", "put", "uploaded", "acked", "finishing") for n in (1, 5, 9)]
     + [("random", seed) for seed in range(3, 11)]
 )
-assert len(FULL) == 30
+assert len(FULL) == 34
 
 
 def _inbox(job: Job, seed: int) -> None:

@@ -1,0 +1,51 @@
+"""`ingest init`: a commented ingest.toml to start from, and the next commands to run."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ingest.cli.common import err, out
+from ingest.starter import INBOX, SOURCE_KINDS, render
+
+SourceKind = Enum("SourceKind", {kind: kind for kind in SOURCE_KINDS}, type=str)  # type: ignore[misc]
+
+
+def init(
+    path: Annotated[
+        Path, typer.Argument(help="The file to write, or a directory to write ingest.toml into.")
+    ] = Path("ingest.toml"),
+    source: Annotated[
+        list[SourceKind] | None,
+        typer.Option(
+            "--source", "-s", help="A source to configure (repeat for several; default: directory)."
+        ),
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
+) -> None:
+    """Write a commented ingest.toml for the chosen sources, with the defaults and the names to set."""
+    target = path / "ingest.toml" if path.is_dir() else path
+    if target.exists() and not force:
+        err.print(
+            f"{target} exists; pass --force to overwrite it, or another path", markup=False, highlight=False
+        )
+        raise typer.Exit(2)
+    kinds = [s.value for s in source] if source else ["directory"]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(render(kinds))
+    noun = "source" if len(kinds) == 1 else "sources"
+    out.print(f"wrote {target} ({', '.join(kinds)} {noun})", markup=False, highlight=False)
+    if "directory" in kinds:
+        inbox = target.parent / INBOX
+        inbox.mkdir(exist_ok=True)
+        out.print(f"files dropped into {inbox}/ will be ingested", markup=False, highlight=False)
+    config = "" if target == Path("ingest.toml") else f" --config {target}"
+    for line in (
+        "next: set R2_ACCOUNT_ID, R2_BUCKET_NAME and a token (see the file), or nothing to try it offline;",
+        f"      ingest{config} doctor   checks the configuration and the access to R2",
+        f"      ingest{config} run      starts the worker (--once: takes what is there, then exits)",
+    ):
+        out.print(line, markup=False, highlight=False)
