@@ -71,7 +71,7 @@ async def diagnose(settings: Settings) -> list[Check]:
         skew = (parsedate_to_datetime(date) - datetime.now(UTC)).total_seconds()
         ok = abs(skew) <= MAX_SKEW
         checks.append(
-            Check(ok, "clock", f"{skew:+.0f} s from the server" + ("" if ok else "; fix NTP: SigV4 fails"))
+            Check(ok, "clock", f"{_seconds(skew)} from the server" + ("" if ok else "; fix NTP: SigV4 fails"))
         )
 
     auth = r2.auth
@@ -185,3 +185,9 @@ async def _cors_checks(client: R2Client, bucket: str, server: ServerConfig) -> l
                       "(grants need PUT with header content-type; example: config/cors.example.json)")
             )  # fmt: skip
     return checks
+
+
+def _seconds(skew: float) -> str:
+    """`+3 s`, `-2 s`, and `0 s` (never `-0 s`) for a skew under half a second."""
+    whole = round(skew)
+    return f"{whole:+d} s" if whole else "0 s"

@@ -17,3 +17,8 @@ CLAIM_DIR = ".ingest"  # under a watched directory: `claimed/<worker-id>/` holds
 def landing_prefix(prefix: str) -> str:
     """Where browser uploads land (and the landing source lists)."""
     return f"{prefix}{LANDING}"
+
+
+def errors_prefix(prefix: str) -> str:
+    """Where dead-letter files are uploaded (ERRORS_TEMPLATE's fixed part)."""
+    return f"{prefix}_errors/"

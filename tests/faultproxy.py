@@ -33,6 +33,7 @@ class FaultProxy:
     faults: Faults = field(default_factory=Faults)
     port: int = 0
     seen: Counter[str] = field(default_factory=Counter)
+    received: int = 0  # bytes the upstream sent back through the proxy (what a client downloaded)
 
     def __post_init__(self) -> None:
         self._rng = random.Random(self.faults.seed)
@@ -108,7 +109,7 @@ class FaultProxy:
             try:
                 await asyncio.gather(
                     self._pipe(reader, up_writer),
-                    self._pipe(up_reader, writer, swallow=mode == "drop_response"),
+                    self._pipe(up_reader, writer, swallow=mode == "drop_response", count=True),
                 )
             finally:
                 up_writer.close()
@@ -118,7 +119,7 @@ class FaultProxy:
             writer.close()
 
     async def _pipe(
-        self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, swallow: bool = False
+        self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, swallow: bool = False, count: bool = False
     ) -> None:
         try:
             while data := await src.read(65536):
@@ -126,6 +127,8 @@ class FaultProxy:
                     # The server answered, so it did the work; the client never hears of it.
                     dst.transport.abort()
                     return
+                if count:
+                    self.received += len(data)
                 dst.write(data)
                 await dst.drain()
         except (ConnectionError, OSError):

@@ -5,6 +5,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from ingest.config import ENV_KEYS, BatchConfig, OutputConfig, load_settings
+
 
 def _ingest(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
@@ -17,11 +21,11 @@ def _ingest(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[
     )
 
 
-def test_help_lists_every_command_group_with_its_summary() -> None:
+def test_help_lists_every_command_in_the_order_a_newcomer_uses_them() -> None:
     r = _ingest("--help")
     assert r.returncode == 0, r.stderr
-    listed = set(re.findall(r"│ (\w+) {2,}", r.stdout))
-    assert listed == {"local", "run", "status", "doctor", "presign", "token", "cors"}, r.stdout
+    listed = re.findall(r"│ (\w+) {2,}", r.stdout)
+    assert listed == ["init", "local", "doctor", "run", "status", "presign", "token", "cors"], r.stdout
     for group in ("cors", "token"):
         sub = _ingest(group, "--help")
         assert sub.returncode == 0 and "Usage:" in sub.stdout, sub.stderr
@@ -34,3 +38,51 @@ def test_a_bad_config_is_exit_2_with_one_line_naming_the_key(tmp_path: Path) -> 
     assert r.stderr.strip().splitlines() == [
         "config error: r2.jurisdiction: must be one of default, eu, fedramp, us (got 'mars')"
     ]
+
+
+@pytest.mark.parametrize(
+    "kinds",
+    [[], ["directory"], ["landing"], ["directory", "landing"]],
+    ids=lambda k: "+".join(k) or "default",
+)
+def test_init_writes_a_config_that_loads_with_the_chosen_sources(tmp_path: Path, kinds: list[str]) -> None:
+    r = _ingest("init", *[arg for kind in kinds for arg in ("--source", kind)], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    written = tmp_path / "ingest.toml"
+    settings = load_settings(written)  # the project's own loader: every line of it is valid
+    assert [s.kind for s in settings.sources] == (kinds or ["directory"])
+    assert settings.batch == BatchConfig() and settings.output == OutputConfig()  # only defaults, commented
+    text = written.read_text()
+    for name in (
+        "R2_ACCOUNT_ID",
+        "R2_BUCKET_NAME",
+        "R2_ACCESS_KEY_ID",
+        "R2_SECRET_ACCESS_KEY",
+        "R2_API_TOKEN",
+    ):
+        assert name in text and name in ENV_KEYS  # the names to set, each one the settings read
+    assert f"# max_records = {BatchConfig().max_records}" in text
+    lines = r.stdout.splitlines()
+    assert (
+        lines[0]
+        == f"wrote ingest.toml ({', '.join(kinds or ['directory'])} source{'s' if len(kinds) > 1 else ''})"
+    )
+    assert any(line.strip().startswith("ingest doctor") for line in lines)
+    assert any(line.strip().startswith("ingest run") for line in lines)
+    if "directory" in (kinds or ["directory"]):
+        assert (tmp_path / "inbox").is_dir()  # `ingest run` needs the watched directory to exist
+
+
+def test_init_refuses_to_overwrite_without_force(tmp_path: Path) -> None:
+    target = tmp_path / "conf" / "worker.toml"
+    assert _ingest("init", str(target)).returncode == 0
+    target.write_text("# mine\n")
+    r = _ingest("init", str(target), "--source", "landing")
+    assert r.returncode == 2 and "exists; pass --force" in r.stderr
+    assert target.read_text() == "# mine\n"
+    r = _ingest("init", str(target), "--source", "landing", "--force")
+    assert r.returncode == 0, r.stderr
+    assert [s.kind for s in load_settings(target).sources] == ["landing"]
+    assert f"ingest --config {target} doctor" in r.stdout
+    bad = _ingest("init", str(tmp_path / "x.toml"), "--source", "kafka")
+    assert bad.returncode == 2 and "kafka" in bad.stderr

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from ingest.doctor import _seconds
 from tests.conftest import LocalR2
 
 
@@ -142,3 +143,7 @@ def test_upload_grants_for_a_browser_origin_need_the_bucket_to_allow_its_put(
         assert "uploads from" not in without_grants.stdout
     finally:
         s3.delete_bucket_cors(Bucket=bucket)
+
+
+def test_the_clock_line_never_says_minus_zero() -> None:
+    assert [_seconds(x) for x in (-0.4, 0.0, 0.4, -2.6, 3.2)] == ["0 s", "0 s", "0 s", "-3 s", "+3 s"]

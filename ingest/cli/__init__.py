@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from ingest.cli import browser, init, local, run, status, token
+from ingest.cli import browser, init, landed, local, run, status, token
 from ingest.cli.common import State, app
 
 # In the order a newcomer uses them (`ingest --help` lists them so).
@@ -17,6 +17,8 @@ app.command()(local.local)
 app.command()(status.doctor)
 app.command()(run.run)
 app.command()(status.status)
+app.command()(landed.ls)
+app.command()(landed.head)
 app.add_typer(token.token_app, name="token")
 app.add_typer(browser.cors_app, name="cors")
 app.command("presign")(browser.presign_command)

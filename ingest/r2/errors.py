@@ -58,4 +58,6 @@ def describe(exc: BaseException) -> str:
     if isinstance(exc, ClientError):
         status, code = status_of(exc)
         return f"{status} {code}: {message_of(exc)}".strip()
+    if isinstance(exc, BaseExceptionGroup):  # a task group's: say what went wrong inside it
+        return "; ".join(describe(inner) for inner in exc.exceptions)
     return f"{type(exc).__name__}: {exc}"

@@ -37,3 +37,7 @@ def test_conflict_and_description() -> None:
     assert is_conflict(_error(412, "PreconditionFailed"))
     assert not is_conflict(_error(409, "Conflict"))
     assert describe(_error(403, "AccessDenied")) == "403 AccessDenied: m"
+    group = ExceptionGroup(
+        "unhandled errors in a TaskGroup", [_error(404, "NoSuchBucket"), OSError("refused")]
+    )
+    assert describe(group) == "404 NoSuchBucket: m; OSError: refused"  # what went wrong inside, not the group

@@ -1,0 +1,129 @@
+"""`ingest ls` and `ingest head`: what landed in R2, from Parquet footers read with ranged GETs."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from datetime import date
+from typing import Annotated, Any, TypeVar
+
+import anyio
+import typer
+
+from ingest import logs
+from ingest.cli.common import err, out, settings
+from ingest.config import Settings
+
+T = TypeVar("T")
+_DATE = re.compile(r"(\d{4})[/-](\d{2})[/-](\d{2})")
+
+
+@asynccontextmanager
+async def _client(s: Settings) -> AsyncIterator[tuple[Any, str]]:
+    """An S3 client for the configured R2 (or the local R2, started for the command) and its bucket."""
+    from ingest.r2.client import R2Client
+    from ingest.r2.credentials import provider_from_settings
+    from ingest.r2.endpoint import endpoint_url
+    from ingest.worker import r2_settings
+
+    async with r2_settings(s, err) as live:
+        r2 = live.r2
+        async with (
+            await provider_from_settings(r2, live.output.prefix) as provider,
+            R2Client(endpoint_url(r2.account_id, r2.jurisdiction, r2.endpoint_url), provider) as client,
+        ):
+            yield client, r2.bucket
+
+
+def _run(s: Settings, work: Callable[[Any, str], Awaitable[T]]) -> T:
+    """Run `work(client, bucket)`; a missing or non-Parquet key, or R2 failing, is one line on stderr
+    and exit 1 (caught inside, so the local R2, when it was started, stops cleanly)."""
+    from ingest.landed import ObjectProblem
+    from ingest.r2.errors import describe
+
+    async def main() -> T | str:
+        async with _client(s) as (client, bucket):
+            try:
+                return await work(client, bucket)
+            except ObjectProblem as exc:
+                return str(exc)
+            except Exception as exc:  # R2 unreachable, access denied: one line, not a traceback
+                return describe(exc)
+
+    logs.configure(s.log.format, "warning")  # the answer is the output; progress chatter is not
+    result = anyio.run(main)
+    if isinstance(result, str):
+        err.print(f"error: {result}", markup=False, highlight=False)
+        raise typer.Exit(1)
+    return result
+
+
+def ls(
+    day: Annotated[
+        str | None, typer.Option("--date", help="Only this day's objects: YYYY/MM/DD (or YYYY-MM-DD).")
+    ] = None,
+    prefix: Annotated[
+        str | None, typer.Option("--prefix", help="List under this key prefix (default: output.prefix).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON array of objects, for scripts.")] = False,
+) -> None:
+    """The output objects: key, size, rows (from each Parquet footer), time and batch id."""
+    from ingest.landed import listing
+    from ingest.layout import errors_prefix, landing_prefix
+    from ingest.pipeline.keys import KeyTemplate
+
+    s = settings()
+    where = s.output.prefix if prefix is None else prefix
+    if day is not None:
+        m = _DATE.fullmatch(day)
+        if m is None:
+            err.print(f"--date: {day!r} is not YYYY/MM/DD", markup=False, highlight=False)
+            raise typer.Exit(2)
+        when = date(int(m[1]), int(m[2]), int(m[3]))
+        where = KeyTemplate(s.output.key_template, where).list_prefix(when)
+    internal = (errors_prefix(s.output.prefix), landing_prefix(s.output.prefix))  # not output objects
+    found = _run(s, lambda client, bucket: listing(client, bucket, where))
+    found = [o for o in found if not o.key.startswith(internal)]
+    if as_json:
+        print(json.dumps([o.as_json() for o in found]))
+        return
+    rows = sum(o.rows or 0 for o in found)
+    size = sum(o.size for o in found)
+    for o in found:
+        count = f"{o.rows:>12,} rows" if o.rows is not None else f"  ({o.problem})"
+        out.print(
+            f"{o.modified:%Y-%m-%d %H:%M:%S}  {o.size:>12,} B {count}  {o.key}  {o.batch or ''}".rstrip(),
+            markup=False,
+            highlight=False,
+        )
+    noun = "object" if len(found) == 1 else "objects"
+    out.print(f"{len(found)} {noun}, {rows:,} rows, {size / 1e6:.1f} MB under {where or '/'}", markup=False)
+
+
+def head(
+    key: Annotated[str, typer.Argument(help="The object's key (as `ingest ls` prints it).")],
+    rows: Annotated[int, typer.Option("--rows", "-n", min=0, help="How many rows to show.")] = 10,
+    as_json: Annotated[bool, typer.Option("--json", help="Schema and rows as one JSON object.")] = False,
+) -> None:
+    """The schema and first rows of an uploaded object (reads its footer and first row group only)."""
+    from ingest.landed import head as read_head
+
+    s = settings()
+    schema, table, total = _run(s, lambda client, bucket: read_head(client, bucket, key, rows))
+    records = table.to_pylist()
+    if as_json:
+        fields = [{"name": f.name, "type": str(f.type)} for f in schema]
+        print(json.dumps({"key": key, "rows": total, "schema": fields, "first": records}, default=str))
+        return
+    out.print(f"{key}: {total:,} rows", markup=False, highlight=False)
+    for f in schema:
+        out.print(f"  {f.name}: {f.type}", markup=False, highlight=False)
+    if records:
+        from rich.table import Table
+
+        shown = Table(*schema.names, box=None, show_edge=False, header_style="bold")
+        for record in records:
+            shown.add_row(*("" if v is None else str(v) for v in record.values()))
+        out.print(shown)

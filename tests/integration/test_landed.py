@@ -1,0 +1,96 @@
+"""`ingest ls` and `ingest head` against the local R2, through a proxy that counts the bytes downloaded:
+the answers equal what is in the objects, and come from footers and first row groups, not whole objects."""
+
+from __future__ import annotations
+
+import json
+import random
+import string
+from urllib.parse import urlparse
+
+from tests.faultproxy import FaultProxy
+from tests.integration.conftest import Job, write_jsonl
+
+
+def _fill(job: Job) -> dict[str, int]:
+    """Three objects of 30,000 rows, row groups of 5,000; returns key → size."""
+    rng = random.Random(3)
+    for f in range(3):
+        rows = [
+            {
+                "id": f * 30_000 + i,
+                "name": "".join(rng.choices(string.ascii_letters, k=24)),
+                "v": rng.random(),
+            }
+            for i in range(30_000)
+        ]
+        write_jsonl(job.inbox / f"part-{f}.jsonl", rows)
+    job.configure(batch={"max_records": 30_000}, output={"row_group_size": 5_000}, upload={"concurrency": 1})
+    r = job.run_once()
+    assert r.returncode == 0, r.stderr[-3000:]
+    s3, keys = job.r2.token_s3(), job.keys()
+    return {k: s3.head_object(Bucket=job.r2.bucket, Key=k)["ContentLength"] for k in keys}
+
+
+def test_ls_and_head_answer_from_footers_and_first_row_groups(job: Job) -> None:
+    sizes = _fill(job)
+    assert len(sizes) == 3
+    port = urlparse(job.r2.endpoint_url).port or 0
+
+    with FaultProxy(port) as proxy:
+        r = job.cli("ls", "--json", R2_ENDPOINT_URL=proxy.url)
+        assert r.returncode == 0, r.stderr
+        listed = json.loads(r.stdout)
+        downloaded = proxy.received
+    assert [o["key"] for o in listed] == sorted(sizes)
+    assert {o["key"]: o["rows"] for o in listed} == {k: job.read(k).num_rows for k in sizes}
+    assert {o["key"]: o["batch"] for o in listed} == job.batch_ids()
+    assert {o["key"]: o["size"] for o in listed} == sizes
+    assert downloaded < sum(sizes.values()) / 4, (downloaded, sum(sizes.values()))
+
+    human = job.cli("ls", "--date", listed[0]["key"].removeprefix(job.prefix)[:10])
+    assert human.returncode == 0, human.stderr
+    assert human.stdout.splitlines()[-1].startswith("3 objects, 90,000 rows, ")
+
+    key = listed[1]["key"]
+    with FaultProxy(port) as proxy:
+        r = job.cli("head", key, "--rows", "7", "--json", R2_ENDPOINT_URL=proxy.url)
+        assert r.returncode == 0, r.stderr
+        downloaded = proxy.received
+    shown = json.loads(r.stdout)
+    table = job.read(key)
+    assert shown["rows"] == 30_000
+    assert [(f["name"], f["type"]) for f in shown["schema"]] == [(f.name, str(f.type)) for f in table.schema]
+    assert shown["first"] == table.slice(0, 7).to_pylist()
+    assert downloaded < sizes[key] / 3, (downloaded, sizes[key])  # footer + one row group of six
+
+    more = job.cli("head", key, "--rows", "12000", "--json")  # spans three row groups
+    assert json.loads(more.stdout)["first"] == table.slice(0, 12_000).to_pylist()
+
+
+def test_head_says_which_key_is_missing_or_not_parquet(job: Job) -> None:
+    job.configure()
+    missing = job.cli("head", f"{job.prefix}2024/01/01/ingested_0001.parquet")
+    assert missing.returncode == 1
+    assert missing.stderr.strip().splitlines()[-1] == (
+        f"error: {job.prefix}2024/01/01/ingested_0001.parquet: no such object in bucket {job.r2.bucket}"
+    )
+    job.r2.token_s3().put_object(
+        Bucket=job.r2.bucket, Key=f"{job.prefix}notes.txt", Body=b"hello, not parquet"
+    )
+    wrong = job.cli("head", f"{job.prefix}notes.txt")
+    assert wrong.returncode == 1
+    assert wrong.stderr.strip().splitlines()[-1] == (
+        f"error: {job.prefix}notes.txt: not a Parquet object (no PAR1 footer)"
+    )
+    listed = json.loads(job.cli("ls", "--json").stdout)
+    assert listed == [
+        {
+            "key": f"{job.prefix}notes.txt",
+            "size": 18,
+            "modified": listed[0]["modified"],
+            "rows": None,
+            "batch": None,
+            "problem": "not a Parquet object (no PAR1 footer)",
+        }
+    ]
