@@ -66,6 +66,7 @@ class Stats:
     records_uploaded: int = 0
     objects_uploaded: int = 0
     bytes_uploaded: int = 0
+    first_key: str = ""  # the first data object uploaded in this run (for "look at it" hints)
     dead_letter_keys: list[str] = field(default_factory=list)
     failed_objects: list[SpooledObject] = field(default_factory=list)
 

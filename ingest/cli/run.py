@@ -45,6 +45,13 @@ def run(
         markup=False,
         highlight=False,
     )
+    if once and out.is_terminal and st.first_key:  # where it went, and how to look at it
+        where = st.first_key.rpartition("/")[0]
+        for line in (
+            f"objects in s3://{result.bucket}/{where}/ — list them: ingest ls --prefix {where}/",
+            f"rows of the first one: ingest head {st.first_key}",
+        ):
+            out.print(line, markup=False, highlight=False)
     keys = st.dead_letter_keys
     if result.dead_letters or keys:
         where = f"s3://{result.bucket}/{keys[0]}" if keys else str(result.dead_letter_dir)

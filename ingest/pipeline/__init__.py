@@ -333,6 +333,7 @@ class Pipeline:
             return
         self.stats.records_uploaded += obj.records
         self.stats.objects_uploaded += 1
+        self.stats.first_key = self.stats.first_key or key
         self.stats.bytes_uploaded += obj.size
         metrics.RECORDS_UPLOADED.inc(obj.records)
         metrics.OBJECTS_UPLOADED.inc()

@@ -75,4 +75,12 @@ def test_once_on_a_terminal_logs_above_a_moving_bar_and_ends_with_a_summary_of_i
 
     (summary,) = [line for line in lines if "records in" in line]
     assert re.fullmatch(r"uploaded 6,000 records in 12 objects \([\d.]+ MB\) from 12 files", summary), text
-    assert not BAR.search(text.split(summary, 1)[1])  # the bar is gone once the summary is printed
+    after = lines[lines.index(summary) + 1 :]
+    assert not BAR.search("\n".join(after))  # the bar is gone once the summary is printed
+    # Then where the data went and how to look at it, in two lines.
+    first = f"{job.prefix}{time.strftime('%Y/%m/%d', time.gmtime())}/ingested_0001.parquet"
+    where = first.rpartition("/")[0]
+    assert after[:2] == [
+        f"objects in s3://{job.r2.bucket}/{where}/ — list them: ingest ls --prefix {where}/",
+        f"rows of the first one: ingest head {first}",
+    ], text
