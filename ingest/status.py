@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ingest.deadletters import DeadLetters
 from ingest.pipeline.journal import Journal
+from ingest.units import count
 
 
 @dataclass(frozen=True)
@@ -97,8 +98,8 @@ def describe(st: WorkerStatus) -> list[str]:
     if st.backlog_objects:
         age = _age(st.oldest_seconds or 0.0)
         lines.append(
-            f"  backlog: {st.backlog_objects} objects, {st.backlog_bytes / 1e6:.1f} MB waiting for upload, "
-            f"oldest {age}"
+            f"  backlog: {count(st.backlog_objects, 'object')}, {st.backlog_bytes / 1e6:.1f} MB waiting for "
+            f"upload, oldest {age}"
         )
     else:
         lines.append("  backlog: empty")

@@ -1,4 +1,5 @@
-"""Human-friendly durations ("500ms", "60s", "24h") and sizes ("64MiB") for config values."""
+"""Human-friendly durations ("500ms", "60s", "24h") and sizes ("64MiB") for config values, and counts
+with their noun ("1 object", "2,000 records") for messages."""
 
 from __future__ import annotations
 
@@ -49,3 +50,8 @@ def parse_size(value: object) -> int:
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 ByteSize = Annotated[int, BeforeValidator(parse_size)]
+
+
+def count(n: int, noun: str) -> str:
+    """`1 object`, `0 objects`, `2,000 records`: the noun agrees with its number."""
+    return f"{n:,} {noun}" if n == 1 else f"{n:,} {noun}s"

@@ -33,6 +33,7 @@ from ingest.server import app as server_app
 from ingest.sources.base import Source
 from ingest.sources.directory import DirectorySource
 from ingest.sources.landing import LandingSource
+from ingest.units import count
 
 log = get_logger("ingest.worker")
 DEFAULT_INBOX = "inbox"
@@ -260,21 +261,19 @@ async def _show_progress(pipeline: Pipeline, console: Console) -> None:
     columns = (
         TextColumn("[progress.description]{task.description}"),
         BarColumn(),
-        TextColumn(
-            "{task.fields[files]} files · {task.fields[records]:,} records · {task.fields[mb]:.1f} MB"
-        ),
+        TextColumn("{task.fields[files]} · {task.fields[records]} · {task.fields[mb]:.1f} MB"),
         TimeElapsedColumn(),
     )
     with Progress(*columns, console=console, transient=True) as bar, logs.through(console):
-        task = bar.add_task("uploading", total=None, files=0, records=0, mb=0.0)
+        task = bar.add_task("uploading", total=None, files="0 files", records="0 records", mb=0.0)
         while True:
             total = st.records_read or None
             bar.update(
                 task,
                 total=total,
                 completed=st.records_uploaded,
-                files=st.units_acked,
-                records=st.records_uploaded,
+                files=count(st.units_acked, "file"),
+                records=count(st.records_uploaded, "record"),
                 mb=st.bytes_uploaded / 1e6,
             )
             await anyio.sleep(0.2)

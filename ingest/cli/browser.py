@@ -28,7 +28,7 @@ from ingest.r2.cors import CorsError, dumps, evaluate, holds, parse_policy
 from ingest.r2.credentials import CredentialError, provider_from_settings
 from ingest.r2.endpoint import endpoint_url
 from ingest.r2.presign import PresignError, check_request, presign
-from ingest.units import parse_duration
+from ingest.units import count, parse_duration
 
 cors_app = typer.Typer(help="Bucket CORS: let browsers upload to and read from R2.", no_args_is_help=True)
 Via = Annotated[
@@ -128,7 +128,7 @@ def cors_set(
             err.print(f"{name}: {problem}", markup=False, highlight=False)
         raise typer.Exit(2) from None
     if dry_run:
-        out.print(f"{name}: valid ({len(rules)} rules, {form} form)", markup=False, highlight=False)
+        out.print(f"{name}: valid ({count(len(rules), 'rule')}, {form} form)", markup=False, highlight=False)
         return
 
     async def body() -> None:

@@ -15,6 +15,7 @@ import typer
 from ingest import logs
 from ingest.cli.common import err, out, settings
 from ingest.config import Settings
+from ingest.units import count
 
 T = TypeVar("T")
 _DATE = re.compile(r"(\d{4})[/-](\d{2})[/-](\d{2})")
@@ -92,14 +93,14 @@ def ls(
     rows = sum(o.rows or 0 for o in found)
     size = sum(o.size for o in found)
     for o in found:
-        count = f"{o.rows:>12,} rows" if o.rows is not None else f"  ({o.problem})"
+        rows_of = f"{count(o.rows, 'row'):>17}" if o.rows is not None else f"  ({o.problem})"
         out.print(
-            f"{o.modified:%Y-%m-%d %H:%M:%S}  {o.size:>12,} B {count}  {o.key}  {o.batch or ''}".rstrip(),
+            f"{o.modified:%Y-%m-%d %H:%M:%S}  {o.size:>12,} B {rows_of}  {o.key}  {o.batch or ''}".rstrip(),
             markup=False,
             highlight=False,
         )
-    noun = "object" if len(found) == 1 else "objects"
-    out.print(f"{len(found)} {noun}, {rows:,} rows, {size / 1e6:.1f} MB under {where or '/'}", markup=False)
+    total = f"{count(len(found), 'object')}, {count(rows, 'row')}, {size / 1e6:.1f} MB under {where or '/'}"
+    out.print(total, markup=False, highlight=False)
 
 
 def head(
@@ -117,7 +118,7 @@ def head(
         fields = [{"name": f.name, "type": str(f.type)} for f in schema]
         print(json.dumps({"key": key, "rows": total, "schema": fields, "first": records}, default=str))
         return
-    out.print(f"{key}: {total:,} rows", markup=False, highlight=False)
+    out.print(f"{key}: {count(total, 'row')}", markup=False, highlight=False)
     for f in schema:
         out.print(f"  {f.name}: {f.type}", markup=False, highlight=False)
     if records:

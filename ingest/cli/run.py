@@ -9,6 +9,7 @@ import typer
 
 from ingest.cli.common import err, out, settings
 from ingest.config import ConfigError
+from ingest.units import count
 
 
 def run(
@@ -40,8 +41,8 @@ def run(
         raise typer.Exit(1) from None
     st = result.stats
     out.print(
-        f"uploaded {st.records_uploaded:,} records in {_count(st.objects_uploaded, 'object')} "
-        f"({st.bytes_uploaded / 1e6:.1f} MB) from {_count(st.units_acked, 'file')}",
+        f"uploaded {count(st.records_uploaded, 'record')} in {count(st.objects_uploaded, 'object')} "
+        f"({st.bytes_uploaded / 1e6:.1f} MB) from {count(st.units_acked, 'file')}",
         markup=False,
         highlight=False,
     )
@@ -55,10 +56,10 @@ def run(
     keys = st.dead_letter_keys
     if result.dead_letters or keys:
         where = f"s3://{result.bucket}/{keys[0]}" if keys else str(result.dead_letter_dir)
-        more = f" (and {len(keys) - 1} more objects)" if len(keys) > 1 else ""
+        more = f" (and {count(len(keys) - 1, 'more object')})" if len(keys) > 1 else ""
         out.print(
-            f"dead letters: {result.dead_letters} records could not be read; source, line and reason "
-            f"are in {where}{more}",
+            f"dead letters: {count(result.dead_letters, 'record')} could not be read; source, line and "
+            f"reason are in {where}{more}",
             markup=False,
             highlight=False,
         )
@@ -67,14 +68,14 @@ def run(
     if st.failed_objects:
         where = str(st.failed_objects[0].path.parent)
         err.print(
-            f"not uploaded: {st.failed_records:,} records in {_count(len(st.failed_objects), 'object')}, "
-            f"kept in {where}",
+            f"not uploaded: {count(st.failed_records, 'record')} in "
+            f"{count(len(st.failed_objects), 'object')}, kept in {where}",
             markup=False,
             highlight=False,
         )
     if result.pending_units:
         err.print(
-            f"not acknowledged: {_count(len(result.pending_units), 'source unit')}; they are kept "
+            f"not acknowledged: {count(len(result.pending_units), 'source unit')}; they are kept "
             "and taken again by the next run:",
             markup=False,
             highlight=False,
@@ -82,18 +83,14 @@ def run(
         _list(result.pending_units)
     if result.unreadable:
         err.print(
-            f"could not read {len(result.unreadable)} inputs; they are kept where they are and tried again "
-            "on the next run:",
+            f"could not read {count(len(result.unreadable), 'input')}; they are kept where they are and "
+            "tried again on the next run:",
             markup=False,
             highlight=False,
         )
         _list(result.unreadable)
     if once:
         raise typer.Exit(1)
-
-
-def _count(n: int, what: str) -> str:
-    return f"{n} {what}" if n == 1 else f"{n} {what}s"
 
 
 def _list(items: dict[str, str], most: int = 20) -> None:
