@@ -30,7 +30,8 @@ DEFAULT_CONFIG_FILE = Path("ingest.toml")
 # The file `load_settings` reads; a context variable because pydantic-settings builds sources per class.
 _config_file: ContextVar[Path | None] = ContextVar("ingest_config_file", default=None)
 
-# Environment variable -> dotted settings key. Kept to the names R2 tooling already uses.
+# Environment variable -> dotted settings key: the names R2 tooling already uses, and a few deployment
+# ones. (`INGEST_CONFIG`, the config file itself, is read by the CLI.)
 ENV_KEYS: dict[str, str] = {
     "R2_ACCOUNT_ID": "r2.account_id",
     "R2_BUCKET_NAME": "r2.bucket",
@@ -44,6 +45,12 @@ ENV_KEYS: dict[str, str] = {
     "R2_TOKEN_ID": "r2.auth.token_id",
     "CLOUDFLARE_API_TOKEN": "r2.admin_api_token",
     "INGEST_UPLOAD_TOKEN": "server.upload_token",
+    # What a deployment sets per replica or per image (a pod's name, a volume's mount point).
+    "INGEST_WORKER_ID": "worker.id",
+    "INGEST_SPOOL_DIR": "spool.dir",
+    "INGEST_LISTEN": "server.listen",
+    "INGEST_LOG_FORMAT": "log.format",
+    "INGEST_LOG_LEVEL": "log.level",
 }
 
 

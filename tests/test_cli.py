@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -7,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from ingest.cli import config_first
 from ingest.config import ENV_KEYS, BatchConfig, OutputConfig, load_settings
 
 
@@ -88,3 +90,35 @@ def test_init_refuses_to_overwrite_without_force(tmp_path: Path) -> None:
     assert f"ingest --config {target} doctor" in r.stdout
     bad = _ingest("init", str(tmp_path / "x.toml"), "--source", "kafka")
     assert bad.returncode == 2 and "kafka" in bad.stderr
+
+
+def test_version_and_config_after_the_command_as_people_type_it(tmp_path: Path) -> None:
+    from ingest import __version__
+
+    r = _ingest("--version")
+    assert (r.returncode, r.stdout) == (0, f"ingest {__version__}\n")
+    conf = tmp_path / "elsewhere" / "worker.toml"
+    conf.parent.mkdir()
+    conf.write_text('[spool]\ndir = "my-spool"\n')
+    for args in (
+        ["--config", str(conf), "status"],
+        ["status", "--config", str(conf)],
+        ["status", f"--config={conf}"],
+    ):
+        r = _ingest(*args, cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        assert f"no spool at {conf.parent / 'my-spool'}" in r.stdout  # that file was read
+    env = {**os.environ, "INGEST_CONFIG": str(conf)}
+    r = subprocess.run(
+        [sys.executable, "-m", "ingest", "status"], capture_output=True, text=True, env=env, cwd=tmp_path
+    )
+    assert f"no spool at {conf.parent / 'my-spool'}" in r.stdout, r.stderr
+    assert config_first(["ingest", "head", "k", "-c", "a.toml", "--", "-c"]) == [
+        "ingest",
+        "-c",
+        "a.toml",
+        "head",
+        "k",
+        "--",
+        "-c",
+    ]

@@ -25,17 +25,57 @@ app.command("presign")(browser.presign_command)
 __all__ = ["app", "main"]
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from ingest import __version__
+
+        print(f"ingest {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def main_options(
     config: Annotated[
         Path | None,
-        typer.Option("--config", "-c", help="TOML config file (default: ./ingest.toml when present)."),
+        typer.Option(
+            "--config",
+            "-c",
+            envvar="INGEST_CONFIG",
+            help="TOML config file (default: ./ingest.toml when present); also after the command.",
+        ),
     ] = None,
+    version: Annotated[
+        bool,
+        typer.Option("--version", is_eager=True, callback=_print_version, help="Print the version and exit."),
+    ] = False,
 ) -> None:
     State.config_path = config
 
 
+def config_first(argv: list[str]) -> list[str]:
+    """`ingest run --config x.toml` as people type it: the global --config/-c moves before the command.
+    (Only up to a `--`; no command has an option of that name.)"""
+    head, rest = argv[:1], argv[1:]
+    end = rest.index("--") if "--" in rest else len(rest)
+    moved: list[str] = []
+    kept: list[str] = []
+    i = 0
+    while i < end:
+        arg = rest[i]
+        if arg in ("--config", "-c") and i + 1 < end:
+            moved += rest[i : i + 2]
+            i += 2
+            continue
+        if arg.startswith("--config="):
+            moved.append(arg)
+        else:
+            kept.append(arg)
+        i += 1
+    return head + moved + kept + rest[end:]
+
+
 def main() -> None:
+    sys.argv = config_first(sys.argv)
     try:
         app()
     except KeyboardInterrupt:
