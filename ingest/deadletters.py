@@ -113,7 +113,8 @@ class DeadLetters:
             self.count += data.count(b"\n")
         return path
 
-    def write(self, letters: list[DeadLetter]) -> None:
+    def write(self, letters: list[DeadLetter], origin: str = "") -> None:
+        """Append and fsync `letters`; `origin` names the configured source they came from (metrics)."""
         if not letters:
             return
         from ingest import metrics
@@ -143,7 +144,7 @@ class DeadLetters:
                 path = self._append(data)
         if waited:
             self.on_room()
-        metrics.DEAD_LETTERS.inc(len(letters))
+        metrics.DEAD_LETTERS.labels(origin).inc(len(letters))
         first = letters[0]
         log.warning(
             "dead letters written",

@@ -1,8 +1,16 @@
-"""Prometheus metrics. Names carry the `ingest_` prefix; no label ever holds a secret."""
+"""Prometheus metrics. Names carry the `ingest_` prefix and base units (`_seconds`, `_bytes`, `_total`
+for counters); no label ever holds a secret. `source` labels are configured source names
+(`directory:<path>`, `landing:<prefix>`), so their number is bounded by the configuration.
+
+config/grafana/ingest.json and config/prometheus/alerts.yaml query these names; a test checks each one
+against a live worker's /metrics.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge
+from collections.abc import Callable
+
+from prometheus_client import Counter, Gauge, Histogram
 
 CREDENTIAL_REFRESHES = Counter(
     "ingest_credential_refreshes_total", "Temporary credentials minted, by reason.", ["reason"]
@@ -19,6 +27,7 @@ CREDENTIAL_EXPIRY = Gauge(
     "Unix time at which the current temporary credentials expire.",
 )
 
+RECORDS_READ = Counter("ingest_records_read_total", "Rows read from a source, by source.", ["source"])
 RECORDS_UPLOADED = Counter("ingest_records_uploaded_total", "Rows inside objects now in R2.")
 OBJECTS_UPLOADED = Counter("ingest_objects_uploaded_total", "Parquet objects written to R2.")
 BYTES_UPLOADED = Counter("ingest_bytes_uploaded_total", "Bytes of Parquet written to R2.")
@@ -27,5 +36,34 @@ KEY_CONFLICTS = Counter(
     "ingest_key_conflicts_total", "Keys already taken (412) so the next number was tried."
 )
 UPLOAD_FAILURES = Counter("ingest_upload_failures_total", "Objects that failed for good and stay local.")
-DEAD_LETTERS = Counter("ingest_dead_letters_total", "Records kept aside as dead letters.")
+DEAD_LETTERS = Counter(
+    "ingest_dead_letters_total", "Records kept aside as dead letters, by source.", ["source"]
+)
+UPLOAD_SECONDS = Histogram(
+    "ingest_upload_duration_seconds",
+    "Time to put one object into R2, retries included.",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+)
+SPOOL_BYTES = Gauge("ingest_spool_bytes", "Bytes of encoded objects in the spool waiting for upload.")
+SPOOL_OBJECTS = Gauge("ingest_spool_objects", "Objects in the spool waiting for upload.")
+SPOOL_OLDEST = Gauge(
+    "ingest_spool_oldest_object_timestamp_seconds",
+    "Unix time the oldest object waiting in the spool was written (0: none waiting).",
+)
+READY = Gauge("ingest_ready", "1 when the worker is ready (see /readyz for the reason when it is not).")
+
+
+def watch(
+    spool_bytes: Callable[[], float],
+    spool_objects: Callable[[], float],
+    spool_oldest: Callable[[], float],
+    ready: Callable[[], float],
+) -> None:
+    """Gauges read at scrape time from the running worker (never stale, nothing to update)."""
+    SPOOL_BYTES.set_function(spool_bytes)
+    SPOOL_OBJECTS.set_function(spool_objects)
+    SPOOL_OLDEST.set_function(spool_oldest)
+    READY.set_function(ready)
+
+
 UNITS_ACKED = Counter("ingest_source_units_acked_total", "Source units (files, ...) fully ingested.")

@@ -18,7 +18,7 @@ import anyio
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from ingest import logs
+from ingest import logs, systemd
 from ingest.config import ConfigError, Settings, SourceConfig
 from ingest.grants import UploadGrants
 from ingest.health import Health, Stats
@@ -237,10 +237,12 @@ async def run(settings: Settings, once: bool, say: Console, progress: Console | 
                         log.info(
                             "stopping intake; finishing what was read", signal=signal.Signals(signum).name
                         )
+                        systemd.notify("STOPPING=1", "STATUS=draining: finishing what was read")
                         pipeline.stop_intake()
                         tg.start_soon(deadline)
 
             tg.start_soon(on_signals)
+            tg.start_soon(_tell_systemd, pipeline, sources)
             if progress is not None:
                 tg.start_soon(_show_progress, pipeline, progress)
             with drain:
@@ -254,6 +256,14 @@ async def run(settings: Settings, once: bool, say: Console, progress: Console | 
         pending |= pipeline.unacknowledged()
         unreadable = {where: why for src in sources for where, why in src.problems().items()}
         return RunResult(pipeline.stats, spool.dead.count, spool.dead.dir, r2.bucket, pending, unreadable)
+
+
+async def _tell_systemd(pipeline: Pipeline, sources: list[Source]) -> None:
+    """READY=1 once the pipeline runs, then feed the watchdog (when systemd set one)."""
+    await pipeline.started.wait()
+    systemd.notify("READY=1", f"STATUS=running: {', '.join(s.name for s in sources)}")
+    if (interval := systemd.watchdog_interval()) is not None:
+        await systemd.keep_alive(interval)
 
 
 async def _show_progress(pipeline: Pipeline, console: Console) -> None:

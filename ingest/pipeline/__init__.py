@@ -83,7 +83,15 @@ class Pipeline:
         spool.dead.on_full, spool.dead.on_room = spool.on_full, spool.on_room
         self._units: dict[str, SourceUnit] = {}
         self._ack_errors: dict[str, str] = {}  # unit id → why its acknowledgement failed
+        self._waiting: dict[str, SpooledObject] = {}  # in the spool, not yet in R2 (for the gauges)
+        metrics.watch(
+            spool_bytes=lambda: sum(o.size for o in self._waiting.values()),
+            spool_objects=lambda: len(self._waiting),
+            spool_oldest=lambda: min((o.created for o in self._waiting.values()), default=0.0),
+            ready=lambda: float(self.health.ready),
+        )
         self._intake_done = anyio.Event()
+        self.started = anyio.Event()  # recovery done, sources running (systemd READY=1)
         self._tg: TaskGroup | None = None
         self._recorded_problems: dict[str, str] | None = None  # None: not written in this run yet
 
@@ -101,7 +109,7 @@ class Pipeline:
                 # Grown since it was read to its end (a writer kept appending): read the rest.
                 known.total = None
                 known.read_again()
-            known.name, known.ack, known.path = unit.name, unit.ack, unit.path
+            known.name, known.ack, known.path, known.origin = unit.name, unit.ack, unit.path, unit.origin
             return known
         if known is not None:
             log.warning("source unit replaced since it was journaled; reading all of it", unit=unit.name)
@@ -155,6 +163,7 @@ class Pipeline:
         async with anyio.create_task_group() as tg:
             self._tg = tg
             tg.start_soon(self._intake, items_send, once)
+            self.started.set()
             tg.start_soon(Batcher(self.settings.batch, self._unit_read).run, items_recv, batch_send)
             tg.start_soon(self._encode_all, batch_recv, obj_send.clone())
             if not once:
@@ -263,6 +272,7 @@ class Pipeline:
         return encoded
 
     def _spooled(self, obj: SpooledObject) -> None:
+        self._waiting[obj.object_id] = obj
         if self.spool.added(obj.size):
             self.health.fail(
                 f"spool holds {self.spool.used / 1e6:.1f} MB waiting for upload, over spool.max_bytes: "
@@ -318,16 +328,18 @@ class Pipeline:
             )
             await self.spool.durably("journal upload", self.journal.uploaded, obj.object_id, done.key)
             crash_point("uploaded")
+            self._waiting.pop(obj.object_id, None)
             self._unspooled(obj)
-            self._count_upload(obj, done.key)
+            self._count_upload(obj, done.key, done.seconds)
             await anyio.Path(obj.path).unlink(missing_ok=True)
         if obj.batch is not None:
             obj.batch.pending_objects -= 1
             if obj.batch.pending_objects == 0:
                 self._batch_done(obj.batch)
 
-    def _count_upload(self, obj: SpooledObject, key: str) -> None:
+    def _count_upload(self, obj: SpooledObject, key: str, seconds: float) -> None:
         self.health.last_upload = time.time()
+        metrics.UPLOAD_SECONDS.observe(seconds)
         if obj.kind != "data":
             self.stats.dead_letter_keys.append(key)
             return

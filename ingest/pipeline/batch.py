@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from ingest import metrics
 from ingest.config import BatchConfig
 from ingest.sources.base import Chunk, Item, SourceUnit, UnitRead
 
@@ -75,6 +76,7 @@ class Batcher:
                     item.unit.read_done = True
                     await self.on_unit_read(item.unit)
                 else:
+                    metrics.RECORDS_READ.labels(item.unit.origin).inc(item.table.num_rows)
                     for full in self._add(item):
                         await batches.send(full)
             await self._flush(batches)

@@ -179,7 +179,8 @@ class Encoder:
                         raw.get(chunk.line_of(r)) or json.dumps(_row(table, r), default=str),
                     )
                     for r, reason in sorted(bad.items())
-                ]
+                ],
+                chunk.unit.origin,
             )
             keep = pa.array([i not in bad for i in range(table.num_rows)])
             out, days = out.filter(keep), days.filter(keep)

@@ -72,6 +72,7 @@ class SpooledObject:
     sha256: str = ""
     kind: str = "data"
     key: str | None = None  # last key attempted (after a restart: may already hold this object)
+    created: float = field(default_factory=time.time)  # when it was written to the spool
 
     @property
     def content_type(self) -> str:
@@ -89,7 +90,7 @@ class SpooledObject:
             self.sha256,
             state,
             self.key,
-            time.time(),
+            self.created,
         )
 
 
@@ -285,7 +286,7 @@ class Spool:
             obj = SpooledObject(
                 r.id, batch, self._path(r), date.fromisoformat(r.day), r.records, r.size, r.sha256, r.kind
             )
-            obj.key = r.key
+            obj.key, obj.created = r.key, r.created
             out.objects.append(obj)
         out.units = units
         return out

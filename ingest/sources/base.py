@@ -37,6 +37,7 @@ class SourceUnit:
     id: str = ""  # journal identity, stable across restarts
     fingerprint: str = ""  # what the unit looked like when first opened (e.g. inode:size:mtime)
     path: str | None = None  # the local file holding it, if any (gone = acknowledged)
+    origin: str = ""  # the configured source it came from (its `name`), for metrics
     skip: Ranges = field(default_factory=list)
     total: int | None = None  # rows in the unit, once read to its end
     next_row: int = 0

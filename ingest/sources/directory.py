@@ -425,6 +425,7 @@ class DirectorySource(FileSource):
         st = _stat(self._target(path))
         self._read_stats[path] = st
         unit = SourceUnit(
+            origin=self.name,
             name=origin.as_posix(),
             ack=self._acker(path),
             id=f"file:{path}",

@@ -277,6 +277,7 @@ class LandingSource(FileSource):
     def _unit(self, path: Path) -> tuple[SourceUnit, Path]:
         obj = _landed(path)
         unit = SourceUnit(
+            origin=self.name,
             name=obj.key,
             ack=self._acker(path, obj),
             id=f"landing:{self.bucket}/{obj.key}",

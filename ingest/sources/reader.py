@@ -71,7 +71,7 @@ async def read_unit(
                 compression,
                 unit.name,
                 emit,
-                dead.write,
+                partial(dead.write, origin=unit.origin),
                 max_record_bytes,
                 unit.position,
                 settled,
