@@ -16,8 +16,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from ingest.deadletters import DeadLetters
+from ingest.messages import count
 from ingest.pipeline.journal import Journal
-from ingest.units import count
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,4 @@
-"""Human-friendly durations ("500ms", "60s", "24h") and sizes ("64MiB") for config values, and counts
-with their noun ("1 object", "2,000 records") for messages."""
+"""Human-friendly durations ("500ms", "60s", "24h") and sizes ("64MiB") for config values."""
 
 from __future__ import annotations
 
@@ -50,8 +49,3 @@ def parse_size(value: object) -> int:
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 ByteSize = Annotated[int, BeforeValidator(parse_size)]
-
-
-def count(n: int, noun: str) -> str:
-    """`1 object`, `0 objects`, `2,000 records`: the noun agrees with its number."""
-    return f"{n:,} {noun}" if n == 1 else f"{n:,} {noun}s"

@@ -23,6 +23,7 @@ from ingest.config import ConfigError, Settings, SourceConfig
 from ingest.grants import UploadGrants
 from ingest.health import Health, Stats
 from ingest.logs import get_logger
+from ingest.messages import count
 from ingest.pipeline import Pipeline
 from ingest.pipeline.spool import Spool
 from ingest.r2.client import R2Client
@@ -33,7 +34,6 @@ from ingest.server import app as server_app
 from ingest.sources.base import Source
 from ingest.sources.directory import DirectorySource
 from ingest.sources.landing import LandingSource
-from ingest.units import count
 
 log = get_logger("ingest.worker")
 DEFAULT_INBOX = "inbox"

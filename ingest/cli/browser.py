@@ -11,24 +11,18 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import anyio
-import cloudflare
 import typer
-from botocore.exceptions import ClientError
 
-from ingest.cli.common import err, out, settings
-from ingest.config import Settings
+from ingest.cli.common import err, out, r2_client, settings
+from ingest.messages import count
 from ingest.origins import origin_problem
-from ingest.r2.api import cloudflare_client
-from ingest.r2.bucket_cors import ApiBucketCors, BucketCors, S3BucketCors
-from ingest.r2.client import R2AccessDenied, R2Client
 from ingest.r2.cors import CorsError, dumps, evaluate, holds, parse_policy
-from ingest.r2.credentials import CredentialError, provider_from_settings
-from ingest.r2.endpoint import endpoint_url
-from ingest.r2.presign import PresignError, check_request, presign
-from ingest.units import count, parse_duration
+
+if TYPE_CHECKING:  # the S3 and Cloudflare clients are imported when a command runs, not for --help
+    from ingest.r2.bucket_cors import BucketCors
 
 cors_app = typer.Typer(help="Bucket CORS: let browsers upload to and read from R2.", no_args_is_help=True)
 Via = Annotated[
@@ -36,7 +30,6 @@ Via = Annotated[
     typer.Option(help="s3: Put/Get/DeleteBucketCors with the R2 keys; api: the Cloudflare API "
                  "(CLOUDFLARE_API_TOKEN, sends the jurisdiction header)."),
 ]  # fmt: skip
-FAILURES = (ClientError, R2AccessDenied, cloudflare.APIError, CredentialError)
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
@@ -45,23 +38,10 @@ def fail(message: str, code: int = 1) -> typer.Exit:
 
 
 @asynccontextmanager
-async def r2_client(s: Settings) -> AsyncIterator[tuple[Settings, R2Client]]:
-    """Settings (the local R2's when none is configured) and an S3 client for them."""
-    from ingest.worker import r2_settings
-
-    async with r2_settings(s, err) as s2:
-        r2 = s2.r2
-        if not r2.bucket:
-            raise fail("config error: r2.bucket: required (R2_BUCKET_NAME)", 2)
-        async with (
-            await provider_from_settings(r2, s2.output.prefix) as provider,
-            R2Client(endpoint_url(r2.account_id, r2.jurisdiction, r2.endpoint_url), provider) as client,
-        ):
-            yield s2, client
-
-
-@asynccontextmanager
 async def bucket_cors(via: str) -> AsyncIterator[tuple[str, BucketCors]]:
+    from ingest.r2.api import cloudflare_client
+    from ingest.r2.bucket_cors import ApiBucketCors, S3BucketCors
+
     s = settings()
     if via == "s3":
         async with r2_client(s) as (s2, client):
@@ -84,9 +64,15 @@ async def bucket_cors(via: str) -> AsyncIterator[tuple[str, BucketCors]]:
 
 def _run_r2(fn: object) -> None:
     """Run an async command body; R2/API refusals become one line and exit 1."""
+    import cloudflare
+    from botocore.exceptions import ClientError
+
+    from ingest.r2.client import R2AccessDenied
+    from ingest.r2.credentials import CredentialError
+
     try:
         anyio.run(fn)  # type: ignore[arg-type]
-    except FAILURES as exc:
+    except (ClientError, R2AccessDenied, cloudflare.APIError, CredentialError) as exc:
         raise fail(f"error: {exc}") from None
 
 
@@ -200,6 +186,9 @@ def presign_command(
     ] = False,
 ) -> None:
     """Print a presigned URL for one object (a browser or curl can use it without credentials)."""
+    from ingest.r2.presign import PresignError, check_request, presign
+    from ingest.units import parse_duration
+
     try:
         seconds = parse_duration(expires)
     except ValueError as exc:

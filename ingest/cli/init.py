@@ -9,8 +9,10 @@ from typing import Annotated
 import typer
 
 from ingest.cli.common import err, out
-from ingest.starter import INBOX, SOURCE_KINDS, render
 
+# SourceConfig.kind's choices, spelled here so that `ingest --help` need not load pydantic
+# (tests/test_cli.py checks they are the same).
+SOURCE_KINDS = ("directory", "landing")
 SourceKind = Enum("SourceKind", {kind: kind for kind in SOURCE_KINDS}, type=str)  # type: ignore[misc]
 
 
@@ -27,6 +29,8 @@ def init(
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
 ) -> None:
     """Write a commented ingest.toml for the chosen sources, with the defaults and the names to set."""
+    from ingest.starter import INBOX, render
+
     target = path / "ingest.toml" if path.is_dir() else path
     if target.exists() and not force:
         err.print(

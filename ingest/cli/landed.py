@@ -4,38 +4,21 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from datetime import date
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import anyio
 import typer
 
-from ingest import logs
-from ingest.cli.common import err, out, settings
-from ingest.config import Settings
-from ingest.units import count
+from ingest.cli.common import err, out, r2_client, settings
+from ingest.messages import count
+
+if TYPE_CHECKING:
+    from ingest.config import Settings
 
 T = TypeVar("T")
 _DATE = re.compile(r"(\d{4})[/-](\d{2})[/-](\d{2})")
-
-
-@asynccontextmanager
-async def _client(s: Settings) -> AsyncIterator[tuple[Any, str]]:
-    """An S3 client for the configured R2 (or the local R2, started for the command) and its bucket."""
-    from ingest.r2.client import R2Client
-    from ingest.r2.credentials import provider_from_settings
-    from ingest.r2.endpoint import endpoint_url
-    from ingest.worker import r2_settings
-
-    async with r2_settings(s, err) as live:
-        r2 = live.r2
-        async with (
-            await provider_from_settings(r2, live.output.prefix) as provider,
-            R2Client(endpoint_url(r2.account_id, r2.jurisdiction, r2.endpoint_url), provider) as client,
-        ):
-            yield client, r2.bucket
 
 
 def _run(s: Settings, work: Callable[[Any, str], Awaitable[T]]) -> T:
@@ -45,13 +28,15 @@ def _run(s: Settings, work: Callable[[Any, str], Awaitable[T]]) -> T:
     from ingest.r2.errors import describe
 
     async def main() -> T | str:
-        async with _client(s) as (client, bucket):
+        async with r2_client(s) as (live, client):
             try:
-                return await work(client, bucket)
+                return await work(client, live.r2.bucket)
             except ObjectProblem as exc:
                 return str(exc)
             except Exception as exc:  # R2 unreachable, access denied: one line, not a traceback
                 return describe(exc)
+
+    from ingest import logs
 
     logs.configure(s.log.format, "warning")  # the answer is the output; progress chatter is not
     result = anyio.run(main)

@@ -9,7 +9,6 @@ from typing import Annotated
 import anyio
 import typer
 
-from ingest import logs
 from ingest.cli.common import err, out, print_checks, settings
 
 
@@ -55,6 +54,8 @@ def local(
                 async for signum in signals:
                     out.print(f"received {signal.Signals(signum).name}, stopping")
                     return
+
+    from ingest import logs
 
     logs.configure(s.log.format, "warning" if check else s.log.level)
     try:

@@ -8,8 +8,7 @@ import anyio
 import typer
 
 from ingest.cli.common import err, out, settings
-from ingest.config import ConfigError
-from ingest.units import count
+from ingest.messages import count
 
 
 def run(
@@ -19,6 +18,7 @@ def run(
 ) -> None:
     """Watch the sources and upload Parquet batches to R2 (SIGTERM/SIGINT drains and exits 0)."""
     from ingest import worker
+    from ingest.config import ConfigError
     from ingest.local.seaweed import SeaweedError
     from ingest.pipeline.spool import SpoolError
     from ingest.r2.credentials import CredentialError

@@ -9,7 +9,6 @@ import anyio
 import typer
 
 from ingest.cli.common import err, out, settings
-from ingest.config import write_env_file
 
 token_app = typer.Typer(help="Cloudflare API tokens for R2.", no_args_is_help=True)
 
@@ -62,6 +61,8 @@ def token_create(
         "R2_API_TOKEN": value,
     }
     if env_file is not None:
+        from ingest.config import write_env_file
+
         write_env_file(env_file, lines)
         out.print(f"token {key_id} created; keys written to {env_file}")
         return

@@ -34,6 +34,9 @@ DEFAULT_DIR = Path(".ingest/local")
 DEFAULT_BUCKET = "ingest"
 
 
+READY_KEY = ".ingest-local-ready"  # written, read back and deleted once per start
+
+
 @dataclass(frozen=True)
 class LocalR2Info:
     """What a client needs to use the local R2; `env()` is the env-file content."""
@@ -196,6 +199,18 @@ class LocalR2:
                             "BucketAlreadyExists",
                         ):
                             raise
+            # Ready means data is served: after a restart the gateway answers (and the bucket exists)
+            # a moment before the volumes serve reads, so a write and a read back must go through.
+            async for attempt in AsyncRetrying(
+                stop=stop_after_attempt(100), wait=wait_fixed(0.2), reraise=True
+            ):
+                with attempt:
+                    await s3.put_object(Bucket=st.default_bucket, Key=READY_KEY, Body=b"ready")
+                    answer = await s3.get_object(Bucket=st.default_bucket, Key=READY_KEY)
+                    async with answer["Body"] as body:
+                        if await body.read() != b"ready":
+                            raise SeaweedError("the local R2 read back other bytes than it wrote")
+                    await s3.delete_object(Bucket=st.default_bucket, Key=READY_KEY)
         if not st.sts_access_key:
             st.sts_access_key, st.sts_secret_key = await store.ensure_sts_parent()
             register_secret(st.sts_secret_key)

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import LocalR2
+from tests.conftest import LocalR2, start_local_r2, stop_local_r2
 
 
 def toml_value(v: Any) -> str:
@@ -248,3 +248,43 @@ def job(local_r2: LocalR2, tmp_path: Path) -> Iterator[Job]:
     j = Job(local_r2, tmp_path, prefix=f"t-{uuid.uuid4().hex[:10]}/")
     j.inbox.mkdir()
     yield j
+
+
+@dataclass
+class OwnR2:
+    """A local R2 of the test's own on fixed ports, which the test stops and starts again (the shared
+    one must not go down under other tests)."""
+
+    dir: Path
+    s3_port: int
+    api_port: int
+    current: LocalR2 | None = None
+
+    def start(self) -> LocalR2:
+        self.current = start_local_r2(self.dir, s3_port=self.s3_port, api_port=self.api_port)
+        return self.current
+
+    def stop(self) -> None:
+        if self.current is not None:
+            stop_local_r2(self.current)
+            self.current = None
+        wait_for(lambda: _closed(self.s3_port), 30, f"port {self.s3_port} to close")
+
+
+def _closed(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) != 0
+
+
+@pytest.fixture
+def own_r2(tmp_path: Path, job: Job) -> Iterator[OwnR2]:
+    """A running R2 of this test's own, already the job's store; stopped at the end."""
+    from ingest.local.seaweed import free_port_pairs
+
+    s3_port, api_port = free_port_pairs(2)
+    own = OwnR2(tmp_path / "own-r2", s3_port, api_port)
+    job.r2 = own.start()
+    try:
+        yield own
+    finally:
+        own.stop()

@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import signal
-import socket
 import time
 from collections import Counter
-from pathlib import Path
 from urllib.parse import urlparse
 
 import httpx
 
-from ingest.local.seaweed import free_port_pairs
-from tests.conftest import start_local_r2, stop_local_r2
 from tests.faultproxy import FaultProxy, Faults
-from tests.integration.conftest import Job, free_port, logs_of, readyz, wait_for, write_jsonl
+from tests.integration.conftest import Job, OwnR2, free_port, logs_of, readyz, wait_for, write_jsonl
 
 
 def _fill(job: Job, files: int, per_file: int) -> int:
@@ -49,72 +45,46 @@ def test_drops_delays_and_503s_still_upload_every_row_exactly_once(job: Job) -> 
     _assert_exactly_once(job, total)
 
 
-def _wait_port_closed(port: int, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) != 0:
-                return
-        time.sleep(0.1)
-    raise AssertionError(f"port {port} still open")
-
-
-def test_seaweedfs_stopped_for_ten_seconds_mid_run(job: Job, tmp_path: Path) -> None:
-    s3_port, api_port = free_port_pairs(2)
-    own = start_local_r2(tmp_path / "own-r2", s3_port=s3_port, api_port=api_port)
-    try:
-        job.r2 = own
-        total = _fill(job, 60, 200)
-        job.configure(batch={"max_records": 50}, upload={"concurrency": 2})
-        proc = job.start("--once")
-        assert proc.stderr is not None
-        first: list[str] = []
-        for line in proc.stderr:  # wait for the first object, then pull the plug
-            first.append(line)
-            if '"uploaded"' in line:
-                break
-        stopped = time.monotonic()
-        stop_local_r2(own)
-        _wait_port_closed(s3_port)
-        time.sleep(max(0.0, 10 - (time.monotonic() - stopped)))
-        restarted = start_local_r2(tmp_path / "own-r2", s3_port=s3_port, api_port=api_port)
-        own = restarted
-        job.r2 = restarted
-        _, err = proc.communicate(timeout=240)
-        assert proc.returncode == 0, "".join(first) + err
-        events = logs_of("".join(first) + err)
-        assert any(e.get("event") == "transient failure; retrying" for e in events)
-        _assert_exactly_once(job, total)
-    finally:
-        stop_local_r2(own)
+def test_seaweedfs_stopped_for_ten_seconds_mid_run(job: Job, own_r2: OwnR2) -> None:
+    total = _fill(job, 60, 200)
+    job.configure(batch={"max_records": 50}, upload={"concurrency": 2})
+    proc = job.start("--once")
+    assert proc.stderr is not None
+    first: list[str] = []
+    for line in proc.stderr:  # wait for the first object, then pull the plug
+        first.append(line)
+        if '"uploaded"' in line:
+            break
+    stopped = time.monotonic()
+    own_r2.stop()
+    time.sleep(max(0.0, 10 - (time.monotonic() - stopped)))
+    job.r2 = own_r2.start()
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode == 0, "".join(first) + err
+    events = logs_of("".join(first) + err)
+    assert any(e.get("event") == "transient failure; retrying" for e in events)
+    _assert_exactly_once(job, total)
 
 
 def test_store_down_thirty_seconds_with_a_small_spool_pauses_intake_and_loses_nothing(
-    job: Job, tmp_path: Path
+    job: Job, own_r2: OwnR2
 ) -> None:
-    import httpx
-
-    s3_port, api_port = free_port_pairs(2)
-    own = start_local_r2(tmp_path / "own-r2", s3_port=s3_port, api_port=api_port)
     probe = free_port()
-    proc = None
+    job.configure(
+        sources={"settle_seconds": "50ms"},
+        batch={"max_records": 400, "max_age": "200ms"},
+        upload={"concurrency": 2},
+        spool={"dir": str(job.dir / "spool"), "max_bytes": "24KiB"},
+        retry={"initial": "100ms", "max": "1s", "max_elapsed": "600s"},
+        server={"listen": f"127.0.0.1:{probe}"},
+    )
+    proc = job.start()
     try:
-        job.r2 = own
-        job.configure(
-            sources={"settle_seconds": "50ms"},
-            batch={"max_records": 400, "max_age": "200ms"},
-            upload={"concurrency": 2},
-            spool={"dir": str(job.dir / "spool"), "max_bytes": "24KiB"},
-            retry={"initial": "100ms", "max": "1s", "max_elapsed": "600s"},
-            server={"listen": f"127.0.0.1:{probe}"},
-        )
-        proc = job.start()
         wait_for(lambda: readyz(probe) == 200, 60, "the worker")
         first = _fill(job, 2, 400)
         wait_for(lambda: len(job.keys()) == 2, 30, "the first objects")
 
-        stop_local_r2(own)
-        _wait_port_closed(s3_port)
+        own_r2.stop()
         down = time.monotonic()
         total = first
         for i in range(40):  # 40 files of 400 rows arrive while the store is down
@@ -131,16 +101,13 @@ def test_store_down_thirty_seconds_with_a_small_spool_pauses_intake_and_loses_no
         spool = sum(p.stat().st_size for p in (job.dir / "spool").glob("*/objects/*.parquet"))
         assert spool < 24 * 1024 + 3 * 16 * 1024  # bounded: the mark plus what was in flight
 
-        own = start_local_r2(tmp_path / "own-r2", s3_port=s3_port, api_port=api_port)
-        job.r2 = own
+        job.r2 = own_r2.start()
         wait_for(lambda: waiting() == 0 and readyz(probe) == 200, 120, "intake to resume and drain")
         wait_for(lambda: sum(1 for _ in job.rows()) == total, 60, "every row in R2")
         _assert_exactly_once(job, total)
     finally:
-        if proc is not None:
-            proc.send_signal(signal.SIGTERM)
-            _, err = proc.communicate(timeout=60)
-        stop_local_r2(own)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err[-2000:]
     events = [e.get("event") for e in logs_of(err)]
     assert "spool over spool.max_bytes; intake paused" in events

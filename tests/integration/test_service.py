@@ -17,9 +17,7 @@ import httpx
 import pytest
 import yaml
 
-from ingest.local.seaweed import free_port_pairs
-from tests.conftest import start_local_r2, stop_local_r2
-from tests.integration.conftest import Job, free_port, readyz, wait_for, write_jsonl
+from tests.integration.conftest import Job, OwnR2, free_port, readyz, wait_for, write_jsonl
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -100,20 +98,16 @@ def _queried() -> set[str]:
     return set(re.findall(r"\bingest_[a-z0-9_]+", "\n".join(exprs)))
 
 
-def test_probes_follow_the_store_and_metrics_equal_what_r2_holds(job: Job, tmp_path: Path) -> None:
-    s3_port, api_port = free_port_pairs(2)
-    own = start_local_r2(tmp_path / "own-r2", s3_port=s3_port, api_port=api_port)
+def test_probes_follow_the_store_and_metrics_equal_what_r2_holds(job: Job, own_r2: OwnR2) -> None:
     probe = free_port()
-    proc = None
+    job.configure(
+        sources={"settle_seconds": "50ms"},
+        batch={"max_records": 250, "max_age": "200ms"},
+        retry={"initial": "100ms", "max": "500ms", "max_elapsed": "600s"},
+        server={"listen": f"127.0.0.1:{probe}", "ready_failure_seconds": "1s"},
+    )
+    proc = job.start()
     try:
-        job.r2 = own
-        job.configure(
-            sources={"settle_seconds": "50ms"},
-            batch={"max_records": 250, "max_age": "200ms"},
-            retry={"initial": "100ms", "max": "500ms", "max_elapsed": "600s"},
-            server={"listen": f"127.0.0.1:{probe}", "ready_failure_seconds": "1s"},
-        )
-        proc = job.start()
         wait_for(lambda: readyz(probe) == 200, 60, "the worker")
         assert httpx.get(f"http://127.0.0.1:{probe}/healthz", timeout=2).status_code == 200
         for i in range(4):  # each with one line that is not JSON: a dead letter
@@ -123,8 +117,8 @@ def test_probes_follow_the_store_and_metrics_equal_what_r2_holds(job: Job, tmp_p
 
         text, m = _metrics(probe)
         keys = job.keys()
-        s3 = own.token_s3()
-        sizes = sum(s3.head_object(Bucket=own.bucket, Key=k)["ContentLength"] for k in keys)
+        s3 = job.r2.token_s3()
+        sizes = sum(s3.head_object(Bucket=job.r2.bucket, Key=k)["ContentLength"] for k in keys)
         assert m["ingest_records_uploaded_total"] == 2000
         assert m["ingest_records_read_total"] == 2000
         assert m["ingest_objects_uploaded_total"] == len(keys) >= 8  # batches of at most 250
@@ -135,7 +129,7 @@ def test_probes_follow_the_store_and_metrics_equal_what_r2_holds(job: Job, tmp_p
         missing = _queried() - _exported(text)
         assert not missing, f"dashboard/alerts query names /metrics does not have: {sorted(missing)}"
 
-        stop_local_r2(own)
+        own_r2.stop()
         write_jsonl(job.inbox / "b.jsonl", [{"id": 2000 + j} for j in range(100)])
         wait_for(lambda: readyz(probe) == 503, 30, "readiness to turn false with the store gone")
         reason = httpx.get(f"http://127.0.0.1:{probe}/readyz", timeout=2).json()["reason"]
@@ -145,8 +139,7 @@ def test_probes_follow_the_store_and_metrics_equal_what_r2_holds(job: Job, tmp_p
         assert m["ingest_spool_oldest_object_timestamp_seconds"] <= time.time()
         assert httpx.get(f"http://127.0.0.1:{probe}/healthz", timeout=2).status_code == 200  # alive
 
-        own = start_local_r2(tmp_path / "own-r2", s3_port=s3_port, api_port=api_port)
-        job.r2 = own
+        job.r2 = own_r2.start()
         wait_for(lambda: readyz(probe) == 200, 60, "readiness back with the store")
         wait_for(lambda: len(job.rows()) == 2100, 60, "the rows written while it was down")
         ids = Counter(int(r["id"]) for r in job.rows())  # type: ignore[call-overload]
@@ -154,7 +147,5 @@ def test_probes_follow_the_store_and_metrics_equal_what_r2_holds(job: Job, tmp_p
         _, m = _metrics(probe)
         assert m["ingest_records_uploaded_total"] == 2100 and m["ingest_spool_objects"] == 0
     finally:
-        if proc is not None:
-            proc.send_signal(signal.SIGTERM)
-            proc.communicate(timeout=60)
-        stop_local_r2(own)
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
