@@ -7,16 +7,17 @@ It records what a crash must not forget:
   acknowledged, so a restart never sends those rows again);
 - `objects`: spooled files not yet known to be in R2, with size, SHA-256, and the key being attempted.
   A row is deleted once the object is uploaded.
-Every change is one committed transaction. Used from one thread at a time (recovery in a worker
-thread before the pipeline starts, then the event-loop thread), plus read-only `ingest status`
-readers in other processes.
+Every change is one committed transaction, or part of a group committed at once (writes that queued
+up while the previous commit ran: one fsync for all of them). Written from one thread at a time (see
+Spool.durably), read by `ingest status` in other processes.
 """
 
 from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import astuple, dataclass
 from pathlib import Path
 
@@ -76,6 +77,7 @@ class Backlog:
 class Journal:
     def __init__(self, path: Path, readonly: bool = False) -> None:
         self.path = path
+        self._grouped = False
         if readonly:
             self.db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
         else:
@@ -87,10 +89,27 @@ class Journal:
     def close(self) -> None:
         self.db.close()
 
+    @contextmanager
+    def group(self) -> Iterator[None]:
+        """Every write inside is part of one transaction, committed (one fsync) at the end or not at
+        all: group commit for writes queued together (see Spool.durably)."""
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            self._grouped = True
+            try:
+                yield
+            finally:
+                self._grouped = False
+
     def _tx(self, point: str, statements: Iterable[tuple[str, tuple[object, ...]]]) -> None:
-        """One committed transaction; a full disk raises sqlite3.OperationalError and changes nothing
-        (the caller waits for space and calls again)."""
+        """One committed transaction (or part of the group's); a full disk raises
+        sqlite3.OperationalError and changes nothing (the caller waits for space and calls again)."""
         disk_full_point(point)
+        if self._grouped:
+            for sql, args in statements:
+                self.db.execute(sql, args)
+            journal_delay()
+            return
         with self.db:
             self.db.execute("BEGIN IMMEDIATE")
             for sql, args in statements:

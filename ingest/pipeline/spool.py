@@ -94,6 +94,17 @@ class SpooledObject:
         )
 
 
+@dataclass(eq=False)
+class _Call:
+    """A serial write waiting for its group's commit."""
+
+    what: str
+    fn: Callable[[], Any]
+    done: anyio.Event = field(default_factory=anyio.Event)
+    result: Any = None
+    error: BaseException | None = None
+
+
 @dataclass
 class Recovered:
     objects: list[SpooledObject] = field(default_factory=list)
@@ -114,7 +125,8 @@ class Spool:
         self.paused = False
         self._room = anyio.Event()
         self._room.set()
-        self._writer: anyio.CapacityLimiter | None = None  # made on first use: it needs a running loop
+        self._queue: list[_Call] = []  # serial writes waiting for the next group commit
+        self._committing = False  # a task is committing groups (the others wait for theirs)
         self.retry_initial, self.retry_max = 0.5, 30.0  # backoff while the disk is full
         self.full: str | None = None
         self._queued: set[str] = set()  # dead-letter files this process journaled for upload
@@ -128,14 +140,59 @@ class Spool:
     # -- durable writes --------------------------------------------------------------------------
 
     async def durably(self, what: str, fn: Callable[..., T], *args: Any, serial: bool = True) -> T:
-        """Run a journal or spool write in a thread (never on the event loop): `serial` ones (the
-        journal's) one at a time, in order. On a full disk report it (readiness false), back off and
-        try again until there is room; the writes are single transactions or idempotent file steps,
-        so trying again is safe. Any other failure to write (EROFS, EIO, EACCES) is a SpoolError."""
-        if self._writer is None:
-            self._writer = anyio.CapacityLimiter(1)
-        limiter = self._writer if serial else None
+        """Run a journal or spool write in a thread (never on the event loop).
 
+        `serial` ones (the journal's) run one group at a time, in order: calls that arrive while a
+        commit is running queue up and go together in the next one (group commit: one transaction
+        and one fsync for all, e.g. the units of many small files). On a full disk report it
+        (readiness false), back off and try again until there is room; a group rolls back as a whole
+        and its writes are single statements or idempotent file steps, so trying again is safe. Any
+        other failure to write (EROFS, EIO, EACCES) is a SpoolError."""
+        if not serial:
+            return await self._retrying(what, partial(fn, *args))
+        call = _Call(what, partial(fn, *args))
+        self._queue.append(call)
+        if not self._committing:
+            await self._commit_queued()
+        await call.done.wait()
+        if call.error is not None:
+            raise call.error
+        return call.result  # type: ignore[no-any-return]
+
+    async def _commit_queued(self) -> None:
+        """Leader: commit what is queued, group after group, until nothing is left."""
+        self._committing = True
+        group: list[_Call] = []
+        try:
+            while self._queue:
+                group, self._queue = self._queue, []
+                what = group[0].what if len(group) == 1 else f"{group[0].what} and {len(group) - 1} more"
+                try:
+                    results = await self._retrying(what, partial(self._run_group, group))
+                except Exception as exc:
+                    for c in group:
+                        c.error = exc
+                else:
+                    for c, result in zip(group, results, strict=True):
+                        c.result = result
+                for c in group:
+                    c.done.set()
+        finally:
+            self._committing = False
+            for c in [*group, *self._queue]:  # the leader was cancelled: nobody waits forever
+                if not c.done.is_set():
+                    c.error = c.error or SpoolError(self.dir, c.what, RuntimeError("commit abandoned"))
+                    c.done.set()
+            self._queue = []
+
+    def _run_group(self, group: list[_Call]) -> list[Any]:
+        """In the journal thread: every call of the group inside one journal transaction."""
+        if len(group) == 1:
+            return [group[0].fn()]
+        with self.journal.group():
+            return [c.fn() for c in group]
+
+    async def _retrying(self, what: str, fn: Callable[[], T]) -> T:
         def waiting(state: RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
             self.full = f"spool disk full at {self.dir} ({what}); free space or move spool.dir"
@@ -156,7 +213,7 @@ class Spool:
                 reraise=True,
             ):
                 with attempt:
-                    result = await anyio.to_thread.run_sync(partial(fn, *args), limiter=limiter)
+                    result = await anyio.to_thread.run_sync(fn)
         except (OSError, sqlite3.OperationalError) as exc:
             raise SpoolError(self.dir, what, exc) from exc
         if self.full is not None:
