@@ -88,6 +88,12 @@ def test_init_refuses_to_overwrite_without_force(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert [s.kind for s in load_settings(target).sources] == ["landing"]
     assert f"ingest --config {target} doctor" in r.stdout
+    under_a_file = _ingest("init", str(target / "x.toml"))
+    assert under_a_file.returncode == 2
+    assert (
+        under_a_file.stderr.strip()
+        == f"{target / 'x.toml'}: cannot write it (File exists); pick another path"
+    )
     bad = _ingest("init", str(tmp_path / "x.toml"), "--source", "kafka")
     assert bad.returncode == 2 and "kafka" in bad.stderr
 

@@ -38,14 +38,24 @@ def init(
         )
         raise typer.Exit(2)
     kinds = [s.value for s in source] if source else ["directory"]
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(render(kinds))
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(render(kinds))
+        if "directory" in kinds:
+            (target.parent / INBOX).mkdir(exist_ok=True)
+    except OSError as exc:
+        err.print(
+            f"{target}: cannot write it ({exc.strerror or exc}); pick another path",
+            markup=False,
+            highlight=False,
+        )
+        raise typer.Exit(2) from None
     noun = "source" if len(kinds) == 1 else "sources"
     out.print(f"wrote {target} ({', '.join(kinds)} {noun})", markup=False, highlight=False)
     if "directory" in kinds:
-        inbox = target.parent / INBOX
-        inbox.mkdir(exist_ok=True)
-        out.print(f"files dropped into {inbox}/ will be ingested", markup=False, highlight=False)
+        out.print(
+            f"files dropped into {target.parent / INBOX}/ will be ingested", markup=False, highlight=False
+        )
     config = "" if target == Path("ingest.toml") else f" --config {target}"
     for line in (
         "next: set R2_ACCOUNT_ID, R2_BUCKET_NAME and a token (see the file), or nothing to try it offline;",
