@@ -128,8 +128,9 @@ async def _footer(client: R2Client, bucket: str, key: str) -> _Footer:
     return _Footer(metadata, file, batch)
 
 
-async def listing(client: R2Client, bucket: str, prefix: str) -> list[Landed]:
-    """The objects under `prefix`, each with its footer's row count and its batch id."""
+async def listing(client: R2Client, bucket: str, prefix: str, skip: tuple[str, ...] = ()) -> list[Landed]:
+    """The objects under `prefix`, each with its footer's row count and its batch id; keys under the
+    `skip` prefixes are left out before any footer is fetched."""
     found: list[Landed] = []
     token: str | None = None
     while True:
@@ -137,7 +138,11 @@ async def listing(client: R2Client, bucket: str, prefix: str) -> list[Landed]:
         if token:
             params["ContinuationToken"] = token
         page = await client.call("list_objects_v2", **params)
-        found += [Landed(o["Key"], int(o["Size"]), o["LastModified"]) for o in page.get("Contents", [])]
+        found += [
+            Landed(o["Key"], int(o["Size"]), o["LastModified"])
+            for o in page.get("Contents", [])
+            if not o["Key"].startswith(skip)
+        ]
         token = page.get("NextContinuationToken")
         if not page.get("IsTruncated") or not token:
             break

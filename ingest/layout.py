@@ -8,7 +8,8 @@ the directory source claims files into `<path>/.ingest/claimed/<worker-id>/`.
 from __future__ import annotations
 
 DEFAULT_KEY_TEMPLATE = "{prefix}{date:%Y/%m/%d}/ingested_{seq:04d}.parquet"
-ERRORS_TEMPLATE = "{prefix}_errors/{date:%Y/%m/%d}/errors_{seq:04d}.jsonl"
+ERRORS = "_errors/"
+ERRORS_TEMPLATE = "{prefix}" + ERRORS + "{date:%Y/%m/%d}/errors_{seq:04d}.jsonl"
 LANDING = "_landing/"
 CLAIMS = ".claims/"  # under the landing prefix: one marker per claimed landing object
 CLAIM_DIR = ".ingest"  # under a watched directory: `claimed/<worker-id>/` holds the claimed files
@@ -21,4 +22,4 @@ def landing_prefix(prefix: str) -> str:
 
 def errors_prefix(prefix: str) -> str:
     """Where dead-letter files are uploaded (ERRORS_TEMPLATE's fixed part)."""
-    return f"{prefix}_errors/"
+    return f"{prefix}{ERRORS}"

@@ -24,6 +24,7 @@ _DATE = re.compile(r"(\d{4})[/-](\d{2})[/-](\d{2})")
 def _run(s: Settings, work: Callable[[Any, str], Awaitable[T]]) -> T:
     """Run `work(client, bucket)`; a missing or non-Parquet key, or R2 failing, is one line on stderr
     and exit 1 (caught inside, so the local R2, when it was started, stops cleanly)."""
+    from ingest import logs
     from ingest.landed import ObjectProblem
     from ingest.r2.errors import describe
 
@@ -35,8 +36,6 @@ def _run(s: Settings, work: Callable[[Any, str], Awaitable[T]]) -> T:
                 return str(exc)
             except Exception as exc:  # R2 unreachable, access denied: one line, not a traceback
                 return describe(exc)
-
-    from ingest import logs
 
     logs.configure(s.log.format, "warning")  # the answer is the output; progress chatter is not
     result = anyio.run(main)
@@ -70,8 +69,7 @@ def ls(
         when = date(int(m[1]), int(m[2]), int(m[3]))
         where = KeyTemplate(s.output.key_template, where).list_prefix(when)
     internal = (errors_prefix(s.output.prefix), landing_prefix(s.output.prefix))  # not output objects
-    found = _run(s, lambda client, bucket: listing(client, bucket, where))
-    found = [o for o in found if not o.key.startswith(internal)]
+    found = _run(s, lambda client, bucket: listing(client, bucket, where, internal))
     if as_json:
         print(json.dumps([o.as_json() for o in found]))
         return
