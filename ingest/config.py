@@ -8,12 +8,21 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import tomllib
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -21,7 +30,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from ingest.layout import DEFAULT_KEY_TEMPLATE
+from ingest.layout import DEFAULT_KEY_TEMPLATE, DEFAULT_TABLE, TABLE_NAME
 from ingest.origins import origin_problem
 from ingest.units import ByteSize, Duration
 
@@ -45,6 +54,8 @@ ENV_KEYS: dict[str, str] = {
     "R2_TOKEN_ID": "r2.auth.token_id",
     "CLOUDFLARE_API_TOKEN": "r2.admin_api_token",
     "INGEST_UPLOAD_TOKEN": "server.upload_token",
+    "INGEST_TLS_CERT": "server.tls_cert",
+    "INGEST_TLS_KEY": "server.tls_key",
     # What a deployment sets per replica or per image (a pod's name, a volume's mount point).
     "INGEST_WORKER_ID": "worker.id",
     "INGEST_SPOOL_DIR": "spool.dir",
@@ -92,14 +103,75 @@ class R2Config(_Section):
         return bool(self.endpoint_url or self.account_id)
 
 
+# Keys that only some source kinds read; setting one on another kind is a mistake worth an error.
+_ONLY_FOR: dict[str, tuple[str, ...]] = {
+    "path": ("directory",),
+    "done_dir": ("directory",),
+    "settle_seconds": ("directory", "landing"),
+    "follow_symlinks": ("directory",),
+    "wait_for_writers": ("directory",),
+    "tables": ("http",),
+    "token": ("http",),
+    "tokens": ("http",),
+    "strict": ("http",),
+    "max_request_bytes": ("http",),
+    "ack": ("http",),
+    "ack_timeout": ("http",),
+    "idempotency_window": ("http",),
+}
+
+
 class SourceConfig(_Section):
-    kind: Literal["directory", "landing"]
+    kind: Literal["directory", "landing", "http", "stdin"]
     path: str = ""
     format: Literal["", "jsonl", "json", "csv", "parquet"] = ""
+    table: str = ""  # the table its records go to (default: "default"; http: also the URL's)
     settle_seconds: Duration = 1.0
     done_dir: str = ""
     follow_symlinks: bool = True  # read a linked file's target (only the link is acknowledged)
     wait_for_writers: bool = True  # never finish a file some process holds open for writing (/proc)
+    # http: POST /v1/records[/{table}] on server.listen
+    tables: list[str] = []  # the tables a request may name (empty: any)
+    token: SecretStr = SecretStr("")  # bearer token senders present (env INGEST_HTTP_TOKEN)
+    tokens: list[SecretStr] = []  # several accepted at once, for rotation
+    strict: bool = False  # refuse a whole request (400) when any line of it is malformed
+    max_request_bytes: ByteSize = Field(default=16 * 2**20, ge=1)  # also after decompression: 413
+    ack: Literal["spool", "upload"] = "spool"  # answer once durable here (202) or once in R2 (200)
+    ack_timeout: Duration = Field(default=30.0, gt=0)  # ack = "upload": 504 after this (still delivered)
+    idempotency_window: Duration = Field(default=86400.0, gt=0)  # Idempotency-Key answers kept this long
+
+    @field_validator("table")
+    @classmethod
+    def _table_name(cls, v: str) -> str:
+        if v and (problem := table_problem(v)) is not None:
+            raise ValueError(problem)
+        return v
+
+    @field_validator("tables")
+    @classmethod
+    def _table_names(cls, v: list[str]) -> list[str]:
+        for name in v:
+            if (problem := table_problem(name)) is not None:
+                raise ValueError(problem)
+        return v
+
+    @model_validator(mode="after")
+    def _keys_for_kind(self) -> SourceConfig:
+        for key in sorted(self.model_fields_set):
+            kinds = _ONLY_FOR.get(key)
+            if kinds is not None and self.kind not in kinds:
+                raise ValueError(f"{key} is only read by kind = {' or '.join(repr(k) for k in kinds)}")
+        return self
+
+    @property
+    def default_table(self) -> str:
+        return self.table or DEFAULT_TABLE
+
+
+def table_problem(name: str) -> str | None:
+    if re.fullmatch(TABLE_NAME, name):
+        return None
+    return f"table name {name!r} is not valid: use 1 to 64 of a-z, 0-9, _ and -"
 
 
 class WorkerConfig(_Section):
@@ -155,6 +227,9 @@ class ServerConfig(_Section):
     upload_token: SecretStr = SecretStr("")  # bearer token for POST /v1/uploads; empty = no grants
     upload_expires: Duration = Field(default=900.0, ge=1, le=7 * 86400)  # life of a granted URL
     cors_origins: list[str] = []  # browser origins that may call the worker's API (upload grants)
+    # HTTPS for the whole server (probes, metrics, http sources): PEM files
+    tls_cert: str = ""
+    tls_key: str = ""
 
     @field_validator("cors_origins")
     @classmethod
@@ -272,6 +347,9 @@ def resolve_paths(settings: Settings, base: Path) -> Settings:
             "sources": sources,
             "spool": settings.spool.model_copy(update={"dir": at(settings.spool.dir)}),
             "output": settings.output.model_copy(update={"schema_file": at(settings.output.schema_file)}),
+            "server": settings.server.model_copy(
+                update={"tls_cert": at(settings.server.tls_cert), "tls_key": at(settings.server.tls_key)}
+            ),
         }
     )
 

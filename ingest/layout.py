@@ -8,6 +8,9 @@ the directory source claims files into `<path>/.ingest/claimed/<worker-id>/`.
 from __future__ import annotations
 
 DEFAULT_KEY_TEMPLATE = "{prefix}{date:%Y/%m/%d}/ingested_{seq:04d}.parquet"
+TABLE_KEY_TEMPLATE = "{prefix}{table}/{date:%Y/%m/%d}/ingested_{seq:04d}.parquet"  # several tables
+DEFAULT_TABLE = "default"  # a record's table when neither its source nor its request names one
+TABLE_NAME = r"[a-z0-9_-]{1,64}"
 ERRORS = "_errors/"
 ERRORS_TEMPLATE = "{prefix}" + ERRORS + "{date:%Y/%m/%d}/errors_{seq:04d}.jsonl"
 LANDING = "_landing/"

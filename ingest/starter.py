@@ -54,6 +54,16 @@ kind = "landing"  # objects put under {{output.prefix}}_landing/ (by browsers: `
 # format = "{s.format}"                  # jsonl | json | csv | parquet; empty: by the object's extension
 # settle_seconds = "{settle}"          # how often the landing prefix is listed
 """,
+    "http": """[[sources]]
+kind = "http"  # POST /v1/records and /v1/records/{{table}} on server.listen (see the README)
+# token = ""                     # set INGEST_HTTP_TOKEN instead: the bearer token senders present
+# tables = []                    # tables a request may name; empty: any valid name
+# ack = "{s.ack}"                   # spool: 202 once on this disk | upload: 200 once in R2
+""",
+    "stdin": """[[sources]]
+kind = "stdin"  # standard input until EOF (usually: `cat f.jsonl | ingest run --once --source stdin`)
+# format = "jsonl"                 # jsonl | csv
+""",
 }
 
 _REST = """\

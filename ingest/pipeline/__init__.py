@@ -57,10 +57,11 @@ class Pipeline:
         self.health.failure_seconds = settings.server.ready_failure_seconds
         self.stats = Stats()
         self.bucket = settings.r2.bucket
+        learned = {table: load_schema_blob(blob) for table, blob in self.journal.schemas().items()}
         self.encoder = Encoder(
-            settings.output, spool.dir, spool.dead, load_schema_blob(self.journal.meta("schema"))
+            settings.output, spool.dir, spool.dead, {t: s for t, s in learned.items() if s is not None}
         )
-        self._journaled_schema = self.encoder.schema
+        self._journaled_schemas = {table: self.encoder.schema(table) for table in learned}
         prefix = settings.output.prefix
         self.template = KeyTemplate(settings.output.key_template, prefix)
         self.uploader = Uploader(
@@ -264,10 +265,12 @@ class Pipeline:
         crash_point("encoded")
         spans = [(u.id, a, b) for u, ranges in batch.spans.items() for a, b in ranges]
         rows = [o.row() for o in encoded]
-        schema = self.encoder.schema
-        blob = schema_blob(schema) if schema != self._journaled_schema else None
-        await self.spool.durably("journal batch", self.journal.spooled, batch.id, spans, rows, blob)
-        self._journaled_schema = schema
+        schema = self.encoder.schema(batch.table)
+        blob = schema_blob(schema) if schema != self._journaled_schemas.get(batch.table) else None
+        await self.spool.durably(
+            "journal batch", self.journal.spooled, batch.id, spans, rows, blob, batch.table
+        )
+        self._journaled_schemas[batch.table] = schema
         crash_point("spooled")
         return encoded
 

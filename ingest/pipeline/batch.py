@@ -1,5 +1,7 @@
 """Batcher: gathers chunks (possibly from many files) until max_records, max_bytes or max_age.
 
+One batch is open per table: a batch never mixes tables (each has its own schema and keys).
+
 A unit counts one pending batch for every batch that holds some of its rows, from the moment its first
 chunk joins that batch; the pipeline decrements it when the batch is in R2.
 """
@@ -17,6 +19,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from ingest import metrics
 from ingest.config import BatchConfig
+from ingest.layout import DEFAULT_TABLE
 from ingest.sources.base import Chunk, Item, SourceUnit, UnitRead
 
 
@@ -32,6 +35,7 @@ class Batch:
     closed_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     pending_objects: int = 0
     failed: bool = False
+    table: str = DEFAULT_TABLE
 
     def add(self, chunk: Chunk) -> None:
         unit = chunk.unit
@@ -54,7 +58,7 @@ class Batcher:
     def __init__(self, config: BatchConfig, on_unit_read: Callable[[SourceUnit], Awaitable[None]]) -> None:
         self.config = config
         self.on_unit_read = on_unit_read
-        self.current: Batch | None = None
+        self.open: dict[str, Batch] = {}  # table → its open batch
 
     async def run(
         self, items: MemoryObjectReceiveStream[Item], batches: MemoryObjectSendStream[Batch]
@@ -62,8 +66,9 @@ class Batcher:
         async with items, batches:
             while True:
                 timeout = math.inf
-                if self.current is not None:
-                    timeout = self.current.opened + self.config.max_age - anyio.current_time()
+                if self.open:
+                    oldest = min(b.opened for b in self.open.values())
+                    timeout = oldest + self.config.max_age - anyio.current_time()
                 item: Item | None = None
                 with anyio.move_on_after(max(0.0, timeout)):
                     try:
@@ -71,7 +76,7 @@ class Batcher:
                     except anyio.EndOfStream:
                         break
                 if item is None:  # max_age reached
-                    await self._flush(batches)
+                    await self._flush(batches, anyio.current_time() - self.config.max_age + 1e-3)
                 elif isinstance(item, UnitRead):
                     item.unit.read_done = True
                     await self.on_unit_read(item.unit)
@@ -84,10 +89,11 @@ class Batcher:
     def _add(self, chunk: Chunk) -> list[Batch]:
         """Add rows, splitting the chunk where a batch reaches max_records or max_bytes."""
         full: list[Batch] = []
+        table = chunk.unit.table
         while chunk.table.num_rows:
-            if self.current is None:
-                self.current = Batch(opened=anyio.current_time())
-            batch = self.current
+            batch = self.open.get(table)
+            if batch is None:
+                batch = self.open[table] = Batch(opened=anyio.current_time(), table=table)
             room = self.config.max_records - batch.records
             row_bytes = max(1, chunk.table.nbytes // chunk.table.num_rows)
             room = min(room, max(1, (self.config.max_bytes - batch.nbytes) // row_bytes))
@@ -95,16 +101,20 @@ class Batcher:
             batch.add(part)
             chunk = chunk.slice(part.table.num_rows) if part is not chunk else chunk.slice(0, 0)
             if batch.records >= self.config.max_records or batch.nbytes >= self.config.max_bytes:
-                full.append(self._close())
+                full.append(self._close(table))
+        # Memory is bounded by batch.max_bytes for all tables together: the biggest batch goes first.
+        while len(self.open) > 1 and sum(b.nbytes for b in self.open.values()) >= self.config.max_bytes:
+            full.append(self._close(max(self.open, key=lambda t: self.open[t].nbytes)))
         return full
 
-    def _close(self) -> Batch:
-        batch, self.current = self.current, None
-        assert batch is not None
+    def _close(self, table: str) -> Batch:
+        batch = self.open.pop(table)
         batch.closed_at = datetime.now(UTC)
         return batch
 
-    async def _flush(self, batches: MemoryObjectSendStream[Batch]) -> None:
-        if self.current is not None and self.current.records:
-            await batches.send(self._close())
-        self.current = None
+    async def _flush(self, batches: MemoryObjectSendStream[Batch], opened_by: float = math.inf) -> None:
+        """Send every open batch opened at or before `opened_by` (all of them by default)."""
+        for table in [t for t, b in self.open.items() if b.opened <= opened_by]:
+            batch = self._close(table)
+            if batch.records:
+                await batches.send(batch)

@@ -26,6 +26,7 @@ from ingest.config import ConfigError, OutputConfig
 from ingest.deadletters import DeadLetter, DeadLetters
 from ingest.faults import disk_full_point
 from ingest.files import fsync_dir, sha256_of
+from ingest.layout import DEFAULT_TABLE
 from ingest.pipeline.batch import Batch
 from ingest.pipeline.spool import SpooledObject
 from ingest.sources.base import Chunk
@@ -89,30 +90,36 @@ class Encoder:
     """
 
     def __init__(
-        self, output: OutputConfig, spool_dir: Path, dead: DeadLetters, learned: pa.Schema | None = None
+        self,
+        output: OutputConfig,
+        spool_dir: Path,
+        dead: DeadLetters,
+        learned: dict[str, pa.Schema] | None = None,
     ) -> None:
         self.output = output
         self.dir = spool_dir / "objects"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.dead = dead
         self.explicit = load_schema(output.schema_file)
-        schema = learned or pa.schema([])
-        if self.explicit is not None:  # the schema file wins over anything learned
-            fixed = {f.name: f for f in self.explicit}
-            schema = pa.schema([fixed.pop(f.name, f) for f in schema] + list(fixed.values()))
-        self._schema = schema
+        self._schemas = {table: self._with_explicit(s) for table, s in (learned or {}).items()}
         self._lock = threading.Lock()
 
-    @property
-    def schema(self) -> pa.Schema:
+    def _with_explicit(self, schema: pa.Schema) -> pa.Schema:
+        """The schema file wins over anything learned (for every table)."""
+        if self.explicit is None:
+            return schema
+        fixed = {f.name: f for f in self.explicit}
+        return pa.schema([fixed.pop(f.name, f) for f in schema] + list(fixed.values()))
+
+    def schema(self, table: str = DEFAULT_TABLE) -> pa.Schema:
         with self._lock:
-            return self._schema
+            return self._schemas.get(table) or self._with_explicit(pa.schema([]))
 
     def encode(self, batch: Batch) -> list[SpooledObject]:
         """Parquet files for the batch, fsynced; on failure (disk full) none is left behind."""
         with self._lock:
-            self._schema = self._learn(self._schema, [c.table for c in batch.chunks])
-            schema = self._schema
+            known = self._schemas.get(batch.table) or self._with_explicit(pa.schema([]))
+            schema = self._schemas[batch.table] = self._learn(known, [c.table for c in batch.chunks])
         tables: list[pa.Table] = []
         days: list[pa.Array] = []
         for chunk in batch.chunks:
@@ -231,7 +238,8 @@ class Encoder:
         except BaseException:
             tmp.unlink(missing_ok=True)  # never a half-written file in the spool
             raise
-        return SpooledObject(object_id, batch, path, day, table.num_rows, path.stat().st_size, digest)
+        size = path.stat().st_size
+        return SpooledObject(object_id, batch, path, day, table.num_rows, size, digest, table=batch.table)
 
 
 def _conform_column(col: pa.ChunkedArray, to: pa.DataType) -> tuple[pa.ChunkedArray | pa.Array, list[int]]:

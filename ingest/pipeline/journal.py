@@ -22,6 +22,7 @@ from dataclasses import astuple, dataclass
 from pathlib import Path
 
 from ingest.faults import disk_full_point, journal_delay
+from ingest.layout import DEFAULT_TABLE
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS units (
@@ -34,7 +35,7 @@ CREATE INDEX IF NOT EXISTS spans_unit ON spans (unit_id);
 CREATE TABLE IF NOT EXISTS objects (
     id TEXT PRIMARY KEY, batch_id TEXT, kind TEXT NOT NULL, file TEXT NOT NULL, day TEXT NOT NULL,
     records INTEGER NOT NULL, size INTEGER NOT NULL, sha256 TEXT NOT NULL,
-    state TEXT NOT NULL, key TEXT, created REAL NOT NULL
+    state TEXT NOT NULL, key TEXT, created REAL NOT NULL, tbl TEXT NOT NULL DEFAULT 'default'
 );
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS daily (day TEXT PRIMARY KEY, dead_letters INTEGER NOT NULL);
@@ -64,6 +65,7 @@ class ObjectRow:
     state: str  # "spooled" | "uploading" (a key was attempted; it may already hold the object)
     key: str | None
     created: float
+    table: str = DEFAULT_TABLE
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,9 @@ class Journal:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=FULL")
             self.db.executescript(SCHEMA)
+            columns = {row[1] for row in self.db.execute("PRAGMA table_info(objects)")}
+            if "tbl" not in columns:  # a journal from before tables
+                self.db.execute("ALTER TABLE objects ADD COLUMN tbl TEXT NOT NULL DEFAULT 'default'")
 
     def close(self) -> None:
         self.db.close()
@@ -164,6 +169,7 @@ class Journal:
         spans: list[tuple[str, int, int]],
         objects: list[ObjectRow],
         schema: str | None = None,
+        table: str = DEFAULT_TABLE,
     ) -> None:
         """A batch is in the spool: its files (fsynced), the rows they hold and (when it widened) the
         table's schema they were written with, in one transaction."""
@@ -175,7 +181,7 @@ class Journal:
                     for unit_id, a, b in spans
                 ),
                 *((_INSERT_OBJECT, _object_values(o)) for o in objects),
-                *([("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (schema,))] if schema else []),
+                *([("INSERT OR REPLACE INTO meta VALUES (?, ?)", (schema_key(table), schema))] if schema else []),
             ],
         )
 
@@ -248,6 +254,11 @@ class Journal:
             return []
         return [(str(a), str(b), float(c)) for a, b, c in rows]
 
+    def schemas(self) -> dict[str, str]:
+        """Every table's learned schema (table → blob)."""
+        rows = self.db.execute("SELECT name, value FROM meta WHERE name = 'schema' OR name LIKE 'schema:%'")
+        return {(n.partition(":")[2] or DEFAULT_TABLE): str(v) for n, v in rows}
+
     def meta(self, name: str) -> str | None:
         row = self.db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
         return str(row[0]) if row else None
@@ -260,8 +271,14 @@ class Journal:
         return Backlog(int(n), int(size), oldest, int(units))
 
 
-_OBJECT_COLUMNS = "id, batch_id, kind, file, day, records, size, sha256, state, key, created"
-_INSERT_OBJECT = f"INSERT OR REPLACE INTO objects ({_OBJECT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
+def schema_key(table: str) -> str:
+    """The meta row holding a table's learned schema (`schema` for the default table, as before
+    tables existed)."""
+    return "schema" if table == DEFAULT_TABLE else f"schema:{table}"
+
+
+_OBJECT_COLUMNS = "id, batch_id, kind, file, day, records, size, sha256, state, key, created, tbl"
+_INSERT_OBJECT = f"INSERT OR REPLACE INTO objects ({_OBJECT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
 
 
 def _object_values(o: ObjectRow) -> tuple[object, ...]:

@@ -14,6 +14,7 @@ from datetime import date, datetime
 import anyio
 
 from ingest.config import ConfigError
+from ingest.layout import DEFAULT_TABLE
 from ingest.logs import get_logger
 from ingest.r2.client import R2AccessDenied
 
@@ -36,93 +37,107 @@ class KeyTemplate:
         self.template = template
         self.prefix = prefix
         try:
-            sample = self._fmt(date(2024, 8, 2), _SeqMark())
+            sample = self._fmt(date(2024, 8, 2), _SeqMark(), "t")
         except (KeyError, IndexError, ValueError) as exc:
             raise ConfigError(
                 f"output.key_template: {exc!s} is not a placeholder; "
-                "use {prefix}, {date:%Y/%m/%d} and {seq:04d}"
+                "use {prefix}, {table}, {date:%Y/%m/%d} and {seq:04d}"
             ) from None
         if sample.count(_MARK) != 1:
             raise ConfigError("output.key_template: must contain {seq...} exactly once")
+        # Without {table} every table shares one key space (and so one sequence): one table only.
+        self.per_table = self._fmt(date(2024, 8, 2), 1, "a") != self._fmt(date(2024, 8, 2), 1, "b")
 
-    def _fmt(self, day: date, seq: object) -> str:
+    def _fmt(self, day: date, seq: object, table: str) -> str:
         when = datetime(day.year, day.month, day.day)
-        return self.template.format(prefix=self.prefix, date=when, seq=seq)
+        return self.template.format(prefix=self.prefix, date=when, seq=seq, table=table)
 
-    def render(self, day: date, seq: int) -> str:
-        return self._fmt(day, seq)
+    def render(self, day: date, seq: int, table: str = DEFAULT_TABLE) -> str:
+        return self._fmt(day, seq, table)
 
-    def list_prefix(self, day: date) -> str:
+    def list_prefix(self, day: date, table: str = DEFAULT_TABLE) -> str:
         """The part of the key before the sequence number: everything one LIST needs to see."""
-        return self._fmt(day, _SeqMark()).split(_MARK)[0]
+        return self._fmt(day, _SeqMark(), table).split(_MARK)[0]
 
-    def parse_seq(self, day: date, key: str) -> int | None:
-        head, tail = self._fmt(day, _SeqMark()).split(_MARK)
+    def parse_seq(self, day: date, key: str, table: str = DEFAULT_TABLE) -> int | None:
+        head, tail = self._fmt(day, _SeqMark(), table).split(_MARK)
         m = re.fullmatch(re.escape(head) + r"(\d+)" + re.escape(tail), key)
         return int(m.group(1)) if m else None
 
 
+Where = tuple[str, date]  # (table, day): each has its own sequence
+
+
 class KeyAllocator:
-    """Hands out candidate sequence numbers per date; concurrency-safe within the event loop."""
+    """Hands out candidate sequence numbers per table and date; concurrency-safe within the event loop."""
 
     def __init__(self, template: KeyTemplate, list_keys: ListKeys, exists: Exists | None = None) -> None:
         self.template = template
         self._list_keys = list_keys
         self._exists = exists
         self._probing = False  # LIST was denied (credentials scoped to objects under a prefix)
-        self._next: dict[date, int] = {}
-        self._locks: dict[date, anyio.Lock] = {}
+        self._next: dict[Where, int] = {}
+        self._locks: dict[Where, anyio.Lock] = {}
 
-    async def candidate(self, day: date) -> int:
-        if day not in self._next:
-            lock = self._locks.setdefault(day, anyio.Lock())
+    def key(self, day: date, seq: int, table: str = DEFAULT_TABLE) -> str:
+        return self.template.render(day, seq, table)
+
+    async def candidate(self, day: date, table: str = DEFAULT_TABLE) -> int:
+        where = (table, day)
+        if where not in self._next:
+            lock = self._locks.setdefault(where, anyio.Lock())
             async with lock:
-                if day not in self._next:
-                    self._next[day] = await self._highest(day, "") + 1
-        seq = self._next[day]
-        self._next[day] = seq + 1
+                if where not in self._next:
+                    self._next[where] = await self._highest(where, "") + 1
+        seq = self._next[where]
+        self._next[where] = seq + 1
         return seq
 
-    async def taken(self, day: date, seq: int) -> None:
+    async def taken(self, day: date, seq: int, table: str = DEFAULT_TABLE) -> None:
         """`seq` was taken by another writer: look past every number taken since, instead of trying
         them one by one (each try would send the whole object again)."""
-        lock = self._locks.setdefault(day, anyio.Lock())
+        where = (table, day)
+        lock = self._locks.setdefault(where, anyio.Lock())
         async with lock:
-            if self._next.get(day, 0) > seq + 1:
+            if self._next.get(where, 0) > seq + 1:
                 return  # someone else already looked past it
-            highest = await self._highest(day, self.template.render(day, seq))
-            self._next[day] = max(self._next.get(day, 0), seq + 1, highest + 1)
+            highest = await self._highest(where, self.template.render(day, seq, table))
+            self._next[where] = max(self._next.get(where, 0), seq + 1, highest + 1)
 
-    async def _highest(self, day: date, start_after: str) -> int:
+    async def _highest(self, where: Where, start_after: str) -> int:
+        table, day = where
         if not self._probing:
+            prefix = self.template.list_prefix(day, table)
             try:
-                keys = await self._list_keys(self.template.list_prefix(day), start_after)
+                keys = await self._list_keys(prefix, start_after)
             except R2AccessDenied as exc:
                 if self._exists is None:
                     raise
                 self._probing = True
                 log.warning(
                     "LIST is not allowed with these credentials; finding free key numbers with HEAD",
-                    prefix=self.template.list_prefix(day),
+                    prefix=prefix,
                     error=str(exc),
                 )
             else:
-                return max((s for k in keys if (s := self.template.parse_seq(day, k)) is not None), default=0)
-        base = self.template.parse_seq(day, start_after) or 0 if start_after else 0
-        return await self._probe(day, base)
+                seqs = (self.template.parse_seq(day, k, table) for k in keys)
+                return max((s for s in seqs if s is not None), default=0)
+        base = self.template.parse_seq(day, start_after, table) or 0 if start_after else 0
+        return await self._probe(where, base)
 
-    async def _probe(self, day: date, base: int) -> int:
+    async def _probe(self, where: Where, base: int) -> int:
         """The highest taken number above `base`, by HEAD: doubling steps until a free number, then
         bisection (numbers are taken in order, so the taken ones are contiguous; a gap only costs a
         412 and another try, never an overwrite)."""
         assert self._exists is not None
+        table, day = where
         present, step = base, 1
-        while await self._exists(self.template.render(day, present + step)):
+        while await self._exists(self.template.render(day, present + step, table)):
             present, step = present + step, step * 2
         absent = present + step
         while absent - present > 1:
             mid = (present + absent) // 2
-            if await self._exists(self.template.render(day, mid)):
+            if await self._exists(self.template.render(day, mid, table)):
                 present = mid
             else:
                 absent = mid

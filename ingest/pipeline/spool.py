@@ -32,6 +32,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exp
 from ingest.config import ConfigError
 from ingest.deadletters import DeadLetters
 from ingest.files import WorkerIdInUse, is_disk_full, lock_worker_id, sha256_of
+from ingest.layout import DEFAULT_TABLE
 from ingest.logs import get_logger
 from ingest.pipeline.batch import Batch
 from ingest.pipeline.journal import Journal, ObjectRow, UnitRow
@@ -73,6 +74,7 @@ class SpooledObject:
     kind: str = "data"
     key: str | None = None  # last key attempted (after a restart: may already hold this object)
     created: float = field(default_factory=time.time)  # when it was written to the spool
+    table: str = DEFAULT_TABLE
 
     @property
     def content_type(self) -> str:
@@ -91,6 +93,7 @@ class SpooledObject:
             state,
             self.key,
             self.created,
+            self.table,
         )
 
 
@@ -336,14 +339,15 @@ class Spool:
             if r.batch_id is not None:
                 batch = batches.get(r.batch_id)
                 if batch is None:
-                    batch = batches[r.batch_id] = Batch(id=r.batch_id, units=by_batch[r.batch_id])
+                    batch = Batch(id=r.batch_id, units=by_batch[r.batch_id], table=r.table)
+                    batches[r.batch_id] = batch
                     for unit in batch.units:
                         unit.pending_batches += 1
                 batch.pending_objects += 1
             obj = SpooledObject(
                 r.id, batch, self._path(r), date.fromisoformat(r.day), r.records, r.size, r.sha256, r.kind
             )
-            obj.key, obj.created = r.key, r.created
+            obj.key, obj.created, obj.table = r.key, r.created, r.table
             out.objects.append(obj)
         out.units = units
         return out

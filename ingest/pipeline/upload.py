@@ -150,8 +150,8 @@ class Uploader:
                 return Uploaded(obj.key, attempts[0], time.monotonic() - started)
             body = None if multipart else await anyio.Path(obj.path).read_bytes()
             while True:
-                seq = await allocator.candidate(obj.day)
-                key = allocator.template.render(obj.day, seq)
+                seq = await allocator.candidate(obj.day, obj.table)
+                key = allocator.key(obj.day, seq, obj.table)
                 if attempting is not None:
                     await attempting(key)
                 obj.key = key
@@ -179,7 +179,7 @@ class Uploader:
                         return Uploaded(key, attempts[0], time.monotonic() - started)
                     metrics.KEY_CONFLICTS.inc()
                     log.debug("key taken; trying the next free number", key=key)
-                    await allocator.taken(obj.day, seq)
+                    await allocator.taken(obj.day, seq, obj.table)
         except R2AccessDenied as exc:
             raise PermanentUploadError(str(exc)) from exc
         except ClientError as exc:

@@ -14,6 +14,8 @@ from typing import Protocol
 import pyarrow as pa
 from anyio.streams.memory import MemoryObjectSendStream
 
+from ingest.layout import DEFAULT_TABLE
+
 
 class AckError(Exception):
     """A unit's acknowledgement (delete, move, remote delete) failed; the unit is acknowledged again
@@ -38,6 +40,8 @@ class SourceUnit:
     fingerprint: str = ""  # what the unit looked like when first opened (e.g. inode:size:mtime)
     path: str | None = None  # the local file holding it, if any (gone = acknowledged)
     origin: str = ""  # the configured source it came from (its `name`), for metrics
+    table: str = DEFAULT_TABLE  # every row of a unit goes to one table
+    journaled: bool = False  # the source journaled the unit itself, with its row count (see http.py)
     skip: Ranges = field(default_factory=list)
     total: int | None = None  # rows in the unit, once read to its end
     next_row: int = 0

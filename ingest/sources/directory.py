@@ -431,6 +431,7 @@ class DirectorySource(FileSource):
             id=f"file:{path}",
             fingerprint=_fingerprint(st),
             path=str(path),
+            table=self.config.default_table,
         )
         return unit, origin
 

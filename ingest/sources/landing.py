@@ -283,6 +283,7 @@ class LandingSource(FileSource):
             id=f"landing:{self.bucket}/{obj.key}",
             fingerprint=f"{obj.etag}:{obj.size}",
             path=str(path),
+            table=self.config.default_table,
         )
         return unit, Path(PurePosixPath(obj.key).name)
 

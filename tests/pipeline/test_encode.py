@@ -94,8 +94,9 @@ def test_known_types_widen_and_survive_a_restart(tmp_path: Path) -> None:
     assert pq.read_table(a.path).schema.field("v").type == pa.int64()
     [b] = enc.encode(_batch(pa.table({"v": pa.array([2.5])})))  # int → double: widened, not refused
     assert pq.read_table(b.path).column("v").to_pylist() == [2.5]
-    learned = load_schema_blob(schema_blob(enc.schema))
-    again = Encoder(OutputConfig(), tmp_path / "spool", DeadLetters(tmp_path / "dead"), learned)
+    learned = load_schema_blob(schema_blob(enc.schema()))
+    assert learned is not None
+    again = Encoder(OutputConfig(), tmp_path / "spool", DeadLetters(tmp_path / "dead"), {"default": learned})
     [c] = again.encode(_batch(pa.table({"v": pa.array([3], pa.int64())}), pa.table({"v": pa.array(["x"])})))
     assert pq.read_table(c.path).schema.field("v").type == pa.float64()
     assert pq.read_table(c.path).column("v").to_pylist() == [3.0]
