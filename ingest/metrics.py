@@ -67,3 +67,20 @@ def watch(
 
 
 UNITS_ACKED = Counter("ingest_source_units_acked_total", "Source units (files, ...) fully ingested.")
+
+HTTP_REQUESTS = Counter(
+    "ingest_http_requests_total",
+    "Requests to an http source, by source and status code.",
+    ["source", "status"],
+)
+HTTP_RECORDS = Counter(
+    "ingest_http_records_total",
+    "Records sent to an http source, by outcome (accepted, rejected).",
+    ["source", "outcome"],
+)
+HTTP_SECONDS = Histogram(
+    "ingest_http_request_duration_seconds",
+    "Time from a request's arrival to its answer (202: durable in the spool).",
+    ["source"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10, 30),
+)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hmac
+import os
 import socket
 
 import uvicorn
@@ -14,7 +15,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from ingest.config import ConfigError
 from ingest.grants import GrantError, UploadGrants
@@ -29,7 +30,10 @@ def app(
     grants: UploadGrants | None = None,
     upload_token: SecretStr | None = None,
     cors_origins: list[str] | None = None,
+    routes: list[BaseRoute] | None = None,
 ) -> Starlette:
+    """The worker's one server; `routes`: those of push sources (POST /v1/records)."""
+
     async def healthz(_: Request) -> Response:
         return PlainTextResponse("ok\n")
 
@@ -70,7 +74,7 @@ def app(
                 CORSMiddleware,
                 allow_origins=cors_origins,
                 allow_methods=["POST"],
-                allow_headers=["authorization", "content-type"],
+                allow_headers=["authorization", "content-type", "content-encoding", "idempotency-key"],
                 max_age=600,
             )
         )
@@ -80,6 +84,7 @@ def app(
             Route("/readyz", readyz),
             Route("/metrics", metrics),
             Route("/v1/uploads", uploads, methods=["POST"]),
+            *(routes or []),
         ],
         middleware=middleware,
     )
@@ -103,13 +108,29 @@ def bind(listen: str) -> socket.socket:
 class ProbeServer:
     """uvicorn on an already-bound socket; signals stay with the worker, not uvicorn."""
 
-    def __init__(self, application: Starlette, sock: socket.socket) -> None:
+    def __init__(
+        self, application: Starlette, sock: socket.socket, tls_cert: str = "", tls_key: str = ""
+    ) -> None:
         self.sock = sock
-        self.server = uvicorn.Server(
-            uvicorn.Config(
-                application, log_level="warning", access_log=False, lifespan="off", log_config=None
-            )
+        if bool(tls_cert) != bool(tls_key):
+            raise ConfigError("server.tls_cert, server.tls_key: set both (PEM files) or neither")
+        for key, path in (("tls_cert", tls_cert), ("tls_key", tls_key)):
+            if path and not os.access(path, os.R_OK):
+                raise ConfigError(f"server.{key}: cannot read {path}; point it at a readable PEM file")
+        config = uvicorn.Config(
+            application,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            log_config=None,
+            ssl_certfile=tls_cert or None,
+            ssl_keyfile=tls_key or None,
         )
+        try:
+            config.load()  # reads the certificate now: a bad one is a start-up error, not a log line
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"server.tls_cert: cannot use {tls_cert} with {tls_key}: {exc}") from None
+        self.server = uvicorn.Server(config)
         self.server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
 
     @property

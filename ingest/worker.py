@@ -22,9 +22,11 @@ from ingest import logs, systemd
 from ingest.config import ConfigError, Settings, SourceConfig
 from ingest.grants import UploadGrants
 from ingest.health import Health, Stats
+from ingest.layout import TABLE_KEY_TEMPLATE
 from ingest.logs import get_logger
 from ingest.messages import count
 from ingest.pipeline import Pipeline
+from ingest.pipeline.keys import KeyTemplate
 from ingest.pipeline.spool import Spool
 from ingest.r2.client import R2Client
 from ingest.r2.credentials import provider_from_settings
@@ -111,14 +113,40 @@ def check_directory(key: str, path: str, create: bool = False) -> None:
         )
 
 
-def build_sources(settings: Settings, spool: Spool, say: Console, client: R2Client) -> list[Source]:
+def check_tables(settings: Settings, configs: list[SourceConfig]) -> bool:
+    """Whether keys can tell tables apart (the template has {table}); without it, the sources must
+    all write one table."""
+    per_table = KeyTemplate(settings.output.key_template).per_table
+    if per_table:
+        return True
+    tables = {c.default_table for c in configs} | {t for c in configs for t in c.tables}
+    if len(tables) > 1:
+        raise ConfigError(
+            f"output.key_template: the sources write tables {', '.join(sorted(tables))}, but the template "
+            f"has no {{table}}, so their keys would collide; use e.g. {TABLE_KEY_TEMPLATE!r}"
+        )
+    return False
+
+
+def build_sources(
+    settings: Settings, spool: Spool, say: Console, client: R2Client, once: bool = False
+) -> list[Source]:
     configs = settings.sources
     default = not configs
     if default:
         configs = [SourceConfig(kind="directory", path=DEFAULT_INBOX)]
         say.print(f"no sources configured: watching ./{DEFAULT_INBOX}/", markup=False, highlight=False)
+    per_table = check_tables(settings, configs)
     sources: list[Source] = []
     for i, cfg in enumerate(configs):
+        if cfg.kind == "http":
+            sources.append(http_source(settings, spool, cfg, i, once, per_table, sources))
+            continue
+        if cfg.kind == "stdin":
+            from ingest.sources.stdin import StdinSource
+
+            sources.append(StdinSource(cfg, spool.dead, settings.batch.max_record_bytes))
+            continue
         if cfg.kind == "landing":
             if any(isinstance(s, LandingSource) for s in sources):
                 raise ConfigError(
@@ -149,6 +177,29 @@ def build_sources(settings: Settings, spool: Spool, say: Console, client: R2Clie
         source.lock_claim_dir()
         sources.append(source)
     return sources
+
+
+def http_source(
+    settings: Settings,
+    spool: Spool,
+    cfg: SourceConfig,
+    index: int,
+    once: bool,
+    per_table: bool,
+    sources: list[Source],
+) -> Source:
+    from ingest.sources.http import HttpSource
+
+    if once:
+        raise ConfigError(
+            f"sources.{index}.kind: an http source takes requests for as long as the worker runs, so "
+            "--once would end it at once; run without --once (or use another config for cron runs)"
+        )
+    if any(isinstance(s, HttpSource) for s in sources):
+        raise ConfigError(f"sources.{index}.kind: a second http source; one serves every table, so keep one")
+    if not settings.server.listen:
+        raise ConfigError(f"sources.{index}.kind: an http source needs server.listen (host:port)")
+    return HttpSource(cfg, index, spool, settings.batch.max_record_bytes, settings.batch.max_bytes, per_table)
 
 
 def check_done_dir(key: str, path: str) -> None:
@@ -200,7 +251,7 @@ async def run(settings: Settings, once: bool, say: Console, progress: Console | 
                 max_connections=s.upload.concurrency + 4,
             )
         )
-        sources = build_sources(s, spool, say, client)
+        sources = build_sources(s, spool, say, client, once)
         grants = upload_grants(s, client)
         health = Health()
         pipeline = Pipeline(s, client, sources, spool, health)
@@ -220,8 +271,9 @@ async def run(settings: Settings, once: bool, say: Console, progress: Console | 
         async with anyio.create_task_group() as tg:
             probes = None
             if probe_sock is not None:
-                application = server_app(health, grants, s.server.upload_token, s.server.cors_origins)
-                probes = ProbeServer(application, probe_sock)
+                routes = [r for src in sources for r in getattr(src, "routes", list)()]
+                application = server_app(health, grants, s.server.upload_token, s.server.cors_origins, routes)
+                probes = ProbeServer(application, probe_sock, s.server.tls_cert, s.server.tls_key)
                 tg.start_soon(probes.serve)
                 log.info("probes listening", healthz=f"http://{s.server.listen}/healthz")
 

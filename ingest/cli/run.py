@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Annotated
 
 import anyio
@@ -11,19 +12,53 @@ from ingest.cli.common import err, out, settings
 from ingest.messages import count
 
 
+class Only(StrEnum):
+    stdin = "stdin"
+
+
+class StreamFormat(StrEnum):
+    jsonl = "jsonl"
+    csv = "csv"
+
+
 def run(
     once: Annotated[
         bool, typer.Option("--once", help="Take what the sources hold now, upload it all, exit (cron).")
     ] = False,
+    source: Annotated[
+        Only | None,
+        typer.Option("--source", help="stdin: read standard input to EOF instead of the configured sources."),
+    ] = None,
+    fmt: Annotated[
+        StreamFormat, typer.Option("--format", help="With --source stdin: what standard input holds.")
+    ] = StreamFormat.jsonl,
+    table: Annotated[
+        str | None, typer.Option("--table", help="With --source stdin: the table its records go to.")
+    ] = None,
 ) -> None:
     """Watch the sources and upload Parquet batches to R2 (SIGTERM/SIGINT drains and exits 0)."""
     from ingest import worker
-    from ingest.config import ConfigError
+    from ingest.config import ConfigError, SourceConfig
     from ingest.local.seaweed import SeaweedError
     from ingest.pipeline.spool import SpoolError
     from ingest.r2.credentials import CredentialError
 
     s = settings()
+    if source is None and (table is not None or fmt is not StreamFormat.jsonl):
+        err.print("usage error: --format and --table go with --source stdin", markup=False, highlight=False)
+        raise typer.Exit(2)
+    if source is Only.stdin:
+        if not once:
+            err.print(
+                "usage error: --source stdin reads to EOF and ends: add --once", markup=False, highlight=False
+            )
+            raise typer.Exit(2)
+        try:
+            only = SourceConfig(kind="stdin", format=fmt.value, table=table or "")
+        except ValueError as exc:
+            err.print(f"usage error: --table: {_first_error(exc)}", markup=False, highlight=False)
+            raise typer.Exit(2) from None
+        s = s.model_copy(update={"sources": [only]})
     try:
         bar = err if once and err.is_terminal else None  # on stderr, with the log lines
         result = anyio.run(worker.run, s, once, out, bar)
@@ -110,3 +145,11 @@ def _first(exc: BaseException, kind: type[BaseException]) -> BaseException | Non
             if (found := _first(inner, kind)) is not None:
                 return found
     return None
+
+
+def _first_error(exc: ValueError) -> str:
+    """pydantic's first message, without its decoration."""
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        return str(errors()[0]["msg"]).removeprefix("Value error, ")
+    return str(exc)

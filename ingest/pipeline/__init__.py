@@ -31,7 +31,7 @@ from ingest.pipeline.spool import Spool, SpooledObject, SpoolError
 from ingest.pipeline.upload import Uploader
 from ingest.r2.client import R2Client
 from ingest.r2.errors import describe, status_of
-from ingest.sources.base import AckError, Item, Source, SourceUnit
+from ingest.sources.base import UNREPEATABLE, AckError, Item, Source, SourceUnit
 
 log = get_logger("ingest.pipeline")
 ENCODERS = 2  # batches encoded at once (pyarrow releases the GIL: this is what uses both cores)
@@ -111,14 +111,21 @@ class Pipeline:
                 known.total = None
                 known.read_again()
             known.name, known.ack, known.path, known.origin = unit.name, unit.ack, unit.path, unit.origin
+            known.table, known.journaled = unit.table, unit.journaled
             return known
         if known is not None:
             log.warning("source unit replaced since it was journaled; reading all of it", unit=unit.name)
-        await self.spool.durably(
-            "add unit", self.journal.add_unit, unit.id, unit.name, unit.fingerprint, unit.path
-        )
+        if not unit.journaled:
+            await self.spool.durably(
+                "add unit", self.journal.add_unit, unit.id, unit.name, unit.fingerprint, unit.path
+            )
         self._units[unit.id] = unit
         return unit
+
+    def known_units(self, prefix: str) -> list[SourceUnit]:
+        """Units found in the journal (not acknowledged before the last stop) whose id starts with
+        `prefix`: a source whose input lives only in the spool (HTTP blocks) reads them again."""
+        return [u for u in self._units.values() if u.id.startswith(prefix)]
 
     async def wait_for_room(self) -> None:
         await self.spool.wait_for_room()
@@ -163,6 +170,7 @@ class Pipeline:
             obj_send.send_nowait(obj)
         async with anyio.create_task_group() as tg:
             self._tg = tg
+            self._settle_unrepeatable()
             tg.start_soon(self._intake, items_send, once)
             self.started.set()
             tg.start_soon(Batcher(self.settings.batch, self._unit_read).run, items_recv, batch_send)
@@ -176,6 +184,18 @@ class Pipeline:
                     tg.start_soon(self._upload, obj_recv.clone())
         await self._record_problems()
         return self.stats
+
+    def _settle_unrepeatable(self) -> None:
+        """Input of an earlier run that nothing can read again (standard input): what it left in the
+        spool is uploaded, then it is acknowledged; what it held in memory is gone."""
+        for unit in [u for u in self._units.values() if u.id.startswith(UNREPEATABLE)]:
+            log.warning(
+                "an earlier run's standard input stopped before its end: its spooled rows are "
+                "uploaded now; rows it had not spooled yet were not kept and must be sent again",
+                unit=unit.name,
+            )
+            unit.ack, unit.read_done, unit.path = _nothing_to_do, True, None
+            self._maybe_ack(unit)
 
     def _problems(self) -> dict[str, str]:
         return {where: why for source in self.sources for where, why in source.problems().items()}
@@ -358,7 +378,9 @@ class Pipeline:
 
     async def _unit_read(self, unit: SourceUnit) -> None:
         self.stats.units_claimed += 1
-        if unit.next_row or unit.total is None:  # read now (a fully covered unit keeps its known total)
+        if unit.journaled and unit.total == unit.next_row:
+            pass  # its source journaled the row count with the unit
+        elif unit.next_row or unit.total is None:  # read now (a fully covered unit keeps its known total)
             unit.total = unit.next_row
             if unit.read_stat is not None:  # what the file looked like when its last byte was read
                 unit.fingerprint = ":".join(map(str, unit.read_stat))
@@ -442,6 +464,10 @@ class Pipeline:
             token = page.get("NextContinuationToken")
             if not page.get("IsTruncated") or not token:
                 return keys
+
+
+async def _nothing_to_do() -> bool:
+    return True
 
 
 def _same_file(a: str, b: str) -> bool:

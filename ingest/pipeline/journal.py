@@ -40,6 +40,10 @@ CREATE TABLE IF NOT EXISTS objects (
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS daily (day TEXT PRIMARY KEY, dead_letters INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS problems (input TEXT PRIMARY KEY, reason TEXT NOT NULL, since REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS requests (
+    key TEXT PRIMARY KEY, hash TEXT NOT NULL, answer TEXT NOT NULL, units TEXT NOT NULL, created REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS requests_created ON requests (created);
 """
 
 
@@ -69,6 +73,17 @@ class ObjectRow:
 
 
 @dataclass(frozen=True)
+class RequestRow:
+    """An answered request that carried an Idempotency-Key: a retry gets `answer` again."""
+
+    key: str
+    hash: str  # of what was sent: the same key with another body is refused
+    answer: str  # the JSON body of the first answer
+    units: str  # space-separated ids of the units (blocks) holding its records
+    created: float
+
+
+@dataclass(frozen=True)
 class Backlog:
     objects: int
     bytes: int
@@ -81,7 +96,10 @@ class Journal:
         self.path = path
         self._grouped = False
         if readonly:
-            self.db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+            # Any one thread at a time (callers serialise): WAL lets it read while the writer commits.
+            self.db = sqlite3.connect(
+                f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False
+            )
         else:
             self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self.db.execute("PRAGMA journal_mode=WAL")
@@ -153,6 +171,34 @@ class Journal:
             ],
         )
 
+    def accept(self, units: list[UnitRow], requests: list[RequestRow]) -> None:
+        """Units a source wrote down itself (HTTP blocks, rows known), and the request's answer for
+        its Idempotency-Key, in one transaction: either a retry finds both, or neither was answered."""
+        self._tx(
+            "accept",
+            [
+                *(
+                    (
+                        "INSERT OR REPLACE INTO units (id, name, fingerprint, path, total) "
+                        "VALUES (?,?,?,?,?)",
+                        (u.id, u.name, u.fingerprint, u.path, u.total),
+                    )
+                    for u in units
+                ),
+                *(("INSERT OR REPLACE INTO requests VALUES (?,?,?,?,?)", astuple(r)) for r in requests),
+            ],
+        )
+
+    def request(self, key: str) -> RequestRow | None:
+        row = self.db.execute(
+            "SELECT key, hash, answer, units, created FROM requests WHERE key = ?", (key,)
+        ).fetchone()
+        return RequestRow(*row) if row else None
+
+    def prune_requests(self, before: float) -> None:
+        """Forget Idempotency-Key answers older than the window."""
+        self._tx("prune_requests", [("DELETE FROM requests WHERE created < ?", (before,))])
+
     def units(self) -> list[UnitRow]:
         rows = self.db.execute("SELECT id, name, fingerprint, path, total FROM units").fetchall()
         return [UnitRow(*r) for r in rows]
@@ -181,7 +227,11 @@ class Journal:
                     for unit_id, a, b in spans
                 ),
                 *((_INSERT_OBJECT, _object_values(o)) for o in objects),
-                *([("INSERT OR REPLACE INTO meta VALUES (?, ?)", (schema_key(table), schema))] if schema else []),
+                *(
+                    [("INSERT OR REPLACE INTO meta VALUES (?, ?)", (schema_key(table), schema))]
+                    if schema
+                    else []
+                ),
             ],
         )
 

@@ -22,6 +22,10 @@ class AckError(Exception):
     at the next start, so nothing is lost, but it stays where it is until then."""
 
 
+# Ids of units that cannot be read again (standard input): after a crash, their spooled rows are
+# uploaded and the unit is then acknowledged; nothing can re-read the rest.
+UNREPEATABLE = "once:"
+
 Ack = Callable[[], Awaitable[bool | None]]  # False: not acknowledged (the unit changed; read again)
 Ranges = list[tuple[int, int]]  # sorted, non-overlapping [start, stop) row ranges
 
@@ -152,6 +156,10 @@ class Units(Protocol):
         """Return when the spool is below its high-water mark (sources take no new input until then)."""
         ...
 
+    def known_units(self, prefix: str) -> list[SourceUnit]:
+        """Units found in the journal at start whose id starts with `prefix` (see Pipeline)."""
+        ...
+
     def disk_full(self, reason: str) -> None:
         """A source's own spool write (e.g. a landing copy) waits for disk space: readiness says so."""
         ...
@@ -169,6 +177,9 @@ class FreshUnits:
 
     async def wait_for_room(self) -> None:
         return None
+
+    def known_units(self, prefix: str) -> list[SourceUnit]:
+        return []
 
     def disk_full(self, reason: str) -> None:
         return None

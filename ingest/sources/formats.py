@@ -8,11 +8,12 @@ CSV streams through `pyarrow.csv.open_csv`; Parquet through `ParquetFile.iter_ba
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 import pyarrow as pa
 import pyarrow.csv as pcsv
@@ -91,7 +92,7 @@ def read_file(
             reader = _JsonLines(source, emit, dead, max_record, piece)
             offset, line = reader.read(stream, start[1], settled)
             return start[0] + offset, line
-        _read_csv(stream, path, compression, source, emit, dead)
+        _read_csv(stream, _csv_header(path, compression), source, emit, dead)
         return (0, 1)
 
 
@@ -223,6 +224,29 @@ def raw_lines(path: Path, compression: str | None, wanted: list[int]) -> dict[in
                     break
             carry = buf[start : start + MAX_RAW]  # a line's head is all a dead letter keeps
     return out
+
+
+Parsed = list[tuple[pa.Table, int, list[int] | None]]  # what `emit` was given, in order
+
+
+def parse_lines(
+    block: bytes, source: str, max_record: int = DEFAULT_MAX_RECORD
+) -> tuple[Parsed, list[DeadLetter]]:
+    """JSON lines held in memory (a request body), parsed exactly as a file's block is: the same
+    bytes always give the same rows in the same order (the HTTP source relies on it after a crash)."""
+    tables: Parsed = []
+    dead: list[DeadLetter] = []
+    reader = _JsonLines(
+        source, lambda t, first, lines: tables.append((t, first, lines)), dead.extend, max_record
+    )
+    reader.block(block, 1)
+    return tables, dead
+
+
+def elements(text: str) -> list[tuple[Any, int]]:
+    """(value, line it starts on) of each element of a top-level JSON array, or of the one value;
+    raises json.JSONDecodeError."""
+    return _elements(text)
 
 
 def _read_parquet(path: Path, emit: Emit) -> None:
@@ -438,7 +462,49 @@ def table_from_records(records: list[dict[str, Any]]) -> tuple[pa.Table, dict[in
     return recognise_timestamps(pa.table(columns, names=list(names))), misfits
 
 
-def _read_csv(stream: Any, path: Path, compression: str | None, source: str, emit: Emit, dead: Dead) -> None:
+def read_stream(raw: BinaryIO, fmt: Format, source: str, emit: Emit, dead: Dead, max_record: int) -> None:
+    """Read a stream that cannot be read twice (standard input) to its end: JSON lines or CSV."""
+    if fmt == "csv":
+        first = raw.readline()
+        names = _csv_names(first)
+        stream = pa.PythonFile(io.BufferedReader(_Prefixed(first, raw), READ_BLOCK), mode="r")
+        _read_csv(stream, names, source, emit, dead)
+        return
+    if fmt != "jsonl":
+        raise ValueError(f"format {fmt!r} cannot be read from a stream; use jsonl or csv")
+    _JsonLines(source, emit, dead, max_record).read(pa.PythonFile(raw, mode="r"))
+
+
+class _Prefixed(io.RawIOBase):
+    """`head`, then the rest of `rest`: a stream whose first line was already read."""
+
+    def __init__(self, head: bytes, rest: BinaryIO) -> None:
+        self.head, self.rest = head, rest
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        if self.head:
+            n = min(len(view), len(self.head))
+            view[:n], self.head = self.head[:n], self.head[n:]
+            return n
+        data = self.rest.read(len(view))
+        view[: len(data)] = data
+        return len(data)
+
+
+def _csv_names(header: bytes) -> list[str] | None:
+    if not header.strip():
+        return None
+    table = pcsv.read_csv(
+        pa.BufferReader(header), convert_options=pcsv.ConvertOptions(strings_can_be_null=False)
+    )
+    return list(table.schema.names)
+
+
+def _read_csv(stream: Any, names: list[str] | None, source: str, emit: Emit, dead: Dead) -> None:
     invalid: list[DeadLetter] = []
     skipped: list[int] = []  # line numbers of ragged rows, which pyarrow leaves out
 
@@ -461,7 +527,6 @@ def _read_csv(stream: Any, path: Path, compression: str | None, source: str, emi
     parse = pcsv.ParseOptions(newlines_in_values=True, invalid_row_handler=on_invalid)
     read = pcsv.ReadOptions(block_size=READ_BLOCK, use_threads=False)
     # Every cell is read as text and typed by ingest.sources.types, so `01234` stays `01234`.
-    names = _csv_header(path, compression)
     if names is None:
         dead(invalid)
         return

@@ -1,0 +1,196 @@
+"""Request bodies of the HTTP source: media type, decompression within a limit, and records.
+
+A body becomes a *block*: its accepted records as JSON lines, in order, each ending in a newline.
+The block is what the segment keeps and what is parsed into rows, both when the request comes in and
+after a crash (`formats.parse_lines` gives the same rows for the same bytes), so the rows of a block
+always have the same numbers. Malformed lines never reach the block: they are rejected with their
+line number in the body.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from dataclasses import dataclass, field
+from typing import Literal
+
+import pyarrow as pa
+
+from ingest.deadletters import MAX_RAW, DeadLetter
+from ingest.sources.formats import Parsed, elements, parse_lines
+
+Media = Literal["ndjson", "json"]
+MEDIA_TYPES: dict[str, Media] = {
+    "application/x-ndjson": "ndjson",
+    "application/jsonl": "ndjson",
+    "application/x-jsonlines": "ndjson",
+    "application/json": "json",
+}
+ENCODINGS = ("identity", "gzip", "x-gzip", "zstd")
+_PIECE = 1 << 20
+
+
+class BodyError(Exception):
+    """A request that cannot be taken at all: the HTTP status and one line saying why and the fix."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def media_type(content_type: str | None) -> Media:
+    bare = (content_type or "").split(";", 1)[0].strip().lower()
+    media = MEDIA_TYPES.get(bare)
+    if media is None:
+        got = f"Content-Type {bare!r}" if bare else "no Content-Type"
+        raise BodyError(
+            415, f"{got}: send application/x-ndjson (JSON lines) or application/json (an array of objects)"
+        )
+    return media
+
+
+def check_encoding(encoding: str | None) -> str:
+    coding = (encoding or "identity").strip().lower()
+    if coding not in ENCODINGS:
+        raise BodyError(415, f"Content-Encoding {coding!r}: send gzip, zstd or none")
+    return coding
+
+
+def decompress(body: bytes, encoding: str, limit: int) -> bytes:
+    """The body as sent before compression, refused (413) once it would exceed `limit` bytes: a
+    small compressed body cannot make the worker hold gigabytes."""
+    if encoding == "identity":
+        return body
+    too_big = BodyError(413, f"body over max_request_bytes ({limit} bytes) once decompressed")
+    if encoding in ("gzip", "x-gzip"):
+        inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        try:
+            out = inflate.decompress(body, limit + 1)
+            if len(out) > limit or inflate.unconsumed_tail:
+                raise too_big
+            out += inflate.flush()
+        except zlib.error as exc:
+            raise BodyError(400, f"body: not valid gzip ({exc})") from None
+        if len(out) > limit:
+            raise too_big
+        if not inflate.eof:
+            raise BodyError(400, "body: gzip stream cut short")
+        return out
+    pieces: list[bytes] = []
+    size = 0
+    try:
+        with pa.CompressedInputStream(pa.BufferReader(body), "zstd") as stream:
+            while piece := stream.read(_PIECE):
+                size += len(piece)
+                if size > limit:
+                    raise too_big
+                pieces.append(piece)
+    except (OSError, pa.ArrowException) as exc:
+        raise BodyError(400, f"body: not valid zstd ({exc})") from None
+    return b"".join(pieces)
+
+
+@dataclass
+class Records:
+    """The accepted part of a body, and what was rejected."""
+
+    block: bytes = b""  # accepted records, one JSON line each
+    tables: Parsed = field(default_factory=list)  # rows of `block` (lines numbered within it)
+    lines: list[int] = field(default_factory=list)  # body line of each line of `block`
+    rejected: list[DeadLetter] = field(default_factory=list)  # line = the body's line
+
+    @property
+    def rows(self) -> int:
+        return sum(t.num_rows for t, _, _ in self.tables)
+
+
+def records(data: bytes, media: Media, source: str, max_record: int) -> Records:
+    """Split a decompressed body into accepted records and rejected lines (blocking: run in a thread)."""
+    if media == "json" and data.lstrip()[:1] in (b"[", b"{") and not _lines_of_objects(data):
+        return _document(data, source, max_record)
+    return _json_lines(data, source, max_record)
+
+
+def block_rows(block: bytes, source: str, max_record: int) -> Parsed:
+    """A stored block's rows (after a restart); a block holds only lines that parsed when accepted."""
+    tables, dead = parse_lines(block, source, max_record)
+    if dead:  # cannot happen for a block written by `records`; never drop rows silently
+        raise pa.ArrowInvalid(f"{source}: a stored block no longer parses: {dead[0].reason}")
+    return tables
+
+
+def _lines_of_objects(data: bytes) -> bool:
+    """JSON lines sent as application/json: a first line that is a whole object, and more lines."""
+    first, newline, rest = data.lstrip().partition(b"\n")
+    if not newline or not rest.strip():
+        return False
+    try:
+        return isinstance(json.loads(first), dict)
+    except ValueError:
+        return False
+
+
+def _json_lines(data: bytes, source: str, max_record: int) -> Records:
+    raw = data.split(b"\n")
+    if raw and raw[-1] == b"":
+        raw.pop()
+    numbered = list(range(1, len(raw) + 1))
+    rejected: list[DeadLetter] = []
+    tables, dead = parse_lines(data, source, max_record)
+    if not dead and sum(t.num_rows for t, _, _ in tables) == len(raw):  # the common case: all good
+        block = data if data.endswith(b"\n") else data + b"\n"
+        if block is not data:
+            tables, dead = parse_lines(block, source, max_record)
+        if not dead:
+            return Records(block, tables, numbered)
+    # Keep the good lines only, and parse exactly those bytes (what the segment will hold). A line
+    # that parsed among its neighbours but not in the smaller block (rare: a type that only fitted
+    # beside them) is rejected too, until the block parses whole.
+    rejected += dead
+    bad = {d.line for d in dead}
+    keep = [n for n in numbered if n not in bad and raw[n - 1].strip()]
+    while True:
+        block = b"".join(raw[n - 1] + b"\n" for n in keep)
+        tables, dead = parse_lines(block, source, max_record)
+        if not dead:
+            rejected.sort(key=lambda d: d.line or 0)
+            return Records(block, tables, keep, rejected)
+        gone = {d.line for d in dead}
+        rejected += [DeadLetter(source, keep[(d.line or 1) - 1], d.reason, d.raw) for d in dead]
+        keep = [n for i, n in enumerate(keep, 1) if i not in gone]
+
+
+def _document(data: bytes, source: str, max_record: int) -> Records:
+    """A JSON array of objects (or one object): each object becomes one line of the block."""
+    try:
+        values = elements(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise BodyError(400, f"body: not UTF-8 ({exc}); nothing was accepted") from None
+    except json.JSONDecodeError as exc:
+        raise BodyError(
+            400,
+            f"body: not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}; nothing was accepted",
+        ) from None
+    lines: list[bytes] = []
+    where: list[int] = []
+    rejected: list[DeadLetter] = []
+    for n, (value, line) in enumerate(values, 1):
+        if not isinstance(value, dict):
+            reason = f"element {n} is not a JSON object: {type(value).__name__}"
+            rejected.append(DeadLetter(source, line, reason, json.dumps(value, ensure_ascii=False)[:MAX_RAW]))
+            continue
+        text = json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+        if len(text) > max_record:
+            reason = (
+                f"record is {len(text)} bytes, over batch.max_record_bytes ({max_record}); "
+                "raise it or split the record"
+            )
+            rejected.append(DeadLetter(source, line, reason, text[:MAX_RAW]))
+            continue
+        lines.append(text)
+        where.append(line)
+    out = _json_lines(b"".join(t + b"\n" for t in lines), source, max_record)
+    # Lines of the block are numbered 1..n; say which line of the body each element started on.
+    for d in out.rejected:
+        rejected.append(DeadLetter(source, where[(d.line or 1) - 1], d.reason, d.raw))
+    return Records(out.block, out.tables, [where[n - 1] for n in out.lines], rejected)
