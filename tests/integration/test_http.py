@@ -1,0 +1,431 @@
+"""The HTTP source against a real worker process and the real local R2: what a 202 promises."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import random
+import signal
+import ssl
+import subprocess
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pyarrow as pa
+import pytest
+
+from tests.integration.conftest import Job, OwnR2, free_port, logs_of, wait_for
+
+TOKEN = "push-token-0123456789"
+
+
+class Worker:
+    """`ingest run` with an http source, and a client for it."""
+
+    def __init__(self, job: Job, source: dict[str, Any] | None = None, **sections: dict[str, Any]) -> None:
+        self.job = job
+        self.port = free_port()
+        sections = {
+            "batch": {"max_age": "300ms"},
+            **sections,
+            "server": {"listen": f"127.0.0.1:{self.port}", **sections.get("server", {})},
+        }
+        job.configure(sources=[{"kind": "http", "token": TOKEN, **(source or {})}], **sections)
+        self.proc: subprocess.Popen[str] | None = None
+        self.stderr = ""
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1/records"
+
+    def start(self, **env: str) -> Worker:
+        self.proc = self.job.start(**env)
+        wait_for(self._taking, 90, "the http source to take requests")
+        return self
+
+    def _taking(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(
+                f"worker exited {self.proc.returncode}: {self.proc.communicate()[1][-3000:]}"
+            )
+        try:
+            answer = self.post(b"", timeout=2)
+        except httpx.HTTPError:
+            return False
+        return answer.status_code in (200, 202)  # 200: ack = "upload"
+
+    def post(
+        self,
+        body: bytes,
+        table: str | None = None,
+        content_type: str = "application/x-ndjson",
+        token: str | None = TOKEN,
+        timeout: float = 30,
+        **headers: str,
+    ) -> httpx.Response:
+        sent = {"content-type": content_type, **{k.replace("_", "-"): v for k, v in headers.items()}}
+        if token is not None:
+            sent["authorization"] = f"Bearer {token}"
+        url = self.url if table is None else f"{self.url}/{table}"
+        return httpx.post(url, content=body, headers=sent, timeout=timeout)
+
+    def stop(self) -> str:
+        """SIGTERM: drain and exit 0."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        _, err = self.proc.communicate(timeout=90)
+        self.stderr += err
+        assert self.proc.returncode == 0, err[-3000:]
+        return err
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        _, err = self.proc.communicate(timeout=30)
+        self.stderr += err
+
+
+def ndjson(rows: list[dict[str, Any]]) -> bytes:
+    return "".join(json.dumps(r) + "\n" for r in rows).encode()
+
+
+def zstd(data: bytes) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.CompressedOutputStream(sink, "zstd") as out:
+        out.write(data)
+    return bytes(sink.getvalue().to_pybytes())
+
+
+def ids_in(job: Job) -> Counter[int]:
+    return Counter(int(r["id"]) for r in job.rows())
+
+
+def test_twenty_concurrent_clients_every_record_exactly_once(job: Job) -> None:
+    worker = Worker(job).start()
+    answers: list[int] = []
+    failures: list[str] = []
+
+    def client(c: int) -> None:
+        with httpx.Client(timeout=60) as http:
+            for r in range(40):
+                first = (c * 40 + r) * 500
+                body = ndjson([{"id": first + i, "client": c, "payload": "x" * 40} for i in range(500)])
+                answer = http.post(
+                    worker.url,
+                    content=body,
+                    headers={"authorization": f"Bearer {TOKEN}", "content-type": "application/x-ndjson"},
+                )
+                if answer.status_code != 202 or answer.json()["accepted"] != 500:
+                    failures.append(f"{answer.status_code} {answer.text[:200]}")
+                answers.append(answer.status_code)
+
+    threads = [threading.Thread(target=client, args=(c,)) for c in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not failures, failures[:3]
+    assert answers.count(202) == 800
+    worker.stop()
+    ids = ids_in(job)
+    assert sorted(ids) == list(range(20 * 40 * 500))
+    assert max(ids.values()) == 1
+    assert not list((job.dir / "spool").glob("*/http/*")), "segments are removed once their rows are in R2"
+
+
+def test_sigkill_while_clients_post_loses_no_accepted_record_and_duplicates_none(job: Job) -> None:
+    """Clients retry every request that got no 202 with its Idempotency-Key, across three SIGKILLs."""
+    worker = Worker(job).start()
+    rng = random.Random(7)
+    requests = [(f"key-{n}", ndjson([{"id": n * 100 + i} for i in range(100)])) for n in range(600)]
+    todo = list(requests)
+    accepted: set[str] = set()
+    retried = [0]
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def client() -> None:
+        with httpx.Client(timeout=10) as http:
+            while not stop.is_set():
+                with lock:
+                    if not todo:
+                        return
+                    key, body = todo.pop(0)
+                try:
+                    answer = http.post(
+                        worker.url,
+                        content=body,
+                        headers={
+                            "authorization": f"Bearer {TOKEN}",
+                            "content-type": "application/x-ndjson",
+                            "idempotency-key": key,
+                        },
+                    )
+                    ok = answer.status_code == 202
+                except httpx.HTTPError:
+                    ok = False
+                with lock:
+                    if ok:
+                        accepted.add(key)
+                    else:
+                        todo.append((key, body))  # sent again later, with the same key
+                        retried[0] += 1
+                if not ok:
+                    time.sleep(0.05)
+
+    threads = [threading.Thread(target=client) for _ in range(8)]
+    for t in threads:
+        t.start()
+    try:
+        for _ in range(3):
+            time.sleep(rng.uniform(0.3, 1.5))
+            worker.kill()
+            worker.start()
+        deadline = time.monotonic() + 180
+        while any(t.is_alive() for t in threads) and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=30)
+    assert accepted == {k for k, _ in requests}
+    assert retried[0] > 0, "no kill hit a request in flight: the test proved nothing"
+    worker.stop()
+    ids = ids_in(job)
+    duplicated = [i for i, n in ids.items() if n > 1]
+    assert not duplicated, f"{len(duplicated)} ids twice, e.g. {duplicated[:5]}"
+    assert sorted(ids) == list(range(600 * 100))
+
+
+def test_a_retried_idempotency_key_is_ingested_once_also_after_a_restart(job: Job) -> None:
+    worker = Worker(job).start()
+    body = ndjson([{"id": i} for i in range(10)])
+    first = worker.post(body, idempotency_key="order-42")
+    assert first.status_code == 202
+    again = worker.post(body, idempotency_key="order-42")
+    assert again.status_code == 202 and again.headers["idempotent-replayed"] == "true"
+    assert again.json() == first.json()
+    other = worker.post(ndjson([{"id": 99}]), idempotency_key="order-42")
+    assert other.status_code == 422
+    worker.kill()  # not even a drain: the answer was kept with the records
+    worker.start()
+    after = worker.post(body, idempotency_key="order-42")
+    assert after.status_code == 202 and after.json() == first.json()
+    worker.stop()
+    assert sorted(ids_in(job).elements()) == list(range(10))
+
+
+def test_bodies_status_codes_and_dead_letters(job: Job) -> None:
+    template = "{prefix}{table}/{date:%Y/%m/%d}/ingested_{seq:04d}.parquet"
+    worker = Worker(
+        job,
+        {"tables": ["default", "clicks"], "max_request_bytes": "64KiB"},
+        output={"prefix": job.prefix, "key_template": template},
+    ).start()
+    sent: list[int] = []
+
+    def rows(first: int, n: int) -> list[dict[str, Any]]:
+        sent.extend(range(first, first + n))
+        return [{"id": i, "name": f"n{i}"} for i in range(first, first + n)]
+
+    gz = worker.post(gzip.compress(ndjson(rows(0, 50))), content_encoding="gzip")
+    assert gz.status_code == 202 and gz.json()["accepted"] == 50
+    zs = worker.post(zstd(ndjson(rows(50, 50))), content_encoding="zstd")
+    assert zs.status_code == 202 and zs.json()["accepted"] == 50
+    array = worker.post(json.dumps(rows(100, 20)).encode(), content_type="application/json")
+    assert array.status_code == 202 and array.json()["accepted"] == 20
+
+    good = rows(200, 3)
+    mixed = b"\n".join(
+        [
+            json.dumps(good[0]).encode(),
+            b"{not json",
+            json.dumps(good[1]).encode(),
+            b"[1, 2]",
+            json.dumps(good[2]).encode(),
+        ]
+    )
+    answer = worker.post(mixed)
+    assert answer.status_code == 202
+    assert answer.json()["accepted"] == 3
+    assert [(r["line"], r["reason"].split(":")[0]) for r in answer.json()["rejected"]] == [
+        (2, "invalid JSON"),
+        (4, "not a JSON object"),
+    ]
+
+    assert worker.post(mixed, table="nope").status_code == 404  # not in `tables`: nothing taken
+    assert worker.post(b'{"id": -1}', table="Bad Name!").status_code in (400, 404)
+    assert worker.post(b'{"id": -1}', table="UPPER").status_code == 400
+    assert worker.post(b'{"id": -1}', token=None).status_code == 401
+    assert worker.post(b'{"id": -1}', token="wrong").status_code == 401
+    for n in range(5):
+        refused = worker.post(b'{"id": -1}', token=f"guess-{n}")
+        assert refused.status_code == 401 and refused.headers["www-authenticate"].startswith("Bearer")
+    big = ndjson([{"id": -1, "pad": "x" * 1000} for _ in range(100)])  # ~100 KiB > 64 KiB
+    assert worker.post(big).status_code == 413
+    assert worker.post(gzip.compress(big), content_encoding="gzip").status_code == 413  # once inflated
+    assert worker.post(b'{"id": -1}', content_type="text/csv").status_code == 415
+    assert worker.post(b'{"id": -1}', content_encoding="br").status_code == 415
+    assert worker.post(ndjson(rows(300, 1)), table="clicks").status_code == 202
+    worker.stop()
+
+    assert sorted(ids_in(job).elements()) == sorted(sent)
+    letters = job.dead_letters()
+    assert sorted((d["line"], d["raw"]) for d in letters) == [(2, "{not json"), (4, "[1, 2]")]
+    assert all(d["source"] == f"http request {answer.json()['request_id']}" for d in letters)
+    assert TOKEN not in worker.stderr and "guess-0" not in worker.stderr
+
+
+def test_strict_refuses_the_whole_request(job: Job) -> None:
+    worker = Worker(job, {"strict": True}).start()
+    answer = worker.post(b'{"id": 1}\n{oops\n{"id": 2}\n')
+    assert answer.status_code == 400
+    assert answer.json()["rejected"] == [{"line": 2, "reason": answer.json()["rejected"][0]["reason"]}]
+    assert worker.post(b'{"id": 3}\n').status_code == 202
+    worker.stop()
+    assert sorted(ids_in(job).elements()) == [3]
+    assert job.dead_letters() == []
+
+
+def test_two_tables_get_their_own_keys_schemas_and_sequences(job: Job) -> None:
+    template = "{prefix}{table}/{date:%Y/%m/%d}/ingested_{seq:04d}.parquet"
+    worker = Worker(job, output={"prefix": job.prefix, "key_template": template}).start()
+    for n in range(3):  # three batches each (max_age 300 ms between them)
+        assert worker.post(ndjson([{"id": n, "url": f"/p{n}"}]), table="clicks").status_code == 202
+        assert worker.post(ndjson([{"id": n, "total": n * 1.5}]), table="orders").status_code == 202
+        time.sleep(0.8)
+    worker.stop()
+    keys = job.keys()
+    day = time.strftime("%Y/%m/%d", time.gmtime())
+    clicks = [k for k in keys if k.startswith(f"{job.prefix}clicks/{day}/")]
+    orders = [k for k in keys if k.startswith(f"{job.prefix}orders/{day}/")]
+    assert len(clicks) + len(orders) == len(keys)
+    assert clicks[0].endswith("ingested_0001.parquet") and orders[0].endswith("ingested_0001.parquet")
+    for key in clicks:
+        assert job.read(key).schema.names == ["id", "url"]
+    for key in orders:
+        assert job.read(key).schema.names == ["id", "total"]
+    assert sorted(r["id"] for k in clicks for r in job.read(k).to_pylist()) == [0, 1, 2]
+    assert sorted(r["total"] for k in orders for r in job.read(k).to_pylist()) == [0.0, 1.5, 3.0]
+
+
+def test_without_table_in_the_key_template_other_tables_are_refused(job: Job) -> None:
+    worker = Worker(job).start()
+    refused = worker.post(ndjson([{"id": 1}]), table="clicks")
+    assert refused.status_code == 404 and "{table}" in refused.json()["error"]
+    assert worker.post(ndjson([{"id": 2}]), table="default").status_code == 202
+    worker.stop()
+    assert [r["id"] for r in job.rows()] == [2]
+    assert all("/clicks/" not in k for k in job.keys())
+
+
+def test_503_with_retry_after_while_the_store_is_down_and_the_spool_full(job: Job, own_r2: OwnR2) -> None:
+    worker = Worker(job, spool={"dir": str(job.dir / "spool"), "max_bytes": "20KiB"}).start()
+    sent: list[int] = []
+    n = 0
+    own_r2.stop()
+    refused = None
+    deadline = time.monotonic() + 60
+    while refused is None and time.monotonic() < deadline:
+        body = ndjson([{"id": n * 200 + i, "pad": f"{random.random()}"} for i in range(200)])
+        answer = worker.post(body)
+        if answer.status_code == 202:
+            sent.extend(range(n * 200, n * 200 + 200))
+            n += 1
+            time.sleep(0.35)  # let a batch close and wait in the spool
+        else:
+            refused = answer
+    assert refused is not None and refused.status_code == 503, "never refused while the store was down"
+    assert int(refused.headers["retry-after"]) > 0
+    assert "spool" in refused.json()["error"]
+    job.r2 = own_r2.start()
+    accepted = None
+    deadline = time.monotonic() + 90
+    while accepted is None and time.monotonic() < deadline:
+        answer = worker.post(ndjson([{"id": 10**6}]))
+        if answer.status_code == 202:
+            accepted = answer
+            sent.append(10**6)
+        else:
+            time.sleep(1)
+    assert accepted is not None, "still refusing after the store came back"
+    worker.stop()
+    assert sorted(ids_in(job).elements()) == sorted(sent)
+
+
+def test_ack_upload_answers_200_once_in_r2_and_504_when_late(job: Job, own_r2: OwnR2) -> None:
+    worker = Worker(job, {"ack": "upload", "ack_timeout": "3s"}).start()
+    started = time.monotonic()
+    ok = worker.post(ndjson([{"id": 1}]))
+    assert ok.status_code == 200 and ok.json()["accepted"] == 1
+    assert [r["id"] for r in job.rows()] == [1], "200 came before the row was in R2"
+    assert time.monotonic() - started < 3
+    own_r2.stop()
+    late = worker.post(ndjson([{"id": 2}]))
+    assert late.status_code == 504 and late.json()["accepted"] == 1
+    job.r2 = own_r2.start()
+    wait_for(lambda: sorted(r["id"] for r in job.rows()) == [1, 2], 90, "the late record to be delivered")
+    worker.stop()
+
+
+def test_tls(job: Job, tmp_path: Path) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    worker = Worker(job, server={"tls_cert": str(cert), "tls_key": str(key)})
+    worker.proc = job.start()
+    url = f"https://127.0.0.1:{worker.port}/v1/records"
+    trusted = ssl.create_default_context(cafile=str(cert))
+    headers = {"authorization": f"Bearer {TOKEN}", "content-type": "application/x-ndjson"}
+
+    def taking() -> bool:
+        try:
+            return httpx.post(url, content=b"", headers=headers, verify=trusted, timeout=2).status_code == 202
+        except httpx.HTTPError:
+            return False
+
+    wait_for(taking, 90, "the https server")
+    assert httpx.post(url, content=b'{"id": 7}', headers=headers, verify=trusted).status_code == 202
+    with pytest.raises(httpx.HTTPError):
+        httpx.post(worker.url, content=b'{"id": 8}', headers=headers, timeout=5)  # plain http: refused
+    worker.stop()
+    assert [r["id"] for r in job.rows()] == [7]
+
+
+def test_metrics_count_requests_records_and_latency(job: Job) -> None:
+    worker = Worker(job).start()
+    worker.post(b'{"id": 1}\nnope\n')
+    worker.post(b"{}", token="wrong")
+    text = httpx.get(f"http://127.0.0.1:{worker.port}/metrics").text
+    worker.stop()
+    assert 'ingest_http_requests_total{source="http",status="202"}' in text
+    assert 'ingest_http_requests_total{source="http",status="401"} 1.0' in text
+    assert 'ingest_http_records_total{outcome="accepted",source="http"} 1.0' in text
+    assert 'ingest_http_records_total{outcome="rejected",source="http"} 1.0' in text
+    assert 'ingest_http_request_duration_seconds_count{source="http"}' in text
+    assert any(e.get("event") == "uploaded" for e in logs_of(worker.stderr))
