@@ -135,3 +135,53 @@ def test_init_offers_exactly_the_source_kinds_the_config_accepts() -> None:
     from ingest.starter import SOURCE_KINDS as CONFIG_KINDS  # read from SourceConfig.kind
 
     assert SOURCE_KINDS == CONFIG_KINDS
+
+
+@pytest.mark.parametrize(
+    ("args", "config", "message"),
+    [
+        (["run", "--source", "stdin"], "", "--source stdin reads to EOF and ends: add --once"),
+        (
+            ["run", "--once", "--source", "stdin", "--table", "Nope"],
+            "",
+            "--table: table name 'Nope' is not valid",
+        ),
+        (["run", "--once", "--table", "t"], "", "--format and --table go with --source stdin"),
+        (
+            ["run", "--once"],
+            '[[sources]]\nkind = "http"\ntoken = "t"\n',
+            "an http source takes requests for as long as the worker runs",
+        ),
+        (
+            ["run"],
+            '[[sources]]\nkind = "directory"\npath = "a"\ntable = "one"\n'
+            '[[sources]]\nkind = "directory"\npath = "b"\ntable = "two"\n',
+            "output.key_template: the sources write tables one, two, but the template has no {table}",
+        ),
+        (["run"], '[[sources]]\nkind = "http"\n', "sources.0.token: required for an http source"),
+    ],
+)
+def test_run_usage_and_source_config_errors_exit_2(
+    tmp_path: Path, args: list[str], config: str, message: str
+) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "ingest.toml").write_text(config)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("R2_", "CLOUDFLARE_", "INGEST_"))}
+    env |= {
+        "R2_ENDPOINT_URL": "http://127.0.0.1:9",
+        "R2_BUCKET_NAME": "b",
+        "R2_ACCESS_KEY_ID": "k",
+        "R2_SECRET_ACCESS_KEY": "s",
+    }
+    r = subprocess.run(
+        [sys.executable, "-m", "ingest", *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    assert r.returncode == 2, r.stderr
+    assert message in r.stderr

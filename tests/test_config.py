@@ -95,6 +95,14 @@ def test_secrets_never_in_repr(monkeypatch: pytest.MonkeyPatch) -> None:
         ("[upload]\nconcurrency = 0\n", "upload.concurrency:"),
         ('[output]\nkey_template = "fixed.parquet"\n', "output.key_template: must contain {seq"),
         ("[r2\n", "not valid TOML"),
+        (
+            '[[sources]]\nkind = "http"\ntable = "Clicks"\n',
+            "sources.0.table: table name 'Clicks' is not valid",
+        ),
+        ('[[sources]]\nkind = "http"\ntables = ["ok", "no way"]\n', "sources.0.tables: table name 'no way'"),
+        ('[[sources]]\nkind = "directory"\npath = "x"\ntoken = "t"\n', "token is only read by kind = 'http'"),
+        ('[[sources]]\nkind = "http"\npath = "x"\n', "path is only read by kind = 'directory'"),
+        ('[[sources]]\nkind = "http"\nack = "never"\n', "sources.0.ack: must be one of spool, upload"),
     ],
 )
 def test_bad_config_names_the_key(tmp_path: Path, toml: str, message: str) -> None:

@@ -71,3 +71,34 @@ async def test_max_age_closes_a_batch_without_more_input() -> None:
     u = _unit("u")
     batches, _ = await _run(BatchConfig(max_age=0.2), [_chunk(u, 0, 5), 0.5, _chunk(u, 5, 5)])
     assert [x.records for x in batches] == [5, 5]
+
+
+def _table_unit(name: str, table: str) -> SourceUnit:
+    return SourceUnit(name, _noop, table=table)
+
+
+def test_batches_never_mix_tables_and_each_closes_on_its_own() -> None:
+    a, b = _table_unit("a", "clicks"), _table_unit("b", "orders")
+    items: list[Item | float] = [_chunk(a, 0, 3), _chunk(b, 0, 2), _chunk(a, 3, 3), UnitRead(a), UnitRead(b)]
+    batches, _ = anyio.run(_run, BatchConfig(max_records=5, max_age=60.0), items)
+    assert (batches[0].table, batches[0].records) == ("clicks", 5)  # full: sent at once
+    assert sorted((x.table, x.records) for x in batches) == [("clicks", 1), ("clicks", 5), ("orders", 2)]
+    for batch in batches:
+        assert {c.unit.table for c in batch.chunks} == {batch.table}
+
+
+def test_tables_share_the_memory_bound() -> None:
+    """max_bytes holds for all open batches together: the biggest is sent first."""
+    units = [_table_unit(f"u{n}", f"t{n}") for n in range(4)]
+    items: list[Item | float] = [_chunk(u, 0, 100) for u in units]  # 800 bytes each
+    batches, _ = anyio.run(_run, BatchConfig(max_bytes=2000, max_age=60.0), items)
+    assert [x.records for x in batches][:2] == [100, 100]  # sent before the end of input
+    assert sorted(x.table for x in batches) == ["t0", "t1", "t2", "t3"]
+
+
+def test_max_age_closes_only_the_old_table_batch() -> None:
+    a, b = _table_unit("a", "clicks"), _table_unit("b", "orders")
+    items: list[Item | float] = [_chunk(a, 0, 1), 0.15, _chunk(b, 0, 1), 0.1, _chunk(a, 1, 1)]
+    batches, _ = anyio.run(_run, BatchConfig(max_age=0.2), items)
+    assert (batches[0].table, batches[0].records) == ("clicks", 1)  # by age, while orders stayed open
+    assert sorted((x.table, x.records) for x in batches) == [("clicks", 1), ("clicks", 1), ("orders", 1)]

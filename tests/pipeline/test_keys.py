@@ -93,3 +93,28 @@ async def test_when_list_is_denied_free_numbers_are_found_with_few_heads(taken: 
     bucket |= {t.render(DAY, n) for n in range(taken + 1, taken + 4)}  # another writer took 3 more
     await alloc.taken(DAY, taken + 1)
     assert await alloc.candidate(DAY) == taken + 4
+
+
+def test_table_placeholder_gives_each_table_its_own_keys_and_sequence() -> None:
+    t = KeyTemplate("{prefix}{table}/{date:%Y/%m/%d}/ingested_{seq:04d}.parquet", "p/")
+    assert t.per_table
+    assert t.render(DAY, 1, "clicks") == "p/clicks/2024/08/02/ingested_0001.parquet"
+    assert t.list_prefix(DAY, "orders") == "p/orders/2024/08/02/ingested_"
+    assert t.parse_seq(DAY, "p/clicks/2024/08/02/ingested_0007.parquet", "clicks") == 7
+    assert t.parse_seq(DAY, "p/clicks/2024/08/02/ingested_0007.parquet", "orders") is None
+    assert not KeyTemplate("{prefix}{date:%Y/%m/%d}/ingested_{seq:04d}.parquet").per_table
+
+
+@pytest.mark.anyio
+async def test_allocator_numbers_tables_independently() -> None:
+    t = KeyTemplate("{table}/{date:%Y/%m/%d}/ingested_{seq:04d}.parquet")
+    bucket = {t.render(DAY, n, "clicks") for n in (1, 2, 3)}
+
+    async def list_keys(prefix: str, start_after: str) -> list[str]:
+        return sorted(k for k in bucket if k.startswith(prefix) and k > start_after)
+
+    alloc = KeyAllocator(t, list_keys)
+    assert await alloc.candidate(DAY, "clicks") == 4
+    assert await alloc.candidate(DAY, "orders") == 1
+    assert await alloc.candidate(DAY, "orders") == 2
+    assert alloc.key(DAY, 2, "orders") == "orders/2024/08/02/ingested_0002.parquet"

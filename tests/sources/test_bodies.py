@@ -1,0 +1,83 @@
+"""Request bodies: what is accepted, what is rejected with which line, and limits."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import pyarrow as pa
+import pytest
+
+from ingest.sources.bodies import BodyError, block_rows, check_encoding, decompress, media_type, records
+
+MAX = 1 << 20
+
+
+def _ids(recs_tables: list[tuple[pa.Table, int, list[int] | None]]) -> list[object]:
+    return [v for t, _, _ in recs_tables for v in t.column("id").to_pylist()]
+
+
+def test_all_good_json_lines_keep_the_body_as_the_block() -> None:
+    body = b'{"id": 1}\n{"id": 2}'  # no newline at the end
+    recs = records(body, "ndjson", "r", MAX)
+    assert recs.block == body + b"\n" and recs.rows == 2 and recs.rejected == []
+    assert recs.lines == [1, 2]
+    assert _ids(recs.tables) == [1, 2]
+
+
+def test_bad_lines_are_rejected_with_their_line_and_the_block_parses_alone_to_the_same_rows() -> None:
+    body = b'{"id": 1}\n\n{oops\n{"id": 2}\n"text"\n' + b'{"id": "' + b"x" * 100 + b'"}\n{"id": 3}\n'
+    recs = records(body, "ndjson", "r", 50)
+    assert [(d.line, d.reason.split(":")[0].split(" is ")[0]) for d in recs.rejected] == [
+        (3, "invalid JSON"),
+        (5, "not a JSON object"),
+        (6, "record"),
+    ]
+    assert recs.lines == [1, 4, 7]  # the body's lines of the block's lines
+    assert _ids(recs.tables) == [1, 2, 3]
+    again = block_rows(recs.block, "r", 50)  # what a restart reads from the segment
+    assert [t.to_pylist() for t, _, _ in again] == [t.to_pylist() for t, _, _ in recs.tables]
+
+
+def test_json_array_and_single_object_and_json_lines_sent_as_json() -> None:
+    array = records(b'[{"id": 1},\n 7,\n {"id": 2}]', "json", "r", MAX)
+    assert _ids(array.tables) == [1, 2] and array.lines == [1, 3]
+    assert [(d.line, d.reason) for d in array.rejected] == [(2, "element 2 is not a JSON object: int")]
+    assert _ids(records(b'{"id": 5}', "json", "r", MAX).tables) == [5]
+    assert _ids(records(b'{"id": 5}\n{"id": 6}\n', "json", "r", MAX).tables) == [5, 6]
+    with pytest.raises(BodyError) as exc:
+        records(b'[{"id": 1}, ', "json", "r", MAX)
+    assert exc.value.status == 400 and "nothing was accepted" in str(exc.value)
+
+
+def test_media_types_and_encodings() -> None:
+    assert media_type("application/x-ndjson; charset=utf-8") == "ndjson"
+    assert media_type("application/json") == "json"
+    for bad in (None, "text/csv", "application/x-www-form-urlencoded"):
+        with pytest.raises(BodyError) as exc:
+            media_type(bad)
+        assert exc.value.status == 415
+    assert check_encoding(None) == "identity" and check_encoding("GZIP") == "gzip"
+    with pytest.raises(BodyError) as exc:
+        check_encoding("br")
+    assert exc.value.status == 415
+
+
+def test_decompression_is_bounded_and_a_broken_stream_is_400() -> None:
+    data = json.dumps({"pad": "x" * 10_000}).encode()
+    assert decompress(gzip.compress(data), "gzip", len(data)) == data
+    with pytest.raises(BodyError) as exc:
+        decompress(gzip.compress(data), "gzip", len(data) - 1)
+    assert exc.value.status == 413
+    sink = pa.BufferOutputStream()
+    with pa.CompressedOutputStream(sink, "zstd") as out:
+        out.write(data)
+    packed = sink.getvalue().to_pybytes()
+    assert decompress(packed, "zstd", len(data)) == data
+    with pytest.raises(BodyError) as exc:
+        decompress(packed, "zstd", 100)
+    assert exc.value.status == 413
+    for coding, junk in (("gzip", b"not gzip"), ("gzip", gzip.compress(data)[:-20]), ("zstd", b"nope")):
+        with pytest.raises(BodyError) as exc:
+            decompress(junk, coding, len(data))
+        assert exc.value.status == 400
