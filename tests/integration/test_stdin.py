@@ -42,7 +42,8 @@ def test_a_million_piped_lines_and_malformed_ones_dead_lettered_with_their_line(
     r = _pipe(job, data)
     assert r.returncode == 0, r.stderr[-3000:]
     ids = []
-    for key in job.keys():
+    data_keys = job.keys()
+    for key in data_keys:
         table = job.read(key)
         ids.append(table.column("id"))
         assert table.schema.names == ["id", "kind", "value"]
