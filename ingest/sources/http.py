@@ -30,6 +30,7 @@ from starlette.routing import Route
 
 from ingest import metrics
 from ingest.config import ConfigError, SourceConfig, table_problem
+from ingest.faults import crash_point
 from ingest.files import is_disk_full
 from ingest.logs import get_logger, register_secret
 from ingest.pipeline.journal import RequestRow, UnitRow
@@ -364,9 +365,15 @@ class HttpSource:
             log.error("could not keep a request", error=str(exc))
             return _error(503, f"cannot write the spool: {exc}", retry_after=RETRY_AFTER)
         except OSError as exc:
-            if not is_disk_full(exc):
-                raise
-            return _error(503, "the spool disk is full; send again later", retry_after=RETRY_AFTER * 6)
+            if is_disk_full(exc):
+                log.error("spool disk full: requests are refused until there is room", error=str(exc))
+                return _error(503, "the spool disk is full; send again later", retry_after=RETRY_AFTER * 6)
+            log.error("cannot write a segment: requests are refused", error=str(exc))
+            return _error(
+                503,
+                f"cannot write the spool ({exc.strerror or exc}); send again later",
+                retry_after=RETRY_AFTER,
+            )
         answer.blocks = [pending.block.id] if pending.block is not None else []
         metrics.HTTP_RECORDS.labels(self.name, "accepted").inc(recs.rows)
         metrics.HTTP_RECORDS.labels(self.name, "rejected").inc(len(recs.rejected))
@@ -434,10 +441,12 @@ class HttpSource:
     async def _commit_group(self, group: list[_Pending]) -> None:
         assert self._units is not None
         writing = [p for p in group if p.records.rows]
-        blocks = await anyio.to_thread.run_sync(
-            self.segments.append,
-            [(p.records.block, len(p.records.lines), p.table, p.request_id) for p in writing],
-        )
+        blocks: list[Block] = []
+        if writing:
+            blocks = await anyio.to_thread.run_sync(
+                self.segments.append,
+                [(p.records.block, len(p.records.lines), p.table, p.request_id) for p in writing],
+            )
         for p, block in zip(writing, blocks, strict=True):
             p.block = block
             if p.request is not None:
@@ -451,11 +460,15 @@ class HttpSource:
             for p, b in zip(writing, blocks, strict=True)
         ]
         requests = [p.request for p in group if p.request is not None]
+        if not rows and not requests:
+            return  # nothing accepted and nothing to remember
+        crash_point("segment-written")
         try:
             await self.spool.durably("accept requests", self.spool.journal.accept, rows, requests)
         except BaseException:
             await anyio.to_thread.run_sync(self.segments.discard, blocks)
             raise
+        crash_point("accepted")  # durable, not yet answered: a retry must get the first answer
         for p in writing:
             assert p.block is not None
             unit = await self._units.open_unit(self._unit(p.block, p.records.rows))

@@ -16,6 +16,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from ingest.faults import disk_full_point
 from ingest.files import fsync_dir
 
 PREFIX = "http:"  # unit ids of blocks start with this
@@ -89,6 +90,7 @@ class Segments:
         out = []
         start = self._size
         try:
+            disk_full_point("segment", "file")
             for data, lines, table, request in blocks:
                 _write_all(self._fd, data)
                 block = Block(self._current, self._size, len(data), lines, table, request)

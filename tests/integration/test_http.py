@@ -430,3 +430,38 @@ def test_metrics_count_requests_records_and_latency(job: Job) -> None:
     assert 'ingest_http_records_total{outcome="rejected",source="http"} 1.0' in text
     assert 'ingest_http_request_duration_seconds_count{source="http"}' in text
     assert any(e.get("event") == "uploaded" for e in logs_of(worker.stderr))
+
+
+@pytest.mark.parametrize("point", ["segment-written", "accepted"])
+def test_a_crash_before_the_answer_then_a_retry_ingests_the_request_once(job: Job, point: str) -> None:
+    """SIGKILL after the block is written (not journaled), or after it is journaled (not answered):
+    the sender saw no answer and sends again with its key; every record lands once."""
+    worker = Worker(job).start(INGEST_CRASH_AT=f"{point}:3")
+    crashed = False
+    for n in range(6):
+        body, key = ndjson([{"id": n * 10 + i} for i in range(10)]), f"req-{n}"
+        try:
+            answer = worker.post(body, idempotency_key=key, timeout=10)
+        except httpx.HTTPError:
+            crashed = True
+            assert worker.proc is not None
+            assert worker.proc.wait(timeout=30) == -signal.SIGKILL
+            worker.start()  # without the crash point
+            answer = worker.post(body, idempotency_key=key)
+            if point == "accepted":  # it was durable: the retry is the first answer again
+                assert answer.headers.get("idempotent-replayed") == "true"
+        assert answer.status_code == 202 and answer.json()["accepted"] == 10
+    assert crashed
+    worker.stop()
+    assert sorted(ids_in(job).elements()) == list(range(60))
+
+
+def test_a_full_disk_under_the_segment_answers_503_and_loses_nothing(job: Job) -> None:
+    worker = Worker(job).start(INGEST_DISK_FULL_AT="segment:3:2")
+    answers = [worker.post(ndjson([{"id": n}])) for n in range(6)]
+    codes = [a.status_code for a in answers]
+    assert codes.count(503) == 2 and codes.count(202) == 4, codes
+    refused = next(a for a in answers if a.status_code == 503)
+    assert int(refused.headers["retry-after"]) > 0 and "full" in refused.json()["error"]
+    worker.stop()
+    assert sorted(ids_in(job).elements()) == [n for n, a in enumerate(answers) if a.status_code == 202]
