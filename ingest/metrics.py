@@ -78,6 +78,11 @@ HTTP_RECORDS = Counter(
     "Records sent to an http source, by outcome (accepted, rejected).",
     ["source", "outcome"],
 )
+HTTP_COMMITS = Counter(
+    "ingest_http_commits_total",
+    "Group commits of accepted requests (one fdatasync and one journal transaction each).",
+    ["source"],
+)
 HTTP_SECONDS = Histogram(
     "ingest_http_request_duration_seconds",
     "Time from a request's arrival to its answer (202: durable in the spool).",

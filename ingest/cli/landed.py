@@ -52,22 +52,35 @@ def ls(
     prefix: Annotated[
         str | None, typer.Option("--prefix", help="List under this key prefix (default: output.prefix).")
     ] = None,
+    table: Annotated[
+        str | None, typer.Option("--table", help="Only this table's objects (a key template with {table}).")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON array of objects, for scripts.")] = False,
 ) -> None:
     """The output objects: key, size, rows (from each Parquet footer), time and batch id."""
     from ingest.landed import listing
-    from ingest.layout import errors_prefix, landing_prefix
+    from ingest.layout import DEFAULT_TABLE, errors_prefix, landing_prefix
     from ingest.pipeline.keys import KeyTemplate
 
     s = settings()
     where = s.output.prefix if prefix is None else prefix
+    template = KeyTemplate(s.output.key_template, where)
+    if table is not None and not template.per_table:
+        err.print(
+            "--table: output.key_template has no {table}, so keys do not name tables; list with --prefix",
+            markup=False,
+            highlight=False,
+        )
+        raise typer.Exit(2)
+    if table is not None:
+        where = template.table_prefix(table)
     if day is not None:
         m = _DATE.fullmatch(day)
         if m is None:
             err.print(f"--date: {day!r} is not YYYY/MM/DD", markup=False, highlight=False)
             raise typer.Exit(2)
         when = date(int(m[1]), int(m[2]), int(m[3]))
-        where = KeyTemplate(s.output.key_template, where).list_prefix(when)
+        where = template.list_prefix(when, table or DEFAULT_TABLE)
     internal = (errors_prefix(s.output.prefix), landing_prefix(s.output.prefix))  # not output objects
     found = _run(s, lambda client, bucket: listing(client, bucket, where, internal))
     if as_json:

@@ -59,6 +59,11 @@ class KeyTemplate:
         """The part of the key before the sequence number: everything one LIST needs to see."""
         return self._fmt(day, _SeqMark(), table).split(_MARK)[0]
 
+    def table_prefix(self, table: str) -> str:
+        """The fixed part of a table's keys, before any date or sequence number (to list a table)."""
+        text = self.template.format(prefix=self.prefix, date=_SeqMark(), seq=_SeqMark(), table=table)
+        return text.split(_MARK)[0]
+
     def parse_seq(self, day: date, key: str, table: str = DEFAULT_TABLE) -> int | None:
         head, tail = self._fmt(day, _SeqMark(), table).split(_MARK)
         m = re.fullmatch(re.escape(head) + r"(\d+)" + re.escape(tail), key)

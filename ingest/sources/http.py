@@ -469,6 +469,7 @@ class HttpSource:
             await anyio.to_thread.run_sync(self.segments.discard, blocks)
             raise
         crash_point("accepted")  # durable, not yet answered: a retry must get the first answer
+        metrics.HTTP_COMMITS.labels(self.name).inc()
         for p in writing:
             assert p.block is not None
             unit = await self._units.open_unit(self._unit(p.block, p.records.rows))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import random
+import re
 import signal
 import ssl
 import subprocess
@@ -131,6 +132,9 @@ def test_twenty_concurrent_clients_every_record_exactly_once(job: Job) -> None:
         t.join(timeout=300)
     assert not failures, failures[:3]
     assert answers.count(202) == 800
+    metrics = httpx.get(f"http://127.0.0.1:{worker.port}/metrics").text
+    commits = float(re.search(r'ingest_http_commits_total\{source="http"\} (\S+)', metrics).group(1))  # type: ignore[union-attr]
+    assert commits < 800, "concurrent requests did not share their fsyncs"
     worker.stop()
     ids = ids_in(job)
     assert sorted(ids) == list(range(20 * 40 * 500))

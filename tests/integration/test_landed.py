@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import random
 import string
+import subprocess
 from urllib.parse import urlparse
 
 from tests.faultproxy import FaultProxy
@@ -94,3 +95,34 @@ def test_head_says_which_key_is_missing_or_not_parquet(job: Job) -> None:
             "problem": "not a Parquet object (no PAR1 footer)",
         }
     ]
+
+
+def test_ls_table_lists_one_table(job: Job) -> None:
+    template = "{prefix}{table}/{date:%Y/%m/%d}/ingested_{seq:04d}.parquet"
+    job.configure(output={"prefix": job.prefix, "key_template": template})
+    for table, n in (("clicks", 3), ("orders", 2)):
+        data = job.dir / f"{table}.jsonl"
+        write_jsonl(data, [{"id": i} for i in range(n)])
+        with data.open("rb") as stdin:
+            r = subprocess.run(
+                job.command("--once", "--source", "stdin", "--table", table),
+                cwd=job.dir,
+                env=job.env(),
+                stdin=stdin,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+        assert r.returncode == 0, r.stderr[-2000:]
+    r = job.cli("ls", "--table", "orders", "--json")
+    assert r.returncode == 0, r.stderr
+    listed = json.loads(r.stdout)
+    assert [o["rows"] for o in listed] == [2]
+    assert all(o["key"].startswith(f"{job.prefix}orders/") for o in listed)
+    day = listed[0]["key"].split("/", 2)[2][:10]
+    dated = job.cli("ls", "--table", "clicks", "--date", day, "--json")
+    assert [o["rows"] for o in json.loads(dated.stdout)] == [3]
+
+    job.configure()  # the default template: keys name no table
+    refused = job.cli("ls", "--table", "orders")
+    assert refused.returncode == 2 and "has no {table}" in refused.stderr
