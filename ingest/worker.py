@@ -36,6 +36,7 @@ from ingest.server import app as server_app
 from ingest.sources.base import Source
 from ingest.sources.directory import DirectorySource
 from ingest.sources.landing import LandingSource
+from ingest.sources.reader import FileSource
 
 log = get_logger("ingest.worker")
 DEFAULT_INBOX = "inbox"
@@ -49,6 +50,7 @@ class RunResult:
     bucket: str = ""
     pending_units: dict[str, str] = field(default_factory=dict)  # input not acknowledged → why
     unreadable: dict[str, str] = field(default_factory=dict)  # input that could not be read → why
+    unit_noun: str = "file"  # what a source unit is called in the summary ("input": requests, stdin)
 
     @property
     def complete(self) -> bool:
@@ -307,7 +309,10 @@ async def run(settings: Settings, once: bool, say: Console, progress: Console | 
         pending = {p: "claimed, not acknowledged" for src in sources for p in src.pending()}
         pending |= pipeline.unacknowledged()
         unreadable = {where: why for src in sources for where, why in src.problems().items()}
-        return RunResult(pipeline.stats, spool.dead.count, spool.dead.dir, r2.bucket, pending, unreadable)
+        noun = "file" if all(isinstance(src, FileSource) for src in sources) else "input"
+        return RunResult(
+            pipeline.stats, spool.dead.count, spool.dead.dir, r2.bucket, pending, unreadable, noun
+        )
 
 
 async def _tell_systemd(pipeline: Pipeline, sources: list[Source]) -> None:

@@ -13,10 +13,13 @@ import os
 import random
 import resource
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import pyarrow.json as pj
@@ -113,12 +116,150 @@ def run_ingest(work: Path, env: dict[str, str]) -> tuple[float, int, str]:
     return elapsed, usage.ru_maxrss * 1024, out.strip().splitlines()[-1]
 
 
+def _load(url: str, token: str, *extra: str) -> dict[str, object]:
+    """The load generator, in a process of its own (scripts/http_load.py: not the worker's code)."""
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "http_load.py"), url, token, *extra],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=900,
+    ).stdout
+    result: dict[str, object] = json.loads(out)
+    return result
+
+
+def bench_http(work: Path, requests: int, records: int, connections: int) -> None:
+    """The HTTP source: records/s accepted (202, durable) at full speed over `connections`
+    connections, then p99 time-to-202 at half that rate; then every row is checked in R2."""
+    port = _free_port()
+    token = "bench-token"
+    (work / "ingest.toml").write_text(
+        f'[[sources]]\nkind = "http"\ntoken = "{token}"\n'
+        f'[server]\nlisten = "127.0.0.1:{port}"\n'
+        f'[spool]\ndir = "{work / "spool"}"\n[log]\nformat = "json"\nlevel = "warning"\n'
+    )
+    r2, env = start_local_r2(work)
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("R2_", "CLOUDFLARE_"))}
+    full_env |= {k: v for k, v in env.items() if k.startswith("R2_")}
+    full_env.pop("R2_API_TOKEN", None)
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "ingest", "--config", str(work / "ingest.toml"), "run"],
+        cwd=work,
+        env=full_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    url = f"http://127.0.0.1:{port}/v1/records"
+    try:
+        _wait_taking(url, token, worker)
+        full = _load(
+            url,
+            token,
+            "--requests",
+            str(requests),
+            "--records",
+            str(records),
+            "--connections",
+            str(connections),
+        )
+        half_rate = float(full["records_per_s"]) / records / 2  # type: ignore[arg-type]
+        paced_requests = max(20, int(half_rate * 10))  # about ten seconds at that rate
+        paced = _load(
+            url,
+            token,
+            "--requests",
+            str(paced_requests),
+            "--records",
+            str(records),
+            "--connections",
+            str(connections),
+            "--rate",
+            f"{half_rate:.2f}",
+            "--first-id",
+            str(requests * records),
+        )
+        worker.send_signal(signal.SIGTERM)
+        drained = time.perf_counter()
+        _, err = worker.communicate(timeout=600)
+        drained = time.perf_counter() - drained
+        if worker.returncode != 0:
+            raise SystemExit(f"worker exited {worker.returncode}:\n{err.decode()[-3000:]}")
+        listed = subprocess.run(
+            [sys.executable, "-m", "ingest", "--config", str(work / "ingest.toml"), "ls", "--json"],
+            cwd=work,
+            env=full_env,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=300,
+        )
+        in_r2 = sum(o["rows"] or 0 for o in json.loads(listed.stdout))
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+        r2.terminate()
+        r2.wait(30)
+    sent = int(full["records"]) + int(paced["records"])  # type: ignore[call-overload]
+    print(f"{'HTTP source (durable, 202)':<34}{'records/s':>12}{'p50 ms':>9}{'p99 ms':>9}{'statuses':>22}")
+    for name, r in (
+        (f"full speed, {connections} connections", full),
+        (f"paced at {half_rate:.0f} req/s", paced),
+    ):
+        print(
+            f"{name:<34}{r['records_per_s']:>12,}{r['p50_ms']:>9}{r['p99_ms']:>9}{json.dumps(r['statuses']):>22}"
+        )
+    print(f"\n{sent:,} records accepted, {in_r2:,} rows in R2 after the drain ({drained:.1f} s)")
+    if in_r2 != sent:
+        raise SystemExit("rows in R2 differ from the records accepted")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_taking(url: str, token: str, worker: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if worker.poll() is not None:
+            raise SystemExit(f"worker exited: {worker.stderr.read().decode() if worker.stderr else ''}")
+        try:
+            request = urllib.request.Request(
+                url,
+                data=b"",
+                method="POST",
+                headers={"Authorization": f"Bearer {token}", "Content-Type": "application/x-ndjson"},
+            )
+            with urllib.request.urlopen(request, timeout=2) as answer:
+                if answer.status == 202:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise SystemExit("the http source did not start")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--records", type=int, default=2_000_000)
     ap.add_argument("--files", type=int, default=20)
     ap.add_argument("--keep", action="store_true", help="keep the working directory")
+    ap.add_argument("--http", action="store_true", help="benchmark the HTTP source instead")
+    ap.add_argument("--requests", type=int, default=400, help="--http: requests at full speed")
+    ap.add_argument("--per-request", type=int, default=1000, help="--http: records per request")
+    ap.add_argument("--connections", type=int, default=16, help="--http: connections")
     args = ap.parse_args()
+
+    if args.http:
+        work = Path(tempfile.mkdtemp(prefix="ingest-bench-http-"))
+        try:
+            bench_http(work, args.requests, args.per_request, args.connections)
+        finally:
+            if not args.keep:
+                shutil.rmtree(work, ignore_errors=True)
+        return
 
     work = Path(tempfile.mkdtemp(prefix="ingest-bench-"))
     inbox = work / "inbox"

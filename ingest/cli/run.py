@@ -77,7 +77,7 @@ def run(
     st = result.stats
     out.print(
         f"uploaded {count(st.records_uploaded, 'record')} in {count(st.objects_uploaded, 'object')} "
-        f"({st.bytes_uploaded / 1e6:.1f} MB) from {count(st.units_acked, 'file')}",
+        f"({st.bytes_uploaded / 1e6:.1f} MB) from {count(st.units_acked, result.unit_noun)}",
         markup=False,
         highlight=False,
     )

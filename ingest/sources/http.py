@@ -287,26 +287,31 @@ class HttpSource:
             raise BodyError(400, problem)
         self._inflight += 1
         try:
-            if key is None:
-                result = await self._take(body, media, encoding, table, None)
-                return result if isinstance(result, Response) else await self._answer(result)
-            try:
-                earlier = await self.keys.begin(key, body_hash(table, media, encoding, body))
-            except KeyError422:
-                return _error(422, "Idempotency-Key: used before with a different body; use a new key")
-            if earlier is not None:
-                return await self._answer(earlier)
-            taken: Answer | Response | None = None
-            try:
-                taken = await self._take(body, media, encoding, table, key)
-            finally:  # a repeat waiting for this one gets its answer (or, if it failed, is taken anew)
-                self.keys.end(key, taken if isinstance(taken, Answer) else None)
-            return taken if isinstance(taken, Response) else await self._answer(taken)
-        finally:
+            outcome = await self._admitted(body, media, encoding, table, key)
+        finally:  # committed (or refused): a drain need not wait for what follows
             self._inflight -= 1
             if not self._inflight:
                 self._quiet.set()
                 self._quiet = anyio.Event()
+        return outcome if isinstance(outcome, Response) else await self._answer(outcome)
+
+    async def _admitted(
+        self, body: bytes, media: str, encoding: str, table: str, key: str | None
+    ) -> Answer | Response:
+        if key is None:
+            return await self._take(body, media, encoding, table, None)
+        try:
+            earlier = await self.keys.begin(key, body_hash(table, media, encoding, body))
+        except KeyError422:
+            return _error(422, "Idempotency-Key: used before with a different body; use a new key")
+        if earlier is not None:
+            return earlier
+        taken: Answer | Response | None = None
+        try:
+            taken = await self._take(body, media, encoding, table, key)
+        finally:  # a repeat waiting for this one gets its answer (or, if it failed, is taken anew)
+            self.keys.end(key, taken if isinstance(taken, Answer) else None)
+        return taken
 
     async def _body(self, request: Request) -> bytes:
         limit = self.config.max_request_bytes

@@ -12,8 +12,9 @@ import subprocess
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 import pyarrow as pa
@@ -26,6 +27,8 @@ TOKEN = "push-token-0123456789"
 
 class Worker:
     """`ingest run` with an http source, and a client for it."""
+
+    started: ClassVar[list[subprocess.Popen[str]]] = []  # processes of the running test (killed at its end)
 
     def __init__(self, job: Job, source: dict[str, Any] | None = None, **sections: dict[str, Any]) -> None:
         self.job = job
@@ -45,6 +48,7 @@ class Worker:
 
     def start(self, **env: str) -> Worker:
         self.proc = self.job.start(**env)
+        Worker.started.append(self.proc)
         wait_for(self._taking, 90, "the http source to take requests")
         return self
 
@@ -89,6 +93,16 @@ class Worker:
         self.proc.kill()
         _, err = self.proc.communicate(timeout=30)
         self.stderr += err
+
+
+@pytest.fixture(autouse=True)
+def _no_worker_outlives_its_test() -> Iterator[None]:
+    yield
+    for proc in Worker.started:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=30)
+    Worker.started.clear()
 
 
 def ndjson(rows: list[dict[str, Any]]) -> bytes:
@@ -228,7 +242,7 @@ def test_bodies_status_codes_and_dead_letters(job: Job) -> None:
     template = "{prefix}{table}/{date:%Y/%m/%d}/ingested_{seq:04d}.parquet"
     worker = Worker(
         job,
-        {"tables": ["default", "clicks"], "max_request_bytes": "64KiB"},
+        {"tables": ["default", "clicks"], "max_request_bytes": "64KiB", "tokens": ["next-token-abcdef"]},
         output={"prefix": job.prefix, "key_template": template},
     ).start()
     sent: list[int] = []
@@ -237,6 +251,8 @@ def test_bodies_status_codes_and_dead_letters(job: Job) -> None:
         sent.extend(range(first, first + n))
         return [{"id": i, "name": f"n{i}"} for i in range(first, first + n)]
 
+    rotated = worker.post(ndjson(rows(400, 1)), token="next-token-abcdef")  # either token is taken
+    assert rotated.status_code == 202
     gz = worker.post(gzip.compress(ndjson(rows(0, 50))), content_encoding="gzip")
     assert gz.status_code == 202 and gz.json()["accepted"] == 50
     zs = worker.post(zstd(ndjson(rows(50, 50))), content_encoding="zstd")
@@ -282,7 +298,8 @@ def test_bodies_status_codes_and_dead_letters(job: Job) -> None:
     letters = job.dead_letters()
     assert sorted((d["line"], d["raw"]) for d in letters) == [(2, "{not json"), (4, "[1, 2]")]
     assert all(d["source"] == f"http request {answer.json()['request_id']}" for d in letters)
-    assert TOKEN not in worker.stderr and "guess-0" not in worker.stderr
+    for secret in (TOKEN, "next-token-abcdef", "guess-0"):
+        assert secret not in worker.stderr
 
 
 def test_strict_refuses_the_whole_request(job: Job) -> None:
@@ -404,6 +421,7 @@ def test_tls(job: Job, tmp_path: Path) -> None:
     )
     worker = Worker(job, server={"tls_cert": str(cert), "tls_key": str(key)})
     worker.proc = job.start()
+    Worker.started.append(worker.proc)
     url = f"https://127.0.0.1:{worker.port}/v1/records"
     trusted = ssl.create_default_context(cafile=str(cert))
     headers = {"authorization": f"Bearer {TOKEN}", "content-type": "application/x-ndjson"}
