@@ -118,11 +118,23 @@ _ONLY_FOR: dict[str, tuple[str, ...]] = {
     "ack": ("http",),
     "ack_timeout": ("http",),
     "idempotency_window": ("http",),
+    "url": ("redis",),
+    "stream": ("redis",),
+    "streams": ("redis",),
+    "group": ("redis",),
+    "start": ("redis",),
+    "field": ("redis",),
+    "include_id": ("redis",),
+    "read_count": ("redis",),
+    "block": ("redis",),
+    "claim_interval": ("redis",),
+    "claim_idle": ("redis",),
+    "max_deliveries": ("redis",),
 }
 
 
 class SourceConfig(_Section):
-    kind: Literal["directory", "landing", "http", "stdin"]
+    kind: Literal["directory", "landing", "http", "stdin", "redis"]
     path: str = ""
     format: Literal["", "jsonl", "json", "csv", "parquet"] = ""
     table: str = ""  # the table its records go to (default: "default"; http: also the URL's)
@@ -139,6 +151,19 @@ class SourceConfig(_Section):
     ack: Literal["spool", "upload"] = "spool"  # answer once durable here (202) or once in R2 (200)
     ack_timeout: Duration = Field(default=30.0, gt=0)  # ack = "upload": 504 after this (still delivered)
     idempotency_window: Duration = Field(default=86400.0, gt=0)  # Idempotency-Key answers kept this long
+    # redis: Redis Streams through a consumer group (the consumer is worker.id)
+    url: SecretStr = SecretStr("")  # redis://[:password@]host:port/db (env INGEST_REDIS_URL)
+    stream: str = ""  # the stream to read (or several: `streams`)
+    streams: list[str] = []
+    group: str = "ingest"  # the consumer group all workers share (created when missing)
+    start: Literal["0", "$"] = "0"  # a new group starts at the oldest entry ("0") or at new ones ("$")
+    field: str = "data"  # the entry field holding one JSON object; without it: the entry's fields
+    include_id: bool = False  # add the entry id as column `_entry_id` (lineage)
+    read_count: int = Field(default=1000, ge=1, le=100_000)  # entries per read
+    block: Duration = Field(default=1.0, gt=0)  # a read waits at most this long for new entries
+    claim_interval: Duration = Field(default=30.0, gt=0)  # how often idle entries of dead workers are taken
+    claim_idle: Duration = Field(default=300.0, gt=0)  # entries idle this long belong to a dead worker
+    max_deliveries: int = Field(default=5, ge=1)  # delivered more often: a dead letter (then acked)
 
     @field_validator("table")
     @classmethod

@@ -34,9 +34,12 @@ class DeadLetter:
     line: int | None
     reason: str
     raw: bytes | str | None = None
+    entry: str | None = None  # a stream entry's id (Redis), where a line number means nothing
 
     def as_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"source": self.source, "line": self.line, "reason": self.reason}
+        if self.entry is not None:
+            out["entry"] = self.entry
         raw = self.raw
         if isinstance(raw, str):
             out["raw"] = raw[:MAX_RAW]

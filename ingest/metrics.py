@@ -89,3 +89,19 @@ HTTP_SECONDS = Histogram(
     ["source"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10, 30),
 )
+
+REDIS_ENTRIES = Counter(
+    "ingest_redis_entries_total",
+    "Stream entries by what happened to them: read, acked, reclaimed, dead_lettered.",
+    ["stream", "event"],
+)
+REDIS_PENDING = Gauge(
+    "ingest_redis_group_pending",
+    "Entries delivered to the group but not acked (XINFO GROUPS).",
+    ["stream", "group"],
+)
+REDIS_LAG = Gauge(
+    "ingest_redis_group_lag",
+    "Entries in the stream not yet delivered to the group (XINFO GROUPS lag).",
+    ["stream", "group"],
+)

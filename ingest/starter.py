@@ -64,6 +64,14 @@ kind = "http"  # POST /v1/records and /v1/records/{{table}} on server.listen (se
 kind = "stdin"  # standard input until EOF (usually: `cat f.jsonl | ingest run --once --source stdin`)
 # format = "jsonl"                 # jsonl | csv
 """,
+    "redis": """\
+[[sources]]
+kind = "redis"  # Redis Streams through one consumer group shared by every worker
+stream = "events"
+# url = ""                       # set INGEST_REDIS_URL instead: redis://[:password@]host:6379/0
+# group = "{s.group}"                  # created when missing, from the oldest entry (start = "0")
+# claim_idle = "5m"              # entries of a worker idle this long are taken by the others
+""",
 }
 
 _REST = """\

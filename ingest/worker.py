@@ -144,6 +144,21 @@ def build_sources(
         if cfg.kind == "http":
             sources.append(http_source(settings, spool, cfg, i, once, per_table, sources))
             continue
+        if cfg.kind == "redis":
+            from ingest.sources.streams import RedisSource
+
+            sources.append(
+                RedisSource(
+                    cfg,
+                    i,
+                    spool.worker_id,
+                    spool.dead,
+                    settings.batch.max_record_bytes,
+                    settings.batch.max_age,
+                    settings.retry,
+                )
+            )
+            continue
         if cfg.kind == "stdin":
             from ingest.sources.stdin import StdinSource
 
@@ -254,6 +269,10 @@ async def run(settings: Settings, once: bool, say: Console, progress: Console | 
             )
         )
         sources = build_sources(s, spool, say, client, once)
+        for src in sources:  # sources that must reach something first (Redis): a clear error now
+            if (check := getattr(src, "check", None)) is not None:
+                await check()
+                stack.push_async_callback(src.close)  # type: ignore[attr-defined]
         grants = upload_grants(s, client)
         health = Health()
         pipeline = Pipeline(s, client, sources, spool, health)

@@ -111,7 +111,7 @@ class Pipeline:
                 known.total = None
                 known.read_again()
             known.name, known.ack, known.path, known.origin = unit.name, unit.ack, unit.path, unit.origin
-            known.table, known.journaled = unit.table, unit.journaled
+            known.table, known.journaled, known.before_upload = unit.table, unit.journaled, unit.before_upload
             return known
         if known is not None:
             log.warning("source unit replaced since it was journaled; reading all of it", unit=unit.name)
@@ -129,6 +129,15 @@ class Pipeline:
 
     async def wait_for_room(self) -> None:
         await self.spool.wait_for_room()
+
+    async def in_r2(self, key: str, object_id: str) -> bool:
+        return await self.uploader.holds(key, object_id)
+
+    def source_problem(self, kind: str, reason: str | None) -> None:
+        if reason is None:
+            self.health.clear(kind)
+        else:
+            self.health.fail(reason, kind)
 
     def disk_full(self, reason: str) -> None:
         self.health.fail(reason, "disk")
@@ -315,11 +324,15 @@ class Pipeline:
                 await self._upload_one(obj)
 
     async def _upload_one(self, obj: SpooledObject) -> None:
+        async def attempting(key: str) -> None:
+            if obj.batch is not None:  # sources that must know first (the Redis ledger)
+                for unit, rows in obj.batch.spans.items():
+                    if unit.before_upload is not None:
+                        await unit.before_upload(key, obj.object_id, rows)
+            await self.spool.durably("journal key", self.journal.attempting, obj.object_id, key)
+
         try:
-            done = await self.uploader.upload(
-                obj,
-                lambda key: self.spool.durably("journal key", self.journal.attempting, obj.object_id, key),
-            )
+            done = await self.uploader.upload(obj, attempting)
         except Exception as exc:
             # Permanent refusal, or retries exhausted: keep the file, say where, stop looking ready.
             metrics.UPLOAD_FAILURES.inc()

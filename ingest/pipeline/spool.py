@@ -321,12 +321,14 @@ class Spool:
         out = Recovered()
         units = {u.id: _unit(u) for u in self._live_units()}
         by_batch: dict[str, list[SourceUnit]] = defaultdict(list)
+        spans: dict[str, dict[SourceUnit, Ranges]] = defaultdict(dict)
         skips: dict[str, Ranges] = defaultdict(list)
         for batch_id, unit_id, start, stop in self.journal.spans():
             if unit_id in units:
                 skips[unit_id].append((start, stop))
                 if units[unit_id] not in by_batch[batch_id]:
                     by_batch[batch_id].append(units[unit_id])
+                spans[batch_id].setdefault(units[unit_id], []).append((start, stop))
         for unit_id, ranges in skips.items():
             units[unit_id].skip = merge_ranges(ranges)
         batches: dict[str, Batch] = {}
@@ -339,7 +341,9 @@ class Spool:
             if r.batch_id is not None:
                 batch = batches.get(r.batch_id)
                 if batch is None:
-                    batch = Batch(id=r.batch_id, units=by_batch[r.batch_id], table=r.table)
+                    batch = Batch(
+                        id=r.batch_id, units=by_batch[r.batch_id], spans=spans[r.batch_id], table=r.table
+                    )
                     batches[r.batch_id] = batch
                     for unit in batch.units:
                         unit.pending_batches += 1

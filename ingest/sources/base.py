@@ -28,6 +28,8 @@ UNREPEATABLE = "once:"
 
 Ack = Callable[[], Awaitable[bool | None]]  # False: not acknowledged (the unit changed; read again)
 Ranges = list[tuple[int, int]]  # sorted, non-overlapping [start, stop) row ranges
+# before_upload(key, object_id, rows): called before each PUT of an object holding these rows of the unit
+BeforeUpload = Callable[[str, str, Ranges], Awaitable[None]]
 
 
 @dataclass(eq=False)
@@ -57,6 +59,7 @@ class SourceUnit:
     read_stat: tuple[int, int, int] | None = None  # (inode, size, mtime_ns) when its last byte was read
     read_error: str | None = None  # the last read failed: never ack; read again later
     raw_lines: Callable[[list[int]], dict[int, bytes]] | None = None  # line number → its raw text
+    before_upload: BeforeUpload | None = None  # e.g. the Redis source's ledger
 
     def read_again(self) -> None:
         """Read from the top next time, skipping every row already taken (parsing is deterministic):
@@ -160,6 +163,14 @@ class Units(Protocol):
         """Units found in the journal at start whose id starts with `prefix` (see Pipeline)."""
         ...
 
+    async def in_r2(self, key: str, object_id: str) -> bool:
+        """Whether `key` holds the object with this id (a HEAD and its batch-id metadata)."""
+        ...
+
+    def source_problem(self, kind: str, reason: str | None) -> None:
+        """A source cannot reach its input (`reason`), or can again (None): readiness says so."""
+        ...
+
     def disk_full(self, reason: str) -> None:
         """A source's own spool write (e.g. a landing copy) waits for disk space: readiness says so."""
         ...
@@ -180,6 +191,12 @@ class FreshUnits:
 
     def known_units(self, prefix: str) -> list[SourceUnit]:
         return []
+
+    async def in_r2(self, key: str, object_id: str) -> bool:
+        return False
+
+    def source_problem(self, kind: str, reason: str | None) -> None:
+        return None
 
     def disk_full(self, reason: str) -> None:
         return None

@@ -1,0 +1,451 @@
+"""Redis Streams source: one consumer group shared by every worker; XACK only once rows are in R2.
+
+Each worker is one consumer (named by `worker.id`). It first takes back its own pending entries (after a
+restart: the units its journal knows, read again with the rows already spooled skipped; then the rest of
+its pending list), then new ones (`>`). A *unit* is one read's entries of one stream; it is acknowledged
+(XACK, all its entries at once) when every row read from it is inside an uploaded object.
+
+Dead workers: every `claim_interval`, entries idle longer than `claim_idle` are taken over (XAUTOCLAIM).
+Before a PUT, the ledger (ledger.py) records which entries the object holds and the key attempted; a
+worker taking over entries whose object is already in R2 acknowledges them instead of ingesting them
+again. A live worker keeps its own in-flight entries from looking idle (XCLAIM JUSTID every interval), so
+only a dead worker's entries are taken. Entries delivered more than `max_deliveries` times are dead
+letters (with their delivery count) and are acknowledged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import Any, TypeVar
+from urllib.parse import urlparse
+
+import anyio
+import anyio.to_thread
+import pyarrow as pa
+from anyio.streams.memory import MemoryObjectSendStream
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_after_delay,
+    wait_random_exponential,
+)
+from tenacity.stop import stop_never
+
+from ingest import metrics
+from ingest.config import ConfigError, RetryConfig, SourceConfig
+from ingest.deadletters import DeadLetter, DeadLetters
+from ingest.logs import get_logger, register_secret
+from ingest.sources.base import AckError, Item, Ranges, SourceUnit, UnitRead, Units
+from ingest.sources.formats import parse_lines
+from ingest.sources.ledger import Ledger
+
+log = get_logger("ingest.sources.streams")
+URL_ENV = "INGEST_REDIS_URL"
+PREFIX = "redis:"
+ENTRY_ID_COLUMN = "_entry_id"
+T = TypeVar("T")
+Entries = list[tuple[str, dict[bytes, bytes]]]
+_TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class RedisSource:
+    def __init__(
+        self,
+        config: SourceConfig,
+        index: int,
+        worker_id: str,
+        dead: DeadLetters,
+        max_record_bytes: int,
+        batch_max_age: float,
+        retry: RetryConfig,
+    ) -> None:
+        self.config = config
+        url = config.url.get_secret_value() or os.environ.get(URL_ENV, "")
+        if not url:
+            raise ConfigError(f"sources.{index}.url: required for a redis source (or set {URL_ENV})")
+        parsed = urlparse(url)
+        if parsed.scheme not in ("redis", "rediss", "unix"):
+            raise ConfigError(f"sources.{index}.url: use redis://host:port/db, rediss:// or unix://")
+        register_secret(parsed.password, url if parsed.password else None)
+        self.url = url
+        self.where = f"{parsed.hostname or parsed.path}:{parsed.port or 6379}"  # no credentials
+        self.streams = config.streams or ([config.stream] if config.stream else [])
+        if not self.streams:
+            raise ConfigError(f"sources.{index}.stream: required: the stream to read (or streams = [...])")
+        if config.claim_idle <= batch_max_age + config.claim_interval:
+            raise ConfigError(
+                f"sources.{index}.claim_idle: {config.claim_idle:g}s is not longer than batch.max_age "
+                f"({batch_max_age:g}s) + claim_interval ({config.claim_interval:g}s): live workers' entries "
+                "would be taken over while their batch is still open; raise claim_idle"
+            )
+        self.name = f"redis:{','.join(self.streams)}"
+        self.consumer = worker_id
+        self.group = config.group
+        self.dead = dead
+        self.max_record_bytes = max_record_bytes
+        self.retry = retry
+        self.once = False
+        self._client: Redis | None = None
+        self._units: Units | None = None
+        self._stopped = False
+        self._problem: str | None = None
+        self._inflight: dict[str, set[str]] = {s: set() for s in self.streams}  # taken, not yet acked
+        self._ledgers: dict[str, Ledger] = {}
+
+    # -- connection --------------------------------------------------------------------------------
+
+    @property
+    def client(self) -> Redis:
+        if self._client is None:
+            self._client = Redis.from_url(
+                self.url,
+                socket_connect_timeout=5,
+                socket_timeout=self.config.block + 10,
+                health_check_interval=30,
+            )
+        return self._client
+
+    @property
+    def cmd(self) -> Any:
+        """The client for commands whose replies redis-py types loosely (parsed below)."""
+        return self.client
+
+    def ledger(self, stream: str) -> Ledger:
+        if stream not in self._ledgers:
+            self._ledgers[stream] = Ledger(self.client, stream, self.group)
+        return self._ledgers[stream]
+
+    async def check(self) -> None:
+        """At start: Redis answers and every stream has the group (created when missing), else a
+        config error naming the URL (without its password)."""
+        try:
+            await self.client.ping()
+            for stream in self.streams:
+                try:
+                    await self.cmd.xgroup_create(stream, self.group, id=self.config.start, mkstream=True)
+                    log.info(
+                        "consumer group created", stream=stream, group=self.group, start=self.config.start
+                    )
+                except ResponseError as exc:
+                    if "BUSYGROUP" not in str(exc):
+                        raise
+        except (RedisError, OSError) as exc:
+            await self.close()
+            raise ConfigError(
+                f"sources: redis at {self.where}: {_describe(exc)}; check url and that Redis runs"
+            ) from None
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    async def _call(self, what: str, fn: Callable[[], Awaitable[T]]) -> T:
+        """A Redis call, retried through connection failures (failover, restart) with backoff; readiness
+        says why meanwhile. `--once` gives up after retry.once_max_elapsed."""
+
+        def failing(state: RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            reason = f"redis at {self.where} unreachable ({what}): {_describe(exc)}"
+            if self._problem != reason:
+                log.warning("redis unreachable; retrying", error=_describe(exc), request=what)
+            self._problem = reason
+            if self._units is not None:
+                self._units.source_problem(self.name, reason)
+
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception_type(_TRANSIENT),
+            wait=wait_random_exponential(multiplier=self.retry.initial, max=self.retry.max),
+            stop=stop_after_delay(self.retry.once_max_elapsed) if self.once else stop_never,
+            before_sleep=failing,
+            reraise=True,
+        ):
+            with attempt:
+                result = await fn()
+        if self._problem is not None:
+            log.info("redis reachable again")
+            self._problem = None
+            if self._units is not None:
+                self._units.source_problem(self.name, None)
+        return result
+
+    # -- the Source protocol -------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        self._stopped = True
+
+    def pending(self) -> list[str]:
+        return [f"{self.where}/{s} ({len(ids)} entries)" for s, ids in self._inflight.items() if ids]
+
+    def problems(self) -> dict[str, str]:
+        return {self.name: self._problem} if self._problem else {}
+
+    async def run(self, send: MemoryObjectSendStream[Item], units: Units, once: bool) -> None:
+        """Read until stopped (`once`: until nothing new is left). The client stays open after: the
+        units taken are acknowledged (XACK) once their rows are in R2; the worker closes it at the end."""
+        self._units = units
+        self.once = once
+        async with send, anyio.create_task_group() as tg:
+            await self._resume(send)
+            if once:
+                await self._reclaim(send)
+            else:
+                tg.start_soon(self._maintain, send.clone())
+            while not self._stopped:
+                await units.wait_for_room()
+                block = 0 if once else int(self.config.block * 1000)
+                reads = await self._call(
+                    "XREADGROUP", partial(self._read, {s: ">" for s in self.streams}, block)
+                )
+                for stream, entries in reads:
+                    await self._take(stream, entries, send)
+                if once and not reads:
+                    break
+            tg.cancel_scope.cancel()
+
+    async def _read(self, where: dict[str, str], block: int | None) -> list[tuple[str, Entries]]:
+        reply = await self.cmd.xreadgroup(
+            self.group, self.consumer, where, count=self.config.read_count, block=block or None
+        )
+        return [
+            (_text(s), [(_text(i), f) for i, f in entries if f is not None]) for s, entries in reply or []
+        ]
+
+    # -- taking entries ------------------------------------------------------------------------------
+
+    async def _take(
+        self, stream: str, entries: Entries, send: MemoryObjectSendStream[Item], unit_id: str | None = None
+    ) -> None:
+        """One unit: parse the entries (in a thread), dead-letter the malformed ones, send the rows."""
+        assert self._units is not None
+        if not entries:
+            return
+        ids = [i for i, _ in entries]
+        metrics.REDIS_ENTRIES.labels(stream, "read").inc(len(ids))
+        source = f"redis:{stream}"
+        field = self.config.field.encode()
+        lines = [_line(fields, field) for _, fields in entries]
+        block = b"".join(line + b"\n" for line in lines)
+        tables, bad = await anyio.to_thread.run_sync(parse_lines, block, source, self.max_record_bytes)
+        unit = SourceUnit(
+            name=f"{source} {ids[0]}..{ids[-1]}",
+            id=unit_id or f"{PREFIX}{ids[0]}:{ids[-1]}:{len(ids)}:{stream}",
+            fingerprint="ids:" + ",".join(ids),
+            origin=self.name,
+            table=self.config.default_table,
+        )
+        rows: list[str] = []  # the entry id of each row, in row order
+        shaped: list[tuple[pa.Table, int, list[int] | None]] = []
+        for table, first, numbered in tables:
+            at = numbered if numbered is not None else list(range(first, first + table.num_rows))
+            row_ids = [ids[n - 1] for n in at]
+            rows += row_ids
+            if self.config.include_id:
+                table = table.append_column(ENTRY_ID_COLUMN, pa.array(row_ids, pa.string()))
+            shaped.append((table, first, numbered))
+        unit.ack = partial(self._ack, stream, unit, ids, rows)
+        unit.before_upload = partial(self._before_upload, stream, rows)
+        self._inflight[stream].update(ids)
+        unit = await self._units.open_unit(unit)
+        if bad:
+            letters = [DeadLetter(source, None, d.reason, d.raw, entry=ids[(d.line or 1) - 1]) for d in bad]
+            await anyio.to_thread.run_sync(lambda: self.dead.write(letters, self.name))
+            metrics.REDIS_ENTRIES.labels(stream, "dead_lettered").inc(len(letters))
+        if not unit.fully_covered:
+            for table, first, numbered in shaped:
+                for chunk in unit.chunks(table, first, numbered):
+                    await send.send(chunk)
+        await send.send(UnitRead(unit))
+
+    async def _before_upload(
+        self, stream: str, rows: list[str], key: str, object_id: str, ranges: Ranges
+    ) -> None:
+        ids = [rows[i] for a, b in ranges for i in range(a, min(b, len(rows)))]
+        await self._call("ledger", partial(self.ledger(stream).attempting, object_id, key, ids))
+
+    async def _ack(self, stream: str, unit: SourceUnit, ids: list[str], rows: list[str]) -> bool:
+        try:
+            await self._call("XACK", partial(self.cmd.xack, stream, self.group, *ids))
+            await self._call("ledger", partial(self.ledger(stream).settled, rows))
+        except (RedisError, OSError) as exc:
+            raise AckError(f"XACK on {stream}: {_describe(exc)}") from exc
+        self._inflight[stream].difference_update(ids)
+        metrics.REDIS_ENTRIES.labels(stream, "acked").inc(len(ids))
+        return True
+
+    # -- after a restart -----------------------------------------------------------------------------
+
+    async def _resume(self, send: MemoryObjectSendStream[Item]) -> None:
+        """Take back this consumer's pending entries: first the units the journal knows (same rows,
+        the spooled ones skipped), then whatever else is pending for it."""
+        assert self._units is not None
+        resumed: set[str] = set()
+        for known in self._units.known_units(PREFIX):
+            _, _, _, _, stream = known.id.split(":", 4)
+            if stream not in self._inflight:
+                continue  # a stream no longer configured: its rows stay as they are
+            ids = known.fingerprint.removeprefix("ids:").split(",")
+            entries = await self._call("XRANGE", partial(self._entries, stream, ids))
+            if len(entries) < len(ids):
+                log.warning(
+                    "pending entries trimmed from the stream before they were ingested",
+                    stream=stream,
+                    missing=len(ids) - len(entries),
+                )
+            resumed.update(ids)
+            await self._take(stream, entries, send, unit_id=known.id)
+        for stream in self.streams:
+            after = "0"
+            while True:
+                reads = await self._call("XREADGROUP", partial(self._read, {stream: after}, None))
+                entries = [(i, f) for _, es in reads for i, f in es]
+                if not entries:
+                    break
+                after = entries[-1][0]
+                await self._take(stream, [(i, f) for i, f in entries if i not in resumed], send)
+        if resumed:
+            log.info("resumed this worker's pending entries", entries=len(resumed))
+
+    async def _entries(self, stream: str, ids: list[str]) -> Entries:
+        async with self.cmd.pipeline(transaction=False) as pipe:
+            for i in ids:
+                pipe.xrange(stream, i, i)
+            replies = await pipe.execute()
+        return [(_text(i), f) for reply in replies for i, f in reply]
+
+    # -- dead workers --------------------------------------------------------------------------------
+
+    async def _maintain(self, send: MemoryObjectSendStream[Item]) -> None:
+        async with send:
+            while True:
+                await anyio.sleep(self.config.claim_interval)
+                await self._heartbeat()
+                await self._reclaim(send)
+                await self._measure()
+
+    async def _heartbeat(self) -> None:
+        """Entries still in flight here are claimed again by this consumer (JUSTID: not counted as a
+        delivery), so they never look idle to the others while this worker lives."""
+        idle = int(self.config.claim_interval * 500)  # reset before they reach 1.5 intervals idle
+        for stream, ids in self._inflight.items():
+            taken = sorted(ids)
+            for i in range(0, len(taken), 5000):
+                chunk = taken[i : i + 5000]
+                await self._call(
+                    "XCLAIM",
+                    partial(self.cmd.xclaim, stream, self.group, self.consumer, idle, chunk, justid=True),
+                )
+
+    async def _reclaim(self, send: MemoryObjectSendStream[Item]) -> None:
+        idle = int(self.config.claim_idle * 1000)
+        for stream in self.streams:
+            await self._poison(stream, idle)
+            cursor = "0-0"
+            while True:
+                reply = await self._call(
+                    "XAUTOCLAIM",
+                    partial(
+                        self.cmd.xautoclaim,
+                        stream,
+                        self.group,
+                        self.consumer,
+                        idle,
+                        cursor,
+                        count=self.config.read_count,
+                    ),
+                )
+                cursor = _text(reply[0])
+                entries = [(_text(i), f) for i, f in reply[1] if f is not None]
+                fresh = [(i, f) for i, f in entries if i not in self._inflight[stream]]
+                if fresh:
+                    metrics.REDIS_ENTRIES.labels(stream, "reclaimed").inc(len(fresh))
+                    await self._take_over(stream, fresh, send)
+                if cursor == "0-0":
+                    break
+
+    async def _take_over(self, stream: str, entries: Entries, send: MemoryObjectSendStream[Item]) -> None:
+        """A dead worker's entries: those already in R2 (the ledger and a HEAD say so) are acked."""
+        assert self._units is not None
+        ids = [i for i, _ in entries]
+        done = await self._call("ledger", partial(self.ledger(stream).in_r2, ids, self._units.in_r2))
+        if done:
+            await self._call("XACK", partial(self.cmd.xack, stream, self.group, *sorted(done)))
+            await self._call("ledger", partial(self.ledger(stream).settled, sorted(done)))
+            metrics.REDIS_ENTRIES.labels(stream, "acked").inc(len(done))
+            log.info("taken over entries were already in R2; acknowledged", stream=stream, entries=len(done))
+        rest = [(i, f) for i, f in entries if i not in done]
+        if rest:
+            log.info("taking over entries of a worker that stopped", stream=stream, entries=len(rest))
+            await self._take(stream, rest, send)
+
+    async def _poison(self, stream: str, idle: int) -> None:
+        """Idle entries delivered more than max_deliveries times: dead letters, then acked."""
+        pending = await self._call(
+            "XPENDING",
+            partial(self.cmd.xpending_range, stream, self.group, "-", "+", self.config.read_count, idle=idle),
+        )
+        poison = {
+            _text(p["message_id"]): int(p["times_delivered"])
+            for p in pending
+            if int(p["times_delivered"]) > self.config.max_deliveries
+            and _text(p["message_id"]) not in self._inflight[stream]
+        }
+        if not poison:
+            return
+        claimed = await self._call(
+            "XCLAIM", partial(self.cmd.xclaim, stream, self.group, self.consumer, idle, sorted(poison))
+        )
+        letters = [
+            DeadLetter(
+                f"redis:{stream}",
+                None,
+                f"delivered {poison[_text(i)]} times (over max_deliveries = {self.config.max_deliveries}): "
+                "its workers kept failing on it",
+                _line(f, self.config.field.encode()) if f else None,
+                entry=_text(i),
+            )
+            for i, f in claimed
+        ]
+        await anyio.to_thread.run_sync(lambda: self.dead.write(letters, self.name))
+        await self._call("XACK", partial(self.cmd.xack, stream, self.group, *[_text(i) for i, _ in claimed]))
+        metrics.REDIS_ENTRIES.labels(stream, "dead_lettered").inc(len(letters))
+
+    async def _measure(self) -> None:
+        for stream in self.streams:
+            groups = await self._call("XINFO GROUPS", partial(self.cmd.xinfo_groups, stream))
+            for g in groups:
+                if _text(g["name"]) == self.group:
+                    metrics.REDIS_PENDING.labels(stream, self.group).set(int(g["pending"]))
+                    if g.get("lag") is not None:
+                        metrics.REDIS_LAG.labels(stream, self.group).set(int(g["lag"]))
+
+
+def _line(fields: dict[bytes, bytes], field: bytes) -> bytes:
+    """An entry as one JSON line: its `field` (one JSON object), or all its fields as strings."""
+    data = fields.get(field)
+    if data is None:
+        data = json.dumps({_text(k): v.decode("utf-8", "replace") for k, v in fields.items()}).encode()
+    if b"\n" in data or b"\r" in data:  # a pretty-printed object: one line, same values
+        try:
+            data = json.dumps(json.loads(data), ensure_ascii=False).encode()
+        except ValueError:
+            data = data.replace(b"\r", b" ").replace(b"\n", b" ")  # stays malformed: a dead letter
+    return data
+
+
+def _describe(exc: BaseException | None) -> str:
+    if exc is None:
+        return "unknown error"
+    return f"{type(exc).__name__}: {exc}"
