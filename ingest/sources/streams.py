@@ -42,6 +42,7 @@ from tenacity.stop import stop_never
 from ingest import metrics
 from ingest.config import ConfigError, RetryConfig, SourceConfig
 from ingest.deadletters import DeadLetter, DeadLetters
+from ingest.faults import crash_point
 from ingest.logs import get_logger, register_secret
 from ingest.sources.base import AckError, Item, Ranges, SourceUnit, UnitRead, Units
 from ingest.sources.formats import parse_lines
@@ -209,6 +210,8 @@ class RedisSource:
                 reads = await self._call(
                     "XREADGROUP", partial(self._read, {s: ">" for s in self.streams}, block)
                 )
+                if reads:
+                    crash_point("redis-read")  # delivered to this consumer, nothing kept yet
                 for stream, entries in reads:
                     await self._take(stream, entries, send)
                 if once and not reads:

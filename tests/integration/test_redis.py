@@ -1,0 +1,212 @@
+"""The Redis Streams source against a real redis-server, real worker processes and the real local R2."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from collections import Counter
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.integration.conftest import Job, RedisServer, free_port, readyz, wait_for
+
+STREAM = "events"
+
+
+def load(redis: Any, first: int, n: int, stream: str = STREAM) -> None:
+    """Entries whose `data` field holds one JSON object with a unique id."""
+    for start in range(first, first + n, 10_000):
+        with redis.pipeline(transaction=False) as pipe:
+            for i in range(start, min(start + 10_000, first + n)):
+                pipe.xadd(stream, {"data": json.dumps({"id": i, "kind": "view", "pad": "x" * 120})})
+            pipe.execute()
+
+
+def configure(job: Job, server: RedisServer, **source: Any) -> None:
+    job.configure(
+        sources=[
+            {
+                "kind": "redis",
+                "url": server.url,
+                "stream": STREAM,
+                "claim_interval": "1s",
+                "claim_idle": "4s",
+                **source,
+            }
+        ],
+        batch={"max_age": "500ms", "max_records": 50_000},
+    )
+
+
+def group_state(redis: Any, stream: str = STREAM) -> dict[str, Any]:
+    """The group's pending count and lag ({} before a worker created the group)."""
+    try:
+        groups = redis.xinfo_groups(stream)
+    except Exception:  # no stream yet
+        return {}
+    found = [g for g in groups if g["name"] == b"ingest"]
+    return {"pending": int(found[0]["pending"]), "lag": int(found[0]["lag"] or 0)} if found else {}
+
+
+def ids_in(job: Job) -> Counter[int]:
+    return Counter(int(r["id"]) for r in job.rows())
+
+
+def run_worker(job: Job, worker_id: str, *args: str, **env: str) -> subprocess.Popen[str]:
+    return job.start(*args, INGEST_WORKER_ID=worker_id, **env)
+
+
+def stop(proc: subprocess.Popen[str], signalled: bool = True) -> str:
+    """SIGTERM a daemon (or, `signalled=False`, wait for a --once run) and check it exited 0."""
+    if signalled and proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    return err
+
+
+def test_three_workers_in_one_group_take_every_entry_exactly_once(
+    job: Job, redis_server: RedisServer
+) -> None:
+    redis = redis_server.client()
+    load(redis, 0, 300_000)
+    configure(job, redis_server)
+    workers = [run_worker(job, f"w{n}", "--once") for n in range(3)]
+    for proc in workers:
+        stop(proc, signalled=False)
+    ids = ids_in(job)
+    assert len(ids) == 300_000 and max(ids.values()) == 1
+    assert sorted(ids) == list(range(300_000))
+    assert group_state(redis) == {"pending": 0, "lag": 0}
+    consumers = {c["name"].decode(): int(c["pending"]) for c in redis.xinfo_consumers(STREAM, "ingest")}
+    assert set(consumers) == {"w0", "w1", "w2"} and set(consumers.values()) == {0}
+
+
+@pytest.mark.parametrize("point", ["redis-read", "spooled", "uploaded"])
+def test_a_killed_worker_that_never_returns_is_taken_over_exactly_once(
+    job: Job, redis_server: RedisServer, point: str
+) -> None:
+    """SIGKILL at `point` (entries delivered; rows spooled; object in R2 but not acked), never restarted:
+    another worker takes its entries over after claim_idle, and every entry lands once."""
+    redis = redis_server.client()
+    load(redis, 0, 20_000)
+    configure(job, redis_server, read_count=2000)
+    dead = run_worker(job, "doomed", "--once", INGEST_CRASH_AT=point)
+    dead.communicate(timeout=120)
+    assert dead.returncode == -signal.SIGKILL, f"{point} was never reached"
+    orphaned = {c["name"].decode(): int(c["pending"]) for c in redis.xinfo_consumers(STREAM, "ingest")}
+    assert orphaned["doomed"] > 0  # it left entries delivered and not acked
+    load(redis, 20_000, 5_000)  # and the stream goes on
+    heir = run_worker(job, "heir")
+    try:
+        wait_for(
+            lambda: group_state(redis) == {"pending": 0, "lag": 0}, 120, "the heir to take everything over"
+        )
+    finally:
+        err = stop(heir)
+    ids = ids_in(job)
+    assert sorted(ids) == list(range(25_000)), f"missing {25_000 - len(ids)}"
+    assert max(ids.values()) == 1, [i for i, n in ids.items() if n > 1][:5]
+    if point == "uploaded":  # the ledger told the heir those entries were already in R2
+        assert "taken over entries were already in R2" in err
+
+
+@pytest.mark.parametrize("point", ["spooled", "uploaded"])
+def test_the_same_worker_restarted_resumes_its_pending_entries_without_duplicates(
+    job: Job, redis_server: RedisServer, point: str
+) -> None:
+    redis = redis_server.client()
+    load(redis, 0, 30_000)
+    configure(job, redis_server, read_count=3000)
+    first = run_worker(job, "w1", "--once", INGEST_CRASH_AT=point)
+    first.communicate(timeout=120)
+    assert first.returncode == -signal.SIGKILL
+    assert group_state(redis)["pending"] > 0
+    again = run_worker(job, "w1", "--once")
+    err = stop(again, signalled=False)
+    assert "resumed this worker's pending entries" in err
+    ids = ids_in(job)
+    assert sorted(ids) == list(range(30_000)) and max(ids.values()) == 1
+    assert group_state(redis) == {"pending": 0, "lag": 0}
+
+
+def test_redis_stopped_ten_seconds_mid_run_loses_and_duplicates_nothing(
+    job: Job, redis_server: RedisServer
+) -> None:
+    redis = redis_server.client()
+    load(redis, 0, 10_000)
+    port = free_port()
+    configure(job, redis_server)
+    job.configure(**{**job.config, "server": {"listen": f"127.0.0.1:{port}"}})
+    worker = run_worker(job, "w1")
+    try:
+        wait_for(lambda: group_state(redis).get("lag") == 0, 60, "the first entries to be read")
+        redis_server.stop()
+        wait_for(lambda: readyz(port) == 503, 30, "readiness to turn false")
+        reason = httpx.get(f"http://127.0.0.1:{port}/readyz").json()["reason"]
+        assert "redis" in reason and "unreachable" in reason
+        time.sleep(10)
+        redis_server.start()  # same port, same appendonly data
+        redis = redis_server.client()
+        load(redis, 10_000, 10_000)
+        wait_for(lambda: group_state(redis) == {"pending": 0, "lag": 0}, 120, "everything to be acked")
+        wait_for(lambda: readyz(port) == 200, 30, "readiness to come back")
+    finally:
+        stop(worker)
+    ids = ids_in(job)
+    assert sorted(ids) == list(range(20_000)) and max(ids.values()) == 1
+
+
+def test_poison_entries_are_dead_letters_with_their_id_and_reason(
+    job: Job, redis_server: RedisServer
+) -> None:
+    redis = redis_server.client()
+    good = redis.xadd(STREAM, {"data": json.dumps({"id": 1})})
+    not_json = redis.xadd(STREAM, {"data": "{not json"})
+    too_big = redis.xadd(STREAM, {"data": json.dumps({"id": 2, "pad": "x" * 5000})})
+    flat = redis.xadd(STREAM, {"id": "3", "name": "flat fields"})
+    # An entry some consumer keeps failing on: delivered 7 times, then left idle.
+    redis.xgroup_create(STREAM, "ingest", id="0")
+    cursed = redis.xadd(STREAM, {"data": json.dumps({"id": 4})})
+    redis.xreadgroup("ingest", "ghost", {STREAM: ">"}, count=100)  # delivers all five to a ghost
+    for _ in range(6):
+        redis.xclaim(STREAM, "ingest", "ghost", 0, [cursed])
+    configure(job, redis_server, claim_idle="2s", include_id=True)
+    job.configure(**{**job.config, "batch": {"max_age": "500ms", "max_record_bytes": "1KiB"}})
+    time.sleep(2.5)  # the ghost's entries are idle longer than claim_idle
+    r = job.run_once(INGEST_WORKER_ID="w1")
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = sorted(job.rows(), key=lambda row: str(row["id"]))
+    assert [(str(row["id"]), row["_entry_id"]) for row in rows] == [
+        ("1", good.decode()),
+        ("3", flat.decode()),
+    ]
+    letters = {d["entry"]: d for d in job.dead_letters()}
+    assert set(letters) == {not_json.decode(), too_big.decode(), cursed.decode()}
+    assert letters[not_json.decode()]["reason"].startswith("invalid JSON")
+    assert "over batch.max_record_bytes" in letters[too_big.decode()]["reason"]
+    assert letters[cursed.decode()]["reason"].startswith("delivered 7 times")
+    assert group_state(redis) == {"pending": 0, "lag": 0}
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ({"claim_idle": "1s"}, "claim_idle: 1s is not longer than batch.max_age"),
+        ({"stream": ""}, "stream: required"),
+        ({"url": "redis://127.0.0.1:9/0"}, "redis at 127.0.0.1:9"),
+        ({"url": "redis://:hunter2@127.0.0.1:9/0"}, "redis at 127.0.0.1:9"),
+    ],
+)
+def test_bad_config_exits_2_with_a_clear_line(
+    job: Job, redis_server: RedisServer, source: dict[str, Any], message: str
+) -> None:
+    configure(job, redis_server, **source)
+    r = job.run_once()
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert message in r.stderr
+    assert "hunter2" not in r.stderr + r.stdout
