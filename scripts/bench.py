@@ -214,6 +214,116 @@ def bench_http(work: Path, requests: int, records: int, connections: int) -> Non
         raise SystemExit("rows in R2 differ from the records accepted")
 
 
+def bench_redis(work: Path, entries: int) -> None:
+    """The Redis Streams source: `entries` ~200-byte JSON entries pre-loaded, ingested end to end by one
+    worker (`--once`), then again by two workers in one group; every entry checked in R2."""
+    import redis as redis_py
+
+    port = _free_port()
+    server = subprocess.Popen(
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(work),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    r2, env = start_local_r2(work)
+    client = redis_py.Redis(port=port)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                client.ping()
+                break
+            except redis_py.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise SystemExit("redis-server did not start") from None
+                time.sleep(0.1)
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith(("R2_", "CLOUDFLARE_"))}
+        full_env |= {k: v for k, v in env.items() if k.startswith("R2_")}
+        full_env.pop("R2_API_TOKEN", None)
+        print(f"{'Redis Streams source':<34}{'seconds':>9}{'entries/s':>12}{'peak RSS':>11}")
+        for workers in (1, 2):
+            stream = f"events-{workers}"
+            rng = random.Random(workers)
+            for start in range(0, entries, 20_000):
+                with client.pipeline(transaction=False) as pipe:
+                    for i in range(start, min(start + 20_000, entries)):
+                        pipe.xadd(stream, {"data": _event(i, rng)})
+                    pipe.execute()
+            prefix = f"w{workers}/"
+            config = work / f"redis-{workers}.toml"
+            config.write_text(
+                f'[[sources]]\nkind = "redis"\nurl = "redis://127.0.0.1:{port}/0"\nstream = "{stream}"\n'
+                f'[output]\nprefix = "{prefix}"\n[spool]\ndir = "{work / "spool"}"\n'
+                '[log]\nformat = "json"\nlevel = "warning"\n'
+            )
+            command = [sys.executable, "-m", "ingest", "--config", str(config), "run", "--once"]
+            start = time.perf_counter()
+            procs = [
+                subprocess.Popen(
+                    command,
+                    cwd=work,
+                    env=full_env | {"INGEST_WORKER_ID": f"bench-{n}"},
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                )
+                for n in range(workers)
+            ]
+            peak = 0
+            for proc in procs:
+                _, status, usage = os.wait4(proc.pid, 0)
+                peak = max(peak, usage.ru_maxrss * 1024)
+                if os.waitstatus_to_exitcode(status) != 0:
+                    raise SystemExit(
+                        f"worker failed: {proc.stderr.read().decode()[-3000:] if proc.stderr else ''}"
+                    )
+            seconds = time.perf_counter() - start
+            listed = subprocess.run(
+                [sys.executable, "-m", "ingest", "--config", str(config), "ls", "--json"],
+                cwd=work,
+                env=full_env,
+                capture_output=True,
+                text=True,
+                check=True,
+                timeout=300,
+            )
+            rows = sum(o["rows"] or 0 for o in json.loads(listed.stdout))
+            name = f"{workers} worker{'s' if workers > 1 else ''}, one group"
+            print(f"{name:<34}{seconds:>9.2f}{entries / seconds:>12,.0f}{peak / 2**20:>8.0f} MiB", flush=True)
+            if rows != entries:
+                raise SystemExit(f"{rows:,} rows in R2 for {entries:,} entries")
+    finally:
+        r2.terminate()
+        r2.wait(30)
+        server.terminate()
+        server.wait(30)
+
+
+def _event(i: int, rng: random.Random) -> str:
+    return json.dumps(
+        {
+            "id": i,
+            "ts": f"2024-08-02T{rng.randrange(24):02d}:{rng.randrange(60):02d}:00Z",
+            "user": f"user-{rng.randrange(100_000)}",
+            "event": rng.choice(["view", "click", "purchase", "signup"]),
+            "amount": round(rng.random() * 500, 2),
+            "ok": rng.random() < 0.9,
+            "path": "/p/" + "".join(rng.choices("abcdefghij", k=40)),
+        }
+    )
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -250,7 +360,18 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=400, help="--http: requests at full speed")
     ap.add_argument("--per-request", type=int, default=1000, help="--http: records per request")
     ap.add_argument("--connections", type=int, default=16, help="--http: connections")
+    ap.add_argument("--redis", action="store_true", help="benchmark the Redis Streams source instead")
+    ap.add_argument("--entries", type=int, default=1_000_000, help="--redis: entries pre-loaded")
     args = ap.parse_args()
+
+    if args.redis:
+        work = Path(tempfile.mkdtemp(prefix="ingest-bench-redis-"))
+        try:
+            bench_redis(work, args.entries)
+        finally:
+            if not args.keep:
+                shutil.rmtree(work, ignore_errors=True)
+        return
 
     if args.http:
         work = Path(tempfile.mkdtemp(prefix="ingest-bench-http-"))

@@ -16,29 +16,53 @@ CHUNK = 5000  # fields per HSET / HMGET / HDEL
 OBJECT_TTL = 7 * 86400  # an object record outlives any reasonable outage of the whole group
 
 
+# One argument holding every id (comma-separated) instead of one argument per id: packing hundreds of
+# thousands of arguments in Python costs more than Redis needs to run the loop.
+_RECORD = """
+local object = ARGV[1]
+redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3])
+for id in string.gmatch(ARGV[4], '[^,]+') do redis.call('HSET', KEYS[1], id, object) end
+return 0
+"""
+_FORGET = """
+for id in string.gmatch(ARGV[1], '[^,]+') do redis.call('HDEL', KEYS[1], id) end
+return 0
+"""
+# XACK of many ids, in slices that stay under Lua's stack limit for unpack().
+_XACK = """
+local ids = {}
+local acked = 0
+for id in string.gmatch(ARGV[2], '[^,]+') do
+  ids[#ids + 1] = id
+  if #ids == 4000 then acked = acked + redis.call('XACK', KEYS[1], ARGV[1], unpack(ids)); ids = {} end
+end
+if #ids > 0 then acked = acked + redis.call('XACK', KEYS[1], ARGV[1], unpack(ids)) end
+return acked
+"""
+
+
 class Ledger:
     def __init__(self, client: Redis, stream: str, group: str) -> None:
         self.client = client
+        self.stream, self.group = stream, group
         # One hash slot per stream and group (the braces), so a cluster keeps them together.
         base = f"ingest:{{{stream}}}:{group}"
         self.entries = f"{base}:entries"
         self.objects = f"{base}:object:"
+        self._record = client.register_script(_RECORD)
+        self._forget = client.register_script(_FORGET)
+        self._xack = client.register_script(_XACK)
 
     async def attempting(self, object_id: str, key: str, ids: list[str]) -> None:
-        async with self.client.pipeline(transaction=False) as pipe:
-            pipe.set(self.objects + object_id, key, ex=OBJECT_TTL)
-            for chunk in _chunks(ids):
-                pipe.hset(self.entries, mapping=dict.fromkeys(chunk, object_id))
-            await pipe.execute()
+        keys = [self.entries, self.objects + object_id]
+        await self._record(keys=keys, args=[object_id, key, OBJECT_TTL, ",".join(ids)])
 
-    async def settled(self, ids: list[str]) -> None:
-        """The entries are acknowledged: nothing needs to know where they went any more."""
-        if not ids:
-            return
-        async with self.client.pipeline(transaction=False) as pipe:
-            for chunk in _chunks(ids):
-                pipe.hdel(self.entries, *chunk)
-            await pipe.execute()
+    async def acknowledge(self, ids: list[str], rows: list[str]) -> None:
+        """XACK the entries, then forget where their rows went (an ack retried after a failure between
+        the two is harmless: XACK and HDEL of what is gone do nothing)."""
+        await self._xack(keys=[self.stream], args=[self.group, ",".join(ids)])
+        if rows:
+            await self._forget(keys=[self.entries], args=[",".join(rows)])
 
     async def in_r2(self, ids: list[str], holds: Callable[[str, str], Awaitable[bool]]) -> set[str]:
         """The entries among `ids` that are inside an object in R2 (`holds(key, object_id)`)."""

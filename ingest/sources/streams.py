@@ -53,7 +53,8 @@ URL_ENV = "INGEST_REDIS_URL"
 PREFIX = "redis:"
 ENTRY_ID_COLUMN = "_entry_id"
 T = TypeVar("T")
-Entries = list[tuple[str, dict[bytes, bytes]]]
+Entries = list[tuple[str, list[bytes]]]  # (entry id, [field, value, field, value, ...])
+_RAW_REPLIES = ("XREADGROUP", "XRANGE", "XAUTOCLAIM", "XCLAIM")  # parsed here, not into dicts
 _TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
@@ -112,10 +113,13 @@ class RedisSource:
         if self._client is None:
             self._client = Redis.from_url(
                 self.url,
+                protocol=2,
                 socket_connect_timeout=5,
                 socket_timeout=self.config.block + 10,
                 health_check_interval=30,
             )
+            for command in _RAW_REPLIES:  # a dict per entry costs more than the rest of the read
+                self._client.set_response_callback(command, _as_is)
         return self._client
 
     @property
@@ -213,7 +217,7 @@ class RedisSource:
                 if reads:
                     crash_point("redis-read")  # delivered to this consumer, nothing kept yet
                 for stream, entries in reads:
-                    await self._take(stream, entries, send)
+                    await self._take(stream, entries, send, contiguous=True)
                 if once and not reads:
                     break
             tg.cancel_scope.cancel()
@@ -223,13 +227,18 @@ class RedisSource:
             self.group, self.consumer, where, count=self.config.read_count, block=block or None
         )
         return [
-            (_text(s), [(_text(i), f) for i, f in entries if f is not None]) for s, entries in reply or []
+            (_text(s), [(_text(i), f) for i, f in entries if f is not None]) for s, entries in reply or ()
         ]
 
     # -- taking entries ------------------------------------------------------------------------------
 
     async def _take(
-        self, stream: str, entries: Entries, send: MemoryObjectSendStream[Item], unit_id: str | None = None
+        self,
+        stream: str,
+        entries: Entries,
+        send: MemoryObjectSendStream[Item],
+        unit_id: str | None = None,
+        contiguous: bool = False,
     ) -> None:
         """One unit: parse the entries (in a thread), dead-letter the malformed ones, send the rows."""
         assert self._units is not None
@@ -245,7 +254,9 @@ class RedisSource:
         unit = SourceUnit(
             name=f"{source} {ids[0]}..{ids[-1]}",
             id=unit_id or f"{PREFIX}{ids[0]}:{ids[-1]}:{len(ids)}:{stream}",
-            fingerprint="ids:" + ",".join(ids),
+            # A `>` read is every entry of the stream between its first and last id: the range says
+            # which; entries taken over or resumed are listed.
+            fingerprint="range" if contiguous else "ids:" + ",".join(ids),
             origin=self.name,
             table=self.config.default_table,
         )
@@ -280,8 +291,7 @@ class RedisSource:
 
     async def _ack(self, stream: str, unit: SourceUnit, ids: list[str], rows: list[str]) -> bool:
         try:
-            await self._call("XACK", partial(self.cmd.xack, stream, self.group, *ids))
-            await self._call("ledger", partial(self.ledger(stream).settled, rows))
+            await self._call("XACK", partial(self.ledger(stream).acknowledge, ids, rows))
         except (RedisError, OSError) as exc:
             raise AckError(f"XACK on {stream}: {_describe(exc)}") from exc
         self._inflight[stream].difference_update(ids)
@@ -299,16 +309,22 @@ class RedisSource:
             _, _, _, _, stream = known.id.split(":", 4)
             if stream not in self._inflight:
                 continue  # a stream no longer configured: its rows stay as they are
-            ids = known.fingerprint.removeprefix("ids:").split(",")
-            entries = await self._call("XRANGE", partial(self._entries, stream, ids))
-            if len(entries) < len(ids):
+            first, last, count = known.id.split(":", 4)[1:4]
+            ids: list[str] | None = None
+            if known.fingerprint == "range":
+                entries = await self._call("XRANGE", partial(self._range, stream, first, last))
+            else:
+                ids = known.fingerprint.removeprefix("ids:").split(",")
+                entries = await self._call("XRANGE", partial(self._entries, stream, ids))
+            if len(entries) != int(count):
                 log.warning(
-                    "pending entries trimmed from the stream before they were ingested",
+                    "pending entries were trimmed from the stream before they were ingested",
                     stream=stream,
-                    missing=len(ids) - len(entries),
+                    unit=known.name,
+                    missing=int(count) - len(entries),
                 )
-            resumed.update(ids)
-            await self._take(stream, entries, send, unit_id=known.id)
+            resumed.update(i for i, _ in entries)
+            await self._take(stream, entries, send, unit_id=known.id, contiguous=ids is None)
         for stream in self.streams:
             after = "0"
             while True:
@@ -321,12 +337,16 @@ class RedisSource:
         if resumed:
             log.info("resumed this worker's pending entries", entries=len(resumed))
 
+    async def _range(self, stream: str, first: str, last: str) -> Entries:
+        reply = await self.cmd.xrange(stream, first, last)
+        return [(_text(i), f) for i, f in reply if f is not None]
+
     async def _entries(self, stream: str, ids: list[str]) -> Entries:
         async with self.cmd.pipeline(transaction=False) as pipe:
             for i in ids:
                 pipe.xrange(stream, i, i)
             replies = await pipe.execute()
-        return [(_text(i), f) for reply in replies for i, f in reply]
+        return [(_text(i), f) for reply in replies for i, f in reply if f is not None]
 
     # -- dead workers --------------------------------------------------------------------------------
 
@@ -384,8 +404,7 @@ class RedisSource:
         ids = [i for i, _ in entries]
         done = await self._call("ledger", partial(self.ledger(stream).in_r2, ids, self._units.in_r2))
         if done:
-            await self._call("XACK", partial(self.cmd.xack, stream, self.group, *sorted(done)))
-            await self._call("ledger", partial(self.ledger(stream).settled, sorted(done)))
+            await self._call("XACK", partial(self.ledger(stream).acknowledge, sorted(done), sorted(done)))
             metrics.REDIS_ENTRIES.labels(stream, "acked").inc(len(done))
             log.info("taken over entries were already in R2; acknowledged", stream=stream, entries=len(done))
         rest = [(i, f) for i, f in entries if i not in done]
@@ -435,11 +454,20 @@ class RedisSource:
                         metrics.REDIS_LAG.labels(stream, self.group).set(int(g["lag"]))
 
 
-def _line(fields: dict[bytes, bytes], field: bytes) -> bytes:
+def _as_is(response: object, **options: object) -> object:
+    return response
+
+
+def _line(fields: list[bytes], field: bytes) -> bytes:
     """An entry as one JSON line: its `field` (one JSON object), or all its fields as strings."""
-    data = fields.get(field)
-    if data is None:
-        data = json.dumps({_text(k): v.decode("utf-8", "replace") for k, v in fields.items()}).encode()
+    if fields[:1] == [field]:  # the common case: the field first
+        data = fields[1]
+    else:
+        named = dict(zip(fields[::2], fields[1::2], strict=False))
+        found = named.get(field)
+        if found is None:
+            found = json.dumps({_text(k): v.decode("utf-8", "replace") for k, v in named.items()}).encode()
+        data = found
     if b"\n" in data or b"\r" in data:  # a pretty-printed object: one line, same values
         try:
             data = json.dumps(json.loads(data), ensure_ascii=False).encode()
