@@ -159,7 +159,7 @@ class SourceConfig(_Section):
     start: Literal["0", "$"] = "0"  # a new group starts at the oldest entry ("0") or at new ones ("$")
     field: str = "data"  # the entry field holding one JSON object; without it: the entry's fields
     include_id: bool = False  # add the entry id as column `_entry_id` (lineage)
-    read_count: int = Field(default=1000, ge=1, le=100_000)  # entries per read
+    read_count: int = Field(default=10_000, ge=1, le=100_000)  # entries per read (one unit)
     block: Duration = Field(default=1.0, gt=0)  # a read waits at most this long for new entries
     claim_interval: Duration = Field(default=30.0, gt=0)  # how often idle entries of dead workers are taken
     claim_idle: Duration = Field(default=300.0, gt=0)  # entries idle this long belong to a dead worker

@@ -214,7 +214,7 @@ def bench_http(work: Path, requests: int, records: int, connections: int) -> Non
         raise SystemExit("rows in R2 differ from the records accepted")
 
 
-def bench_redis(work: Path, entries: int) -> None:
+def bench_redis(work: Path, entries: int, max_records: int = 0) -> None:
     """The Redis Streams source: `entries` ~200-byte JSON entries pre-loaded, ingested end to end by one
     worker (`--once`), then again by two workers in one group; every entry checked in R2."""
     import redis as redis_py
@@ -267,6 +267,7 @@ def bench_redis(work: Path, entries: int) -> None:
                 f'[[sources]]\nkind = "redis"\nurl = "redis://127.0.0.1:{port}/0"\nstream = "{stream}"\n'
                 f'[output]\nprefix = "{prefix}"\n[spool]\ndir = "{work / "spool"}"\n'
                 '[log]\nformat = "json"\nlevel = "warning"\n'
+                + (f"[batch]\nmax_records = {max_records}\n" if max_records else "")
             )
             command = [sys.executable, "-m", "ingest", "--config", str(config), "run", "--once"]
             start = time.perf_counter()
@@ -362,12 +363,13 @@ def main() -> None:
     ap.add_argument("--connections", type=int, default=16, help="--http: connections")
     ap.add_argument("--redis", action="store_true", help="benchmark the Redis Streams source instead")
     ap.add_argument("--entries", type=int, default=1_000_000, help="--redis: entries pre-loaded")
+    ap.add_argument("--max-records", type=int, default=0, help="--redis: batch.max_records (0: default)")
     args = ap.parse_args()
 
     if args.redis:
         work = Path(tempfile.mkdtemp(prefix="ingest-bench-redis-"))
         try:
-            bench_redis(work, args.entries)
+            bench_redis(work, args.entries, args.max_records)
         finally:
             if not args.keep:
                 shutil.rmtree(work, ignore_errors=True)

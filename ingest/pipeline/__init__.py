@@ -112,12 +112,14 @@ class Pipeline:
                 known.read_again()
             known.name, known.ack, known.path, known.origin = unit.name, unit.ack, unit.path, unit.origin
             known.table, known.journaled, known.before_upload = unit.table, unit.journaled, unit.before_upload
+            known.counted = unit.counted
             return known
         if known is not None:
             log.warning("source unit replaced since it was journaled; reading all of it", unit=unit.name)
         if not unit.journaled:
+            total = unit.total if unit.counted else None
             await self.spool.durably(
-                "add unit", self.journal.add_unit, unit.id, unit.name, unit.fingerprint, unit.path
+                "add unit", self.journal.add_unit, unit.id, unit.name, unit.fingerprint, unit.path, total
             )
         self._units[unit.id] = unit
         return unit
@@ -391,8 +393,8 @@ class Pipeline:
 
     async def _unit_read(self, unit: SourceUnit) -> None:
         self.stats.units_claimed += 1
-        if unit.journaled and unit.total == unit.next_row:
-            pass  # its source journaled the row count with the unit
+        if (unit.journaled or unit.counted) and unit.total == unit.next_row:
+            pass  # the row count was journaled with the unit
         elif unit.next_row or unit.total is None:  # read now (a fully covered unit keeps its known total)
             unit.total = unit.next_row
             if unit.read_stat is not None:  # what the file looked like when its last byte was read

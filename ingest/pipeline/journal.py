@@ -141,13 +141,16 @@ class Journal:
 
     # -- units -----------------------------------------------------------------------------------
 
-    def add_unit(self, unit_id: str, name: str, fingerprint: str, path: str | None) -> None:
+    def add_unit(
+        self, unit_id: str, name: str, fingerprint: str, path: str | None, total: int | None = None
+    ) -> None:
+        """A unit opened (`total`: its row count, when known before it is read)."""
         self._tx(
             "add_unit",
             [
                 (
-                    "INSERT OR REPLACE INTO units (id, name, fingerprint, path, total) VALUES (?,?,?,?,NULL)",
-                    (unit_id, name, fingerprint, path),
+                    "INSERT OR REPLACE INTO units (id, name, fingerprint, path, total) VALUES (?,?,?,?,?)",
+                    (unit_id, name, fingerprint, path, total),
                 ),
                 ("DELETE FROM spans WHERE unit_id = ?", (unit_id,)),
             ],

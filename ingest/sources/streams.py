@@ -26,7 +26,7 @@ import anyio
 import anyio.to_thread
 import pyarrow as pa
 from anyio.streams.memory import MemoryObjectSendStream
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -45,13 +45,15 @@ from ingest.deadletters import DeadLetter, DeadLetters
 from ingest.faults import crash_point
 from ingest.logs import get_logger, register_secret
 from ingest.sources.base import AckError, Item, Ranges, SourceUnit, UnitRead, Units
-from ingest.sources.formats import parse_lines
+from ingest.sources.formats import Parsed, parse_lines
 from ingest.sources.ledger import Ledger
 
 log = get_logger("ingest.sources.streams")
 URL_ENV = "INGEST_REDIS_URL"
 PREFIX = "redis:"
 ENTRY_ID_COLUMN = "_entry_id"
+POOL_SIZE = 16
+TAKING = 3  # reads being parsed, journaled and sent at once (units are independent)
 T = TypeVar("T")
 Entries = list[tuple[str, list[bytes]]]  # (entry id, [field, value, field, value, ...])
 _RAW_REPLIES = ("XREADGROUP", "XRANGE", "XAUTOCLAIM", "XCLAIM")  # parsed here, not into dicts
@@ -111,13 +113,17 @@ class RedisSource:
     @property
     def client(self) -> Redis:
         if self._client is None:
-            self._client = Redis.from_url(
+            # Callers wait for a free connection (acks of many units at once) instead of failing.
+            pool = BlockingConnectionPool.from_url(
                 self.url,
+                max_connections=POOL_SIZE,
+                timeout=None,
                 protocol=2,
                 socket_connect_timeout=5,
                 socket_timeout=self.config.block + 10,
                 health_check_interval=30,
             )
+            self._client = Redis(connection_pool=pool)
             for command in _RAW_REPLIES:  # a dict per entry costs more than the rest of the read
                 self._client.set_response_callback(command, _as_is)
         return self._client
@@ -208,19 +214,48 @@ class RedisSource:
                 await self._reclaim(send)
             else:
                 tg.start_soon(self._maintain, send.clone())
+            reads_send, reads_recv = anyio.create_memory_object_stream[list[tuple[str, Entries]]](1)
+            tg.start_soon(self._prefetch, reads_send, once)
+            taking = anyio.Semaphore(TAKING)  # reads parsed and journaled at once
+            async with reads_recv, anyio.create_task_group() as takes:
+                async for reads in reads_recv:
+                    if reads:
+                        crash_point("redis-read")  # delivered to this consumer, nothing kept yet
+                    for stream, entries in reads:
+                        await taking.acquire()
+                        takes.start_soon(self._take_one, taking, stream, entries, send.clone())
+                    if self._stopped or (once and not reads):
+                        break
+            # A read fetched ahead and not taken stays pending for this consumer: the next start
+            # resumes it (or, if this worker never returns, another takes it over).
+            tg.cancel_scope.cancel()
+
+    async def _take_one(
+        self,
+        taking: anyio.Semaphore,
+        stream: str,
+        entries: Entries,
+        send: MemoryObjectSendStream[Item],
+    ) -> None:
+        try:
+            async with send:
+                await self._take(stream, entries, send, contiguous=True)
+        finally:
+            taking.release()
+
+    async def _prefetch(self, reads: MemoryObjectSendStream[list[tuple[str, Entries]]], once: bool) -> None:
+        """The next XREADGROUP runs while the last one is parsed and sent on."""
+        assert self._units is not None
+        async with reads:
             while not self._stopped:
-                await units.wait_for_room()
+                await self._units.wait_for_room()
                 block = 0 if once else int(self.config.block * 1000)
-                reads = await self._call(
+                got = await self._call(
                     "XREADGROUP", partial(self._read, {s: ">" for s in self.streams}, block)
                 )
-                if reads:
-                    crash_point("redis-read")  # delivered to this consumer, nothing kept yet
-                for stream, entries in reads:
-                    await self._take(stream, entries, send, contiguous=True)
-                if once and not reads:
-                    break
-            tg.cancel_scope.cancel()
+                await reads.send(got)
+                if once and not got:
+                    return
 
     async def _read(self, where: dict[str, str], block: int | None) -> list[tuple[str, Entries]]:
         reply = await self.cmd.xreadgroup(
@@ -248,9 +283,12 @@ class RedisSource:
         metrics.REDIS_ENTRIES.labels(stream, "read").inc(len(ids))
         source = f"redis:{stream}"
         field = self.config.field.encode()
-        lines = [_line(fields, field) for _, fields in entries]
-        block = b"".join(line + b"\n" for line in lines)
-        tables, bad = await anyio.to_thread.run_sync(parse_lines, block, source, self.max_record_bytes)
+
+        def parse() -> tuple[Parsed, list[DeadLetter]]:
+            block = b"".join(_line(fields, field) + b"\n" for _, fields in entries)
+            return parse_lines(block, source, self.max_record_bytes)
+
+        tables, bad = await anyio.to_thread.run_sync(parse)
         unit = SourceUnit(
             name=f"{source} {ids[0]}..{ids[-1]}",
             id=unit_id or f"{PREFIX}{ids[0]}:{ids[-1]}:{len(ids)}:{stream}",
@@ -269,6 +307,7 @@ class RedisSource:
             if self.config.include_id:
                 table = table.append_column(ENTRY_ID_COLUMN, pa.array(row_ids, pa.string()))
             shaped.append((table, first, numbered))
+        unit.total, unit.counted = len(rows), True  # journaled when opened: no second write when read
         unit.ack = partial(self._ack, stream, unit, ids, rows)
         unit.before_upload = partial(self._before_upload, stream, rows)
         self._inflight[stream].update(ids)
