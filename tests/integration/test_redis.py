@@ -161,6 +161,16 @@ def test_redis_stopped_ten_seconds_mid_run_loses_and_duplicates_nothing(
         load(redis, 10_000, 10_000)
         wait_for(lambda: group_state(redis) == {"pending": 0, "lag": 0}, 120, "everything to be acked")
         wait_for(lambda: readyz(port) == 200, 30, "readiness to come back")
+        wait_for(
+            lambda: (
+                _metric(port, 'ingest_redis_group_pending{group="ingest",stream="events"}') == 0.0
+                and _metric(port, 'ingest_redis_group_lag{group="ingest",stream="events"}') is not None
+            ),
+            30,
+            "the group gauges",
+        )
+        acked = _metric(port, 'ingest_redis_entries_total{event="acked",stream="events"}')
+        assert acked == 20_000.0
     finally:
         err = stop(worker)
     ids = ids_in(job)
@@ -218,3 +228,10 @@ def test_bad_config_exits_2_with_a_clear_line(
     assert r.returncode == 2, r.stderr[-2000:]
     assert message in r.stderr
     assert "hunter2" not in r.stderr + r.stdout
+
+
+def _metric(port: int, name: str) -> float | None:
+    for line in httpx.get(f"http://127.0.0.1:{port}/metrics").text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return None
