@@ -216,7 +216,15 @@ def http_source(
         raise ConfigError(f"sources.{index}.kind: a second http source; one serves every table, so keep one")
     if not settings.server.listen:
         raise ConfigError(f"sources.{index}.kind: an http source needs server.listen (host:port)")
-    return HttpSource(cfg, index, spool, settings.batch.max_record_bytes, settings.batch.max_bytes, per_table)
+    return HttpSource(
+        cfg,
+        index,
+        spool.dir,
+        spool.dead,
+        settings.batch.max_record_bytes,
+        settings.batch.max_bytes,
+        per_table,
+    )
 
 
 def check_done_dir(key: str, path: str) -> None:
@@ -276,6 +284,7 @@ async def run(settings: Settings, once: bool, say: Console, progress: Console | 
         grants = upload_grants(s, client)
         health = Health()
         pipeline = Pipeline(s, client, sources, spool, health)
+        stack.callback(pipeline.close)
         interrupted = False
         drain = anyio.CancelScope()
 

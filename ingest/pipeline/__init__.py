@@ -26,12 +26,13 @@ from ingest.layout import ERRORS_TEMPLATE
 from ingest.logs import get_logger
 from ingest.pipeline.batch import Batch, Batcher
 from ingest.pipeline.encode import Encoder, load_schema_blob, schema_blob
+from ingest.pipeline.journal import Journal, UnitRow
 from ingest.pipeline.keys import KeyAllocator, KeyTemplate
 from ingest.pipeline.spool import Spool, SpooledObject, SpoolError
 from ingest.pipeline.upload import Uploader
 from ingest.r2.client import R2Client
 from ingest.r2.errors import describe, status_of
-from ingest.sources.base import UNREPEATABLE, AckError, Item, Source, SourceUnit
+from ingest.sources.base import UNREPEATABLE, AckError, Item, RequestRow, Source, SourceUnit
 
 log = get_logger("ingest.pipeline")
 ENCODERS = 2  # batches encoded at once (pyarrow releases the GIL: this is what uses both cores)
@@ -95,6 +96,8 @@ class Pipeline:
         self.started = anyio.Event()  # recovery done, sources running (systemd READY=1)
         self._tg: TaskGroup | None = None
         self._recorded_problems: dict[str, str] | None = None  # None: not written in this run yet
+        self._reader: Journal | None = None  # Idempotency-Key lookups (HTTP source)
+        self._reads = anyio.CapacityLimiter(1)
 
     def stop_intake(self) -> None:
         """Take no new input; units already taken are read to their end, batched, encoded, uploaded."""
@@ -134,6 +137,27 @@ class Pipeline:
 
     async def in_r2(self, key: str, object_id: str) -> bool:
         return await self.uploader.holds(key, object_id)
+
+    def intake_blocked(self) -> str | None:
+        if self.spool.paused:
+            return "the spool is over spool.max_bytes (uploads are behind)"
+        return self.spool.full
+
+    async def accept(self, units: list[SourceUnit], requests: list[RequestRow]) -> None:
+        rows = [UnitRow(u.id, u.name, u.fingerprint, u.path, u.total) for u in units]
+        await self.spool.durably("accept requests", self.journal.accept, rows, requests)
+
+    async def request(self, key: str) -> RequestRow | None:
+        if self._reader is None:  # its own connection: reads while the journal thread commits
+            self._reader = Journal(self.journal.path, readonly=True)
+        return await anyio.to_thread.run_sync(self._reader.request, key, limiter=self._reads)
+
+    async def forget_requests(self, before: float) -> None:
+        await self.spool.durably("forget old Idempotency-Keys", self.journal.prune_requests, before)
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
 
     def source_problem(self, kind: str, reason: str | None) -> None:
         if reason is None:

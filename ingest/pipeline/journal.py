@@ -23,6 +23,7 @@ from pathlib import Path
 
 from ingest.faults import disk_full_point, journal_delay
 from ingest.layout import DEFAULT_TABLE
+from ingest.sources.base import RequestRow
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS units (
@@ -70,17 +71,6 @@ class ObjectRow:
     key: str | None
     created: float
     table: str = DEFAULT_TABLE
-
-
-@dataclass(frozen=True)
-class RequestRow:
-    """An answered request that carried an Idempotency-Key: a retry gets `answer` again."""
-
-    key: str
-    hash: str  # of what was sent: the same key with another body is refused
-    answer: str  # the JSON body of the first answer
-    units: str  # space-separated ids of the units (blocks) holding its records
-    created: float
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,17 @@ Ranges = list[tuple[int, int]]  # sorted, non-overlapping [start, stop) row rang
 BeforeUpload = Callable[[str, str, Ranges], Awaitable[None]]
 
 
+@dataclass(frozen=True)
+class RequestRow:
+    """An answered request that carried an Idempotency-Key: a retry gets `answer` again (HTTP source)."""
+
+    key: str
+    hash: str  # of what was sent: the same key with another body is refused
+    answer: str  # the JSON body of the first answer
+    units: str  # space-separated ids of the units (blocks) holding its records
+    created: float
+
+
 @dataclass(eq=False)
 class SourceUnit:
     """One acknowledgeable piece of input; `name` appears in logs and dead letters.
@@ -172,6 +183,23 @@ class Units(Protocol):
         """A source cannot reach its input (`reason`), or can again (None): readiness says so."""
         ...
 
+    def intake_blocked(self) -> str | None:
+        """Why new input must wait now (spool over its high-water mark, disk full), or None."""
+        ...
+
+    async def accept(self, units: list[SourceUnit], requests: list[RequestRow]) -> None:
+        """Journal units whose rows the source keeps itself (row counts known), with request answers,
+        in one transaction (HTTP blocks; see http.py)."""
+        ...
+
+    async def request(self, key: str) -> RequestRow | None:
+        """The answer journaled for an Idempotency-Key, if any (read without blocking the loop)."""
+        ...
+
+    async def forget_requests(self, before: float) -> None:
+        """Drop Idempotency-Key answers older than `before` (Unix time)."""
+        ...
+
     def disk_full(self, reason: str) -> None:
         """A source's own spool write (e.g. a landing copy) waits for disk space: readiness says so."""
         ...
@@ -197,6 +225,18 @@ class FreshUnits:
         return False
 
     def source_problem(self, kind: str, reason: str | None) -> None:
+        return None
+
+    def intake_blocked(self) -> str | None:
+        return None
+
+    async def accept(self, units: list[SourceUnit], requests: list[RequestRow]) -> None:
+        return None
+
+    async def request(self, key: str) -> RequestRow | None:
+        return None
+
+    async def forget_requests(self, before: float) -> None:
         return None
 
     def disk_full(self, reason: str) -> None:

@@ -18,6 +18,7 @@ import os
 import time
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -30,12 +31,11 @@ from starlette.routing import Route
 
 from ingest import metrics
 from ingest.config import ConfigError, SourceConfig, table_problem
+from ingest.deadletters import DeadLetters
 from ingest.faults import crash_point
 from ingest.files import is_disk_full
 from ingest.logs import get_logger, register_secret
-from ingest.pipeline.journal import RequestRow, UnitRow
-from ingest.pipeline.spool import Spool, SpoolError
-from ingest.sources.base import Ack, Item, SourceUnit, UnitRead, Units
+from ingest.sources.base import Ack, Item, RequestRow, SourceUnit, UnitRead, Units
 from ingest.sources.bodies import (
     BodyError,
     Records,
@@ -54,6 +54,10 @@ RETRY_AFTER = 5  # seconds a sender is asked to wait on 503
 ROOM_WAIT = 2.0  # seconds a request waits for in-memory room before 503
 PRUNE_INTERVAL = 60.0
 MAX_REJECTED_LISTED = 1000
+
+
+class CommitAbandoned(Exception):
+    """The commit leader was cancelled (the worker is stopping) before this request's group ran."""
 
 
 @dataclass(eq=False)
@@ -87,7 +91,8 @@ class HttpSource:
         self,
         config: SourceConfig,
         index: int,
-        spool: Spool,
+        spool_dir: Path,
+        dead: DeadLetters,
         max_record_bytes: int,
         buffer_bytes: int,
         per_table_keys: bool,
@@ -95,13 +100,13 @@ class HttpSource:
         self.config = config
         self.name = "http"
         self.tokens = tokens_of(config, index)
-        self.spool = spool
+        self.dead = dead
         self.max_record_bytes = max_record_bytes
         self.buffer_bytes = buffer_bytes
         # Without {table} in the key template, one table only (the keys of two would collide).
         self.per_table_keys = per_table_keys
-        self.segments = Segments(spool.dir / "http")
-        self.keys = IdempotencyKeys(spool.journal.path, config.idempotency_window)
+        self.segments = Segments(spool_dir / "http")
+        self.keys = IdempotencyKeys(config.idempotency_window)
         self._units: Units | None = None
         self._out: MemoryObjectSendStream[Item] | None = None
         self._buffered = 0  # bytes of rows handed over but not yet taken by the pipeline
@@ -137,6 +142,7 @@ class HttpSource:
 
     async def run(self, send: MemoryObjectSendStream[Item], units: Units, once: bool) -> None:
         self._units = units
+        self.keys.lookup = units.request
         self._stopped = anyio.Event()
         if self._stopping:
             self._stopped.set()
@@ -163,15 +169,12 @@ class HttpSource:
             await anyio.to_thread.run_sync(self.segments.roll)
             pruning.cancel()
             out_send.close()  # the forwarder ends once it handed everything over
-        self.keys.close()
 
     async def _prune(self, scope: anyio.CancelScope) -> None:
         with scope:
             while True:
-                before = time.time() - self.config.idempotency_window
-                await self.spool.durably(
-                    "forget old Idempotency-Keys", self.spool.journal.prune_requests, before
-                )
+                assert self._units is not None
+                await self._units.forget_requests(time.time() - self.config.idempotency_window)
                 await anyio.sleep(PRUNE_INTERVAL)
 
     async def _recover(self, units: Units) -> None:
@@ -265,12 +268,10 @@ class HttpSource:
         return named
 
     def _unavailable(self) -> str | None:
-        if not self._running or self._stopping:
+        if not self._running or self._stopping or self._units is None:
             return "the worker is starting or stopping; send again to this or another worker"
-        if self.spool.paused:
-            return "the spool is over spool.max_bytes (uploads are behind); send again later"
-        if self.spool.full is not None:
-            return f"{self.spool.full!s}; send again later"
+        if (why := self._units.intake_blocked()) is not None:
+            return f"{why}; send again later"
         return None
 
     async def _handle(self, request: Request) -> Response:
@@ -355,7 +356,7 @@ class HttpSource:
                 retry_after=RETRY_AFTER,
             )
         if recs.rejected:  # kept (fsynced) before the answer says where they are
-            await anyio.to_thread.run_sync(lambda: self.spool.dead.write(recs.rejected, self.name))
+            await anyio.to_thread.run_sync(lambda: self.dead.write(recs.rejected, self.name))
         body_out: dict[str, object] = {"accepted": recs.rows, "rejected": rejected[:MAX_REJECTED_LISTED]}
         if len(rejected) > MAX_REJECTED_LISTED:
             body_out["rejected_total"] = len(rejected)
@@ -366,9 +367,8 @@ class HttpSource:
             pending.request = self.keys.row(key, answer)
         try:
             await self._commit(pending)
-        except SpoolError as exc:
-            log.error("could not keep a request", error=str(exc))
-            return _error(503, f"cannot write the spool: {exc}", retry_after=RETRY_AFTER)
+        except CommitAbandoned:
+            return _error(503, "the worker is stopping; send again", retry_after=RETRY_AFTER)
         except OSError as exc:
             if is_disk_full(exc):
                 log.error("spool disk full: requests are refused until there is room", error=str(exc))
@@ -379,6 +379,9 @@ class HttpSource:
                 f"cannot write the spool ({exc.strerror or exc}); send again later",
                 retry_after=RETRY_AFTER,
             )
+        except Exception as exc:  # the journal refused (a SpoolError): the run is ending
+            log.error("could not keep a request", error=str(exc))
+            return _error(503, f"cannot write the spool: {exc}", retry_after=RETRY_AFTER)
         answer.blocks = [pending.block.id] if pending.block is not None else []
         metrics.HTTP_RECORDS.labels(self.name, "accepted").inc(recs.rows)
         metrics.HTTP_RECORDS.labels(self.name, "rejected").inc(len(recs.rejected))
@@ -437,9 +440,7 @@ class HttpSource:
             self._leading = False
             for p in [*group, *self._queue]:  # cancelled: nobody waits forever
                 if not p.done.is_set():
-                    p.error = p.error or SpoolError(
-                        self.segments.dir, "accept", RuntimeError("commit abandoned")
-                    )
+                    p.error = p.error or CommitAbandoned()
                     p.done.set()
             self._queue = []
 
@@ -458,26 +459,21 @@ class HttpSource:
                 p.request = RequestRow(
                     p.request.key, p.request.hash, p.request.answer, block.id, p.request.created
                 )
-        rows = [
-            UnitRow(
-                b.id, f"http request {b.request}", "block", str(self.segments.path(b.segment)), p.records.rows
-            )
-            for p, b in zip(writing, blocks, strict=True)
-        ]
+        units = [self._unit(b, p.records.rows) for p, b in zip(writing, blocks, strict=True)]
         requests = [p.request for p in group if p.request is not None]
-        if not rows and not requests:
+        if not units and not requests:
             return  # nothing accepted and nothing to remember
         crash_point("segment-written")
         try:
-            await self.spool.durably("accept requests", self.spool.journal.accept, rows, requests)
+            await self._units.accept(units, requests)
         except BaseException:
             await anyio.to_thread.run_sync(self.segments.discard, blocks)
             raise
         crash_point("accepted")  # durable, not yet answered: a retry must get the first answer
         metrics.HTTP_COMMITS.labels(self.name).inc()
-        for p in writing:
+        for p, unit in zip(writing, units, strict=True):
             assert p.block is not None
-            unit = await self._units.open_unit(self._unit(p.block, p.records.rows))
+            unit = await self._units.open_unit(unit)
             if self.config.ack == "upload":
                 self._acked[p.block.id] = anyio.Event()
             self._hand_over(unit, p.records)

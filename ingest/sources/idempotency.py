@@ -11,13 +11,12 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import anyio
-import anyio.to_thread
 
-from ingest.pipeline.journal import Journal, RequestRow
+from ingest.sources.base import RequestRow
 
 MAX_KEY = 255
 
@@ -56,15 +55,14 @@ def body_hash(*parts: bytes | str) -> str:
     return digest.hexdigest()
 
 
-class IdempotencyKeys:
-    def __init__(self, journal_path: Path, window: float) -> None:
-        self.window = window
-        self._reader = Journal(journal_path, readonly=True)
-        self._reads = anyio.CapacityLimiter(1)  # one connection: one thread at a time
-        self._inflight: dict[str, _InFlight] = {}
+Lookup = Callable[[str], Awaitable[RequestRow | None]]
 
-    def close(self) -> None:
-        self._reader.close()
+
+class IdempotencyKeys:
+    def __init__(self, window: float) -> None:
+        self.window = window
+        self.lookup: Lookup | None = None  # the journal's answer for a key (set when the source runs)
+        self._inflight: dict[str, _InFlight] = {}
 
     async def begin(self, key: str, digest: str) -> Answer | None:
         """The earlier answer for `key` (None: this request is the first and must call `end`)."""
@@ -75,7 +73,7 @@ class IdempotencyKeys:
             if running.answer is not None and running.answer.status < 300:
                 return _replay(running.answer)
             # The first failed (nothing was accepted): this one is taken as a new request.
-        row = await anyio.to_thread.run_sync(self._reader.request, key, limiter=self._reads)
+        row = await self.lookup(key) if self.lookup is not None else None
         if row is not None and row.created >= time.time() - self.window:
             if row.hash != digest:
                 raise KeyError422(key)

@@ -9,7 +9,21 @@ import anyio
 import pytest
 
 from ingest.pipeline.journal import Journal
+from ingest.sources.base import RequestRow
 from ingest.sources.idempotency import Answer, IdempotencyKeys, KeyError422, body_hash, key_problem
+
+
+def _keys(journal: Journal, window: float) -> IdempotencyKeys:
+    """Keys whose lookups read the real journal (through its own read-only connection, as the
+    pipeline does)."""
+    reader = Journal(journal.path, readonly=True)
+
+    async def lookup(key: str) -> RequestRow | None:
+        return reader.request(key)
+
+    keys = IdempotencyKeys(window)
+    keys.lookup = lookup
+    return keys
 
 
 @pytest.mark.anyio
@@ -17,7 +31,7 @@ async def test_a_concurrent_repeat_waits_for_the_first_and_a_later_one_reads_the
     tmp_path: Path,
 ) -> None:
     journal = Journal(tmp_path / "journal.db")
-    keys = IdempotencyKeys(journal.path, window=3600)
+    keys = _keys(journal, 3600)
     digest = body_hash("default", "ndjson", "identity", b'{"id": 1}')
     assert await keys.begin("k", digest) is None  # the first: it must take the request
     answers: list[Answer | None] = []
@@ -37,23 +51,21 @@ async def test_a_concurrent_repeat_waits_for_the_first_and_a_later_one_reads_the
     [replayed] = answers
     assert replayed is not None and replayed.replayed and replayed.body == first.body
 
-    later = IdempotencyKeys(journal.path, window=3600)  # a restarted worker
+    later = _keys(journal, 3600)  # a restarted worker
     again = await later.begin("k", digest)
     assert again is not None and again.body == first.body and again.blocks == first.blocks
-    expired = IdempotencyKeys(journal.path, window=0.001)
+    expired = _keys(journal, 0.001)
     await anyio.sleep(0.01)
     assert await expired.begin("k", digest) is None  # past the window: a new request
     journal.prune_requests(time.time())
     assert journal.request("k") is None
-    for k in (keys, later, expired):
-        k.close()
     journal.close()
 
 
 @pytest.mark.anyio
 async def test_a_failed_first_lets_the_repeat_be_taken_anew(tmp_path: Path) -> None:
     journal = Journal(tmp_path / "journal.db")
-    keys = IdempotencyKeys(journal.path, window=3600)
+    keys = _keys(journal, 3600)
     assert await keys.begin("k", "h") is None
     result: list[Answer | None] = []
 
@@ -65,7 +77,6 @@ async def test_a_failed_first_lets_the_repeat_be_taken_anew(tmp_path: Path) -> N
         await anyio.sleep(0.05)
         keys.end("k", None)  # the first got 503: nothing was accepted
     assert result == [None]  # so the repeat takes it
-    keys.close()
     journal.close()
 
 
