@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pyarrow.json as pj
 import pyarrow.parquet as pq
+from http_load import event  # scripts/ is on the path: the same events as the HTTP load generator
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -35,25 +36,32 @@ def generate(inbox: Path, records: int, files: int) -> int:
     total = 0
     for f in range(files):
         start = f * per_file
-        lines = []
-        for i in range(start, start + per_file):
-            lines.append(
-                json.dumps(
-                    {
-                        "id": i,
-                        "ts": f"2024-08-02T{rng.randrange(24):02d}:{rng.randrange(60):02d}:00Z",
-                        "user": f"user-{rng.randrange(100_000)}",
-                        "event": rng.choice(["view", "click", "purchase", "signup"]),
-                        "amount": round(rng.random() * 500, 2),
-                        "ok": rng.random() < 0.9,
-                        "path": "/p/" + "".join(rng.choices("abcdefghij", k=40)),
-                    }
-                )
-            )
-        data = ("\n".join(lines) + "\n").encode()
+        data = ("\n".join(event(i, rng) for i in range(start, start + per_file)) + "\n").encode()
         (inbox / f"events-{f:04d}.jsonl").write_bytes(data)
         total += len(data)
     return total
+
+
+def rows_in_r2(work: Path, config: Path, env: dict[str, str]) -> int:
+    """Rows in the output objects, from their footers (`ingest ls --json`)."""
+    listed = subprocess.run(
+        [sys.executable, "-m", "ingest", "--config", str(config), "ls", "--json"],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    )
+    return sum(o["rows"] or 0 for o in json.loads(listed.stdout))
+
+
+def worker_env(local: dict[str, str]) -> dict[str, str]:
+    """This environment without R2 or Cloudflare settings, plus the local R2's keys."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("R2_", "CLOUDFLARE_"))}
+    env |= {k: v for k, v in local.items() if k.startswith("R2_")}
+    env.pop("R2_API_TOKEN", None)
+    return env
 
 
 def _convert(path: str) -> int:
@@ -95,9 +103,7 @@ def run_ingest(work: Path, env: dict[str, str]) -> tuple[float, int, str]:
         f'[[sources]]\nkind = "directory"\npath = "{work / "inbox"}"\n'
         f'[spool]\ndir = "{work / "spool"}"\n[log]\nformat = "json"\nlevel = "warning"\n'
     )
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("R2_", "CLOUDFLARE_"))}
-    full_env |= {k: v for k, v in env.items() if k.startswith("R2_")}
-    full_env.pop("R2_API_TOKEN", None)
+    full_env = worker_env(env)
     start = time.perf_counter()
     proc = subprocess.Popen(
         [sys.executable, "-m", "ingest", "--config", str(work / "ingest.toml"), "run", "--once"],
@@ -140,9 +146,7 @@ def bench_http(work: Path, requests: int, records: int, connections: int) -> Non
         f'[spool]\ndir = "{work / "spool"}"\n[log]\nformat = "json"\nlevel = "warning"\n'
     )
     r2, env = start_local_r2(work)
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("R2_", "CLOUDFLARE_"))}
-    full_env |= {k: v for k, v in env.items() if k.startswith("R2_")}
-    full_env.pop("R2_API_TOKEN", None)
+    full_env = worker_env(env)
     worker = subprocess.Popen(
         [sys.executable, "-m", "ingest", "--config", str(work / "ingest.toml"), "run"],
         cwd=work,
@@ -185,16 +189,7 @@ def bench_http(work: Path, requests: int, records: int, connections: int) -> Non
         drained = time.perf_counter() - drained
         if worker.returncode != 0:
             raise SystemExit(f"worker exited {worker.returncode}:\n{err.decode()[-3000:]}")
-        listed = subprocess.run(
-            [sys.executable, "-m", "ingest", "--config", str(work / "ingest.toml"), "ls", "--json"],
-            cwd=work,
-            env=full_env,
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=300,
-        )
-        in_r2 = sum(o["rows"] or 0 for o in json.loads(listed.stdout))
+        in_r2 = rows_in_r2(work, work / "ingest.toml", full_env)
     finally:
         if worker.poll() is None:
             worker.kill()
@@ -249,9 +244,7 @@ def bench_redis(work: Path, entries: int, max_records: int = 0) -> None:
                 if time.monotonic() > deadline:
                     raise SystemExit("redis-server did not start") from None
                 time.sleep(0.1)
-        full_env = {k: v for k, v in os.environ.items() if not k.startswith(("R2_", "CLOUDFLARE_"))}
-        full_env |= {k: v for k, v in env.items() if k.startswith("R2_")}
-        full_env.pop("R2_API_TOKEN", None)
+        full_env = worker_env(env)
         print(f"{'Redis Streams source':<34}{'seconds':>9}{'entries/s':>12}{'peak RSS':>11}")
         for workers in (1, 2):
             stream = f"events-{workers}"
@@ -259,7 +252,7 @@ def bench_redis(work: Path, entries: int, max_records: int = 0) -> None:
             for start in range(0, entries, 20_000):
                 with client.pipeline(transaction=False) as pipe:
                     for i in range(start, min(start + 20_000, entries)):
-                        pipe.xadd(stream, {"data": _event(i, rng)})
+                        pipe.xadd(stream, {"data": event(i, rng)})
                     pipe.execute()
             prefix = f"w{workers}/"
             config = work / f"redis-{workers}.toml"
@@ -290,16 +283,7 @@ def bench_redis(work: Path, entries: int, max_records: int = 0) -> None:
                         f"worker failed: {proc.stderr.read().decode()[-3000:] if proc.stderr else ''}"
                     )
             seconds = time.perf_counter() - start
-            listed = subprocess.run(
-                [sys.executable, "-m", "ingest", "--config", str(config), "ls", "--json"],
-                cwd=work,
-                env=full_env,
-                capture_output=True,
-                text=True,
-                check=True,
-                timeout=300,
-            )
-            rows = sum(o["rows"] or 0 for o in json.loads(listed.stdout))
+            rows = rows_in_r2(work, config, full_env)
             name = f"{workers} worker{'s' if workers > 1 else ''}, one group"
             print(f"{name:<34}{seconds:>9.2f}{entries / seconds:>12,.0f}{peak / 2**20:>8.0f} MiB", flush=True)
             if rows != entries:
@@ -309,20 +293,6 @@ def bench_redis(work: Path, entries: int, max_records: int = 0) -> None:
         r2.wait(30)
         server.terminate()
         server.wait(30)
-
-
-def _event(i: int, rng: random.Random) -> str:
-    return json.dumps(
-        {
-            "id": i,
-            "ts": f"2024-08-02T{rng.randrange(24):02d}:{rng.randrange(60):02d}:00Z",
-            "user": f"user-{rng.randrange(100_000)}",
-            "event": rng.choice(["view", "click", "purchase", "signup"]),
-            "amount": round(rng.random() * 500, 2),
-            "ok": rng.random() < 0.9,
-            "path": "/p/" + "".join(rng.choices("abcdefghij", k=40)),
-        }
-    )
 
 
 def _free_port() -> int:

@@ -176,6 +176,21 @@ class Job:
     def run_once(self, *args: str, timeout: float = 240, **env: str) -> subprocess.CompletedProcess[str]:
         return self.cli("run", "--once", *args, timeout=timeout, **env)
 
+    def pipe(self, data: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+        """`ingest run --once --source stdin ARGS` with `data` on its standard input."""
+        if not self.config:
+            self.configure()
+        with data.open("rb") as stdin:
+            return subprocess.run(
+                self.command("--once", "--source", "stdin", *args),
+                cwd=self.dir,
+                env=self.env(),
+                stdin=stdin,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+            )
+
     def start(self, *args: str, **env: str) -> subprocess.Popen[str]:
         return subprocess.Popen(
             self.command(*args),

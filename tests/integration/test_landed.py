@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import random
 import string
-import subprocess
 from urllib.parse import urlparse
 
 from tests.faultproxy import FaultProxy
@@ -103,16 +102,7 @@ def test_ls_table_lists_one_table(job: Job) -> None:
     for table, n in (("clicks", 3), ("orders", 2)):
         data = job.dir / f"{table}.jsonl"
         write_jsonl(data, [{"id": i} for i in range(n)])
-        with data.open("rb") as stdin:
-            r = subprocess.run(
-                job.command("--once", "--source", "stdin", "--table", table),
-                cwd=job.dir,
-                env=job.env(),
-                stdin=stdin,
-                capture_output=True,
-                text=True,
-                timeout=120,
-            )
+        r = job.pipe(data, "--table", table)
         assert r.returncode == 0, r.stderr[-2000:]
     r = job.cli("ls", "--table", "orders", "--json")
     assert r.returncode == 0, r.stderr

@@ -3,27 +3,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from tests.integration.conftest import Job, logs_of
-
-
-def _pipe(job: Job, data: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    job.configure()
-    with data.open("rb") as stdin:
-        return subprocess.run(
-            [*job.command("--once", "--source", "stdin", *args)],
-            cwd=job.dir,
-            env=job.env(),
-            stdin=stdin,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
 
 
 def test_a_million_piped_lines_and_malformed_ones_dead_lettered_with_their_line(job: Job) -> None:
@@ -39,7 +23,7 @@ def test_a_million_piped_lines_and_malformed_ones_dead_lettered_with_their_line(
                     json.dumps({"id": n, "kind": "view" if n % 3 else "click", "value": n * 0.5}) + "\n"
                 )
                 n += 1
-    r = _pipe(job, data)
+    r = job.pipe(data)
     assert r.returncode == 0, r.stderr[-3000:]
     ids = []
     data_keys = job.keys()
@@ -62,16 +46,7 @@ def test_csv_on_stdin_into_a_named_table(job: Job) -> None:
     job.configure(
         output={"prefix": job.prefix, "key_template": "{prefix}{table}/{date:%Y}/x_{seq:04d}.parquet"}
     )
-    with data.open("rb") as stdin:
-        r = subprocess.run(
-            job.command("--once", "--source", "stdin", "--format", "csv", "--table", "people"),
-            cwd=job.dir,
-            env=job.env(),
-            stdin=stdin,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+    r = job.pipe(data, "--format", "csv", "--table", "people")
     assert r.returncode == 0, r.stderr[-3000:]
     [key] = job.keys()
     assert key.startswith(f"{job.prefix}people/")
