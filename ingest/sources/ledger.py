@@ -40,6 +40,21 @@ if #ids > 0 then acked = acked + redis.call('XACK', KEYS[1], ARGV[1], unpack(ids
 return acked
 """
 
+# Consumers with nothing pending that have not been seen for a while are removed, checked and deleted in
+# one step: a consumer with pending entries is never deleted (its entries would leave every PEL).
+_FORGET_CONSUMERS = """
+local gone = {}
+for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+  local f = {}
+  for i = 1, #c, 2 do f[c[i]] = c[i + 1] end
+  if f['name'] ~= ARGV[2] and f['pending'] == 0 and f['idle'] > tonumber(ARGV[3]) then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], f['name'])
+    gone[#gone + 1] = f['name']
+  end
+end
+return gone
+"""
+
 
 class Ledger:
     def __init__(self, client: Redis, stream: str, group: str) -> None:
@@ -52,6 +67,12 @@ class Ledger:
         self._record = client.register_script(_RECORD)
         self._forget = client.register_script(_FORGET)
         self._xack = client.register_script(_XACK)
+        self._forget_consumers = client.register_script(_FORGET_CONSUMERS)
+
+    async def forget_consumers(self, keep: str, idle_ms: int) -> list[str]:
+        """Delete the group's other consumers that have nothing pending and were idle over `idle_ms`."""
+        gone = await self._forget_consumers(keys=[self.stream], args=[self.group, keep, idle_ms])
+        return [g.decode() if isinstance(g, bytes) else str(g) for g in gone]
 
     async def attempting(self, object_id: str, key: str, ids: list[str]) -> None:
         keys = [self.entries, self.objects + object_id]

@@ -395,6 +395,7 @@ class RedisSource:
                 await anyio.sleep(self.config.claim_interval)
                 await self._heartbeat()
                 await self._reclaim(send)
+                await self._forget_consumers()
                 await self._measure()
 
     async def _heartbeat(self) -> None:
@@ -482,6 +483,17 @@ class RedisSource:
         await anyio.to_thread.run_sync(lambda: self.dead.write(letters, self.name))
         await self._call("XACK", partial(self.cmd.xack, stream, self.group, *[_text(i) for i, _ in claimed]))
         metrics.REDIS_ENTRIES.labels(stream, "dead_lettered").inc(len(letters))
+
+    async def _forget_consumers(self) -> None:
+        """Consumers of retired workers (e.g. pods with random names): gone once nothing is pending
+        for them and they were idle twice claim_idle; never one with pending entries."""
+        for stream in self.streams:
+            idle = int(self.config.claim_idle * 2000)
+            gone = await self._call(
+                "XGROUP DELCONSUMER", partial(self.ledger(stream).forget_consumers, self.consumer, idle)
+            )
+            if gone:
+                log.info("removed idle consumers with nothing pending", stream=stream, consumers=gone)
 
     async def _measure(self) -> None:
         for stream in self.streams:

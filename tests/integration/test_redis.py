@@ -12,7 +12,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.integration.conftest import Job, RedisServer, free_port, readyz, wait_for
+from tests.conftest import RedisServer
+from tests.integration.conftest import Job, free_port, readyz, wait_for
 
 STREAM = "events"
 
