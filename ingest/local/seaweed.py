@@ -60,12 +60,15 @@ def _bindable(port: int, reuse: bool = False) -> bool:
 
 
 def free_port_pairs(count: int, taken: set[int] | None = None) -> list[int]:
-    """`count` ports p where both p and p + 10000 are free on loopback."""
+    """`count` ports p where both p and p + 10000 are free on loopback, all below the kernel's
+    ephemeral range: a port in it can be taken by any outgoing connection between our check and weed's
+    bind (seen: "s3 failed to listen on grpc port 33816: address already in use")."""
     taken = set(taken or ())
     ports: list[int] = []
     rng = random.Random()
+    highest = min(29999, _ephemeral_start() - GRPC_OFFSET - 1)
     for _ in range(2000):
-        p = rng.randint(20000, 29999)
+        p = rng.randint(20000, highest)
         if p in taken or p + GRPC_OFFSET in taken:
             continue
         if _bindable(p) and _bindable(p + GRPC_OFFSET):
@@ -74,6 +77,14 @@ def free_port_pairs(count: int, taken: set[int] | None = None) -> list[int]:
             if len(ports) == count:
                 return ports
     raise SeaweedError("could not find free loopback ports for SeaweedFS")
+
+
+def _ephemeral_start() -> int:
+    """The first port the kernel hands out to outgoing connections (Linux default 32768)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec
