@@ -135,7 +135,7 @@ def _load(url: str, token: str, *extra: str) -> dict[str, object]:
     return result
 
 
-def bench_http(work: Path, requests: int, records: int, connections: int) -> None:
+def bench_http(work: Path, requests: int, records: int, connections: int, max_records: int = 0) -> None:
     """The HTTP source: records/s accepted (202, durable) at full speed over `connections`
     connections, then p99 time-to-202 at half that rate; then every row is checked in R2."""
     port = _free_port()
@@ -144,6 +144,7 @@ def bench_http(work: Path, requests: int, records: int, connections: int) -> Non
         f'[[sources]]\nkind = "http"\ntoken = "{token}"\n'
         f'[server]\nlisten = "127.0.0.1:{port}"\n'
         f'[spool]\ndir = "{work / "spool"}"\n[log]\nformat = "json"\nlevel = "warning"\n'
+        + (f"[batch]\nmax_records = {max_records}\n" if max_records else "")
     )
     r2, env = start_local_r2(work)
     full_env = worker_env(env)
@@ -333,7 +334,9 @@ def main() -> None:
     ap.add_argument("--connections", type=int, default=16, help="--http: connections")
     ap.add_argument("--redis", action="store_true", help="benchmark the Redis Streams source instead")
     ap.add_argument("--entries", type=int, default=1_000_000, help="--redis: entries pre-loaded")
-    ap.add_argument("--max-records", type=int, default=0, help="--redis: batch.max_records (0: default)")
+    ap.add_argument(
+        "--max-records", type=int, default=0, help="--http, --redis: batch.max_records (0: default)"
+    )
     args = ap.parse_args()
 
     if args.redis:
@@ -348,7 +351,7 @@ def main() -> None:
     if args.http:
         work = Path(tempfile.mkdtemp(prefix="ingest-bench-http-"))
         try:
-            bench_http(work, args.requests, args.per_request, args.connections)
+            bench_http(work, args.requests, args.per_request, args.connections, args.max_records)
         finally:
             if not args.keep:
                 shutil.rmtree(work, ignore_errors=True)
