@@ -282,12 +282,13 @@ class HttpSource:
             return _error(503, why, retry_after=RETRY_AFTER)
         media = media_type(request.headers.get("content-type"))
         encoding = check_encoding(request.headers.get("content-encoding"))
-        body = await self._body(request)
         key = request.headers.get("idempotency-key")
         if key is not None and (problem := key_problem(key)) is not None:
             raise BodyError(400, problem)
+        # Counted from admission: a drain that starts while the body is still arriving waits for it.
         self._inflight += 1
         try:
+            body = await self._body(request)
             outcome = await self._admitted(body, media, encoding, table, key)
         finally:  # committed (or refused): a drain need not wait for what follows
             self._inflight -= 1

@@ -487,3 +487,48 @@ def test_a_full_disk_under_the_segment_answers_503_and_loses_nothing(job: Job) -
     assert int(refused.headers["retry-after"]) > 0 and "full" in refused.json()["error"]
     worker.stop()
     assert sorted(ids_in(job).elements()) == [n for n, a in enumerate(answers) if a.status_code == 202]
+
+
+def test_sigterm_while_clients_post_keeps_every_accepted_record_and_exits_0(job: Job) -> None:
+    """A drain: requests admitted before SIGTERM are committed and answered, later ones are refused
+    (503 or no connection); the records that got 202 are in R2, each once, and no others."""
+    worker = Worker(job).start()
+    accepted: list[int] = []
+    unexpected: list[str] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def client(c: int) -> None:
+        with httpx.Client(timeout=30) as http:
+            n = 0
+            while not stop.is_set():
+                first = (c * 10_000 + n) * 100
+                body = ndjson([{"id": first + i} for i in range(100)])
+                n += 1
+                try:
+                    answer = http.post(
+                        worker.url,
+                        content=body,
+                        headers={"authorization": f"Bearer {TOKEN}", "content-type": "application/x-ndjson"},
+                    )
+                except httpx.HTTPError:
+                    continue
+                with lock:
+                    if answer.status_code == 202:
+                        accepted.extend(range(first, first + 100))
+                    elif answer.status_code != 503:
+                        unexpected.append(f"{answer.status_code} {answer.text[:200]}")
+
+    threads = [threading.Thread(target=client, args=(c,)) for c in range(6)]
+    for t in threads:
+        t.start()
+    time.sleep(1.5)
+    worker.stop()  # SIGTERM while they post; asserts exit 0
+    stop.set()
+    for t in threads:
+        t.join(timeout=60)
+    assert not unexpected, unexpected[:3]
+    assert len(accepted) > 1000
+    ids = ids_in(job)
+    assert max(ids.values()) == 1
+    assert sorted(ids) == sorted(accepted)
