@@ -261,8 +261,9 @@ class RedisSource:
         reply = await self.cmd.xreadgroup(
             self.group, self.consumer, where, count=self.config.read_count, block=block or None
         )
+        # Ids arrive as bytes (replies are not decoded): one decode each, no helper call per entry.
         return [
-            (_text(s), [(_text(i), f) for i, f in entries if f is not None]) for s, entries in reply or ()
+            (_text(s), [(i.decode(), f) for i, f in entries if f is not None]) for s, entries in reply or ()
         ]
 
     # -- taking entries ------------------------------------------------------------------------------
@@ -285,7 +286,11 @@ class RedisSource:
         field = self.config.field.encode()
 
         def parse() -> tuple[Parsed, list[DeadLetter]]:
-            block = b"".join(_line(fields, field) + b"\n" for _, fields in entries)
+            # The common entry is exactly `field` → one JSON line; anything else takes _line's care.
+            data = [f[1] if len(f) == 2 and f[0] == field else _line(f, field) for _, f in entries]
+            block = b"\n".join(data) + b"\n"
+            if block.count(b"\n") != len(data) or b"\r" in block:  # a value with a line break inside
+                block = b"".join(_line(f, field) + b"\n" for _, f in entries)
             return parse_lines(block, source, self.max_record_bytes)
 
         tables, bad = await anyio.to_thread.run_sync(parse)
@@ -301,8 +306,11 @@ class RedisSource:
         rows: list[str] = []  # the entry id of each row, in row order
         shaped: list[tuple[pa.Table, int, list[int] | None]] = []
         for table, first, numbered in tables:
-            at = numbered if numbered is not None else list(range(first, first + table.num_rows))
-            row_ids = [ids[n - 1] for n in at]
+            if numbered is None and first == 1 and table.num_rows == len(ids):
+                row_ids = ids  # every entry is a row (the common case)
+            else:
+                at = numbered if numbered is not None else range(first, first + table.num_rows)
+                row_ids = [ids[n - 1] for n in at]
             rows += row_ids
             if self.config.include_id:
                 table = table.append_column(ENTRY_ID_COLUMN, pa.array(row_ids, pa.string()))

@@ -188,10 +188,11 @@ def test_poison_entries_are_dead_letters_with_their_id_and_reason(
     not_json = redis.xadd(STREAM, {"data": "{not json"})
     too_big = redis.xadd(STREAM, {"data": json.dumps({"id": 2, "pad": "x" * 5000})})
     flat = redis.xadd(STREAM, {"id": "3", "name": "flat fields"})
+    pretty = redis.xadd(STREAM, {"data": '{\n  "id": "5",\r\n  "note": "pretty-printed"\n}'})  # one record
     # An entry some consumer keeps failing on: delivered 7 times, then left idle.
     redis.xgroup_create(STREAM, "ingest", id="0")
     cursed = redis.xadd(STREAM, {"data": json.dumps({"id": 4})})
-    redis.xreadgroup("ingest", "ghost", {STREAM: ">"}, count=100)  # delivers all five to a ghost
+    redis.xreadgroup("ingest", "ghost", {STREAM: ">"}, count=100)  # delivers them all to a ghost
     for _ in range(6):
         redis.xclaim(STREAM, "ingest", "ghost", 0, [cursed])
     configure(job, redis_server, claim_idle="2s", include_id=True)
@@ -203,6 +204,7 @@ def test_poison_entries_are_dead_letters_with_their_id_and_reason(
     assert [(str(row["id"]), row["_entry_id"]) for row in rows] == [
         ("1", good.decode()),
         ("3", flat.decode()),
+        ("5", pretty.decode()),
     ]
     letters = {d["entry"]: d for d in job.dead_letters()}
     assert set(letters) == {not_json.decode(), too_big.decode(), cursed.decode()}
