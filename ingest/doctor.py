@@ -52,6 +52,72 @@ def explain(exc: Exception, bucket: str) -> str:
 
 
 async def diagnose(settings: Settings) -> list[Check]:
+    return await _r2_checks(settings) + await _source_checks(settings)
+
+
+async def _source_checks(settings: Settings) -> list[Check]:
+    """What push and stream sources need besides R2: a token to accept, a Redis to read from."""
+    import os
+    from urllib.parse import urlparse
+
+    checks: list[Check] = []
+    for i, cfg in enumerate(settings.sources):
+        name = f"sources.{i}"
+        if cfg.kind == "http":
+            tokens = [t for t in (cfg.token, *cfg.tokens) if t.get_secret_value()]
+            env = bool(os.environ.get("INGEST_HTTP_TOKEN"))
+            count = len(tokens) + int(env)
+            checks.append(
+                Check(
+                    count > 0,
+                    name,
+                    f"http: POST /v1/records on {settings.server.listen or '(server.listen unset)'}, "
+                    + (f"{count} token(s)" if count else "no token: set token or INGEST_HTTP_TOKEN"),
+                )
+            )
+        elif cfg.kind == "redis":
+            url = cfg.url.get_secret_value() or os.environ.get("INGEST_REDIS_URL", "")
+            parsed = urlparse(url)
+            where = f"{parsed.hostname or parsed.path}:{parsed.port or 6379}"  # never the password
+            checks += await _redis_checks(name, url, where, cfg.streams or [cfg.stream], cfg.group)
+    return checks
+
+
+async def _redis_checks(name: str, url: str, where: str, streams: list[str], group: str) -> list[Check]:
+    from redis.asyncio import Redis
+    from redis.exceptions import RedisError, ResponseError
+
+    if not url:
+        return [Check(False, name, "redis: no url (set url or INGEST_REDIS_URL)")]
+    client = Redis.from_url(url, socket_connect_timeout=5, socket_timeout=10)
+    checks: list[Check] = []
+    try:
+        await client.ping()
+        for stream in streams:
+            try:
+                groups = await client.xinfo_groups(stream)
+            except ResponseError:
+                checks.append(
+                    Check(
+                        None, name, f"redis at {where}: stream {stream} does not exist yet (created at start)"
+                    )
+                )
+                continue
+            found = [g for g in groups if g["name"] in (group, group.encode())]
+            if not found:
+                detail = f"stream {stream}: group {group} not created yet (created at start)"
+            else:
+                g = found[0]
+                detail = f"stream {stream}, group {group}: {g['pending']} pending, lag {g.get('lag')}"
+            checks.append(Check(True, name, f"redis at {where}: {detail}"))
+    except (RedisError, OSError) as exc:
+        checks.append(Check(False, name, f"redis at {where}: {type(exc).__name__}: {exc}"))
+    finally:
+        await client.aclose()
+    return checks
+
+
+async def _r2_checks(settings: Settings) -> list[Check]:
     checks = [Check(True, "config", "valid")]
     r2 = settings.r2
     if not r2.configured:

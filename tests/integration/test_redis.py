@@ -238,3 +238,23 @@ def _metric(port: int, name: str) -> float | None:
         if line.startswith(name + " "):
             return float(line.rsplit(" ", 1)[1])
     return None
+
+
+def test_doctor_reports_the_group_or_an_unreachable_redis_without_its_password(
+    job: Job, redis_server: RedisServer
+) -> None:
+    redis = redis_server.client()
+    load(redis, 0, 5)
+    redis.xgroup_create(STREAM, "ingest", id="0")
+    redis.xreadgroup("ingest", "w9", {STREAM: ">"}, count=2)
+    configure(job, redis_server)
+    r = job.cli("doctor")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert (
+        f"redis at 127.0.0.1:{redis_server.port}: stream events, group ingest: 2 pending, lag 3" in r.stdout
+    )
+    configure(job, redis_server, url="redis://:hunter2@127.0.0.1:9/0")
+    r = job.cli("doctor")
+    assert r.returncode == 1
+    assert "redis at 127.0.0.1:9: ConnectionError" in r.stdout
+    assert "hunter2" not in r.stdout + r.stderr
