@@ -298,14 +298,17 @@ async def run(settings: Settings, once: bool, say: Console, progress: Console | 
             )
             drain.cancel()
 
+        probes = None
+        if probe_sock is not None:  # built before the task group: a bad certificate is a config error
+            routes = [r for src in sources for r in getattr(src, "routes", list)()]
+            application = server_app(health, grants, s.server.upload_token, s.server.cors_origins, routes)
+            probes = ProbeServer(application, probe_sock, s.server.tls_cert, s.server.tls_key)
+
         async with anyio.create_task_group() as tg:
-            probes = None
-            if probe_sock is not None:
-                routes = [r for src in sources for r in getattr(src, "routes", list)()]
-                application = server_app(health, grants, s.server.upload_token, s.server.cors_origins, routes)
-                probes = ProbeServer(application, probe_sock, s.server.tls_cert, s.server.tls_key)
+            if probes is not None:
                 tg.start_soon(probes.serve)
-                log.info("probes listening", healthz=f"http://{s.server.listen}/healthz")
+                scheme = "https" if s.server.tls_cert else "http"
+                log.info("probes listening", healthz=f"{scheme}://{s.server.listen}/healthz")
 
             async def on_signals() -> None:
                 nonlocal interrupted

@@ -70,6 +70,10 @@ def run(
         err.print(f"local R2: {exc}", markup=False, highlight=False)
         raise typer.Exit(1) from None
     except (SpoolError, BaseExceptionGroup) as exc:
+        config_error = _first(exc, ConfigError)  # raised inside a task group (a source's own check)
+        if config_error is not None:
+            err.print(f"config error: {config_error}", markup=False, highlight=False)
+            raise typer.Exit(2) from None
         spool_error = _first(exc, SpoolError)
         if spool_error is None:
             raise

@@ -439,6 +439,14 @@ def test_tls(job: Job, tmp_path: Path) -> None:
     worker.stop()
     assert [r["id"] for r in job.rows()] == [7]
 
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("-----BEGIN CERTIFICATE-----\nnot a certificate\n-----END CERTIFICATE-----\n")
+    Worker(job, server={"tls_cert": str(garbage), "tls_key": str(key)})
+    broken = job.start()
+    _, err = broken.communicate(timeout=120)
+    assert broken.returncode == 2, err[-2000:]
+    assert "config error: server.tls_cert: cannot use" in err and "Traceback" not in err
+
 
 def test_metrics_count_requests_records_and_latency(job: Job) -> None:
     worker = Worker(job).start()
