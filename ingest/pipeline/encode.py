@@ -113,13 +113,17 @@ class Encoder:
 
     def schema(self, table: str = DEFAULT_TABLE) -> pa.Schema:
         with self._lock:
-            return self._schemas.get(table) or self._with_explicit(pa.schema([]))
+            return self._known(table)
+
+    def _known(self, table: str) -> pa.Schema:
+        """The table's schema so far (the schema file's fields alone for a new table); under the lock."""
+        return self._schemas.get(table) or self._with_explicit(pa.schema([]))
 
     def encode(self, batch: Batch) -> list[SpooledObject]:
         """Parquet files for the batch, fsynced; on failure (disk full) none is left behind."""
         with self._lock:
-            known = self._schemas.get(batch.table) or self._with_explicit(pa.schema([]))
-            schema = self._schemas[batch.table] = self._learn(known, [c.table for c in batch.chunks])
+            learned = self._learn(self._known(batch.table), [c.table for c in batch.chunks])
+            schema = self._schemas[batch.table] = learned
         tables: list[pa.Table] = []
         days: list[pa.Array] = []
         for chunk in batch.chunks:

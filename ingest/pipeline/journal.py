@@ -138,10 +138,7 @@ class Journal:
         self._tx(
             "add_unit",
             [
-                (
-                    "INSERT OR REPLACE INTO units (id, name, fingerprint, path, total) VALUES (?,?,?,?,?)",
-                    (unit_id, name, fingerprint, path, total),
-                ),
+                (_INSERT_UNIT, (unit_id, name, fingerprint, path, total)),
                 ("DELETE FROM spans WHERE unit_id = ?", (unit_id,)),
             ],
         )
@@ -170,14 +167,7 @@ class Journal:
         self._tx(
             "accept",
             [
-                *(
-                    (
-                        "INSERT OR REPLACE INTO units (id, name, fingerprint, path, total) "
-                        "VALUES (?,?,?,?,?)",
-                        (u.id, u.name, u.fingerprint, u.path, u.total),
-                    )
-                    for u in units
-                ),
+                *((_INSERT_UNIT, astuple(u)) for u in units),  # UnitRow's fields in column order
                 *(("INSERT OR REPLACE INTO requests VALUES (?,?,?,?,?)", astuple(r)) for r in requests),
             ],
         )
@@ -320,6 +310,7 @@ def schema_key(table: str) -> str:
     return "schema" if table == DEFAULT_TABLE else f"schema:{table}"
 
 
+_INSERT_UNIT = "INSERT OR REPLACE INTO units (id, name, fingerprint, path, total) VALUES (?,?,?,?,?)"
 _OBJECT_COLUMNS = "id, batch_id, kind, file, day, records, size, sha256, state, key, created, tbl"
 _INSERT_OBJECT = f"INSERT OR REPLACE INTO objects ({_OBJECT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
 

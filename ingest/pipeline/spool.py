@@ -29,6 +29,7 @@ import anyio
 import anyio.to_thread
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential
 
+from ingest.commits import GroupCommit
 from ingest.config import ConfigError
 from ingest.deadletters import DeadLetters
 from ingest.files import WorkerIdInUse, is_disk_full, lock_worker_id, sha256_of
@@ -103,9 +104,6 @@ class _Call:
 
     what: str
     fn: Callable[[], Any]
-    done: anyio.Event = field(default_factory=anyio.Event)
-    result: Any = None
-    error: BaseException | None = None
 
 
 @dataclass
@@ -128,8 +126,7 @@ class Spool:
         self.paused = False
         self._room = anyio.Event()
         self._room.set()
-        self._queue: list[_Call] = []  # serial writes waiting for the next group commit
-        self._committing = False  # a task is committing groups (the others wait for theirs)
+        self._commits = GroupCommit(self._commit_group, self._abandoned)  # serial journal writes
         self.retry_initial, self.retry_max = 0.5, 30.0  # backoff while the disk is full
         self.full: str | None = None
         self._queued: set[str] = set()  # dead-letter files this process journaled for upload
@@ -153,40 +150,15 @@ class Spool:
         other failure to write (EROFS, EIO, EACCES) is a SpoolError."""
         if not serial:
             return await self._retrying(what, partial(fn, *args))
-        call = _Call(what, partial(fn, *args))
-        self._queue.append(call)
-        if not self._committing:
-            await self._commit_queued()
-        await call.done.wait()
-        if call.error is not None:
-            raise call.error
-        return call.result  # type: ignore[no-any-return]
+        result: T = await self._commits(_Call(what, partial(fn, *args)))
+        return result
 
-    async def _commit_queued(self) -> None:
-        """Leader: commit what is queued, group after group, until nothing is left."""
-        self._committing = True
-        group: list[_Call] = []
-        try:
-            while self._queue:
-                group, self._queue = self._queue, []
-                what = group[0].what if len(group) == 1 else f"{group[0].what} and {len(group) - 1} more"
-                try:
-                    results = await self._retrying(what, partial(self._run_group, group))
-                except Exception as exc:
-                    for c in group:
-                        c.error = exc
-                else:
-                    for c, result in zip(group, results, strict=True):
-                        c.result = result
-                for c in group:
-                    c.done.set()
-        finally:
-            self._committing = False
-            for c in [*group, *self._queue]:  # the leader was cancelled: nobody waits forever
-                if not c.done.is_set():
-                    c.error = c.error or SpoolError(self.dir, c.what, RuntimeError("commit abandoned"))
-                    c.done.set()
-            self._queue = []
+    async def _commit_group(self, group: list[_Call]) -> list[Any]:
+        what = group[0].what if len(group) == 1 else f"{group[0].what} and {len(group) - 1} more"
+        return await self._retrying(what, partial(self._run_group, group))
+
+    def _abandoned(self, call: _Call) -> SpoolError:
+        return SpoolError(self.dir, call.what, RuntimeError("commit abandoned"))
 
     def _run_group(self, group: list[_Call]) -> list[Any]:
         """In the journal thread: every call of the group inside one journal transaction."""

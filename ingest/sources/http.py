@@ -17,7 +17,7 @@ import hmac
 import os
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ingest import metrics
+from ingest.commits import GroupCommit
 from ingest.config import ConfigError, SourceConfig, table_problem
 from ingest.deadletters import DeadLetters
 from ingest.faults import crash_point
@@ -69,8 +70,6 @@ class _Pending:
     request_id: str
     request: RequestRow | None = None
     block: Block | None = None
-    done: anyio.Event = field(default_factory=anyio.Event)
-    error: BaseException | None = None
 
 
 def tokens_of(config: SourceConfig, index: int) -> list[str]:
@@ -111,8 +110,7 @@ class HttpSource:
         self._out: MemoryObjectSendStream[Item] | None = None
         self._buffered = 0  # bytes of rows handed over but not yet taken by the pipeline
         self._room = anyio.Event()
-        self._queue: list[_Pending] = []
-        self._leading = False
+        self._commits = GroupCommit(self._commit_group, lambda _: CommitAbandoned())
         self._running = False
         self._stopping = False
         self._stopped: anyio.Event | None = None
@@ -367,7 +365,7 @@ class HttpSource:
         if key is not None:
             pending.request = self.keys.row(key, answer)
         try:
-            await self._commit(pending)
+            await self._commits(pending)
         except CommitAbandoned:
             return _error(503, "the worker is stopping; send again", retry_after=RETRY_AFTER)
         except OSError as exc:
@@ -415,37 +413,8 @@ class HttpSource:
 
     # -- group commit -------------------------------------------------------------------------------
 
-    async def _commit(self, pending: _Pending) -> None:
-        self._queue.append(pending)
-        if not self._leading:
-            await self._lead()
-        await pending.done.wait()
-        if pending.error is not None:
-            raise pending.error
-
-    async def _lead(self) -> None:
-        """Commit what is queued, group after group (one fdatasync and one transaction per group)."""
-        self._leading = True
-        group: list[_Pending] = []
-        try:
-            while self._queue:
-                group, self._queue = self._queue, []
-                try:
-                    await self._commit_group(group)
-                except Exception as exc:
-                    for p in group:
-                        p.error = exc
-                for p in group:
-                    p.done.set()
-        finally:
-            self._leading = False
-            for p in [*group, *self._queue]:  # cancelled: nobody waits forever
-                if not p.done.is_set():
-                    p.error = p.error or CommitAbandoned()
-                    p.done.set()
-            self._queue = []
-
-    async def _commit_group(self, group: list[_Pending]) -> None:
+    async def _commit_group(self, group: list[_Pending]) -> list[None]:
+        """One fdatasync of the segment and one journal transaction for the group."""
         assert self._units is not None
         writing = [p for p in group if p.records.rows]
         blocks: list[Block] = []
@@ -463,7 +432,7 @@ class HttpSource:
         units = [self._unit(b, p.records.rows) for p, b in zip(writing, blocks, strict=True)]
         requests = [p.request for p in group if p.request is not None]
         if not units and not requests:
-            return  # nothing accepted and nothing to remember
+            return [None] * len(group)  # nothing accepted and nothing to remember
         crash_point("segment-written")
         try:
             await self._units.accept(units, requests)
@@ -478,6 +447,7 @@ class HttpSource:
             if self.config.ack == "upload":
                 self._acked[p.block.id] = anyio.Event()
             self._hand_over(unit, p.records)
+        return [None] * len(group)
 
     def _hand_over(self, unit: SourceUnit, recs: Records) -> None:
         """The block's rows go down the pipeline, numbered with the body's lines."""

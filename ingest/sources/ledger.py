@@ -90,11 +90,11 @@ class Ledger:
         owners: dict[str, str] = {}
         for chunk in _chunks(ids):
             values = await self.client.hmget(self.entries, chunk)
-            owners |= {i: _text(v) for i, v in zip(chunk, values, strict=True) if v is not None}
+            owners |= {i: text(v) for i, v in zip(chunk, values, strict=True) if v is not None}
         found: set[str] = set()
         for object_id in set(owners.values()):
             key = await self.client.get(self.objects + object_id)
-            if key is not None and await holds(_text(key), object_id):
+            if key is not None and await holds(text(key), object_id):
                 found |= {i for i, o in owners.items() if o == object_id}
         return found
 
@@ -104,5 +104,6 @@ def _chunks(ids: list[str]) -> Iterable[list[str]]:
         yield ids[i : i + CHUNK]
 
 
-def _text(value: bytes | str) -> str:
+def text(value: bytes | str) -> str:
+    """A Redis reply (bytes: replies are not decoded) as text."""
     return value.decode() if isinstance(value, bytes) else value

@@ -46,7 +46,7 @@ from ingest.faults import crash_point
 from ingest.logs import get_logger, register_secret
 from ingest.sources.base import AckError, Item, Ranges, SourceUnit, UnitRead, Units
 from ingest.sources.formats import Parsed, parse_lines
-from ingest.sources.ledger import Ledger
+from ingest.sources.ledger import Ledger, text
 
 log = get_logger("ingest.sources.streams")
 URL_ENV = "INGEST_REDIS_URL"
@@ -58,10 +58,6 @@ T = TypeVar("T")
 Entries = list[tuple[str, list[bytes]]]  # (entry id, [field, value, field, value, ...])
 _RAW_REPLIES = ("XREADGROUP", "XRANGE", "XAUTOCLAIM", "XCLAIM")  # parsed here, not into dicts
 _TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError)
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 class RedisSource:
@@ -263,7 +259,7 @@ class RedisSource:
         )
         # Ids arrive as bytes (replies are not decoded): one decode each, no helper call per entry.
         return [
-            (_text(s), [(i.decode(), f) for i, f in entries if f is not None]) for s, entries in reply or ()
+            (text(s), [(i.decode(), f) for i, f in entries if f is not None]) for s, entries in reply or ()
         ]
 
     # -- taking entries ------------------------------------------------------------------------------
@@ -386,14 +382,14 @@ class RedisSource:
 
     async def _range(self, stream: str, first: str, last: str) -> Entries:
         reply = await self.cmd.xrange(stream, first, last)
-        return [(_text(i), f) for i, f in reply if f is not None]
+        return [(text(i), f) for i, f in reply if f is not None]
 
     async def _entries(self, stream: str, ids: list[str]) -> Entries:
         async with self.cmd.pipeline(transaction=False) as pipe:
             for i in ids:
                 pipe.xrange(stream, i, i)
             replies = await pipe.execute()
-        return [(_text(i), f) for reply in replies for i, f in reply if f is not None]
+        return [(text(i), f) for reply in replies for i, f in reply if f is not None]
 
     # -- dead workers --------------------------------------------------------------------------------
 
@@ -437,8 +433,8 @@ class RedisSource:
                         count=self.config.read_count,
                     ),
                 )
-                cursor = _text(reply[0])
-                entries = [(_text(i), f) for i, f in reply[1] if f is not None]
+                cursor = text(reply[0])
+                entries = [(text(i), f) for i, f in reply[1] if f is not None]
                 fresh = [(i, f) for i, f in entries if i not in self._inflight[stream]]
                 if fresh:
                     metrics.REDIS_ENTRIES.labels(stream, "reclaimed").inc(len(fresh))
@@ -467,10 +463,10 @@ class RedisSource:
             partial(self.cmd.xpending_range, stream, self.group, "-", "+", self.config.read_count, idle=idle),
         )
         poison = {
-            _text(p["message_id"]): int(p["times_delivered"])
+            text(p["message_id"]): int(p["times_delivered"])
             for p in pending
             if int(p["times_delivered"]) > self.config.max_deliveries
-            and _text(p["message_id"]) not in self._inflight[stream]
+            and text(p["message_id"]) not in self._inflight[stream]
         }
         if not poison:
             return
@@ -481,15 +477,15 @@ class RedisSource:
             DeadLetter(
                 f"redis:{stream}",
                 None,
-                f"delivered {poison[_text(i)]} times (over max_deliveries = {self.config.max_deliveries}): "
+                f"delivered {poison[text(i)]} times (over max_deliveries = {self.config.max_deliveries}): "
                 "its workers kept failing on it",
                 _line(f, self.config.field.encode()) if f else None,
-                entry=_text(i),
+                entry=text(i),
             )
             for i, f in claimed
         ]
         await anyio.to_thread.run_sync(lambda: self.dead.write(letters, self.name))
-        await self._call("XACK", partial(self.cmd.xack, stream, self.group, *[_text(i) for i, _ in claimed]))
+        await self._call("XACK", partial(self.cmd.xack, stream, self.group, *[text(i) for i, _ in claimed]))
         metrics.REDIS_ENTRIES.labels(stream, "dead_lettered").inc(len(letters))
 
     async def _forget_consumers(self) -> None:
@@ -507,7 +503,7 @@ class RedisSource:
         for stream in self.streams:
             groups = await self._call("XINFO GROUPS", partial(self.cmd.xinfo_groups, stream))
             for g in groups:
-                if _text(g["name"]) == self.group:
+                if text(g["name"]) == self.group:
                     metrics.REDIS_PENDING.labels(stream, self.group).set(int(g["pending"]))
                     if g.get("lag") is not None:
                         metrics.REDIS_LAG.labels(stream, self.group).set(int(g["lag"]))
@@ -525,7 +521,7 @@ def _line(fields: list[bytes], field: bytes) -> bytes:
         named = dict(zip(fields[::2], fields[1::2], strict=False))
         found = named.get(field)
         if found is None:
-            found = json.dumps({_text(k): v.decode("utf-8", "replace") for k, v in named.items()}).encode()
+            found = json.dumps({text(k): v.decode("utf-8", "replace") for k, v in named.items()}).encode()
         data = found
     if b"\n" in data or b"\r" in data:  # a pretty-printed object: one line, same values
         try:
