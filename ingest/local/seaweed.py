@@ -101,9 +101,11 @@ class SeaweedPorts:
     admin: int
 
     @classmethod
-    def allocate(cls, s3: int = 0) -> SeaweedPorts:
+    def allocate(cls, s3: int = 0, avoid: set[int] | None = None) -> SeaweedPorts:
+        """Fresh ports; none of them is `s3` or in `avoid` (ports the caller will bind itself, such
+        as the API emulator's: weed would otherwise be free to take it first)."""
         wanted = 4 if s3 else 5
-        ports = free_port_pairs(wanted, taken={s3} if s3 else None)
+        ports = free_port_pairs(wanted, taken={s3, *(avoid or ())} - {0})
         if s3:
             ports.insert(0, s3)
         return cls(*ports)
@@ -139,9 +141,10 @@ class SeaweedServer:
         admin_secret: str,
         s3_port: int = 0,
         saved: dict[str, int] | None = None,
+        avoid: set[int] | None = None,
     ) -> None:
         self.data_dir = data_dir
-        self.ports = SeaweedPorts.reuse(saved, s3_port) if saved else SeaweedPorts.allocate(s3_port)
+        self.ports = SeaweedPorts.reuse(saved, s3_port) if saved else SeaweedPorts.allocate(s3_port, avoid)
         self._admin = (admin_key, admin_secret)
         self.proc: subprocess.Popen[bytes] | None = None
 

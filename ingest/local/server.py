@@ -106,14 +106,15 @@ class LocalR2:
         self.state = LocalState.load(self.state_path) or LocalState.new(bucket)
         self.state.save(self.state_path)
         saved = {} if new_ports else dict(self.state.ports)
+        self._api_port = api_port or saved.get("api", 0)
         self.seaweed = SeaweedServer(
             self.dir,
             self.state.admin_access_key,
             self.state.admin_secret_key,
             s3_port,
             saved if set(saved) >= {"s3", "master", "volume", "filer", "admin"} else None,
+            avoid={self._api_port},
         )
-        self._api_port = api_port or saved.get("api", 0)
         register_secret(self.state.admin_secret_key, self.state.sts_secret_key)
 
     @asynccontextmanager

@@ -110,3 +110,14 @@ def test_a_port_kept_for_the_directory_in_use_is_a_clear_error(tmp_path: Path) -
         )
     assert r.returncode == 1, r.stderr
     assert f"ports {port}" in r.stderr and "--new-ports" in r.stderr
+
+
+def test_fresh_seaweed_ports_never_take_the_port_the_api_will_bind() -> None:
+    """Seen in CI: weed took the API port chosen for the emulator, which then could not bind."""
+    from ingest.local.seaweed import GRPC_OFFSET, SeaweedPorts
+
+    avoid = set(range(20000, 21500))
+    for _ in range(30):
+        ports = SeaweedPorts.allocate(avoid=avoid)
+        taken = {p for port in ports.saved().values() for p in (port, port + GRPC_OFFSET)}
+        assert not taken & avoid, ports
