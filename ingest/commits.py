@@ -1,5 +1,7 @@
 """Group commit: items that queue up while a commit runs go together into the next one.
 
+`Backlog` is the same for writes nobody waits on: one task writes whatever queued up, then the next.
+
 The first caller with nothing running becomes the leader and commits group after group until the
 queue is empty; every caller is answered (its result, or its group's error) once its own group is
 done. The spool's journal writes and the HTTP source's accepted requests share it: one fsync for many.
@@ -12,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 import anyio
+from anyio.abc import TaskGroup
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -71,3 +74,27 @@ class GroupCommit(Generic[T, R]):
                     w.error = w.error or self._abandoned(w.item)
                     w.done.set()
             self._queue = []
+
+
+class Backlog(Generic[T]):
+    """Items handed in without waiting: one task at a time hands all that queued up to `flush`
+    (its errors end the task group it runs in), so many small writes cost one call and no task each."""
+
+    def __init__(self, flush: Callable[[list[T]], Awaitable[None]]) -> None:
+        self._flush = flush
+        self._items: list[T] = []
+        self._running = False
+
+    def add(self, item: T, tg: TaskGroup) -> None:
+        self._items.append(item)
+        if not self._running:
+            self._running = True
+            tg.start_soon(self._drain)
+
+    async def _drain(self) -> None:
+        try:
+            while self._items:
+                items, self._items = self._items, []
+                await self._flush(items)
+        finally:
+            self._running = False

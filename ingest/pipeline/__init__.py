@@ -19,6 +19,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from botocore.exceptions import ClientError
 
 from ingest import metrics
+from ingest.commits import Backlog
 from ingest.config import Settings
 from ingest.faults import ack_lost, crash_point
 from ingest.health import Health, Stats
@@ -97,7 +98,10 @@ class Pipeline:
         self._tg: TaskGroup | None = None
         self._recorded_problems: dict[str, str] | None = None  # None: not written in this run yet
         self._reader: Journal | None = None  # Idempotency-Key lookups (HTTP source)
-        self._reads = anyio.CapacityLimiter(1)
+        self._lookups = anyio.CapacityLimiter(1)
+        # Row counts of units read, and units acknowledged: journaled many at a time, nobody waits.
+        self._reads: Backlog[tuple[SourceUnit, int, str]] = Backlog(self._journal_reads)
+        self._forgets: Backlog[SourceUnit] = Backlog(self._forget)
 
     def stop_intake(self) -> None:
         """Take no new input; units already taken are read to their end, batched, encoded, uploaded."""
@@ -107,25 +111,27 @@ class Pipeline:
     # -- what sources call (the Units protocol) -------------------------------------------------------
 
     async def open_unit(self, unit: SourceUnit) -> SourceUnit:
-        known = self._units.get(unit.id)
-        if known is not None and _same_file(known.fingerprint, unit.fingerprint):
-            if known.fingerprint != unit.fingerprint and known.total is not None:
-                # Grown since it was read to its end (a writer kept appending): read the rest.
-                known.total = None
-                known.read_again()
-            known.name, known.ack, known.path, known.origin = unit.name, unit.ack, unit.path, unit.origin
-            known.table, known.journaled, known.before_upload = unit.table, unit.journaled, unit.before_upload
-            known.counted = unit.counted
-            return known
-        if known is not None:
-            log.warning("source unit replaced since it was journaled; reading all of it", unit=unit.name)
-        if not unit.journaled:
-            total = unit.total if unit.counted else None
-            await self.spool.durably(
-                "add unit", self.journal.add_unit, unit.id, unit.name, unit.fingerprint, unit.path, total
-            )
-        self._units[unit.id] = unit
-        return unit
+        return (await self.open_units([unit]))[0]
+
+    async def open_units(self, units: list[SourceUnit]) -> list[SourceUnit]:
+        opened: list[SourceUnit] = []
+        new: list[SourceUnit] = []
+        for unit in units:
+            known = self._units.get(unit.id)
+            if known is not None and _same_file(known.fingerprint, unit.fingerprint):
+                opened.append(_reopened(known, unit))
+                continue
+            if known is not None:
+                log.warning("source unit replaced since it was journaled; reading all of it", unit=unit.name)
+            if not unit.journaled:
+                new.append(unit)
+            opened.append(unit)
+        if new:
+            rows = [UnitRow(u.id, u.name, u.fingerprint, u.path, u.total if u.counted else None) for u in new]
+            await self.spool.durably("add unit", self.journal.add_units, rows)
+        for unit in opened:
+            self._units[unit.id] = unit
+        return opened
 
     def known_units(self, prefix: str) -> list[SourceUnit]:
         """Units found in the journal (not acknowledged before the last stop) whose id starts with
@@ -150,7 +156,7 @@ class Pipeline:
     async def request(self, key: str) -> RequestRow | None:
         if self._reader is None:  # its own connection: reads while the journal thread commits
             self._reader = Journal(self.journal.path, readonly=True)
-        return await anyio.to_thread.run_sync(self._reader.request, key, limiter=self._reads)
+        return await anyio.to_thread.run_sync(self._reader.request, key, limiter=self._lookups)
 
     async def forget_requests(self, before: float) -> None:
         await self.spool.durably("forget old Idempotency-Keys", self.journal.prune_requests, before)
@@ -416,17 +422,28 @@ class Pipeline:
     # -- acknowledgements ----------------------------------------------------------------------------
 
     async def _unit_read(self, unit: SourceUnit) -> None:
+        """A unit read to its end. Its row count is journaled in a task of its own, so the batcher
+        does not wait on each file's commit; the unit is acknowledged only after that commit."""
         self.stats.units_claimed += 1
         if (unit.journaled or unit.counted) and unit.total == unit.next_row:
-            pass  # the row count was journaled with the unit
+            self._maybe_ack(unit)  # the row count was journaled with the unit
         elif unit.next_row or unit.total is None:  # read now (a fully covered unit keeps its known total)
             unit.total = unit.next_row
             if unit.read_stat is not None:  # what the file looked like when its last byte was read
                 unit.fingerprint = ":".join(map(str, unit.read_stat))
-            await self.spool.durably(
-                "journal unit read", self.journal.unit_read, unit.id, unit.total, unit.fingerprint
-            )
-        self._maybe_ack(unit)
+            unit.read_done = False
+            assert self._tg is not None
+            self._reads.add((unit, unit.total, unit.fingerprint), self._tg)
+        else:
+            self._maybe_ack(unit)
+
+    async def _journal_reads(self, reads: list[tuple[SourceUnit, int, str]]) -> None:
+        rows = [(unit.id, total, fingerprint) for unit, total, fingerprint in reads]
+        await self.spool.durably("journal unit read", self.journal.units_read, rows)
+        for unit, total, _ in reads:
+            if unit.total == total:  # else read again since (it grew): a later commit finishes it
+                unit.read_done = True
+                self._maybe_ack(unit)
 
     def _batch_done(self, batch: Batch) -> None:
         for unit in batch.units:
@@ -454,11 +471,16 @@ class Pipeline:
             self.stats.units_claimed -= 1
             return
         crash_point("acked")
-        await self.spool.durably("forget unit", self.journal.forget_unit, unit.id)
-        self._units.pop(unit.id, None)
-        self._ack_errors.pop(unit.id, None)
-        self.stats.units_acked += 1
-        metrics.UNITS_ACKED.inc()
+        assert self._tg is not None
+        self._forgets.add(unit, self._tg)
+
+    async def _forget(self, units: list[SourceUnit]) -> None:
+        await self.spool.durably("forget unit", self.journal.forget_units, [u.id for u in units])
+        for unit in units:
+            self._units.pop(unit.id, None)
+            self._ack_errors.pop(unit.id, None)
+        self.stats.units_acked += len(units)
+        metrics.UNITS_ACKED.inc(len(units))
 
     def unacknowledged(self) -> dict[str, str]:
         """Units taken in this run, or found in the journal, that are still not acknowledged (where →
@@ -507,6 +529,18 @@ class Pipeline:
 
 async def _nothing_to_do() -> bool:
     return True
+
+
+def _reopened(known: SourceUnit, unit: SourceUnit) -> SourceUnit:
+    """A unit found in the journal (or opened before), opened again by its source in this run."""
+    if known.fingerprint != unit.fingerprint and known.total is not None:
+        # Grown since it was read to its end (a writer kept appending): read the rest.
+        known.total = None
+        known.read_again()
+    known.name, known.ack, known.path, known.origin = unit.name, unit.ack, unit.path, unit.origin
+    known.table, known.journaled, known.before_upload = unit.table, unit.journaled, unit.before_upload
+    known.counted = unit.counted
+    return known
 
 
 def _same_file(a: str, b: str) -> bool:

@@ -37,7 +37,7 @@ class Batch:
     failed: bool = False
     table: str = DEFAULT_TABLE
 
-    def add(self, chunk: Chunk) -> None:
+    def add(self, chunk: Chunk, nbytes: int) -> None:
         unit = chunk.unit
         ranges = self.spans.get(unit)
         if ranges is None:
@@ -51,7 +51,7 @@ class Batch:
             ranges.append((start, stop))
         self.chunks.append(chunk)
         self.records += chunk.table.num_rows
-        self.nbytes += chunk.table.nbytes
+        self.nbytes += nbytes
 
 
 class Batcher:
@@ -90,15 +90,16 @@ class Batcher:
         """Add rows, splitting the chunk where a batch reaches max_records or max_bytes."""
         full: list[Batch] = []
         table = chunk.unit.table
+        # Once per chunk (it walks every buffer of every column); its slices count pro rata.
+        row_bytes = max(1, chunk.table.nbytes // max(1, chunk.table.num_rows))
         while chunk.table.num_rows:
             batch = self.open.get(table)
             if batch is None:
                 batch = self.open[table] = Batch(opened=anyio.current_time(), table=table)
             room = self.config.max_records - batch.records
-            row_bytes = max(1, chunk.table.nbytes // chunk.table.num_rows)
             room = min(room, max(1, (self.config.max_bytes - batch.nbytes) // row_bytes))
             part = chunk if chunk.table.num_rows <= room else chunk.slice(0, room)
-            batch.add(part)
+            batch.add(part, row_bytes * part.table.num_rows)
             chunk = chunk.slice(part.table.num_rows) if part is not chunk else chunk.slice(0, 0)
             if batch.records >= self.config.max_records or batch.nbytes >= self.config.max_bytes:
                 full.append(self._close(table))

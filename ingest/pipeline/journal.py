@@ -135,29 +135,46 @@ class Journal:
         self, unit_id: str, name: str, fingerprint: str, path: str | None, total: int | None = None
     ) -> None:
         """A unit opened (`total`: its row count, when known before it is read)."""
+        self.add_units([UnitRow(unit_id, name, fingerprint, path, total)])
+
+    def add_units(self, units: list[UnitRow]) -> None:
+        """Units opened, in one transaction (e.g. a bundle of small files)."""
         self._tx(
             "add_unit",
             [
-                (_INSERT_UNIT, (unit_id, name, fingerprint, path, total)),
-                ("DELETE FROM spans WHERE unit_id = ?", (unit_id,)),
+                stmt
+                for u in units
+                for stmt in (
+                    (_INSERT_UNIT, astuple(u)),
+                    ("DELETE FROM spans WHERE unit_id = ?", (u.id,)),
+                )
             ],
         )
 
     def unit_read(self, unit_id: str, total: int, fingerprint: str) -> None:
         """Read to its end: its row count, and what the file looked like then (a later change means
         rows were appended after that read)."""
-        self._tx(
-            "unit_read",
-            [("UPDATE units SET total = ?, fingerprint = ? WHERE id = ?", (total, fingerprint, unit_id))],
-        )
+        self.units_read([(unit_id, total, fingerprint)])
+
+    def units_read(self, units: list[tuple[str, int, str]]) -> None:
+        """`unit_read` for many (id, total, fingerprint), in one transaction."""
+        sql = "UPDATE units SET total = ?, fingerprint = ? WHERE id = ?"
+        self._tx("unit_read", [(sql, (total, fp, unit_id)) for unit_id, total, fp in units])
 
     def forget_unit(self, unit_id: str) -> None:
         """After the unit is acknowledged: nothing about it is needed any more."""
+        self.forget_units([unit_id])
+
+    def forget_units(self, unit_ids: list[str]) -> None:
         self._tx(
             "forget_unit",
             [
-                ("DELETE FROM spans WHERE unit_id = ?", (unit_id,)),
-                ("DELETE FROM units WHERE id = ?", (unit_id,)),
+                stmt
+                for unit_id in unit_ids
+                for stmt in (
+                    ("DELETE FROM spans WHERE unit_id = ?", (unit_id,)),
+                    ("DELETE FROM units WHERE id = ?", (unit_id,)),
+                )
             ],
         )
 

@@ -167,6 +167,10 @@ class Units(Protocol):
         """Register a unit before reading it; returns the unit to read into (skip ranges filled in)."""
         ...
 
+    async def open_units(self, units: list[SourceUnit]) -> list[SourceUnit]:
+        """`open_unit` for many (one journal commit), in order."""
+        ...
+
     async def wait_for_room(self) -> None:
         """Return when the spool is below its high-water mark (sources take no new input until then)."""
         ...
@@ -214,6 +218,9 @@ class FreshUnits:
 
     async def open_unit(self, unit: SourceUnit) -> SourceUnit:
         return unit
+
+    async def open_units(self, units: list[SourceUnit]) -> list[SourceUnit]:
+        return units
 
     async def wait_for_room(self) -> None:
         return None

@@ -2,7 +2,7 @@
 
 A body becomes a *block*: its accepted records as JSON lines, in order, each ending in a newline.
 The block is what the segment keeps and what is parsed into rows, both when the request comes in and
-after a crash (`formats.parse_lines` gives the same rows for the same bytes), so the rows of a block
+after a crash (`jsonlines.parse_lines` gives the same rows for the same bytes), so the rows of a block
 always have the same numbers. Malformed lines never reach the block: they are rejected with their
 line number in the body.
 """
@@ -17,7 +17,8 @@ from typing import Literal
 import pyarrow as pa
 
 from ingest.deadletters import MAX_RAW, DeadLetter
-from ingest.sources.formats import Parsed, elements, parse_lines
+from ingest.sources.formats import elements
+from ingest.sources.jsonlines import Parsed, parse_lines
 
 Media = Literal["ndjson", "json"]
 MEDIA_TYPES: dict[str, Media] = {

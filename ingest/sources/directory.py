@@ -30,15 +30,17 @@ import anyio.to_thread
 from anyio.streams.memory import MemoryObjectSendStream
 from watchfiles import awatch
 
+from ingest.commits import GroupCommit
 from ingest.config import ConfigError, SourceConfig
 from ingest.deadletters import DeadLetters
 from ingest.faults import crash_point
 from ingest.files import WorkerIdInUse, lock_worker_id, move_durably
 from ingest.layout import CLAIM_DIR
 from ingest.logs import get_logger
-from ingest.sources.base import AckError, FreshUnits, Item, SourceUnit, Units
-from ingest.sources.formats import DEFAULT_MAX_RECORD, Format, detect
-from ingest.sources.reader import IGNORED_SUFFIXES, FileSource, describe_read_error, read_unit
+from ingest.sources.base import AckError, Chunk, FreshUnits, Item, SourceUnit, Units
+from ingest.sources.formats import Format, detect
+from ingest.sources.jsonlines import DEFAULT_MAX_RECORD, Joint
+from ingest.sources.reader import BUNDLE_FILES, IGNORED_SUFFIXES, FileSource, describe_read_error, read_into
 from ingest.sources.writers import open_for_writing
 
 log = get_logger("ingest.sources.directory")
@@ -88,6 +90,8 @@ class DirectorySource(FileSource):
         self._following: dict[Path, _Seen] = {}  # claimed files still growing (or changed after reading)
         self._observed: dict[Path, _Seen] = {}  # the last look at a followed file sent to be read again
         self._read_stats: dict[Path, Stat] = {}  # claimed file → its stat when its last byte was read
+        self._origins: dict[Path, Path] = {}  # claimed file → its path under root (its sidecar says so too)
+        self._acks = GroupCommit(self._ack_all, lambda p: AckError(f"acknowledgement of {p} abandoned"))
 
     # -- discovery -------------------------------------------------------------------------------
 
@@ -209,6 +213,9 @@ class DirectorySource(FileSource):
         self._solved(path)
         return True
 
+    def _claim_all(self, paths: list[Path]) -> list[Path]:
+        return [claimed for path in paths if (claimed := self._claim(path)) is not None]
+
     def _claim(self, path: Path) -> Path | None:
         """Rename `path` into this worker's claim directory (blocking); None if it was not claimed."""
         fmt = detect(path, self.config.format)
@@ -222,10 +229,13 @@ class DirectorySource(FileSource):
         self.claim_dir.mkdir(parents=True, exist_ok=True)
         target = self.claim_dir / f"{uuid.uuid4().hex[:12]}--{path.name}"
         link_target = os.path.realpath(path) if path.is_symlink() else None
-        # Written before the rename, so a claimed file always has it (a crash in between leaves a
-        # sidecar without its file, removed at the next start).
-        sidecar = {"origin": path.relative_to(self.root).as_posix(), "target": link_target}
-        _origin_file(target).write_text(json.dumps(sidecar))
+        origin = path.relative_to(self.root)
+        if link_target is not None or origin.parent != Path("."):
+            # What the claimed name cannot tell (a file directly under the root needs none: its
+            # name follows the `--`). Written before the rename, so a claimed file always has it (a
+            # crash in between leaves a sidecar without its file, removed at the next start).
+            sidecar = {"origin": origin.as_posix(), "target": link_target}
+            _origin_file(target).write_text(json.dumps(sidecar))
         try:
             os.rename(path, target)  # atomic; exactly one worker wins
         except FileNotFoundError:
@@ -244,6 +254,7 @@ class DirectorySource(FileSource):
             return None
         finally:
             self._seen.pop(path, None)
+        self._origins[target] = origin
         if link_target is not None:
             self._targets[target] = Path(link_target)
         return target
@@ -302,15 +313,17 @@ class DirectorySource(FileSource):
 
         async def scan() -> bool:
             """Claim what is complete; True once --once has taken everything that was there at start."""
-            for path in await anyio.to_thread.run_sync(self._complete, anyio.current_time()):
-                if at_start is not None and path not in at_start:
-                    continue  # --once takes what was there at start
+            ready = await anyio.to_thread.run_sync(self._complete, anyio.current_time())
+            if at_start is not None:
+                ready = [p for p in ready if p in at_start]  # --once takes what was there at start
+            for i in range(0, len(ready), BUNDLE_FILES):
                 await self._units.wait_for_room()  # backpressure: claim nothing while the spool is full
-                claimed = await anyio.to_thread.run_sync(self._claim, path)
+                part = ready[i : i + BUNDLE_FILES]
+                claimed = await anyio.to_thread.run_sync(self._claim_all, part)
                 if at_start is not None:
-                    at_start.discard(path)
-                if claimed is not None:
-                    await files.send(claimed)
+                    at_start.difference_update(part)
+                for path in claimed:
+                    await files.send(path)
             await self._resend(files, retry_failed=not once)
             if at_start is None:
                 return False
@@ -377,7 +390,7 @@ class DirectorySource(FileSource):
         return idle >= self.config.settle_seconds and not self._writing(st)
 
     def _resumable(self, path: Path) -> bool:
-        detected = detect(Path(_origin(path).name), self.config.format)
+        detected = detect(Path(self._origin(path).name), self.config.format)
         return detected is not None and detected[0] == "jsonl" and detected[1] is None
 
     def _target(self, claimed: Path) -> Path:
@@ -390,38 +403,45 @@ class DirectorySource(FileSource):
 
     # -- reading -----------------------------------------------------------------------------------
 
-    async def _read(
-        self, path: Path, name: Path, unit: SourceUnit, send: MemoryObjectSendStream[Item]
+    def _read_now(
+        self,
+        path: Path,
+        name: Path,
+        unit: SourceUnit,
+        emit: Callable[[Chunk], None],
+        joint: Joint | None = None,
     ) -> bool:
         target = self._target(path)
-        before = await anyio.to_thread.run_sync(_stat, target)
+        before = _stat(target)
 
         def settled() -> bool:  # at the end of the data: may a last line without newline be parsed?
             return _stat(target) == before and self._quiet(before)
 
-        await read_unit(
-            target,
-            name,
-            self.config.format,
-            unit,
-            self._units,
-            send,
-            self.dead,
-            self.max_record_bytes,
-            settled,
+        read_into(
+            target, name, self.config.format, unit, emit, self.dead, self.max_record_bytes, settled, joint
         )
-        after = await anyio.to_thread.run_sync(_stat, target)
+        after = _stat(target)
+        now = time.monotonic()  # the anyio clock of asyncio's loop
         seen = self._observed.pop(path, None)
-        unchanged = anyio.current_time() - seen.stable_since if seen and seen.stat == after else 0.0
+        unchanged = now - seen.stable_since if seen and seen.stat == after else 0.0
         if after == before and self._quiet(after, unchanged):
             unit.read_stat = after[1:]
             self._read_stats[path] = after
             return True
-        self._following[path] = _Seen(after, anyio.current_time())
+        self._following[path] = _Seen(after, now)
         return False
 
+    def _size(self, path: Path) -> int:
+        return self._read_stats[path][2]  # stat by `_unit`, of the target for a link
+
+    def _origin(self, claimed: Path) -> Path:
+        origin = self._origins.get(claimed)
+        if origin is None:
+            origin = self._origins[claimed] = _origin(claimed)
+        return origin
+
     def _unit(self, path: Path) -> tuple[SourceUnit, Path]:
-        origin = _origin(path)
+        origin = self._origin(path)
         st = _stat(self._target(path))
         self._read_stats[path] = st
         unit = SourceUnit(
@@ -437,20 +457,34 @@ class DirectorySource(FileSource):
 
     def _acker(self, claimed: Path) -> Callable[[], Awaitable[bool]]:
         async def ack() -> bool:
-            changed = await anyio.to_thread.run_sync(self._changed_since_read, claimed)
-            if changed is not None:
+            outcome = await self._acks(claimed)  # with the other files acknowledged meanwhile
+            if isinstance(outcome, OSError):
+                raise AckError(f"could not remove or move {claimed}: {outcome}")
+            if outcome is not None:
                 log.info("file changed after it was read; reading what was added", path=str(claimed))
-                self._following[claimed] = _Seen(changed, anyio.current_time())
+                self._following[claimed] = _Seen(outcome, anyio.current_time())
                 return False
-            try:
-                await anyio.to_thread.run_sync(self._finish, claimed)
-            except OSError as exc:
-                raise AckError(f"could not remove or move {claimed}: {exc}") from exc
-            self._read_stats.pop(claimed, None)
-            self._targets.pop(claimed, None)
             return True
 
         return ack
+
+    async def _ack_all(self, claimed: list[Path]) -> list[Stat | OSError | None]:
+        return await anyio.to_thread.run_sync(lambda: [self._ack_now(p) for p in claimed])
+
+    def _ack_now(self, claimed: Path) -> Stat | OSError | None:
+        """Finish a file read and uploaded (blocking); its stat instead if it changed since it was
+        read (nothing done: the rest is read first), the error if it could not be removed or moved."""
+        changed = self._changed_since_read(claimed)
+        if changed is not None:
+            return changed
+        try:
+            self._finish(claimed)
+        except OSError as exc:
+            return exc
+        self._read_stats.pop(claimed, None)
+        self._targets.pop(claimed, None)
+        self._origins.pop(claimed, None)
+        return None
 
     def _changed_since_read(self, claimed: Path) -> Stat | None:
         """The file's stat if it changed since its last byte was read (or a writer holds it)."""
@@ -467,9 +501,8 @@ class DirectorySource(FileSource):
         return None
 
     def _finish(self, claimed: Path) -> None:
-        origin = _origin(claimed)
         if self.done_dir is not None:
-            target = self.done_dir / origin
+            target = self.done_dir / self._origin(claimed)
             target.parent.mkdir(parents=True, exist_ok=True)
             if os.path.lexists(claimed):
                 move_durably(claimed, target)

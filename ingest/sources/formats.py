@@ -11,27 +11,29 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
 import pyarrow as pa
 import pyarrow.csv as pcsv
-import pyarrow.json as pjson
 import pyarrow.parquet as pq
 
 from ingest.deadletters import MAX_RAW, DeadLetter
-from ingest.sources.types import column_from_values, infer_text, lossy_doubles, recognise_timestamps
+from ingest.sources.jsonlines import (
+    DEFAULT_MAX_RECORD,
+    READ_BLOCK,
+    Dead,
+    Emit,
+    Joint,
+    JsonLines,
+    Position,
+    table_from_records,
+)
+from ingest.sources.types import infer_text
 
 Format = Literal["jsonl", "json", "csv", "parquet"]
-READ_BLOCK = 32 << 20
 PARQUET_BATCH_ROWS = 256 * 1024
-DEFAULT_MAX_RECORD = 8 << 20
 COMPRESSED_PIECE = 64 << 10
-# emit(table, first_line, explicit_lines)
-Emit = Callable[[pa.Table, int, list[int] | None], None]
-Dead = Callable[[list[DeadLetter]], None]
-Position = tuple[int, int]  # (byte offset, line number) where a resumable read continues
 
 _COMPRESSION = {".gz": "gzip", ".zst": "zstd", ".zstd": "zstd"}
 _FORMATS: dict[str, Format] = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv"}
@@ -71,8 +73,10 @@ def read_file(
     max_record: int = DEFAULT_MAX_RECORD,
     start: Position = (0, 1),
     settled: Callable[[], bool] = lambda: True,
+    joint: Joint | None = None,
 ) -> Position:
-    """Read `path` to its end, handing Arrow tables to `emit` and unreadable records to `dead`.
+    """Read `path` to its end, handing Arrow tables to `emit` and unreadable records to `dead`
+    (plain JSON lines through `joint`, when given: see jsonlines.Joint).
 
     For plain JSON lines, reading starts at `start` (byte offset, line number) and returns where it
     stopped: a last line without its newline is parsed only when `settled()` says the file is done
@@ -86,10 +90,12 @@ def read_file(
         return (0, 1)
     with pa.input_stream(str(path), compression=compression) as stream:
         if fmt in ("jsonl", "json"):
-            piece = READ_BLOCK if compression is None else COMPRESSED_PIECE
+            piece = COMPRESSED_PIECE
+            if compression is None:  # a read allocates its whole size first: no more than the file
+                piece = min(READ_BLOCK, max(COMPRESSED_PIECE, stream.size() - start[0] + 1))
             if start[0]:
                 stream.seek(start[0])
-            reader = _JsonLines(source, emit, dead, max_record, piece)
+            reader = JsonLines(source, emit, dead, max_record, piece, joint=joint)
             offset, line = reader.read(stream, start[1], settled)
             return start[0] + offset, line
         _read_csv(stream, _csv_header(path, compression), source, emit, dead)
@@ -226,23 +232,6 @@ def raw_lines(path: Path, compression: str | None, wanted: list[int]) -> dict[in
     return out
 
 
-Parsed = list[tuple[pa.Table, int, list[int] | None]]  # what `emit` was given, in order
-
-
-def parse_lines(
-    block: bytes, source: str, max_record: int = DEFAULT_MAX_RECORD
-) -> tuple[Parsed, list[DeadLetter]]:
-    """JSON lines held in memory (a request body), parsed exactly as a file's block is: the same
-    bytes always give the same rows in the same order (the HTTP source relies on it after a crash)."""
-    tables: Parsed = []
-    dead: list[DeadLetter] = []
-    reader = _JsonLines(
-        source, lambda t, first, lines: tables.append((t, first, lines)), dead.extend, max_record
-    )
-    reader.block(block, 1)
-    return tables, dead
-
-
 def elements(text: str) -> list[tuple[Any, int]]:
     """(value, line it starts on) of each element of a top-level JSON array, or of the one value;
     raises json.JSONDecodeError."""
@@ -256,212 +245,6 @@ def _read_parquet(path: Path, emit: Emit) -> None:
         line += batch.num_rows
 
 
-@dataclass
-class _JsonLines:
-    source: str
-    emit: Emit
-    dead: Dead
-    max_record: int
-    piece: int = READ_BLOCK  # read size; small for compressed input
-    text_fields: set[str] = field(default_factory=set)  # read as text, typed by ingest.sources.types
-
-    def read(self, stream: Any, line: int = 1, settled: Callable[[], bool] = lambda: True) -> Position:
-        """Parse to the end of `stream`; returns (bytes consumed, next line number). At the end, a
-        last line without its newline is parsed only if `settled()`: a writer may still finish it."""
-        carry = b""
-        consumed = 0  # bytes read from the stream, including `carry`
-        while True:
-            data, error = self._read_block(stream)
-            consumed += len(data)
-            buf = carry + data if carry else data
-            if error is not None:
-                # Truncated/corrupt compression: keep every whole line read, say where it stopped.
-                cut = buf.rfind(b"\n") + 1
-                if cut:
-                    self.block(buf[:cut], line)
-                    line += buf.count(b"\n", 0, cut)
-                reason = f"unreadable from this line on: {error}"
-                self.dead([DeadLetter(self.source, line, reason, buf[cut : cut + MAX_RAW] or None)])
-                return consumed, line
-            if data:
-                cut = buf.rfind(b"\n")
-                if cut < 0:  # one line longer than a block: keep reading, up to max_record
-                    if len(buf) > self.max_record:
-                        carry, skipped = self._skip_long_line(stream, buf, line)
-                        consumed += skipped
-                        line += 1
-                    else:
-                        carry = buf
-                    continue
-                block, carry = buf[: cut + 1], buf[cut + 1 :]
-            elif buf and settled():
-                block, carry = buf, b""
-            else:  # the end, or a last line still being written: leave it for the next read
-                block, carry = b"", buf
-            if block:
-                self.block(block, line)
-                line += block.count(b"\n") + (0 if block.endswith(b"\n") else 1)
-            if not data:
-                return consumed - len(carry), line
-
-    def _read_block(self, stream: Any) -> tuple[bytes, Exception | None]:
-        """Up to READ_BLOCK bytes; compressed input is read in small pieces so that a truncated
-        stream loses at most one piece of what could still be decompressed."""
-        pieces: list[bytes] = []
-        size = 0
-        try:
-            while size < READ_BLOCK:
-                piece = stream.read(min(self.piece, READ_BLOCK - size))
-                if not piece:
-                    break
-                pieces.append(piece)
-                size += len(piece)
-        except (OSError, pa.ArrowException) as exc:
-            return b"".join(pieces), exc
-        return b"".join(pieces), None
-
-    def _too_long(self, size: int, line: int, raw: bytes) -> None:
-        reason = (
-            f"record is {size} bytes, over batch.max_record_bytes ({self.max_record}); "
-            "raise it or split the record"
-        )
-        self.dead([DeadLetter(self.source, line, reason, raw)])
-
-    def _skip_long_line(self, stream: Any, head: bytes, line: int) -> tuple[bytes, int]:
-        """Dead-letter a line over max_record without holding it in memory; returns what follows it
-        and how many bytes were read from the stream."""
-        size, rest, nread = len(head), b"", 0
-        while data := stream.read(READ_BLOCK):
-            nread += len(data)
-            cut = data.find(b"\n")
-            if cut >= 0:
-                size, rest = size + cut, data[cut + 1 :]
-                break
-            size += len(data)
-        self._too_long(size, line, head[:MAX_RAW])
-        return rest, nread
-
-    def block(self, block: bytes, first_line: int) -> None:
-        long = _long_line(block, self.max_record)
-        if long is not None:  # parse around it
-            a, b = long
-            self.block(block[:a], first_line)
-            line = first_line + block.count(b"\n", 0, a)
-            self._too_long(b - a, line, block[a : min(b, a + MAX_RAW)])
-            self.block(block[b + 1 :], line + 1)
-            return
-        try:
-            table = self._parse(block)
-        except pa.ArrowInvalid as exc:
-            if "Empty JSON file" in str(exc):
-                return
-            table = None
-        if table is None:  # types conflict between lines, or a number the fast reader changes
-            _parse_json_slowly(block, first_line, self.source, self.emit, self.dead)
-            return
-        expected = block.count(b"\n") + (0 if block.endswith(b"\n") else 1)
-        if table.num_rows == expected:
-            self.emit(table, first_line, None)
-        else:  # blank lines were skipped: number the rows explicitly
-            lines = [first_line + i for i, text in enumerate(block.split(b"\n")) if text.strip()]
-            self.emit(table, first_line, lines[: table.num_rows])
-
-    def _parse(self, block: bytes) -> pa.Table | None:
-        """pyarrow's reader, with timestamps kept as text (it would drop their zone) and recognised
-        by our rules; None when only a per-line parse keeps every value exact."""
-        options = None
-        if self.text_fields:
-            schema = pa.schema([(name, pa.string()) for name in sorted(self.text_fields)])
-            options = pjson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="infer")
-        table = pjson.read_json(pa.BufferReader(block), parse_options=options)
-        stamps = {f.name for f in table.schema if pa.types.is_timestamp(f.type)}
-        if stamps - self.text_fields:
-            self.text_fields |= stamps
-            return self._parse(block)
-        if lossy_doubles(table):
-            return None
-        return recognise_timestamps(table)
-
-
-def _long_line(block: bytes, limit: int) -> tuple[int, int] | None:
-    """(start, end) of the first line longer than `limit`, or None.
-
-    Cheap: a line longer than `limit` contains a whole aligned window of limit/2 bytes with no
-    newline, so only len/(limit/2) windows are searched, not every line.
-    """
-    if len(block) <= limit:
-        return None
-    step = max(1, limit // 2)
-    s = 0
-    while s < len(block):
-        if block.find(b"\n", s, s + step) < 0:
-            start = block.rfind(b"\n", 0, s) + 1
-            end = block.find(b"\n", s)
-            end = len(block) if end < 0 else end
-            if end - start > limit:
-                return start, end
-            s = end + 1
-        else:
-            s += step
-    return None
-
-
-def _parse_json_slowly(block: bytes, first_line: int, source: str, emit: Emit, dead: Dead) -> None:
-    """Per-line fallback for a block pyarrow refused: keep every good record, dead-letter the rest."""
-    records: list[dict[str, Any]] = []
-    lines: list[int] = []
-    raws: list[bytes] = []
-    bad: list[DeadLetter] = []
-    for i, raw in enumerate(block.split(b"\n")):
-        if not raw.strip():
-            continue
-        number = first_line + i
-        value = _record(raw, source, number, bad)
-        if value is not None:
-            records.append(value)
-            lines.append(number)
-            raws.append(raw)
-    if records:
-        table, misfits = table_from_records(records)
-        if misfits:
-            bad += [DeadLetter(source, lines[r], why, raws[r]) for r, why in sorted(misfits.items())]
-            keep = [r for r in range(len(records)) if r not in misfits]
-            table, lines = table.take(keep), [lines[r] for r in keep]
-        if table.num_rows:
-            emit(table, first_line, lines)
-    dead(bad)
-
-
-def _record(raw: bytes, source: str, line: int, bad: list[DeadLetter]) -> dict[str, Any] | None:
-    try:
-        value = json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        bad.append(DeadLetter(source, line, f"invalid UTF-8: {exc}", raw))
-        return None
-    except ValueError as exc:
-        bad.append(DeadLetter(source, line, f"invalid JSON: {exc}", raw))
-        return None
-    if not isinstance(value, dict):
-        bad.append(DeadLetter(source, line, f"not a JSON object: {type(value).__name__}", raw))
-        return None
-    return value
-
-
-def table_from_records(records: list[dict[str, Any]]) -> tuple[pa.Table, dict[int, str]]:
-    """Records parsed one by one, as columns whose types never depend on the records' order, and
-    the records that do not fit them (index → reason; see ingest.sources.types)."""
-    names: dict[str, None] = {}
-    for r in records:
-        names.update(dict.fromkeys(r))
-    columns, misfits = [], dict[int, str]()
-    for name in names:
-        column, bad = column_from_values(name, [r.get(name) for r in records])
-        columns.append(column)
-        for row, why in bad.items():
-            misfits.setdefault(row, why)
-    return recognise_timestamps(pa.table(columns, names=list(names))), misfits
-
-
 def read_stream(raw: BinaryIO, fmt: Format, source: str, emit: Emit, dead: Dead, max_record: int) -> None:
     """Read a stream that cannot be read twice (standard input) to its end: JSON lines or CSV."""
     if fmt == "csv":
@@ -472,7 +255,7 @@ def read_stream(raw: BinaryIO, fmt: Format, source: str, emit: Emit, dead: Dead,
         return
     if fmt != "jsonl":
         raise ValueError(f"format {fmt!r} cannot be read from a stream; use jsonl or csv")
-    _JsonLines(source, emit, dead, max_record).read(pa.PythonFile(raw, mode="r"))
+    JsonLines(source, emit, dead, max_record).read(pa.PythonFile(raw, mode="r"))
 
 
 class _Prefixed(io.RawIOBase):

@@ -42,7 +42,8 @@ from ingest.logs import get_logger
 from ingest.r2.client import R2AccessDenied, R2Client
 from ingest.r2.errors import code_of, describe, is_retryable
 from ingest.sources.base import Ack, AckError, FreshUnits, SourceUnit, Units
-from ingest.sources.formats import DEFAULT_MAX_RECORD, detect
+from ingest.sources.formats import detect
+from ingest.sources.jsonlines import DEFAULT_MAX_RECORD
 from ingest.sources.reader import IGNORED_SUFFIXES, FileSource
 
 log = get_logger("ingest.sources.landing")

@@ -11,6 +11,7 @@ later, continuing after the rows already taken.
 from __future__ import annotations
 
 import errno
+import os
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -24,27 +25,34 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from ingest.config import SourceConfig
 from ingest.deadletters import DeadLetters
 from ingest.logs import get_logger
-from ingest.sources.base import Item, SourceUnit, UnitRead, Units
+from ingest.sources.base import Chunk, Item, SourceUnit, UnitRead, Units
 from ingest.sources.formats import detect, raw_lines, read_file, resumable
+from ingest.sources.jsonlines import Joint
 
 log = get_logger("ingest.sources.reader")
 READERS = 2  # files parsed at once; pyarrow also uses threads inside each
+# Small files are taken in bundles: one thread call opens, reads or acknowledges many of them, so a
+# directory of many small files is not paid for in thread hops and journal commits per file.
+BUNDLE_FILES = 256
+BUNDLE_BYTES = 16 << 20  # of small files read in one go (their chunks are held until sent)
+SMALL_FILE = 1 << 20  # bigger files are read on their own, each chunk sent as soon as it is parsed
 IGNORED_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".swp")  # files still being written
 READ_ERRORS = (OSError, pa.ArrowException)
 
 
-async def read_unit(
+def read_into(
     path: Path,
     name: Path,
     configured_format: str,
     unit: SourceUnit,
-    units: Units,
-    send: MemoryObjectSendStream[Item],
+    emit: Callable[[Chunk], None],
     dead: DeadLetters,
     max_record_bytes: int,
     settled: Callable[[], bool] = lambda: True,
+    joint: Joint | None = None,
 ) -> None:
-    """Read `path` (whose format `name` tells) into `send`, from where `unit` stopped.
+    """Read `path` (whose format `name` tells) from where `unit` stopped, handing its chunks to `emit`
+    (blocking: runs in a thread; plain JSON lines may be held by `joint` until it is flushed).
 
     Raises what reading raised (OSError, ArrowException); the unit is then set to be read again
     from its top, skipping the rows already sent.
@@ -53,34 +61,30 @@ async def read_unit(
     assert detected is not None
     fmt, compression = detected
 
-    def emit(table: pa.Table, first_line: int, lines: list[int] | None) -> None:
+    def chunks(table: pa.Table, first_line: int, lines: list[int] | None) -> None:
         for chunk in unit.chunks(table, first_line, lines):
-            anyio.from_thread.run(units.wait_for_room)
-            anyio.from_thread.run(send.send, chunk)
+            emit(chunk)
 
     if fmt != "parquet":
         unit.raw_lines = partial(raw_lines, path, compression)
-
-    def work() -> None:
-        if not resumable(fmt, compression):
-            unit.read_again()
-        try:
-            unit.position = read_file(
-                path,
-                fmt,
-                compression,
-                unit.name,
-                emit,
-                partial(dead.write, origin=unit.origin),
-                max_record_bytes,
-                unit.position,
-                settled,
-            )
-        except BaseException:
-            unit.read_again()
-            raise
-
-    await anyio.to_thread.run_sync(work)
+    if not resumable(fmt, compression):
+        unit.read_again()
+    try:
+        unit.position = read_file(
+            path,
+            fmt,
+            compression,
+            unit.name,
+            chunks,
+            partial(dead.write, origin=unit.origin),
+            max_record_bytes,
+            unit.position,
+            settled,
+            joint,
+        )
+    except BaseException:
+        unit.read_again()
+        raise
 
 
 def describe_read_error(exc: BaseException) -> str:
@@ -96,7 +100,7 @@ class FileSource:
 
     Subclasses set `config`, `dead`, `max_record_bytes` and `_units` in `__init__` and say how to find
     files (`_discover`, which also resends a previous run's unacknowledged ones) and what unit a file is
-    (`_unit`, with the name whose extension gives the format). `_read` may hold a unit open (a file
+    (`_unit`, with the name whose extension gives the format). `_read_now` may hold a unit open (a file
     still growing) by returning False; the subclass then sends the file again later.
     """
 
@@ -131,7 +135,7 @@ class FileSource:
 
     async def run(self, send: MemoryObjectSendStream[Item], units: Units, once: bool) -> None:
         self._units = units
-        files_send, files_recv = anyio.create_memory_object_stream[Path](READERS)
+        files_send, files_recv = anyio.create_memory_object_stream[Path](BUNDLE_FILES)
         async with send, anyio.create_task_group() as tg:
             for _ in range(READERS):
                 tg.start_soon(self._reader, files_recv.clone(), send.clone())
@@ -153,38 +157,124 @@ class FileSource:
         if self._discovery is not None:
             self._discovery.cancel()
 
-    async def _read(
-        self, path: Path, name: Path, unit: SourceUnit, send: MemoryObjectSendStream[Item]
+    def _read_now(
+        self,
+        path: Path,
+        name: Path,
+        unit: SourceUnit,
+        emit: Callable[[Chunk], None],
+        joint: Joint | None = None,
     ) -> bool:
-        """Read the unit; True when it is read to its end (False: the subclass sends it again)."""
-        await read_unit(
-            path, name, self.config.format, unit, self._units, send, self.dead, self.max_record_bytes
-        )
+        """Read the unit (blocking: runs in a thread); True when it is read to its end (False: the
+        subclass sends it again)."""
+        read_into(path, name, self.config.format, unit, emit, self.dead, self.max_record_bytes, joint=joint)
         return True
+
+    def _size(self, path: Path) -> int:
+        return os.stat(path).st_size
 
     async def _reader(
         self, files: MemoryObjectReceiveStream[Path], send: MemoryObjectSendStream[Item]
     ) -> None:
         async with files, send:
             async for path in files:
-                try:
-                    described, name = await anyio.to_thread.run_sync(self._unit, path)
-                except OSError as exc:
-                    self._failed[path] = anyio.current_time()
-                    self._problem(path, describe_read_error(exc))
-                    continue
-                unit = await self._units.open_unit(described)
-                if not unit.fully_covered:  # else: every row is already spooled or uploaded
+                bundle = [path]
+                while len(bundle) < BUNDLE_FILES:
                     try:
-                        done = await self._read(path, name, unit, send)
-                    except READ_ERRORS as exc:
-                        unit.read_error = describe_read_error(exc)
-                        self._failed[path] = anyio.current_time()
-                        self._problem(path, unit.read_error)
-                        continue
-                    if not done:
-                        continue
-                unit.read_error = None
-                self._failed.pop(path, None)
-                self._solved(path)
-                await send.send(UnitRead(unit))
+                        bundle.append(files.receive_nowait())
+                    except (anyio.WouldBlock, anyio.EndOfStream):
+                        break
+                await self._take(bundle, send)
+
+    def _describe(self, paths: list[Path]) -> list[tuple[Path, tuple[SourceUnit, Path, int] | OSError]]:
+        out: list[tuple[Path, tuple[SourceUnit, Path, int] | OSError]] = []
+        for path in paths:
+            try:
+                unit, name = self._unit(path)
+                out.append((path, (unit, name, self._size(path))))
+            except OSError as exc:
+                out.append((path, exc))
+        return out
+
+    async def _take(self, paths: list[Path], send: MemoryObjectSendStream[Item]) -> None:
+        """Open the units of these files (one journal commit), read the small ones together in one
+        thread call and the others one by one, streaming their chunks."""
+        described: list[tuple[Path, tuple[SourceUnit, Path, int]]] = []
+        for path, outcome in await anyio.to_thread.run_sync(self._describe, paths):
+            if isinstance(outcome, OSError):
+                self._failed[path] = anyio.current_time()
+                self._problem(path, describe_read_error(outcome))
+            else:
+                described.append((path, outcome))
+        if not described:
+            return
+        opened = await self._units.open_units([unit for _, (unit, _, _) in described])
+        small: list[tuple[Path, Path, SourceUnit]] = []
+        large: list[tuple[Path, Path, SourceUnit]] = []
+        held = 0
+        for (path, (_, name, size)), unit in zip(described, opened, strict=True):
+            if unit.fully_covered:  # every row is already spooled or uploaded
+                await self._read_done(path, unit, True, send)
+            elif size <= SMALL_FILE and held + size <= BUNDLE_BYTES:
+                small.append((path, name, unit))
+                held += size
+            else:
+                large.append((path, name, unit))
+        if small:
+            for path, unit, chunks, result in await anyio.to_thread.run_sync(self._read_small, small):
+                for chunk in chunks:
+                    await self._units.wait_for_room()
+                    await send.send(chunk)
+                await self._read_done(path, unit, result, send)
+        for path, name, unit in large:
+            await self._read_done(path, unit, await self._read_streaming(path, name, unit, send), send)
+
+    def _read_small(
+        self, files: list[tuple[Path, Path, SourceUnit]]
+    ) -> list[tuple[Path, SourceUnit, list[Chunk], bool | Exception]]:
+        """Read small files in one go, their JSON lines parsed together (jsonlines.Joint)."""
+        joint = Joint(limit=BUNDLE_BYTES)
+        out: list[tuple[Path, SourceUnit, list[Chunk], bool | Exception]] = []
+        for path, name, unit in files:
+            chunks: list[Chunk] = []
+            joint.owner = unit
+            try:
+                outcome: bool | Exception = self._read_now(path, name, unit, chunks.append, joint)
+            except READ_ERRORS as exc:
+                joint.drop(unit)
+                outcome = exc
+            out.append((path, unit, chunks, outcome))
+        failed = joint.flush()
+        for i, (path, unit, chunks, outcome) in enumerate(out):
+            error = failed.get(unit)
+            if error is not None and not isinstance(outcome, Exception):
+                unit.read_again()  # the rows already emitted are skipped when it is read again
+                out[i] = (path, unit, chunks, error)
+        return out
+
+    async def _read_streaming(
+        self, path: Path, name: Path, unit: SourceUnit, send: MemoryObjectSendStream[Item]
+    ) -> bool | Exception:
+        def emit(chunk: Chunk) -> None:
+            anyio.from_thread.run(self._units.wait_for_room)
+            anyio.from_thread.run(send.send, chunk)
+
+        try:
+            return await anyio.to_thread.run_sync(self._read_now, path, name, unit, emit)
+        except READ_ERRORS as exc:
+            return exc
+
+    async def _read_done(
+        self, path: Path, unit: SourceUnit, outcome: bool | Exception, send: MemoryObjectSendStream[Item]
+    ) -> None:
+        if isinstance(outcome, Exception):
+            unit.read_error = describe_read_error(outcome)
+            self._failed[path] = anyio.current_time()
+            self._problem(path, unit.read_error)
+            return
+        if not outcome:
+            return
+        unit.read_error = None
+        self._failed.pop(path, None)
+        self._solved(path)
+        await send.send(UnitRead(unit))

@@ -45,7 +45,7 @@ from ingest.deadletters import DeadLetter, DeadLetters
 from ingest.faults import crash_point
 from ingest.logs import get_logger, register_secret
 from ingest.sources.base import AckError, Item, Ranges, SourceUnit, UnitRead, Units
-from ingest.sources.formats import Parsed, parse_lines
+from ingest.sources.jsonlines import Parsed, parse_lines
 from ingest.sources.ledger import Ledger, text
 
 log = get_logger("ingest.sources.streams")

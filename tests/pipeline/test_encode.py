@@ -24,7 +24,7 @@ def _batch(*tables: pa.Table) -> Batch:
     unit = SourceUnit("in.jsonl", _noop)
     line = 1
     for t in tables:
-        b.add(Chunk(t, unit, first_line=line))
+        b.add(Chunk(t, unit, first_line=line), t.nbytes)
         line += t.num_rows
     return b
 

@@ -7,12 +7,12 @@ import pyarrow as pa
 import pytest
 
 from ingest.deadletters import DeadLetter
-from ingest.sources import formats
+from ingest.sources import formats, jsonlines
 from ingest.sources.formats import detect, read_file
 
 
 def _read(
-    path: Path, fmt: str = "", max_record: int = formats.DEFAULT_MAX_RECORD
+    path: Path, fmt: str = "", max_record: int = jsonlines.DEFAULT_MAX_RECORD
 ) -> tuple[list[tuple[list[dict[str, object]], list[int]]], list[DeadLetter]]:
     detected = detect(path, fmt)
     assert detected is not None
@@ -51,6 +51,7 @@ def test_jsonl_blocks_keep_line_numbers_across_blank_lines(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(formats, "READ_BLOCK", 64)  # many blocks, cut at line ends
+    monkeypatch.setattr(jsonlines, "READ_BLOCK", 64)
     lines = [f'{{"id": {i}}}' if i % 7 else "" for i in range(1, 60)]
     p = tmp_path / "a.jsonl"
     p.write_text("\n".join(lines))  # no final newline
@@ -103,6 +104,7 @@ def test_lines_over_max_record_bytes_are_dead_letters_and_the_rest_is_read(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, block: int
 ) -> None:
     monkeypatch.setattr(formats, "READ_BLOCK", block)  # the long lines span blocks, or sit inside one
+    monkeypatch.setattr(jsonlines, "READ_BLOCK", block)
     long = '{"id": 3, "blob": "' + "x" * 5000 + '"}'
     p = tmp_path / "a.jsonl"
     p.write_text(

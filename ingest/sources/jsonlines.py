@@ -1,0 +1,316 @@
+"""JSON lines: blocks cut at line ends, parsed by pyarrow's C++ reader, and the exact slow path.
+
+Every block is parsed by `pyarrow.json`; only a block that pyarrow rejects (types conflicting between
+lines, a number it would change) takes the slow path: line by line, good lines kept as records whose
+types never depend on their order, bad ones to dead letters. The same bytes always give the same rows
+in the same order (journaled skip ranges and the HTTP source's blocks rely on it after a crash).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.json as pjson
+
+from ingest.deadletters import MAX_RAW, DeadLetter
+from ingest.sources.types import column_from_values, lossy_doubles, recognise_timestamps
+
+READ_BLOCK = 32 << 20
+DEFAULT_MAX_RECORD = 8 << 20
+# emit(table, first_line, explicit_lines)
+Emit = Callable[[pa.Table, int, list[int] | None], None]
+Dead = Callable[[list[DeadLetter]], None]
+Position = tuple[int, int]  # (byte offset, line number) where a resumable read continues
+
+Parsed = list[tuple[pa.Table, int, list[int] | None]]  # what `emit` was given, in order
+
+
+def parse_lines(
+    block: bytes, source: str, max_record: int = DEFAULT_MAX_RECORD
+) -> tuple[Parsed, list[DeadLetter]]:
+    """JSON lines held in memory (a request body), parsed exactly as a file's block is: the same
+    bytes always give the same rows in the same order (the HTTP source relies on it after a crash)."""
+    tables: Parsed = []
+    dead: list[DeadLetter] = []
+    reader = JsonLines(
+        source, lambda t, first, lines: tables.append((t, first, lines)), dead.extend, max_record
+    )
+    reader.block(block, 1)
+    return tables, dead
+
+
+@dataclass
+class JsonLines:
+    source: str
+    emit: Emit
+    dead: Dead
+    max_record: int
+    piece: int = READ_BLOCK  # read size; small for compressed input
+    text_fields: set[str] = field(default_factory=set)  # read as text, typed by ingest.sources.types
+    joint: Joint | None = None  # blocks held to be parsed with other files' (see Joint)
+
+    def read(self, stream: Any, line: int = 1, settled: Callable[[], bool] = lambda: True) -> Position:
+        """Parse to the end of `stream`; returns (bytes consumed, next line number). At the end, a
+        last line without its newline is parsed only if `settled()`: a writer may still finish it."""
+        carry = b""
+        consumed = 0  # bytes read from the stream, including `carry`
+        while True:
+            data, error = self._read_block(stream)
+            consumed += len(data)
+            buf = carry + data if carry else data
+            if error is not None:
+                # Truncated/corrupt compression: keep every whole line read, say where it stopped.
+                cut = buf.rfind(b"\n") + 1
+                if cut:
+                    self.block(buf[:cut], line)
+                    line += buf.count(b"\n", 0, cut)
+                reason = f"unreadable from this line on: {error}"
+                self.dead([DeadLetter(self.source, line, reason, buf[cut : cut + MAX_RAW] or None)])
+                return consumed, line
+            if data:
+                cut = buf.rfind(b"\n")
+                if cut < 0:  # one line longer than a block: keep reading, up to max_record
+                    if len(buf) > self.max_record:
+                        carry, skipped = self._skip_long_line(stream, buf, line)
+                        consumed += skipped
+                        line += 1
+                    else:
+                        carry = buf
+                    continue
+                block, carry = buf[: cut + 1], buf[cut + 1 :]
+            elif buf and settled():
+                block, carry = buf, b""
+            else:  # the end, or a last line still being written: leave it for the next read
+                block, carry = b"", buf
+            if block:
+                self.block(block, line)
+                line += block.count(b"\n") + (0 if block.endswith(b"\n") else 1)
+            if not data:
+                return consumed - len(carry), line
+
+    def _read_block(self, stream: Any) -> tuple[bytes, Exception | None]:
+        """Up to READ_BLOCK bytes; compressed input is read in small pieces so that a truncated
+        stream loses at most one piece of what could still be decompressed."""
+        pieces: list[bytes] = []
+        size = 0
+        try:
+            while size < READ_BLOCK:
+                piece = stream.read(min(self.piece, READ_BLOCK - size))
+                if not piece:
+                    break
+                pieces.append(piece)
+                size += len(piece)
+        except (OSError, pa.ArrowException) as exc:
+            return b"".join(pieces), exc
+        return b"".join(pieces), None
+
+    def _too_long(self, size: int, line: int, raw: bytes) -> None:
+        reason = (
+            f"record is {size} bytes, over batch.max_record_bytes ({self.max_record}); "
+            "raise it or split the record"
+        )
+        self.dead([DeadLetter(self.source, line, reason, raw)])
+
+    def _skip_long_line(self, stream: Any, head: bytes, line: int) -> tuple[bytes, int]:
+        """Dead-letter a line over max_record without holding it in memory; returns what follows it
+        and how many bytes were read from the stream."""
+        size, rest, nread = len(head), b"", 0
+        while data := stream.read(READ_BLOCK):
+            nread += len(data)
+            cut = data.find(b"\n")
+            if cut >= 0:
+                size, rest = size + cut, data[cut + 1 :]
+                break
+            size += len(data)
+        self._too_long(size, line, head[:MAX_RAW])
+        return rest, nread
+
+    def block(self, block: bytes, first_line: int) -> None:
+        if self.joint is not None and self.joint.take(self, block, first_line):
+            return
+        self.block_now(block, first_line)
+
+    def block_now(self, block: bytes, first_line: int) -> None:
+        long = _long_line(block, self.max_record)
+        if long is not None:  # parse around it
+            a, b = long
+            self.block_now(block[:a], first_line)
+            line = first_line + block.count(b"\n", 0, a)
+            self._too_long(b - a, line, block[a : min(b, a + MAX_RAW)])
+            self.block_now(block[b + 1 :], line + 1)
+            return
+        try:
+            table = _parse(block, self.text_fields)
+        except pa.ArrowInvalid as exc:
+            if "Empty JSON file" in str(exc):
+                return
+            table = None
+        if table is None:  # types conflict between lines, or a number the fast reader changes
+            _parse_json_slowly(block, first_line, self.source, self.emit, self.dead)
+            return
+        expected = block.count(b"\n") + (0 if block.endswith(b"\n") else 1)
+        if table.num_rows == expected:
+            self.emit(table, first_line, None)
+        else:  # blank lines were skipped: number the rows explicitly
+            lines = [first_line + i for i, text in enumerate(block.split(b"\n")) if text.strip()]
+            self.emit(table, first_line, lines[: table.num_rows])
+
+
+def _parse(block: bytes, text_fields: set[str]) -> pa.Table | None:
+    """pyarrow's reader, with timestamps kept as text (it would drop their zone) and recognised by
+    our rules (`text_fields` learns them); None when only a per-line parse keeps every value exact."""
+    options = None
+    if text_fields:
+        schema = pa.schema([(name, pa.string()) for name in sorted(text_fields)])
+        options = pjson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="infer")
+    table = pjson.read_json(pa.BufferReader(block), parse_options=options)
+    stamps = {f.name for f in table.schema if pa.types.is_timestamp(f.type)}
+    if stamps - text_fields:
+        text_fields |= stamps
+        return _parse(block, text_fields)
+    if lossy_doubles(table):
+        return None
+    return recognise_timestamps(table)
+
+
+@dataclass
+class Joint:
+    """Whole blocks of many small files, parsed in one pyarrow call and cut back into each file's
+    rows: a bundle of small files costs one parse, not one per file.
+
+    Only blocks that end with a newline and hold no over-long line are taken. When the joint parse
+    cannot be cut back exactly (a blank line, a bad line, types only a per-line parse keeps exact),
+    every block is parsed on its own, as if it had never been held: the rows are the same either way.
+    """
+
+    limit: int = READ_BLOCK
+    owner: object = None  # whose blocks are taken now (the caller's handle for errors in `flush`)
+    held: list[tuple[JsonLines, bytes, int, object]] = field(default_factory=list)
+    size: int = 0
+    text_fields: set[str] = field(default_factory=set)
+
+    def take(self, reader: JsonLines, block: bytes, first_line: int) -> bool:
+        if (
+            not block.endswith(b"\n")
+            or self.size + len(block) > self.limit
+            or _long_line(block, reader.max_record) is not None
+        ):
+            return False
+        self.held.append((reader, block, first_line, self.owner))
+        self.size += len(block)
+        return True
+
+    def drop(self, owner: object) -> None:
+        """Forget what `owner` handed in (its read failed: it is read again from its top)."""
+        self.held = [h for h in self.held if h[3] is not owner]
+        self.size = sum(len(h[1]) for h in self.held)
+
+    def flush(self) -> dict[object, Exception]:
+        """Emit every held block's rows; returns the owners whose blocks failed (e.g. a dead letter
+        could not be written), with the error."""
+        held, self.held, self.size = self.held, [], 0
+        if not held:
+            return {}
+        counts = [block.count(b"\n") for _, block, _, _ in held]
+        try:
+            table = _parse(b"".join(block for _, block, _, _ in held), self.text_fields)
+        except pa.ArrowInvalid:
+            table = None
+        if table is not None and table.num_rows == sum(counts):
+            offset = 0
+            for (reader, _, first_line, _), n in zip(held, counts, strict=True):
+                reader.emit(table.slice(offset, n), first_line, None)
+                offset += n
+            return {}
+        failed: dict[object, Exception] = {}
+        for reader, block, first_line, owner in held:
+            if owner in failed:
+                continue
+            try:
+                reader.block_now(block, first_line)
+            except Exception as exc:
+                failed[owner] = exc
+        return failed
+
+
+def _long_line(block: bytes, limit: int) -> tuple[int, int] | None:
+    """(start, end) of the first line longer than `limit`, or None.
+
+    Cheap: a line longer than `limit` contains a whole aligned window of limit/2 bytes with no
+    newline, so only len/(limit/2) windows are searched, not every line.
+    """
+    if len(block) <= limit:
+        return None
+    step = max(1, limit // 2)
+    s = 0
+    while s < len(block):
+        if block.find(b"\n", s, s + step) < 0:
+            start = block.rfind(b"\n", 0, s) + 1
+            end = block.find(b"\n", s)
+            end = len(block) if end < 0 else end
+            if end - start > limit:
+                return start, end
+            s = end + 1
+        else:
+            s += step
+    return None
+
+
+def _parse_json_slowly(block: bytes, first_line: int, source: str, emit: Emit, dead: Dead) -> None:
+    """Per-line fallback for a block pyarrow refused: keep every good record, dead-letter the rest."""
+    records: list[dict[str, Any]] = []
+    lines: list[int] = []
+    raws: list[bytes] = []
+    bad: list[DeadLetter] = []
+    for i, raw in enumerate(block.split(b"\n")):
+        if not raw.strip():
+            continue
+        number = first_line + i
+        value = _record(raw, source, number, bad)
+        if value is not None:
+            records.append(value)
+            lines.append(number)
+            raws.append(raw)
+    if records:
+        table, misfits = table_from_records(records)
+        if misfits:
+            bad += [DeadLetter(source, lines[r], why, raws[r]) for r, why in sorted(misfits.items())]
+            keep = [r for r in range(len(records)) if r not in misfits]
+            table, lines = table.take(keep), [lines[r] for r in keep]
+        if table.num_rows:
+            emit(table, first_line, lines)
+    dead(bad)
+
+
+def _record(raw: bytes, source: str, line: int, bad: list[DeadLetter]) -> dict[str, Any] | None:
+    try:
+        value = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        bad.append(DeadLetter(source, line, f"invalid UTF-8: {exc}", raw))
+        return None
+    except ValueError as exc:
+        bad.append(DeadLetter(source, line, f"invalid JSON: {exc}", raw))
+        return None
+    if not isinstance(value, dict):
+        bad.append(DeadLetter(source, line, f"not a JSON object: {type(value).__name__}", raw))
+        return None
+    return value
+
+
+def table_from_records(records: list[dict[str, Any]]) -> tuple[pa.Table, dict[int, str]]:
+    """Records parsed one by one, as columns whose types never depend on the records' order, and
+    the records that do not fit them (index → reason; see ingest.sources.types)."""
+    names: dict[str, None] = {}
+    for r in records:
+        names.update(dict.fromkeys(r))
+    columns, misfits = [], dict[int, str]()
+    for name in names:
+        column, bad = column_from_values(name, [r.get(name) for r in records])
+        columns.append(column)
+        for row, why in bad.items():
+            misfits.setdefault(row, why)
+    return recognise_timestamps(pa.table(columns, names=list(names))), misfits
