@@ -33,7 +33,7 @@ from ingest.pipeline.spool import Spool, SpooledObject, SpoolError
 from ingest.pipeline.upload import Uploader
 from ingest.r2.client import R2Client
 from ingest.r2.errors import describe, status_of
-from ingest.sources.base import UNREPEATABLE, AckError, Item, RequestRow, Source, SourceUnit
+from ingest.sources.base import UNREPEATABLE, AckError, AckMany, Item, RequestRow, Source, SourceUnit
 
 log = get_logger("ingest.pipeline")
 ENCODERS = 2  # batches encoded at once (pyarrow releases the GIL: this is what uses both cores)
@@ -102,6 +102,7 @@ class Pipeline:
         # Row counts of units read, and units acknowledged: journaled many at a time, nobody waits.
         self._reads: Backlog[tuple[SourceUnit, int, str]] = Backlog(self._journal_reads)
         self._forgets: Backlog[SourceUnit] = Backlog(self._forget)
+        self._acks: Backlog[SourceUnit] = Backlog(self._ack_many)  # units whose source acks many at once
 
     def stop_intake(self) -> None:
         """Take no new input; units already taken are read to their end, batched, encoded, uploaded."""
@@ -454,18 +455,36 @@ class Pipeline:
     def _maybe_ack(self, unit: SourceUnit) -> None:
         if unit.ackable and self._tg is not None:
             unit.acked = True
-            if not ack_lost():
+            if ack_lost():
+                return
+            if unit.ack_many is not None:
+                self._acks.add(unit, self._tg)
+            else:
                 self._tg.start_soon(self._ack, unit)
 
     async def _ack(self, unit: SourceUnit) -> None:
         assert unit.ack is not None
         try:
-            acked = await unit.ack()
+            result: bool | AckError | None = await unit.ack()
         except AckError as exc:
-            log.error("could not acknowledge source unit", unit=unit.name, error=str(exc))
-            self._ack_errors[unit.id] = str(exc)
+            result = exc
+        self._acked(unit, result)
+
+    async def _ack_many(self, units: list[SourceUnit]) -> None:
+        groups: dict[AckMany, list[SourceUnit]] = {}
+        for unit in units:
+            assert unit.ack_many is not None
+            groups.setdefault(unit.ack_many, []).append(unit)
+        for ack_many, group in groups.items():
+            for unit, result in zip(group, await ack_many(group), strict=True):
+                self._acked(unit, result)
+
+    def _acked(self, unit: SourceUnit, result: bool | AckError | None) -> None:
+        if isinstance(result, AckError):
+            log.error("could not acknowledge source unit", unit=unit.name, error=str(result))
+            self._ack_errors[unit.id] = str(result)
             return
-        if acked is False:  # it changed after it was read: the source reads the rest, then acks again
+        if result is False:  # it changed after it was read: the source reads the rest, then acks again
             unit.acked = unit.read_done = False
             unit.total = None
             self.stats.units_claimed -= 1
@@ -538,6 +557,7 @@ def _reopened(known: SourceUnit, unit: SourceUnit) -> SourceUnit:
         known.total = None
         known.read_again()
     known.name, known.ack, known.path, known.origin = unit.name, unit.ack, unit.path, unit.origin
+    known.ack_many = unit.ack_many
     known.table, known.journaled, known.before_upload = unit.table, unit.journaled, unit.before_upload
     known.counted = unit.counted
     return known

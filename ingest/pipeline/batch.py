@@ -77,14 +77,21 @@ class Batcher:
                         break
                 if item is None:  # max_age reached
                     await self._flush(batches, anyio.current_time() - self.config.max_age + 1e-3)
-                elif isinstance(item, UnitRead):
-                    item.unit.read_done = True
-                    await self.on_unit_read(item.unit)
+                elif isinstance(item, list):
+                    for one in item:
+                        await self._take(one, batches)
                 else:
-                    metrics.RECORDS_READ.labels(item.unit.origin).inc(item.table.num_rows)
-                    for full in self._add(item):
-                        await batches.send(full)
+                    await self._take(item, batches)
             await self._flush(batches)
+
+    async def _take(self, item: Chunk | UnitRead, batches: MemoryObjectSendStream[Batch]) -> None:
+        if isinstance(item, UnitRead):
+            item.unit.read_done = True
+            await self.on_unit_read(item.unit)
+        else:
+            metrics.RECORDS_READ.labels(item.unit.origin).inc(item.table.num_rows)
+            for full in self._add(item):
+                await batches.send(full)
 
     def _add(self, chunk: Chunk) -> list[Batch]:
         """Add rows, splitting the chunk where a batch reaches max_records or max_bytes."""

@@ -121,16 +121,24 @@ class Encoder:
 
     def encode(self, batch: Batch) -> list[SpooledObject]:
         """Parquet files for the batch, fsynced; on failure (disk full) none is left behind."""
+        runs = _same_schema_runs(batch.chunks)
         with self._lock:
-            learned = self._learn(self._known(batch.table), [c.table for c in batch.chunks])
+            learned = self._learn(self._known(batch.table), [table for table, _ in runs])
             schema = self._schemas[batch.table] = learned
         tables: list[pa.Table] = []
         days: list[pa.Array] = []
-        for chunk in batch.chunks:
-            table, day = self._conform(chunk, schema, batch)
-            if table.num_rows:
-                tables.append(table)
-                days.append(day)
+        for merged, chunks in runs:
+            # Cast together; one chunk at a time only when some row is a misfit (its dead letter
+            # names the chunk's file and line).
+            out, day, bad = self._cast(merged, schema, batch) if len(chunks) > 1 else (None, None, None)
+            if out is not None and day is not None and not bad:
+                conformed = [(out, day)]
+            else:
+                conformed = [self._conform(c, schema, batch) for c in chunks]
+            for table, day in conformed:
+                if table.num_rows:
+                    tables.append(table)
+                    days.append(day)
         if not tables:
             batch.chunks = []
             return []
@@ -152,6 +160,29 @@ class Encoder:
     def _conform(self, chunk: Chunk, schema: pa.Schema, batch: Batch) -> tuple[pa.Table, pa.Array]:
         """Cast a chunk to the schema and date its rows; rows that do not fit → dead letters."""
         table = chunk.table
+        out, days, bad = self._cast(table, schema, batch)
+        if bad:
+            raw = chunk.unit.raw_lines([chunk.line_of(r) for r in bad]) if chunk.unit.raw_lines else {}
+            self.dead.write(
+                [
+                    DeadLetter(
+                        chunk.unit.name,
+                        chunk.line_of(r),
+                        reason,
+                        raw.get(chunk.line_of(r)) or json.dumps(_row(table, r), default=str),
+                    )
+                    for r, reason in sorted(bad.items())
+                ],
+                chunk.unit.origin,
+            )
+            keep = pa.array([i not in bad for i in range(table.num_rows)])
+            out, days = out.filter(keep), days.filter(keep)
+        return out, days
+
+    def _cast(
+        self, table: pa.Table, schema: pa.Schema, batch: Batch
+    ) -> tuple[pa.Table, pa.Array, dict[int, str]]:
+        """The table in the schema's types, its rows' days, and its misfits (row → why)."""
         bad: dict[int, str] = {}
         columns = []
         for f in schema:
@@ -179,23 +210,7 @@ class Encoder:
             )
             for row in pc.indices_nonzero(pc.invert(pc.is_valid(days))).to_pylist():
                 bad.setdefault(row, reason)
-        if bad:
-            raw = chunk.unit.raw_lines([chunk.line_of(r) for r in bad]) if chunk.unit.raw_lines else {}
-            self.dead.write(
-                [
-                    DeadLetter(
-                        chunk.unit.name,
-                        chunk.line_of(r),
-                        reason,
-                        raw.get(chunk.line_of(r)) or json.dumps(_row(table, r), default=str),
-                    )
-                    for r, reason in sorted(bad.items())
-                ],
-                chunk.unit.origin,
-            )
-            keep = pa.array([i not in bad for i in range(table.num_rows)])
-            out, days = out.filter(keep), days.filter(keep)
-        return out, days
+        return out, days, bad
 
     def _learn(self, known: pa.Schema, tables: list[pa.Table]) -> pa.Schema:
         """Widen `known` by a batch: a new field takes the batch's unified type (see
@@ -291,6 +306,26 @@ def _cast(values: pa.Array, to: pa.DataType) -> pa.Array:
 def _row(table: pa.Table, row: int) -> dict[str, object]:
     rows: list[dict[str, object]] = table.slice(row, 1).to_pylist()
     return rows[0]
+
+
+def _same_schema_runs(chunks: list[Chunk]) -> list[tuple[pa.Table, list[Chunk]]]:
+    """Consecutive chunks with one schema (e.g. the files of a bundle, parsed together), each run
+    with its tables concatenated (no copy): cast and dated once, not once per small file."""
+    runs: list[tuple[pa.Table, list[Chunk]]] = []
+    group: list[Chunk] = []
+    for chunk in chunks:
+        if group and not chunk.table.schema.equals(group[0].table.schema):
+            runs.append(_run(group))
+            group = []
+        group.append(chunk)
+    if group:
+        runs.append(_run(group))
+    return runs
+
+
+def _run(chunks: list[Chunk]) -> tuple[pa.Table, list[Chunk]]:
+    table = chunks[0].table if len(chunks) == 1 else pa.concat_tables([c.table for c in chunks])
+    return table, chunks
 
 
 def _split_by_day(table: pa.Table, days: pa.Array) -> list[tuple[date, pa.Table]]:

@@ -27,6 +27,8 @@ class AckError(Exception):
 UNREPEATABLE = "once:"
 
 Ack = Callable[[], Awaitable[bool | None]]  # False: not acknowledged (the unit changed; read again)
+# Acknowledges many units of one source at once: per unit what `ack` returns, or the AckError it raises.
+AckMany = Callable[[list["SourceUnit"]], Awaitable[list[bool | AckError | None]]]
 Ranges = list[tuple[int, int]]  # sorted, non-overlapping [start, stop) row ranges
 # before_upload(key, object_id, rows): called before each PUT of an object holding these rows of the unit
 BeforeUpload = Callable[[str, str, Ranges], Awaitable[None]]
@@ -53,6 +55,7 @@ class SourceUnit:
 
     name: str
     ack: Ack | None = None  # None until a source has opened the unit in this run
+    ack_many: AckMany | None = None  # the same for many units in one go, if the source can (small files)
     id: str = ""  # journal identity, stable across restarts
     fingerprint: str = ""  # what the unit looked like when first opened (e.g. inode:size:mtime)
     path: str | None = None  # the local file holding it, if any (gone = acknowledged)
@@ -157,7 +160,8 @@ class UnitRead:
     unit: SourceUnit
 
 
-Item = Chunk | UnitRead
+# A bundle: the chunks and ends of many small files, sent at once (one send, not two per file).
+Item = Chunk | UnitRead | list[Chunk | UnitRead]
 
 
 class Units(Protocol):

@@ -30,7 +30,6 @@ import anyio.to_thread
 from anyio.streams.memory import MemoryObjectSendStream
 from watchfiles import awatch
 
-from ingest.commits import GroupCommit
 from ingest.config import ConfigError, SourceConfig
 from ingest.deadletters import DeadLetters
 from ingest.faults import crash_point
@@ -91,7 +90,6 @@ class DirectorySource(FileSource):
         self._observed: dict[Path, _Seen] = {}  # the last look at a followed file sent to be read again
         self._read_stats: dict[Path, Stat] = {}  # claimed file → its stat when its last byte was read
         self._origins: dict[Path, Path] = {}  # claimed file → its path under root (its sidecar says so too)
-        self._acks = GroupCommit(self._ack_all, lambda p: AckError(f"acknowledgement of {p} abandoned"))
 
     # -- discovery -------------------------------------------------------------------------------
 
@@ -448,6 +446,7 @@ class DirectorySource(FileSource):
             origin=self.name,
             name=origin.as_posix(),
             ack=self._acker(path),
+            ack_many=self._ack_units,
             id=f"file:{path}",
             fingerprint=_fingerprint(st),
             path=str(path),
@@ -457,19 +456,32 @@ class DirectorySource(FileSource):
 
     def _acker(self, claimed: Path) -> Callable[[], Awaitable[bool]]:
         async def ack() -> bool:
-            outcome = await self._acks(claimed)  # with the other files acknowledged meanwhile
-            if isinstance(outcome, OSError):
-                raise AckError(f"could not remove or move {claimed}: {outcome}")
-            if outcome is not None:
-                log.info("file changed after it was read; reading what was added", path=str(claimed))
-                self._following[claimed] = _Seen(outcome, anyio.current_time())
-                return False
-            return True
+            result = (await self._ack_paths([claimed]))[0]
+            if isinstance(result, AckError):
+                raise result
+            return result
 
         return ack
 
-    async def _ack_all(self, claimed: list[Path]) -> list[Stat | OSError | None]:
-        return await anyio.to_thread.run_sync(lambda: [self._ack_now(p) for p in claimed])
+    async def _ack_units(self, units: list[SourceUnit]) -> list[bool | AckError | None]:
+        return list(await self._ack_paths([Path(u.path or "") for u in units]))
+
+    async def _ack_paths(self, claimed: list[Path]) -> list[bool | AckError]:
+        """Finish files read and uploaded, in one thread call: True, False for a file that changed
+        since it was read (the rest is read first), or the AckError for one that could not be
+        removed or moved."""
+        outcomes = await anyio.to_thread.run_sync(lambda: [self._ack_now(p) for p in claimed])
+        results: list[bool | AckError] = []
+        for path, outcome in zip(claimed, outcomes, strict=True):
+            if isinstance(outcome, OSError):
+                results.append(AckError(f"could not remove or move {path}: {outcome}"))
+            elif outcome is not None:
+                log.info("file changed after it was read; reading what was added", path=str(path))
+                self._following[path] = _Seen(outcome, anyio.current_time())
+                results.append(False)
+            else:
+                results.append(True)
+        return results
 
     def _ack_now(self, claimed: Path) -> Stat | OSError | None:
         """Finish a file read and uploaded (blocking); its stat instead if it changed since it was

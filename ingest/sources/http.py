@@ -36,7 +36,7 @@ from ingest.deadletters import DeadLetters
 from ingest.faults import crash_point
 from ingest.files import is_disk_full
 from ingest.logs import get_logger, register_secret
-from ingest.sources.base import Ack, Item, RequestRow, SourceUnit, UnitRead, Units
+from ingest.sources.base import Ack, Chunk, Item, RequestRow, SourceUnit, UnitRead, Units
 from ingest.sources.bodies import (
     BodyError,
     Records,
@@ -153,7 +153,7 @@ class HttpSource:
                 async with out_recv:
                     async for item in out_recv:
                         await send.send(item)
-                        if not isinstance(item, UnitRead):
+                        if isinstance(item, Chunk):
                             self._buffered -= item.table.nbytes
                             self._room.set()
 
@@ -222,7 +222,7 @@ class HttpSource:
 
     def _send_nowait(self, item: Item) -> None:
         assert self._out is not None
-        if not isinstance(item, UnitRead):
+        if isinstance(item, Chunk):
             self._buffered += item.table.nbytes
         self._out.send_nowait(item)
 

@@ -34,8 +34,8 @@ READERS = 2  # files parsed at once; pyarrow also uses threads inside each
 # Small files are taken in bundles: one thread call opens, reads or acknowledges many of them, so a
 # directory of many small files is not paid for in thread hops and journal commits per file.
 BUNDLE_FILES = 256
-BUNDLE_BYTES = 16 << 20  # of small files read in one go (their chunks are held until sent)
-SMALL_FILE = 1 << 20  # bigger files are read on their own, each chunk sent as soon as it is parsed
+BUNDLE_BYTES = 4 << 20  # of small files read in one go (their rows are held until sent)
+SMALL_FILE = 256 << 10  # bigger files are read on their own, each chunk sent as soon as it is parsed
 IGNORED_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".swp")  # files still being written
 READ_ERRORS = (OSError, pa.ArrowException)
 
@@ -221,11 +221,13 @@ class FileSource:
             else:
                 large.append((path, name, unit))
         if small:
+            bundle: list[Chunk | UnitRead] = []
             for path, unit, chunks, result in await anyio.to_thread.run_sync(self._read_small, small):
-                for chunk in chunks:
-                    await self._units.wait_for_room()
-                    await send.send(chunk)
-                await self._read_done(path, unit, result, send)
+                bundle += chunks
+                if self._read_end(path, unit, result):
+                    bundle.append(UnitRead(unit))
+            await self._units.wait_for_room()
+            await send.send(bundle)  # held already: one send for all, within BUNDLE_BYTES
         for path, name, unit in large:
             await self._read_done(path, unit, await self._read_streaming(path, name, unit, send), send)
 
@@ -267,14 +269,19 @@ class FileSource:
     async def _read_done(
         self, path: Path, unit: SourceUnit, outcome: bool | Exception, send: MemoryObjectSendStream[Item]
     ) -> None:
+        if self._read_end(path, unit, outcome):
+            await send.send(UnitRead(unit))
+
+    def _read_end(self, path: Path, unit: SourceUnit, outcome: bool | Exception) -> bool:
+        """Note how a read went; True when the unit is read to its end (a UnitRead follows)."""
         if isinstance(outcome, Exception):
             unit.read_error = describe_read_error(outcome)
             self._failed[path] = anyio.current_time()
             self._problem(path, unit.read_error)
-            return
+            return False
         if not outcome:
-            return
+            return False
         unit.read_error = None
         self._failed.pop(path, None)
         self._solved(path)
-        await send.send(UnitRead(unit))
+        return True

@@ -17,15 +17,16 @@ def _source(root: Path, worker: str = "w", **cfg: object) -> DirectorySource:
     return DirectorySource(config, worker, DeadLetters(root.parent / "dead"))
 
 
-async def _collect(*sources: DirectorySource) -> list[Item]:
+async def _collect(*sources: DirectorySource) -> list[Chunk | UnitRead]:
     send, recv = anyio.create_memory_object_stream[Item](100)
-    items: list[Item] = []
+    items: list[Chunk | UnitRead] = []
     async with anyio.create_task_group() as tg:
         async with send:
             for s in sources:
                 tg.start_soon(s.run, send.clone(), FreshUnits(), True)
         async with recv:
-            items = [i async for i in recv]
+            async for item in recv:
+                items += item if isinstance(item, list) else [item]  # small files come in bundles
     return items
 
 
