@@ -1,0 +1,186 @@
+"""The file scenarios of `scripts/bench`: big files, many small files, start-up; with their yardsticks.
+
+Every figure comes from a real subprocess against the local R2 (started once, not timed); peak RSS
+from wait4() on exactly that process. The yardsticks run on the same files in the same run:
+- limit A: pyarrow `read_json` → `write_table(zstd)` in 2 processes, no upload;
+- limit AB: the same plus a plain boto3 PUT of each Parquet file to the same local R2;
+- the small-files loop: one process, `read_json` per file, one `write_table` at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import random
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.json as pj
+import pyarrow.parquet as pq
+from http_load import event  # scripts/ is on the path: the same events as the HTTP load generator
+
+ROOT = Path(__file__).resolve().parent.parent
+# Peak RSS bound (see README "Performance"): the interpreter and its imports, the batches in memory
+# (the open one, one queued, and ENCODERS being encoded, each held twice while it is cast and written),
+# and what the readers hold (READERS blocks of raw text and their parsed rows, ITEM_BUFFER chunks).
+BASE_MIB = 200
+ENCODERS, READERS, ITEM_BUFFER, READ_BLOCK_MIB = 2, 2, 4, 32
+
+
+def rss_bound_mib(max_bytes_mib: float) -> float:
+    return BASE_MIB + max_bytes_mib * (2 + 2 * ENCODERS) + READ_BLOCK_MIB * (2 * READERS + ITEM_BUFFER)
+
+
+def generate(inbox: Path, records: int, files: int, seed: int = 42) -> int:
+    """~200-byte events, like the design's measurements. Returns total bytes."""
+    inbox.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    per_file = records // files
+    total = 0
+    for f in range(files):
+        start = f * per_file
+        data = ("\n".join(event(i, rng) for i in range(start, start + per_file)) + "\n").encode()
+        (inbox / f"events-{f:05d}.jsonl").write_bytes(data)
+        total += len(data)
+    return total
+
+
+def rows_in_r2(work: Path, config: Path, env: dict[str, str]) -> int:
+    """Rows in the output objects, from their footers (`ingest ls --json`)."""
+    listed = subprocess.run(
+        [sys.executable, "-m", "ingest", "--config", str(config), "ls", "--json"],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    )
+    return sum(o["rows"] or 0 for o in json.loads(listed.stdout))
+
+
+def worker_env(local: dict[str, str]) -> dict[str, str]:
+    """This environment without R2 or Cloudflare settings, plus the local R2's keys."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("R2_", "CLOUDFLARE_"))}
+    env |= {k: v for k, v in local.items() if k.startswith("R2_")}
+    env.pop("R2_API_TOKEN", None)
+    return env
+
+
+def start_local_r2(work: Path) -> tuple[subprocess.Popen[bytes], dict[str, str]]:
+    env_file = work / "local.env"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ingest", "local", "--dir", str(work / "r2"), "--env-file", str(env_file)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 120
+    while not env_file.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit("local R2 did not start")
+        time.sleep(0.2)
+    env = dict(line.split("=", 1) for line in env_file.read_text().splitlines())
+    return proc, env
+
+
+def run_once(work: Path, env: dict[str, str], inbox: Path, name: str) -> tuple[float, int, str]:
+    """`ingest run --once` on `inbox` with the defaults (durability on), as its own process."""
+    config = work / f"{name}.toml"
+    config.write_text(
+        f'[[sources]]\nkind = "directory"\npath = "{inbox}"\n'
+        f'[spool]\ndir = "{work / ("spool-" + name)}"\n[output]\nprefix = "{name}/"\n'
+        '[log]\nformat = "json"\nlevel = "warning"\n'
+    )
+    argv = [sys.executable, "-m", "ingest", "--config", str(config), "run", "--once"]
+    seconds, rss, out = timed(argv, worker_env(env), work)
+    return seconds, rss, out.strip().splitlines()[-1] if out.strip() else ""
+
+
+def timed(argv: list[str], env: dict[str, str], cwd: Path) -> tuple[float, int, str]:
+    """Run a process: (wall seconds, its own peak RSS in bytes from wait4, its output); a non-zero
+    exit ends the benchmark, saying why."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    elapsed = time.perf_counter() - start
+    out = (proc.stdout.read() if proc.stdout else b"") + (proc.stderr.read() if proc.stderr else b"")
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{' '.join(argv)} failed:\n{out.decode()[-3000:]}")
+    return elapsed, usage.ru_maxrss * 1024, out.decode()
+
+
+# -- yardsticks ----------------------------------------------------------------------------------
+
+
+def _convert(path: str, put: dict[str, str] | None = None) -> int:
+    table = pj.read_json(path)
+    out = path + ".parquet.bench"
+    pq.write_table(table, out, compression="zstd")
+    if put is not None:
+        _put(out, put)
+    os.unlink(out)
+    return int(table.num_rows)
+
+
+_s3: Any = None
+
+
+def _put(path: str, env: dict[str, str]) -> None:
+    import boto3
+
+    global _s3
+    if _s3 is None:
+        _s3 = boto3.client(
+            "s3",
+            endpoint_url=env["R2_ENDPOINT_URL"],
+            aws_access_key_id=env["R2_ACCESS_KEY_ID"],
+            aws_secret_access_key=env["R2_SECRET_ACCESS_KEY"],
+            region_name="auto",
+        )
+    with open(path, "rb") as fh:
+        _s3.put_object(Bucket=env["R2_BUCKET_NAME"], Key=f"limit-ab/{os.path.basename(path)}", Body=fh)
+
+
+def _convert_and_put(args: tuple[str, dict[str, str]]) -> int:
+    return _convert(args[0], args[1])
+
+
+def limit(files: list[str], env: dict[str, str] | None) -> float:
+    """Limit A (env None) or limit AB (PUT too): seconds for all files in 2 processes."""
+    start = time.perf_counter()
+    with multiprocessing.get_context("spawn").Pool(2) as pool:
+        if env is None:
+            rows = sum(pool.map(_convert, files))
+        else:
+            rows = sum(pool.map(_convert_and_put, [(f, env) for f in files]))
+    assert rows > 0
+    return time.perf_counter() - start
+
+
+def small_loop(files: list[Path], out: Path) -> float:
+    """One process: `read_json` per file, one `write_table` of them all."""
+    start = time.perf_counter()
+    tables = [pj.read_json(str(f)) for f in files]
+    pq.write_table(pa.concat_tables(tables, promote_options="default"), out, compression="zstd")
+    seconds = time.perf_counter() - start
+    out.unlink()
+    return seconds
+
+
+def best(n: int, fn: Callable[[], float]) -> float:
+    return min(fn() for _ in range(n))
+
+
+def copy_inbox(source: Path, target: Path, times: int) -> None:
+    """`times` copies of every file (distinct names) in `target`."""
+    target.mkdir(parents=True, exist_ok=True)
+    for k in range(times):
+        for f in source.iterdir():
+            shutil.copyfile(f, target / f"{k}-{f.name}")

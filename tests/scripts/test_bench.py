@@ -1,0 +1,36 @@
+"""`scripts/bench` keeps working: run on a tiny input, every figure present. Not a timed test: the
+figures are not judged here (the machine is shared), only that each scenario ran and its rows are in
+R2 (the benchmark itself fails when the rows read back differ from the rows generated)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_bench_runs_every_scenario_on_a_tiny_input() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("R2_", "CLOUDFLARE_"))}
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench.py"), "--tiny", "--json"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout)
+    big, small, start = result["big"], result["small"], result["startup"]
+    assert big["records"] == 20_000 and "20,000 records" in big["summary"]
+    for name in ("limit_a_records_per_s", "limit_ab_records_per_s", "e2e_records_per_s", "rss_1x_mib"):
+        assert big[name] > 0, name
+    assert big["e2e_vs_limit_ab"] > 0 and big["e2e_vs_limit_a"] > 0
+    assert big["rss_within_bound"], big
+    assert small["files"] == 200 and "from 200 files" in small["summary"]
+    assert small["e2e_files_per_s"] > 0 and small["pyarrow_loop_files_per_s"] > 0
+    assert all(start[k] > 0 for k in ("help_s", "cors_check_s", "run_once_10_records_s"))
