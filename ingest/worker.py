@@ -16,7 +16,6 @@ from pathlib import Path
 
 import anyio
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ingest import logs, systemd
 from ingest.config import ConfigError, Settings, SourceConfig
@@ -31,8 +30,6 @@ from ingest.pipeline.spool import Spool
 from ingest.r2.client import R2Client
 from ingest.r2.credentials import provider_from_settings
 from ingest.r2.endpoint import endpoint_url
-from ingest.server import ProbeServer, bind
-from ingest.server import app as server_app
 from ingest.sources.base import Source
 from ingest.sources.directory import DirectorySource
 from ingest.sources.landing import LandingSource
@@ -267,7 +264,11 @@ async def run(settings: Settings, once: bool, say: Console, progress: Console | 
             raise ConfigError("r2.bucket: required (R2_BUCKET_NAME)")
         spool = open_spool(s)
         stack.callback(spool.close)
-        probe_sock = None if once or not s.server.listen else bind(s.server.listen)
+        probe_sock = None
+        if not once and s.server.listen:  # --once serves no probes: the server is not even imported
+            from ingest.server import bind
+
+            probe_sock = bind(s.server.listen)
         provider = await stack.enter_async_context(await provider_from_settings(r2, s.output.prefix))
         client = await stack.enter_async_context(
             R2Client(
@@ -300,6 +301,9 @@ async def run(settings: Settings, once: bool, say: Console, progress: Console | 
 
         probes = None
         if probe_sock is not None:  # built before the task group: a bad certificate is a config error
+            from ingest.server import ProbeServer
+            from ingest.server import app as server_app
+
             routes = [r for src in sources for r in getattr(src, "routes", list)()]
             application = server_app(health, grants, s.server.upload_token, s.server.cors_origins, routes)
             probes = ProbeServer(application, probe_sock, s.server.tls_cert, s.server.tls_key)
@@ -355,6 +359,8 @@ async def _tell_systemd(pipeline: Pipeline, sources: list[Source]) -> None:
 
 
 async def _show_progress(pipeline: Pipeline, console: Console) -> None:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
     st = pipeline.stats
     columns = (
         TextColumn("[progress.description]{task.description}"),

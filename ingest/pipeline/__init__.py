@@ -142,6 +142,9 @@ class Pipeline:
     async def wait_for_room(self) -> None:
         await self.spool.wait_for_room()
 
+    def room(self) -> float:
+        return self.spool.room()
+
     async def in_r2(self, key: str, object_id: str) -> bool:
         return await self.uploader.holds(key, object_id)
 

@@ -220,6 +220,10 @@ class Spool:
     async def wait_for_room(self) -> None:
         await self._room.wait()
 
+    def room(self) -> int:
+        """Bytes the spool takes before intake pauses."""
+        return max(0, self.max_bytes - self.used)
+
     # -- dead letters --------------------------------------------------------------------------------
 
     def seal_dead_letters(self) -> list[SpooledObject]:

@@ -14,17 +14,19 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
-import cloudflare
-from cloudflare import AsyncCloudflare, omit
 from pydantic import SecretStr
 
 from ingest import metrics
 from ingest.config import AuthConfig, R2Config
 from ingest.logs import get_logger, register_secret
 from ingest.r2.api import cloudflare_client
+
+if TYPE_CHECKING:  # the SDK is imported by the modes that call the API, not for R2 keys
+    import cloudflare
+    from cloudflare import AsyncCloudflare
 
 log = get_logger("ingest.r2.credentials")
 DERIVED_SECRET = re.compile(r"^[0-9a-f]{64}$")
@@ -91,6 +93,8 @@ class CredentialProvider:
 
 async def verify_token(cf: AsyncCloudflare, account_id: str) -> tuple[str, str]:
     """(token id, status) through the Verify Token API: user tokens first, then account-owned ones."""
+    import cloudflare
+
     result: Any
     try:
         result = await cf.user.tokens.verify()
@@ -197,6 +201,8 @@ class TemporaryCredentials(CredentialProvider):
             return await self._mint(reason)
 
     async def _mint(self, reason: str) -> S3Credentials:
+        import cloudflare
+
         self.api_calls += 1
         started = time.monotonic()
         try:
@@ -206,7 +212,7 @@ class TemporaryCredentials(CredentialProvider):
                 parent_access_key_id=self.parent_access_key_id,
                 permission=self.permission,  # type: ignore[arg-type]
                 ttl_seconds=self.ttl_seconds,
-                prefixes=self.prefixes if self.prefixes else omit,
+                prefixes=self.prefixes if self.prefixes else cloudflare.omit,
             )
         except cloudflare.RateLimitError as exc:
             self._note_rate_limit(exc)

@@ -7,6 +7,7 @@ source has said it read the unit to its end.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -179,6 +180,11 @@ class Units(Protocol):
         """Return when the spool is below its high-water mark (sources take no new input until then)."""
         ...
 
+    def room(self) -> float:
+        """Bytes the spool takes before intake pauses (math.inf: no bound): a source taking input in
+        bulk takes no more than this at once, so the pause holds near the mark too."""
+        ...
+
     def known_units(self, prefix: str) -> list[SourceUnit]:
         """Units found in the journal at start whose id starts with `prefix` (see Pipeline)."""
         ...
@@ -228,6 +234,9 @@ class FreshUnits:
 
     async def wait_for_room(self) -> None:
         return None
+
+    def room(self) -> float:
+        return math.inf
 
     def known_units(self, prefix: str) -> list[SourceUnit]:
         return []

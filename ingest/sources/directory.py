@@ -81,6 +81,7 @@ class DirectorySource(FileSource):
         self._seen: dict[Path, _Seen] = {}
         self._skipped: dict[Path, str] = {}  # left alone by policy → what was said about it
         self._units: Units = FreshUnits()
+        self._text_fields: set[str] = set()
         self._problems = {}
         self._failed = {}
         self._writers: set[tuple[int, int]] = set()
@@ -211,8 +212,28 @@ class DirectorySource(FileSource):
         self._solved(path)
         return True
 
-    def _claim_all(self, paths: list[Path]) -> list[Path]:
-        return [claimed for path in paths if (claimed := self._claim(path)) is not None]
+    def _claimable(self, ready: list[Path], room: float) -> list[Path]:
+        """The next files to claim at once: up to BUNDLE_FILES, and (near the spool's mark) no more
+        input bytes than the spool has room for, so intake pauses close to the mark (at least one)."""
+        part: list[Path] = []
+        size = 0
+        for path in ready[:BUNDLE_FILES]:
+            seen = self._seen.get(path)
+            size += seen.stat[2] if seen is not None else 0
+            if part and size > room:
+                break
+            part.append(path)
+        return part
+
+    def _claim_all(self, paths: list[Path]) -> list[tuple[Path, int]]:
+        """The files claimed (some may be gone, or taken by another worker), with their sizes."""
+        out = []
+        for path in paths:
+            seen = self._seen.get(path)
+            claimed = self._claim(path)
+            if claimed is not None:
+                out.append((claimed, seen.stat[2] if seen is not None else 0))
+        return out
 
     def _claim(self, path: Path) -> Path | None:
         """Rename `path` into this worker's claim directory (blocking); None if it was not claimed."""
@@ -314,13 +335,21 @@ class DirectorySource(FileSource):
             ready = await anyio.to_thread.run_sync(self._complete, anyio.current_time())
             if at_start is not None:
                 ready = [p for p in ready if p in at_start]  # --once takes what was there at start
-            for i in range(0, len(ready), BUNDLE_FILES):
+            while ready:
                 await self._units.wait_for_room()  # backpressure: claim nothing while the spool is full
-                part = ready[i : i + BUNDLE_FILES]
+                # Files claimed and not read yet count against the room too (see _claimable).
+                room = self._units.room() - sum(self._in_hand.values())
+                if room <= 0 and self._in_hand:
+                    self._progress = anyio.Event()
+                    await self._progress.wait()
+                    continue
+                part = self._claimable(ready, room)
+                ready = ready[len(part) :]
                 claimed = await anyio.to_thread.run_sync(self._claim_all, part)
                 if at_start is not None:
                     at_start.difference_update(part)
-                for path in claimed:
+                for path, size in claimed:
+                    self._in_hand[path] = size
                     await files.send(path)
             await self._resend(files, retry_failed=not once)
             if at_start is None:
@@ -416,7 +445,16 @@ class DirectorySource(FileSource):
             return _stat(target) == before and self._quiet(before)
 
         read_into(
-            target, name, self.config.format, unit, emit, self.dead, self.max_record_bytes, settled, joint
+            target,
+            name,
+            self.config.format,
+            unit,
+            emit,
+            self.dead,
+            self.max_record_bytes,
+            settled,
+            joint,
+            self._text_fields,
         )
         after = _stat(target)
         now = time.monotonic()  # the anyio clock of asyncio's loop

@@ -74,9 +74,12 @@ def read_file(
     start: Position = (0, 1),
     settled: Callable[[], bool] = lambda: True,
     joint: Joint | None = None,
+    text_fields: set[str] | None = None,
 ) -> Position:
     """Read `path` to its end, handing Arrow tables to `emit` and unreadable records to `dead`
-    (plain JSON lines through `joint`, when given: see jsonlines.Joint).
+    (plain JSON lines through `joint`, when given: see jsonlines.Joint). `text_fields`: the fields
+    known to hold timestamps, kept and learned across the files of one source, so a file's first
+    block is not parsed twice to learn them again.
 
     For plain JSON lines, reading starts at `start` (byte offset, line number) and returns where it
     stopped: a last line without its newline is parsed only when `settled()` says the file is done
@@ -96,6 +99,8 @@ def read_file(
             if start[0]:
                 stream.seek(start[0])
             reader = JsonLines(source, emit, dead, max_record, piece, joint=joint)
+            if text_fields is not None:
+                reader.text_fields = text_fields
             offset, line = reader.read(stream, start[1], settled)
             return start[0] + offset, line
         _read_csv(stream, _csv_header(path, compression), source, emit, dead)

@@ -89,6 +89,7 @@ class LandingSource(FileSource):
         self.max_record_bytes = max_record_bytes
         self.poll_interval = max(0.05, config.settle_seconds)
         self._units: Units = FreshUnits()
+        self._text_fields: set[str] = set()
         self._problems = {}
         self._failed = {}
         self._taken: set[str] = set()  # keys this run has taken (downloaded or reading)

@@ -50,6 +50,7 @@ def read_into(
     max_record_bytes: int,
     settled: Callable[[], bool] = lambda: True,
     joint: Joint | None = None,
+    text_fields: set[str] | None = None,
 ) -> None:
     """Read `path` (whose format `name` tells) from where `unit` stopped, handing its chunks to `emit`
     (blocking: runs in a thread; plain JSON lines may be held by `joint` until it is flushed).
@@ -81,6 +82,7 @@ def read_into(
             unit.position,
             settled,
             joint,
+            text_fields,
         )
     except BaseException:
         unit.read_again()
@@ -98,10 +100,10 @@ def describe_read_error(exc: BaseException) -> str:
 class FileSource:
     """Base of the file sources: `_discover` sends local files, READERS tasks read them.
 
-    Subclasses set `config`, `dead`, `max_record_bytes` and `_units` in `__init__` and say how to find
-    files (`_discover`, which also resends a previous run's unacknowledged ones) and what unit a file is
-    (`_unit`, with the name whose extension gives the format). `_read_now` may hold a unit open (a file
-    still growing) by returning False; the subclass then sends the file again later.
+    Subclasses set `config`, `dead`, `max_record_bytes`, `_units` and `_text_fields` in `__init__`
+    and say how to find files (`_discover`, which also resends a previous run's unacknowledged ones)
+    and what unit a file is (`_unit`, with the name whose extension gives the format). `_read_now`
+    may hold a unit open (a file still growing) by returning False; the subclass sends it again later.
     """
 
     config: SourceConfig
@@ -112,6 +114,11 @@ class FileSource:
     _stopped = False
     _problems: dict[str, str]
     _failed: dict[Path, float]  # claimed files whose read failed → when (anyio clock)
+    _text_fields: set[str]  # timestamp fields seen so far in this source's JSON lines (formats.read_file)
+    # Files sent to the readers and not read yet (→ bytes): discovery counts them against the spool's
+    # room, and waits for `_progress` while they fill it.
+    _in_hand: dict[Path, int]
+    _progress: anyio.Event | None = None
 
     async def _discover(self, files: MemoryObjectSendStream[Path], once: bool) -> None:
         raise NotImplementedError
@@ -135,6 +142,7 @@ class FileSource:
 
     async def run(self, send: MemoryObjectSendStream[Item], units: Units, once: bool) -> None:
         self._units = units
+        self._in_hand = {}
         files_send, files_recv = anyio.create_memory_object_stream[Path](BUNDLE_FILES)
         async with send, anyio.create_task_group() as tg:
             for _ in range(READERS):
@@ -167,7 +175,17 @@ class FileSource:
     ) -> bool:
         """Read the unit (blocking: runs in a thread); True when it is read to its end (False: the
         subclass sends it again)."""
-        read_into(path, name, self.config.format, unit, emit, self.dead, self.max_record_bytes, joint=joint)
+        read_into(
+            path,
+            name,
+            self.config.format,
+            unit,
+            emit,
+            self.dead,
+            self.max_record_bytes,
+            joint=joint,
+            text_fields=self._text_fields,
+        )
         return True
 
     def _size(self, path: Path) -> int:
@@ -184,7 +202,13 @@ class FileSource:
                         bundle.append(files.receive_nowait())
                     except (anyio.WouldBlock, anyio.EndOfStream):
                         break
-                await self._take(bundle, send)
+                try:
+                    await self._take(bundle, send)
+                finally:
+                    for path in bundle:
+                        self._in_hand.pop(path, None)
+                    if self._progress is not None:
+                        self._progress.set()
 
     def _describe(self, paths: list[Path]) -> list[tuple[Path, tuple[SourceUnit, Path, int] | OSError]]:
         out: list[tuple[Path, tuple[SourceUnit, Path, int] | OSError]] = []
@@ -235,7 +259,7 @@ class FileSource:
         self, files: list[tuple[Path, Path, SourceUnit]]
     ) -> list[tuple[Path, SourceUnit, list[Chunk], bool | Exception]]:
         """Read small files in one go, their JSON lines parsed together (jsonlines.Joint)."""
-        joint = Joint(limit=BUNDLE_BYTES)
+        joint = Joint(limit=BUNDLE_BYTES, text_fields=self._text_fields)
         out: list[tuple[Path, SourceUnit, list[Chunk], bool | Exception]] = []
         for path, name, unit in files:
             chunks: list[Chunk] = []
