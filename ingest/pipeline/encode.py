@@ -237,7 +237,7 @@ class Encoder:
     def _days(self, table: pa.Table, batch: Batch) -> pa.Array:
         name = self.output.partition_by
         if not name:
-            return pa.array([batch.closed_at.date()] * table.num_rows, pa.date32())
+            return pa.repeat(pa.scalar(batch.closed_at.date(), pa.date32()), table.num_rows)
         if name not in table.column_names:
             return pa.nulls(table.num_rows, pa.date32())
         return utc_days(table.column(name))
@@ -329,10 +329,10 @@ def _run(chunks: list[Chunk]) -> tuple[pa.Table, list[Chunk]]:
 
 
 def _split_by_day(table: pa.Table, days: pa.Array) -> list[tuple[date, pa.Table]]:
-    return [
-        (day, table.filter(pc.equal(days, pa.scalar(day, pa.date32()))))
-        for day in sorted(pc.unique(days).to_pylist())
-    ]
+    unique = sorted(pc.unique(days).to_pylist())
+    if len(unique) == 1:  # the usual case: no filter, no copy of the batch
+        return [(unique[0], table)]
+    return [(day, table.filter(pc.equal(days, pa.scalar(day, pa.date32())))) for day in unique]
 
 
 # Epoch numbers: the unit is told by the magnitude (documented): up to 1e11 seconds (year 5138),

@@ -87,8 +87,9 @@ class JsonLines:
             else:  # the end, or a last line still being written: leave it for the next read
                 block, carry = b"", buf
             if block:
-                self.block(block, line)
-                line += block.count(b"\n") + (0 if block.endswith(b"\n") else 1)
+                lines = block.count(b"\n") + (0 if block.endswith(b"\n") else 1)
+                self.block(block, line, lines)
+                line += lines
             if not data:
                 return consumed - len(carry), line
 
@@ -129,12 +130,13 @@ class JsonLines:
         self._too_long(size, line, head[:MAX_RAW])
         return rest, nread
 
-    def block(self, block: bytes, first_line: int) -> None:
+    def block(self, block: bytes, first_line: int, lines: int | None = None) -> None:
+        """Parse a block of whole lines (`lines` of them, if the caller counted already)."""
         if self.joint is not None and self.joint.take(self, block, first_line):
             return
-        self.block_now(block, first_line)
+        self.block_now(block, first_line, lines)
 
-    def block_now(self, block: bytes, first_line: int) -> None:
+    def block_now(self, block: bytes, first_line: int, lines: int | None = None) -> None:
         long = _long_line(block, self.max_record)
         if long is not None:  # parse around it
             a, b = long
@@ -152,12 +154,13 @@ class JsonLines:
         if table is None:  # types conflict between lines, or a number the fast reader changes
             _parse_json_slowly(block, first_line, self.source, self.emit, self.dead)
             return
-        expected = block.count(b"\n") + (0 if block.endswith(b"\n") else 1)
-        if table.num_rows == expected:
+        if lines is None:
+            lines = block.count(b"\n") + (0 if block.endswith(b"\n") else 1)
+        if table.num_rows == lines:
             self.emit(table, first_line, None)
         else:  # blank lines were skipped: number the rows explicitly
-            lines = [first_line + i for i, text in enumerate(block.split(b"\n")) if text.strip()]
-            self.emit(table, first_line, lines[: table.num_rows])
+            numbers = [first_line + i for i, text in enumerate(block.split(b"\n")) if text.strip()]
+            self.emit(table, first_line, numbers[: table.num_rows])
 
 
 def _parse(block: bytes, text_fields: set[str]) -> pa.Table | None:

@@ -101,13 +101,19 @@ def _temporal(col: pa.ChunkedArray) -> pa.ChunkedArray | None:
     first = _first(col)
     if len(first) < 10 or not first[:4].isdigit() or first[4] != "-":
         return None
-    if _all(col, _DATE):
+    if re.fullmatch(_DATE, first) and _all(col, _DATE):  # (the first tells: no pass over all)
         try:
             return col.cast(pa.date32())
         except pa.ArrowInvalid:
             return None
     if not _all(col, _TS):
         return None
+    # The usual case in one cast: Arrow refuses a value whose zone (or lack of one) differs from the
+    # target's, or with more fraction digits than milliseconds; then the passes below decide.
+    try:
+        return col.cast(pa.timestamp("ms", "UTC" if re.search(_ZONE, first) else None))
+    except pa.ArrowInvalid:
+        pass
     zoned = pc.match_substring_regex(col, _ZONE)
     aware = pc.all(zoned, skip_nulls=True).as_py()
     if not aware and pc.any(zoned, skip_nulls=True).as_py():
