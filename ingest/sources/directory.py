@@ -90,6 +90,7 @@ class DirectorySource(FileSource):
         self._following: dict[Path, _Seen] = {}  # claimed files still growing (or changed after reading)
         self._observed: dict[Path, _Seen] = {}  # the last look at a followed file sent to be read again
         self._read_stats: dict[Path, Stat] = {}  # claimed file → its stat when its last byte was read
+        self._bare: set[Path] = set()  # claimed in this run without a sidecar (nothing to remove)
         self._origins: dict[Path, Path] = {}  # claimed file → its path under root (its sidecar says so too)
 
     # -- discovery -------------------------------------------------------------------------------
@@ -228,6 +229,7 @@ class DirectorySource(FileSource):
     def _claim_all(self, paths: list[Path]) -> list[tuple[Path, int]]:
         """The files claimed (some may be gone, or taken by another worker), with their sizes."""
         out = []
+        self.claim_dir.mkdir(parents=True, exist_ok=True)
         for path in paths:
             seen = self._seen.get(path)
             claimed = self._claim(path)
@@ -245,7 +247,6 @@ class DirectorySource(FileSource):
                 ".gz/.zst) or set sources.format",
             )
             return None
-        self.claim_dir.mkdir(parents=True, exist_ok=True)
         target = self.claim_dir / f"{uuid.uuid4().hex[:12]}--{path.name}"
         link_target = os.path.realpath(path) if path.is_symlink() else None
         origin = path.relative_to(self.root)
@@ -255,13 +256,17 @@ class DirectorySource(FileSource):
             # crash in between leaves a sidecar without its file, removed at the next start).
             sidecar = {"origin": origin.as_posix(), "target": link_target}
             _origin_file(target).write_text(json.dumps(sidecar))
+        else:
+            self._bare.add(target)
         try:
             os.rename(path, target)  # atomic; exactly one worker wins
         except FileNotFoundError:
             _origin_file(target).unlink(missing_ok=True)
+            self._bare.discard(target)
             return None
         except OSError as exc:
             _origin_file(target).unlink(missing_ok=True)
+            self._bare.discard(target)
             if exc.errno == errno.EXDEV:
                 reason = (
                     "on another filesystem than the claim directory (in a linked directory?): "
@@ -560,7 +565,10 @@ class DirectorySource(FileSource):
             claimed.unlink(missing_ok=True)
         # A crash here leaves the sidecar alone; `pending()` removes it at the next start or end.
         crash_point("finishing")
-        _origin_file(claimed).unlink(missing_ok=True)
+        if claimed in self._bare:
+            self._bare.discard(claimed)
+        else:
+            _origin_file(claimed).unlink(missing_ok=True)
 
 
 def _fingerprint(st: Stat) -> str:
