@@ -31,11 +31,15 @@ ROOT = Path(__file__).resolve().parent.parent
 # (the open one, one queued, and ENCODERS being encoded, each held twice while it is cast and written),
 # and what the readers hold (READERS blocks of raw text and their parsed rows, ITEM_BUFFER chunks).
 BASE_MIB = 200
-ENCODERS, READERS, ITEM_BUFFER, READ_BLOCK_MIB = 2, 2, 4, 32
 
 
 def rss_bound_mib(max_bytes_mib: float) -> float:
-    return BASE_MIB + max_bytes_mib * (2 + 2 * ENCODERS) + READ_BLOCK_MIB * (2 * READERS + ITEM_BUFFER)
+    from ingest.pipeline import ENCODERS, ITEM_BUFFER
+    from ingest.sources.jsonlines import READ_BLOCK
+    from ingest.sources.reader import READERS
+
+    block = READ_BLOCK / 2**20
+    return BASE_MIB + max_bytes_mib * (2 + 2 * ENCODERS) + block * (2 * READERS + ITEM_BUFFER)
 
 
 def generate(inbox: Path, records: int, files: int, seed: int = 42) -> int:
