@@ -9,8 +9,7 @@ import os
 import signal
 import socket
 import sqlite3
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from ingest.config import ConfigError, Settings, SourceConfig
 from ingest.grants import UploadGrants
 from ingest.health import Health, Stats
 from ingest.layout import TABLE_KEY_TEMPLATE
+from ingest.local.fallback import r2_settings
 from ingest.logs import get_logger
 from ingest.messages import count
 from ingest.pipeline import Pipeline
@@ -52,27 +52,6 @@ class RunResult:
     @property
     def complete(self) -> bool:
         return not self.stats.failed_objects and not self.pending_units and not self.unreadable
-
-
-@asynccontextmanager
-async def r2_settings(settings: Settings, say: Console) -> AsyncIterator[Settings]:
-    """The settings to run with; with no R2 configured, the local R2 is started for the duration."""
-    if settings.r2.configured:
-        yield settings
-        return
-    from ingest.local.server import DEFAULT_DIR, LocalR2
-
-    bucket = settings.r2.bucket or "ingest"
-    async with LocalR2(DEFAULT_DIR, bucket).running() as info:
-        say.print(
-            f"no R2 configured: using the local R2 at {info.endpoint_url} (bucket {info.bucket}, "
-            f"data in {DEFAULT_DIR}); set R2_ACCOUNT_ID and credentials to use Cloudflare R2",
-            markup=False,
-            highlight=False,
-        )
-        local = info.settings("keys").r2
-        logs.register_secret(local.auth.secret_access_key, local.auth.api_token, local.admin_api_token)
-        yield settings.model_copy(update={"r2": local})
 
 
 def open_spool(settings: Settings) -> Spool:

@@ -47,7 +47,7 @@ async def bucket_cors(via: str) -> AsyncIterator[tuple[str, BucketCors]]:
         async with r2_client(s) as (s2, client):
             yield s2.r2.bucket, S3BucketCors(client, s2.r2.bucket)
         return
-    from ingest.worker import r2_settings
+    from ingest.local.fallback import r2_settings
 
     async with r2_settings(s, err) as s2:
         r2 = s2.r2
@@ -64,16 +64,20 @@ async def bucket_cors(via: str) -> AsyncIterator[tuple[str, BucketCors]]:
 
 def _run_r2(fn: object) -> None:
     """Run an async command body; R2/API refusals become one line and exit 1."""
-    import cloudflare
     from botocore.exceptions import ClientError
 
     from ingest.r2.client import R2AccessDenied
     from ingest.r2.credentials import CredentialError
 
+    refusals: tuple[type[Exception], ...] = (ClientError, R2AccessDenied, CredentialError)
     try:
         anyio.run(fn)  # type: ignore[arg-type]
-    except (ClientError, R2AccessDenied, cloudflare.APIError, CredentialError) as exc:
-        raise fail(f"error: {exc}") from None
+    except Exception as exc:
+        if "cloudflare" in sys.modules:  # the SDK's errors, when a path used it (not imported otherwise)
+            refusals += (sys.modules["cloudflare"].APIError,)
+        if isinstance(exc, refusals):
+            raise fail(f"error: {exc}") from None
+        raise
 
 
 @cors_app.command("get")

@@ -57,10 +57,10 @@ def print_checks(checks: list[Check]) -> None:
 async def r2_client(s: Settings) -> AsyncIterator[tuple[Settings, R2Client]]:
     """Settings (the local R2's, started for the command, when none is configured) and an S3 client
     for them. Imported lazily: `ingest --help` must not pay for aioboto3 and the Cloudflare SDK."""
+    from ingest.local.fallback import r2_settings
     from ingest.r2.client import R2Client
     from ingest.r2.credentials import provider_from_settings
     from ingest.r2.endpoint import endpoint_url
-    from ingest.worker import r2_settings
 
     async with r2_settings(s, err) as s2:
         r2 = s2.r2

@@ -8,15 +8,16 @@ jurisdiction.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, cast
+from typing import TYPE_CHECKING, Any, Literal, Protocol, cast
 
-import cloudflare
 from botocore.exceptions import ClientError
-from cloudflare import AsyncCloudflare
 
 from ingest.r2.client import R2Client
 from ingest.r2.cors import CorsRule, to_s3, to_wrangler
 from ingest.r2.errors import code_of
+
+if TYPE_CHECKING:  # the SDK is imported by the API path only (`--via api`)
+    from cloudflare import AsyncCloudflare
 
 Jurisdiction = Literal["default", "eu", "us", "fedramp", "fedramp-high"]
 
@@ -64,6 +65,8 @@ class ApiBucketCors:
         return {"account_id": self.account_id, "cf_r2_jurisdiction": cast(Jurisdiction, self.jurisdiction)}
 
     async def get(self) -> list[CorsRule]:
+        import cloudflare
+
         try:
             out = await self.cf.r2.buckets.cors.get(self.bucket, **self._where)
         except cloudflare.NotFoundError as exc:
