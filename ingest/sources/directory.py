@@ -39,7 +39,7 @@ from ingest.logs import get_logger
 from ingest.sources.base import AckError, Chunk, FreshUnits, Item, SourceUnit, Units
 from ingest.sources.formats import Format, detect
 from ingest.sources.jsonlines import DEFAULT_MAX_RECORD, Joint
-from ingest.sources.reader import BUNDLE_FILES, IGNORED_SUFFIXES, FileSource, describe_read_error, read_into
+from ingest.sources.reader import BUNDLE_FILES, IGNORED_SUFFIXES, FileSource, describe_read_error
 from ingest.sources.writers import open_for_writing
 
 log = get_logger("ingest.sources.directory")
@@ -449,18 +449,7 @@ class DirectorySource(FileSource):
         def settled() -> bool:  # at the end of the data: may a last line without newline be parsed?
             return _stat(target) == before and self._quiet(before)
 
-        read_into(
-            target,
-            name,
-            self.config.format,
-            unit,
-            emit,
-            self.dead,
-            self.max_record_bytes,
-            settled,
-            joint,
-            self._text_fields,
-        )
+        self._read_file(target, name, unit, emit, joint, settled)
         after = _stat(target)
         now = time.monotonic()  # the anyio clock of asyncio's loop
         seen = self._observed.pop(path, None)

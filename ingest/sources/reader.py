@@ -176,18 +176,21 @@ class FileSource:
     ) -> bool:
         """Read the unit (blocking: runs in a thread); True when it is read to its end (False: the
         subclass sends it again)."""
-        read_into(
-            path,
-            name,
-            self.config.format,
-            unit,
-            emit,
-            self.dead,
-            self.max_record_bytes,
-            joint=joint,
-            text_fields=self._text_fields,
-        )
+        self._read_file(path, name, unit, emit, joint)
         return True
+
+    def _read_file(
+        self,
+        path: Path,
+        name: Path,
+        unit: SourceUnit,
+        emit: Callable[[Chunk], None],
+        joint: Joint | None,
+        settled: Callable[[], bool] = lambda: True,
+    ) -> None:
+        """`read_into` with this source's format, dead letters, record limit and timestamp fields."""
+        fmt, limit = self.config.format, self.max_record_bytes
+        read_into(path, name, fmt, unit, emit, self.dead, limit, settled, joint, self._text_fields)
 
     def _size(self, path: Path) -> int:
         return os.stat(path).st_size

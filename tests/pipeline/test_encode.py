@@ -142,3 +142,20 @@ def test_partition_by_splits_a_batch_by_utc_day(tmp_path: Path) -> None:
         (date(2024, 8, 2), [3]),
     ]
     assert len(_dead(tmp_path)) == 1
+
+
+def test_chunks_of_one_schema_are_cast_together_and_a_misfit_names_its_own_file_and_line(
+    tmp_path: Path,
+) -> None:
+    # The schema is learned as int64 from an earlier batch; the second batch's files (one schema,
+    # as a bundle of small files gives) hold text: "7" fits, "seven" does not.
+    enc = _encoder(tmp_path)
+    enc.encode(_batch(pa.table({"n": pa.array([1], pa.int64())})))
+    batch = Batch(closed_at=datetime(2024, 8, 2, 12, tzinfo=UTC))
+    for name, values in (("a.jsonl", ["7", "8"]), ("b.jsonl", ["9", "seven"]), ("c.jsonl", ["10"])):
+        t = pa.table({"n": pa.array(values)})
+        batch.add(Chunk(t, SourceUnit(name, _noop), first_line=1), t.nbytes)
+    [obj] = enc.encode(batch)
+    assert pq.read_table(obj.path).column("n").to_pylist() == [7, 8, 9, 10]
+    [dead] = _dead(tmp_path)
+    assert (dead["source"], dead["line"]) == ("b.jsonl", 2) and "does not fit" in str(dead["reason"])

@@ -83,3 +83,38 @@ def test_an_explicit_worker_id_in_use_is_a_config_error(tmp_path: Path) -> None:
     second.explicit_id = True
     with pytest.raises(ConfigError, match=r"worker\.id: 'worker-1' is in use by another running worker"):
         second.lock_claim_dir()
+
+
+@pytest.mark.anyio
+async def test_many_small_files_come_in_bundles_a_big_one_alone_every_row_once(tmp_path: Path) -> None:
+    root = tmp_path / "in"
+    for i in range(300):  # more than one bundle (BUNDLE_FILES)
+        _write(root / f"f{i:03d}.jsonl", range(i * 3, i * 3 + 3))
+    _write(root / "big.jsonl", range(10_000, 40_000))  # over SMALL_FILE: read on its own, streamed
+    src = _source(root)
+    src.lock_claim_dir()
+    send, recv = anyio.create_memory_object_stream[Item](100)
+    raw: list[Item] = []
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(src.run, send, FreshUnits(), True)
+        async with recv:
+            raw = [item async for item in recv]
+    bundles = [item for item in raw if isinstance(item, list)]
+    flat = [it for item in raw for it in (item if isinstance(item, list) else [item])]
+    ids = [i for it in flat if isinstance(it, Chunk) for i in it.table.column("id").to_pylist()]
+    assert sorted(ids) == [*range(900), *range(10_000, 40_000)]
+    assert len(bundles) >= 2 and sum(len(b) for b in bundles) == 600  # a chunk and an end per file
+    assert not any(isinstance(it, Chunk) and it.unit.name == "big.jsonl" for b in bundles for it in b)
+    units = [it.unit for it in flat if isinstance(it, UnitRead)]
+    assert len(units) == 301
+
+    # Acknowledged many at a time; a file that changed since it was read is not (its rest is read).
+    changed = next(u for u in units if u.name == "f007.jsonl")
+    assert changed.path is not None
+    async with await anyio.open_file(changed.path, "a") as fh:
+        await fh.write(json.dumps({"id": 5000}) + "\n")
+    assert changed.ack_many is not None
+    results = await changed.ack_many(units)
+    assert [u.name for u, r in zip(units, results, strict=True) if r is not True] == ["f007.jsonl"]
+    assert results[units.index(changed)] is False
+    assert [Path(p).name.split("--", 1)[1] for p in src.pending()] == ["f007.jsonl"]

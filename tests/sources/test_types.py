@@ -20,6 +20,13 @@ from ingest.sources.types import column_from_values, infer_text, recognise_times
         (["2024-08-02T10:00:00Z", "2024-08-02 12:00:00.5+02:00"], pa.timestamp("ms", "UTC"), None),
         (["2024-08-02T10:00:00.123456789"], pa.timestamp("ns"), None),
         (["2024-08-02T10:00:00Z", "2024-08-02T10:00:00"], pa.string(), None),  # zoned and naive mixed
+        (["2024-08-02T10:00:00", "2024-08-02T10:00:00Z"], pa.string(), None),  # naive first, then zoned
+        (
+            ["2024-08-02T10:00:00Z", "2024-08-02T10:00:00.1234Z"],
+            pa.timestamp("us", "UTC"),
+            None,
+        ),  # finer later
+        (["2024-08-02T10:00:00Z", "2024-08-02"], pa.string(), None),  # a date among times
         (["x", "1"], pa.string(), ["x", "1"]),
     ],
 )

@@ -1,0 +1,88 @@
+"""Joint parsing of many small files' JSON lines: the same rows and line numbers as one parse per file."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from ingest.deadletters import DeadLetter
+from ingest.sources.jsonlines import Joint, JsonLines
+
+Emitted = list[tuple[pa.Table, int, list[int] | None]]
+
+
+def _reader(name: str, joint: Joint | None, out: dict[str, Emitted], dead: list[DeadLetter]) -> JsonLines:
+    emitted: Emitted = out.setdefault(name, [])
+    return JsonLines(
+        name, lambda t, first, lines: emitted.append((t, first, lines)), dead.extend, 1 << 20, joint=joint
+    )
+
+
+def _rows(emitted: Emitted) -> list[tuple[int, int]]:
+    """(id, line) of every row emitted, in order."""
+    out = []
+    for table, first, lines in emitted:
+        for i, row in enumerate(table.to_pylist()):
+            out.append((row["id"], lines[i] if lines is not None else first + i))
+    return out
+
+
+def _files(*bodies: bytes, joint: Joint | None) -> tuple[dict[str, Emitted], list[DeadLetter], int]:
+    out: dict[str, Emitted] = {}
+    dead: list[DeadLetter] = []
+    for i, body in enumerate(bodies):
+        if joint is not None:
+            joint.owner = f"f{i}"
+        _reader(f"f{i}", joint, out, dead).block(body, 1)
+    failed = joint.flush() if joint is not None else {}
+    assert not failed
+    return out, dead, sum(len(v) for v in out.values())
+
+
+def test_small_files_parsed_together_give_each_file_its_own_rows_and_lines() -> None:
+    bodies = [
+        b"".join(b'{"id": %d, "at": "2024-08-02T10:00:0%dZ"}\n' % (f * 10 + i, i) for i in range(3))
+        for f in range(4)
+    ]
+    alone, _, _ = _files(*bodies, joint=None)
+    joint = Joint()
+    together, dead, tables = _files(*bodies, joint=joint)
+    assert not dead
+    for name in alone:
+        assert _rows(together[name]) == _rows(alone[name])
+    assert {t.schema.field("at").type for v in together.values() for t, _, _ in v} == {
+        pa.timestamp("ms", "UTC")
+    }
+    assert tables == 4 and not joint.held
+    # One parse: every file's rows are a slice of the same Arrow buffer.
+    buffers = {t.column("id").chunk(0).buffers()[1].address for v in together.values() for t, _, _ in v}
+    assert len(buffers) == 1
+
+
+def test_a_blank_or_bad_line_in_one_file_makes_every_file_parse_on_its_own() -> None:
+    good = b'{"id": 1}\n{"id": 2}\n'
+    blank = b'{"id": 3}\n\n{"id": 4}\n'
+    bad = b'{"id": 5}\n{"id": \n{"id": 6}\n'
+    together, dead, _ = _files(good, blank, bad, joint=Joint())
+    assert _rows(together["f0"]) == [(1, 1), (2, 2)]
+    assert _rows(together["f1"]) == [(3, 1), (4, 3)]  # the blank line keeps its number
+    assert _rows(together["f2"]) == [(5, 1), (6, 3)]
+    assert [(d.source, d.line) for d in dead] == [("f2", 2)]  # named for its own file and line
+
+
+def test_a_block_without_its_final_newline_is_not_held() -> None:
+    joint = Joint()
+    out: dict[str, Emitted] = {}
+    _reader("f", joint, out, []).block(b'{"id": 1}\n{"id": 2}', 1)
+    assert not joint.held and _rows(out["f"]) == [(1, 1), (2, 2)]
+
+
+def test_a_dropped_owner_emits_nothing() -> None:
+    joint = Joint()
+    out: dict[str, Emitted] = {}
+    joint.owner = "a"
+    _reader("a", joint, out, []).block(b'{"id": 1}\n', 1)
+    joint.owner = "b"
+    _reader("b", joint, out, []).block(b'{"id": 2}\n', 1)
+    joint.drop("a")  # its read failed: it is read again from its top
+    joint.flush()
+    assert out["a"] == [] and _rows(out["b"]) == [(2, 1)]
