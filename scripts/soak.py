@@ -5,8 +5,10 @@
 Starts the local R2 and `ingest run` (the daemon, directory source, defaults), writes `--rate` records/s
 into its directory (a file every half second, staged and renamed in, as a real producer would), samples
 the worker's RSS and the journal's size and rows every 10 s, then stops the worker (SIGTERM, a drain)
-and checks that every row written is in R2. Pass: RSS at the end within 10 % of its 5-minute value, the
-journal's rows back to zero and its file not growing after the first 5 minutes.
+and checks that every row written is in R2. Pass: the highest RSS of the last 5 minutes within 10 % of
+the highest of minutes 5 to 10 (RSS saws up and down as batches fill and are written: single samples
+would compare phases, not levels), the journal's rows back to zero and its file not growing after the
+first 5 minutes.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import json
 import random
 import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -65,9 +68,12 @@ def main() -> None:
     for d in (inbox, staging):
         d.mkdir()
     config = work / "soak.toml"
+    with socket.socket() as probe:  # its own probe port: nothing else on the machine is disturbed
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
     config.write_text(
         f'[[sources]]\nkind = "directory"\npath = "{inbox}"\n[spool]\ndir = "{spool}"\n'
-        '[log]\nformat = "json"\nlevel = "warning"\n'
+        f'[server]\nlisten = "127.0.0.1:{port}"\n[log]\nformat = "json"\nlevel = "warning"\n'
     )
     r2, env = start_local_r2(work)
     worker = subprocess.Popen(
@@ -116,6 +122,8 @@ def main() -> None:
         r2.wait(30)
     at5 = next((s for s in samples if s["t"] >= 300), samples[len(samples) // 2])
     last = samples[-1]
+    early = [s["rss_mib"] for s in samples if 300 <= s["t"] < 600] or [at5["rss_mib"]]
+    late = [s["rss_mib"] for s in samples if s["t"] >= last["t"] - 300]
     result = {
         "minutes": args.minutes,
         "rate": args.rate,
@@ -123,16 +131,16 @@ def main() -> None:
         "written": written,
         "in_r2": in_r2,
         "exit_code": code,
-        "rss_5min_mib": at5["rss_mib"],
-        "rss_end_mib": last["rss_mib"],
-        "rss_end_vs_5min": round(last["rss_mib"] / at5["rss_mib"], 3),
+        "rss_max_minutes_5_to_10_mib": max(early),
+        "rss_max_last_5_minutes_mib": max(late),
+        "rss_late_vs_early": round(max(late) / max(early), 3),
         "journal_mib_5min": at5["journal_mib"],
         "journal_mib_end": last["journal_mib"],
         "journal_rows_after_drain": rows,
         "journal_mib_after_drain": round(size, 2),
     }
     result["ok"] = (
-        in_r2 == written and code == 0 and result["rss_end_vs_5min"] <= 1.10 and rows == 0
+        in_r2 == written and code == 0 and result["rss_late_vs_early"] <= 1.10 and rows == 0
         and last["journal_mib"] <= at5["journal_mib"] * 1.10 + 1
     )  # fmt: skip
     print(json.dumps(result, indent=2))
