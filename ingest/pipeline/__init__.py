@@ -426,20 +426,21 @@ class Pipeline:
     # -- acknowledgements ----------------------------------------------------------------------------
 
     async def _unit_read(self, unit: SourceUnit) -> None:
-        """A unit read to its end. Its row count is journaled in a task of its own, so the batcher
-        does not wait on each file's commit; the unit is acknowledged only after that commit."""
+        """A unit read to its end. Its row count is journaled in the background with others
+        (`_reads`), so the batcher does not wait on each file's commit; the unit is acknowledged
+        only after that commit."""
         self.stats.units_claimed += 1
-        if (unit.journaled or unit.counted) and unit.total == unit.next_row:
-            self._maybe_ack(unit)  # the row count was journaled with the unit
-        elif unit.next_row or unit.total is None:  # read now (a fully covered unit keeps its known total)
-            unit.total = unit.next_row
-            if unit.read_stat is not None:  # what the file looked like when its last byte was read
-                unit.fingerprint = ":".join(map(str, unit.read_stat))
-            unit.read_done = False
-            assert self._tg is not None
-            self._reads.add((unit, unit.total, unit.fingerprint), self._tg)
-        else:
+        counted = (unit.journaled or unit.counted) and unit.total == unit.next_row  # journaled with it
+        covered = not unit.next_row and unit.total is not None  # fully covered: keeps its known total
+        if counted or covered:
             self._maybe_ack(unit)
+            return
+        unit.total = unit.next_row
+        if unit.read_stat is not None:  # what the file looked like when its last byte was read
+            unit.fingerprint = ":".join(map(str, unit.read_stat))
+        unit.read_done = False
+        assert self._tg is not None
+        self._reads.add((unit, unit.total, unit.fingerprint), self._tg)
 
     async def _journal_reads(self, reads: list[tuple[SourceUnit, int, str]]) -> None:
         rows = [(unit.id, total, fingerprint) for unit, total, fingerprint in reads]

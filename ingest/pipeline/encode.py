@@ -128,14 +128,7 @@ class Encoder:
         tables: list[pa.Table] = []
         days: list[pa.Array] = []
         for merged, chunks in runs:
-            # Cast together; one chunk at a time only when some row is a misfit (its dead letter
-            # names the chunk's file and line).
-            out, day, bad = self._cast(merged, schema, batch) if len(chunks) > 1 else (None, None, None)
-            if out is not None and day is not None and not bad:
-                conformed = [(out, day)]
-            else:
-                conformed = [self._conform(c, schema, batch) for c in chunks]
-            for table, day in conformed:
+            for table, day in self._conform_run(merged, chunks, schema, batch):
                 if table.num_rows:
                     tables.append(table)
                     days.append(day)
@@ -156,6 +149,17 @@ class Encoder:
         return written
 
     # -- schema -----------------------------------------------------------------------------------
+
+    def _conform_run(
+        self, merged: pa.Table, chunks: list[Chunk], schema: pa.Schema, batch: Batch
+    ) -> list[tuple[pa.Table, pa.Array]]:
+        """A run of one schema cast together; one chunk at a time only when some row is a misfit
+        (its dead letter names the chunk's file and line)."""
+        if len(chunks) > 1:
+            out, days, bad = self._cast(merged, schema, batch)
+            if not bad:
+                return [(out, days)]
+        return [self._conform(c, schema, batch) for c in chunks]
 
     def _conform(self, chunk: Chunk, schema: pa.Schema, batch: Batch) -> tuple[pa.Table, pa.Array]:
         """Cast a chunk to the schema and date its rows; rows that do not fit → dead letters."""

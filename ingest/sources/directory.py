@@ -219,8 +219,7 @@ class DirectorySource(FileSource):
         part: list[Path] = []
         size = 0
         for path in ready[:BUNDLE_FILES]:
-            seen = self._seen.get(path)
-            size += seen.stat[2] if seen is not None else 0
+            size += self._seen_size(path)
             if part and size > room:
                 break
             part.append(path)
@@ -231,11 +230,15 @@ class DirectorySource(FileSource):
         out = []
         self.claim_dir.mkdir(parents=True, exist_ok=True)
         for path in paths:
-            seen = self._seen.get(path)
+            size = self._seen_size(path)  # (before the claim forgets it)
             claimed = self._claim(path)
             if claimed is not None:
-                out.append((claimed, seen.stat[2] if seen is not None else 0))
+                out.append((claimed, size))
         return out
+
+    def _seen_size(self, path: Path) -> int:
+        seen = self._seen.get(path)
+        return seen.stat[2] if seen is not None else 0
 
     def _claim(self, path: Path) -> Path | None:
         """Rename `path` into this worker's claim directory (blocking); None if it was not claimed."""

@@ -98,9 +98,8 @@ def read_file(
                 piece = min(READ_BLOCK, max(COMPRESSED_PIECE, stream.size() - start[0] + 1))
             if start[0]:
                 stream.seek(start[0])
-            reader = JsonLines(source, emit, dead, max_record, piece, joint=joint)
-            if text_fields is not None:
-                reader.text_fields = text_fields
+            known = set() if text_fields is None else text_fields
+            reader = JsonLines(source, emit, dead, max_record, piece, known, joint)
             offset, line = reader.read(stream, start[1], settled)
             return start[0] + offset, line
         _read_csv(stream, _csv_header(path, compression), source, emit, dead)
