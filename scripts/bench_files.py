@@ -182,9 +182,18 @@ def best(n: int, fn: Callable[[], float]) -> float:
     return min(fn() for _ in range(n))
 
 
+SETTLED_AGO = 60.0  # seconds: the copies' mtime, as for files written before the run
+
+
 def copy_inbox(source: Path, target: Path, times: int) -> None:
-    """`times` copies of every file (distinct names) in `target`."""
+    """`times` copies of every file (distinct names) in `target`, dated SETTLED_AGO in the past: the
+    worker takes a file only once it has held still for `settle_seconds` (a writer may still be at
+    it), and the yardsticks do not wait, so a copy made just before the run would time that wait."""
     target.mkdir(parents=True, exist_ok=True)
+    then = time.time() - SETTLED_AGO
     for k in range(times):
         for f in source.iterdir():
-            shutil.copyfile(f, target / f"{k}-{f.name}")
+            copy = target / f"{k}-{f.name}"
+            shutil.copyfile(f, copy)
+            os.utime(copy, (then, then))
+    os.sync()  # the copies on disk before the run: their writeback would stall the worker's fsyncs

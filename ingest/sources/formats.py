@@ -99,7 +99,7 @@ def read_file(
             if start[0]:
                 stream.seek(start[0])
             known = set() if text_fields is None else text_fields
-            reader = JsonLines(source, emit, dead, max_record, piece, known, joint)
+            reader = JsonLines(source, emit, dead, max_record, piece, known, joint, compression is None)
             offset, line = reader.read(stream, start[1], settled)
             return start[0] + offset, line
         _read_csv(stream, _csv_header(path, compression), source, emit, dead)

@@ -9,6 +9,7 @@ in the same order (journaled skip ranges and the HTTP source's blocks rely on it
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,12 +53,65 @@ class JsonLines:
     piece: int = READ_BLOCK  # read size; small for compressed input
     text_fields: set[str] = field(default_factory=set)  # read as text, typed by ingest.sources.types
     joint: Joint | None = None  # blocks held to be parsed with other files' (see Joint)
+    plain: bool = False  # an uncompressed file: read into a reused buffer (`_read_plain`)
 
     def read(self, stream: Any, line: int = 1, settled: Callable[[], bool] = lambda: True) -> Position:
         """Parse to the end of `stream`; returns (bytes consumed, next line number). At the end, a
         last line without its newline is parsed only if `settled()`: a writer may still finish it."""
-        carry = b""
-        consumed = 0  # bytes read from the stream, including `carry`
+        if self.plain and self.joint is None:
+            return self._read_plain(stream, line, settled)
+        return self._read_pieces(stream, line, settled)
+
+    def _read_plain(self, stream: Any, line: int, settled: Callable[[], bool]) -> Position:
+        """`read` for a big uncompressed file: blocks are read into one reused buffer and parsed
+        from there, with no copy into Python bytes and no fresh pages per block (measured: a third of
+        the reading time went to those). A line longer than the buffer goes on in `_read_pieces`."""
+        buf = _take_buffer(self.piece)
+        view = memoryview(buf)
+        try:
+            held = consumed = 0  # `held`: bytes of a partial line kept at the front of `buf`
+            while True:
+                n = stream.readinto(view[held : self.piece])
+                consumed += n
+                end = held + n
+                if n:
+                    cut = buf.rfind(b"\n", 0, end) + 1
+                    if not cut:  # no line end in a whole buffer: a very long line
+                        carried = bytes(view[:end])
+                        offset, line = self._read_pieces(stream, line, settled, carried)
+                        return consumed - end + offset, line
+                elif end and settled():
+                    cut = end
+                else:  # the end, or a last line still being written: leave it for the next read
+                    return consumed - end, line
+                lines = buf.count(b"\n", 0, cut) + (0 if buf[cut - 1] == 10 else 1)
+                if _long_line(buf, self.max_record, cut) is None:
+                    self._block_in_place(view[:cut], line, lines)
+                else:
+                    self.block_now(bytes(view[:cut]), line, lines)
+                line += lines
+                held = end - cut
+                buf[:held] = buf[cut:end]
+        finally:
+            view.release()
+            _give_back(buf)
+
+    def _block_in_place(self, block: memoryview, first_line: int, lines: int) -> None:
+        """Parse whole lines held in the reused buffer: only the usual case is taken here (every line
+        one record); anything else goes the exact way (`block_now`) on a copy."""
+        try:
+            table = _parse(block, self.text_fields)
+        except pa.ArrowInvalid:
+            table = None
+        if table is not None and table.num_rows == lines:
+            self.emit(table, first_line, None)
+        else:
+            self.block_now(bytes(block), first_line, lines)
+
+    def _read_pieces(
+        self, stream: Any, line: int, settled: Callable[[], bool], carry: bytes = b""
+    ) -> Position:
+        consumed = len(carry)  # bytes read from the stream, including `carry`
         while True:
             data, error = self._read_block(stream)
             consumed += len(data)
@@ -163,7 +217,7 @@ class JsonLines:
             self.emit(table, first_line, numbers[: table.num_rows])
 
 
-def _parse(block: bytes, text_fields: set[str]) -> pa.Table | None:
+def _parse(block: bytes | memoryview, text_fields: set[str]) -> pa.Table | None:
     """pyarrow's reader, with timestamps kept as text (it would drop their zone) and recognised by
     our rules (`text_fields` learns them); None when only a per-line parse keeps every value exact."""
     options = None
@@ -240,27 +294,50 @@ class Joint:
         return failed
 
 
-def _long_line(block: bytes, limit: int) -> tuple[int, int] | None:
-    """(start, end) of the first line longer than `limit`, or None.
+def _long_line(block: bytes | bytearray, limit: int, size: int | None = None) -> tuple[int, int] | None:
+    """(start, end) of the first line longer than `limit` in `block[:size]`, or None.
 
     Cheap: a line longer than `limit` contains a whole aligned window of limit/2 bytes with no
     newline, so only len/(limit/2) windows are searched, not every line.
     """
-    if len(block) <= limit:
+    size = len(block) if size is None else size
+    if size <= limit:
         return None
     step = max(1, limit // 2)
     s = 0
-    while s < len(block):
-        if block.find(b"\n", s, s + step) < 0:
+    while s < size:
+        if block.find(b"\n", s, min(s + step, size)) < 0:
             start = block.rfind(b"\n", 0, s) + 1
-            end = block.find(b"\n", s)
-            end = len(block) if end < 0 else end
+            end = block.find(b"\n", s, size)
+            end = size if end < 0 else end
             if end - start > limit:
                 return start, end
             s = end + 1
         else:
             s += step
     return None
+
+
+# Read buffers of READ_BLOCK bytes are kept for the next big file (one per reader at a time), so
+# their pages are touched once, not once per block; smaller ones are made to the file's size.
+_SPARE = 2
+_spare: list[bytearray] = []
+_spare_lock = threading.Lock()
+
+
+def _take_buffer(size: int) -> bytearray:
+    if size == READ_BLOCK:
+        with _spare_lock:
+            if _spare:
+                return _spare.pop()
+    return bytearray(size)
+
+
+def _give_back(buf: bytearray) -> None:
+    if len(buf) == READ_BLOCK:
+        with _spare_lock:
+            if len(_spare) < _SPARE:
+                _spare.append(buf)
 
 
 def _parse_json_slowly(block: bytes, first_line: int, source: str, emit: Emit, dead: Dead) -> None:

@@ -86,3 +86,36 @@ def test_a_dropped_owner_emits_nothing() -> None:
     joint.drop("a")  # its read failed: it is read again from its top
     joint.flush()
     assert out["a"] == [] and _rows(out["b"]) == [(2, 1)]
+
+
+def _read(body: bytes, *, plain: bool, piece: int, settled: bool, max_record: int = 1 << 20) -> tuple:
+    emitted: Emitted = []
+    dead: list[DeadLetter] = []
+    reader = JsonLines(
+        "f", lambda t, first, lines: emitted.append((t, first, lines)), dead.extend, max_record, piece
+    )
+    reader.plain = plain
+    position = reader.read(pa.BufferReader(body), 1, lambda: settled)
+    return _rows(emitted), [(d.line, d.reason[:20]) for d in dead], position
+
+
+def test_a_plain_file_read_in_a_reused_buffer_gives_what_the_piecewise_read_gives() -> None:
+    """Lines cut at every buffer boundary, a blank line, a bad line, a line longer than the buffer,
+    one longer than max_record, and a last line without its newline (written or still growing):
+    the in-place read emits the same rows, lines, dead letters and resume position."""
+    lines = [b'{"id": %d, "pad": "%s"}' % (i, b"x" * (i * 7 % 50)) for i in range(60)]
+    lines[10] = b""  # blank
+    lines[20] = b'{"id": 20, "pad": oops}'  # bad
+    lines[30] = b'{"id": 30, "pad": "%s"}' % (b"y" * 400)  # longer than the buffer
+    lines[40] = b'{"id": 40, "pad": "%s"}' % (b"z" * 3000)  # longer than max_record
+    body = b"\n".join(lines) + b"\n" + b'{"id": 99, "pad": "end"}'
+    for piece in (64, 97, 256, 1 << 20):
+        for settled in (False, True):
+            piecewise = _read(body, plain=False, piece=piece, settled=settled, max_record=2000)
+            in_place = _read(body, plain=True, piece=piece, settled=settled, max_record=2000)
+            assert in_place == piecewise, (piece, settled)
+            rows, dead, (offset, line) = in_place
+            assert [r for r, _ in rows][:3] == [0, 1, 2] and (99 in [r for r, _ in rows]) == settled
+            assert [d for d, _ in dead] == [21, 41]
+            assert offset == (len(body) if settled else body.rfind(b"\n") + 1)
+            assert line == (62 if settled else 61)
