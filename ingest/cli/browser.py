@@ -19,9 +19,10 @@ import typer
 from ingest.cli.common import err, out, r2_client, settings
 from ingest.messages import count
 from ingest.origins import origin_problem
-from ingest.r2.cors import CorsError, dumps, evaluate, holds, parse_policy
+from ingest.r2.cors import CorsError, CorsRule, dumps, evaluate, holds, parse_policy
 
 if TYPE_CHECKING:  # the S3 and Cloudflare clients are imported when a command runs, not for --help
+    from ingest.config import Settings
     from ingest.r2.bucket_cors import BucketCors
 
 cors_app = typer.Typer(help="Bucket CORS: let browsers upload to and read from R2.", no_args_is_help=True)
@@ -38,11 +39,11 @@ def fail(message: str, code: int = 1) -> typer.Exit:
 
 
 @asynccontextmanager
-async def bucket_cors(via: str) -> AsyncIterator[tuple[str, BucketCors]]:
+async def bucket_cors(via: str, s: Settings | None = None) -> AsyncIterator[tuple[str, BucketCors]]:
     from ingest.r2.api import cloudflare_client
     from ingest.r2.bucket_cors import ApiBucketCors, S3BucketCors
 
-    s = settings()
+    s = s or settings()
     if via == "s3":
         async with r2_client(s) as (s2, client):
             yield s2.r2.bucket, S3BucketCors(client, s2.r2.bucket)
@@ -62,19 +63,24 @@ async def bucket_cors(via: str) -> AsyncIterator[tuple[str, BucketCors]]:
             yield r2.bucket, ApiBucketCors(cf, r2.account_id, r2.bucket, r2.jurisdiction)
 
 
+# R2/API refusals by (module, class): looked up only in modules the command imported (an error of a
+# class implies its module was loaded), so a command that never needed a client does not import one.
+_REFUSALS = (
+    ("botocore.exceptions", "ClientError"),
+    ("ingest.r2.client", "R2AccessDenied"),
+    ("ingest.r2.credentials", "CredentialError"),
+    ("cloudflare", "APIError"),
+)
+
+
 def _run_r2(fn: object) -> None:
     """Run an async command body; R2/API refusals become one line and exit 1."""
-    from botocore.exceptions import ClientError
-
-    from ingest.r2.client import R2AccessDenied
-    from ingest.r2.credentials import CredentialError
-
-    refusals: tuple[type[Exception], ...] = (ClientError, R2AccessDenied, CredentialError)
     try:
         anyio.run(fn)  # type: ignore[arg-type]
     except Exception as exc:
-        if "cloudflare" in sys.modules:  # the SDK's errors, when a path used it (not imported otherwise)
-            refusals += (sys.modules["cloudflare"].APIError,)
+        refusals = tuple(
+            getattr(sys.modules[module], name) for module, name in _REFUSALS if module in sys.modules
+        )
         if isinstance(exc, refusals):
             raise fail(f"error: {exc}") from None
         raise
@@ -165,8 +171,18 @@ def cors_check(
 
     async def body() -> None:
         nonlocal verdict
-        async with bucket_cors(via) as (_bucket, target):
-            verdict = evaluate(await target.get(), origin, method, headers)
+        from ingest.local.fallback import r2_settings
+        from ingest.r2.quick import bucket_cors_rules
+
+        async with r2_settings(settings(), err) as s:
+            # One signed GET without the S3 client's start-up; the client answers when it cannot.
+            found = await anyio.to_thread.run_sync(bucket_cors_rules, s.r2) if via == "s3" else None
+            if found is not None:
+                rules = [CorsRule.from_s3(r) for r in found]
+            else:
+                async with bucket_cors(via, s) as (_bucket, target):
+                    rules = await target.get()
+            verdict = evaluate(rules, origin, method, headers)
 
     _run_r2(body)
     assert verdict is not None

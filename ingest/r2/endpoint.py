@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from botocore.config import Config
+if TYPE_CHECKING:  # botocore is imported by the clients that use it (not by `ingest cors check`)
+    from botocore.config import Config
 
 REGION = "auto"
 _JURISDICTION_HOSTS = {"default": "", "eu": "eu.", "fedramp": "fedramp.", "us": "us."}
@@ -29,6 +30,8 @@ def client_config(max_pool_connections: int = 10, **extra: Any) -> Config:
     R2 rejects some of the default integrity-checksum headers of recent SDKs, so checksums are only
     computed/validated when an operation requires them. Retries are ours (tenacity), not botocore's.
     """
+    from botocore.config import Config
+
     return Config(
         region_name=REGION,
         signature_version="s3v4",

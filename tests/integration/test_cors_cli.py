@@ -159,6 +159,22 @@ def test_get_and_check_without_a_policy(cors_job: Job) -> None:
     assert check.returncode == 1 and "blocked" in check.stdout
 
 
+def test_check_answers_without_the_s3_client_and_falls_back_to_it_on_a_refusal(cors_job: Job) -> None:
+    """`cors check` is one signed GET (ingest/r2/quick.py): aioboto3 is never imported when it
+    answers; when the store refuses it, the full client runs and explains the refusal."""
+    job = cors_job
+    policy = job.dir / "policy.json"
+    policy.write_text(json.dumps([{"AllowedOrigins": [ORIGIN], "AllowedMethods": ["PUT"]}]))
+    assert job.cli("cors", "set", str(policy)).returncode == 0
+    check = job.cli("cors", "check", "--origin", ORIGIN, "--method", "PUT", PYTHONPROFILEIMPORTTIME="1")
+    assert check.returncode == 0 and "allowed" in check.stdout, check.stdout + check.stderr[-2000:]
+    imported = {line.rsplit("|", 1)[-1].strip() for line in check.stderr.splitlines() if "|" in line}
+    assert "ingest.r2.quick" in imported and "aioboto3" not in imported and "botocore" not in imported
+    denied = job.cli("cors", "check", "--origin", ORIGIN, R2_SECRET_ACCESS_KEY="not-the-secret")
+    assert denied.returncode == 1 and denied.stderr.startswith("error:"), denied.stderr
+    assert "not-the-secret" not in denied.stdout + denied.stderr
+
+
 def test_presign_refuses_post_and_long_expiry(job: Job) -> None:
     post = job.cli("presign", "a.jsonl", "--method", "POST")
     assert post.returncode == 2
