@@ -1,6 +1,7 @@
 """Benchmark: the worker next to yardsticks on the same data, in one run (see bench_files.py).
 
     bash scripts/bench [--records N] [--files F] [--small-files N] [--tiny] [--json] [--keep]
+    bash scripts/bench --dlt PYTHON            also dlt's Arrow path (PYTHON: a venv with dlt)
     bash scripts/bench --http | --redis        the stream sources (bench_streams.py)
 
 Prints one table: big files (limit A, limit AB, `ingest run --once`, the two ratios, peak RSS at 1×
@@ -21,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench_dlt import dlt_arrow
 from bench_files import (
     best,
     copy_inbox,
@@ -149,6 +151,14 @@ def table(result: dict[str, Any]) -> str:
         ("  e2e / limit AB", f"{big['e2e_vs_limit_ab']:.2f}", ""),
         ("  e2e / limit A", f"{big['e2e_vs_limit_a']:.2f}", ""),
         ("  peak RSS 5× / 1×", f"{big['rss_5x_vs_1x']:.2f}", f"bound {big['rss_bound_mib']} MiB"),
+    ]
+    if "dlt" in result:
+        peer = result["dlt"]
+        rows += [
+            ("  dlt, Arrow path (same files, store)", f"{peer['dlt_records_per_s']:,} rec/s", ""),
+            ("  e2e / dlt", f"{peer['e2e_vs_dlt']:.2f}", ""),
+        ]
+    rows += [
         ("small files", "", ""),
         ("  pyarrow loop (1 process)", f"{small['pyarrow_loop_files_per_s']:,} files/s", ""),
         ("  ingest run --once", f"{small['e2e_files_per_s']:,} files/s", f"{small['rss_mib']} MiB"),
@@ -176,6 +186,9 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=400, help="--http: requests at full speed")
     ap.add_argument("--per-request", type=int, default=1000, help="--http: records per request")
     ap.add_argument("--connections", type=int, default=16, help="--http: connections")
+    ap.add_argument(
+        "--dlt", metavar="PYTHON", default="", help="also time dlt's Arrow path (PYTHON has dlt installed)"
+    )
     ap.add_argument("--redis", action="store_true", help="benchmark the Redis Streams source instead")
     ap.add_argument("--entries", type=int, default=1_000_000, help="--redis: entries pre-loaded")
     ap.add_argument(
@@ -195,11 +208,14 @@ def main() -> None:
             return
         r2, env = start_local_r2(work)
         try:
-            result = {
-                "big": big_files(work, env, args.records, args.files, args.json),
-                "small": small_files(work, env, args.small_files, args.small_records, args.json),
-                "startup": startup(work, env),
-            }
+            result = {"big": big_files(work, env, args.records, args.files, args.json)}
+            if args.dlt:
+                say("dlt: its Arrow path on the same files and store", args.json)
+                peer = dlt_arrow(work, env, work / "big", args.dlt, args.records)
+                peer["e2e_vs_dlt"] = round(result["big"]["e2e_records_per_s"] / peer["dlt_records_per_s"], 3)
+                result["dlt"] = peer
+            result["small"] = small_files(work, env, args.small_files, args.small_records, args.json)
+            result["startup"] = startup(work, env)
         finally:
             r2.terminate()
             r2.wait(30)
