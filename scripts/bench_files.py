@@ -29,7 +29,8 @@ from http_load import event  # scripts/ is on the path: the same events as the H
 ROOT = Path(__file__).resolve().parent.parent
 # Peak RSS bound (see README "Performance"): the interpreter and its imports, the batches in memory
 # (the open one, one queued, and ENCODERS being encoded, each held twice while it is cast and written),
-# and what the readers hold (READERS blocks of raw text and their parsed rows, ITEM_BUFFER chunks).
+# and what the readers hold (per reader two blocks of raw text, one read while the other is parsed,
+# and the parsed rows; ITEM_BUFFER chunks in flight).
 BASE_MIB = 200
 
 
@@ -39,7 +40,7 @@ def rss_bound_mib(max_bytes_mib: float) -> float:
     from ingest.sources.reader import READERS
 
     block = READ_BLOCK / 2**20
-    return BASE_MIB + max_bytes_mib * (2 + 2 * ENCODERS) + block * (2 * READERS + ITEM_BUFFER)
+    return BASE_MIB + max_bytes_mib * (2 + 2 * ENCODERS) + block * (3 * READERS + ITEM_BUFFER)
 
 
 def generate(inbox: Path, records: int, files: int, seed: int = 42) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,6 +55,7 @@ class JsonLines:
     text_fields: set[str] = field(default_factory=set)  # read as text, typed by ingest.sources.types
     joint: Joint | None = None  # blocks held to be parsed with other files' (see Joint)
     plain: bool = False  # an uncompressed file: read into a reused buffer (`_read_plain`)
+    ahead: bool | None = None  # read the next block while parsing (None: when the file is big)
 
     def read(self, stream: Any, line: int = 1, settled: Callable[[], bool] = lambda: True) -> Position:
         """Parse to the end of `stream`; returns (bytes consumed, next line number). At the end, a
@@ -63,15 +65,20 @@ class JsonLines:
         return self._read_pieces(stream, line, settled)
 
     def _read_plain(self, stream: Any, line: int, settled: Callable[[], bool]) -> Position:
-        """`read` for a big uncompressed file: blocks are read into one reused buffer and parsed
-        from there, with no copy into Python bytes and no fresh pages per block (measured: a third of
-        the reading time went to those). A line longer than the buffer goes on in `_read_pieces`."""
-        buf = _take_buffer(self.piece)
-        view = memoryview(buf)
+        """`read` for an uncompressed file: blocks are read into reused buffers and parsed from
+        there, with no copy into Python bytes and no fresh pages per block (measured: a third of the
+        reading time went to those). In a file bigger than one block, the next block is read (and
+        its lines counted) by a helper thread while this one is parsed: the reader is the critical
+        path of a big file. A line longer than the buffer goes on in `_read_pieces`."""
+        ahead = self.piece == READ_BLOCK if self.ahead is None else self.ahead
+        bufs = [_take_buffer(self.piece) for _ in range(2 if ahead else 1)]
+        views = [memoryview(b) for b in bufs]
+        helper = ThreadPoolExecutor(1, thread_name_prefix="ingest-read-ahead") if ahead else None
         try:
-            held = consumed = 0  # `held`: bytes of a partial line kept at the front of `buf`
+            i = held = consumed = 0  # `held`: bytes of a partial line kept at the front of a buffer
+            n = stream.readinto(views[0][: self.piece])
             while True:
-                n = stream.readinto(view[held : self.piece])
+                buf, view = bufs[i], views[i]
                 consumed += n
                 end = held + n
                 if n:
@@ -85,16 +92,26 @@ class JsonLines:
                 else:  # the end, or a last line still being written: leave it for the next read
                     return consumed - end, line
                 lines = buf.count(b"\n", 0, cut) + (0 if buf[cut - 1] == 10 else 1)
+                held = end - cut
+                pending = None
+                if helper is not None:  # the partial line starts the other buffer, read meanwhile
+                    i = 1 - i
+                    bufs[i][:held] = buf[cut:end]
+                    pending = helper.submit(stream.readinto, views[i][held : self.piece])
                 if _long_line(buf, self.max_record, cut) is None:
                     self._block_in_place(view[:cut], line, lines)
                 else:
                     self.block_now(bytes(view[:cut]), line, lines)
                 line += lines
-                held = end - cut
-                buf[:held] = buf[cut:end]
+                if pending is None:  # one buffer: the partial line moves to its front once parsed
+                    buf[:held] = buf[cut:end]
+                n = pending.result() if pending else stream.readinto(views[i][held : self.piece])
         finally:
-            view.release()
-            _give_back(buf)
+            if helper is not None:
+                helper.shutdown(wait=True)  # a read still running finishes before its buffer goes
+            for view, buf in zip(views, bufs, strict=True):
+                view.release()
+                _give_back(buf)
 
     def _block_in_place(self, block: memoryview, first_line: int, lines: int) -> None:
         """Parse whole lines held in the reused buffer: only the usual case is taken here (every line
@@ -318,7 +335,7 @@ def _long_line(block: bytes | bytearray, limit: int, size: int | None = None) ->
     return None
 
 
-# Read buffers of READ_BLOCK bytes are kept for the next big file (one per reader at a time), so
+# Read buffers of READ_BLOCK bytes are kept for the next big file (two per reader at a time), so
 # their pages are touched once, not once per block; smaller ones are made to the file's size.
 _SPARE = 2
 _spare: list[bytearray] = []

@@ -88,13 +88,15 @@ def test_a_dropped_owner_emits_nothing() -> None:
     assert out["a"] == [] and _rows(out["b"]) == [(2, 1)]
 
 
-def _read(body: bytes, *, plain: bool, piece: int, settled: bool, max_record: int = 1 << 20) -> tuple:
+def _read(
+    body: bytes, *, plain: bool, piece: int, settled: bool, max_record: int = 1 << 20, ahead: bool = False
+) -> tuple:
     emitted: Emitted = []
     dead: list[DeadLetter] = []
     reader = JsonLines(
         "f", lambda t, first, lines: emitted.append((t, first, lines)), dead.extend, max_record, piece
     )
-    reader.plain = plain
+    reader.plain, reader.ahead = plain, ahead
     position = reader.read(pa.BufferReader(body), 1, lambda: settled)
     return _rows(emitted), [(d.line, d.reason[:20]) for d in dead], position
 
@@ -102,7 +104,8 @@ def _read(body: bytes, *, plain: bool, piece: int, settled: bool, max_record: in
 def test_a_plain_file_read_in_a_reused_buffer_gives_what_the_piecewise_read_gives() -> None:
     """Lines cut at every buffer boundary, a blank line, a bad line, a line longer than the buffer,
     one longer than max_record, and a last line without its newline (written or still growing):
-    the in-place read emits the same rows, lines, dead letters and resume position."""
+    the in-place read, with one buffer or two (the next block read while one is parsed), emits the
+    same rows, lines, dead letters and resume position."""
     lines = [b'{"id": %d, "pad": "%s"}' % (i, b"x" * (i * 7 % 50)) for i in range(60)]
     lines[10] = b""  # blank
     lines[20] = b'{"id": 20, "pad": oops}'  # bad
@@ -114,6 +117,8 @@ def test_a_plain_file_read_in_a_reused_buffer_gives_what_the_piecewise_read_give
             piecewise = _read(body, plain=False, piece=piece, settled=settled, max_record=2000)
             in_place = _read(body, plain=True, piece=piece, settled=settled, max_record=2000)
             assert in_place == piecewise, (piece, settled)
+            ahead = _read(body, plain=True, piece=piece, settled=settled, max_record=2000, ahead=True)
+            assert ahead == piecewise, (piece, settled, "read ahead")
             rows, dead, (offset, line) = in_place
             assert [r for r, _ in rows][:3] == [0, 1, 2] and (99 in [r for r, _ in rows]) == settled
             assert [d for d, _ in dead] == [21, 41]
