@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -200,6 +201,7 @@ class SeaweedServer:
         thread that forks, so spawning from a pooled worker thread would kill weed when it idles out."""
         (self.data_dir / "data").mkdir(parents=True, exist_ok=True)
         self._write_identities()
+        self._remove_sockets()  # left by a weed killed on these ports before
         logfile = (self.data_dir / "weed.log").open("ab")
         self.proc = subprocess.Popen(
             self.command(),
@@ -254,4 +256,16 @@ class SeaweedServer:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(5)
+        self._remove_sockets()
         log.info("seaweedfs stopped")
+
+    def _remove_sockets(self) -> None:
+        """weed makes a unix socket per service in the temp directory (`seaweedfs-s3-<port>.sock`,
+        `seaweedfs-filer-grpc-<port>.sock`, ...) and leaves them when it stops: hundreds piled up
+        over test runs. Only those named for this server's ports are removed, when no weed of ours
+        runs on them."""
+        ports = {port + offset for port in self.ports.saved().values() for offset in (0, GRPC_OFFSET)}
+        for path in Path(tempfile.gettempdir()).glob("seaweedfs-*.sock"):
+            number = path.stem.rsplit("-", 1)[-1]
+            if number.isdigit() and int(number) in ports:
+                path.unlink(missing_ok=True)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import tempfile
 import time
 from pathlib import Path
 
@@ -45,6 +47,33 @@ def test_no_orphan_weed(tmp_path: Path, sig: signal.Signals) -> None:
     while _alive(weeds[0]) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not _alive(weeds[0]), f"weed {weeds[0]} survived {sig.name} of ingest local"
+
+
+def _sockets(directory: Path) -> set[Path]:
+    """The `seaweedfs-<service>-<port>.sock` files in the temp directory named for the ports of the
+    local R2 kept in `directory` (weed's HTTP ports and their gRPC twins)."""
+    saved = json.loads((directory / "r2" / "state.json").read_text())["ports"]
+    ports = {port + offset for port in saved.values() for offset in (0, 10000)}
+    found = Path(tempfile.gettempdir()).glob("seaweedfs-*.sock")
+    return {path for path in found if int(path.stem.rsplit("-", 1)[-1]) in ports}
+
+
+def test_a_stopped_seaweed_leaves_no_sockets_and_a_start_removes_stale_ones(tmp_path: Path) -> None:
+    """weed leaves its unix sockets in the temp directory when it stops; they used to pile up."""
+    from tests.conftest import stop_local_r2
+
+    r2 = start_local_r2(tmp_path)
+    made = _sockets(tmp_path)
+    assert made, "weed made no sockets: nothing would be tested"
+    stop_local_r2(r2)  # SIGTERM: `ingest local` stops weed itself
+    assert not _sockets(tmp_path)
+    for path in made:  # as a SIGKILLed weed leaves them: plain files where sockets were
+        path.write_text("")
+    r2 = start_local_r2(tmp_path)  # same directory, same ports
+    try:
+        assert all(p.is_socket() for p in made if p.exists()), "a stale file was kept"
+    finally:
+        stop_local_r2(r2)
 
 
 def test_a_dead_seaweed_is_restarted_on_its_ports_and_a_restart_keeps_the_ports(tmp_path: Path) -> None:
