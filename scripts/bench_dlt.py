@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pyarrow.parquet as pq
+from bench_files import s3_client  # scripts/ is on the path
 
 PIPELINE = Path(__file__).resolve().parent / "dlt_pipeline.py"
 
@@ -51,13 +51,7 @@ def dlt_arrow(work: Path, env: dict[str, str], inbox: Path, python: str, records
 
 
 def _rows(env: dict[str, str], prefix: str) -> int:
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=env["R2_ENDPOINT_URL"],
-        aws_access_key_id=env["R2_ACCESS_KEY_ID"],
-        aws_secret_access_key=env["R2_SECRET_ACCESS_KEY"],
-        region_name="auto",
-    )
+    s3 = s3_client(env)
     rows = 0
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=env["R2_BUCKET_NAME"], Prefix=prefix):
         for obj in page.get("Contents", []):

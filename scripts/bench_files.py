@@ -137,18 +137,23 @@ def _convert(path: str, put: dict[str, str] | None = None) -> int:
 _s3: Any = None
 
 
-def _put(path: str, env: dict[str, str]) -> None:
+def s3_client(env: dict[str, str]) -> Any:
+    """A plain boto3 client for the local R2 (the yardsticks' and the row counts' own)."""
     import boto3
 
+    return boto3.client(
+        "s3",
+        endpoint_url=env["R2_ENDPOINT_URL"],
+        aws_access_key_id=env["R2_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["R2_SECRET_ACCESS_KEY"],
+        region_name="auto",
+    )
+
+
+def _put(path: str, env: dict[str, str]) -> None:
     global _s3
     if _s3 is None:
-        _s3 = boto3.client(
-            "s3",
-            endpoint_url=env["R2_ENDPOINT_URL"],
-            aws_access_key_id=env["R2_ACCESS_KEY_ID"],
-            aws_secret_access_key=env["R2_SECRET_ACCESS_KEY"],
-            region_name="auto",
-        )
+        _s3 = s3_client(env)
     with open(path, "rb") as fh:
         _s3.put_object(Bucket=env["R2_BUCKET_NAME"], Key=f"limit-ab/{os.path.basename(path)}", Body=fh)
 
