@@ -67,9 +67,9 @@ class JsonLines:
     def _read_plain(self, stream: Any, line: int, settled: Callable[[], bool]) -> Position:
         """`read` for an uncompressed file: blocks are read into reused buffers and parsed from
         there, with no copy into Python bytes and no fresh pages per block (measured: a third of the
-        reading time went to those). In a file bigger than one block, the next block is read (and
-        its lines counted) by a helper thread while this one is parsed: the reader is the critical
-        path of a big file. A line longer than the buffer goes on in `_read_pieces`."""
+        reading time went to those). In a file bigger than one block, a helper thread reads the next
+        block into the other buffer while this one is parsed: the reader is the critical path of a
+        big file. A line longer than the buffer goes on in `_read_pieces`."""
         ahead = self.piece == READ_BLOCK if self.ahead is None else self.ahead
         bufs = [_take_buffer(self.piece) for _ in range(2 if ahead else 1)]
         views = [memoryview(b) for b in bufs]

@@ -126,8 +126,6 @@ def _temporal(col: pa.ChunkedArray) -> pa.ChunkedArray | None:
         return cast
     if not _all(col, _TS):
         return None
-    if cast is not None:
-        return cast
     zoned = pc.match_substring_regex(col, _ZONE)
     aware = pc.all(zoned, skip_nulls=True).as_py()
     if not aware and pc.any(zoned, skip_nulls=True).as_py():
