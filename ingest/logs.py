@@ -34,6 +34,8 @@ _SECRET_PATTERNS = [
     re.compile(r"(Signature=)[0-9a-f]{16,}", re.IGNORECASE),
 ]
 
+PAYLOAD_SHOWN = 1024  # a library's debug line shows a body up to this size; a longer one, its size
+
 _secrets: set[str] = set()
 _lock = threading.Lock()
 
@@ -79,6 +81,30 @@ def redact_processor(_logger: Any, _name: str, event: MutableMapping[str, Any]) 
     for key in list(event):
         event[key] = _redact_value(key, event[key])
     return event
+
+
+def _short(value: Any, depth: int = 0) -> Any:
+    if isinstance(value, bytes | bytearray | memoryview) and len(value) > PAYLOAD_SHOWN:
+        return f"<{len(value)} bytes>"
+    if isinstance(value, str) and len(value) > 64 * PAYLOAD_SHOWN:
+        return f"{value[:PAYLOAD_SHOWN]}… <{len(value)} characters>"
+    if depth < 8 and isinstance(value, dict):
+        return {k: _short(v, depth + 1) for k, v in value.items()}
+    if depth < 8 and isinstance(value, tuple | list):
+        return type(value)(_short(v, depth + 1) for v in value)
+    return value
+
+
+class _ShortPayloads(logging.Filter):
+    """Library debug lines with their payloads as sizes. botocore logs every request's parameters,
+    body included (`Making request for ... with params: {..., 'body': b'...'}`): a 27 MB Parquet
+    object became a 100 MB line and took 10 s to format, once per upload, and the records of the
+    body ended up in the logs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.args:
+            record.args = _short(record.args)
+        return True
 
 
 def _redact_rendered(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
@@ -183,6 +209,7 @@ def configure(
             processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *tail],
         )
     )
+    handler.addFilter(_ShortPayloads())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     # Library chatter only from warnings up, unless the worker itself is asked for debug output.

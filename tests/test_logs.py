@@ -46,3 +46,27 @@ def test_secret_fields_headers_and_secretstr_are_masked() -> None:
     assert event["creds"] == logs.REDACTED
     for leaked in ("tok_abcdefgh", "sess_zzzzzz", "deadbeefdeadbeef", "AKID%2F2024"):
         assert leaked not in buf.getvalue()
+
+
+def test_a_library_debug_line_shows_a_body_by_its_size() -> None:
+    """botocore logs each request's parameters at debug, body included: a whole Parquet object
+    (and the records in it) in one line. The line keeps everything but a long body."""
+    import logging
+
+    buf = capture()
+    endpoint = logging.getLogger("botocore.endpoint")
+    body = b"\x00records" * 500_000
+    params = {
+        "url_path": "/bucket/key",
+        "body": body,
+        "headers": {"If-None-Match": "*"},
+        "context": {"s3_redirect": {"params": {"Body": body}}},  # where botocore keeps it a second time
+    }
+    endpoint.debug("Making request for %s with params: %s", "PutObject", params)
+    endpoint.debug("Response body:\n%r", b"<Error>short</Error>")
+    lines = [json.loads(line) for line in buf.getvalue().splitlines()]
+    request, response = lines[-2]["event"], lines[-1]["event"]
+    assert request.count("<4000000 bytes>") == 2 and "records" not in request
+    assert "/bucket/key" in request and "If-None-Match" in request
+    assert "<Error>short</Error>" in response  # a short body is shown as it is
+    assert params["body"] == b"\x00records" * 500_000  # the request's own parameters are untouched

@@ -195,9 +195,14 @@ async def test_botocore_debug_logs_of_session_credentials_are_json_and_redacted(
     async with temporary(local_r2, ttl=900, prefix=prefix) as (provider, client):  # STS: a session token
         done, failures = await upload_stream(client, local_r2.bucket, prefix, 1.5, workers=2, seen=secrets)
         assert provider.current().session_token is not None
+        body = b"row\n" * 500_000  # botocore logs each request's body at debug: here by its size
+        await client.call("put_object", Bucket=local_r2.bucket, Key=f"{prefix}big", Body=body)
     assert failures == [] and done > 0
     text = _no_secret_and_every_line_json(buf.getvalue(), secrets)
     assert "X-Amz-Security-Token" in text or "x-amz-security-token" in text.lower()  # it was logged, masked
+    assert "<2000000 bytes>" in text
+    longest = max(text.splitlines(), key=len)
+    assert len(longest) < 64 * 1024, longest[:300]
 
 
 @pytest.mark.anyio
