@@ -25,7 +25,9 @@ from typing import Any
 from bench_dlt import dlt_arrow
 from bench_files import (
     best,
+    cheapest,
     copy_inbox,
+    costed,
     generate,
     limit,
     rows_in_r2,
@@ -45,15 +47,17 @@ def say(text: str, quiet: bool) -> None:
     print(text, file=sys.stderr if quiet else sys.stdout, flush=True)
 
 
-def big_files(work: Path, env: dict[str, str], records: int, files: int, quiet: bool) -> dict[str, Any]:
+def big_files(
+    work: Path, env: dict[str, str], store: int, records: int, files: int, quiet: bool
+) -> dict[str, Any]:
     inbox = work / "big"
     nbytes = generate(inbox, records, files)
     paths = sorted(str(p) for p in inbox.iterdir())
     say(f"big files: {records:,} records in {files} files, {nbytes / 1e6:.0f} MB of JSON lines", quiet)
-    limit_a = best(2, lambda: limit(paths, None))
-    limit_ab = best(2, lambda: limit(paths, env))
+    limit_a = cheapest(2, lambda: costed(lambda: limit(paths, None), store)[0])
+    limit_ab = cheapest(2, lambda: costed(lambda: limit(paths, env), store)[0])
     copy_inbox(inbox, work / "big-1x", 1)
-    e2e, rss1, summary = run_once(work, env, work / "big-1x", "big1")
+    e2e, (_, rss1, summary) = costed(lambda: run_once(work, env, work / "big-1x", "big1"), store)
     assert rows_in_r2(work, work / "big1.toml", worker_env(env)) == records, "rows in R2 differ"
     copy_inbox(inbox, work / "big-5x", 5)
     e2e5, rss5, _ = run_once(work, env, work / "big-5x", "big5")
@@ -63,12 +67,18 @@ def big_files(work: Path, env: dict[str, str], records: int, files: int, quiet: 
         "records": records,
         "files": files,
         "input_mb": round(nbytes / 1e6, 1),
-        "limit_a_records_per_s": round(records / limit_a),
-        "limit_ab_records_per_s": round(records / limit_ab),
-        "e2e_records_per_s": round(records / e2e),
+        "limit_a_records_per_s": round(records / limit_a.wall),
+        "limit_ab_records_per_s": round(records / limit_ab.wall),
+        "e2e_records_per_s": round(records / e2e.wall),
         "e2e_5x_records_per_s": round(5 * records / e2e5),
-        "e2e_vs_limit_a": round(limit_a / e2e, 3),
-        "e2e_vs_limit_ab": round(limit_ab / e2e, 3),
+        "e2e_vs_limit_a": round(limit_a.wall / e2e.wall, 3),
+        "e2e_vs_limit_ab": round(limit_ab.wall / e2e.wall, 3),
+        **limit_a.as_dict("limit_a"),
+        **limit_ab.as_dict("limit_ab"),
+        **e2e.as_dict("e2e"),
+        # How close each run came to its CPU floor (its CPU and the store's, spread over every core).
+        "limit_ab_of_floor": round(limit_ab.floor / limit_ab.wall, 3),
+        "e2e_of_floor": round(e2e.floor / e2e.wall, 3),
         "rss_1x_mib": round(rss1 / MIB),
         "rss_5x_mib": round(rss5 / MIB),
         "rss_5x_vs_1x": round(rss5 / rss1, 3),
@@ -138,11 +148,16 @@ def startup(work: Path, env: dict[str, str]) -> dict[str, Any]:
 
 def table(result: dict[str, Any]) -> str:
     big, small, start = result["big"], result["small"], result["startup"]
+
+    def cpu(name: str) -> str:
+        return f"{big[name + '_cpu_s']:.1f} + {big[name + '_store_cpu_s']:.1f} CPU-s"
+
     rows = [
         ("big files", "", ""),
-        ("  limit A (pyarrow, 2 processes)", f"{big['limit_a_records_per_s']:,} rec/s", ""),
-        ("  limit AB (+ boto3 PUT)", f"{big['limit_ab_records_per_s']:,} rec/s", ""),
-        ("  ingest run --once", f"{big['e2e_records_per_s']:,} rec/s", f"{big['rss_1x_mib']} MiB"),
+        ("  limit A (pyarrow, 2 processes)", f"{big['limit_a_records_per_s']:,} rec/s", cpu("limit_a")),
+        ("  limit AB (+ boto3 PUT)", f"{big['limit_ab_records_per_s']:,} rec/s", cpu("limit_ab")),
+        ("  ingest run --once", f"{big['e2e_records_per_s']:,} rec/s", cpu("e2e")),
+        ("  ingest run --once, peak RSS", "", f"{big['rss_1x_mib']} MiB"),
         (
             "  ingest run --once, 5× input",
             f"{big['e2e_5x_records_per_s']:,} rec/s",
@@ -151,6 +166,8 @@ def table(result: dict[str, Any]) -> str:
         ("  e2e / limit AB", f"{big['e2e_vs_limit_ab']:.2f}", ""),
         ("  e2e / limit A", f"{big['e2e_vs_limit_a']:.2f}", ""),
         ("  peak RSS 5× / 1×", f"{big['rss_5x_vs_1x']:.2f}", f"bound {big['rss_bound_mib']} MiB"),
+        ("  CPU floor / wall: limit AB", f"{big['limit_ab_of_floor']:.2f}", ""),
+        ("  CPU floor / wall: e2e", f"{big['e2e_of_floor']:.2f}", ""),
     ]
     if "dlt" in result:
         peer = result["dlt"]
@@ -168,8 +185,8 @@ def table(result: dict[str, Any]) -> str:
         ("  ingest cors check", f"{start['cors_check_s']:.2f} s", ""),
         ("  run --once, 10 records", f"{start['run_once_10_records_s']:.2f} s", ""),
     ]
-    lines = [f"{'':<36}{'figure':>20}{'peak RSS':>24}"]
-    lines += [f"{name:<36}{figure:>20}{rss:>24}" for name, figure, rss in rows]
+    lines = [f"{'':<36}{'figure':>20}{'peak RSS / CPU (own + store)':>30}"]
+    lines += [f"{name:<36}{figure:>20}{rss:>30}" for name, figure, rss in rows]
     return "\n".join(lines)
 
 
@@ -208,7 +225,7 @@ def main() -> None:
             return
         r2, env = start_local_r2(work)
         try:
-            result = {"big": big_files(work, env, args.records, args.files, args.json)}
+            result = {"big": big_files(work, env, r2.pid, args.records, args.files, args.json)}
             if args.dlt:
                 say("dlt: its Arrow path on the same files and store", args.json)
                 peer = dlt_arrow(work, env, work / "big", args.dlt, args.records)

@@ -13,13 +13,15 @@ import json
 import multiprocessing
 import os
 import random
+import resource
 import shutil
 import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pyarrow as pa
 import pyarrow.json as pj
@@ -27,6 +29,7 @@ import pyarrow.parquet as pq
 from http_load import event  # scripts/ is on the path: the same events as the HTTP load generator
 
 ROOT = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
 # Peak RSS bound (see README "Performance"): the interpreter and its imports, the batches in memory
 # (the open one, one queued, and ENCODERS being encoded, each held twice while it is cast and written),
 # and what the readers hold (per reader two blocks of raw text, one read while the other is parsed,
@@ -119,6 +122,67 @@ def timed(argv: list[str], env: dict[str, str], cwd: Path) -> tuple[float, int, 
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"{' '.join(argv)} failed:\n{out.decode()[-3000:]}")
     return elapsed, usage.ru_maxrss * 1024, out.decode()
+
+
+# -- CPU ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Cost:
+    """What one measured run took: wall seconds, CPU seconds of the processes it ran (the worker, or
+    the yardstick's pool), and CPU seconds the local R2 spent meanwhile. The store runs on the same
+    2 cores: (cpu + store_cpu) / 2 is the fastest the run could have been on this machine."""
+
+    wall: float
+    cpu: float
+    store_cpu: float
+
+    @property
+    def floor(self) -> float:
+        return (self.cpu + self.store_cpu) / CORES
+
+    def as_dict(self, prefix: str) -> dict[str, float]:
+        return {f"{prefix}_cpu_s": round(self.cpu, 2), f"{prefix}_store_cpu_s": round(self.store_cpu, 2)}
+
+
+CORES = os.cpu_count() or 1
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a live process and its live descendants (from /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            stat = Path(f"/proc/{p}/stat").read_text()
+            fields = stat[stat.rindex(")") + 2 :].split()
+            total += int(fields[11]) + int(fields[12])
+            for task in Path(f"/proc/{p}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except (OSError, ValueError):
+            continue  # gone meanwhile
+    return total / tick
+
+
+def costed(fn: Callable[[], T], store_pid: int) -> tuple[Cost, T]:
+    """Run `fn`, which runs (and waits for) child processes, and what it cost: the children's CPU
+    from getrusage, this process's own, and the store's from /proc."""
+
+    def spent() -> float:
+        own = resource.getrusage(resource.RUSAGE_SELF)
+        kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+    cpu0, store0, start = spent(), cpu_seconds(store_pid), time.perf_counter()
+    result = fn()
+    wall = time.perf_counter() - start
+    return Cost(wall, spent() - cpu0, cpu_seconds(store_pid) - store0), result
+
+
+def cheapest(n: int, fn: Callable[[], Cost]) -> Cost:
+    """The fastest of n runs (this machine is shared: the others met more noise)."""
+    return min((fn() for _ in range(n)), key=lambda c: c.wall)
 
 
 # -- yardsticks ----------------------------------------------------------------------------------

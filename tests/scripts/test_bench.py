@@ -31,6 +31,11 @@ def test_bench_runs_every_scenario_on_a_tiny_input() -> None:
         assert big[name] > 0, name
     assert big["e2e_vs_limit_ab"] > 0 and big["e2e_vs_limit_a"] > 0
     assert big["rss_within_bound"], big
+    # CPU accounting: the worker's and the pool's CPU are seen, and no run used more CPU than its
+    # wall time on every core (a double count or a missed process would break one or the other).
+    assert big["e2e_cpu_s"] > 0 and big["limit_a_cpu_s"] > 0 and big["limit_ab_cpu_s"] > 0
+    assert big["e2e_store_cpu_s"] >= 0 and big["limit_ab_store_cpu_s"] >= 0
+    assert 0 < big["e2e_of_floor"] <= 1.05 and 0 < big["limit_ab_of_floor"] <= 1.05, big
     assert small["files"] == 200 and "from 200 files" in small["summary"]
     assert small["e2e_files_per_s"] > 0 and small["pyarrow_loop_files_per_s"] > 0
     assert all(start[k] > 0 for k in ("help_s", "cors_check_s", "run_once_10_records_s"))
