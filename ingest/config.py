@@ -97,6 +97,15 @@ class R2Config(_Section):
     admin_api_token: SecretStr = SecretStr("")
     auth: AuthConfig = AuthConfig()
 
+    @field_validator("endpoint_url", "api_base_url")
+    @classmethod
+    def _http_url(cls, v: str) -> str:
+        scheme, _, rest = v.partition("://")
+        if v and (scheme not in ("http", "https") or not rest.split("/")[0]):
+            example = "https://<account id>.r2.cloudflarestorage.com"
+            raise ValueError(f"{v!r} is not an http(s) URL; e.g. {example}")
+        return v
+
     @property
     def configured(self) -> bool:
         """True when a real (or explicitly pointed-at) R2 is configured; else the local R2 is used."""

@@ -254,6 +254,7 @@ async def run(settings: Settings, once: bool, say: Console, progress: Console | 
                 endpoint_url(r2.account_id, r2.jurisdiction, r2.endpoint_url),
                 provider,
                 max_connections=s.upload.concurrency + 4,
+                lazy=True,  # built by `warm` below, while the first files are read
             )
         )
         sources = build_sources(s, spool, say, client, once)
@@ -310,6 +311,7 @@ async def run(settings: Settings, once: bool, say: Console, progress: Console | 
                         tg.start_soon(deadline)
 
             tg.start_soon(on_signals)
+            tg.start_soon(client.warm)
             tg.start_soon(_tell_systemd, pipeline, sources)
             if progress is not None:
                 tg.start_soon(_show_progress, pipeline, progress)

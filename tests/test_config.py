@@ -103,6 +103,13 @@ def test_secrets_never_in_repr(monkeypatch: pytest.MonkeyPatch) -> None:
         ('[[sources]]\nkind = "directory"\npath = "x"\ntoken = "t"\n', "token is only read by kind = 'http'"),
         ('[[sources]]\nkind = "http"\npath = "x"\n', "path is only read by kind = 'directory'"),
         ('[[sources]]\nkind = "http"\nack = "never"\n', "sources.0.ack: must be one of spool, upload"),
+        # botocore took these at client creation, with a traceback, once the run had started
+        (
+            '[r2]\nendpoint_url = "r2.example.com"\n',
+            "r2.endpoint_url: 'r2.example.com' is not an http(s) URL",
+        ),
+        ('[r2]\nendpoint_url = "https://"\n', "r2.endpoint_url: 'https://' is not an http(s) URL"),
+        ('[r2]\napi_base_url = "ftp://x"\n', "r2.api_base_url: 'ftp://x' is not an http(s) URL"),
     ],
 )
 def test_bad_config_names_the_key(tmp_path: Path, toml: str, message: str) -> None:
@@ -136,6 +143,37 @@ def test_bad_env_value_exits_2(tmp_path: Path) -> None:
         env=env,
     )
     assert r.returncode == 2 and "r2.jurisdiction" in r.stderr
+
+
+def test_run_with_an_endpoint_that_is_no_url_exits_2_before_reading(tmp_path: Path) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / "a.jsonl").write_text('{"id": 1}\n')
+    config = write(
+        tmp_path,
+        f'[[sources]]\nkind = "directory"\npath = "{inbox}"\n[spool]\ndir = "{tmp_path / "spool"}"\n',
+    )
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "R2_ENDPOINT_URL": "r2.example.com",
+        "R2_BUCKET_NAME": "b",
+        "R2_ACCESS_KEY_ID": "id",
+        "R2_SECRET_ACCESS_KEY": "secret-value",
+    }
+    r = subprocess.run(
+        [sys.executable, "-m", "ingest", "--config", str(config), "run", "--once"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().splitlines() == [
+        "config error: r2.endpoint_url: 'r2.example.com' is not an http(s) URL; "
+        "e.g. https://<account id>.r2.cloudflarestorage.com"
+    ]
+    assert (inbox / "a.jsonl").exists()  # nothing was taken
 
 
 def test_missing_config_file_exits_2(tmp_path: Path) -> None:

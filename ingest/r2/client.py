@@ -1,8 +1,6 @@
 """One S3 client per process whose credentials follow the provider, with reactive refresh.
 
-The aiobotocore signer asks the session's credentials for a frozen copy on every request, so a
-credentials object that reads `provider.current()` makes every refresh visible immediately, without
-recreating clients or refreshing on the request path.
+How the credentials follow the provider: see `ingest.r2.session`, imported when the client is built.
 """
 
 from __future__ import annotations
@@ -11,12 +9,9 @@ import time
 from contextlib import AsyncExitStack
 from typing import Any
 
-import aioboto3
-from aiobotocore.credentials import AioCredentials
-from aiobotocore.session import AioSession
-from botocore.credentials import ReadOnlyCredentials
+import anyio
+import anyio.to_thread
 from botocore.exceptions import ClientError
-from botocore.handlers import convert_body_to_file_like_object
 
 from ingest.logs import get_logger
 from ingest.r2.credentials import CredentialProvider, S3Credentials
@@ -25,30 +20,15 @@ from ingest.r2.errors import code_of, is_access_denied, is_credentials_rejection
 
 log = get_logger("ingest.r2.client")
 
-# R2 (and S3) answers that mean "these credentials are no longer good", not "you may not do this".
-
 
 class R2AccessDenied(Exception):
     """R2 refused an operation for lack of permission; the message names the scope."""
 
 
-class _LiveCredentials(AioCredentials):  # type: ignore[misc]
-    def __init__(self, provider: CredentialProvider) -> None:
-        super().__init__("placeholder", "placeholder")
-        self._provider = provider
+def _session(provider: CredentialProvider) -> Any:
+    from ingest.r2.session import s3_session
 
-    async def get_frozen_credentials(self) -> ReadOnlyCredentials:
-        c = self._provider.current()
-        token = c.session_token.get_secret_value() if c.session_token else None
-        return ReadOnlyCredentials(c.access_key_id, c.secret_access_key.get_secret_value(), token, None)
-
-
-class _Resolver:
-    def __init__(self, creds: AioCredentials) -> None:
-        self._creds = creds
-
-    async def load_credentials(self) -> AioCredentials:
-        return self._creds
+    return s3_session(provider)
 
 
 def is_refresh_signal(exc: ClientError, used: S3Credentials) -> bool:
@@ -61,38 +41,58 @@ def is_refresh_signal(exc: ClientError, used: S3Credentials) -> bool:
 class R2Client:
     """`async with R2Client(...) as r2: await r2.call("put_object", Bucket=..., ...)`."""
 
-    def __init__(self, endpoint_url: str, provider: CredentialProvider, max_connections: int = 10) -> None:
+    def __init__(
+        self, endpoint_url: str, provider: CredentialProvider, max_connections: int = 10, lazy: bool = False
+    ) -> None:
         self.endpoint_url = endpoint_url
         self.provider = provider
         self._max_connections = max_connections
+        self._lazy = lazy
         self._stack = AsyncExitStack()
+        self._opening: anyio.Lock | None = None
         self.s3: Any = None
         self.reactive_refreshes = 0
 
     async def __aenter__(self) -> R2Client:
-        session = AioSession()
-        session.register_component("credential_provider", _Resolver(_LiveCredentials(self.provider)))
-        self.s3 = await self._stack.enter_async_context(
-            aioboto3.Session(botocore_session=session).client(
-                "s3",
-                endpoint_url=self.endpoint_url,
-                config=client_config(max_pool_connections=self._max_connections),
-            )
-        )
-        # botocore wraps a bytes body in BytesIO, which aiohttp then sends 64 KiB per loop turn: with
-        # parsing threads holding the GIL, each turn waits, and a 27 MB PUT took seconds (measured).
-        # Kept as bytes, it is handed to the socket in one write and hashed in one call.
-        for operation in ("PutObject", "UploadPart"):
-            self.s3.meta.events.unregister(
-                f"before-parameter-build.s3.{operation}", convert_body_to_file_like_object
-            )
+        """Builds the client now, or with `lazy` on first use or `warm()`: `ingest run` reads its
+        first files meanwhile instead of waiting for the S3 client's imports."""
+        self._opening = anyio.Lock()
+        if not self._lazy:
+            await self.warm()
         return self
+
+    async def warm(self) -> None:
+        """Build the S3 client if it is not built yet; the imports and model files in a thread."""
+        assert self._opening is not None, "use R2Client in `async with`"
+        async with self._opening:
+            if self.s3 is not None:
+                return
+            session = await anyio.to_thread.run_sync(_session, self.provider)
+            s3 = await self._stack.enter_async_context(
+                session.client(
+                    "s3",
+                    endpoint_url=self.endpoint_url,
+                    config=client_config(max_pool_connections=self._max_connections),
+                )
+            )
+            from ingest.r2.session import convert_body_to_file_like_object
+
+            # botocore wraps a bytes body in BytesIO, which aiohttp then sends 64 KiB per loop turn:
+            # with parsing threads holding the GIL, each turn waits, and a 27 MB PUT took seconds
+            # (measured). Kept as bytes, it is handed to the socket in one write and hashed in one call.
+            for operation in ("PutObject", "UploadPart"):
+                s3.meta.events.unregister(
+                    f"before-parameter-build.s3.{operation}", convert_body_to_file_like_object
+                )
+            self.s3 = s3
 
     async def __aexit__(self, *exc: object) -> None:
         await self._stack.aclose()
 
     async def call(self, operation: str, **params: Any) -> dict[str, Any]:
         """Run one S3 operation; on a credentials rejection refresh once (shared) and retry once."""
+        if self.s3 is None:
+            await self.warm()
         used = self.provider.current()
         method = getattr(self.s3, operation)
         try:

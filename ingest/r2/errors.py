@@ -4,8 +4,8 @@ give up (permanent). Every other module asks here instead of digging in `ClientE
 from __future__ import annotations
 
 import asyncio
+import sys
 
-import aiohttp
 from botocore.exceptions import ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
@@ -33,9 +33,9 @@ def is_retryable(exc: BaseException) -> bool:
     if isinstance(exc, ClientError):
         status, code = status_of(exc)
         return status is None or status >= 500 or status == 429 or code in ("SlowDown", "RequestTimeout")
-    return isinstance(
-        exc, HTTPClientError | BotoConnectionError | aiohttp.ClientError | OSError | asyncio.TimeoutError
-    )
+    network = (HTTPClientError, BotoConnectionError, OSError, asyncio.TimeoutError)
+    aiohttp = sys.modules.get("aiohttp")  # loaded with the S3 client; none of its errors before that
+    return isinstance(exc, network) or (aiohttp is not None and isinstance(exc, aiohttp.ClientError))
 
 
 def is_conflict(exc: BaseException) -> bool:

@@ -1,0 +1,67 @@
+"""The S3 client: built lazily for `ingest run` (its imports overlap the first reads), eagerly otherwise;
+either way it talks to the real local R2."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+from tests.conftest import LocalR2
+
+# In a fresh interpreter: nothing else has loaded aiohttp or aiobotocore yet.
+PROGRAM = textwrap.dedent(
+    """
+    import json, sys
+    import anyio
+    from pydantic import SecretStr
+    import ingest.worker  # everything `ingest run` imports before it starts reading
+    from ingest.r2.client import R2Client
+    from ingest.r2.credentials import CredentialProvider, S3Credentials
+
+    def loaded():
+        return sorted(m for m in ("aiohttp", "aiobotocore.session") if m in sys.modules)
+
+    async def main(endpoint, key_id, secret, bucket, lazy):
+        seen = {"after_import": loaded()}
+        provider = CredentialProvider(S3Credentials(key_id, SecretStr(secret)))
+        async with R2Client(endpoint, provider, lazy=lazy) as client:
+            seen["after_enter"] = loaded()
+            await client.call("put_object", Bucket=bucket, Key="lazy/a", Body=b"x" * 5000)
+            seen["after_call"] = loaded()
+            got = await client.call("get_object", Bucket=bucket, Key="lazy/a")
+            seen["body"] = len(await got["Body"].read())
+            await client.warm()  # a second build is a no-op
+        print(json.dumps(seen))
+
+    anyio.run(main, *sys.argv[1:5], sys.argv[5] == "lazy")
+    """
+)
+
+
+def run(r2: LocalR2, mode: str) -> dict[str, object]:
+    env = r2.env
+    names = ("R2_ENDPOINT_URL", "R2_ACCESS_KEY_ID", "R2_SECRET_ACCESS_KEY", "R2_BUCKET_NAME")
+    done = subprocess.run(
+        [sys.executable, "-c", PROGRAM, *(env[n] for n in names), mode],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result: dict[str, object] = json.loads(done.stdout)
+    return result
+
+
+def test_a_lazy_client_loads_the_s3_stack_on_first_use_and_then_works(local_r2: LocalR2) -> None:
+    seen = run(local_r2, "lazy")
+    assert seen["after_import"] == [] and seen["after_enter"] == []
+    assert seen["after_call"] == ["aiobotocore.session", "aiohttp"]
+    assert seen["body"] == 5000
+
+
+def test_an_eager_client_is_built_when_entered(local_r2: LocalR2) -> None:
+    seen = run(local_r2, "eager")
+    assert seen["after_import"] == [] and seen["after_enter"] == ["aiobotocore.session", "aiohttp"]
+    assert seen["body"] == 5000
