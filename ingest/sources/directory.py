@@ -1,8 +1,7 @@
 """Directory source: complete files are claimed by atomic rename, read with pyarrow, acked after upload.
 
-A file is complete when its size and mtime have not changed for `settle_seconds` and no process holds
-it open for writing (`wait_for_writers`, see writers.py); dotfiles, `*.tmp` and `*.part` are never
-taken. Claiming renames it into `<path>/.ingest/claimed/<worker-id>/`, which only one of several
+Which files are complete (settled, not being written) is watch.py's; a claimed file's sidecar is
+claimed.py's. Claiming renames it into `<path>/.ingest/claimed/<worker-id>/`, which only one of several
 workers sharing the directory can win. A writer that still holds the file open keeps writing into the
 claimed file: whatever it appends is read too (plain JSON lines from the byte offset reached, other
 formats again from the top, skipping the rows taken), and the file is acknowledged (deleted, or moved
@@ -18,14 +17,11 @@ from __future__ import annotations
 
 import errno
 import json
-import math
 import os
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TypeVar
 
 import anyio
 import anyio.to_thread
@@ -39,29 +35,14 @@ from ingest.files import WorkerIdInUse, lock_worker_id, move_durably
 from ingest.layout import CLAIM_DIR
 from ingest.logs import get_logger
 from ingest.sources.base import AckError, Chunk, FreshUnits, Item, SourceUnit, Units
+from ingest.sources.claimed import fingerprint, in_threads, link_target, origin_file, origin_of
 from ingest.sources.formats import Format, detect
 from ingest.sources.jsonlines import DEFAULT_MAX_RECORD, Joint
-from ingest.sources.reader import BUNDLE_FILES, IGNORED_SUFFIXES, FileSource, describe_read_error
-from ingest.sources.writers import open_for_writing
+from ingest.sources.reader import BUNDLE_FILES, FileSource, describe_read_error
+from ingest.sources.watch import Seen, Stat, Watch, stat_of
 
 log = get_logger("ingest.sources.directory")
 RETRY_FAILED = 10.0  # seconds between attempts to read a claimed file that could not be read
-FS_THREADS = 4  # threads finishing many files at once (see _in_threads)
-FS_THREADS_FROM = 32  # files per thread below which one thread does it all
-_T = TypeVar("_T")
-
-Stat = tuple[int, int, int, int]  # (st_dev, st_ino, st_size, st_mtime_ns)
-
-
-def _stat(path: Path) -> Stat:
-    st = os.stat(path)
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-
-
-@dataclass
-class _Seen:
-    stat: Stat
-    stable_since: float
 
 
 class DirectorySource(FileSource):
@@ -83,140 +64,19 @@ class DirectorySource(FileSource):
         self._lock_fd: int | None = None
         self.done_dir = Path(config.done_dir).resolve() if config.done_dir else None
         self.dead = dead
-        self._seen: dict[Path, _Seen] = {}
-        self._skipped: dict[Path, str] = {}  # left alone by policy → what was said about it
+        self.watch = Watch(
+            self.root, config, self.done_dir, self._problem, self._solved, lambda: self._targets.values()
+        )
         self._units: Units = FreshUnits()
         self._text_fields: set[str] = set()
         self._problems = {}
         self._failed = {}
-        self._writers: set[tuple[int, int]] = set()
-        self._writers_at = -float("inf")  # monotonic time of the last /proc scan
         self._targets: dict[Path, Path] = {}  # claimed symlink → the file it points to
-        self._following: dict[Path, _Seen] = {}  # claimed files still growing (or changed after reading)
-        self._observed: dict[Path, _Seen] = {}  # the last look at a followed file sent to be read again
+        self._following: dict[Path, Seen] = {}  # claimed files still growing (or changed after reading)
+        self._observed: dict[Path, Seen] = {}  # the last look at a followed file sent to be read again
         self._read_stats: dict[Path, Stat] = {}  # claimed file → its stat when its last byte was read
         self._bare: set[Path] = set()  # claimed in this run without a sidecar (nothing to remove)
         self._origins: dict[Path, Path] = {}  # claimed file → its path under root (its sidecar says so too)
-
-    # -- discovery -------------------------------------------------------------------------------
-
-    def _skip(self, path: Path, message: str, **kw: object) -> None:
-        """Leave a path alone by policy (not an error): said once, and --once does not wait for it."""
-        if self._skipped.get(path) != message:
-            self._skipped[path] = message
-            log.warning(message, path=str(path), **kw)
-
-    def _candidates(self) -> Iterator[Path]:
-        follow = self.config.follow_symlinks
-        visited = {self.root}
-
-        def unreadable_dir(exc: OSError) -> None:
-            where = Path(exc.filename) if exc.filename else self.root
-            self._problem(where, f"cannot list directory: {describe_read_error(exc)}")
-
-        for dirpath, dirnames, filenames in os.walk(self.root, onerror=unreadable_dir, followlinks=follow):
-            here = Path(dirpath)
-            keep = []
-            for d in dirnames:
-                sub = here / d
-                if d.startswith(".") or sub.resolve() == self.done_dir:
-                    continue
-                if sub.is_symlink():
-                    if not follow:
-                        self._skip(sub, "symlinked directory skipped; set follow_symlinks = true")
-                        continue
-                    real = sub.resolve()
-                    if real in visited or self.root.is_relative_to(real):
-                        self._skip(sub, "symlinked directory skipped: it loops back", target=str(real))
-                        continue
-                    visited.add(real)
-                keep.append(d)
-            dirnames[:] = keep
-            self._solved(here)
-            for name in filenames:
-                if name.startswith(".") or name.endswith(IGNORED_SUFFIXES):
-                    continue
-                yield here / name
-
-    def _writing(self, st: Stat) -> bool:
-        return (st[0], st[1]) in self._writers
-
-    def _scan_writers(self, extra: Iterable[Path] = (), max_age: float = 0.0) -> None:
-        """Refresh who holds files open for writing, unless a scan younger than `max_age` seconds
-        already answers (acknowledgements share the last scan instead of each reading /proc)."""
-        if not self.config.wait_for_writers or time.monotonic() - self._writers_at < max_age:
-            return
-        targets = [str(p) for p in self._targets.values()] + [str(p) for p in extra]
-        self._writers = open_for_writing([str(self.root)], targets)
-        self._writers_at = time.monotonic()
-
-    def _complete(self, now: float) -> list[Path]:
-        """Files whose size and mtime held still for settle_seconds and that no process is writing;
-        updates what was seen (blocking: runs in a thread)."""
-        candidates = list(self._candidates())
-        links = {p for p in candidates if p.is_symlink()}
-        self._scan_writers([Path(os.path.realpath(p)) for p in links])
-        ready: list[Path] = []
-        present: set[Path] = set()
-        for path in candidates:
-            st = self._inspect(path, path in links)
-            if st is None:
-                continue
-            present.add(path)
-            seen = self._seen.get(path)
-            if seen is None:
-                # Untouched for a while already (e.g. there before we started): no need to wait again.
-                idle = max(0.0, time.time() - st[3] / 1e9)
-                self._seen[path] = seen = _Seen(st, now - idle)
-            elif seen.stat != st or self._writing(st):
-                self._seen[path] = _Seen(st, now)
-                continue
-            if now - seen.stable_since >= self.config.settle_seconds and self._readable(path):
-                ready.append(path)
-        for gone in set(self._seen) - present:
-            del self._seen[gone]
-        return sorted(ready, key=str)  # (Path comparisons cost ten times more)
-
-    def _inspect(self, path: Path, link: bool) -> Stat | None:
-        """The stat of a candidate (of its target, for a symlink), or None to leave it alone."""
-        if link:
-            if not self.config.follow_symlinks:
-                self._skip(path, "symlink skipped; set follow_symlinks = true to ingest its target")
-                return None
-            target = Path(os.path.realpath(path))
-            if target.is_relative_to(self.root):
-                self._skip(path, "symlink skipped: its target is in the watched tree and is taken itself")
-                return None
-            try:
-                st = _stat(path)
-            except OSError as exc:
-                if exc.errno == errno.ENOENT and not os.path.lexists(path):
-                    return None  # claimed by another worker meanwhile
-                what = "broken symlink" if exc.errno == errno.ENOENT else "symlink cannot be followed"
-                self._problem(path, f"{what} (→ {os.readlink(path)}): {describe_read_error(exc)}")
-                return None
-            if not os.path.isfile(path):
-                return None
-            return st
-        try:
-            return _stat(path)
-        except FileNotFoundError:  # claimed by another worker meanwhile
-            return None
-        except OSError as exc:
-            self._problem(path, describe_read_error(exc))
-            return None
-
-    def _readable(self, path: Path) -> bool:
-        """Never claim a file we may not read: it stays where it is, reported, tried again."""
-        try:
-            os.close(os.open(path, os.O_RDONLY | os.O_NONBLOCK))
-        except FileNotFoundError:
-            return False
-        except OSError as exc:
-            self._problem(path, describe_read_error(exc))
-            return False
-        self._solved(path)
-        return True
 
     def _claimable(self, ready: list[Path], room: float) -> list[Path]:
         """The next files to claim at once: up to BUNDLE_FILES, and (near the spool's mark) no more
@@ -224,7 +84,7 @@ class DirectorySource(FileSource):
         part: list[Path] = []
         size = 0
         for path in ready[:BUNDLE_FILES]:
-            size += self._seen_size(path)
+            size += self.watch.seen_size(path)
             if part and size > room:
                 break
             part.append(path)
@@ -235,21 +95,17 @@ class DirectorySource(FileSource):
         out = []
         self.claim_dir.mkdir(parents=True, exist_ok=True)
         for path in paths:
-            size = self._seen_size(path)  # (before the claim forgets it)
+            size = self.watch.seen_size(path)  # (before the claim forgets it)
             claimed = self._claim(path)
             if claimed is not None:
                 out.append((claimed, size))
         return out
 
-    def _seen_size(self, path: Path) -> int:
-        seen = self._seen.get(path)
-        return seen.stat[2] if seen is not None else 0
-
     def _claim(self, path: Path) -> Path | None:
         """Rename `path` into this worker's claim directory (blocking); None if it was not claimed."""
         fmt = detect(path, self.config.format)
         if fmt is None:
-            self._skip(
+            self.watch.skip(
                 path,
                 "file skipped: unknown format; name it .jsonl/.ndjson/.json/.csv/.parquet (optionally "
                 ".gz/.zst) or set sources.format",
@@ -263,17 +119,17 @@ class DirectorySource(FileSource):
             # name follows the `--`). Written before the rename, so a claimed file always has it (a
             # crash in between leaves a sidecar without its file, removed at the next start).
             sidecar = {"origin": origin.as_posix(), "target": link_target}
-            _origin_file(target).write_text(json.dumps(sidecar))
+            origin_file(target).write_text(json.dumps(sidecar))
         else:
             self._bare.add(target)
         try:
             os.rename(path, target)  # atomic; exactly one worker wins
         except FileNotFoundError:
-            _origin_file(target).unlink(missing_ok=True)
+            origin_file(target).unlink(missing_ok=True)
             self._bare.discard(target)
             return None
         except OSError as exc:
-            _origin_file(target).unlink(missing_ok=True)
+            origin_file(target).unlink(missing_ok=True)
             self._bare.discard(target)
             if exc.errno == errno.EXDEV:
                 reason = (
@@ -285,7 +141,7 @@ class DirectorySource(FileSource):
             self._problem(path, reason)
             return None
         finally:
-            self._seen.pop(path, None)
+            self.watch.seen.pop(path, None)
         self._origins[target] = origin
         if link_target is not None:
             self._targets[target] = Path(link_target)
@@ -334,7 +190,7 @@ class DirectorySource(FileSource):
         # Claimed earlier by this worker but never acknowledged (e.g. a previous run stopped).
         for leftover in await anyio.to_thread.run_sync(self.pending):
             await files.send(Path(leftover))
-        at_start: set[Path] | None = set(self._candidates()) if once else None
+        at_start: set[Path] | None = set(self.watch.candidates()) if once else None
         watcher = awatch(
             self.root,
             watch_filter=lambda _change, p: f"/{CLAIM_DIR}/" not in p,
@@ -345,7 +201,7 @@ class DirectorySource(FileSource):
 
         async def scan() -> bool:
             """Claim what is complete; True once --once has taken everything that was there at start."""
-            ready = await anyio.to_thread.run_sync(self._complete, anyio.current_time())
+            ready = await anyio.to_thread.run_sync(self.watch.complete, anyio.current_time())
             if at_start is not None:
                 ready = [p for p in ready if p in at_start]  # --once takes what was there at start
             while ready:
@@ -379,10 +235,10 @@ class DirectorySource(FileSource):
     def _leave_for_next_run(self, at_start: set[Path]) -> None:
         """--once does not wait for what it cannot take now: gone, unreadable, or still being written."""
         for path in list(at_start):
-            seen = self._seen.get(path)
-            if not os.path.lexists(path) or path in self._skipped or str(path) in self._problems:
+            seen = self.watch.seen.get(path)
+            if not os.path.lexists(path) or path in self.watch.skipped or str(path) in self._problems:
                 at_start.discard(path)
-            elif seen is not None and self._writing(seen.stat):
+            elif seen is not None and self.watch.writing(seen.stat):
                 log.warning("still open for writing: left for the next run", path=str(path))
                 at_start.discard(path)
 
@@ -404,12 +260,12 @@ class DirectorySource(FileSource):
         due = []
         for path, seen in list(self._following.items()):
             try:
-                st = _stat(self._target(path))
+                st = stat_of(self._target(path))
             except OSError as exc:
                 self._problem(path, describe_read_error(exc))
                 continue
             if st != seen.stat:
-                self._following[path] = _Seen(st, now)
+                self._following[path] = Seen(st, now)
                 if self._resumable(path):
                     due.append(path)
             elif self._quiet(st, now - seen.stable_since):
@@ -420,14 +276,14 @@ class DirectorySource(FileSource):
 
     async def _finish_following(self, files: MemoryObjectSendStream[Path]) -> None:
         while self._following:
-            await anyio.to_thread.run_sync(self._scan_writers)
+            await anyio.to_thread.run_sync(self.watch.scan_writers)
             await self._resend(files, retry_failed=False)
             await anyio.sleep(self._poll)
 
     def _quiet(self, st: Stat, unchanged_for: float = 0.0) -> bool:
         """Unchanged for settle_seconds (by what we saw, or by its mtime) and not open for writing."""
         idle = max(unchanged_for, time.time() - st[3] / 1e9)
-        return idle >= self.config.settle_seconds and not self._writing(st)
+        return idle >= self.config.settle_seconds and not self.watch.writing(st)
 
     def _resumable(self, path: Path) -> bool:
         detected = detect(Path(self._origin(path).name), self.config.format)
@@ -437,7 +293,7 @@ class DirectorySource(FileSource):
         """The file to read: the claimed file itself, or the target of a claimed symlink."""
         target = self._targets.get(claimed)
         if target is None and claimed not in self._bare and claimed.is_symlink():
-            target = _link_target(claimed)
+            target = link_target(claimed)
             self._targets[claimed] = target
         return target or claimed
 
@@ -452,13 +308,13 @@ class DirectorySource(FileSource):
         joint: Joint | None = None,
     ) -> bool:
         target = self._target(path)
-        before = _stat(target)
+        before = stat_of(target)
 
         def settled() -> bool:  # at the end of the data: may a last line without newline be parsed?
-            return _stat(target) == before and self._quiet(before)
+            return stat_of(target) == before and self._quiet(before)
 
         self._read_file(target, name, unit, emit, joint, settled)
-        after = _stat(target)
+        after = stat_of(target)
         now = time.monotonic()  # the anyio clock of asyncio's loop
         seen = self._observed.pop(path, None)
         unchanged = now - seen.stable_since if seen and seen.stat == after else 0.0
@@ -466,7 +322,7 @@ class DirectorySource(FileSource):
             unit.read_stat = after[1:]
             self._read_stats[path] = after
             return True
-        self._following[path] = _Seen(after, now)
+        self._following[path] = Seen(after, now)
         return False
 
     def _size(self, path: Path) -> int:
@@ -475,12 +331,12 @@ class DirectorySource(FileSource):
     def _origin(self, claimed: Path) -> Path:
         origin = self._origins.get(claimed)
         if origin is None:
-            origin = self._origins[claimed] = _origin(claimed)
+            origin = self._origins[claimed] = origin_of(claimed)
         return origin
 
     def _unit(self, path: Path) -> tuple[SourceUnit, Path]:
         origin = self._origin(path)
-        st = _stat(self._target(path))
+        st = stat_of(self._target(path))
         self._read_stats[path] = st
         unit = SourceUnit(
             origin=self.name,
@@ -488,7 +344,7 @@ class DirectorySource(FileSource):
             ack=self._acker(path),
             ack_many=self._ack_units,
             id=f"file:{path}",
-            fingerprint=_fingerprint(st),
+            fingerprint=fingerprint(st),
             path=str(path),
             table=self.config.default_table,
         )
@@ -510,14 +366,14 @@ class DirectorySource(FileSource):
         """Finish files read and uploaded, in one thread call: True, False for a file that changed
         since it was read (the rest is read first), or the AckError for one that could not be
         removed or moved."""
-        outcomes = await _in_threads(self._ack_now, claimed)
+        outcomes = await in_threads(self._ack_now, claimed)
         results: list[bool | AckError] = []
         for path, outcome in zip(claimed, outcomes, strict=True):
             if isinstance(outcome, OSError):
                 results.append(AckError(f"could not remove or move {path}: {outcome}"))
             elif outcome is not None:
                 log.info("file changed after it was read; reading what was added", path=str(path))
-                self._following[path] = _Seen(outcome, anyio.current_time())
+                self._following[path] = Seen(outcome, anyio.current_time())
                 results.append(False)
             else:
                 results.append(True)
@@ -541,14 +397,14 @@ class DirectorySource(FileSource):
     def _changed_since_read(self, claimed: Path) -> Stat | None:
         """The file's stat if it changed since its last byte was read (or a writer holds it)."""
         try:
-            st = _stat(self._target(claimed))
+            st = stat_of(self._target(claimed))
         except FileNotFoundError:
             return None
         expected = self._read_stats.get(claimed)
         if expected is not None and st != expected:
             return st
-        self._scan_writers(max_age=self._poll)  # claimed files and link targets are always covered
-        if self._writing(st):
+        self.watch.scan_writers(max_age=self._poll)  # claimed files and link targets are always covered
+        if self.watch.writing(st):
             return st
         return None
 
@@ -565,58 +421,7 @@ class DirectorySource(FileSource):
         if claimed in self._bare:
             self._bare.discard(claimed)
         else:
-            _origin_file(claimed).unlink(missing_ok=True)
-
-
-async def _in_threads(fn: Callable[[Path], _T], paths: list[Path]) -> list[_T]:
-    """`fn` of every path, in order, by up to FS_THREADS threads at once: unlinks in one directory
-    overlap in the kernel (20,000 deletions took half the time in 4 threads: measured; renames into
-    the claim directory did not gain, so claims stay in one thread)."""
-    parts = min(FS_THREADS, math.ceil(len(paths) / FS_THREADS_FROM))
-    if parts <= 1:
-        return await anyio.to_thread.run_sync(lambda: [fn(p) for p in paths])
-    out: list[list[_T]] = [[] for _ in range(parts)]
-
-    async def run(i: int) -> None:
-        out[i] = await anyio.to_thread.run_sync(lambda: [fn(p) for p in paths[i::parts]])
-
-    async with anyio.create_task_group() as tg:
-        for i in range(parts):
-            tg.start_soon(run, i)
-    return [out[k % parts][k // parts] for k in range(len(paths))]
-
-
-def _fingerprint(st: Stat) -> str:
-    return f"{st[1]}:{st[2]}:{st[3]}"
-
-
-def _origin_file(claimed: Path) -> Path:
-    return claimed.with_name(claimed.name + ".origin")
-
-
-def _sidecar(claimed: Path) -> dict[str, str | None]:
-    try:
-        text = _origin_file(claimed).read_text()
-    except FileNotFoundError:
-        return {}
-    try:
-        value = json.loads(text)
-    except ValueError:
-        value = None
-    if isinstance(value, dict):
-        return value
-    return {"origin": text}  # written by an earlier version: the relative path alone
-
-
-def _origin(claimed: Path) -> Path:
-    """The path the claimed file had under the watched directory."""
-    origin = _sidecar(claimed).get("origin")
-    return Path(origin) if origin else Path(claimed.name.split("--", 1)[-1])
-
-
-def _link_target(claimed: Path) -> Path:
-    target = _sidecar(claimed).get("target")
-    return Path(target) if target else Path(os.path.realpath(claimed))
+            origin_file(claimed).unlink(missing_ok=True)
 
 
 __all__ = ["DirectorySource", "Format"]

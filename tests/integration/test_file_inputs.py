@@ -112,6 +112,32 @@ def test_a_writer_holding_the_file_open_and_pausing_longer_than_settle_loses_not
     assert job.dead_letters() == [] and not any(e.get("event") == "dead letter" for e in logs_of(err))
 
 
+def test_once_leaves_an_old_file_an_idle_writer_holds_open_and_takes_it_once_closed(job: Job) -> None:
+    """An idle logger: its file is old, and it still has it open for writing. --once must not take it
+    from under the writer (it did: the first look trusted the old mtime), nor wait for it."""
+    job.configure()
+    write_jsonl(job.inbox / "other.jsonl", _rows(0, 5))
+    held = write_jsonl(job.inbox / "held.jsonl", _rows(10, 5))
+    old = time.time() - 120
+    for path in (job.inbox / "other.jsonl", held):
+        os.utime(path, (old, old))
+    with held.open("a") as out:
+        writer = subprocess.Popen(["sleep", "120"], stdout=out)
+    try:
+        first = job.run_once()
+        assert first.returncode == 0, first.stderr
+        said = [line for line in first.stderr.splitlines() if "still open for writing" in line]
+        assert len(said) == 1 and "left for the next run" in said[0] and "held.jsonl" in said[0]
+        assert held.exists() and _ids(job) == list(range(5))
+    finally:
+        writer.kill()
+        writer.wait()
+    os.utime(held, (old, old))
+    second = job.run_once()
+    assert second.returncode == 0, second.stderr
+    assert not held.exists() and _ids(job) == [*range(5), *range(10, 15)]
+
+
 def test_appends_after_the_claim_are_read_from_the_offset_even_without_seeing_the_writer(job: Job) -> None:
     # wait_for_writers off: the worker cannot see the writer (another container, NFS); it still reads
     # what is appended after it took the file, and never parses a half-written last line.

@@ -1,0 +1,81 @@
+"""What the directory source sees as complete: settled, not being written, not ignored."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+from ingest.config import SourceConfig
+from ingest.sources.watch import Watch
+
+
+def watch(root: Path, **settings: object) -> tuple[Watch, dict[str, str]]:
+    problems: dict[str, str] = {}
+    config = SourceConfig(kind="directory", path=str(root), **settings)
+    w = Watch(
+        root.resolve(),
+        config,
+        None,
+        lambda p, why: problems.__setitem__(str(p), why),
+        lambda p: problems.pop(str(p), None),
+        lambda: [],
+    )
+    return w, problems
+
+
+def test_a_file_is_complete_once_it_held_still_for_settle_seconds(tmp_path: Path) -> None:
+    w, _ = watch(tmp_path, settle_seconds=5.0)
+    old, fresh = tmp_path / "old.jsonl", tmp_path / "fresh.jsonl"
+    old.write_text("{}\n")
+    os.utime(old, (time.time() - 60, time.time() - 60))  # written before the watch began
+    fresh.write_text("{}\n")
+    now = time.monotonic()
+    assert w.complete(now) == [old.resolve()]
+    fresh.write_text("{}\n{}\n")  # still growing
+    assert w.complete(now + 4) == [old.resolve()]
+    assert w.complete(now + 10) == [fresh.resolve(), old.resolve()]  # unchanged since now + 4 … + 10
+
+
+def test_a_file_another_process_holds_open_for_writing_is_not_complete(tmp_path: Path) -> None:
+    """Even when its mtime is old: an idle logger's file is not finished (found by this test: the
+    first look at a file trusted its mtime and took it from under its writer)."""
+    w, _ = watch(tmp_path, settle_seconds=1.0, wait_for_writers=True)
+    path = tmp_path / "a.jsonl"
+    path.write_text("{}\n")
+    os.utime(path, (time.time() - 120, time.time() - 120))
+    with path.open("a") as out:  # the writer: a process with the file open for appending
+        writer = subprocess.Popen(["sleep", "60"], stdout=out)
+    try:
+        now = time.monotonic()
+        assert w.complete(now) == []
+        assert w.complete(now + 5) == []
+    finally:
+        writer.kill()
+        writer.wait()
+    assert w.complete(now + 5.5) == []  # closed just now: it must hold still for settle_seconds
+    assert w.complete(now + 7) == [path.resolve()]
+
+
+def test_hidden_temporary_and_linked_in_tree_files_are_never_candidates(tmp_path: Path) -> None:
+    w, _ = watch(tmp_path, settle_seconds=0.0)
+    for name in (".hidden.jsonl", "a.jsonl.tmp", "b.jsonl.part", "kept.jsonl"):
+        (tmp_path / name).write_text("{}\n")
+    (tmp_path / "link.jsonl").symlink_to(tmp_path / "kept.jsonl")
+    assert w.complete(time.monotonic()) == [(tmp_path / "kept.jsonl").resolve()]
+    assert list(w.skipped) == [(tmp_path / "link.jsonl").resolve().parent / "link.jsonl"]
+
+
+def test_an_unreadable_file_is_a_problem_not_a_candidate(tmp_path: Path) -> None:
+    if os.geteuid() == 0:  # root reads anything: make it unreadable another way (a dangling link)
+        (tmp_path / "gone.jsonl").symlink_to(tmp_path.parent / "nowhere" / "gone.jsonl")
+        expected = "broken symlink"
+    else:
+        bad = tmp_path / "secret.jsonl"
+        bad.write_text("{}\n")
+        bad.chmod(0)
+        expected = "permission"
+    w, problems = watch(tmp_path, settle_seconds=0.0)
+    assert w.complete(time.monotonic()) == []
+    assert len(problems) == 1 and expected in next(iter(problems.values())).lower()
