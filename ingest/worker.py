@@ -243,11 +243,6 @@ async def run(settings: Settings, once: bool, say: Console, progress: Console | 
             raise ConfigError("r2.bucket: required (R2_BUCKET_NAME)")
         spool = open_spool(s)
         stack.callback(spool.close)
-        probe_sock = None
-        if not once and s.server.listen:  # --once serves no probes: the server is not even imported
-            from ingest.server import bind
-
-            probe_sock = bind(s.server.listen)
         provider = await stack.enter_async_context(await provider_from_settings(r2, s.output.prefix))
         client = await stack.enter_async_context(
             R2Client(
@@ -258,6 +253,12 @@ async def run(settings: Settings, once: bool, say: Console, progress: Console | 
             )
         )
         sources = build_sources(s, spool, say, client, once)
+        probe_sock = None  # bound after the sources' config is checked: a taken port does not hide it
+        if not once and s.server.listen:  # --once serves no probes: the server is not even imported
+            from ingest.server import bind
+
+            probe_sock = bind(s.server.listen)
+            stack.callback(probe_sock.close)
         for src in sources:  # sources that must reach something first (Redis): a clear error now
             if (check := getattr(src, "check", None)) is not None:
                 await check()

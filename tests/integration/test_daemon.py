@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -156,3 +157,27 @@ def test_probes_and_uploads_do_not_wait_for_a_slow_journal(job: Job) -> None:
         wait_for(lambda: len(job.rows()) == 30, 120, "every row, through the slow journal")
     finally:
         _stop(proc)
+
+
+def test_a_taken_probe_port_is_a_config_error_said_after_the_sources_own(job: Job) -> None:
+    """Exit 2 naming server.listen when the port is taken; but a source's config error comes first
+    (the port used to be bound first: fixing the port only revealed the next error)."""
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        job.configure(server={"listen": f"127.0.0.1:{port}"})
+        busy = subprocess.run(
+            job.command(), cwd=job.dir, env=job.env(), capture_output=True, text=True, timeout=120
+        )
+        assert busy.returncode == 2, busy.stderr
+        assert (
+            busy.stderr.strip()
+            .splitlines()[-1]
+            .startswith(f"config error: server.listen: cannot listen on '127.0.0.1:{port}'")
+        )
+        job.configure(server={"listen": f"127.0.0.1:{port}"}, sources={"path": str(job.dir / "no-such-dir")})
+        both = subprocess.run(
+            job.command(), cwd=job.dir, env=job.env(), capture_output=True, text=True, timeout=120
+        )
+        assert both.returncode == 2, both.stderr
+        last = both.stderr.strip().splitlines()[-1]
+        assert "sources.0.path" in last and "does not exist" in last and "server.listen" not in both.stderr
