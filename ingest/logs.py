@@ -11,7 +11,7 @@ import re
 import sys
 import threading
 from collections.abc import Iterator, MutableMapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING, Any, Literal, TextIO, cast
 
 import structlog
@@ -90,7 +90,7 @@ def _short(value: Any, depth: int = 0) -> Any:
         return f"{value[:PAYLOAD_SHOWN]}… <{len(value)} characters>"
     if depth < 8 and isinstance(value, dict):
         return {k: _short(v, depth + 1) for k, v in value.items()}
-    if depth < 8 and isinstance(value, tuple | list):
+    if depth < 8 and type(value) in (tuple, list):  # not a named tuple: its fields are no iterable
         return type(value)(_short(v, depth + 1) for v in value)
     return value
 
@@ -103,7 +103,8 @@ class _ShortPayloads(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.args:
-            record.args = _short(record.args)
+            with suppress(Exception):  # never fail a library's log call: keep the record as it is
+                record.args = _short(record.args)
         return True
 
 

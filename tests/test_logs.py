@@ -70,3 +70,14 @@ def test_a_library_debug_line_shows_a_body_by_its_size() -> None:
     assert "/bucket/key" in request and "If-None-Match" in request
     assert "<Error>short</Error>" in response  # a short body is shown as it is
     assert params["body"] == b"\x00records" * 500_000  # the request's own parameters are untouched
+
+
+def test_a_library_line_with_a_named_tuple_or_odd_arguments_still_logs() -> None:
+    import logging
+    from collections import namedtuple
+
+    buf = capture()
+    point = namedtuple("point", "x y")
+    logging.getLogger("botocore.x").debug("at %s in %s", point(1, 2), (point(3, 4), b"z" * 2000))
+    event = json.loads(buf.getvalue().splitlines()[-1])["event"]
+    assert event == "at point(x=1, y=2) in (point(x=3, y=4), '<2000 bytes>')"
