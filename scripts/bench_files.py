@@ -180,11 +180,6 @@ def costed(fn: Callable[[], T], store_pid: int) -> tuple[Cost, T]:
     return Cost(wall, spent() - cpu0, cpu_seconds(store_pid) - store0), result
 
 
-def cheapest(n: int, fn: Callable[[], Cost]) -> Cost:
-    """The fastest of n runs (this machine is shared: the others met more noise)."""
-    return min((fn() for _ in range(n)), key=lambda c: c.wall)
-
-
 # -- yardsticks ----------------------------------------------------------------------------------
 
 
@@ -248,8 +243,9 @@ def small_loop(files: list[Path], out: Path) -> float:
     return seconds
 
 
-def best(n: int, fn: Callable[[], float]) -> float:
-    return min(fn() for _ in range(n))
+def best(n: int, fn: Callable[[], T], key: Callable[[T], Any] | None = None) -> T:
+    """The fastest of n runs (this machine is shared: the others met more noise)."""
+    return min((fn() for _ in range(n)), key=key)
 
 
 SETTLED_AGO = 60.0  # seconds: the copies' mtime, as for files written before the run

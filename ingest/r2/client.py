@@ -75,15 +75,9 @@ class R2Client:
                     config=client_config(max_pool_connections=self._max_connections),
                 )
             )
-            from ingest.r2.session import convert_body_to_file_like_object
+            from ingest.r2.session import keep_bodies_as_bytes
 
-            # botocore wraps a bytes body in BytesIO, which aiohttp then sends 64 KiB per loop turn:
-            # with parsing threads holding the GIL, each turn waits, and a 27 MB PUT took seconds
-            # (measured). Kept as bytes, it is handed to the socket in one write and hashed in one call.
-            for operation in ("PutObject", "UploadPart"):
-                s3.meta.events.unregister(
-                    f"before-parameter-build.s3.{operation}", convert_body_to_file_like_object
-                )
+            keep_bodies_as_bytes(s3)
             self.s3 = s3
 
     async def __aexit__(self, *exc: object) -> None:
