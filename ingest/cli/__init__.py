@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 import sys
+
+# Every command imports some 400 modules first; with Python's default thresholds that is a hundred
+# collections walking the objects the imports made (15 ms of `cors check`'s 0.3 s, measured).
+gc.set_threshold(50_000, 20, 20)
 from pathlib import Path
 from typing import Annotated
 

@@ -22,8 +22,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-
 from ingest.logs import get_logger
 
 log = get_logger("ingest.local.seaweed")
@@ -225,6 +223,8 @@ class SeaweedServer:
         return " | ".join(text.strip().splitlines()[-lines:])
 
     def wait_ready(self, timeout: float = 60.0) -> None:
+        import httpx  # here: `ingest run` imports this module for SeaweedError, and httpx costs 25 ms
+
         deadline = time.monotonic() + timeout
         with httpx.Client(timeout=2.0) as http:
             while time.monotonic() < deadline:
