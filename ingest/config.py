@@ -124,6 +124,7 @@ _ONLY_FOR: dict[str, tuple[str, ...]] = {
     "tokens": ("http",),
     "strict": ("http",),
     "max_request_bytes": ("http",),
+    "body_timeout": ("http",),
     "ack": ("http",),
     "ack_timeout": ("http",),
     "idempotency_window": ("http",),
@@ -157,6 +158,7 @@ class SourceConfig(_Section):
     tokens: list[SecretStr] = []  # several accepted at once, for rotation
     strict: bool = False  # refuse a whole request (400) when any line of it is malformed
     max_request_bytes: ByteSize = Field(default=16 * 2**20, ge=1)  # also after decompression: 413
+    body_timeout: Duration = Field(default=30.0, gt=0)  # a request's whole body arrives within this: 408
     ack: Literal["spool", "upload"] = "spool"  # answer once durable here (202) or once in R2 (200)
     ack_timeout: Duration = Field(default=30.0, gt=0)  # ack = "upload": 504 after this (still delivered)
     idempotency_window: Duration = Field(default=86400.0, gt=0)  # Idempotency-Key answers kept this long

@@ -103,6 +103,8 @@ def test_secrets_never_in_repr(monkeypatch: pytest.MonkeyPatch) -> None:
         ('[[sources]]\nkind = "directory"\npath = "x"\ntoken = "t"\n', "token is only read by kind = 'http'"),
         ('[[sources]]\nkind = "http"\npath = "x"\n', "path is only read by kind = 'directory'"),
         ('[[sources]]\nkind = "http"\nack = "never"\n', "sources.0.ack: must be one of spool, upload"),
+        ('[[sources]]\nkind = "stdin"\nbody_timeout = "5s"\n', "body_timeout is only read by kind = 'http'"),
+        ('[[sources]]\nkind = "http"\nbody_timeout = "0s"\n', "sources.0.body_timeout:"),
         # botocore took these at client creation, with a traceback, once the run had started
         (
             '[r2]\nendpoint_url = "r2.example.com"\n',

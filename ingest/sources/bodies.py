@@ -34,9 +34,10 @@ _PIECE = 1 << 20
 class BodyError(Exception):
     """A request that cannot be taken at all: the HTTP status and one line saying why and the fix."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, retry_after: int | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.retry_after = retry_after  # seconds, for a 503
 
 
 def media_type(content_type: str | None) -> Media:

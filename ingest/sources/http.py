@@ -116,6 +116,7 @@ class HttpSource:
         self._stopped: anyio.Event | None = None
         self._inflight = 0  # requests past admission and not yet answered (the commit leader is one)
         self._quiet = anyio.Event()  # set when the last of them is answered
+        self._receiving: set[anyio.CancelScope] = set()  # bodies still arriving (cut by `stop`)
         self._acked: dict[str, anyio.Event] = {}  # block id → set once its rows are in R2
 
     # -- the Source protocol -----------------------------------------------------------------------
@@ -127,8 +128,11 @@ class HttpSource:
         ]
 
     def stop(self) -> None:
-        """Refuse new requests (503); those already admitted are committed and answered."""
+        """Refuse new requests (503); those already admitted are committed and answered, and a body
+        still arriving is cut (503): nothing of it was taken, and a slow sender would hold the drain."""
         self._stopping = True
+        for scope in self._receiving:
+            scope.cancel()
         if self._stopped is not None:
             self._stopped.set()
 
@@ -233,7 +237,7 @@ class HttpSource:
         try:
             response = await self._handle(request)
         except BodyError as exc:
-            response = _error(exc.status, str(exc))
+            response = _error(exc.status, str(exc), retry_after=exc.retry_after)
         except ClientDisconnect:
             response = _error(499, "client went away before sending its whole body")
         metrics.HTTP_REQUESTS.labels(self.name, str(response.status_code)).inc()
@@ -283,7 +287,7 @@ class HttpSource:
         key = request.headers.get("idempotency-key")
         if key is not None and (problem := key_problem(key)) is not None:
             raise BodyError(400, problem)
-        # Counted from admission: a drain that starts while the body is still arriving waits for it.
+        # Counted from admission: a drain waits for a body still arriving only until `stop` cuts it.
         self._inflight += 1
         try:
             body = await self._body(request)
@@ -314,6 +318,8 @@ class HttpSource:
         return taken
 
     async def _body(self, request: Request) -> bytes:
+        """The whole body, within body_timeout: a slow or stalled sender would otherwise hold a
+        connection, its memory and a drain for as long as it likes."""
         limit = self.config.max_request_bytes
         too_big = BodyError(413, f"body over max_request_bytes ({limit} bytes); send smaller requests")
         declared = request.headers.get("content-length")
@@ -321,11 +327,28 @@ class HttpSource:
             raise too_big
         pieces: list[bytes] = []
         size = 0
-        async for piece in request.stream():
-            size += len(piece)
-            if size > limit:
-                raise too_big
-            pieces.append(piece)
+        with anyio.move_on_after(self.config.body_timeout) as receiving:
+            self._receiving.add(receiving)
+            if self._stopping:  # `stop` came between admission and here
+                receiving.cancel()
+            try:
+                async for piece in request.stream():
+                    size += len(piece)
+                    if size > limit:
+                        raise too_big
+                    pieces.append(piece)
+            finally:
+                self._receiving.discard(receiving)
+        if receiving.cancelled_caught:
+            if self._stopping:
+                raise BodyError(
+                    503, "the worker is stopping; send again to this or another worker", RETRY_AFTER
+                )
+            raise BodyError(
+                408,
+                f"the body did not arrive within body_timeout ({self.config.body_timeout:g}s); "
+                "send it faster or in smaller requests",
+            )
         return b"".join(pieces)
 
     async def _take(

@@ -7,6 +7,7 @@ import json
 import random
 import re
 import signal
+import socket
 import ssl
 import subprocess
 import threading
@@ -540,3 +541,71 @@ def test_sigterm_while_clients_post_keeps_every_accepted_record_and_exits_0(job:
     ids = ids_in(job)
     assert max(ids.values()) == 1
     assert sorted(ids) == sorted(accepted)
+
+
+def _stalled_post(worker: Worker, sent: bytes, declared: int) -> socket.socket:
+    """A sender that declares `declared` bytes, sends `sent` (whole lines) and then nothing more."""
+    conn = socket.create_connection(("127.0.0.1", worker.port), timeout=60)
+    head = (
+        f"POST /v1/records HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\n"
+        f"Content-Type: application/x-ndjson\r\nContent-Length: {declared}\r\n\r\n"
+    )
+    conn.sendall(head.encode() + sent)
+    return conn
+
+
+def _answer_of(conn: socket.socket) -> tuple[int, dict[str, str], bytes]:
+    """Status, headers and body of the one response on `conn` (read until the server closes it)."""
+    data = b""
+    while chunk := conn.recv(65536):
+        data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = re.search(rb"(?i)content-length: *(\d+)", head)
+        if length and len(body) >= int(length.group(1)):
+            break
+    conn.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode().split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in header_lines)}
+    return int(status_line.split()[1]), headers, body
+
+
+def test_a_body_that_stalls_is_refused_408_after_body_timeout_and_nothing_of_it_is_taken(job: Job) -> None:
+    """A sender that stops mid-body (a stuck client, a cut network, slowloris) holds a connection and
+    memory only for body_timeout; the lines it did send are not taken, and other senders go on."""
+    worker = Worker(job, {"body_timeout": "1s"}).start()
+    stalled_lines = ndjson([{"id": i} for i in range(1000, 1010)])
+    conn = _stalled_post(worker, stalled_lines, declared=len(stalled_lines) + 500)
+    started = time.monotonic()
+    assert worker.post(ndjson([{"id": i} for i in range(10)])).status_code == 202  # not held up
+    status, _, body = _answer_of(conn)
+    waited = time.monotonic() - started
+    assert status == 408, body
+    assert "body_timeout (1s)" in json.loads(body)["error"]
+    assert 0.9 <= waited < 20
+    worker.stop()
+    assert sorted(ids_in(job).elements()) == list(range(10))
+
+
+def test_sigterm_cuts_a_body_still_arriving_with_503_and_the_drain_ends(job: Job) -> None:
+    """A drain does not wait for a sender that never finishes its body (body_timeout is far off):
+    the request is refused with 503 and Retry-After, nothing of it is taken, and the worker exits 0
+    with the records it had accepted in R2."""
+    worker = Worker(job, {"body_timeout": "10m"}).start()
+    stalled_lines = ndjson([{"id": i} for i in range(1000, 1010)])
+    conn = _stalled_post(worker, stalled_lines, declared=len(stalled_lines) + 500)
+    # Sent after the stalled request's headers: by its answer that request is, as a rule, waiting in
+    # its handler for the rest of its body (if not, it meets a stopping worker: the same 503).
+    assert worker.post(ndjson([{"id": i} for i in range(5)])).status_code == 202
+    answers: list[tuple[int, dict[str, str], bytes]] = []
+    reader = threading.Thread(target=lambda: answers.append(_answer_of(conn)))
+    reader.start()
+    started = time.monotonic()
+    worker.stop()  # asserts exit 0
+    # It used to wait for the body until shutdown_timeout (25 s) cut everything, and answered 500.
+    assert time.monotonic() - started < 10
+    reader.join(timeout=30)
+    status, headers, body = answers[0]
+    assert status == 503, body
+    assert "retry-after" in headers
+    assert sorted(ids_in(job).elements()) == list(range(5))
