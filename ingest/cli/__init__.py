@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import gc
+import os
 import sys
+import threading
 
 # Every command imports some 400 modules first; with Python's default thresholds that is a hundred
 # collections walking the objects the imports made (15 ms of `cors check`'s 0.3 s, measured).
 gc.set_threshold(50_000, 20, 20)
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 
@@ -79,9 +83,32 @@ def config_first(argv: list[str]) -> list[str]:
     return head + moved + kept + rest[end:]
 
 
-def main() -> None:
+def main() -> NoReturn:
     sys.argv = config_first(sys.argv)
     try:
         app()
     except KeyboardInterrupt:
-        sys.exit(130)
+        code: object = 130
+    except SystemExit as exc:
+        code = exc.code
+    else:
+        code = 0
+    exit_now(code)
+
+
+def exit_now(code: object) -> NoReturn:
+    """End without the interpreter's teardown, which frees the objects of some 400 modules one by one:
+    50 ms of `ingest cors check`'s 0.3 s (measured). What of it matters is done first, in the
+    interpreter's order: threads joined (and thread pools told to end), `atexit` handlers (logging
+    flushes and closes its handlers), the standard streams flushed. An exception that escapes `main`
+    takes the usual way (its traceback, exit 1)."""
+    if not isinstance(code, int):  # `sys.exit("why")` prints why and exits 1, as the interpreter does
+        if code is not None:
+            print(code, file=sys.stderr)
+        code = 0 if code is None else 1
+    getattr(threading, "_shutdown", lambda: None)()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):  # e.g. a reader that went away (BrokenPipeError)
+            stream.flush()
+    os._exit(code)
