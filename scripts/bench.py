@@ -24,6 +24,7 @@ from typing import Any
 
 from bench_dlt import dlt_arrow
 from bench_files import (
+    Cost,
     best,
     copy_inbox,
     costed,
@@ -55,9 +56,20 @@ def big_files(
     say(f"big files: {records:,} records in {files} files, {nbytes / 1e6:.0f} MB of JSON lines", quiet)
     limit_a = best(2, lambda: costed(lambda: limit(paths, None), store)[0], key=lambda c: c.wall)
     limit_ab = best(2, lambda: costed(lambda: limit(paths, env), store)[0], key=lambda c: c.wall)
-    copy_inbox(inbox, work / "big-1x", 1)
-    e2e, (_, rss1, summary) = costed(lambda: run_once(work, env, work / "big-1x", "big1"), store)
-    assert rows_in_r2(work, work / "big1.toml", worker_env(env)) == records, "rows in R2 differ"
+    runs = iter(range(100))
+
+    def e2e_run() -> tuple[Cost, tuple[float, int, str]]:
+        name = f"big1-{next(runs)}"
+        copy_inbox(inbox, work / name, 1)
+        done = costed(lambda: run_once(work, env, work / name, name), store)
+        assert rows_in_r2(work, work / f"{name}.toml", worker_env(env)) == records, "rows in R2 differ"
+        return done
+
+    # Best of 2, as the yardsticks. The peak RSS of the input is the highest of both runs: a run of
+    # five batches may or may not meet the moment that holds the most (see README "Performance").
+    e2e_runs = [e2e_run() for _ in range(2)]
+    e2e, (_, _, summary) = min(e2e_runs, key=lambda run: run[0].wall)
+    rss1 = max(rss for _, (_, rss, _) in e2e_runs)
     copy_inbox(inbox, work / "big-5x", 5)
     e2e5, rss5, _ = run_once(work, env, work / "big-5x", "big5")
     assert rows_in_r2(work, work / "big5.toml", worker_env(env)) == 5 * records, "rows in R2 differ (5×)"
@@ -79,6 +91,7 @@ def big_files(
         "limit_ab_of_floor": round(limit_ab.floor / limit_ab.wall, 3),
         "e2e_of_floor": round(e2e.floor / e2e.wall, 3),
         "rss_1x_mib": round(rss1 / MIB),
+        "rss_1x_runs_mib": [round(rss / MIB) for _, (_, rss, _) in e2e_runs],
         "rss_5x_mib": round(rss5 / MIB),
         "rss_5x_vs_1x": round(rss5 / rss1, 3),
         "rss_bound_mib": round(bound),

@@ -31,6 +31,7 @@ def test_bench_runs_every_scenario_on_a_tiny_input() -> None:
         assert big[name] > 0, name
     assert big["e2e_vs_limit_ab"] > 0 and big["e2e_vs_limit_a"] > 0
     assert big["rss_within_bound"], big
+    assert len(big["rss_1x_runs_mib"]) == 2 and big["rss_1x_mib"] == max(big["rss_1x_runs_mib"]), big
     # CPU accounting: the worker's and the pool's CPU are seen, and no run used more CPU than its
     # wall time on every core (a double count or a missed process would break one or the other).
     assert big["e2e_cpu_s"] > 0 and big["limit_a_cpu_s"] > 0 and big["limit_ab_cpu_s"] > 0
