@@ -1,4 +1,5 @@
-"""Request bodies of the HTTP source: media type, decompression within a limit, and records.
+"""Request bodies of the HTTP source: received within a size and a time limit, media type,
+decompression within a limit, and records.
 
 A body becomes a *block*: its accepted records as JSON lines, in order, each ending in a newline.
 The block is what the segment keeps and what is parsed into rows, both when the request comes in and
@@ -14,7 +15,9 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Literal
 
+import anyio
 import pyarrow as pa
+from starlette.requests import Request
 
 from ingest.deadletters import MAX_RAW, DeadLetter
 from ingest.sources.formats import elements
@@ -38,6 +41,55 @@ class BodyError(Exception):
         super().__init__(message)
         self.status = status
         self.retry_after = retry_after  # seconds, for a 503
+
+
+class Bodies:
+    """Bodies as they arrive: at most `limit` bytes (413), whole within `timeout` seconds (408), and
+    cut when the worker stops (503): a slow or stalled sender would otherwise hold a connection, its
+    memory and a drain for as long as it likes. Nothing of a refused body has been taken."""
+
+    def __init__(self, limit: int, timeout: float, retry_after: int) -> None:
+        self.limit = limit
+        self.timeout = timeout
+        self.retry_after = retry_after
+        self._arriving: set[anyio.CancelScope] = set()
+        self._cut = False
+
+    def cut(self) -> None:
+        """The worker is stopping: bodies still arriving get 503, and so do later ones."""
+        self._cut = True
+        for scope in self._arriving:
+            scope.cancel()
+
+    async def receive(self, request: Request) -> bytes:
+        too_big = BodyError(413, f"body over max_request_bytes ({self.limit} bytes); send smaller requests")
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            raise too_big
+        pieces: list[bytes] = []
+        size = 0
+        with anyio.move_on_after(self.timeout) as arriving:
+            self._arriving.add(arriving)
+            if self._cut:
+                arriving.cancel()
+            try:
+                async for piece in request.stream():
+                    size += len(piece)
+                    if size > self.limit:
+                        raise too_big
+                    pieces.append(piece)
+            finally:
+                self._arriving.discard(arriving)
+        if arriving.cancelled_caught:
+            if self._cut:
+                why = "the worker is stopping; send again to this or another worker"
+                raise BodyError(503, why, self.retry_after)
+            raise BodyError(
+                408,
+                f"the body did not arrive within body_timeout ({self.timeout:g}s); "
+                "send it faster or in smaller requests",
+            )
+        return b"".join(pieces)
 
 
 def media_type(content_type: str | None) -> Media:

@@ -38,6 +38,7 @@ from ingest.files import is_disk_full
 from ingest.logs import get_logger, register_secret
 from ingest.sources.base import Ack, Chunk, Item, RequestRow, SourceUnit, UnitRead, Units
 from ingest.sources.bodies import (
+    Bodies,
     BodyError,
     Records,
     block_rows,
@@ -116,7 +117,7 @@ class HttpSource:
         self._stopped: anyio.Event | None = None
         self._inflight = 0  # requests past admission and not yet answered (the commit leader is one)
         self._quiet = anyio.Event()  # set when the last of them is answered
-        self._receiving: set[anyio.CancelScope] = set()  # bodies still arriving (cut by `stop`)
+        self._bodies = Bodies(config.max_request_bytes, config.body_timeout, RETRY_AFTER)
         self._acked: dict[str, anyio.Event] = {}  # block id → set once its rows are in R2
 
     # -- the Source protocol -----------------------------------------------------------------------
@@ -131,8 +132,7 @@ class HttpSource:
         """Refuse new requests (503); those already admitted are committed and answered, and a body
         still arriving is cut (503): nothing of it was taken, and a slow sender would hold the drain."""
         self._stopping = True
-        for scope in self._receiving:
-            scope.cancel()
+        self._bodies.cut()
         if self._stopped is not None:
             self._stopped.set()
 
@@ -290,7 +290,7 @@ class HttpSource:
         # Counted from admission: a drain waits for a body still arriving only until `stop` cuts it.
         self._inflight += 1
         try:
-            body = await self._body(request)
+            body = await self._bodies.receive(request)
             outcome = await self._admitted(body, media, encoding, table, key)
         finally:  # committed (or refused): a drain need not wait for what follows
             self._inflight -= 1
@@ -316,40 +316,6 @@ class HttpSource:
         finally:  # a repeat waiting for this one gets its answer (or, if it failed, is taken anew)
             self.keys.end(key, taken if isinstance(taken, Answer) else None)
         return taken
-
-    async def _body(self, request: Request) -> bytes:
-        """The whole body, within body_timeout: a slow or stalled sender would otherwise hold a
-        connection, its memory and a drain for as long as it likes."""
-        limit = self.config.max_request_bytes
-        too_big = BodyError(413, f"body over max_request_bytes ({limit} bytes); send smaller requests")
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise too_big
-        pieces: list[bytes] = []
-        size = 0
-        with anyio.move_on_after(self.config.body_timeout) as receiving:
-            self._receiving.add(receiving)
-            if self._stopping:  # `stop` came between admission and here
-                receiving.cancel()
-            try:
-                async for piece in request.stream():
-                    size += len(piece)
-                    if size > limit:
-                        raise too_big
-                    pieces.append(piece)
-            finally:
-                self._receiving.discard(receiving)
-        if receiving.cancelled_caught:
-            if self._stopping:
-                raise BodyError(
-                    503, "the worker is stopping; send again to this or another worker", RETRY_AFTER
-                )
-            raise BodyError(
-                408,
-                f"the body did not arrive within body_timeout ({self.config.body_timeout:g}s); "
-                "send it faster or in smaller requests",
-            )
-        return b"".join(pieces)
 
     async def _take(
         self, body: bytes, media: str, encoding: str, table: str, key: str | None

@@ -4,11 +4,23 @@ from __future__ import annotations
 
 import gzip
 import json
+from collections.abc import Awaitable, Callable
+from typing import Any
 
+import anyio
 import pyarrow as pa
 import pytest
+from starlette.requests import Request
 
-from ingest.sources.bodies import BodyError, block_rows, check_encoding, decompress, media_type, records
+from ingest.sources.bodies import (
+    Bodies,
+    BodyError,
+    block_rows,
+    check_encoding,
+    decompress,
+    media_type,
+    records,
+)
 
 MAX = 1 << 20
 
@@ -81,3 +93,61 @@ def test_decompression_is_bounded_and_a_broken_stream_is_400() -> None:
         with pytest.raises(BodyError) as exc:
             decompress(junk, coding, len(data))
         assert exc.value.status == 400
+
+
+def _request(pieces: list[bytes], stall: anyio.Event | None = None) -> Request:
+    """A starlette request whose body arrives in `pieces`, then (with `stall`) waits for that event."""
+    parts = list(pieces)
+
+    async def receive() -> dict[str, Any]:
+        if parts:
+            return {
+                "type": "http.request",
+                "body": parts.pop(0),
+                "more_body": bool(parts) or stall is not None,
+            }
+        assert stall is not None
+        await stall.wait()
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    scope = {"type": "http", "method": "POST", "path": "/v1/records", "headers": []}
+    return Request(scope, receive)
+
+
+async def _status(receiving: Callable[[], Awaitable[bytes]]) -> int:
+    try:
+        await receiving()
+    except BodyError as exc:
+        return exc.status
+    return 200
+
+
+@pytest.mark.anyio
+async def test_bodies_arrive_whole_within_their_limits_or_not_at_all() -> None:
+    bodies = Bodies(limit=10, timeout=0.2, retry_after=5)
+    assert await bodies.receive(_request([b"12345", b"67890"])) == b"1234567890"
+    assert await _status(lambda: bodies.receive(_request([b"12345", b"678901"]))) == 413
+    stalled = anyio.Event()
+    with anyio.fail_after(5):
+        assert await _status(lambda: bodies.receive(_request([b"123"], stalled))) == 408
+
+
+@pytest.mark.anyio
+async def test_a_cut_refuses_bodies_still_arriving_and_later_ones_with_retry_after() -> None:
+    bodies = Bodies(limit=1000, timeout=60, retry_after=5)
+    stalled = anyio.Event()
+    refused: list[BodyError] = []
+
+    async def receive() -> None:
+        try:
+            await bodies.receive(_request([b'{"id": 1}\n'], stalled))
+        except BodyError as exc:
+            refused.append(exc)
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(receive)
+            await anyio.wait_all_tasks_blocked()
+            bodies.cut()
+    assert [(e.status, e.retry_after) for e in refused] == [(503, 5)]
+    assert await _status(lambda: bodies.receive(_request([b"x"], anyio.Event()))) == 503
