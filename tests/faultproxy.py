@@ -136,3 +136,55 @@ class FaultProxy:
         finally:
             if not dst.is_closing():
                 dst.close()
+
+
+@dataclass
+class LaggyProxy(FaultProxy):
+    """A plain TCP proxy (any protocol: Redis) that passes every byte on `lag` seconds after it came:
+    latency, not a cap on bandwidth (a long answer is late by `lag`, not by `lag` per piece)."""
+
+    lag: float = 1.0
+
+    @property
+    def redis_url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+            try:
+                await asyncio.gather(self._late(reader, up_writer), self._late(up_reader, writer))
+            finally:
+                up_writer.close()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            writer.close()
+
+    async def _late(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+
+        async def take() -> None:  # stamps each piece as it arrives
+            try:
+                while data := await src.read(65536):
+                    queue.put_nowait((loop.time() + self.lag, data))
+            except (ConnectionError, OSError):
+                pass
+            queue.put_nowait((loop.time() + self.lag, b""))
+
+        taker = asyncio.ensure_future(take())
+        try:
+            while True:
+                due, data = await queue.get()
+                await asyncio.sleep(max(0.0, due - loop.time()))
+                if not data:
+                    return
+                dst.write(data)
+                await dst.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            taker.cancel()
+            if not dst.is_closing():
+                dst.close()

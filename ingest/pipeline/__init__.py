@@ -85,6 +85,9 @@ class Pipeline:
         spool.on_room = lambda: self.health.clear("disk")
         spool.dead.on_full, spool.dead.on_room = spool.on_full, spool.on_room
         self._units: dict[str, SourceUnit] = {}
+        # Sources that must open their journaled units again before the objects recovered with them
+        # are uploaded (the Redis ledger records each attempt first): unit id prefix → done.
+        self._resuming = {p: anyio.Event() for src in sources if (p := getattr(src, "resumes_first", ""))}
         self._ack_errors: dict[str, str] = {}  # unit id → why its acknowledgement failed
         self._waiting: dict[str, SpooledObject] = {}  # in the spool, not yet in R2 (for the gauges)
         metrics.watch(
@@ -133,6 +136,12 @@ class Pipeline:
         for unit in opened:
             self._units[unit.id] = unit
         return opened
+
+    def resumed(self, prefix: str) -> None:
+        """The source of units `prefix` opened again every journaled unit it could (or ended): the
+        objects recovered with them go to the uploaders now."""
+        if (event := self._resuming.get(prefix)) is not None:
+            event.set()
 
     def known_units(self, prefix: str) -> list[SourceUnit]:
         """Units found in the journal (not acknowledged before the last stop) whose id starts with
@@ -210,9 +219,13 @@ class Pipeline:
         batch_send, batch_recv = anyio.create_memory_object_stream[Batch](1)
         # Objects are on disk; the spool's high-water mark (not this stream) bounds them.
         obj_send, obj_recv = anyio.create_memory_object_stream[SpooledObject](math.inf)
+        resuming: list[SpooledObject] = []  # their source opens their units again first (`resumed`)
         for obj in recovered.objects:
             self._spooled(obj)
-            obj_send.send_nowait(obj)
+            if self._resumes_of(obj):
+                resuming.append(obj)
+            else:
+                obj_send.send_nowait(obj)
         async with anyio.create_task_group() as tg:
             self._tg = tg
             self._settle_unrepeatable()
@@ -223,12 +236,30 @@ class Pipeline:
             if not once:
                 tg.start_soon(self._seal_periodically, obj_send.clone())
                 tg.start_soon(self._record_problems_periodically)
+            if resuming:
+                tg.start_soon(self._release, resuming, obj_send.clone())
             obj_send.close()
             async with obj_recv:
                 for _ in range(self.settings.upload.concurrency):
                     tg.start_soon(self._upload, obj_recv.clone())
         await self._record_problems()
         return self.stats
+
+    def _resumes_of(self, obj: SpooledObject) -> list[anyio.Event]:
+        units = obj.batch.spans if obj.batch is not None else {}
+        return [e for p, e in self._resuming.items() if any(u.id.startswith(p) for u in units)]
+
+    async def _release(
+        self, held: list[SpooledObject], objects: MemoryObjectSendStream[SpooledObject]
+    ) -> None:
+        """Recovered objects whose upload needs what their source sets when it opens their units again
+        (`before_upload`): uploaded before that, a re-attempt under a new key went unrecorded in the
+        ledger, and a worker taking the entries over after a second crash ingested them twice."""
+        async with objects:
+            for obj in held:
+                for event in self._resumes_of(obj):
+                    await event.wait()
+                await objects.send(obj)
 
     def _settle_unrepeatable(self) -> None:
         """Input of an earlier run that nothing can read again (standard input): what it left in the

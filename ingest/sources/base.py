@@ -189,6 +189,11 @@ class Units(Protocol):
         """Units found in the journal at start whose id starts with `prefix` (see Pipeline)."""
         ...
 
+    def resumed(self, prefix: str) -> None:
+        """A source whose class sets `resumes_first = prefix` says it has opened again the journaled
+        units it could (or has ended): until then, the objects recovered with them wait."""
+        ...
+
     async def in_r2(self, key: str, object_id: str) -> bool:
         """Whether `key` holds the object with this id (a HEAD and its batch-id metadata)."""
         ...
@@ -240,6 +245,9 @@ class FreshUnits:
 
     def known_units(self, prefix: str) -> list[SourceUnit]:
         return []
+
+    def resumed(self, prefix: str) -> None:
+        return None
 
     async def in_r2(self, key: str, object_id: str) -> bool:
         return False

@@ -61,6 +61,8 @@ _TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
 class RedisSource:
+    resumes_first = PREFIX  # its recovered objects wait for `_resume` (Units.resumed)
+
     def __init__(
         self,
         config: SourceConfig,
@@ -204,8 +206,16 @@ class RedisSource:
         units taken are acknowledged (XACK) once their rows are in R2; the worker closes it at the end."""
         self._units = units
         self.once = once
+        try:
+            await self._consume(send, once)
+        finally:  # ended before resuming (stopped, failed): what waited for it goes on as it is
+            units.resumed(PREFIX)
+
+    async def _consume(self, send: MemoryObjectSendStream[Item], once: bool) -> None:
+        assert self._units is not None
         async with send, anyio.create_task_group() as tg:
             await self._resume(send)
+            self._units.resumed(PREFIX)  # recovered objects: their ledger records come first
             if once:
                 await self._reclaim(send)
             else:

@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from tests.conftest import RedisServer
+from tests.faultproxy import LaggyProxy
 from tests.integration.conftest import Job, free_port, readyz, wait_for
 
 STREAM = "events"
@@ -139,6 +140,39 @@ def test_the_same_worker_restarted_resumes_its_pending_entries_without_duplicate
     ids = ids_in(job)
     assert sorted(ids) == list(range(30_000)) and max(ids.values()) == 1
     assert group_state(redis) == {"pending": 0, "lag": 0}
+
+
+def test_a_recovered_object_is_recorded_in_the_ledger_before_its_upload_even_with_redis_slow(
+    job: Job, redis_server: RedisServer
+) -> None:
+    """Two crashes and a worker that never returns. The first crash leaves an object spooled and not
+    yet uploaded. The restart reaches Redis slowly, and crashes right after uploading that object,
+    before XACK. The heir must find the upload in the ledger. It used to be uploaded before the slow
+    source had opened its units again, with no ledger record, and the heir ingested it a second time."""
+    redis = redis_server.client()
+    load(redis, 0, 10_000)
+    configure(job, redis_server, read_count=2500)
+    first = run_worker(job, "w1", "--once", INGEST_CRASH_AT="spooled")
+    first.communicate(timeout=120)
+    assert first.returncode == -signal.SIGKILL
+    with LaggyProxy(redis_server.port, lag=0.5) as slow:  # 1 s a round trip
+        configure(job, redis_server, read_count=2500, url=slow.redis_url)
+        again = run_worker(job, "w1", "--once", INGEST_CRASH_AT="put")
+        _, err = again.communicate(timeout=180)
+    assert again.returncode == -signal.SIGKILL, err[-3000:]
+    assert len(job.keys()) == 1  # the recovered object, uploaded before the crash
+    configure(job, redis_server, read_count=2500)
+    heir = run_worker(job, "heir")
+    try:
+        wait_for(
+            lambda: group_state(redis) == {"pending": 0, "lag": 0}, 120, "the heir to take everything over"
+        )
+    finally:
+        err = stop(heir)
+    ids = ids_in(job)
+    assert max(ids.values()) == 1, [i for i, n in ids.items() if n > 1][:5]
+    assert sorted(ids) == list(range(10_000))
+    assert "taken over entries were already in R2" in err
 
 
 def test_redis_stopped_ten_seconds_mid_run_loses_and_duplicates_nothing(
