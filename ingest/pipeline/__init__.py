@@ -19,9 +19,8 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from botocore.exceptions import ClientError
 
 from ingest import metrics
-from ingest.commits import Backlog
 from ingest.config import Settings
-from ingest.faults import ack_lost, crash_point
+from ingest.faults import crash_point
 from ingest.health import Health, Stats
 from ingest.layout import ERRORS_TEMPLATE
 from ingest.logs import get_logger
@@ -30,10 +29,11 @@ from ingest.pipeline.encode import Encoder, load_schema_blob, schema_blob
 from ingest.pipeline.journal import Journal, UnitRow
 from ingest.pipeline.keys import KeyAllocator, KeyTemplate
 from ingest.pipeline.spool import Spool, SpooledObject, SpoolError
+from ingest.pipeline.units import UnitBook
 from ingest.pipeline.upload import Uploader
 from ingest.r2.client import R2Client
 from ingest.r2.errors import describe, status_of
-from ingest.sources.base import UNREPEATABLE, AckError, AckMany, Item, RequestRow, Source, SourceUnit
+from ingest.sources.base import UNREPEATABLE, Item, RequestRow, Source, SourceUnit
 
 log = get_logger("ingest.pipeline")
 ENCODERS = 2  # batches encoded at once (pyarrow releases the GIL: this is what uses both cores)
@@ -84,11 +84,10 @@ class Pipeline:
         spool.on_full = lambda reason: self.health.fail(reason, "disk")
         spool.on_room = lambda: self.health.clear("disk")
         spool.dead.on_full, spool.dead.on_room = spool.on_full, spool.on_room
-        self._units: dict[str, SourceUnit] = {}
+        self.units = UnitBook(spool, self.stats)
         # Sources that must open their journaled units again before the objects recovered with them
         # are uploaded (the Redis ledger records each attempt first): unit id prefix → done.
         self._resuming = {p: anyio.Event() for src in sources if (p := getattr(src, "resumes_first", ""))}
-        self._ack_errors: dict[str, str] = {}  # unit id → why its acknowledgement failed
         self._waiting: dict[str, SpooledObject] = {}  # in the spool, not yet in R2 (for the gauges)
         metrics.watch(
             spool_bytes=lambda: sum(o.size for o in self._waiting.values()),
@@ -102,10 +101,6 @@ class Pipeline:
         self._recorded_problems: dict[str, str] | None = None  # None: not written in this run yet
         self._reader: Journal | None = None  # Idempotency-Key lookups (HTTP source)
         self._lookups = anyio.CapacityLimiter(1)
-        # Row counts of units read, and units acknowledged: journaled many at a time, nobody waits.
-        self._reads: Backlog[tuple[SourceUnit, int, str]] = Backlog(self._journal_reads)
-        self._forgets: Backlog[SourceUnit] = Backlog(self._forget)
-        self._acks: Backlog[SourceUnit] = Backlog(self._ack_many)  # units whose source acks many at once
 
     def stop_intake(self) -> None:
         """Take no new input; units already taken are read to their end, batched, encoded, uploaded."""
@@ -118,24 +113,7 @@ class Pipeline:
         return (await self.open_units([unit]))[0]
 
     async def open_units(self, units: list[SourceUnit]) -> list[SourceUnit]:
-        opened: list[SourceUnit] = []
-        new: list[SourceUnit] = []
-        for unit in units:
-            known = self._units.get(unit.id)
-            if known is not None and _same_file(known.fingerprint, unit.fingerprint):
-                opened.append(_reopened(known, unit))
-                continue
-            if known is not None:
-                log.warning("source unit replaced since it was journaled; reading all of it", unit=unit.name)
-            if not unit.journaled:
-                new.append(unit)
-            opened.append(unit)
-        if new:
-            rows = [UnitRow(u.id, u.name, u.fingerprint, u.path, u.total if u.counted else None) for u in new]
-            await self.spool.durably("add unit", self.journal.add_units, rows)
-        for unit in opened:
-            self._units[unit.id] = unit
-        return opened
+        return await self.units.open(units)
 
     def resumed(self, prefix: str) -> None:
         """The source of units `prefix` opened again every journaled unit it could (or ended): the
@@ -146,7 +124,7 @@ class Pipeline:
     def known_units(self, prefix: str) -> list[SourceUnit]:
         """Units found in the journal (not acknowledged before the last stop) whose id starts with
         `prefix`: a source whose input lives only in the spool (HTTP blocks) reads them again."""
-        return [u for u in self._units.values() if u.id.startswith(prefix)]
+        return self.units.known(prefix)
 
     async def wait_for_room(self) -> None:
         await self.spool.wait_for_room()
@@ -173,6 +151,11 @@ class Pipeline:
 
     async def forget_requests(self, before: float) -> None:
         await self.spool.durably("forget old Idempotency-Keys", self.journal.prune_requests, before)
+
+    def unacknowledged(self) -> dict[str, str]:
+        """Units taken in this run, or found in the journal, that are still not acknowledged (where →
+        why): the safety net behind `--once`'s exit code, independent of what the sources report."""
+        return self.units.unacknowledged()
 
     def close(self) -> None:
         if self._reader is not None:
@@ -212,7 +195,7 @@ class Pipeline:
             else:
                 await self.spool.durably("recover", self.spool.drop, row)
         recovered = await self.spool.durably("recover", self.spool.recover, undecided)
-        self._units = recovered.units
+        self.units.by_id = recovered.units
         if recovered.objects or recovered.units:
             log.info("resuming from the journal", objects=len(recovered.objects), units=len(recovered.units))
         items_send, items_recv = anyio.create_memory_object_stream[Item](ITEM_BUFFER)
@@ -227,11 +210,11 @@ class Pipeline:
             else:
                 obj_send.send_nowait(obj)
         async with anyio.create_task_group() as tg:
-            self._tg = tg
+            self._tg = self.units.tg = tg
             self._settle_unrepeatable()
             tg.start_soon(self._intake, items_send, once)
             self.started.set()
-            tg.start_soon(Batcher(self.settings.batch, self._unit_read).run, items_recv, batch_send)
+            tg.start_soon(Batcher(self.settings.batch, self.units.read).run, items_recv, batch_send)
             tg.start_soon(self._encode_all, batch_recv, obj_send.clone())
             if not once:
                 tg.start_soon(self._seal_periodically, obj_send.clone())
@@ -264,14 +247,14 @@ class Pipeline:
     def _settle_unrepeatable(self) -> None:
         """Input of an earlier run that nothing can read again (standard input): what it left in the
         spool is uploaded, then it is acknowledged; what it held in memory is gone."""
-        for unit in [u for u in self._units.values() if u.id.startswith(UNREPEATABLE)]:
+        for unit in self.units.known(UNREPEATABLE):
             log.warning(
                 "an earlier run's standard input stopped before its end: its spooled rows are "
                 "uploaded now; rows it had not spooled yet were not kept and must be sent again",
                 unit=unit.name,
             )
             unit.ack, unit.read_done, unit.path = _nothing_to_do, True, None
-            self._maybe_ack(unit)
+            self.units.maybe_ack(unit)
 
     def _problems(self) -> dict[str, str]:
         return {where: why for source in self.sources for where, why in source.problems().items()}
@@ -340,7 +323,7 @@ class Pipeline:
                 )
                 batch.pending_objects = len(encoded)
                 if not encoded:  # every row was a dead letter
-                    self._batch_done(batch)
+                    self.units.batch_done(batch)
                 for obj in encoded:
                     self._spooled(obj)
                     await objects.send(obj)
@@ -356,7 +339,7 @@ class Pipeline:
             log.error("could not encode batch; its input stays unacknowledged", error=describe(exc))
             self.health.fail(f"encoding failed: {describe(exc)}", "encode")
             batch.failed = True
-            self._batch_done(batch)
+            self.units.batch_done(batch)
             return None
         crash_point("encoded")
         spans = [(u.id, a, b) for u, ranges in batch.spans.items() for a, b in ranges]
@@ -438,7 +421,7 @@ class Pipeline:
         if obj.batch is not None:
             obj.batch.pending_objects -= 1
             if obj.batch.pending_objects == 0:
-                self._batch_done(obj.batch)
+                self.units.batch_done(obj.batch)
 
     def _count_upload(self, obj: SpooledObject, key: str, seconds: float) -> None:
         self.health.last_upload = time.time()
@@ -453,108 +436,6 @@ class Pipeline:
         metrics.RECORDS_UPLOADED.inc(obj.records)
         metrics.OBJECTS_UPLOADED.inc()
         metrics.BYTES_UPLOADED.inc(obj.size)
-
-    # -- acknowledgements ----------------------------------------------------------------------------
-
-    async def _unit_read(self, unit: SourceUnit) -> None:
-        """A unit read to its end. Its row count is journaled in the background with others
-        (`_reads`), so the batcher does not wait on each file's commit; the unit is acknowledged
-        only after that commit."""
-        self.stats.units_claimed += 1
-        counted = (unit.journaled or unit.counted) and unit.total == unit.next_row  # journaled with it
-        covered = not unit.next_row and unit.total is not None  # fully covered: keeps its known total
-        if counted or covered:
-            self._maybe_ack(unit)
-            return
-        unit.total = unit.next_row
-        if unit.read_stat is not None:  # what the file looked like when its last byte was read
-            unit.fingerprint = ":".join(map(str, unit.read_stat))
-        unit.read_done = False
-        assert self._tg is not None
-        self._reads.add((unit, unit.total, unit.fingerprint), self._tg)
-
-    async def _journal_reads(self, reads: list[tuple[SourceUnit, int, str]]) -> None:
-        rows = [(unit.id, total, fingerprint) for unit, total, fingerprint in reads]
-        await self.spool.durably("journal unit read", self.journal.units_read, rows)
-        for unit, total, _ in reads:
-            if unit.total == total:  # else read again since (it grew): a later commit finishes it
-                unit.read_done = True
-                self._maybe_ack(unit)
-
-    def _batch_done(self, batch: Batch) -> None:
-        for unit in batch.units:
-            unit.pending_batches -= 1
-            unit.failed |= batch.failed
-            self._maybe_ack(unit)
-
-    def _maybe_ack(self, unit: SourceUnit) -> None:
-        if unit.ackable and self._tg is not None:
-            unit.acked = True
-            if ack_lost():
-                return
-            if unit.ack_many is not None:
-                self._acks.add(unit, self._tg)
-            else:
-                self._tg.start_soon(self._ack, unit)
-
-    async def _ack(self, unit: SourceUnit) -> None:
-        assert unit.ack is not None
-        try:
-            result: bool | AckError | None = await unit.ack()
-        except AckError as exc:
-            result = exc
-        self._acked(unit, result)
-
-    async def _ack_many(self, units: list[SourceUnit]) -> None:
-        groups: dict[AckMany, list[SourceUnit]] = {}
-        for unit in units:
-            assert unit.ack_many is not None
-            groups.setdefault(unit.ack_many, []).append(unit)
-        for ack_many, group in groups.items():
-            for unit, result in zip(group, await ack_many(group), strict=True):
-                self._acked(unit, result)
-
-    def _acked(self, unit: SourceUnit, result: bool | AckError | None) -> None:
-        if isinstance(result, AckError):
-            log.error("could not acknowledge source unit", unit=unit.name, error=str(result))
-            self._ack_errors[unit.id] = str(result)
-            return
-        if result is False:  # it changed after it was read: the source reads the rest, then acks again
-            unit.acked = unit.read_done = False
-            unit.total = None
-            self.stats.units_claimed -= 1
-            return
-        crash_point("acked")
-        assert self._tg is not None
-        self._forgets.add(unit, self._tg)
-
-    async def _forget(self, units: list[SourceUnit]) -> None:
-        await self.spool.durably("forget unit", self.journal.forget_units, [u.id for u in units])
-        for unit in units:
-            self._units.pop(unit.id, None)
-            self._ack_errors.pop(unit.id, None)
-        self.stats.units_acked += len(units)
-        metrics.UNITS_ACKED.inc(len(units))
-
-    def unacknowledged(self) -> dict[str, str]:
-        """Units taken in this run, or found in the journal, that are still not acknowledged (where →
-        why): the safety net behind `--once`'s exit code, independent of what the sources report."""
-        return {unit.path or unit.name: self._why_unacked(unit) for unit in self._units.values()}
-
-    def _why_unacked(self, unit: SourceUnit) -> str:
-        if unit.id in self._ack_errors:
-            return f"acknowledgement failed: {self._ack_errors[unit.id]}"
-        if unit.read_error:
-            return f"read failed: {unit.read_error}"
-        if unit.failed:
-            return "rows in an object that was not uploaded"
-        if unit.ack is None:
-            return "in the journal, but not opened by its source in this run"
-        if not unit.read_done:
-            return "not read to its end"
-        if unit.pending_batches:
-            return f"rows in {unit.pending_batches} batch(es) not yet uploaded"
-        return "read and uploaded, but never acknowledged"
 
     async def _key_exists(self, key: str) -> bool:
         try:
@@ -583,21 +464,3 @@ class Pipeline:
 
 async def _nothing_to_do() -> bool:
     return True
-
-
-def _reopened(known: SourceUnit, unit: SourceUnit) -> SourceUnit:
-    """A unit found in the journal (or opened before), opened again by its source in this run."""
-    if known.fingerprint != unit.fingerprint and known.total is not None:
-        # Grown since it was read to its end (a writer kept appending): read the rest.
-        known.total = None
-        known.read_again()
-    known.name, known.ack, known.path, known.origin = unit.name, unit.ack, unit.path, unit.origin
-    known.ack_many = unit.ack_many
-    known.table, known.journaled, known.before_upload = unit.table, unit.journaled, unit.before_upload
-    known.counted = unit.counted
-    return known
-
-
-def _same_file(a: str, b: str) -> bool:
-    """Fingerprints are `inode:size:mtime`: the same inode is the same file, grown or not."""
-    return a.split(":", 1)[0] == b.split(":", 1)[0]
