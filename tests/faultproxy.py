@@ -12,6 +12,7 @@ import asyncio
 import random
 import threading
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 _503 = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
@@ -103,20 +104,30 @@ class FaultProxy:
                 return
             if mode == "delay":
                 await asyncio.sleep(self.faults.delay_seconds)
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
             lines = [ln for ln in head[:-4].split(b"\r\n") if not ln.lower().startswith(b"connection:")]
-            up_writer.write(b"\r\n".join([*lines, b"Connection: close", b"", b""]))
-            try:
+
+            async def relay(up_reader: asyncio.StreamReader, up_writer: asyncio.StreamWriter) -> None:
+                up_writer.write(b"\r\n".join([*lines, b"Connection: close", b"", b""]))
                 await asyncio.gather(
                     self._pipe(reader, up_writer),
                     self._pipe(up_reader, writer, swallow=mode == "drop_response", count=True),
                 )
-            finally:
-                up_writer.close()
+
+            await self._upstream(relay)
         except (ConnectionError, OSError):
             pass
         finally:
             writer.close()
+
+    async def _upstream(
+        self, relay: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[object]]
+    ) -> None:
+        """A connection to the upstream for `relay(reader, writer)`, closed after it."""
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        try:
+            await relay(up_reader, up_writer)
+        finally:
+            up_writer.close()
 
     async def _pipe(
         self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, swallow: bool = False, count: bool = False
@@ -151,11 +162,9 @@ class LaggyProxy(FaultProxy):
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
-            try:
-                await asyncio.gather(self._late(reader, up_writer), self._late(up_reader, writer))
-            finally:
-                up_writer.close()
+            await self._upstream(
+                lambda up_r, up_w: asyncio.gather(self._late(reader, up_w), self._late(up_r, writer))
+            )
         except (ConnectionError, OSError):
             pass
         finally:

@@ -77,6 +77,18 @@ def stop(proc: subprocess.Popen[str], signalled: bool = True) -> str:
     return err
 
 
+def heir_takes_over(job: Job, redis: Any) -> str:
+    """A worker that takes over what a dead one left, run until the group has nothing pending: its log."""
+    heir = run_worker(job, "heir")
+    try:
+        wait_for(
+            lambda: group_state(redis) == {"pending": 0, "lag": 0}, 120, "the heir to take everything over"
+        )
+    finally:
+        err = stop(heir)
+    return err
+
+
 def test_three_workers_in_one_group_take_every_entry_exactly_once(
     job: Job, redis_server: RedisServer
 ) -> None:
@@ -109,13 +121,7 @@ def test_a_killed_worker_that_never_returns_is_taken_over_exactly_once(
     orphaned = {c["name"].decode(): int(c["pending"]) for c in redis.xinfo_consumers(STREAM, "ingest")}
     assert orphaned["doomed"] > 0  # it left entries delivered and not acked
     load(redis, 20_000, 5_000)  # and the stream goes on
-    heir = run_worker(job, "heir")
-    try:
-        wait_for(
-            lambda: group_state(redis) == {"pending": 0, "lag": 0}, 120, "the heir to take everything over"
-        )
-    finally:
-        err = stop(heir)
+    err = heir_takes_over(job, redis)
     ids = ids_in(job)
     assert sorted(ids) == list(range(25_000)), f"missing {25_000 - len(ids)}"
     assert max(ids.values()) == 1, [i for i, n in ids.items() if n > 1][:5]
@@ -162,13 +168,7 @@ def test_a_recovered_object_is_recorded_in_the_ledger_before_its_upload_even_wit
     assert again.returncode == -signal.SIGKILL, err[-3000:]
     assert len(job.keys()) == 1  # the recovered object, uploaded before the crash
     configure(job, redis_server, read_count=2500)
-    heir = run_worker(job, "heir")
-    try:
-        wait_for(
-            lambda: group_state(redis) == {"pending": 0, "lag": 0}, 120, "the heir to take everything over"
-        )
-    finally:
-        err = stop(heir)
+    err = heir_takes_over(job, redis)
     ids = ids_in(job)
     assert max(ids.values()) == 1, [i for i, n in ids.items() if n > 1][:5]
     assert sorted(ids) == list(range(10_000))

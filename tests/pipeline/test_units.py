@@ -3,7 +3,7 @@ to its end and no batch holding its rows is still waiting for R2, and then forgo
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import anyio
@@ -35,11 +35,16 @@ async def _until(done: Callable[[], bool]) -> None:
     raise AssertionError("not done within 10 s")
 
 
-@pytest.mark.anyio
-async def test_a_unit_is_acknowledged_once_read_and_uploaded_then_forgotten(tmp_path: Path) -> None:
+@pytest.fixture
+def book(tmp_path: Path) -> Iterator[UnitBook]:
     spool = Spool(tmp_path, "w", 10**9)
-    book = UnitBook(spool, Stats())
-    acks: list[str] = []
+    yield UnitBook(spool, Stats())
+    spool.close()
+
+
+@pytest.mark.anyio
+async def test_a_unit_is_acknowledged_once_read_and_uploaded_then_forgotten(book: UnitBook) -> None:
+    spool, acks = book.spool, list[str]()
     async with anyio.create_task_group() as tg:
         book.tg = tg
         (unit,) = await book.open([_unit(acks)])
@@ -54,14 +59,11 @@ async def test_a_unit_is_acknowledged_once_read_and_uploaded_then_forgotten(tmp_
         await _until(lambda: not spool.journal.units())
     assert acks == ["a.jsonl"]
     assert book.unacknowledged() == {} and spool.journal.units() == []
-    spool.close()
 
 
 @pytest.mark.anyio
-async def test_a_failed_batch_or_a_grown_file_is_never_acknowledged(tmp_path: Path) -> None:
-    spool = Spool(tmp_path, "w", 10**9)
-    book = UnitBook(spool, Stats())
-    acks: list[str] = []
+async def test_a_failed_batch_or_a_grown_file_is_never_acknowledged(book: UnitBook) -> None:
+    spool, acks = book.spool, list[str]()
     async with anyio.create_task_group() as tg:
         book.tg = tg
         failed, grown = await book.open([_unit(acks, "f.jsonl"), _unit(acks, "g.jsonl", answer=False)])
@@ -79,15 +81,12 @@ async def test_a_failed_batch_or_a_grown_file_is_never_acknowledged(tmp_path: Pa
     why = book.unacknowledged()
     assert why["/in/f.jsonl"] == "rows in an object that was not uploaded"
     assert why["/in/g.jsonl"] == "not read to its end" and grown.total is None
-    spool.close()
 
 
 @pytest.mark.anyio
 async def test_a_unit_from_the_journal_is_opened_again_as_itself_and_a_replaced_file_anew(
-    tmp_path: Path,
+    book: UnitBook,
 ) -> None:
-    spool = Spool(tmp_path, "w", 10**9)
-    book = UnitBook(spool, Stats())
     acks: list[str] = []
     known = _unit([], fingerprint="7:10:1")
     known.ack, known.skip = None, [(0, 5)]  # as recovered: not opened yet, rows 0–5 already spooled
@@ -98,4 +97,3 @@ async def test_a_unit_from_the_journal_is_opened_again_as_itself_and_a_replaced_
     assert same is known and same.ack is not None and same.skip == [(0, 5)]  # grown: the rest is read
     assert other is not replaced and other.skip == []  # another inode: read whole
     assert book.known("file:") == [same, other]
-    spool.close()
