@@ -83,10 +83,16 @@ class R2Client:
     async def __aexit__(self, *exc: object) -> None:
         await self._stack.aclose()
 
-    async def call(self, operation: str, **params: Any) -> dict[str, Any]:
-        """Run one S3 operation; on a credentials rejection refresh once (shared) and retry once."""
+    async def built(self) -> Any:
+        """The S3 client, built first if it is not yet (a lazy client's first use may come before
+        `warm` is done: a presigned upload asked for the moment the server listens)."""
         if self.s3 is None:
             await self.warm()
+        return self.s3
+
+    async def call(self, operation: str, **params: Any) -> dict[str, Any]:
+        """Run one S3 operation; on a credentials rejection refresh once (shared) and retry once."""
+        await self.built()
         used = self.provider.current()
         method = getattr(self.s3, operation)
         try:

@@ -72,7 +72,8 @@ async def presign(
     if content_type:
         params["ContentType"] = content_type
         headers["Content-Type"] = content_type
-    url = await client.s3.generate_presigned_url(
+    s3 = await client.built()
+    url = await s3.generate_presigned_url(
         OPERATIONS[method], Params=params, ExpiresIn=seconds, HttpMethod=method
     )
     expires_at = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=seconds)

@@ -14,11 +14,12 @@ from tests.conftest import LocalR2
 PROGRAM = textwrap.dedent(
     """
     import json, sys
-    import anyio
+    import anyio, httpx
     from pydantic import SecretStr
     import ingest.worker  # everything `ingest run` imports before it starts reading
     from ingest.r2.client import R2Client
     from ingest.r2.credentials import CredentialProvider, S3Credentials
+    from ingest.r2.presign import presign
 
     def loaded():
         return sorted(m for m in ("aiohttp", "aiobotocore.session") if m in sys.modules)
@@ -28,6 +29,9 @@ PROGRAM = textwrap.dedent(
         provider = CredentialProvider(S3Credentials(key_id, SecretStr(secret)))
         async with R2Client(endpoint, provider, lazy=lazy) as client:
             seen["after_enter"] = loaded()
+            # The first use may be a presigned URL (an upload grant asked for as the server listens).
+            grant = await presign(client, bucket, "lazy/p", "PUT", 300)
+            seen["presigned_put"] = httpx.put(grant.url, content=b"y" * 10).status_code
             await client.call("put_object", Bucket=bucket, Key="lazy/a", Body=b"x" * 5000)
             seen["after_call"] = loaded()
             got = await client.call("get_object", Bucket=bucket, Key="lazy/a")
@@ -58,10 +62,10 @@ def test_a_lazy_client_loads_the_s3_stack_on_first_use_and_then_works(local_r2: 
     seen = run(local_r2, "lazy")
     assert seen["after_import"] == [] and seen["after_enter"] == []
     assert seen["after_call"] == ["aiobotocore.session", "aiohttp"]
-    assert seen["body"] == 5000
+    assert seen["body"] == 5000 and seen["presigned_put"] == 200
 
 
 def test_an_eager_client_is_built_when_entered(local_r2: LocalR2) -> None:
     seen = run(local_r2, "eager")
     assert seen["after_import"] == [] and seen["after_enter"] == ["aiobotocore.session", "aiohttp"]
-    assert seen["body"] == 5000
+    assert seen["body"] == 5000 and seen["presigned_put"] == 200
