@@ -202,11 +202,12 @@ class Pipeline:
         batch_send, batch_recv = anyio.create_memory_object_stream[Batch](1)
         # Objects are on disk; the spool's high-water mark (not this stream) bounds them.
         obj_send, obj_recv = anyio.create_memory_object_stream[SpooledObject](math.inf)
-        resuming: list[SpooledObject] = []  # their source opens their units again first (`resumed`)
+        # Objects whose source opens their units again first (`resumed`), with what they wait for.
+        resuming: list[tuple[SpooledObject, list[anyio.Event]]] = []
         for obj in recovered.objects:
             self._spooled(obj)
-            if self._resumes_of(obj):
-                resuming.append(obj)
+            if events := self._resumes_of(obj):
+                resuming.append((obj, events))
             else:
                 obj_send.send_nowait(obj)
         async with anyio.create_task_group() as tg:
@@ -233,14 +234,16 @@ class Pipeline:
         return [e for p, e in self._resuming.items() if any(u.id.startswith(p) for u in units)]
 
     async def _release(
-        self, held: list[SpooledObject], objects: MemoryObjectSendStream[SpooledObject]
+        self,
+        held: list[tuple[SpooledObject, list[anyio.Event]]],
+        objects: MemoryObjectSendStream[SpooledObject],
     ) -> None:
         """Recovered objects whose upload needs what their source sets when it opens their units again
         (`before_upload`): uploaded before that, a re-attempt under a new key went unrecorded in the
         ledger, and a worker taking the entries over after a second crash ingested them twice."""
         async with objects:
-            for obj in held:
-                for event in self._resumes_of(obj):
+            for obj, events in held:
+                for event in events:
                     await event.wait()
                 await objects.send(obj)
 
