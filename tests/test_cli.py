@@ -185,3 +185,21 @@ def test_run_usage_and_source_config_errors_exit_2(
     )
     assert r.returncode == 2, r.stderr
     assert message in r.stderr
+
+
+@pytest.mark.parametrize(("setting", "backend"), [(None, "jemalloc"), ("system", "system")])
+def test_run_gives_arrow_its_jemalloc_pool_before_pyarrow_is_imported(
+    setting: str | None, backend: str
+) -> None:
+    """In the order `ingest run` does it: the CLI imported, the pool chosen, then the worker's imports
+    (Arrow reads the choice when pyarrow is imported). A setting of the user's decides."""
+    env = {k: v for k, v in os.environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
+    if setting is not None:
+        env["ARROW_DEFAULT_MEMORY_POOL"] = setting
+    code = (
+        "import ingest.cli, ingest.cli.run as r; r._memory_pool(); import ingest.worker, pyarrow as pa; "
+        "print(pa.default_memory_pool().backend_name)"
+    )
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == [backend]
