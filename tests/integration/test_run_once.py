@@ -51,6 +51,28 @@ def test_fifty_files_become_numbered_objects_without_gaps(job: Job) -> None:
     assert re.fullmatch(r"[0-9a-f-]{36}", meta["batch-id"])
 
 
+def test_a_big_last_batch_is_encoded_and_uploaded_as_two_halves_rows_exact(job: Job) -> None:
+    """The input ends on a full batch (60,000 rows, 26 MB in Arrow): both encoders share it."""
+    pad = "x" * 400
+    expected = [{"id": i, "pad": pad} for i in range(60_000)]
+    write_jsonl(job.inbox / "a.jsonl", expected[:30_000])
+    write_jsonl(job.inbox / "b.jsonl", expected[30_000:])
+    job.configure(batch={"max_records": 60_000})
+
+    r = job.run_once()
+    assert r.returncode == 0, r.stderr
+    keys = job.keys()
+    assert len(keys) == 2
+    ids = [sorted(job.read(k).column("id").to_pylist()) for k in keys]
+    assert sorted(ids) == [list(range(30_000)), list(range(30_000, 60_000))]  # in order, cut in the middle
+    got = sorted(job.rows(), key=lambda row: int(row["id"]))  # type: ignore[call-overload]
+    assert got == expected
+    assert len(set(job.batch_ids().values())) == 2
+    assert list(job.inbox.iterdir()) == [job.inbox / ".ingest"]  # both files acknowledged
+    uploaded = [e for e in logs_of(r.stderr) if e.get("event") == "uploaded"]
+    assert sorted(e["records"] for e in uploaded) == [30_000, 30_000]
+
+
 def test_existing_objects_are_not_overwritten_and_numbering_continues(job: Job) -> None:
     s3 = job.r2.token_s3()
     day = today_dir()
