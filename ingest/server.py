@@ -21,6 +21,7 @@ from ingest.config import ConfigError
 from ingest.grants import GrantError, UploadGrants
 from ingest.health import Health
 from ingest.logs import get_logger
+from ingest.r2.errors import describe
 
 log = get_logger("ingest.server")
 
@@ -64,6 +65,9 @@ def app(
             granted = await grants.grant(filename, content_type)
         except GrantError as exc:
             return _error(400, str(exc))
+        except Exception as exc:  # answered here, inside the CORS middleware: a browser can read it
+            log.error("upload grant failed", error=describe(exc))
+            return _error(503, f"could not sign an upload URL now ({type(exc).__name__}); try again", retry=5)
         log.info("upload granted", key=granted.key, expires_at=granted.as_json()["expires_at"])
         return JSONResponse(granted.as_json(), status_code=201)
 
@@ -90,8 +94,10 @@ def app(
     )
 
 
-def _error(status: int, message: str, bearer: bool = False) -> JSONResponse:
-    headers = {"WWW-Authenticate": 'Bearer realm="ingest"'} if bearer else None
+def _error(status: int, message: str, bearer: bool = False, retry: int = 0) -> JSONResponse:
+    headers = {"WWW-Authenticate": 'Bearer realm="ingest"'} if bearer else {}
+    if retry:
+        headers["Retry-After"] = str(retry)
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 

@@ -126,3 +126,19 @@ async def test_cors_for_listed_origins_only(grants: UploadGrants) -> None:
     assert other.status_code == 400 and "access-control-allow-origin" not in other.headers
     assert real.status_code == 201 and real.headers["access-control-allow-origin"] == SITE
     assert real.json()["headers"] == {"Content-Type": "text/csv"}
+
+
+async def test_a_grant_that_fails_inside_is_a_503_a_browser_can_read(local_r2: LocalR2) -> None:
+    """A provider with no credentials yet (the real class, not started): the browser gets a readable
+    503 with the CORS headers, not a bare 500 it reports as 'Failed to fetch'."""
+    async with R2Client(local_r2.endpoint_url, CredentialProvider()) as client:
+        grants = UploadGrants(client, local_r2.bucket, "t-unsigned/", expires=120)
+        async with _client(app(Health(), grants, SecretStr(TOKEN), [SITE])) as c:
+            r = await c.post(
+                "/v1/uploads",
+                json={"filename": "a.jsonl"},
+                headers={"Origin": SITE, "Authorization": f"Bearer {TOKEN}"},
+            )
+    assert r.status_code == 503 and r.headers["retry-after"] == "5"
+    assert r.headers["access-control-allow-origin"] == SITE
+    assert r.json()["error"] == "could not sign an upload URL now (CredentialError); try again"
