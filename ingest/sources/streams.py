@@ -5,17 +5,13 @@ restart: the units its journal knows, read again with the rows already spooled s
 its pending list), then new ones (`>`). A *unit* is one read's entries of one stream; it is acknowledged
 (XACK, all its entries at once) when every row read from it is inside an uploaded object.
 
-Dead workers: every `claim_interval`, entries idle longer than `claim_idle` are taken over (XAUTOCLAIM).
-Before a PUT, the ledger (ledger.py) records which entries the object holds and the key attempted; a
-worker taking over entries whose object is already in R2 acknowledges them instead of ingesting them
-again. A live worker keeps its own in-flight entries from looking idle (XCLAIM JUSTID every interval), so
-only a dead worker's entries are taken. Entries delivered more than `max_deliveries` times are dead
-letters (with their delivery count) and are acknowledged.
+Dead workers (takeover.py): entries idle longer than `claim_idle` are taken over; before a PUT, the
+ledger (ledger.py) records which entries the object holds and the key attempted, so a worker taking over
+entries whose object is already in R2 acknowledges them instead of ingesting them again.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Awaitable, Callable
 from functools import partial
@@ -45,8 +41,10 @@ from ingest.deadletters import DeadLetter, DeadLetters
 from ingest.faults import crash_point
 from ingest.logs import get_logger, register_secret
 from ingest.sources.base import AckError, Item, Ranges, SourceUnit, UnitRead, Units
+from ingest.sources.entries import Entries, entry_line
 from ingest.sources.jsonlines import Parsed, parse_lines
 from ingest.sources.ledger import Ledger, text
+from ingest.sources.takeover import TakeOver
 
 log = get_logger("ingest.sources.streams")
 URL_ENV = "INGEST_REDIS_URL"
@@ -55,12 +53,11 @@ ENTRY_ID_COLUMN = "_entry_id"
 POOL_SIZE = 16
 TAKING = 3  # reads being parsed, journaled and sent at once (units are independent)
 T = TypeVar("T")
-Entries = list[tuple[str, list[bytes]]]  # (entry id, [field, value, field, value, ...])
 _RAW_REPLIES = ("XREADGROUP", "XRANGE", "XAUTOCLAIM", "XCLAIM")  # parsed here, not into dicts
 _TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
-class RedisSource:
+class RedisSource(TakeOver):
     resumes_first = PREFIX  # its recovered objects wait for `_resume` (Units.resumed)
 
     def __init__(
@@ -293,10 +290,10 @@ class RedisSource:
 
         def parse() -> tuple[Parsed, list[DeadLetter]]:
             # The common entry is exactly `field` → one JSON line; anything else takes _line's care.
-            data = [f[1] if len(f) == 2 and f[0] == field else _line(f, field) for _, f in entries]
+            data = [f[1] if len(f) == 2 and f[0] == field else entry_line(f, field) for _, f in entries]
             block = b"\n".join(data) + b"\n"
             if block.count(b"\n") != len(data) or b"\r" in block:  # a value with a line break inside
-                block = b"".join(_line(f, field) + b"\n" for _, f in entries)
+                block = b"".join(entry_line(f, field) + b"\n" for _, f in entries)
             return parse_lines(block, source, self.max_record_bytes)
 
         tables, bad = await anyio.to_thread.run_sync(parse)
@@ -401,144 +398,9 @@ class RedisSource:
             replies = await pipe.execute()
         return [(text(i), f) for reply in replies for i, f in reply if f is not None]
 
-    # -- dead workers --------------------------------------------------------------------------------
-
-    async def _maintain(self, send: MemoryObjectSendStream[Item]) -> None:
-        async with send:
-            while True:
-                await anyio.sleep(self.config.claim_interval)
-                await self._heartbeat()
-                await self._reclaim(send)
-                await self._forget_consumers()
-                await self._measure()
-
-    async def _heartbeat(self) -> None:
-        """Entries still in flight here are claimed again by this consumer (JUSTID: not counted as a
-        delivery), so they never look idle to the others while this worker lives."""
-        idle = int(self.config.claim_interval * 500)  # reset before they reach 1.5 intervals idle
-        for stream, ids in self._inflight.items():
-            taken = sorted(ids)
-            for i in range(0, len(taken), 5000):
-                chunk = taken[i : i + 5000]
-                await self._call(
-                    "XCLAIM",
-                    partial(self.cmd.xclaim, stream, self.group, self.consumer, idle, chunk, justid=True),
-                )
-
-    async def _reclaim(self, send: MemoryObjectSendStream[Item]) -> None:
-        idle = int(self.config.claim_idle * 1000)
-        for stream in self.streams:
-            await self._poison(stream, idle)
-            cursor = "0-0"
-            while True:
-                reply = await self._call(
-                    "XAUTOCLAIM",
-                    partial(
-                        self.cmd.xautoclaim,
-                        stream,
-                        self.group,
-                        self.consumer,
-                        idle,
-                        cursor,
-                        count=self.config.read_count,
-                    ),
-                )
-                cursor = text(reply[0])
-                entries = [(text(i), f) for i, f in reply[1] if f is not None]
-                fresh = [(i, f) for i, f in entries if i not in self._inflight[stream]]
-                if fresh:
-                    metrics.REDIS_ENTRIES.labels(stream, "reclaimed").inc(len(fresh))
-                    await self._take_over(stream, fresh, send)
-                if cursor == "0-0":
-                    break
-
-    async def _take_over(self, stream: str, entries: Entries, send: MemoryObjectSendStream[Item]) -> None:
-        """A dead worker's entries: those already in R2 (the ledger and a HEAD say so) are acked."""
-        assert self._units is not None
-        ids = [i for i, _ in entries]
-        done = await self._call("ledger", partial(self.ledger(stream).in_r2, ids, self._units.in_r2))
-        if done:
-            await self._call("XACK", partial(self.ledger(stream).acknowledge, sorted(done), sorted(done)))
-            metrics.REDIS_ENTRIES.labels(stream, "acked").inc(len(done))
-            log.info("taken over entries were already in R2; acknowledged", stream=stream, entries=len(done))
-        rest = [(i, f) for i, f in entries if i not in done]
-        if rest:
-            log.info("taking over entries of a worker that stopped", stream=stream, entries=len(rest))
-            await self._take(stream, rest, send)
-
-    async def _poison(self, stream: str, idle: int) -> None:
-        """Idle entries delivered more than max_deliveries times: dead letters, then acked."""
-        pending = await self._call(
-            "XPENDING",
-            partial(self.cmd.xpending_range, stream, self.group, "-", "+", self.config.read_count, idle=idle),
-        )
-        poison = {
-            text(p["message_id"]): int(p["times_delivered"])
-            for p in pending
-            if int(p["times_delivered"]) > self.config.max_deliveries
-            and text(p["message_id"]) not in self._inflight[stream]
-        }
-        if not poison:
-            return
-        claimed = await self._call(
-            "XCLAIM", partial(self.cmd.xclaim, stream, self.group, self.consumer, idle, sorted(poison))
-        )
-        letters = [
-            DeadLetter(
-                f"redis:{stream}",
-                None,
-                f"delivered {poison[text(i)]} times (over max_deliveries = {self.config.max_deliveries}): "
-                "its workers kept failing on it",
-                _line(f, self.config.field.encode()) if f else None,
-                entry=text(i),
-            )
-            for i, f in claimed
-        ]
-        await anyio.to_thread.run_sync(lambda: self.dead.write(letters, self.name))
-        await self._call("XACK", partial(self.cmd.xack, stream, self.group, *[text(i) for i, _ in claimed]))
-        metrics.REDIS_ENTRIES.labels(stream, "dead_lettered").inc(len(letters))
-
-    async def _forget_consumers(self) -> None:
-        """Consumers of retired workers (e.g. pods with random names): gone once nothing is pending
-        for them and they were idle twice claim_idle; never one with pending entries."""
-        for stream in self.streams:
-            idle = int(self.config.claim_idle * 2000)
-            gone = await self._call(
-                "XGROUP DELCONSUMER", partial(self.ledger(stream).forget_consumers, self.consumer, idle)
-            )
-            if gone:
-                log.info("removed idle consumers with nothing pending", stream=stream, consumers=gone)
-
-    async def _measure(self) -> None:
-        for stream in self.streams:
-            groups = await self._call("XINFO GROUPS", partial(self.cmd.xinfo_groups, stream))
-            for g in groups:
-                if text(g["name"]) == self.group:
-                    metrics.REDIS_PENDING.labels(stream, self.group).set(int(g["pending"]))
-                    if g.get("lag") is not None:
-                        metrics.REDIS_LAG.labels(stream, self.group).set(int(g["lag"]))
-
 
 def _as_is(response: object, **options: object) -> object:
     return response
-
-
-def _line(fields: list[bytes], field: bytes) -> bytes:
-    """An entry as one JSON line: its `field` (one JSON object), or all its fields as strings."""
-    if fields[:1] == [field]:  # the common case: the field first
-        data = fields[1]
-    else:
-        named = dict(zip(fields[::2], fields[1::2], strict=False))
-        found = named.get(field)
-        if found is None:
-            found = json.dumps({text(k): v.decode("utf-8", "replace") for k, v in named.items()}).encode()
-        data = found
-    if b"\n" in data or b"\r" in data:  # a pretty-printed object: one line, same values
-        try:
-            data = json.dumps(json.loads(data), ensure_ascii=False).encode()
-        except ValueError:
-            data = data.replace(b"\r", b" ").replace(b"\n", b" ")  # stays malformed: a dead letter
-    return data
 
 
 def _describe(exc: BaseException | None) -> str:
