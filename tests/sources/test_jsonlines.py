@@ -5,7 +5,7 @@ from __future__ import annotations
 import pyarrow as pa
 
 from ingest.deadletters import DeadLetter
-from ingest.sources.jsonlines import Joint, JsonLines
+from ingest.sources.jsonlines import Joint, JsonLines, _parse
 
 Emitted = list[tuple[pa.Table, int, list[int] | None]]
 
@@ -124,3 +124,44 @@ def test_a_plain_file_read_in_a_reused_buffer_gives_what_the_piecewise_read_give
             assert [d for d, _ in dead] == [21, 41]
             assert offset == (len(body) if settled else body.rfind(b"\n") + 1)
             assert line == (62 if settled else 61)
+
+
+def _stamped(n: int, **changes: bytes) -> bytes:
+    """n JSON lines (about 130 bytes each) with a zoned timestamp; `changes`: line number → line."""
+    lines = [
+        b'{"id": %d, "ts": "2024-08-02T10:%02d:00+02:00", "pad": "%s"}' % (i, i % 60, b"x" * 80)
+        for i in range(n)
+    ]
+    for at, line in changes.items():
+        lines[int(at.removeprefix("n"))] = line
+    return b"\n".join(lines) + b"\n"
+
+
+def test_a_big_blocks_timestamp_fields_are_learned_from_its_first_lines_same_table() -> None:
+    """A block of 1 MiB or more: its first lines tell its timestamp fields (so it is parsed once, not
+    twice). Nothing else changes: the table is the one parsed with the fields already known."""
+    block = _stamped(10_000)
+    assert len(block) >= 1 << 20
+    learned: set[str] = set()
+    table = _parse(memoryview(block), learned)
+    assert learned == {"ts"} and table is not None
+    assert table.equals(_parse(block, {"ts"}))
+    assert table.schema.field("ts").type.tz == "UTC"
+    assert table.column("ts")[0].as_py().isoformat() == "2024-08-02T08:00:00+00:00"
+
+
+def test_a_timestamp_field_first_seen_past_the_sample_is_still_recognised() -> None:
+    late = b'{"id": 9000, "ts": "2024-08-02T10:00:00+02:00", "late": "2024-08-03T00:00:00Z", "pad": ""}'
+    learned: set[str] = set()
+    table = _parse(_stamped(10_000, n9000=late), learned)
+    assert learned == {"ts", "late"} and table is not None
+    assert table.schema.field("late").type.tz == "UTC"
+    assert table.column("late")[9000].as_py().isoformat() == "2024-08-03T00:00:00+00:00"
+
+
+def test_a_sampled_timestamp_field_with_a_later_value_that_is_not_one_stays_text_as_written() -> None:
+    odd = b'{"id": 9000, "ts": "soon", "pad": ""}'
+    table = _parse(_stamped(10_000, n9000=odd), set())
+    assert table is not None and table.schema.field("ts").type == pa.string()
+    assert table.column("ts")[0].as_py() == "2024-08-02T10:00:00+02:00"
+    assert table.column("ts")[9000].as_py() == "soon"
