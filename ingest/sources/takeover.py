@@ -41,6 +41,7 @@ class TakeOver:
     dead: DeadLetters
     _inflight: dict[str, set[str]]  # taken, not yet acked
     _units: Units | None
+    _take: Callable[..., Awaitable[None]]  # (stream, entries, send): parse and send one unit
 
     @property
     def cmd(self) -> Any:
@@ -50,16 +51,6 @@ class TakeOver:
         raise NotImplementedError
 
     async def _call(self, what: str, fn: Callable[[], Awaitable[T]]) -> T:
-        raise NotImplementedError
-
-    async def _take(
-        self,
-        stream: str,
-        entries: Entries,
-        send: MemoryObjectSendStream[Item],
-        unit_id: str | None = None,
-        contiguous: bool = False,
-    ) -> None:
         raise NotImplementedError
 
     async def _maintain(self, send: MemoryObjectSendStream[Item]) -> None:
