@@ -129,10 +129,15 @@ def _check_trial(job: Job, trial: Trial) -> None:
     if point != "random":
         assert kills == 1, f"the crash point {point}:{n} was never reached"
 
+    _assert_exact(job, trial, RECORDS, kills)
+
+
+def _assert_exact(job: Job, trial: Trial, records: int, kills: int) -> None:
+    """Ids 0..records-1 in R2, each once; no key held two batches; every input acknowledged."""
     ids = [int(r["id"]) for r in job.rows()]  # type: ignore[call-overload]
     assert len(ids) == len(set(ids)), f"{len(ids) - len(set(ids))} ids twice after {kills} kills"
-    lost = RECORDS - len(set(ids))
-    assert sorted(ids) == list(range(RECORDS)), f"{lost} rows lost after {kills} kills"
+    lost = records - len(set(ids))
+    assert sorted(ids) == list(range(records)), f"{lost} rows lost after {kills} kills"
 
     # No key ever held two different batches, and every object in R2 is a distinct batch.
     writers: dict[str, set[str]] = defaultdict(set)
@@ -142,9 +147,34 @@ def _check_trial(job: Job, trial: Trial) -> None:
     assert all(len(b) == 1 for b in writers.values()), {k: b for k, b in writers.items() if len(b) > 1}
     stored = job.batch_ids()
     assert len(set(stored.values())) == len(stored)
-    if point != "random":  # (a random kill may land between the journal commit and its log line)
+    if trial.point != "random":  # (a random kill may land between the journal commit and its log line)
         assert set(stored) <= set(writers)
     assert not list((job.inbox / ".ingest" / "claimed").rglob("*--*")), "input left unacknowledged"
+
+
+HALVES = [("encoded", 2), ("spooled", 1), ("put", 2), ("uploaded", 1), ("acked", 2)]
+
+
+@pytest.mark.parametrize(("point", "n"), HALVES, ids=[f"{p}-{n}" for p, n in HALVES])
+def test_a_crash_while_the_last_batch_goes_as_two_halves_loses_and_repeats_nothing(
+    job: Job, point: str, n: int
+) -> None:
+    """The input ends on one full batch of 26 MB (Arrow): it goes as two halves (two batches, the
+    files' units counted in both); a crash at either half's step, then runs to the end."""
+    trial = Trial(point, n)
+    job.configure(sources={"settle_seconds": "50ms"}, batch={"max_records": 60_000})
+    pad = "x" * 400
+    for f in range(3):
+        write_jsonl(job.inbox / f"big-{f}.jsonl", [{"id": f * 20_000 + i, "pad": pad} for i in range(20_000)])
+    try:
+        kills = _run_until_done(job, trial)
+        assert kills == 1, f"the crash point {point}:{n} was never reached"
+        uploaded = [e for log in trial.logs for e in logs_of(log) if e.get("event") == "uploaded"]
+        halves = [e["records"] for e in uploaded if e.get("kind") == "data"]
+        assert halves and all(r == 30_000 for r in halves), f"not two halves of 30,000 rows: {halves}"
+        _assert_exact(job, trial, 60_000, kills)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{trial.report()}") from None
 
 
 @pytest.mark.parametrize(("point", "n"), FAST, ids=[f"{p}-{n}" for p, n in FAST])
