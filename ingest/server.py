@@ -16,6 +16,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ingest.config import ConfigError
 from ingest.grants import GrantError, UploadGrants
@@ -82,6 +83,7 @@ def app(
                 max_age=600,
             )
         )
+    middleware.append(Middleware(ErrorsInside))
     return Starlette(
         routes=[
             Route("/healthz", healthz),
@@ -92,6 +94,35 @@ def app(
         ],
         middleware=middleware,
     )
+
+
+class ErrorsInside:
+    """An unexpected error in a route, answered here as a JSON 500 and logged: Starlette's own answer
+    comes from outside the CORS middleware, without its headers, and a browser shows only "Failed to
+    fetch". An error after the response started is left to the server (the client sees a cut)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def sending(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        except Exception as exc:
+            if started:
+                raise
+            log.error("request failed", path=scope.get("path", ""), error=describe(exc))
+            answer = _error(500, f"internal error ({type(exc).__name__}); the worker's log says more")
+            await answer(scope, receive, send)
 
 
 def _error(status: int, message: str, bearer: bool = False, retry: int = 0) -> JSONResponse:

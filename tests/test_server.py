@@ -10,6 +10,9 @@ from datetime import datetime
 import httpx
 import pytest
 from pydantic import SecretStr
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
 from ingest.grants import UploadGrants
 from ingest.health import Health
@@ -142,3 +145,19 @@ async def test_a_grant_that_fails_inside_is_a_503_a_browser_can_read(local_r2: L
     assert r.status_code == 503 and r.headers["retry-after"] == "5"
     assert r.headers["access-control-allow-origin"] == SITE
     assert r.json()["error"] == "could not sign an upload URL now (CredentialError); try again"
+
+
+async def test_any_route_that_fails_inside_is_a_json_500_with_the_cors_headers() -> None:
+    """A push source's route (here one that fails) raising: JSON a browser can read, not a bare 500."""
+
+    async def failing(_: Request) -> Response:
+        raise RuntimeError("the spool went away")
+
+    routes = [Route("/v1/records", failing, methods=["POST"])]
+    async with _client(app(Health(), cors_origins=[SITE], routes=routes)) as c:
+        r = await c.post("/v1/records", content=b"{}", headers={"Origin": SITE})
+        ok = await c.get("/healthz")
+    assert r.status_code == 500 and r.headers["access-control-allow-origin"] == SITE
+    assert r.json()["error"] == "internal error (RuntimeError); the worker's log says more"
+    assert "spool" not in r.text  # the reason goes to the log, not to whoever asked
+    assert ok.status_code == 200  # the server goes on
