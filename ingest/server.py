@@ -120,7 +120,7 @@ class ErrorsInside:
         except Exception as exc:
             if started:
                 raise
-            log.error("request failed", path=scope.get("path", ""), error=describe(exc))
+            log.error("request failed", path=scope.get("path", ""), error=describe(exc), exc_info=exc)
             answer = _error(500, f"internal error ({type(exc).__name__}); the worker's log says more")
             await answer(scope, receive, send)
 

@@ -111,7 +111,7 @@ class Batcher:
         metrics.RECORDS_READ.labels(item.unit.origin).inc(item.table.num_rows)
         await self._release(batches)  # more rows: the held batch was not the last
         full = self._add(item)
-        hold = full and not self.open  # nothing else open: this may be the last batch
+        hold = bool(full) and not self.open  # nothing else open: this may be the last batch
         for batch in full[:-1] if hold else full:
             await batches.send(batch)
         if hold:
@@ -125,9 +125,9 @@ class Batcher:
     async def _finish(self, batches: MemoryObjectSendStream[Batch]) -> None:
         """The end of the input: what is left goes; a last batch alone, of at least half the limits
         and `halve_from` bytes, as two halves (each still a quarter of a full batch at least)."""
-        left = [self._close(table) for table in list(self.open)]
-        left = ([self.held] if self.held is not None else []) + [b for b in left if b.records]
+        left = [self.held] if self.held is not None else []
         self.held, self.held_until = None, math.inf
+        left += [b for b in map(self._close, list(self.open)) if b.records]
         if len(left) == 1 and self._worth_halving(left[0]):
             left = _halves(left[0])
         for batch in left:
