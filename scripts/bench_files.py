@@ -84,6 +84,7 @@ def worker_env(local: dict[str, str]) -> dict[str, str]:
 
 def start_local_r2(work: Path) -> tuple[subprocess.Popen[bytes], dict[str, str]]:
     env_file = work / "local.env"
+    env_file.unlink(missing_ok=True)  # an old one would be read before this store is up
     proc = subprocess.Popen(
         [sys.executable, "-m", "ingest", "local", "--dir", str(work / "r2"), "--env-file", str(env_file)],
         stdout=subprocess.DEVNULL,

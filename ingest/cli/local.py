@@ -17,7 +17,11 @@ def local(
         ".ingest/local"
     ),
     env_file: Annotated[
-        Path | None, typer.Option("--env-file", help="Write R2_* connection variables here once ready.")
+        Path | None,
+        typer.Option(
+            "--env-file",
+            help="Write R2_* connection variables here once ready (an old file: removed at start).",
+        ),
     ] = None,
     bucket: Annotated[str, typer.Option(help="Default bucket (created on first start).")] = "ingest",
     s3_port: Annotated[int, typer.Option(help="S3 port (default: a free one).")] = 0,
@@ -34,6 +38,14 @@ def local(
 
     s = settings()
     ok = True
+    if env_file is not None:
+        # A file left by an earlier run would tell a script waiting for it that this one is ready
+        # while it is still starting, or is failing to.
+        try:
+            env_file.unlink(missing_ok=True)
+        except OSError as exc:
+            err.print(f"--env-file {env_file}: {exc.strerror}; give a file path you may write", markup=False)
+            raise typer.Exit(2) from None
 
     async def serve() -> None:
         nonlocal ok

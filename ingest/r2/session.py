@@ -48,7 +48,11 @@ def s3_session(provider: CredentialProvider) -> aioboto3.Session:
     loader = session.get_component("data_loader")
     loader.load_service_model("s3", "service-2")
     loader.load_service_model("s3", "endpoint-rule-set-1")
-    session.get_component("endpoint_resolver")
+    # The files the client's build reads next, cached by the loader: the endpoints (the endpoint
+    # resolver's), the partitions (the rule set's) and the SDK's defaults (the client's config).
+    loader.load_data_with_path("endpoints")
+    for name in ("partitions", "sdk-default-configuration"):
+        loader.load_data(name)
     return aioboto3.Session(botocore_session=session)
 
 

@@ -126,12 +126,24 @@ def test_a_port_kept_for_the_directory_in_use_is_a_clear_error(tmp_path: Path) -
     r2 = start_local_r2(tmp_path)
     stop_local_r2(r2)
     port = int(r2.endpoint_url.rsplit(":", 1)[1])
+    env_file = tmp_path / "local.env"
+    assert env_file.exists()  # the run that stopped left it
     with socket.socket() as holder:
         holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         holder.bind(("127.0.0.1", port))
         holder.listen(1)
         r = subprocess.run(
-            [sys.executable, "-m", "ingest", "local", "--dir", str(tmp_path / "r2"), "--check"],
+            [
+                sys.executable,
+                "-m",
+                "ingest",
+                "local",
+                "--dir",
+                str(tmp_path / "r2"),
+                "--check",
+                "--env-file",
+                str(env_file),
+            ],
             capture_output=True,
             text=True,
             timeout=120,
@@ -139,6 +151,9 @@ def test_a_port_kept_for_the_directory_in_use_is_a_clear_error(tmp_path: Path) -
         )
     assert r.returncode == 1, r.stderr
     assert f"ports {port}" in r.stderr and "--new-ports" in r.stderr
+    # the old env file was removed at start: a script waiting for it does not take this failed
+    # start for a ready one
+    assert not env_file.exists()
 
 
 def test_fresh_seaweed_ports_never_take_the_port_the_api_will_bind() -> None:

@@ -13,8 +13,18 @@ from tests.conftest import LocalR2
 # In a fresh interpreter: nothing else has loaded aiohttp or aiobotocore yet.
 PROGRAM = textwrap.dedent(
     """
-    import json, sys
+    import json, sys, threading
     import anyio, httpx
+
+    loop_opened = []  # botocore data files the event loop's thread opened itself
+
+    def audit(event, args):
+        if event == "open" and threading.current_thread() is threading.main_thread():
+            path = str(args[0])
+            if "botocore" in path and ".json" in path:
+                loop_opened.append(path.rsplit("/", 3)[-3:])
+
+    sys.addaudithook(audit)
     from pydantic import SecretStr
     import ingest.worker  # everything `ingest run` imports before it starts reading
     from ingest.r2.client import R2Client
@@ -37,6 +47,7 @@ PROGRAM = textwrap.dedent(
             got = await client.call("get_object", Bucket=bucket, Key="lazy/a")
             seen["body"] = len(await got["Body"].read())
             await client.warm()  # a second build is a no-op
+        seen["loop_opened"] = loop_opened
         print(json.dumps(seen))
 
     anyio.run(main, *sys.argv[1:5], sys.argv[5] == "lazy")
@@ -63,9 +74,13 @@ def test_a_lazy_client_loads_the_s3_stack_on_first_use_and_then_works(local_r2: 
     assert seen["after_import"] == [] and seen["after_enter"] == []
     assert seen["after_call"] == ["aiobotocore.session", "aiohttp"]
     assert seen["body"] == 5000 and seen["presigned_put"] == 200
+    # S3's model, its endpoint rules and the endpoints file are read in the build's thread: the
+    # event loop, already serving the first files, never waits on them
+    assert seen["loop_opened"] == []
 
 
 def test_an_eager_client_is_built_when_entered(local_r2: LocalR2) -> None:
     seen = run(local_r2, "eager")
     assert seen["after_import"] == [] and seen["after_enter"] == ["aiobotocore.session", "aiohttp"]
     assert seen["body"] == 5000 and seen["presigned_put"] == 200
+    assert seen["loop_opened"] == []
