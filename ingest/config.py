@@ -263,6 +263,8 @@ class ServerConfig(_Section):
     upload_token: SecretStr = SecretStr("")  # bearer token for POST /v1/uploads; empty = no grants
     upload_expires: Duration = Field(default=900.0, ge=1, le=7 * 86400)  # life of a granted URL
     cors_origins: list[str] = []  # browser origins that may call the worker's API (upload grants)
+    # a request's headers arrive within this of the connection's start (or the previous answer)
+    header_timeout: Duration = Field(default=30.0, gt=0)
     # HTTPS for the whole server (probes, metrics, http sources): PEM files
     tls_cert: str = ""
     tls_key: str = ""

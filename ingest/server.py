@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import os
 import socket
+from typing import Any
 
+import h11
 import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import SecretStr
@@ -17,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from ingest.config import ConfigError
 from ingest.grants import GrantError, UploadGrants
@@ -142,11 +146,67 @@ def bind(listen: str) -> socket.socket:
     return sock
 
 
+class HeaderDeadline(H11Protocol):
+    """uvicorn's h11 protocol with a limit on the wait for a request's headers (from the connection's
+    start, and from each response on a kept-alive connection): uvicorn has none, and its keep-alive
+    timer stops at the first byte, so a client sending a header byte now and then (slowloris) held a
+    connection and its file descriptor for ever. Bodies have their own limit (`body_timeout`)."""
+
+    header_timeout = 30.0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def handle_events(self) -> None:
+        super().handle_events()
+        if self.conn.their_state is not h11.IDLE:  # the headers are in (or the connection is done)
+            self._disarm()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+            self._arm()  # kept alive: the next request's headers get the same limit
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._deadline = self.loop.call_later(self.header_timeout, self._too_slow)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _too_slow(self) -> None:
+        self._deadline = None
+        if not self.transport.is_closing():
+            log.info("closed a connection whose request headers did not arrive in time", client=self.client)
+            self.transport.close()
+
+
+def header_deadline(seconds: float) -> type[HeaderDeadline]:
+    """The protocol class with its limit (uvicorn builds one per connection, without arguments)."""
+    return type("HeaderDeadline", (HeaderDeadline,), {"header_timeout": seconds})
+
+
 class ProbeServer:
     """uvicorn on an already-bound socket; signals stay with the worker, not uvicorn."""
 
     def __init__(
-        self, application: Starlette, sock: socket.socket, tls_cert: str = "", tls_key: str = ""
+        self,
+        application: Starlette,
+        sock: socket.socket,
+        tls_cert: str = "",
+        tls_key: str = "",
+        header_timeout: float = 30.0,
     ) -> None:
         self.sock = sock
         if bool(tls_cert) != bool(tls_key):
@@ -162,6 +222,7 @@ class ProbeServer:
             log_config=None,
             ssl_certfile=tls_cert or None,
             ssl_keyfile=tls_key or None,
+            http=header_deadline(header_timeout),
         )
         try:
             config.load()  # reads the certificate now: a bad one is a start-up error, not a log line

@@ -287,7 +287,9 @@ async def run(settings: Settings, once: bool, say: Console, progress: Console | 
 
             routes = [r for src in sources for r in getattr(src, "routes", list)()]
             application = server_app(health, grants, s.server.upload_token, s.server.cors_origins, routes)
-            probes = ProbeServer(application, probe_sock, s.server.tls_cert, s.server.tls_key)
+            probes = ProbeServer(
+                application, probe_sock, s.server.tls_cert, s.server.tls_key, s.server.header_timeout
+            )
 
         async with anyio.create_task_group() as tg:
             if probes is not None:

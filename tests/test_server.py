@@ -7,6 +7,8 @@ import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime
 
+import anyio
+import anyio.abc
 import httpx
 import pytest
 from pydantic import SecretStr
@@ -18,7 +20,7 @@ from ingest.grants import UploadGrants
 from ingest.health import Health
 from ingest.r2.client import R2Client
 from ingest.r2.credentials import CredentialProvider, S3Credentials
-from ingest.server import app
+from ingest.server import ProbeServer, app, bind
 from tests.conftest import LocalR2
 
 pytestmark = pytest.mark.anyio
@@ -161,3 +163,61 @@ async def test_any_route_that_fails_inside_is_a_json_500_with_the_cors_headers()
     assert r.json()["error"] == "internal error (RuntimeError); the worker's log says more"
     assert "spool" not in r.text  # the reason goes to the log, not to whoever asked
     assert ok.status_code == 200  # the server goes on
+
+
+async def _cut_off(stream: anyio.abc.ByteStream, trickle: bytes, seconds: float) -> float | None:
+    """Send `trickle` a byte per 0.1 s for at most `seconds`: when the server closed the connection
+    (seconds after the first byte), or None if it never did."""
+    start = time.monotonic()
+    for i in range(int(seconds / 0.1)):
+        try:
+            await stream.send(trickle[i % len(trickle) : i % len(trickle) + 1])
+            with anyio.move_on_after(0.1):
+                await stream.receive()
+        except (anyio.EndOfStream, anyio.BrokenResourceError, ConnectionError):
+            return time.monotonic() - start
+    return None
+
+
+async def test_a_client_whose_headers_trickle_in_is_cut_off_while_others_are_served() -> None:
+    """Slowloris: uvicorn's keep-alive timer stops at the first byte, so headers sent a byte at a
+    time held a connection for ever. Now they get `header_timeout`, on a new connection and on a
+    kept-alive one after its answer; a request that is merely slow but in time is answered."""
+    sock = bind("127.0.0.1:0")
+    server = ProbeServer(app(Health()), sock, header_timeout=1.0)
+    port = server.port
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(server.serve)
+        with anyio.fail_after(30):
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as fast:
+                while True:  # serving
+                    try:
+                        await fast.get("/healthz")
+                        break
+                    except httpx.ConnectError:
+                        await anyio.sleep(0.05)
+                # a new connection whose headers never end: cut after about a second, not 6
+                async with await anyio.connect_tcp("127.0.0.1", port) as slow:
+                    await slow.send(b"GET /healthz HTTP/1.1\r\nHost: w\r\n")
+                    cut = await _cut_off(slow, b"X-Slow: abcdefgh\r\n", 6.0)
+                    assert (await fast.get("/healthz")).status_code == 200  # meanwhile, others are served
+                assert cut is not None and 0.5 < cut < 4.0, cut
+                # a kept-alive connection: answered once, then the next headers trickle
+                async with await anyio.connect_tcp("127.0.0.1", port) as kept:
+                    await kept.send(b"GET /healthz HTTP/1.1\r\nHost: w\r\n\r\n")
+                    answer = b""
+                    while not answer.endswith(b"ok\n"):
+                        answer += await kept.receive()
+                    assert answer.startswith(b"HTTP/1.1 200")
+                    cut = await _cut_off(kept, b"GET /healthz HTTP/1.1\r\nHost: w\r\n", 6.0)
+                assert cut is not None and 0.5 < cut < 4.0, cut
+                # slow but in time: headers over 0.6 s are answered
+                async with await anyio.connect_tcp("127.0.0.1", port) as patient:
+                    for part in (b"GET /healthz HTTP/1.1\r\n", b"Host: w\r\n", b"X-A: b\r\n", b"\r\n"):
+                        await patient.send(part)
+                        await anyio.sleep(0.2)
+                    answer = b""
+                    while not answer.endswith(b"ok\n"):
+                        answer += await patient.receive()
+                    assert answer.startswith(b"HTTP/1.1 200")
+        server.stop()
