@@ -83,6 +83,10 @@ HTTP_COMMITS = Counter(
     "Group commits of accepted requests (one fdatasync and one journal transaction each).",
     ["source"],
 )
+SLOW_HEADERS = Counter(
+    "ingest_http_slow_headers_total",
+    "Connections to the server closed because a request's headers did not arrive within header_timeout.",
+)
 HTTP_SECONDS = Histogram(
     "ingest_http_request_duration_seconds",
     "Time from a request's arrival to its answer (202: durable in the spool).",

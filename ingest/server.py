@@ -22,6 +22,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from ingest import metrics
 from ingest.config import ConfigError
 from ingest.grants import GrantError, UploadGrants
 from ingest.health import Health
@@ -147,16 +148,18 @@ def bind(listen: str) -> socket.socket:
 
 
 class HeaderDeadline(H11Protocol):
-    """uvicorn's h11 protocol with a limit on the wait for a request's headers (from the connection's
-    start, and from each response on a kept-alive connection): uvicorn has none, and its keep-alive
-    timer stops at the first byte, so a client sending a header byte now and then (slowloris) held a
-    connection and its file descriptor for ever. Bodies have their own limit (`body_timeout`)."""
+    """uvicorn's h11 protocol with a limit on the wait for a request's headers: from the connection's
+    start, and on a kept-alive connection from the next request's first byte (uvicorn's keep-alive
+    timeout closes it while it is idle). uvicorn has no such limit, and its keep-alive timer stops at
+    the first byte, so a client sending a header byte now and then (slowloris) held a connection and
+    its file descriptor for ever. Bodies have their own limit (`body_timeout`)."""
 
     header_timeout = 30.0
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._deadline: asyncio.TimerHandle | None = None
+        self._between = False  # kept alive after an answer; no byte of the next request yet
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -166,6 +169,12 @@ class HeaderDeadline(H11Protocol):
         self._disarm()
         super().connection_lost(exc)
 
+    def data_received(self, data: bytes) -> None:
+        if self._between:
+            self._between = False
+            self._arm()
+        super().data_received(data)
+
     def handle_events(self) -> None:
         super().handle_events()
         if self.conn.their_state is not h11.IDLE:  # the headers are in (or the connection is done)
@@ -173,8 +182,7 @@ class HeaderDeadline(H11Protocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
-            self._arm()  # kept alive: the next request's headers get the same limit
+        self._between = self.conn.their_state is h11.IDLE and not self.transport.is_closing()
 
     def _arm(self) -> None:
         self._disarm()
@@ -188,7 +196,8 @@ class HeaderDeadline(H11Protocol):
     def _too_slow(self) -> None:
         self._deadline = None
         if not self.transport.is_closing():
-            log.info("closed a connection whose request headers did not arrive in time", client=self.client)
+            metrics.SLOW_HEADERS.inc()
+            log.debug("closed a connection whose request headers did not arrive in time", client=self.client)
             self.transport.close()
 
 

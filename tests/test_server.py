@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from ingest import metrics
 from ingest.grants import UploadGrants
 from ingest.health import Health
 from ingest.r2.client import R2Client
@@ -182,7 +183,9 @@ async def _cut_off(stream: anyio.abc.ByteStream, trickle: bytes, seconds: float)
 async def test_a_client_whose_headers_trickle_in_is_cut_off_while_others_are_served() -> None:
     """Slowloris: uvicorn's keep-alive timer stops at the first byte, so headers sent a byte at a
     time held a connection for ever. Now they get `header_timeout`, on a new connection and on a
-    kept-alive one after its answer; a request that is merely slow but in time is answered."""
+    kept-alive one from the next request's first byte; a request that is merely slow but in time is
+    answered, and an idle kept-alive connection (the fast client's) is not counted as slow."""
+    cut_before = metrics.SLOW_HEADERS._value.get()
     sock = bind("127.0.0.1:0")
     server = ProbeServer(app(Health()), sock, header_timeout=1.5)
     port = server.port
@@ -220,4 +223,8 @@ async def test_a_client_whose_headers_trickle_in_is_cut_off_while_others_are_ser
                     while not answer.endswith(b"ok\n"):
                         answer += await patient.receive()
                     assert answer.startswith(b"HTTP/1.1 200")
+                # the two cut connections are counted (/metrics), the patient one is not
+                assert metrics.SLOW_HEADERS._value.get() - cut_before == 2
+                scraped = (await fast.get("/metrics")).text
+                assert "ingest_http_slow_headers_total" in scraped
         server.stop()
