@@ -5,7 +5,8 @@ A body becomes a *block*: its accepted records as JSON lines, in order, each end
 The block is what the segment keeps and what is parsed into rows, both when the request comes in and
 after a crash (`jsonlines.parse_lines` gives the same rows for the same bytes), so the rows of a block
 always have the same numbers. Malformed lines never reach the block: they are rejected with their
-line number in the body.
+line number in the body. When the block's lines are not the body's, the segment keeps which body
+line each one was (`stored`), so dead letters found later name the body's line, restart or not.
 """
 
 from __future__ import annotations
@@ -165,12 +166,56 @@ def records(data: bytes, media: Media, source: str, max_record: int) -> Records:
     return _json_lines(data, source, max_record)
 
 
-def block_rows(block: bytes, source: str, max_record: int) -> Parsed:
-    """A stored block's rows (after a restart); a block holds only lines that parsed when accepted."""
+def consecutive(lines: list[int]) -> bool:
+    """The block's lines are the body's lines 1..n: nothing was left out, nothing shares a line."""
+    return lines == list(range(1, len(lines) + 1))
+
+
+def stored(recs: Records) -> bytes:
+    """What the segment keeps of a request: its block and, when the body's lines are not the
+    block's (lines rejected or blank, or a JSON document's elements), one more line saying which
+    body line each block line was. A block read again after a restart then numbers its rows, and
+    so its dead letters, as it did the first time. The common case stores the block alone."""
+    if consecutive(recs.lines):
+        return recs.block
+    return recs.block + _TRAILER + json.dumps(_runs(recs.lines), separators=(",", ":")).encode() + b"\n"
+
+
+def stored_records(data: bytes, lines: int, source: str, max_record: int) -> Records:
+    """A stored block's records again (after a restart), numbered with its body's lines; `lines`:
+    the block's record lines (its journaled count). A block holds only lines that parsed when it
+    was accepted."""
+    block, numbers = data, list(range(1, lines + 1))
+    cut = data.rfind(b"\n", 0, len(data) - 1) + 1  # the last line: the line numbers, if any
+    if data.startswith(_TRAILER, cut):  # a record line is a JSON object: never this
+        block, numbers = data[:cut], _expand(json.loads(data[cut + len(_TRAILER) :]))
+    if len(numbers) != lines or block.count(b"\n") != lines:
+        raise pa.ArrowInvalid(f"{source}: a stored block does not hold its {lines} journaled lines")
     tables, dead = parse_lines(block, source, max_record)
     if dead:  # cannot happen for a block written by `records`; never drop rows silently
         raise pa.ArrowInvalid(f"{source}: a stored block no longer parses: {dead[0].reason}")
-    return tables
+    return Records(block, tables, numbers)
+
+
+_TRAILER = b"#lines "
+
+
+def _runs(lines: list[int]) -> list[tuple[int, int, int]]:
+    """`lines` as (first, count, step) runs: a body with one bad line is two runs."""
+    runs: list[tuple[int, int, int]] = []
+    i = 0
+    while i < len(lines):
+        step = lines[i + 1] - lines[i] if i + 1 < len(lines) else 1
+        j = i + 1
+        while j < len(lines) and lines[j] - lines[j - 1] == step:
+            j += 1
+        runs.append((lines[i], j - i, step))
+        i = j
+    return runs
+
+
+def _expand(runs: list[list[int]]) -> list[int]:
+    return [first + k * step for first, count, step in runs for k in range(count)]
 
 
 def _lines_of_objects(data: bytes) -> bool:

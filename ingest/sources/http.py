@@ -41,11 +41,13 @@ from ingest.sources.bodies import (
     Bodies,
     BodyError,
     Records,
-    block_rows,
     check_encoding,
+    consecutive,
     decompress,
     media_type,
     records,
+    stored,
+    stored_records,
 )
 from ingest.sources.idempotency import Answer, IdempotencyKeys, KeyError422, body_hash, key_problem
 from ingest.sources.segments import PREFIX, Block, Segments
@@ -193,11 +195,10 @@ class HttpSource:
                 continue
             data = await anyio.to_thread.run_sync(self.segments.read, block)
             source = f"http request {block.request}"
-            tables = await anyio.to_thread.run_sync(block_rows, data, source, self.max_record_bytes)
-            for table, first, lines in tables:
-                for chunk in unit.chunks(table, first, lines):
-                    self._send_nowait(chunk)
-            self._send_nowait(UnitRead(unit))
+            recs = await anyio.to_thread.run_sync(
+                stored_records, data, block.lines, source, self.max_record_bytes
+            )
+            self._hand_over(unit, recs)
         if found:
             log.info("reading accepted requests again after a restart", blocks=len(found))
 
@@ -410,7 +411,7 @@ class HttpSource:
         if writing:
             blocks = await anyio.to_thread.run_sync(
                 self.segments.append,
-                [(p.records.block, len(p.records.lines), p.table, p.request_id) for p in writing],
+                [(stored(p.records), len(p.records.lines), p.table, p.request_id) for p in writing],
             )
         for p, block in zip(writing, blocks, strict=True):
             p.block = block
@@ -440,7 +441,7 @@ class HttpSource:
 
     def _hand_over(self, unit: SourceUnit, recs: Records) -> None:
         """The block's rows go down the pipeline, numbered with the body's lines."""
-        identity = recs.lines[-1:] == [len(recs.lines)]  # no line was left out
+        identity = consecutive(recs.lines)
         for table, first, lines in recs.tables:
             if not identity:  # number rows with the body's lines, not the block's
                 picked = lines if lines is not None else list(range(first, first + table.num_rows))

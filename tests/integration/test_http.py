@@ -487,6 +487,36 @@ def test_a_crash_before_the_answer_then_a_retry_ingests_the_request_once(job: Jo
     assert sorted(ids_in(job).elements()) == list(range(60))
 
 
+@pytest.mark.parametrize("crash", [False, True])
+def test_dead_letters_found_when_encoding_name_the_body_line_also_after_a_crash(
+    job: Job, crash: bool
+) -> None:
+    """A request whose first line is rejected: its block holds body lines 2-3 as lines 1-2. A value
+    refused only when its batch is encoded (text where the table already has numbers) is named by
+    its body line, also when the block is read again from the segment after a SIGKILL (it used to
+    be named by the block's line)."""
+    worker = Worker(job).start(**({"INGEST_CRASH_AT": "accepted:2"} if crash else {}))
+    assert worker.post(b'{"id": 0, "v": 1.5}').status_code == 202
+    wait_for(lambda: job.keys(), 60, "the first object, which makes the table's v a double")
+    body = b'{not json\n{"id": 1, "v": "abc"}\n{"id": 2, "v": "2.5"}\n'
+    if crash:  # durable, not answered: the sender sends it again after the restart
+        with pytest.raises(httpx.HTTPError):
+            worker.post(body, idempotency_key="k-1", timeout=10)
+        assert worker.proc is not None and worker.proc.wait(timeout=30) == -signal.SIGKILL
+        worker.start()
+    answer = worker.post(body, idempotency_key="k-1")
+    assert answer.status_code == 202 and answer.json()["accepted"] == 2
+    assert answer.headers.get("idempotent-replayed") == ("true" if crash else None)
+    worker.stop()
+    assert sorted((r["id"], r["v"]) for r in job.rows()) == [(0, 1.5), (2, 2.5)]
+    letters = sorted(job.dead_letters(), key=lambda d: int(d["line"]))
+    assert [(d["line"], str(d["reason"]).split(":")[0]) for d in letters] == [
+        (1, "invalid JSON"),
+        (2, "field 'v'"),
+    ]
+    assert all(d["source"] == f"http request {answer.json()['request_id']}" for d in letters)
+
+
 def test_a_full_disk_under_the_segment_answers_503_and_loses_nothing(job: Job) -> None:
     worker = Worker(job).start(INGEST_DISK_FULL_AT="segment:3:2")
     answers = [worker.post(ndjson([{"id": n}])) for n in range(6)]

@@ -15,11 +15,13 @@ from starlette.requests import Request
 from ingest.sources.bodies import (
     Bodies,
     BodyError,
-    block_rows,
     check_encoding,
+    consecutive,
     decompress,
     media_type,
     records,
+    stored,
+    stored_records,
 )
 
 MAX = 1 << 20
@@ -47,8 +49,25 @@ def test_bad_lines_are_rejected_with_their_line_and_the_block_parses_alone_to_th
     ]
     assert recs.lines == [1, 4, 7]  # the body's lines of the block's lines
     assert _ids(recs.tables) == [1, 2, 3]
-    again = block_rows(recs.block, "r", 50)  # what a restart reads from the segment
-    assert [t.to_pylist() for t, _, _ in again] == [t.to_pylist() for t, _, _ in recs.tables]
+    again = stored_records(stored(recs), 3, "r", 50)  # what a restart reads from the segment
+    assert [t.to_pylist() for t, _, _ in again.tables] == [t.to_pylist() for t, _, _ in recs.tables]
+    assert again.block == recs.block and again.lines == [1, 4, 7]  # numbered as the first time
+
+
+def test_the_segment_keeps_the_body_line_of_each_block_line_only_when_they_differ() -> None:
+    plain = records(b'{"id": 1}\n{"id": 2}\n', "ndjson", "r", MAX)
+    assert stored(plain) == plain.block  # the common case: the block alone, numbered 1..n
+    assert stored_records(stored(plain), 2, "r", MAX).lines == [1, 2]
+    # elements of a JSON document, several on one line: no line numbering of the block says that
+    doc = records(b'[{"id": 1}, {"id": 2},\n\n {"id": 3}, {"id": 4}, {"id": 5}]', "json", "r", MAX)
+    assert doc.lines == [1, 1, 3, 3, 3] and not consecutive([1, 1, 3])  # ends on its count, yet shifted
+    again = stored_records(stored(doc), 5, "r", MAX)
+    assert again.lines == [1, 1, 3, 3, 3] and _ids(again.tables) == [1, 2, 3, 4, 5]
+    body = b"".join(b'{"id": %d}\n' % i if i % 7 else b"{bad\n" for i in range(1, 200))
+    many = records(body, "ndjson", "r", MAX)
+    assert stored_records(stored(many), len(many.lines), "r", MAX).lines == many.lines
+    with pytest.raises(pa.ArrowInvalid, match="does not hold its 4 journaled lines"):
+        stored_records(stored(doc), 4, "r", MAX)  # a block that is not what the journal says
 
 
 def test_json_array_and_single_object_and_json_lines_sent_as_json() -> None:
