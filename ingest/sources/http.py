@@ -409,9 +409,10 @@ class HttpSource:
         writing = [p for p in group if p.records.rows]
         blocks: list[Block] = []
         if writing:
-            blocks = await anyio.to_thread.run_sync(
-                self.segments.append,
-                [(stored(p.records), len(p.records.lines), p.table, p.request_id) for p in writing],
+            blocks = await anyio.to_thread.run_sync(  # `stored` may copy a block: not on the loop
+                lambda: self.segments.append(
+                    [(stored(p.records), len(p.records.lines), p.table, p.request_id) for p in writing]
+                )
             )
         for p, block in zip(writing, blocks, strict=True):
             p.block = block
