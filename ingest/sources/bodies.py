@@ -33,6 +33,7 @@ MEDIA_TYPES: dict[str, Media] = {
 }
 ENCODINGS = ("identity", "gzip", "x-gzip", "zstd")
 _PIECE = 1 << 20
+_TRAILER = b"#lines "  # `stored`: the body line of each block line, after the block
 
 
 class BodyError(Exception):
@@ -195,9 +196,6 @@ def stored_records(data: bytes, lines: int, source: str, max_record: int) -> Rec
     if dead:  # cannot happen for a block written by `records`; never drop rows silently
         raise pa.ArrowInvalid(f"{source}: a stored block no longer parses: {dead[0].reason}")
     return Records(block, tables, numbers)
-
-
-_TRAILER = b"#lines "
 
 
 def _runs(lines: list[int]) -> list[tuple[int, int, int]]:

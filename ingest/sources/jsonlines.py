@@ -245,7 +245,7 @@ def _parse(block: bytes | memoryview, text_fields: set[str]) -> pa.Table | None:
         schema = pa.schema([(name, pa.string()) for name in sorted(text_fields)])
         options = pjson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="infer")
     table = pjson.read_json(pa.BufferReader(block), parse_options=options)
-    stamps = {f.name for f in table.schema if pa.types.is_timestamp(f.type)}
+    stamps = _timestamp_fields(table.schema)
     if stamps - text_fields:
         text_fields |= stamps
         return _parse(block, text_fields)
@@ -266,7 +266,12 @@ def _learn_timestamps(block: bytes | memoryview, text_fields: set[str]) -> None:
         sample = pjson.read_json(pa.BufferReader(block[:end]))
     except pa.ArrowInvalid:
         return  # the block's own parse says what is wrong
-    text_fields |= {f.name for f in sample.schema if pa.types.is_timestamp(f.type)}
+    text_fields |= _timestamp_fields(sample.schema)
+
+
+def _timestamp_fields(schema: pa.Schema) -> set[str]:
+    """Fields pyarrow's inference made timestamps (dropping any zone): to be parsed again as text."""
+    return {f.name for f in schema if pa.types.is_timestamp(f.type)}
 
 
 @dataclass
