@@ -6,6 +6,7 @@ prints before exiting with code 2.
 
 from __future__ import annotations
 
+import codecs
 import difflib
 import os
 import re
@@ -119,6 +120,12 @@ _ONLY_FOR: dict[str, tuple[str, ...]] = {
     "settle_seconds": ("directory", "landing"),
     "follow_symlinks": ("directory",),
     "wait_for_writers": ("directory",),
+    "encoding": ("directory", "landing", "stdin"),
+    "delimiter": ("directory", "landing", "stdin"),
+    "quote": ("directory", "landing", "stdin"),
+    "header": ("directory", "landing", "stdin"),
+    "columns": ("directory", "landing", "stdin"),
+    "null_values": ("directory", "landing", "stdin"),
     "tables": ("http",),
     "token": ("http",),
     "tokens": ("http",),
@@ -152,6 +159,13 @@ class SourceConfig(_Section):
     done_dir: str = ""
     follow_symlinks: bool = True  # read a linked file's target (only the link is acknowledged)
     wait_for_writers: bool = True  # never finish a file some process holds open for writing (/proc)
+    # directory, landing, stdin: how text is read (a byte-order mark wins over utf-8/utf-16)
+    encoding: str = "utf-8"  # utf-8 | cp1252 | latin-1 | utf-16 | any Python codec name
+    delimiter: str = ","  # CSV: one character (";" for European Excel, "\t" for TSV)
+    quote: str = '"'  # CSV: one character
+    header: bool = True  # CSV: the first row names the columns (false: `columns` names them)
+    columns: list[str] = []  # CSV without a header row: the column names, in order
+    null_values: list[str] = []  # CSV: cells read as null (by default none: an empty cell is "")
     # http: POST /v1/records[/{table}] on server.listen
     tables: list[str] = []  # the tables a request may name (empty: any)
     token: SecretStr = SecretStr("")  # bearer token senders present (env INGEST_HTTP_TOKEN)
@@ -183,6 +197,21 @@ class SourceConfig(_Section):
             raise ValueError(problem)
         return v
 
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, v: str) -> str:
+        try:
+            return codecs.lookup(v).name.replace("_", "-")
+        except LookupError:
+            raise ValueError(f"unknown encoding {v!r}; use e.g. utf-8, cp1252, latin-1, utf-16") from None
+
+    @field_validator("delimiter", "quote")
+    @classmethod
+    def _one_character(cls, v: str) -> str:
+        if len(v) != 1 or v in "\r\n":
+            raise ValueError(f"must be one character other than a line end, not {v!r}")
+        return v
+
     @field_validator("tables")
     @classmethod
     def _table_names(cls, v: list[str]) -> list[str]:
@@ -197,6 +226,10 @@ class SourceConfig(_Section):
             kinds = _ONLY_FOR.get(key)
             if kinds is not None and self.kind not in kinds:
                 raise ValueError(f"{key} is only read by kind = {' or '.join(repr(k) for k in kinds)}")
+        if not self.header and not self.columns:
+            raise ValueError("header = false needs `columns`: the names of the CSV's columns, in order")
+        if self.delimiter == self.quote:
+            raise ValueError("delimiter and quote must differ")
         return self
 
     @property

@@ -12,7 +12,7 @@ import json
 import os
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -25,7 +25,7 @@ from ingest.files import fsync_dir, is_disk_full
 from ingest.logs import get_logger
 
 log = get_logger("ingest.deadletters")
-MAX_RAW = 1 << 20  # keep at most 1 MiB of a bad record's text
+MAX_RAW = 1 << 20  # HTTP: at most 1 MiB of a rejected line is answered back and kept
 
 
 @dataclass(frozen=True)
@@ -42,12 +42,13 @@ class DeadLetter:
             out["entry"] = self.entry
         raw = self.raw
         if isinstance(raw, str):
-            out["raw"] = raw[:MAX_RAW]
-        elif isinstance(raw, bytes):
+            out["raw"] = raw
+        elif isinstance(raw, bytes):  # whole: whoever raises a limit can replay it
             try:
-                out["raw"] = raw[:MAX_RAW].decode("utf-8")
-            except UnicodeDecodeError:
-                out["raw_base64"] = base64.b64encode(raw[:MAX_RAW]).decode("ascii")
+                out["raw"] = raw.decode("utf-8")
+            except UnicodeDecodeError:  # kept byte for byte; the key says how
+                out["raw_base64"] = base64.b64encode(raw).decode("ascii")
+            out["raw_bytes"] = len(raw)
         return out
 
 
@@ -115,6 +116,41 @@ class DeadLetters:
                     raise
             self.count += data.count(b"\n")
         return path
+
+    def write_stream(
+        self, letter: DeadLetter, pieces: Iterable[bytes], reason: Callable[[int], str], origin: str = ""
+    ) -> None:
+        """One dead letter whose raw bytes arrive in pieces (a record too big to hold), written as
+        `raw_base64` as they come; its reason is made from its size once that is known. A failure
+        (a full disk) raises: the input is then read again, it cannot be replayed here."""
+        from ingest import metrics
+
+        head = json.dumps({"source": letter.source, "line": letter.line})[:-1]
+        with self._lock:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            path = self.path_for(datetime.now(UTC))
+            with path.open("ab") as fh:
+                start = fh.tell()
+                try:
+                    fh.write(head.encode() + b', "raw_base64": "')
+                    size, carry = 0, b""
+                    for piece in pieces:
+                        size += len(piece)
+                        data = carry + piece
+                        whole = len(data) - len(data) % 3
+                        fh.write(base64.b64encode(data[:whole]))
+                        carry = data[whole:]
+                    fh.write(base64.b64encode(carry) + b'"')
+                    tail = json.dumps({"raw_bytes": size, "reason": reason(size)}, ensure_ascii=False)
+                    fh.write(b", " + tail[1:].encode() + b"\n")
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                except BaseException:
+                    fh.truncate(start)
+                    raise
+            self.count += 1
+        metrics.DEAD_LETTERS.labels(origin).inc()
+        log.warning("dead letter written", source=letter.source, line=letter.line, reason=reason(size))
 
     def write(self, letters: list[DeadLetter], origin: str = "") -> None:
         """Append and fsync `letters`; `origin` names the configured source they came from (metrics)."""

@@ -29,16 +29,26 @@ def is_disk_full(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
-def move_durably(src: Path, dst: Path) -> None:
+def move_durably(src: Path, dst: Path, overwrite: bool = True) -> None:
     """Move `src` to `dst`, across filesystems too: a rename where it can be, else copy, fsync, rename
     into place, fsync the directory, then delete `src`. Safe to repeat after a crash at any step (a
-    copy left half-written is a dotfile next to `dst`, replaced by the next attempt)."""
+    copy left half-written is a dotfile next to `dst`, replaced by the next attempt). With
+    `overwrite=False` an existing `dst` is never replaced: FileExistsError (a link, then an unlink:
+    a crash in between leaves both, and the next attempt keeps a second copy, never none)."""
     try:
-        os.replace(src, dst)
+        if overwrite:
+            os.replace(src, dst)
+        else:
+            os.link(src, dst, follow_symlinks=False)
+            src.unlink()
         return
+    except FileExistsError:
+        raise
     except OSError as exc:
         if exc.errno != errno.EXDEV:
             raise
+    if not overwrite and os.path.lexists(dst):
+        raise FileExistsError(errno.EEXIST, "exists", str(dst))
     tmp = dst.with_name(f".{dst.name}.ingest-copy")
     tmp.unlink(missing_ok=True)
     if src.is_symlink():
@@ -47,9 +57,49 @@ def move_durably(src: Path, dst: Path) -> None:
         shutil.copyfile(src, tmp)
         with tmp.open("rb") as fh:
             os.fsync(fh.fileno())
-    os.replace(tmp, dst)
+    if overwrite:
+        os.replace(tmp, dst)
+    else:
+        try:
+            os.link(tmp, dst, follow_symlinks=False)
+        finally:
+            tmp.unlink(missing_ok=True)
     fsync_dir(dst.parent)
     src.unlink()
+
+
+NAME_MAX = 255  # bytes in one file name (ext4, xfs, btrfs)
+
+
+def printable(name: str) -> str:
+    """A file name as valid UTF-8 text for logs, the journal and dead letters: bytes that are not
+    UTF-8 (a name is bytes on Linux) are written `\\xe9`, so nothing is lost or crashes a writer."""
+    try:
+        name.encode("utf-8")
+        return name
+    except UnicodeEncodeError:
+        return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
+def fitting(name: str, room: int) -> str:
+    """`name` (made printable) cut to at most `room` bytes, keeping its extensions (`.jsonl.gz`)."""
+    text = printable(name)
+    if len(text.encode()) <= room:
+        return text
+    suffixes = "".join(Path(text).suffixes)[-32:]
+    head = text.encode()[: room - len(suffixes.encode())].decode("utf-8", "ignore")
+    return head + suffixes
+
+
+def numbered(path: Path, n: int) -> Path:
+    """`export.jsonl.gz` → `export-2.jsonl.gz`: the name with a number before its extensions."""
+    stem, dot, suffixes = path.name.partition(".")
+    if not stem:  # a dotfile: the number goes at the end
+        stem, dot, suffixes = path.name, "", ""
+    mark = f"-{n}"
+    room = NAME_MAX - len(os.fsencode(mark + dot + suffixes))
+    stem = os.fsdecode(os.fsencode(stem)[:room])  # a name at the limit still takes its number
+    return path.with_name(f"{stem}{mark}{dot}{suffixes}")
 
 
 class WorkerIdInUse(Exception):

@@ -31,7 +31,7 @@ from watchfiles import awatch
 from ingest.config import ConfigError, SourceConfig
 from ingest.deadletters import DeadLetters
 from ingest.faults import crash_point
-from ingest.files import WorkerIdInUse, lock_worker_id, move_durably
+from ingest.files import WorkerIdInUse, fitting, lock_worker_id, move_durably, numbered, printable
 from ingest.layout import CLAIM_DIR
 from ingest.logs import get_logger
 from ingest.sources.base import AckError, Chunk, FreshUnits, Item, SourceUnit, Units
@@ -42,6 +42,7 @@ from ingest.sources.reader import BUNDLE_FILES, FileSource, describe_read_error
 from ingest.sources.watch import Seen, Stat, Watch, stat_of
 
 log = get_logger("ingest.sources.directory")
+CLAIM_NAME_MAX = 200  # bytes: with `<12 hex>--` before and `.origin` after, within NAME_MAX
 RETRY_FAILED = 10.0  # seconds between attempts to read a claimed file that could not be read
 
 
@@ -111,10 +112,13 @@ class DirectorySource(FileSource):
                 ".gz/.zst) or set sources.format",
             )
             return None
-        target = self.claim_dir / f"{uuid.uuid4().hex[:12]}--{path.name}"
+        # The claimed name is UTF-8 and short enough for its sidecar (a name is any bytes, up to
+        # 255 of them): when it had to change, the sidecar keeps the name as it was, losslessly.
+        name = fitting(path.name, CLAIM_NAME_MAX)
+        target = self.claim_dir / f"{uuid.uuid4().hex[:12]}--{name}"
         link_target = os.path.realpath(path) if path.is_symlink() else None
         origin = path.relative_to(self.root)
-        if link_target is not None or origin.parent != Path("."):
+        if link_target is not None or origin.parent != Path(".") or name != path.name:
             # What the claimed name cannot tell (a file directly under the root needs none: its
             # name follows the `--`). Written before the rename, so a claimed file always has it (a
             # crash in between leaves a sidecar without its file, removed at the next start).
@@ -340,7 +344,7 @@ class DirectorySource(FileSource):
         self._read_stats[path] = st
         unit = SourceUnit(
             origin=self.name,
-            name=origin.as_posix(),
+            name=printable(origin.as_posix()),
             ack=self._acker(path),
             ack_many=self._ack_units,
             id=f"file:{path}",
@@ -410,10 +414,18 @@ class DirectorySource(FileSource):
 
     def _finish(self, claimed: Path) -> None:
         if self.done_dir is not None:
-            target = self.done_dir / self._origin(claimed)
+            target = wanted = self.done_dir / self._origin(claimed)
             target.parent.mkdir(parents=True, exist_ok=True)
-            if os.path.lexists(claimed):
-                move_durably(claimed, target)
+            n = 1
+            while os.path.lexists(claimed):
+                try:
+                    move_durably(claimed, target, overwrite=False)  # never over an earlier file
+                except FileExistsError:
+                    n += 1
+                    target = numbered(wanted, n)
+                    continue
+                if n > 1:
+                    log.info("done_dir already holds this name; kept both", done=str(wanted), now=str(target))
         else:
             claimed.unlink(missing_ok=True)
         # A crash here leaves the sidecar alone; `pending()` removes it at the next start or end.

@@ -8,9 +8,11 @@ CSV streams through `pyarrow.csv.open_csv`; Parquet through `ParquetFile.iter_ba
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
@@ -18,17 +20,23 @@ import pyarrow as pa
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
-from ingest.deadletters import MAX_RAW, DeadLetter
+from ingest.deadletters import DeadLetter
 from ingest.sources.jsonlines import (
+    DECODER,
     DEFAULT_MAX_RECORD,
     READ_BLOCK,
     Dead,
+    DeadStream,
     Emit,
     Joint,
     JsonLines,
     Position,
+    Unreadable,
+    record_problem,
     table_from_records,
 )
+from ingest.sources.nesting import too_deep_reason
+from ingest.sources.sniff import UTF8, open_text
 from ingest.sources.types import infer_text
 
 Format = Literal["jsonl", "json", "csv", "parquet"]
@@ -57,10 +65,20 @@ def detect(path: Path, configured: str = "") -> tuple[Format, str | None] | None
     return None
 
 
-def resumable(fmt: Format, compression: str | None) -> bool:
-    """Whether a read can continue from a byte offset (plain JSON lines); others are read again from
-    the start, skipping the rows already taken."""
-    return fmt == "jsonl" and compression is None
+@dataclass(frozen=True)
+class TextOptions:
+    """How a source's text files are read: their encoding (transcoded to UTF-8 when not UTF-8; a
+    byte-order mark wins) and the CSV dialect."""
+
+    encoding: str = UTF8
+    delimiter: str = ","
+    quote: str = '"'
+    header: bool = True  # the first row names the columns; else `columns` do
+    columns: tuple[str, ...] = ()
+    null_values: tuple[str, ...] = ()  # cells read as null (none by default: an empty cell is "")
+
+
+PLAIN = TextOptions()
 
 
 def read_file(
@@ -75,34 +93,41 @@ def read_file(
     settled: Callable[[], bool] = lambda: True,
     joint: Joint | None = None,
     text_fields: set[str] | None = None,
+    options: TextOptions = PLAIN,
+    dead_stream: DeadStream | None = None,
 ) -> Position:
     """Read `path` to its end, handing Arrow tables to `emit` and unreadable records to `dead`
     (plain JSON lines through `joint`, when given: see jsonlines.Joint). `text_fields`: the fields
     known to hold timestamps, kept and learned across the files of one source, so a file's first
-    block is not parsed twice to learn them again.
+    block is not parsed twice to learn them again. `compression` and `options.encoding` are what the
+    file's bytes are (sniff.py), not what its name says.
 
     For plain JSON lines, reading starts at `start` (byte offset, line number) and returns where it
     stopped: a last line without its newline is parsed only when `settled()` says the file is done
     growing; otherwise it is left for the next read.
     """
+    encoding = options.encoding
     if fmt == "parquet":
         _read_parquet(path, emit)
         return (0, 1)
-    if fmt == "json" and _is_document(path, compression):
-        _read_document(path, compression, source, emit, dead)
+    if fmt == "json" and _is_document(path, compression, encoding):
+        _read_document(path, compression, encoding, source, emit, dead)
         return (0, 1)
-    with pa.input_stream(str(path), compression=compression) as stream:
+    with open_text(path, compression, encoding) as stream:
         if fmt in ("jsonl", "json"):
             piece = COMPRESSED_PIECE
-            if compression is None:  # a read allocates its whole size first: no more than the file
+            plain = compression is None and encoding == UTF8
+            if plain:  # a read allocates its whole size first: no more than the file
                 piece = min(READ_BLOCK, max(COMPRESSED_PIECE, stream.size() - start[0] + 1))
             if start[0]:
                 stream.seek(start[0])
             known = set() if text_fields is None else text_fields
-            reader = JsonLines(source, emit, dead, max_record, piece, known, joint, compression is None)
+            reader = JsonLines(source, emit, dead, max_record, piece, known, joint, plain)
+            reader.dead_stream = dead_stream
             offset, line = reader.read(stream, start[1], settled)
             return start[0] + offset, line
-        _read_csv(stream, _csv_header(path, compression), source, emit, dead)
+        names = _csv_header(path, compression, options)
+        _read_csv(stream, names, source, emit, dead, options)
         return (0, 1)
 
 
@@ -110,10 +135,10 @@ DOCUMENT_LIMIT = 256 << 20  # a .json document is parsed whole: bigger ones shou
 DOCUMENT_GROUP = 50_000  # records per emitted table
 
 
-def _is_document(path: Path, compression: str | None) -> bool:
+def _is_document(path: Path, compression: str | None, encoding: str) -> bool:
     """A `.json` file is a JSON document (an array, or one object over several lines) unless its
     first line is a whole JSON value (then it is JSON lines)."""
-    with pa.input_stream(str(path), compression=compression) as stream:
+    with open_text(path, compression, encoding) as stream:
         head = stream.read(COMPRESSED_PIECE)
     text = head.lstrip()
     if text.startswith(b"["):
@@ -128,10 +153,12 @@ def _is_document(path: Path, compression: str | None) -> bool:
     return False
 
 
-def _read_document(path: Path, compression: str | None, source: str, emit: Emit, dead: Dead) -> None:
+def _read_document(
+    path: Path, compression: str | None, encoding: str, source: str, emit: Emit, dead: Dead
+) -> None:
     """A whole JSON document: its objects become rows, numbered by the line each starts on. A
     document that does not parse is refused whole (never partly ingested): the file is kept."""
-    with pa.input_stream(str(path), compression=compression) as stream:
+    with open_text(path, compression, encoding) as stream:
         data = stream.read(DOCUMENT_LIMIT + 1)
     if len(data) > DOCUMENT_LIMIT:
         raise pa.ArrowInvalid(
@@ -141,22 +168,33 @@ def _read_document(path: Path, compression: str | None, source: str, emit: Emit,
         text = data.decode("utf-8")
         elements = _elements(text)
     except UnicodeDecodeError as exc:
-        raise pa.ArrowInvalid(f"not UTF-8: {exc}; nothing of it was ingested") from None
+        raise pa.ArrowInvalid(
+            f"not UTF-8 ({exc.reason} at byte {exc.start}); set the source's encoding (e.g. cp1252); "
+            "nothing of it was ingested"
+        ) from None
+    except RecursionError:
+        raise pa.ArrowInvalid(f"{too_deep_reason()}; nothing of it was ingested") from None
     except json.JSONDecodeError as exc:
         raise pa.ArrowInvalid(
             f"not a valid JSON document: {exc.msg} at line {exc.lineno} column {exc.colno}; "
             "nothing of it was ingested"
         ) from None
+    except ValueError as exc:  # a number no double holds, a JavaScript constant
+        raise pa.ArrowInvalid(
+            f"not a JSON document we can store: {exc}; nothing of it was ingested"
+        ) from None
     records: list[dict[str, Any]] = []
     lines: list[int] = []
     bad: list[DeadLetter] = []
     for n, (value, line) in enumerate(elements, 1):
-        if isinstance(value, dict):
+        problem = record_problem(value)
+        if problem is None:
             records.append(value)
             lines.append(line)
         else:
-            reason = f"element {n} of the document is not a JSON object: {type(value).__name__}"
-            bad.append(DeadLetter(source, line, reason, json.dumps(value, ensure_ascii=False)))
+            reason = f"element {n} of the document: {problem}"
+            raw = json.dumps(value, ensure_ascii=False).encode("utf-8", "surrogatepass")
+            bad.append(DeadLetter(source, line, reason, raw))
     for i in range(0, len(records), DOCUMENT_GROUP):
         group, part = lines[i : i + DOCUMENT_GROUP], records[i : i + DOCUMENT_GROUP]
         table, misfits = table_from_records(part)
@@ -171,7 +209,7 @@ def _read_document(path: Path, compression: str | None, source: str, emit: Emit,
 
 def _elements(text: str) -> list[tuple[Any, int]]:
     """(value, line it starts on) of each element of a top-level array, or of the one value."""
-    decoder = json.JSONDecoder()
+    decoder = DECODER
     out: list[tuple[Any, int]] = []
     pos, line, counted = _skip_space(text, 0), 1, 0
 
@@ -208,31 +246,34 @@ def _skip_space(text: str, pos: int) -> int:
     return pos
 
 
-def raw_lines(path: Path, compression: str | None, wanted: list[int]) -> dict[int, bytes]:
-    """The raw text of the given 1-based lines of a text file (for dead letters; at most MAX_RAW
-    bytes each), read in one pass that stops after the last one wanted."""
+def raw_lines(
+    path: Path, compression: str | None, wanted: list[int], encoding: str = UTF8
+) -> dict[int, bytes]:
+    """The raw text of the given 1-based lines of a text file (for dead letters), read in one pass
+    that stops after the last one wanted; only wanted lines are ever held whole."""
     want, out = set(wanted), dict[int, bytes]()
     if not want:
         return out
     last = max(want)
-    with pa.input_stream(str(path), compression=compression) as stream:
-        line, carry = 1, b""
+    with open_text(path, compression, encoding) as stream:
+        line, parts = 1, list[bytes]()
         while line <= last:
             data = stream.read(COMPRESSED_PIECE)
             if not data:
-                if line in want and carry:
-                    out[line] = carry[:MAX_RAW]
+                if line in want and parts:
+                    out[line] = b"".join(parts)
                 break
-            buf = carry + data
             start = 0
-            while (end := buf.find(b"\n", start)) >= 0:
+            while (end := data.find(b"\n", start)) >= 0:
                 if line in want:
-                    out[line] = buf[start:end][:MAX_RAW]
+                    out[line] = b"".join([*parts, data[start:end]])
+                parts = []
                 line += 1
                 start = end + 1
                 if line > last:
                     break
-            carry = buf[start : start + MAX_RAW]  # a line's head is all a dead letter keeps
+            if line in want:
+                parts.append(data[start:])
     return out
 
 
@@ -249,13 +290,21 @@ def _read_parquet(path: Path, emit: Emit) -> None:
         line += batch.num_rows
 
 
-def read_stream(raw: BinaryIO, fmt: Format, source: str, emit: Emit, dead: Dead, max_record: int) -> None:
+def read_stream(
+    raw: BinaryIO,
+    fmt: Format,
+    source: str,
+    emit: Emit,
+    dead: Dead,
+    max_record: int,
+    options: TextOptions = PLAIN,
+) -> None:
     """Read a stream that cannot be read twice (standard input) to its end: JSON lines or CSV."""
     if fmt == "csv":
-        first = raw.readline()
-        names = _csv_names(first)
+        first = raw.readline() if options.header else b""
+        names = _csv_names(first, options) if options.header else list(options.columns)
         stream = pa.PythonFile(io.BufferedReader(_Prefixed(first, raw), READ_BLOCK), mode="r")
-        _read_csv(stream, names, source, emit, dead)
+        _read_csv(stream, names, source, emit, dead, options)
         return
     if fmt != "jsonl":
         raise ValueError(f"format {fmt!r} cannot be read from a stream; use jsonl or csv")
@@ -282,18 +331,70 @@ class _Prefixed(io.RawIOBase):
         return len(data)
 
 
-def _csv_names(header: bytes) -> list[str] | None:
-    if not header.strip():
+HEADER_LIMIT = 16 << 20  # a header row longer than this is no header
+
+
+def _csv_names(head: bytes, options: TextOptions) -> list[str] | None:
+    """The header row's names (None: no header, an empty input): quoted names may hold the
+    delimiter or a newline. Names that are empty or come again (ignoring case) are renamed (see
+    `unique_names`); a header that is not UTF-8 is an error naming the setting that fixes it."""
+    if not head.strip():
         return None
-    table = pcsv.read_csv(
-        pa.BufferReader(header), convert_options=pcsv.ConvertOptions(strings_can_be_null=False)
-    )
-    return list(table.schema.names)
+    # latin-1 maps every byte to one character: the row is cut exactly as bytes, then decoded.
+    text = io.StringIO(head.decode("latin-1"))
+    rows = csv.reader(text, delimiter=options.delimiter, quotechar=options.quote)
+    try:
+        cells = next(rows, [])
+    except csv.Error as exc:
+        raise Unreadable(f"the CSV header row cannot be read: {exc}") from None
+    names = []
+    for cell in cells:
+        try:
+            names.append(cell.encode("latin-1").decode("utf-8"))
+        except UnicodeDecodeError:
+            raise Unreadable(
+                f"the CSV header is not UTF-8 ({cell.encode('latin-1')!r}); set the source's encoding "
+                '(e.g. encoding = "cp1252" for Excel\'s Windows exports)'
+            ) from None
+    return unique_names(names)
 
 
-def _read_csv(stream: Any, names: list[str] | None, source: str, emit: Emit, dead: Dead) -> None:
+def unique_names(names: list[str]) -> list[str]:
+    """Column names every engine accepts: an empty name becomes `column_<position>`, and a name that
+    comes again, also in other case (`id`, `ID`: one column to Spark, Iceberg, DuckDB), takes the
+    first free `<name>_2`, `<name>_3`, … (the first spelling keeps its name)."""
+    taken = {n.lower() for n in names if n}
+    seen: set[str] = set()
+    out = []
+    for i, name in enumerate(names, 1):
+        if not name.strip():
+            name = f"column_{i}"
+        if name.lower() in seen:
+            n = 2
+            while f"{name}_{n}".lower() in taken or f"{name}_{n}".lower() in seen:
+                n += 1
+            name = f"{name}_{n}"
+        seen.add(name.lower())
+        taken.add(name.lower())
+        out.append(name)
+    return out
+
+
+def _read_csv(
+    stream: Any,
+    names: list[str] | None,
+    source: str,
+    emit: Emit,
+    dead: Dead,
+    options: TextOptions,
+) -> None:
+    """Stream CSV rows as text columns (typed later by ingest.sources.types, so `01234` stays
+    `01234`). Cells are read as bytes: a row that is not UTF-8 is a dead letter with its bytes, the
+    rest land. A read that fails midway (truncated compression) raises Unreadable: the rows before
+    it are taken, the input is kept."""
     invalid: list[DeadLetter] = []
     skipped: list[int] = []  # line numbers of ragged rows, which pyarrow leaves out
+    first_line = 2 if options.header else 1
 
     def on_invalid(row: Any) -> str:
         line = row.number if row.number is not None else None
@@ -307,47 +408,121 @@ def _read_csv(stream: Any, names: list[str] | None, source: str, emit: Emit, dea
 
     def send(table: pa.Table) -> None:
         nonlocal emitted
-        lines = _csv_lines(emitted, table.num_rows, skipped) if skipped else None
-        emit(infer_text(table), emitted + 2, lines)
-        emitted += table.num_rows
+        n = table.num_rows
+        lines = _csv_lines(emitted, n, skipped, first_line) if skipped else None
+        table, bad = _as_text(table)
+        if bad:
+            numbers = lines or list(range(emitted + first_line, emitted + first_line + n))
+            invalid.extend(
+                DeadLetter(source, numbers[r], reason, raw) for r, (reason, raw) in sorted(bad.items())
+            )
+            keep = [r for r in range(n) if r not in bad]
+            table, lines = table.take(keep), [numbers[r] for r in keep]
+        if table.num_rows:
+            emit(infer_text(table), (lines or [emitted + first_line])[0], lines)
+        emitted += n
 
-    parse = pcsv.ParseOptions(newlines_in_values=True, invalid_row_handler=on_invalid)
-    read = pcsv.ReadOptions(block_size=READ_BLOCK, use_threads=False)
-    # Every cell is read as text and typed by ingest.sources.types, so `01234` stays `01234`.
     if names is None:
         dead(invalid)
         return
-    convert = pcsv.ConvertOptions(column_types=dict.fromkeys(names, pa.string()))
+    parse = pcsv.ParseOptions(
+        delimiter=options.delimiter,
+        quote_char=options.quote,
+        newlines_in_values=True,
+        invalid_row_handler=on_invalid,
+    )
+    skip = 1 if options.header else 0  # the header row was read apart (`_csv_names`)
+    read = pcsv.ReadOptions(block_size=READ_BLOCK, use_threads=False, column_names=names, skip_rows=skip)
+    convert = pcsv.ConvertOptions(
+        column_types=dict.fromkeys(names, pa.binary()),
+        strings_can_be_null=bool(options.null_values),
+        null_values=list(options.null_values),
+        quoted_strings_can_be_null=False,
+    )
     try:
         reader = pcsv.open_csv(stream, read_options=read, parse_options=parse, convert_options=convert)
         for batch in reader:
             send(pa.Table.from_batches([batch]))
-    except pa.ArrowInvalid as exc:
+    except (OSError, pa.ArrowInvalid) as exc:
         if "Empty CSV file" not in str(exc):
-            invalid.append(DeadLetter(source, emitted + 2, f"unreadable from this row on: {exc}"))
+            dead(invalid)
+            raise Unreadable(f"unreadable from row {emitted + 1} on: {exc}") from exc
     dead(invalid)
 
 
-def _csv_header(path: Path, compression: str | None) -> list[str] | None:
-    """The column names (the header row), read with a small block; None for an empty file."""
-    read = pcsv.ReadOptions(block_size=1 << 20, use_threads=False)
-    parse = pcsv.ParseOptions(newlines_in_values=True, invalid_row_handler=lambda row: "skip")
-    with pa.input_stream(str(path), compression=compression) as stream:
+def _as_text(table: pa.Table) -> tuple[pa.Table, dict[int, tuple[str, bytes]]]:
+    """Binary cells as text; rows with a cell that is not UTF-8 → (reason, the row's bytes)."""
+    columns, bad = [], dict[int, tuple[str, bytes]]()
+    for name, col in zip(table.column_names, table.columns, strict=True):
         try:
-            return list(pcsv.open_csv(stream, read_options=read, parse_options=parse).schema.names)
-        except pa.ArrowInvalid as exc:
-            if "Empty CSV file" in str(exc):
+            columns.append(col.cast(pa.string()))
+            continue
+        except pa.ArrowInvalid:
+            pass
+        values = col.to_pylist()
+        text: list[str | None] = []
+        for r, v in enumerate(values):
+            try:
+                text.append(None if v is None else v.decode("utf-8"))
+            except UnicodeDecodeError as exc:
+                text.append(None)
+                reason = (
+                    f"column {name!r} is not UTF-8 ({exc.reason} at byte {exc.start}); if the file is "
+                    "in another encoding, set the source's encoding (e.g. cp1252)"
+                )
+                bad.setdefault(r, (reason, b""))
+        columns.append(pa.array(text, pa.string()))
+    if bad:
+        cells = [c.to_pylist() for c in table.columns]
+        for r, (reason, _) in bad.items():
+            raw = b",".join(b"" if col[r] is None else col[r] for col in cells)
+            bad[r] = (reason, raw)
+    return pa.table(columns, names=table.column_names), bad
+
+
+def _csv_header(path: Path, compression: str | None, options: TextOptions) -> list[str] | None:
+    """The column names (the header row, or the configured ones); None for an empty file."""
+    if not options.header:
+        return list(options.columns)
+    with open_text(path, compression, options.encoding) as stream:
+        head = stream.read(COMPRESSED_PIECE)
+        while (row := _first_row(head, options.quote.encode())) is None and len(head) < HEADER_LIMIT:
+            more = stream.read(COMPRESSED_PIECE)
+            if not more:
+                row = head
+                break
+            head += more
+    return _csv_names(row or head, options)
+
+
+def _first_row(head: bytes, quote: bytes) -> bytes | None:
+    """The bytes of the first CSV row (a quoted cell may hold newlines); None if `head` does not
+    hold its end."""
+    pos, inside = 0, False
+    while True:
+        if inside:
+            q = head.find(quote, pos)
+            if q < 0:
                 return None
-            raise
+            inside, pos = False, q + 1
+            continue
+        nl = head.find(b"\n", pos)
+        q = head.find(quote, pos, nl if nl >= 0 else len(head))
+        if q >= 0:
+            inside, pos = True, q + 1
+        elif nl >= 0:
+            return head[: nl + 1]
+        else:
+            return None
 
 
-def _csv_lines(first: int, n: int, skipped: list[int]) -> list[int]:
+def _csv_lines(first: int, n: int, skipped: list[int], first_line: int = 2) -> list[int]:
     """Line numbers of good rows `first`..`first+n` (0-based among good rows), around skipped lines.
 
     Good rows fill the gaps between skipped lines (sorted), so this walks gaps, not lines.
     """
     out: list[int] = []
-    good, line = 0, 2
+    good, line = 0, first_line
     for s in [*skipped, 1 << 62]:
         gap = s - line  # lines line..s-1 are good rows
         if good + gap > first:

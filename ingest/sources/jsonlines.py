@@ -9,16 +9,19 @@ in the same order (journaled skip ranges and the HTTP source's blocks rely on it
 from __future__ import annotations
 
 import json
+import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.json as pjson
 
-from ingest.deadletters import MAX_RAW, DeadLetter
+from ingest.deadletters import DeadLetter
+from ingest.sources.nesting import MAX_DEPTH, maybe_too_deep, schema_too_deep, too_deep_reason, value_depth
 from ingest.sources.types import column_from_values, lossy_doubles, recognise_timestamps
 
 READ_BLOCK = 32 << 20
@@ -30,6 +33,12 @@ Dead = Callable[[list[DeadLetter]], None]
 Position = tuple[int, int]  # (byte offset, line number) where a resumable read continues
 
 Parsed = list[tuple[pa.Table, int, list[int] | None]]  # what `emit` was given, in order
+DeadStream = Callable[[DeadLetter, Iterable[bytes], Callable[[int], str]], None]
+
+
+class Unreadable(OSError):
+    """The input cannot be read past a point (truncated compression, text not in its encoding): it
+    is kept and reported, never acknowledged as read."""
 
 
 def parse_lines(
@@ -57,6 +66,9 @@ class JsonLines:
     joint: Joint | None = None  # blocks held to be parsed with other files' (see Joint)
     plain: bool = False  # an uncompressed file: read into a reused buffer (`_read_plain`)
     ahead: bool | None = None  # read the next block while parsing (None: when the file is big)
+    # A dead letter too big to hold: written piece by piece (DeadLetters.write_stream); the reason
+    # is made once its size is known.
+    dead_stream: DeadStream | None = None  # None: the pieces are joined and go to `dead`
 
     def read(self, stream: Any, line: int = 1, settled: Callable[[], bool] = lambda: True) -> Position:
         """Parse to the end of `stream`; returns (bytes consumed, next line number). At the end, a
@@ -135,14 +147,13 @@ class JsonLines:
             consumed += len(data)
             buf = carry + data if carry else data
             if error is not None:
-                # Truncated/corrupt compression: keep every whole line read, say where it stopped.
+                # Truncated/corrupt compression (or text not in its encoding): every whole line read
+                # is taken; the file is kept and reported (read again later, skipping those rows).
                 cut = buf.rfind(b"\n") + 1
                 if cut:
                     self.block(buf[:cut], line)
                     line += buf.count(b"\n", 0, cut)
-                reason = f"unreadable from this line on: {error}"
-                self.dead([DeadLetter(self.source, line, reason, buf[cut : cut + MAX_RAW] or None)])
-                return consumed, line
+                raise Unreadable(f"unreadable from line {line} on: {error}") from error
             if data:
                 cut = buf.rfind(b"\n")
                 if cut < 0:  # one line longer than a block: keep reading, up to max_record
@@ -181,25 +192,37 @@ class JsonLines:
             return b"".join(pieces), exc
         return b"".join(pieces), None
 
-    def _too_long(self, size: int, line: int, raw: bytes) -> None:
-        reason = (
+    def _too_long_reason(self, size: int) -> str:
+        return (
             f"record is {size} bytes, over batch.max_record_bytes ({self.max_record}); "
-            "raise it or split the record"
+            "raise it or split the record (the whole record is kept here)"
         )
-        self.dead([DeadLetter(self.source, line, reason, raw)])
+
+    def _too_long(self, size: int, line: int, raw: bytes) -> None:
+        self.dead([DeadLetter(self.source, line, self._too_long_reason(size), raw)])
 
     def _skip_long_line(self, stream: Any, head: bytes, line: int) -> tuple[bytes, int]:
-        """Dead-letter a line over max_record without holding it in memory; returns what follows it
-        and how many bytes were read from the stream."""
-        size, rest, nread = len(head), b"", 0
-        while data := stream.read(READ_BLOCK):
-            nread += len(data)
-            cut = data.find(b"\n")
-            if cut >= 0:
-                size, rest = size + cut, data[cut + 1 :]
-                break
-            size += len(data)
-        self._too_long(size, line, head[:MAX_RAW])
+        """Dead-letter a line over max_record whole, streamed into the dead letters without holding
+        it in memory; returns what follows it and how many bytes were read from the stream."""
+        rest, nread = b"", 0
+
+        def pieces() -> Iterator[bytes]:
+            nonlocal rest, nread
+            yield head
+            while data := stream.read(READ_BLOCK):
+                nread += len(data)
+                cut = data.find(b"\n")
+                if cut >= 0:
+                    rest = data[cut + 1 :]
+                    yield data[:cut]
+                    return
+                yield data
+
+        if self.dead_stream is not None:
+            self.dead_stream(DeadLetter(self.source, line, ""), pieces(), self._too_long_reason)
+        else:
+            raw = b"".join(pieces())
+            self._too_long(len(raw), line, raw)
         return rest, nread
 
     def block(self, block: bytes, first_line: int, lines: int | None = None) -> None:
@@ -214,7 +237,7 @@ class JsonLines:
             a, b = long
             self.block_now(block[:a], first_line)
             line = first_line + block.count(b"\n", 0, a)
-            self._too_long(b - a, line, block[a : min(b, a + MAX_RAW)])
+            self._too_long(b - a, line, block[a:b])
             self.block_now(block[b + 1 :], line + 1)
             return
         try:
@@ -238,6 +261,8 @@ class JsonLines:
 def _parse(block: bytes | memoryview, text_fields: set[str]) -> pa.Table | None:
     """pyarrow's reader, with timestamps kept as text (it would drop their zone) and recognised by
     our rules (`text_fields` learns them); None when only a per-line parse keeps every value exact."""
+    if not valid_utf8(block) or maybe_too_deep(block):
+        return None  # the per-line path dead-letters exactly the lines at fault
     options = None
     if not text_fields and len(block) >= SAMPLE_FROM:
         _learn_timestamps(block, text_fields)
@@ -249,9 +274,34 @@ def _parse(block: bytes | memoryview, text_fields: set[str]) -> pa.Table | None:
     if stamps - text_fields:
         text_fields |= stamps
         return _parse(block, text_fields)
-    if lossy_doubles(table):
+    if lossy_doubles(table) or schema_too_deep(table.schema) or _has_empty_record(table):
         return None
     return recognise_timestamps(table)
+
+
+def valid_utf8(block: bytes | bytearray | memoryview) -> bool:
+    """Whether the whole block is UTF-8 (pyarrow's reader would copy invalid bytes into a string
+    column, and no reader could open the object): Arrow's validation, about 15 GB/s."""
+    offsets = pa.array([0, len(block)], pa.int32()).buffers()[1]
+    try:
+        pa.Array.from_buffers(pa.string(), 1, [None, offsets, pa.py_buffer(block)]).validate(full=True)
+    except pa.ArrowInvalid:
+        return False
+    return True
+
+
+def _has_empty_record(table: pa.Table) -> bool:
+    """Some row has no field at all (`{}`, or only nulls: the per-line path tells which). Free in
+    the usual case: a column without nulls rules every row out."""
+    if table.num_columns == 0:
+        return bool(table.num_rows > 0)
+    if min(c.null_count for c in table.columns) == 0:
+        return False
+    all_null = pc.is_null(table.column(0))
+    for col in table.columns[1:]:
+        all_null = pc.and_(all_null, pc.is_null(col))
+    found: bool = pc.any(all_null).as_py() is True
+    return found
 
 
 def _learn_timestamps(block: bytes | memoryview, text_fields: set[str]) -> None:
@@ -407,18 +457,73 @@ def _parse_json_slowly(block: bytes, first_line: int, source: str, emit: Emit, d
 
 
 def _record(raw: bytes, source: str, line: int, bad: list[DeadLetter]) -> dict[str, Any] | None:
-    try:
-        value = json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        bad.append(DeadLetter(source, line, f"invalid UTF-8: {exc}", raw))
-        return None
-    except ValueError as exc:
-        bad.append(DeadLetter(source, line, f"invalid JSON: {exc}", raw))
-        return None
-    if not isinstance(value, dict):
-        bad.append(DeadLetter(source, line, f"not a JSON object: {type(value).__name__}", raw))
+    value, why = parse_record(raw)
+    if why is not None:
+        bad.append(DeadLetter(source, line, why, raw))
         return None
     return value
+
+
+class _Unfit(ValueError):
+    """A JSON number or constant no column can hold unchanged."""
+
+
+def _exact_float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise _Unfit(f"number {text} is out of the range of a double; send it as a string")
+    return value
+
+
+def _no_constant(text: str) -> float:
+    raise _Unfit(f"{text} is not JSON (JavaScript's constants are not numbers); send null or a string")
+
+
+DECODER = json.JSONDecoder(parse_float=_exact_float, parse_constant=_no_constant)
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def parse_record(raw: bytes) -> tuple[dict[str, Any] | None, str | None]:
+    """One JSON line as a record, or why it cannot be one (invalid UTF-8 or JSON, not an object, an
+    empty object, nested past MAX_DEPTH, a lone surrogate, a number a double cannot hold)."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return None, (
+            f"invalid UTF-8: {exc.reason} at byte {exc.start}; if the input is in another encoding, "
+            "set the source's encoding (e.g. cp1252)"
+        )
+    try:
+        value = DECODER.decode(text)
+    except _Unfit as exc:
+        return None, str(exc)
+    except RecursionError:
+        return None, too_deep_reason()
+    except ValueError as exc:
+        return None, f"invalid JSON: {exc}"
+    return value, record_problem(value, raw)
+
+
+def record_problem(value: Any, raw: bytes = b"") -> str | None:
+    """Why a parsed JSON value is no record we can store, or None."""
+    if not isinstance(value, dict):
+        return f"not a JSON object: {type(value).__name__}"
+    if not value:
+        return "an empty JSON object: a record with no fields has nothing to store"
+    depth = value_depth(value)
+    if depth > MAX_DEPTH:
+        return too_deep_reason(depth)
+    if (not raw or _SURROGATE_ESCAPE.search(raw)) and _lone_surrogate(value):
+        return "a lone UTF-16 surrogate (\\ud800-\\udfff without its pair) is no text any reader accepts"
+    return None
+
+
+def _lone_surrogate(value: Any) -> bool:
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def table_from_records(records: list[dict[str, Any]]) -> tuple[pa.Table, dict[int, str]]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import os
 from collections.abc import Callable
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -24,10 +25,12 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from ingest.config import SourceConfig
 from ingest.deadletters import DeadLetters
+from ingest.files import printable
 from ingest.logs import get_logger
 from ingest.sources.base import Chunk, Item, SourceUnit, UnitRead, Units
-from ingest.sources.formats import detect, raw_lines, read_file, resumable
+from ingest.sources.formats import PLAIN, TextOptions, detect, raw_lines, read_file
 from ingest.sources.jsonlines import Joint
+from ingest.sources.sniff import UTF8, Sniffed, sniff
 
 log = get_logger("ingest.sources.reader")
 READERS = 1  # tasks reading files: pyarrow parses with every core already; a second reader only added
@@ -52,24 +55,32 @@ def read_into(
     settled: Callable[[], bool] = lambda: True,
     joint: Joint | None = None,
     text_fields: set[str] | None = None,
+    options: TextOptions = PLAIN,
 ) -> None:
-    """Read `path` (whose format `name` tells) from where `unit` stopped, handing its chunks to `emit`
-    (blocking: runs in a thread; plain JSON lines may be held by `joint` until it is flushed).
+    """Read `path` (whose format `name` tells; its compression and text encoding its bytes tell)
+    from where `unit` stopped, handing its chunks to `emit` (blocking: runs in a thread; plain JSON
+    lines may be held by `joint` until it is flushed).
 
     Raises what reading raised (OSError, ArrowException); the unit is then set to be read again
     from its top, skipping the rows already sent.
     """
     detected = detect(name, configured_format)
     assert detected is not None
-    fmt, compression = detected
+    fmt, named = detected
+    found = sniff(path, named, options.encoding) if fmt != "parquet" else Sniffed(None, UTF8, None)
+    if (mismatch := found.mismatch()) is not None and unit.name not in _mismatched:
+        _mismatched.add(unit.name)
+        log.warning("compression told by the file's bytes, not its name", path=unit.name, why=mismatch)
+    compression = found.compression
+    options = replace(options, encoding=found.encoding)
 
     def chunks(table: pa.Table, first_line: int, lines: list[int] | None) -> None:
         for chunk in unit.chunks(table, first_line, lines):
             emit(chunk)
 
     if fmt != "parquet":
-        unit.raw_lines = partial(raw_lines, path, compression)
-    if not resumable(fmt, compression):
+        unit.raw_lines = partial(raw_lines, path, compression, encoding=found.encoding)
+    if not (fmt == "jsonl" and found.plain):  # only then does a byte offset say where to go on
         unit.read_again()
     try:
         unit.position = read_file(
@@ -84,10 +95,26 @@ def read_into(
             settled,
             joint,
             text_fields,
+            options,
+            partial(dead.write_stream, origin=unit.origin),
         )
     except BaseException:
         unit.read_again()
         raise
+
+
+_mismatched: set[str] = set()  # inputs whose compression mismatch was logged (once each)
+
+
+def text_options(config: SourceConfig) -> TextOptions:
+    return TextOptions(
+        encoding=config.encoding,
+        delimiter=config.delimiter,
+        quote=config.quote,
+        header=config.header,
+        columns=tuple(config.columns),
+        null_values=tuple(config.null_values),
+    )
 
 
 def describe_read_error(exc: BaseException) -> str:
@@ -132,13 +159,13 @@ class FileSource:
 
     def _problem(self, where: Path | str, reason: str) -> None:
         """Input that could not be taken: logged once per reason, reported until it is solved."""
-        key = str(where)
+        key = printable(str(where))
         if self._problems.get(key) != reason:
             log.error("cannot read input; it is kept and tried again", path=key, reason=reason)
         self._problems[key] = reason
 
     def _solved(self, where: Path | str) -> None:
-        if self._problems.pop(str(where), None) is not None:
+        if self._problems.pop(printable(str(where)), None) is not None:
             log.info("input readable again", path=str(where))
 
     async def run(self, send: MemoryObjectSendStream[Item], units: Units, once: bool) -> None:
@@ -189,8 +216,8 @@ class FileSource:
         settled: Callable[[], bool] = lambda: True,
     ) -> None:
         """`read_into` with this source's format, dead letters, record limit and timestamp fields."""
-        fmt, limit = self.config.format, self.max_record_bytes
-        read_into(path, name, fmt, unit, emit, self.dead, limit, settled, joint, self._text_fields)
+        fmt, limit, options = self.config.format, self.max_record_bytes, text_options(self.config)
+        read_into(path, name, fmt, unit, emit, self.dead, limit, settled, joint, self._text_fields, options)
 
     def _size(self, path: Path) -> int:
         return os.stat(path).st_size

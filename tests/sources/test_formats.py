@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import gzip
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pytest
@@ -9,6 +10,7 @@ import pytest
 from ingest.deadletters import DeadLetter
 from ingest.sources import formats, jsonlines
 from ingest.sources.formats import detect, read_file
+from ingest.sources.jsonlines import Unreadable
 
 
 def _read(
@@ -79,10 +81,14 @@ def test_truncated_gzip_keeps_the_readable_part(tmp_path: Path) -> None:
     p = tmp_path / "a.jsonl.gz"
     full = gzip.compress(b"".join(b'{"id": %d, "pad": "%s"}\n' % (i, b"x" * 50) for i in range(5000)))
     p.write_bytes(full[: len(full) // 2])
-    chunks, dead = _read(p)
+    chunks: list[tuple[list[dict[str, Any]], int]] = []
+    dead: list[DeadLetter] = []
+    emit = lambda table, first, lines: chunks.append((table.to_pylist(), first))  # noqa: E731
+    with pytest.raises(Unreadable, match="unreadable from line") as raised:
+        read_file(p, "jsonl", "gzip", p.name, emit, dead.extend)
     ids = [r["id"] for t, _ in chunks for r in t]
     assert len(ids) > 1000 and ids == list(range(len(ids)))  # the readable part, no gaps
-    assert [d.line for d in dead] == [len(ids) + 1] and "unreadable from this line on" in dead[0].reason
+    assert f"line {len(ids) + 1} on" in str(raised.value) and dead == []  # the file is kept, not acked
 
 
 def test_csv_ragged_rows_are_dead_letters(tmp_path: Path) -> None:
