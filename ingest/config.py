@@ -262,6 +262,8 @@ class OutputConfig(_Section):
     compression: Literal["zstd", "snappy", "gzip", "none"] = "zstd"
     row_group_size: int = Field(default=1_000_000, ge=1)
     schema_file: str = ""
+    # Columns a table may have; a field first seen past it goes into the JSON text column `_extra`.
+    max_columns: int = Field(default=1000, ge=2, le=100_000)
 
     @field_validator("key_template")
     @classmethod

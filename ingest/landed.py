@@ -102,6 +102,8 @@ async def _get(client: R2Client, bucket: str, key: str, byte_range: str) -> tupl
     except ClientError as exc:
         if status_of(exc)[0] == 404:
             raise ObjectProblem(f"{key}: no such object in bucket {bucket}") from None
+        if status_of(exc)[0] == 416:  # a range of an empty object
+            raise ObjectProblem(f"{key}: not a Parquet object (empty)") from None
         raise
     async with answer["Body"] as body:
         data: bytes = await body.read()

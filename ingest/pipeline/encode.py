@@ -30,9 +30,11 @@ from ingest.layout import DEFAULT_TABLE
 from ingest.pipeline.batch import Batch
 from ingest.pipeline.spool import SpooledObject
 from ingest.sources.base import Chunk
-from ingest.sources.types import family, text_fits, unify, widen
+from ingest.sources.types import CELLS, MIXED, TEXT_CELLS, family, text_fits, unify, widen
+from ingest.sources.width import EXTRA, extra_column, set_max_columns
 
 _CAST_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError)
+SPELLING = b"ingest.spelling"  # field metadata: the input's name of a field renamed for its case
 
 
 def load_schema(path: str) -> pa.Schema | None:
@@ -101,6 +103,7 @@ class Encoder:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.dead = dead
         self.explicit = load_schema(output.schema_file)
+        set_max_columns(output.max_columns)  # the parsers fold wide blocks by the same limit
         self._schemas = {table: self._with_explicit(s) for table, s in (learned or {}).items()}
         self._lock = threading.Lock()
 
@@ -121,9 +124,23 @@ class Encoder:
 
     def encode(self, batch: Batch) -> list[SpooledObject]:
         """Parquet files for the batch, fsynced; on failure (disk full) none is left behind."""
+        with self._lock:
+            known = self._known(batch.table)
+            names = case_twins(known, [c.table.column_names for c in batch.chunks])
+            if names:
+                for c in batch.chunks:
+                    if any(n in names for n in c.table.column_names):
+                        c.table = c.table.rename_columns([names.get(n, n) for n in c.table.column_names])
+            overflow = self._overflow(known, batch.chunks)
+        if overflow:
+            for c in batch.chunks:
+                if fold := [n for n in c.table.column_names if n in overflow]:
+                    kept = c.table.drop_columns([*fold, EXTRA] if EXTRA in c.table.column_names else fold)
+                    c.table = kept.append_column(EXTRA, extra_column(c.table, fold))
         runs = _same_schema_runs(batch.chunks)
         with self._lock:
             learned = self._learn(self._known(batch.table), [table for table, _ in runs])
+            learned = pa.schema([_spelled(f, names) for f in learned])
             schema = self._schemas[batch.table] = learned
         tables: list[pa.Table] = []
         days: list[pa.Array] = []
@@ -189,19 +206,23 @@ class Encoder:
         """The table in the schema's types, its rows' days, and its misfits (row → why)."""
         bad: dict[int, str] = {}
         columns = []
+        have = dict(zip(table.column_names, table.columns, strict=True))  # one lookup per field
+        cells = table.schema.metadata is not None and table.schema.metadata.get(CELLS) == TEXT_CELLS
         for f in schema:
-            if f.name not in table.column_names:
+            col = have.get(f.name)
+            if col is None:
                 columns.append(pa.nulls(table.num_rows, f.type))
                 continue
-            col = table.column(f.name)
             if col.type != f.type:
-                col, failures = _conform_column(col, f.type)
+                mixed = (table.schema.field(f.name).metadata or {}).get(MIXED) is not None
+                col, failures = _conform_column(col, f.type, cells or (mixed and family(f.type) == "number"))
                 if failures:
                     original = table.column(f.name)
                     for row in failures:
                         bad.setdefault(
                             row,
-                            f"field {f.name!r}: value {original[row].as_py()!r} does not fit the table's "
+                            f"field {f.name!r}: value {_shown(original[row].as_py())} of type "
+                            f"{original.type} does not fit the table's "
                             f"type {f.type} (output.schema_file can set another)",
                         )
             columns.append(col)
@@ -215,6 +236,17 @@ class Encoder:
             for row in pc.indices_nonzero(pc.invert(pc.is_valid(days))).to_pylist():
                 bad.setdefault(row, reason)
         return out, days, bad
+
+    def _overflow(self, known: pa.Schema, chunks: list[Chunk]) -> set[str]:
+        """New fields that would take the table past output.max_columns (they go into EXTRA): the
+        first ones in input order get columns, one column is kept for EXTRA."""
+        room = self.output.max_columns - len(known) - (0 if EXTRA in known.names else 1)
+        new: dict[str, None] = {}
+        for c in chunks:
+            new.update((n, None) for n in c.table.column_names if n not in known.names and n != EXTRA)
+        if len(new) <= room + (0 if EXTRA in known.names else 1):
+            return set()
+        return set(list(new)[max(room, 0) :])
 
     def _learn(self, known: pa.Schema, tables: list[pa.Table]) -> pa.Schema:
         """Widen `known` by a batch: a new field takes the batch's unified type (see
@@ -265,10 +297,20 @@ class Encoder:
         return SpooledObject(object_id, batch, path, day, table.num_rows, size, digest, table=batch.table)
 
 
-def _conform_column(col: pa.ChunkedArray, to: pa.DataType) -> tuple[pa.ChunkedArray | pa.Array, list[int]]:
-    """`col` as type `to` and the rows whose value cannot be carried over unchanged: text only
-    becomes a number, boolean or time when written the way that type writes it (`01234` is no
-    int64), anything becomes text (nested values as JSON)."""
+def _conform_column(
+    col: pa.ChunkedArray, to: pa.DataType, cells: bool = False
+) -> tuple[pa.ChunkedArray | pa.Array, list[int]]:
+    """`col` as type `to` and the rows whose value cannot be carried over unchanged: anything
+    becomes text (nested values as JSON); a value of another family (a JSON string, a time, a
+    boolean into a number column) is never reinterpreted: it is a misfit. Text becomes a time when
+    written as one (ISO 8601, as JSON timestamps are recognised); only CSV cells (`cells`: everything
+    there is text) become a number or boolean, when written the way that type writes it (`01234` is
+    no int64), and so do the numbers a JSON column held among text (`cells` too: see
+    types.numbers_as_text)."""
+    source, target = family(col.type), family(to)
+    as_text = source == "text" and (cells or target == "time")
+    if source != target and target != "text" and not as_text:
+        return pa.nulls(len(col), to), pc.indices_nonzero(pc.is_valid(col)).to_pylist()
     if pa.types.is_string(col.type) and (fits := text_fits(col, to)) is not None:
         fits = pc.fill_null(fits, True)
         misfit = pc.and_(pc.invert(fits), pc.is_valid(col))
@@ -284,6 +326,46 @@ def _conform_column(col: pa.ChunkedArray, to: pa.DataType) -> tuple[pa.ChunkedAr
         return col.cast(to), []
     except _CAST_ERRORS:
         return _cast_rowwise(col, to)
+
+
+def case_twins(known: pa.Schema, chunks: list[list[str]]) -> dict[str, str]:
+    """Field names that differ from another only by case (`id`, `ID`: one column to DuckDB, Spark,
+    Iceberg and most SQL engines) → the name they are stored under: the first spelling keeps its
+    name, the n-th spelling seen becomes `<spelling>_<n>` (`ID_2`), for good: the schema remembers
+    each spelling (field metadata). Only renamed names are in the answer."""
+    spellings: dict[str, list[str]] = {}
+    stored: dict[str, str] = {}
+    taken = {f.name.lower() for f in known}
+    for f in known:
+        original = (f.metadata or {}).get(SPELLING, f.name.encode()).decode()
+        stored[original] = f.name
+        spellings.setdefault(original.lower(), []).append(original)
+    out: dict[str, str] = {}
+    for names in chunks:
+        for name in names:
+            if name in stored:
+                if stored[name] != name:
+                    out[name] = stored[name]
+                continue
+            seen = spellings.setdefault(name.lower(), [])
+            seen.append(name)
+            new = name
+            if len(seen) > 1:
+                n = len(seen)
+                while (new := f"{name}_{n}").lower() in taken:
+                    n += 1
+                out[name] = new
+            stored[name] = new
+            taken.add(new.lower())
+    return out
+
+
+def _spelled(f: pa.Field, renamed: dict[str, str]) -> pa.Field:
+    """`f` carrying the spelling it was renamed from (see case_twins)."""
+    for original, new in renamed.items():
+        if new == f.name and original != new:
+            return f.with_metadata({**(f.metadata or {}), SPELLING: original.encode()})
+    return f
 
 
 def _cast_rowwise(col: pa.ChunkedArray, to: pa.DataType) -> tuple[pa.Array, list[int]]:
@@ -305,6 +387,19 @@ def _cast(values: pa.Array, to: pa.DataType) -> pa.Array:
         return values.cast(to)
     except (*_CAST_ERRORS, OverflowError):
         return _cast_rowwise(pa.chunked_array([values]), to)[0]
+
+
+def _shown(value: object) -> str:
+    """A value as JSON would write it (times in ISO 8601), cut to 80 characters."""
+    text = json.dumps(
+        value, ensure_ascii=False, default=lambda v: v.isoformat() if hasattr(v, "isoformat") else str(v)
+    )
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _iso(value: object) -> str:
+    iso = getattr(value, "isoformat", None)
+    return str(iso()) if iso is not None else str(value)
 
 
 def _row(table: pa.Table, row: int) -> dict[str, object]:

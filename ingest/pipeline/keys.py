@@ -32,6 +32,15 @@ class _SeqMark:
         return _MARK
 
 
+class _Day(datetime):
+    """A date for the template whose `%Y` is always four digits: the C library writes year 1 as
+    `1`, and keys must sort and list by their text (`0001/01/01`, not `1/01/01`)."""
+
+    def __format__(self, spec: str) -> str:
+        spec = re.sub(r"(?<!%)((?:%%)*)%Y", lambda m: f"{m.group(1)}{self.year:04d}", spec)
+        return super().__format__(spec)
+
+
 class KeyTemplate:
     def __init__(self, template: str, prefix: str = "") -> None:
         self.template = template
@@ -49,7 +58,7 @@ class KeyTemplate:
         self.per_table = self._fmt(date(2024, 8, 2), 1, "a") != self._fmt(date(2024, 8, 2), 1, "b")
 
     def _fmt(self, day: date, seq: object, table: str) -> str:
-        when = datetime(day.year, day.month, day.day)
+        when = _Day(day.year, day.month, day.day)
         return self.template.format(prefix=self.prefix, date=when, seq=seq, table=table)
 
     def render(self, day: date, seq: int, table: str = DEFAULT_TABLE) -> str:

@@ -44,6 +44,7 @@ from ingest.sources.watch import Seen, Stat, Watch, stat_of
 log = get_logger("ingest.sources.directory")
 CLAIM_NAME_MAX = 200  # bytes: with `<12 hex>--` before and `.origin` after, within NAME_MAX
 RETRY_FAILED = 10.0  # seconds between attempts to read a claimed file that could not be read
+FUTURE_SLACK = 2.0  # seconds an mtime may be ahead of this clock and still be taken as written now
 
 
 class DirectorySource(FileSource):
@@ -286,7 +287,10 @@ class DirectorySource(FileSource):
 
     def _quiet(self, st: Stat, unchanged_for: float = 0.0) -> bool:
         """Unchanged for settle_seconds (by what we saw, or by its mtime) and not open for writing."""
-        idle = max(unchanged_for, time.time() - st[3] / 1e9)
+        age = time.time() - st[3] / 1e9
+        if age < -FUTURE_SLACK:  # an mtime in the future (a copy from a skewed clock, `touch -d`)
+            age = self.config.settle_seconds  # tells nothing; the open-for-writing check still holds
+        idle = max(unchanged_for, age)
         return idle >= self.config.settle_seconds and not self.watch.writing(st)
 
     def _resumable(self, path: Path) -> bool:

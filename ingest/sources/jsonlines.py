@@ -22,7 +22,8 @@ import pyarrow.json as pjson
 
 from ingest.deadletters import DeadLetter
 from ingest.sources.nesting import MAX_DEPTH, maybe_too_deep, schema_too_deep, too_deep_reason, value_depth
-from ingest.sources.types import column_from_values, lossy_doubles, recognise_timestamps
+from ingest.sources.types import column_from_values, lossy_doubles, numbers_as_text, recognise_timestamps
+from ingest.sources.width import EXTRA, fold, sparse_wide
 
 READ_BLOCK = 32 << 20
 SAMPLE, SAMPLE_FROM = 16 << 10, 1 << 20  # `_learn_timestamps`: its lines, and the blocks it samples
@@ -261,8 +262,8 @@ class JsonLines:
 def _parse(block: bytes | memoryview, text_fields: set[str]) -> pa.Table | None:
     """pyarrow's reader, with timestamps kept as text (it would drop their zone) and recognised by
     our rules (`text_fields` learns them); None when only a per-line parse keeps every value exact."""
-    if not valid_utf8(block) or maybe_too_deep(block):
-        return None  # the per-line path dead-letters exactly the lines at fault
+    if not valid_utf8(block) or maybe_too_deep(block) or sparse_wide(block):
+        return None  # the per-line path dead-letters exactly the lines at fault, folds wide ones
     options = None
     if not text_fields and len(block) >= SAMPLE_FROM:
         _learn_timestamps(block, text_fields)
@@ -276,7 +277,25 @@ def _parse(block: bytes | memoryview, text_fields: set[str]) -> pa.Table | None:
         return _parse(block, text_fields)
     if lossy_doubles(table) or schema_too_deep(table.schema) or _has_empty_record(table):
         return None
+    if options is not None:  # the fields of the explicit schema came first: back to the input's order
+        table = _input_order(block, table)
     return recognise_timestamps(table)
+
+
+def _input_order(block: bytes | memoryview, table: pa.Table) -> pa.Table:
+    """Columns in the order the block's first line has them (fields it lacks keep pyarrow's order,
+    after them): the columns of an object keep the order in which the input first has them."""
+    end = bytes(block[:SAMPLE]).find(b"\n")
+    try:
+        first = json.loads(bytes(block[: end if end >= 0 else SAMPLE]))
+    except ValueError:
+        return table
+    if not isinstance(first, dict):
+        return table
+    rank = {name: i for i, name in enumerate(first)}
+    names = table.column_names
+    order = sorted(range(len(names)), key=lambda i: (rank.get(names[i], len(rank)), i))
+    return table if order == list(range(len(names))) else table.select(order)
 
 
 def valid_utf8(block: bytes | bytearray | memoryview) -> bool:
@@ -532,10 +551,17 @@ def table_from_records(records: list[dict[str, Any]]) -> tuple[pa.Table, dict[in
     names: dict[str, None] = {}
     for r in records:
         names.update(dict.fromkeys(r))
+    kept, extra = fold(records, names)  # past output.max_columns: one JSON text column
     columns, misfits = [], dict[int, str]()
-    for name in names:
-        column, bad = column_from_values(name, [r.get(name) for r in records])
+    fields = []
+    for name in kept:
+        values = [r.get(name) for r in records]
+        column, bad = column_from_values(name, values)
         columns.append(column)
+        fields.append(pa.field(name, column.type, metadata=numbers_as_text(column, values)))
         for row, why in bad.items():
             misfits.setdefault(row, why)
-    return recognise_timestamps(pa.table(columns, names=list(names))), misfits
+    if extra:
+        columns.append(pa.array(extra, pa.string()))
+        fields.append(pa.field(EXTRA, pa.string()))
+    return recognise_timestamps(pa.table(columns, schema=pa.schema(fields))), misfits

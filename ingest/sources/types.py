@@ -33,9 +33,14 @@ DOUBLE_DIGITS = 15  # significant digits a double holds exactly
 SAFE_INT = 2**53  # beyond this a double no longer holds every integer
 
 
+CELLS, TEXT_CELLS = b"ingest.cells", b"text"  # schema metadata of a CSV chunk: its text is cells
+MIXED = b"ingest.mixed"  # field metadata of a JSON text column that holds numbers among text
+
+
 def infer_text(table: pa.Table) -> pa.Table:
-    """CSV: give each all-text column the narrowest type that holds every value exactly."""
-    return _map_strings(table, _typed_from_text)
+    """CSV: give each all-text column the narrowest type that holds every value exactly (a column
+    left as text may still take a table's typed field: its schema says its values were cells)."""
+    return _map_strings(table, _typed_from_text).replace_schema_metadata({CELLS: TEXT_CELLS})
 
 
 def recognise_timestamps(table: pa.Table) -> pa.Table:
@@ -154,6 +159,8 @@ def column_from_values(name: str, values: list[Any]) -> tuple[pa.Array, dict[int
     if not kinds:
         return pa.nulls(len(values)), {}
     winner = max(kinds, key=lambda k: (kinds[k], PREFERENCE[k]))
+    if "text" in kinds and winner in ("number", "bool"):
+        winner = "text"  # numbers among text become their text, however few the texts are
     bad: dict[int, str] = {}
     out: list[Any] = []
     if winner == "number":
@@ -187,6 +194,17 @@ def column_from_values(name: str, values: list[Any]) -> tuple[pa.Array, dict[int
         return pa.array(out), bad
     except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):  # nested values that do not agree
         return pa.array([None if v is None else _text(v) for v in values], pa.string()), {}
+
+
+def numbers_as_text(column: pa.Array, values: list[Any]) -> dict[bytes, bytes] | None:
+    """Field metadata for a text column that holds JSON numbers as their text (they were among
+    text): such a column's number texts may still go into a field the table already has as a
+    number; text from a column of text alone never does (see pipeline.encode)."""
+    if not pa.types.is_string(column.type):
+        return None
+    if any(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+        return {MIXED: b"numbers"}
+    return None
 
 
 def _misfit(name: str, value: Any, expected: object) -> str:
@@ -271,6 +289,8 @@ def unify(counts: dict[pa.DataType, int]) -> pa.DataType:
     for t in types:
         totals[family(t)] += counts[t]
     best = max(totals, key=lambda f: (totals[f], PREFERENCE[f]))
+    if "text" in totals and best in ("number", "bool"):
+        best = "text"  # as column_from_values: numbers among text become text, whatever the counts
     members = sorted((t for t in types if family(t) == best), key=lambda t: -counts[t])
     return _widen_all(members) or members[0]
 

@@ -83,17 +83,33 @@ def test_head_says_which_key_is_missing_or_not_parquet(job: Job) -> None:
     assert wrong.stderr.strip().splitlines()[-1] == (
         f"error: {job.prefix}notes.txt: not a Parquet object (no PAR1 footer)"
     )
+    # A 0-byte object (a failed upload by another tool): listed as not Parquet, the listing goes on.
+    job.r2.token_s3().put_object(Bucket=job.r2.bucket, Key=f"{job.prefix}empty.parquet", Body=b"")
     listed = json.loads(job.cli("ls", "--json").stdout)
     assert listed == [
         {
-            "key": f"{job.prefix}notes.txt",
-            "size": 18,
+            "key": f"{job.prefix}empty.parquet",
+            "size": 0,
             "modified": listed[0]["modified"],
             "rows": None,
             "batch": None,
+            "problem": "not a Parquet object (empty)",
+        },
+        {
+            "key": f"{job.prefix}notes.txt",
+            "size": 18,
+            "modified": listed[1]["modified"],
+            "rows": None,
+            "batch": None,
             "problem": "not a Parquet object (no PAR1 footer)",
-        }
+        },
     ]
+    empty = job.cli("head", f"{job.prefix}empty.parquet")
+    assert empty.returncode == 1
+    assert (
+        empty.stderr.strip().splitlines()[-1]
+        == f"error: {job.prefix}empty.parquet: not a Parquet object (empty)"
+    )
 
 
 def test_ls_table_lists_one_table(job: Job) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 
 import duckdb
 import polars as pl
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tests.integration.conftest import Job, logs_of
@@ -301,3 +302,148 @@ def test_deep_records_are_dead_letters_and_never_reach_the_schema(job: Job, tmp_
     (job.inbox / "later.jsonl").write_bytes(b'{"id": 5, "a": [[3]]}\n')
     assert job.run_once().returncode == 0
     assert sorted(x["id"] for x in readable_rows(job, tmp_path)) == [0, 4, 5]
+
+
+# -- 14-18. values never changed without a word ---------------------------------------------------
+
+
+def test_text_among_numbers_makes_the_column_text_whatever_the_counts(job: Job, tmp_path: Path) -> None:
+    (job.inbox / "two-texts.jsonl").write_bytes(b'{"v": "abc"}\n{"v": "def"}\n{"v": 5}\n{"v": 6}\n{"v": 7}\n')
+    job.configure()
+    r = job.run_once()
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert sorted(x["v"] for x in readable_rows(job, tmp_path)) == ["5", "6", "7", "abc", "def"]
+    assert job.dead_letters() == []
+
+
+def test_json_text_is_never_reinterpreted_by_an_earlier_parquet_files_types(job: Job, tmp_path: Path) -> None:
+    earlier = pa.table({"id": [1], "ts": [1_700_000_000_000], "amount": [1.5]})
+    pq.write_table(earlier, job.inbox / "a.parquet")
+    job.configure()
+    assert job.run_once().returncode == 0
+    (job.inbox / "b.jsonl").write_bytes(b'{"id": 2, "ts": "2026-01-01T00:00:00Z", "amount": "12.5"}\n')
+    r = job.run_once()
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = {x["id"]: x for x in readable_rows(job, tmp_path)}
+    letters = job.dead_letters()
+    if 2 in rows:  # landed: the text itself, never a number made of it
+        assert str(rows[2]["ts"]) == "2026-01-01T00:00:00Z" and rows[2]["amount"] == "12.5"
+    else:  # or a dead letter naming field, type and value
+        (letter,) = letters
+        assert "field 'ts'" in letter["reason"] and "2026-01-01T00:00:00" in letter["reason"]
+        assert "int64" in letter["reason"] and "2026-01-01T00:00:00Z" in letter["raw"]
+    assert rows[1]["ts"] == 1_700_000_000_000
+
+
+def test_a_number_no_double_holds_is_a_dead_letter_not_infinity(job: Job, tmp_path: Path) -> None:
+    (job.inbox / "big.jsonl").write_bytes(
+        b'{"id": 1, "x": 1e400}\n{"id": 2, "x": 1.5}\n{"id": 3, "x": NaN}\n'
+    )
+    job.configure()
+    r = job.run_once()
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert [(x["id"], x["x"]) for x in readable_rows(job, tmp_path)] == [(2, 1.5)]
+    letters = sorted(job.dead_letters(), key=lambda d: d["line"])
+    assert [d["line"] for d in letters] == [1, 3]
+    assert "1e400" in letters[0]["reason"] and "NaN" in letters[1]["reason"]
+
+
+def test_columns_keep_the_order_the_input_first_has_them(job: Job, tmp_path: Path) -> None:
+    (job.inbox / "order.jsonl").write_bytes(b'{"id": 1, "ts": "2026-01-01T00:00:00Z", "v": 2.5, "s": "x"}\n')
+    job.configure()
+    assert job.run_once().returncode == 0
+    [key] = job.keys()
+    assert job.read(key).column_names == ["id", "ts", "v", "s"]
+
+
+def test_names_that_differ_only_by_case_keep_the_first_spelling_and_rename_the_next(
+    job: Job, tmp_path: Path
+) -> None:
+    (job.inbox / "case.jsonl").write_bytes(b'{"id": 1, "ID": 10}\n{"id": 2, "Id": 20}\n')
+    job.configure()
+    r = job.run_once()
+    assert r.returncode == 0, r.stderr[-3000:]
+    readable_rows(job, tmp_path)
+    [key] = job.keys()
+    path = tmp_path / "case.parquet"
+    path.write_bytes(job.r2.token_s3().get_object(Bucket=job.r2.bucket, Key=key)["Body"].read())
+    got = duckdb.sql(f"SELECT id, ID_2, Id_3 FROM read_parquet('{path}') ORDER BY id").fetchall()
+    assert got == [(1, 10, None), (2, None, 20)]  # DuckDB's `id` is our `id`, not another spelling
+
+
+def test_partition_by_year_1_writes_a_four_digit_year(job: Job, tmp_path: Path) -> None:
+    (job.inbox / "old.jsonl").write_bytes(b'{"id": 1, "day": "0001-01-01"}\n')
+    job.configure(output={"prefix": job.prefix, "partition_by": "day"})
+    r = job.run_once()
+    assert r.returncode == 0, r.stderr[-3000:]
+    [key] = job.keys()
+    assert key == f"{job.prefix}0001/01/01/ingested_0001.parquet"
+    assert [x["id"] for x in readable_rows(job, tmp_path)] == [1]
+
+
+# -- 22, 24. files as they come -------------------------------------------------------------------
+
+
+def test_a_file_dated_in_the_future_is_read_and_acknowledged_in_one_run(job: Job, tmp_path: Path) -> None:
+    path = job.inbox / "tomorrow.jsonl"
+    path.write_bytes(b'{"id": 1}\n')
+    later = path.stat().st_mtime + 86_400
+    os.utime(path, (later, later))
+    job.configure()
+    r = job.run_once()
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert [x["id"] for x in readable_rows(job, tmp_path)] == [1]
+    assert not path.exists()
+
+
+def test_csv_dialects_people_need(job: Job, tmp_path: Path) -> None:
+    (job.inbox / "eu.csv").write_text("id;price;note\n1;12,5;'a;b'\n2;NULL;\n")
+    job.configure(sources={"delimiter": ";", "quote": "'", "null_values": ["NULL"]})
+    r = job.run_once()
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = sorted(readable_rows(job, tmp_path), key=lambda x: x["id"])
+    assert rows == [
+        {"id": 1, "price": "12,5", "note": "a;b"},  # a decimal comma stays text
+        {"id": 2, "price": None, "note": ""},  # NULL is null; an empty cell stays ""
+    ]
+
+
+def test_csv_without_a_header_takes_the_configured_names(job: Job, tmp_path: Path) -> None:
+    (job.inbox / "bare.csv").write_text("1,a\n2,b\n3\n")
+    job.configure(sources={"header": False, "columns": ["id", "name"]})
+    r = job.run_once()
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert sorted((x["id"], x["name"]) for x in readable_rows(job, tmp_path)) == [(1, "a"), (2, "b")]
+    [(letter)] = job.dead_letters()
+    assert letter["line"] == 3 and "columns" in letter["reason"]
+
+
+# -- 13. schema explosion ------------------------------------------------------------------------
+
+
+def test_a_key_per_line_stays_within_max_columns_and_loses_no_field(job: Job, tmp_path: Path) -> None:
+    n = 20_000
+    lines = b"".join(json.dumps({"id": i, f"k{i}": i}).encode() + b"\n" for i in range(n))
+    (job.inbox / "keys.jsonl").write_bytes(lines)
+    header = "id," + ",".join(f"c{j}" for j in range(5_000))
+    body = "".join(f"{i}," + ",".join(str(j) for j in range(5_000)) + "\n" for i in range(n, n + 100))
+    (job.inbox / "wide.csv").write_text(header + "\n" + body)
+    job.configure(output={"prefix": job.prefix, "max_columns": 300})
+    r = job.run_once(timeout=180)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = readable_rows(job, tmp_path)
+    assert len(rows) == n + 100 and sorted(x["id"] for x in rows) == list(range(n + 100))
+    keys = job.keys()
+    assert all(len(job.read(key).column_names) <= 300 for key in keys)
+    for x in rows:  # every field is somewhere: its own column, or `_extra`
+        fields = {k: v for k, v in x.items() if k != "_extra" and v is not None}
+        fields |= json.loads(x["_extra"]) if x.get("_extra") else {}
+        if x["id"] < n:
+            assert fields == {"id": x["id"], f"k{x['id']}": x["id"]}
+        else:
+            assert len(fields) == 5_001 and str(fields["c4999"]) == "4999"
+    # A later small file is not widened past the limit either.
+    (job.inbox / "later.jsonl").write_bytes(b'{"id": -1, "new": 1}\n')
+    assert job.run_once().returncode == 0
+    later = job.keys()
+    assert len(later) > len(keys) and all(len(job.read(key).column_names) <= 300 for key in later)

@@ -90,10 +90,9 @@ def test_a_rows_fate_does_not_depend_on_its_neighbours_order(job: Job, tmp_path:
     job.configure()
     assert job.run_once().returncode == 0
     got = _duck(job, tmp_path).execute("SELECT id, v, w FROM t ORDER BY id").fetchall()
-    assert got == [(2, 3, "b"), (3, 4, "5")]  # v: mostly numbers; w: mostly text, 5 kept as "5"
-    [letter] = job.dead_letters()
-    assert "field 'v'" in letter["reason"] and '"x"' in letter["reason"]
-    assert json.loads(letter["raw"]) == rows[0]
+    # Numbers among text become their text, however many numbers there are: every row lands.
+    assert got == [(1, "x", "a"), (2, "3", "b"), (3, "4", "5")]
+    assert job.dead_letters() == []
 
 
 def test_timestamps_keep_their_zone_the_same_way_in_every_format(job: Job, tmp_path: Path) -> None:

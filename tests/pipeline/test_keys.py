@@ -21,6 +21,14 @@ def test_default_template_renders_and_parses() -> None:
     assert t.parse_seq(DAY, "events/2024/08/02/other_0042.parquet") is None
 
 
+def test_years_before_1000_have_four_digits_so_keys_sort_and_list_by_their_text() -> None:
+    t = KeyTemplate("{prefix}{date:%Y/%m/%d}/ingested_{seq:04d}.parquet", "e/")
+    assert t.render(date(1, 1, 1), 3) == "e/0001/01/01/ingested_0003.parquet"
+    assert t.render(date(999, 12, 31), 1) == "e/0999/12/31/ingested_0001.parquet"
+    assert t.parse_seq(date(1, 1, 1), "e/0001/01/01/ingested_0003.parquet") == 3
+    assert KeyTemplate("{date:%Y%%Y-%d}/{seq}").render(date(7, 1, 2), 1) == "0007%Y-02/1"
+
+
 def test_unknown_placeholder_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match=r"output.key_template: 'day' is not a placeholder"):
         KeyTemplate("{day}/{seq}.parquet")
