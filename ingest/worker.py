@@ -106,19 +106,66 @@ def check_tables(settings: Settings, configs: list[SourceConfig]) -> bool:
     return False
 
 
+def source_configs(settings: Settings) -> list[SourceConfig]:
+    """The configured sources, or the default inbox when none is."""
+    return settings.sources or [SourceConfig(kind="directory", path=DEFAULT_INBOX)]
+
+
+def check_sources(settings: Settings, once: bool) -> bool:
+    """Every source setting that can be checked without starting anything (ConfigError, one line):
+    run before the local R2 or the spool start, so a config error is said at once. Returns whether
+    keys tell tables apart."""
+    configs = source_configs(settings)
+    default = not settings.sources
+    per_table = check_tables(settings, configs)
+    kinds: set[str] = set()
+    for i, cfg in enumerate(configs):
+        if cfg.kind == "http":
+            if once:
+                raise ConfigError(
+                    f"sources.{i}.kind: an http source takes requests for as long as the worker runs, so "
+                    "--once would end it at once; run without --once (or use another config for cron runs)"
+                )
+            if "http" in kinds:
+                raise ConfigError(
+                    f"sources.{i}.kind: a second http source; one serves every table, so keep one"
+                )
+            if not settings.server.listen:
+                raise ConfigError(f"sources.{i}.kind: an http source needs server.listen (host:port)")
+            from ingest.sources.http import tokens_of
+
+            tokens_of(cfg, i)
+        elif cfg.kind == "landing" and "landing" in kinds:
+            raise ConfigError(
+                f"sources.{i}.kind: a second landing source; there is one landing prefix "
+                "({output.prefix}_landing/) per worker, so keep one"
+            )
+        elif cfg.kind == "directory":
+            if not cfg.path:
+                raise ConfigError(f"sources.{i}.path: required for a directory source")
+            check_directory(f"sources.{i}.path", cfg.path, create=default)
+            if cfg.done_dir:
+                check_done_dir(f"sources.{i}.done_dir", cfg.done_dir)
+        kinds.add(cfg.kind)
+    if settings.server.upload_token.get_secret_value() and "landing" not in kinds:
+        raise ConfigError(
+            'server.upload_token: set, but no source has kind = "landing", so granted uploads would '
+            'never be ingested; add [[sources]] kind = "landing"'
+        )
+    return per_table
+
+
 def build_sources(
     settings: Settings, spool: Spool, say: Console, client: R2Client, once: bool = False
 ) -> list[Source]:
-    configs = settings.sources
-    default = not configs
-    if default:
-        configs = [SourceConfig(kind="directory", path=DEFAULT_INBOX)]
+    per_table = check_sources(settings, once)
+    configs = source_configs(settings)
+    if not settings.sources:
         say.print(f"no sources configured: watching ./{DEFAULT_INBOX}/", markup=False, highlight=False)
-    per_table = check_tables(settings, configs)
     sources: list[Source] = []
     for i, cfg in enumerate(configs):
         if cfg.kind == "http":
-            sources.append(http_source(settings, spool, cfg, i, once, per_table, sources))
+            sources.append(http_source(settings, spool, cfg, i, per_table))
             continue
         if cfg.kind == "redis":
             from ingest.sources.streams import RedisSource
@@ -141,11 +188,6 @@ def build_sources(
             sources.append(StdinSource(cfg, spool.dead, settings.batch.max_record_bytes))
             continue
         if cfg.kind == "landing":
-            if any(isinstance(s, LandingSource) for s in sources):
-                raise ConfigError(
-                    f"sources.{i}.kind: a second landing source; there is one landing prefix "
-                    "({output.prefix}_landing/) per worker, so keep one"
-                )
             sources.append(
                 LandingSource(
                     cfg,
@@ -160,11 +202,6 @@ def build_sources(
                 )
             )
             continue
-        if not cfg.path:
-            raise ConfigError(f"sources.{i}.path: required for a directory source")
-        check_directory(f"sources.{i}.path", cfg.path, create=default)
-        if cfg.done_dir:
-            check_done_dir(f"sources.{i}.done_dir", cfg.done_dir)
         # The claim directory is named like the spool, so a restarted worker finds both together.
         source = DirectorySource(cfg, spool.worker_id, spool.dead, True, settings.batch.max_record_bytes)
         source.lock_claim_dir()
@@ -172,26 +209,9 @@ def build_sources(
     return sources
 
 
-def http_source(
-    settings: Settings,
-    spool: Spool,
-    cfg: SourceConfig,
-    index: int,
-    once: bool,
-    per_table: bool,
-    sources: list[Source],
-) -> Source:
+def http_source(settings: Settings, spool: Spool, cfg: SourceConfig, index: int, per_table: bool) -> Source:
     from ingest.sources.http import HttpSource
 
-    if once:
-        raise ConfigError(
-            f"sources.{index}.kind: an http source takes requests for as long as the worker runs, so "
-            "--once would end it at once; run without --once (or use another config for cron runs)"
-        )
-    if any(isinstance(s, HttpSource) for s in sources):
-        raise ConfigError(f"sources.{index}.kind: a second http source; one serves every table, so keep one")
-    if not settings.server.listen:
-        raise ConfigError(f"sources.{index}.kind: an http source needs server.listen (host:port)")
     return HttpSource(
         cfg,
         index,
@@ -219,12 +239,7 @@ def upload_grants(settings: Settings, client: R2Client) -> UploadGrants | None:
     """Grants for browser uploads, when a token is set; they only make sense with a landing source."""
     if not settings.server.upload_token.get_secret_value():
         return None
-    landing = [c for c in settings.sources if c.kind == "landing"]
-    if not landing:
-        raise ConfigError(
-            'server.upload_token: set, but no source has kind = "landing", so granted uploads would '
-            'never be ingested; add [[sources]] kind = "landing"'
-        )
+    landing = [c for c in settings.sources if c.kind == "landing"]  # there is one: check_sources
     return UploadGrants(
         client,
         settings.r2.bucket,
@@ -237,6 +252,7 @@ def upload_grants(settings: Settings, client: R2Client) -> UploadGrants | None:
 async def run(settings: Settings, once: bool, say: Console, progress: Console | None = None) -> RunResult:
     """Run the worker; `progress`: a terminal's console to show a progress bar on (log lines then go
     through it too, above the bar)."""
+    check_sources(settings, once)  # before the local R2 starts: a config error is said at once
     async with r2_settings(settings, say) as s, AsyncExitStack() as stack:
         r2 = s.r2
         if not r2.bucket:

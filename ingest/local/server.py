@@ -144,15 +144,21 @@ class LocalR2:
                 emulator.app(), log_level="warning", lifespan="on", access_log=False, log_config=None
             )
             server = uvicorn.Server(config)
+            failed: Exception | None = None
             async with anyio.create_task_group() as tg:
                 tg.start_soon(server.serve, [sock])
                 supervisor = anyio.CancelScope()
                 tg.start_soon(self._supervise, supervisor)
                 while not server.started:  # noqa: ASYNC110 (uvicorn exposes a flag, not an event)
                     await anyio.sleep(0.02)
-                yield self.info(f"http://127.0.0.1:{sock.getsockname()[1]}{API_PREFIX}")
+                try:
+                    yield self.info(f"http://127.0.0.1:{sock.getsockname()[1]}{API_PREFIX}")
+                except Exception as exc:  # the server stops as usual first: no lifespan traceback
+                    failed = exc
                 supervisor.cancel()
                 server.should_exit = True
+            if failed is not None:
+                raise failed
         finally:
             sock.close()
             with anyio.CancelScope(shield=True):  # Ctrl-C included: SeaweedFS always stops cleanly

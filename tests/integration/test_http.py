@@ -508,11 +508,13 @@ def test_dead_letters_found_when_encoding_name_the_body_line_also_after_a_crash(
     assert answer.status_code == 202 and answer.json()["accepted"] == 2
     assert answer.headers.get("idempotent-replayed") == ("true" if crash else None)
     worker.stop()
-    assert sorted((r["id"], r["v"]) for r in job.rows()) == [(0, 1.5), (2, 2.5)]
+    # JSON text never becomes a number of the table's double field, "2.5" included (issue 29).
+    assert sorted((r["id"], r["v"]) for r in job.rows()) == [(0, 1.5)]
     letters = sorted(job.dead_letters(), key=lambda d: int(d["line"]))
     assert [(d["line"], str(d["reason"]).split(":")[0]) for d in letters] == [
         (1, "invalid JSON"),
         (2, "field 'v'"),
+        (3, "field 'v'"),
     ]
     assert all(d["source"] == f"http request {answer.json()['request_id']}" for d in letters)
 

@@ -17,7 +17,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tests.integration.conftest import Job, logs_of
+from tests.integration.conftest import Job, ingest_without_r2, logs_of
 
 
 def readable_rows(job: Job, tmp: Path) -> list[dict[str, Any]]:
@@ -447,3 +447,22 @@ def test_a_key_per_line_stays_within_max_columns_and_loses_no_field(job: Job, tm
     assert job.run_once().returncode == 0
     later = job.keys()
     assert len(later) > len(keys) and all(len(job.read(key).column_names) <= 300 for key in later)
+
+
+# -- 23. a config error on the newcomer's path -----------------------------------------------------
+
+
+def test_a_source_config_error_is_one_line_and_exit_2_before_the_local_r2_starts(tmp_path: Path) -> None:
+    for body, key in (
+        ('[[sources]]\nkind = "http"\n', "sources.0.token"),
+        (
+            '[[sources]]\nkind = "directory"\npath = "."\n[server]\nupload_token = "t"\n',
+            "server.upload_token",
+        ),
+    ):
+        (tmp_path / "ingest.toml").write_text(body)
+        r = ingest_without_r2(tmp_path, "--config", "ingest.toml", "run", timeout=60)
+        assert r.returncode == 2, r.stderr[-2000:]
+        assert r.stderr.strip().splitlines() == [r.stderr.strip()] and r.stderr.startswith("config error: ")
+        assert key in r.stderr and "Traceback" not in r.stderr
+        assert not (tmp_path / ".ingest" / "local").exists()  # nothing was started
