@@ -402,6 +402,7 @@ class Pipeline:
                 path=str(obj.path),
             )
         else:
+            self.health.clear("upload")  # readiness follows the latest outcome
             crash_point("put")
             # Said before the journal commit (which waits on the journal thread): the object is in R2
             # now; a crash before the commit makes the next start find it there and say it again.

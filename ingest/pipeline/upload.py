@@ -35,7 +35,7 @@ from ingest.logs import get_logger
 from ingest.pipeline.keys import KeyAllocator
 from ingest.pipeline.spool import SpooledObject
 from ingest.r2.client import R2AccessDenied, R2Client
-from ingest.r2.errors import describe, is_conflict, is_retryable, status_of
+from ingest.r2.errors import CLOCK_SKEW, describe, is_conflict, is_retryable, status_of
 
 log = get_logger("ingest.pipeline.upload")
 T = TypeVar("T")
@@ -49,6 +49,17 @@ class _StopAt(stop_base):
 
     def __call__(self, retry_state: RetryCallState) -> bool:
         return time.monotonic() >= self.deadline
+
+
+class _NotPast:
+    """A wait that never sleeps past the deadline (`--once` must end on time)."""
+
+    def __init__(self, deadline: float, inner: Any) -> None:
+        self.deadline, self.inner = deadline, inner
+
+    def __call__(self, retry_state: RetryCallState) -> float:
+        left = max(0.0, self.deadline - time.monotonic())
+        return float(min(self.inner(retry_state), left))
 
 
 class RequestHealth(Protocol):
@@ -82,6 +93,7 @@ class Uploader:
     ) -> None:
         self.health = health
         self.deadline: float | None = None  # monotonic: no retry starts after it (--once)
+        self._skew_said = False  # the clock warning is given once
         self.client = client
         self.bucket = bucket
         self.allocators = allocators
@@ -102,6 +114,13 @@ class Uploader:
         def before_sleep(state: RetryCallState) -> None:
             metrics.UPLOAD_RETRIES.inc()
             exc = state.outcome.exception() if state.outcome else None
+            if isinstance(exc, ClientError) and status_of(exc)[1] == CLOCK_SKEW and not self._skew_said:
+                self._skew_said = True
+                log.warning(
+                    "the store says this machine's clock is off; uploads are retried until it is "
+                    "right again: fix the clock (NTP)",
+                    local_time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                )
             if self.health is not None:
                 self.health.request_failed(describe(exc) if exc else "unknown error")
             log.warning(
@@ -112,9 +131,12 @@ class Uploader:
                 error=describe(exc) if exc else "",
             )
 
+        wait: Any = wait_random_exponential(multiplier=rc.initial, max=rc.max)  # full jitter
+        if self.deadline is not None:
+            wait = _NotPast(self.deadline, wait)
         async for attempt in AsyncRetrying(
             stop=stop,
-            wait=wait_random_exponential(multiplier=rc.initial, max=rc.max),  # full jitter
+            wait=wait,
             retry=retry_if_exception(is_retryable),
             before_sleep=before_sleep,
             reraise=True,
@@ -122,7 +144,11 @@ class Uploader:
             with attempt:
                 counter[0] += 1
                 async with self.requests:
-                    result = await fn()
+                    if self.deadline is None:
+                        result = await fn()
+                    else:  # --once: no request outlasts the run's deadline (TimeoutError: retryable)
+                        with anyio.fail_after(max(0.0, self.deadline - time.monotonic())):
+                            result = await fn()
                 if self.health is not None:
                     self.health.request_succeeded()
                 return result

@@ -10,6 +10,8 @@ from botocore.exceptions import ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
 # Codes R2 (and S3) answer for credentials that expired or that it no longer knows.
+CLOCK_SKEW = "RequestTimeTooSkewed"  # this machine's clock is off: fixed by NTP, so retried meanwhile
+TRANSIENT_CODES = {"SlowDown", "RequestTimeout", CLOCK_SKEW}
 EXPIRED_CODES = {"ExpiredToken", "ExpiredTokenException", "ExpiredRequest", "TokenRefreshRequired"}
 UNKNOWN_KEY_CODES = {"InvalidAccessKeyId", "InvalidToken", "InvalidClientTokenId"}
 
@@ -32,7 +34,7 @@ def is_retryable(exc: BaseException) -> bool:
     """Connection errors, timeouts, 5xx, 429 and throttling: the same request may succeed later."""
     if isinstance(exc, ClientError):
         status, code = status_of(exc)
-        return status is None or status >= 500 or status == 429 or code in ("SlowDown", "RequestTimeout")
+        return status is None or status >= 500 or status == 429 or code in TRANSIENT_CODES
     network = (HTTPClientError, BotoConnectionError, OSError, asyncio.TimeoutError)
     aiohttp = sys.modules.get("aiohttp")  # loaded with the S3 client; none of its errors before that
     return isinstance(exc, network) or (aiohttp is not None and isinstance(exc, aiohttp.ClientError))

@@ -8,6 +8,9 @@ import base64
 import gzip
 import json
 import os
+import signal
+import socket
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -17,7 +20,15 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tests.integration.conftest import Job, ingest_without_r2, logs_of
+from tests.integration.conftest import (
+    Job,
+    free_port,
+    ingest_without_r2,
+    logs_of,
+    readyz,
+    wait_for,
+    write_jsonl,
+)
 
 
 def readable_rows(job: Job, tmp: Path) -> list[dict[str, Any]]:
@@ -466,3 +477,59 @@ def test_a_source_config_error_is_one_line_and_exit_2_before_the_local_r2_starts
         assert r.stderr.strip().splitlines() == [r.stderr.strip()] and r.stderr.startswith("config error: ")
         assert key in r.stderr and "Traceback" not in r.stderr
         assert not (tmp_path / ".ingest" / "local").exists()  # nothing was started
+
+
+# -- 19, 20. failures that stick or say too little ---------------------------------------------------
+
+FAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")  # Debian's faketime (scripts/test)
+
+
+def test_a_clock_off_by_20_minutes_is_retried_and_readiness_follows_the_latest_outcome(
+    job: Job, tmp_path: Path
+) -> None:
+    offset = tmp_path / "clock"
+    offset.write_text("+20m\n")  # the store refuses every request: RequestTimeTooSkewed
+    probe = free_port()
+    job.configure(
+        sources={"settle_seconds": "50ms"},
+        batch={"max_age": "100ms"},
+        retry={"initial": "100ms", "max": "500ms", "max_elapsed": "24h"},
+        server={"listen": f"127.0.0.1:{probe}", "ready_failure_seconds": "1s"},
+    )
+    skewed = {
+        "LD_PRELOAD": str(FAKETIME),
+        "FAKETIME_TIMESTAMP_FILE": str(offset),
+        "FAKETIME_NO_CACHE": "1",
+        "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+    }
+    proc = job.start(**skewed)
+    try:
+        wait_for(lambda: readyz(probe) == 200, 60, "the worker to be ready")
+        write_jsonl(job.inbox / "a.jsonl", [{"id": i} for i in range(5)])
+        wait_for(lambda: readyz(probe) == 503, 60, "readiness to turn false while the clock is off")
+        assert job.keys() == []
+        offset.write_text("+0\n")  # NTP fixed it
+        wait_for(lambda: job.keys(), 60, "the object, once the clock is right")
+        wait_for(lambda: readyz(probe) == 200, 30, "readiness to follow the latest outcome")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr[-3000:]
+    assert sorted(x["id"] for x in readable_rows(job, tmp_path)) == list(range(5))
+    said = [x for x in logs_of(stderr) if "clock is off" in x.get("event", "")]
+    assert len(said) == 1  # once, however many retries
+
+
+def test_once_with_a_store_that_never_answers_ends_by_once_max_elapsed(job: Job, tmp_path: Path) -> None:
+    with socket.socket() as silent:  # accepts connections and never answers a byte
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(64)
+        job.endpoint_url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        write_jsonl(job.inbox / "a.jsonl", [{"id": 1}])
+        job.configure(retry={"initial": "2s", "max": "60s", "max_elapsed": "24h", "once_max_elapsed": "4s"})
+        started = time.monotonic()
+        r = job.run_once(timeout=120)
+        elapsed = time.monotonic() - started
+    assert r.returncode == 1, r.stderr[-3000:]
+    assert "kept in" in r.stderr
+    assert elapsed < 4 + 10, elapsed  # start-up and shutdown aside, no sleep or request past the limit
