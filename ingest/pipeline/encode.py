@@ -139,9 +139,24 @@ class Encoder:
                     c.table = kept.append_column(EXTRA, extra_column(c.table, fold))
         runs = _same_schema_runs(batch.chunks)
         with self._lock:
+            before = self._schemas.get(batch.table)
             learned = self._learn(self._known(batch.table), [table for table, _ in runs])
             learned = pa.schema([_spelled(f, names) for f in learned])
             schema = self._schemas[batch.table] = learned
+        try:
+            return self._encode(batch, runs, schema)
+        except BaseException:
+            with self._lock:  # a batch that was not written leaves no field in the table's schema
+                if self._schemas.get(batch.table) is schema:
+                    if before is None:
+                        self._schemas.pop(batch.table, None)
+                    else:
+                        self._schemas[batch.table] = before
+            raise
+
+    def _encode(
+        self, batch: Batch, runs: list[tuple[pa.Table, list[Chunk]]], schema: pa.Schema
+    ) -> list[SpooledObject]:
         tables: list[pa.Table] = []
         days: list[pa.Array] = []
         for merged, chunks in runs:
@@ -395,11 +410,6 @@ def _shown(value: object) -> str:
         value, ensure_ascii=False, default=lambda v: v.isoformat() if hasattr(v, "isoformat") else str(v)
     )
     return text if len(text) <= 80 else text[:77] + "..."
-
-
-def _iso(value: object) -> str:
-    iso = getattr(value, "isoformat", None)
-    return str(iso()) if iso is not None else str(value)
 
 
 def _row(table: pa.Table, row: int) -> dict[str, object]:

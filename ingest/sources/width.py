@@ -118,10 +118,11 @@ def extra_column(table: pa.Table, overflow: list[str]) -> pa.Array:
         for name, values in columns:
             if values[row] is not None:
                 rest[name] = values[row]
-        out.append(json.dumps(rest, ensure_ascii=False, default=_iso) if rest else None)
+        out.append(json.dumps(rest, ensure_ascii=False, default=iso_text) if rest else None)
     return pa.array(out, pa.string())
 
 
-def _iso(value: object) -> str:
+def iso_text(value: object) -> str:
+    """JSON's fallback for values it has no form for: times and dates in ISO 8601, else str()."""
     iso = getattr(value, "isoformat", None)
     return str(iso()) if iso is not None else str(value)

@@ -177,3 +177,23 @@ def test_chunks_of_one_schema_are_cast_together_and_a_misfit_names_its_own_file_
     assert pq.read_table(obj.path).column("n").to_pylist() == [7, 8, 9, 10]
     [dead] = _dead(tmp_path)
     assert (dead["source"], dead["line"]) == ("b.csv", 2) and "does not fit" in str(dead["reason"])
+
+
+def test_a_batch_that_fails_to_write_leaves_no_field_in_the_tables_schema(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    from ingest import faults
+
+    enc = _encoder(tmp_path)
+    enc.encode(_batch(pa.table({"id": pa.array([1], pa.int64())})))
+    monkeypatch.setattr(faults, "_full_point", "encode")
+    monkeypatch.setattr(faults, "_full_left", 1)
+    monkeypatch.setattr(faults, "_full_skip", 0)
+    monkeypatch.setattr(faults, "_full_code", errno.EIO)
+    with pytest.raises(OSError):
+        enc.encode(_batch(pa.table({"id": pa.array([2], pa.int64()), "junk": pa.array(["x"])})))
+    assert enc.schema().names == ["id"]  # the failed batch's field is not the table's
+    [obj] = enc.encode(_batch(pa.table({"id": pa.array([3], pa.int64())})))
+    assert pq.read_table(obj.path).column_names == ["id"]
