@@ -255,11 +255,12 @@ class Encoder:
     def _overflow(self, known: pa.Schema, chunks: list[Chunk]) -> set[str]:
         """New fields that would take the table past output.max_columns (they go into EXTRA): the
         first ones in input order get columns, one column is kept for EXTRA."""
-        room = self.output.max_columns - len(known) - (0 if EXTRA in known.names else 1)
+        have = set(known.names)
+        room = self.output.max_columns - len(known) - (0 if EXTRA in have else 1)
         new: dict[str, None] = {}
         for c in chunks:
-            new.update((n, None) for n in c.table.column_names if n not in known.names and n != EXTRA)
-        if len(new) <= room + (0 if EXTRA in known.names else 1):
+            new.update((n, None) for n in c.table.column_names if n not in have and n != EXTRA)
+        if len(new) <= room + (0 if EXTRA in have else 1):
             return set()
         return set(list(new)[max(room, 0) :])
 

@@ -72,7 +72,8 @@ def read_into(
         _mismatched.add(unit.name)
         log.warning("compression told by the file's bytes, not its name", path=unit.name, why=mismatch)
     compression = found.compression
-    options = replace(options, encoding=found.encoding)
+    if found.encoding != options.encoding:
+        options = replace(options, encoding=found.encoding)
 
     def chunks(table: pa.Table, first_line: int, lines: list[int] | None) -> None:
         for chunk in unit.chunks(table, first_line, lines):

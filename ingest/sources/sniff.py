@@ -9,8 +9,7 @@ read (pyarrow's transcoding stream), so every later step sees UTF-8 only.
 from __future__ import annotations
 
 import codecs
-from collections.abc import Iterator
-from contextlib import contextmanager
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,8 +54,11 @@ def compression_of(head: bytes) -> str | None:
 
 def sniff(path: Path, named: str | None, encoding: str = UTF8) -> Sniffed:
     """Read the file's first bytes (and, if compressed, the first decompressed ones)."""
-    with open(path, "rb") as fh:
-        head = fh.read(4)
+    fd = os.open(path, os.O_RDONLY)  # os.open, not open(): a small file pays for this once more
+    try:
+        head = os.read(fd, 4)
+    finally:
+        os.close(fd)
     compression = compression_of(head)
     if compression is not None:
         try:
@@ -70,7 +72,10 @@ def sniff(path: Path, named: str | None, encoding: str = UTF8) -> Sniffed:
 def text_encoding(head: bytes, configured: str = UTF8) -> str:
     """A byte-order mark wins over a UTF-8/UTF-16 setting (Excel writes one); any other setting is
     taken as it is (a cp1252 file has no mark)."""
-    configured = canonical_encoding(configured)
+    if configured != UTF8:
+        configured = canonical_encoding(configured)
+    if head[:1] not in (b"\xef", b"\xff", b"\xfe") and configured == UTF8:
+        return UTF8  # the usual case, decided without a lookup
     if configured in (UTF8, "utf-8-sig", "utf-16"):
         for bom, codec in _BOMS:
             if head.startswith(bom):
@@ -79,11 +84,10 @@ def text_encoding(head: bytes, configured: str = UTF8) -> str:
     return configured
 
 
-@contextmanager
-def open_text(path: Path, compression: str | None, encoding: str = UTF8) -> Iterator[Any]:
-    """A pyarrow input stream of the file's text as UTF-8."""
-    with pa.input_stream(str(path), compression=compression) as stream:
-        if encoding == UTF8:
-            yield stream
-        else:
-            yield pa.transcoding_input_stream(stream, encoding, UTF8)
+def open_text(path: Path, compression: str | None, encoding: str = UTF8) -> Any:
+    """A pyarrow input stream of the file's text as UTF-8 (use it in `with`: closing it closes the
+    file)."""
+    stream = pa.input_stream(str(path), compression=compression)
+    if encoding == UTF8:
+        return stream
+    return pa.transcoding_input_stream(stream, encoding, UTF8)
