@@ -156,9 +156,9 @@ def check_sources(settings: Settings, once: bool) -> bool:
 
 
 def build_sources(
-    settings: Settings, spool: Spool, say: Console, client: R2Client, once: bool = False
+    settings: Settings, spool: Spool, say: Console, client: R2Client, per_table: bool
 ) -> list[Source]:
-    per_table = check_sources(settings, once)
+    """The sources of a config that `check_sources` passed (`per_table`: what it answered)."""
     configs = source_configs(settings)
     if not settings.sources:
         say.print(f"no sources configured: watching ./{DEFAULT_INBOX}/", markup=False, highlight=False)
@@ -252,7 +252,7 @@ def upload_grants(settings: Settings, client: R2Client) -> UploadGrants | None:
 async def run(settings: Settings, once: bool, say: Console, progress: Console | None = None) -> RunResult:
     """Run the worker; `progress`: a terminal's console to show a progress bar on (log lines then go
     through it too, above the bar)."""
-    check_sources(settings, once)  # before the local R2 starts: a config error is said at once
+    per_table = check_sources(settings, once)  # before the local R2 starts: said at once
     async with r2_settings(settings, say) as s, AsyncExitStack() as stack:
         r2 = s.r2
         if not r2.bucket:
@@ -268,7 +268,7 @@ async def run(settings: Settings, once: bool, say: Console, progress: Console | 
                 lazy=True,  # built by `warm` below, while the first files are read
             )
         )
-        sources = build_sources(s, spool, say, client, once)
+        sources = build_sources(s, spool, say, client, per_table)
         probe_sock = None  # bound after the sources' config is checked: a taken port does not hide it
         if not once and s.server.listen:  # --once serves no probes: the server is not even imported
             from ingest.server import bind

@@ -30,7 +30,7 @@ from ingest.layout import DEFAULT_TABLE
 from ingest.pipeline.batch import Batch
 from ingest.pipeline.spool import SpooledObject
 from ingest.sources.base import Chunk
-from ingest.sources.types import CELLS, MIXED, TEXT_CELLS, family, text_fits, unify, widen
+from ingest.sources.types import CELLS, MIXED, TEXT_CELLS, family, shown, text_fits, unify, widen
 from ingest.sources.width import EXTRA, extra_column, set_max_columns
 
 _CAST_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError)
@@ -236,7 +236,7 @@ class Encoder:
                     for row in failures:
                         bad.setdefault(
                             row,
-                            f"field {f.name!r}: value {_shown(original[row].as_py())} of type "
+                            f"field {f.name!r}: value {shown(original[row].as_py())} of type "
                             f"{original.type} does not fit the table's "
                             f"type {f.type} (output.schema_file can set another)",
                         )
@@ -403,14 +403,6 @@ def _cast(values: pa.Array, to: pa.DataType) -> pa.Array:
         return values.cast(to)
     except (*_CAST_ERRORS, OverflowError):
         return _cast_rowwise(pa.chunked_array([values]), to)[0]
-
-
-def _shown(value: object) -> str:
-    """A value as JSON would write it (times in ISO 8601), cut to 80 characters."""
-    text = json.dumps(
-        value, ensure_ascii=False, default=lambda v: v.isoformat() if hasattr(v, "isoformat") else str(v)
-    )
-    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _row(table: pa.Table, row: int) -> dict[str, object]:

@@ -209,7 +209,6 @@ def _read_document(
 
 def _elements(text: str) -> list[tuple[Any, int]]:
     """(value, line it starts on) of each element of a top-level array, or of the one value."""
-    decoder = DECODER
     out: list[tuple[Any, int]] = []
     pos, line, counted = _skip_space(text, 0), 1, 0
 
@@ -220,13 +219,13 @@ def _elements(text: str) -> list[tuple[Any, int]]:
         return line
 
     if not text[pos:].startswith("["):
-        value, end = decoder.raw_decode(text, pos)
+        value, end = DECODER.raw_decode(text, pos)
         out.append((value, line_at(pos)))
     else:
         pos = _skip_space(text, pos + 1)
         end = pos + 1 if text.startswith("]", pos) else -1
         while end < 0:
-            value, after = decoder.raw_decode(text, pos)
+            value, after = DECODER.raw_decode(text, pos)
             out.append((value, line_at(pos)))
             pos = _skip_space(text, after)
             if text.startswith("]", pos):
@@ -336,7 +335,7 @@ HEADER_LIMIT = 16 << 20  # a header row longer than this is no header
 
 def _csv_names(head: bytes, options: TextOptions) -> list[str] | None:
     """The header row's names (None: no header, an empty input): quoted names may hold the
-    delimiter or a newline. Names that are empty or come again (ignoring case) are renamed (see
+    delimiter or a newline. Names that are empty or come again are renamed (see
     `unique_names`); a header that is not UTF-8 is an error naming the setting that fixes it."""
     if not head.strip():
         return None
@@ -360,22 +359,20 @@ def _csv_names(head: bytes, options: TextOptions) -> list[str] | None:
 
 
 def unique_names(names: list[str]) -> list[str]:
-    """Column names every engine accepts: an empty name becomes `column_<position>`, and a name that
-    comes again, also in other case (`id`, `ID`: one column to Spark, Iceberg, DuckDB), takes the
-    first free `<name>_2`, `<name>_3`, … (the first spelling keeps its name)."""
-    taken = {n.lower() for n in names if n}
-    seen: set[str] = set()
-    out = []
+    """Column names a table can have: an empty name becomes `column_<position>`, a name that comes
+    again takes the first free `<name>_2`, `<name>_3`, … (names differing only by case are the
+    encoder's: see pipeline.encode.case_twins)."""
+    taken = set(names)
+    out: list[str] = []
     for i, name in enumerate(names, 1):
         if not name.strip():
             name = f"column_{i}"
-        if name.lower() in seen:
+        if name in out:
             n = 2
-            while f"{name}_{n}".lower() in taken or f"{name}_{n}".lower() in seen:
+            while f"{name}_{n}" in taken:
                 n += 1
             name = f"{name}_{n}"
-        seen.add(name.lower())
-        taken.add(name.lower())
+        taken.add(name)
         out.append(name)
     return out
 
@@ -410,7 +407,7 @@ def _read_csv(
         nonlocal emitted
         n = table.num_rows
         lines = _csv_lines(emitted, n, skipped, first_line) if skipped else None
-        table, bad = _as_text(table)
+        table, bad = _as_text(table, options.delimiter.encode())
         if bad:
             numbers = lines or list(range(emitted + first_line, emitted + first_line + n))
             invalid.extend(
@@ -450,7 +447,7 @@ def _read_csv(
     dead(invalid)
 
 
-def _as_text(table: pa.Table) -> tuple[pa.Table, dict[int, tuple[str, bytes]]]:
+def _as_text(table: pa.Table, delimiter: bytes) -> tuple[pa.Table, dict[int, tuple[str, bytes]]]:
     """Binary cells as text; rows with a cell that is not UTF-8 → (reason, the row's bytes)."""
     columns, bad = [], dict[int, tuple[str, bytes]]()
     for name, col in zip(table.column_names, table.columns, strict=True):
@@ -475,7 +472,7 @@ def _as_text(table: pa.Table) -> tuple[pa.Table, dict[int, tuple[str, bytes]]]:
     if bad:
         cells = [c.to_pylist() for c in table.columns]
         for r, (reason, _) in bad.items():
-            raw = b",".join(b"" if col[r] is None else col[r] for col in cells)
+            raw = delimiter.join(b"" if col[r] is None else col[r] for col in cells)
             bad[r] = (reason, raw)
     return pa.table(columns, names=table.column_names), bad
 

@@ -19,6 +19,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ingest.sources.width import iso_text
+
 _INT = r"^-?(0|[1-9][0-9]{0,18})$"
 _FLOAT = r"^-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][-+]?[0-9]{1,3})?$"
 _BOOL = r"^(true|false|True|False|TRUE|FALSE)$"
@@ -207,11 +209,15 @@ def numbers_as_text(column: pa.Array, values: list[Any]) -> dict[bytes, bytes] |
     return None
 
 
+def shown(value: Any) -> str:
+    """A value as JSON writes it (times in ISO 8601), cut to 80 characters: for a dead letter's reason."""
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=iso_text)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def _misfit(name: str, value: Any, expected: object) -> str:
-    shown = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-    shown = shown if len(shown) <= 80 else shown[:77] + "..."
     return (
-        f"field {name!r}: value {shown} is not {expected} like most values of this field around it; "
+        f"field {name!r}: value {shown(value)} is not {expected} like most values of this field around it; "
         "output.schema_file can fix the field's type"
     )
 
