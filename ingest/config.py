@@ -31,7 +31,14 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from ingest.layout import DEFAULT_KEY_TEMPLATE, DEFAULT_TABLE, TABLE_NAME
+from ingest.layout import (
+    DEFAULT_KEY_TEMPLATE,
+    DEFAULT_TABLE,
+    ERRORS,
+    LANDING,
+    RESERVED_TABLE_START,
+    TABLE_NAME,
+)
 from ingest.origins import origin_problem
 from ingest.units import ByteSize, Duration
 
@@ -238,9 +245,14 @@ class SourceConfig(_Section):
 
 
 def table_problem(name: str) -> str | None:
-    if re.fullmatch(TABLE_NAME, name):
-        return None
-    return f"table name {name!r} is not valid: use 1 to 64 of a-z, 0-9, _ and -"
+    if not re.fullmatch(TABLE_NAME, name):
+        return f"table name {name!r} is not valid: use 1 to 64 of a-z, 0-9, _ and -"
+    if name.startswith(RESERVED_TABLE_START):  # `{prefix}{table}/` would write into _landing/, _errors/
+        return (
+            f"table name {name!r} is reserved: names starting with {RESERVED_TABLE_START!r} are the "
+            f"worker's own prefixes ({LANDING.rstrip('/')}, {ERRORS.rstrip('/')}); choose another name"
+        )
+    return None
 
 
 class WorkerConfig(_Section):

@@ -11,6 +11,7 @@ DEFAULT_KEY_TEMPLATE = "{prefix}{date:%Y/%m/%d}/ingested_{seq:04d}.parquet"
 TABLE_KEY_TEMPLATE = "{prefix}{table}/{date:%Y/%m/%d}/ingested_{seq:04d}.parquet"  # several tables
 DEFAULT_TABLE = "default"  # a record's table when neither its source nor its request names one
 TABLE_NAME = r"[a-z0-9_-]{1,64}"
+RESERVED_TABLE_START = "_"  # the worker's own prefixes (_landing/, _errors/) are not tables
 ERRORS = "_errors/"
 ERRORS_TEMPLATE = "{prefix}" + ERRORS + "{date:%Y/%m/%d}/errors_{seq:04d}.jsonl"
 LANDING = "_landing/"

@@ -30,11 +30,12 @@ from ingest.pipeline.spool import Spool
 from ingest.r2.client import R2Client
 from ingest.r2.credentials import provider_from_settings
 from ingest.r2.endpoint import endpoint_url
-from ingest.sources.base import Source
+from ingest.sources.base import Source, Starting
 from ingest.sources.directory import DirectorySource
 from ingest.sources.landing import LandingSource
 from ingest.sources.reader import FileSource
 
+STARTING = "starting"  # the readiness problem open until every source takes input
 log = get_logger("ingest.worker")
 DEFAULT_INBOX = "inbox"
 
@@ -281,6 +282,7 @@ async def run(settings: Settings, once: bool, say: Console, progress: Console | 
                 stack.push_async_callback(src.close)  # type: ignore[attr-defined]
         grants = upload_grants(s, client)
         health = Health()
+        health.fail("the worker is starting", kind=STARTING)  # until every source takes input
         pipeline = Pipeline(s, client, sources, spool, health)
         stack.callback(pipeline.close)
         interrupted = False
@@ -331,7 +333,7 @@ async def run(settings: Settings, once: bool, say: Console, progress: Console | 
 
             tg.start_soon(on_signals)
             tg.start_soon(client.warm)
-            tg.start_soon(_tell_systemd, pipeline, sources)
+            tg.start_soon(_started, pipeline, sources, health)
             if progress is not None:
                 tg.start_soon(_show_progress, pipeline, progress)
             with drain:
@@ -350,9 +352,14 @@ async def run(settings: Settings, once: bool, say: Console, progress: Console | 
         )
 
 
-async def _tell_systemd(pipeline: Pipeline, sources: list[Source]) -> None:
-    """READY=1 once the pipeline runs, then feed the watchdog (when systemd set one)."""
+async def _started(pipeline: Pipeline, sources: list[Source], health: Health) -> None:
+    """Ready (probes, systemd's READY=1) once the pipeline runs and every source takes input; then
+    feed the watchdog (when systemd set one)."""
     await pipeline.started.wait()
+    for source in sources:
+        if isinstance(source, Starting):
+            await source.taking.wait()
+    health.clear(STARTING)
     systemd.notify("READY=1", f"STATUS=running: {', '.join(s.name for s in sources)}")
     if (interval := systemd.watchdog_interval()) is not None:
         await systemd.keep_alive(interval)

@@ -10,7 +10,9 @@ from __future__ import annotations
 import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
+
+import anyio
 
 import pyarrow as pa
 from anyio.streams.memory import MemoryObjectSendStream
@@ -272,6 +274,14 @@ class FreshUnits:
 
     def disk_room(self) -> None:
         return None
+
+
+@runtime_checkable
+class Starting(Protocol):
+    """A source that needs time before it takes input (the HTTP source reads accepted requests
+    again first): the worker is not ready, for probes and systemd, until `taking` is set."""
+
+    taking: anyio.Event
 
 
 class Source(Protocol):

@@ -20,9 +20,10 @@ import anyio
 import pyarrow as pa
 from starlette.requests import Request
 
-from ingest.deadletters import MAX_RAW, DeadLetter
-from ingest.sources.formats import elements
+from ingest.deadletters import DeadLetter
+from ingest.sources.formats import iter_elements
 from ingest.sources.jsonlines import Parsed, parse_lines
+from ingest.sources.nesting import too_deep_reason
 
 Media = Literal["ndjson", "json"]
 MEDIA_TYPES: dict[str, Media] = {
@@ -33,6 +34,7 @@ MEDIA_TYPES: dict[str, Media] = {
 }
 ENCODINGS = ("identity", "gzip", "x-gzip", "zstd")
 _PIECE = 1 << 20
+UTF8_BOM = b"\xef\xbb\xbf"
 _TRAILER = b"#lines "  # `stored`: the body line of each block line, after the block
 
 
@@ -161,7 +163,9 @@ class Records:
 
 
 def records(data: bytes, media: Media, source: str, max_record: int) -> Records:
-    """Split a decompressed body into accepted records and rejected lines (blocking: run in a thread)."""
+    """Split a decompressed body into accepted records and rejected lines (blocking: run in a thread).
+    A UTF-8 byte order mark before the body is skipped, whatever its media type."""
+    data = data.removeprefix(UTF8_BOM)
     if media == "json" and data.lstrip()[:1] in (b"[", b"{") and not _lines_of_objects(data):
         return _document(data, source, max_record)
     return _json_lines(data, source, max_record)
@@ -258,36 +262,53 @@ def _json_lines(data: bytes, source: str, max_record: int) -> Records:
 
 
 def _document(data: bytes, source: str, max_record: int) -> Records:
-    """A JSON array of objects (or one object): each object becomes one line of the block."""
+    """A JSON array of objects (or one object): each object becomes one line of the block, its own
+    text with line breaks (whitespace between tokens) made spaces. Elements are decoded one at a time
+    and let go (only their text is kept), so an array costs about what the same JSON lines cost. An
+    element that is not UTF-8 or not an object is rejected with the line it starts on; an array
+    nested too deep to parse, or not JSON, is refused whole (400)."""
+    text = data.decode("utf-8", "surrogateescape")  # bytes that are not UTF-8 stay, marked
+    lines: list[bytes] = []
+    where: list[int] = []
+    rejected: list[DeadLetter] = []
     try:
-        values = elements(data.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise BodyError(400, f"body: not UTF-8 ({exc}); nothing was accepted") from None
+        for n, (value, line, start, end) in enumerate(iter_elements(text), 1):
+            piece = text[start:end]
+            try:
+                raw = piece.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                bad = piece.encode("utf-8", "surrogateescape")
+                reason = f"element {n} is not UTF-8 (byte {exc.start}); send UTF-8 text"
+                rejected.append(DeadLetter(source, line, reason, bad))
+                continue
+            if not isinstance(value, dict):
+                reason = f"element {n} is not a JSON object: {type(value).__name__}"
+                rejected.append(DeadLetter(source, line, reason, raw))
+                continue
+            if len(raw) > max_record:
+                reason = (
+                    f"record is {len(raw)} bytes, over batch.max_record_bytes ({max_record}); "
+                    "raise it or split the record"
+                )
+                rejected.append(DeadLetter(source, line, reason, raw))
+                continue
+            if b"\n" in raw or b"\r" in raw:  # only whitespace: a JSON string holds no raw line break
+                raw = raw.replace(b"\r", b" ").replace(b"\n", b" ")
+            lines.append(raw)
+            where.append(line)
+    except RecursionError:
+        raise BodyError(400, f"body: {too_deep_reason()}; nothing was accepted") from None
     except json.JSONDecodeError as exc:
         raise BodyError(
             400,
             f"body: not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}; nothing was accepted",
         ) from None
-    lines: list[bytes] = []
-    where: list[int] = []
-    rejected: list[DeadLetter] = []
-    for n, (value, line) in enumerate(values, 1):
-        if not isinstance(value, dict):
-            reason = f"element {n} is not a JSON object: {type(value).__name__}"
-            rejected.append(DeadLetter(source, line, reason, json.dumps(value, ensure_ascii=False)[:MAX_RAW]))
-            continue
-        text = json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
-        if len(text) > max_record:
-            reason = (
-                f"record is {len(text)} bytes, over batch.max_record_bytes ({max_record}); "
-                "raise it or split the record"
-            )
-            rejected.append(DeadLetter(source, line, reason, text[:MAX_RAW]))
-            continue
-        lines.append(text)
-        where.append(line)
+    except ValueError as exc:  # a number no double holds, a JavaScript constant
+        raise BodyError(400, f"body: not JSON we can store: {exc}; nothing was accepted") from None
+    del text
     out = _json_lines(b"".join(t + b"\n" for t in lines), source, max_record)
     # Lines of the block are numbered 1..n; say which line of the body each element started on.
     for d in out.rejected:
         rejected.append(DeadLetter(source, where[(d.line or 1) - 1], d.reason, d.raw))
+    rejected.sort(key=lambda d: d.line or 0)
     return Records(out.block, out.tables, [where[n - 1] for n in out.lines], rejected)

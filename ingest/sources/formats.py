@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
@@ -209,7 +209,13 @@ def _read_document(
 
 def _elements(text: str) -> list[tuple[Any, int]]:
     """(value, line it starts on) of each element of a top-level array, or of the one value."""
-    out: list[tuple[Any, int]] = []
+    return [(value, line) for value, line, _, _ in iter_elements(text)]
+
+
+def iter_elements(text: str) -> Iterator[tuple[Any, int, int, int]]:
+    """(value, line it starts on, start, end offsets in `text`) of each element of a top-level JSON
+    array, or of the one value, one at a time: a caller that keeps only the text of each holds one
+    value at a time. Raises json.JSONDecodeError (RecursionError past Python's nesting limit)."""
     pos, line, counted = _skip_space(text, 0), 1, 0
 
     def line_at(i: int) -> int:
@@ -218,15 +224,15 @@ def _elements(text: str) -> list[tuple[Any, int]]:
         counted = i
         return line
 
-    if not text[pos:].startswith("["):
+    if not text.startswith("[", pos):
         value, end = DECODER.raw_decode(text, pos)
-        out.append((value, line_at(pos)))
+        yield value, line_at(pos), pos, end
     else:
         pos = _skip_space(text, pos + 1)
         end = pos + 1 if text.startswith("]", pos) else -1
         while end < 0:
             value, after = DECODER.raw_decode(text, pos)
-            out.append((value, line_at(pos)))
+            yield value, line_at(pos), pos, after
             pos = _skip_space(text, after)
             if text.startswith("]", pos):
                 end = pos + 1
@@ -236,7 +242,6 @@ def _elements(text: str) -> list[tuple[Any, int]]:
                 raise json.JSONDecodeError("expected ',' or ']'", text, pos)
     if _skip_space(text, end) != len(text):
         raise json.JSONDecodeError("extra data after the document", text, _skip_space(text, end))
-    return out
 
 
 def _skip_space(text: str, pos: int) -> int:
@@ -274,12 +279,6 @@ def raw_lines(
             if line in want:
                 parts.append(data[start:])
     return out
-
-
-def elements(text: str) -> list[tuple[Any, int]]:
-    """(value, line it starts on) of each element of a top-level JSON array, or of the one value;
-    raises json.JSONDecodeError."""
-    return _elements(text)
 
 
 def _read_parquet(path: Path, emit: Emit) -> None:

@@ -115,6 +115,7 @@ class HttpSource:
         self._room = anyio.Event()
         self._commits = GroupCommit(self._commit_group, lambda _: CommitAbandoned())
         self._running = False
+        self.taking = anyio.Event()  # set once requests are taken (readiness waits for it)
         self._stopping = False
         self._stopped: anyio.Event | None = None
         self._inflight = 0  # requests past admission and not yet answered (the commit leader is one)
@@ -166,6 +167,7 @@ class HttpSource:
             tg.start_soon(forward)
             await self._recover(units)
             self._running = True
+            self.taking.set()
             tg.start_soon(self._prune, pruning)
             await self._stopped.wait()
             if self._inflight:  # admitted requests finish their commit first

@@ -2,8 +2,10 @@
 is not ingested again, for `idempotency_window` (across restarts: the answers are in the journal,
 written in the same transaction as the request's records, see http.py).
 
-A repeat that arrives while the first is still being taken waits for it. The same key with a different
-body is a client bug: 422.
+A repeat that arrives while the first is still being taken waits for it and gets its answer as soon as
+it exists. The same key with a different body is a client bug: 422. The first request of a key is
+registered before anything is awaited (even the journal lookup), so under any interleaving one request
+per key is taken and every other one waits for it.
 """
 
 from __future__ import annotations
@@ -73,14 +75,21 @@ class IdempotencyKeys:
             if running.answer is not None and running.answer.status < 300:
                 return _replay(running.answer)
             # The first failed (nothing was accepted): this one is taken as a new request.
-        row = await self.lookup(key) if self.lookup is not None else None
-        if row is not None and row.created >= time.time() - self.window:
-            if row.hash != digest:
-                raise KeyError422(key)
-            body = json.loads(row.answer)
-            return Answer(202, body, row.units.split(), replayed=True)
-        self._inflight[key] = _InFlight(digest)
-        return None
+        flight = self._inflight[key] = _InFlight(digest)  # before any await: repeats wait for it
+        try:
+            row = await self.lookup(key) if self.lookup is not None else None
+        except BaseException:
+            self.end(key, None)
+            raise
+        if row is None or row.created < time.time() - self.window:
+            return None
+        if row.hash != digest:
+            self.end(key, None)
+            raise KeyError422(key)
+        answer = Answer(202, json.loads(row.answer), row.units.split())
+        self.end(key, answer)  # repeats that waited for this lookup get the journal's answer too
+        assert flight.answer is answer
+        return _replay(answer)
 
     def row(self, key: str, answer: Answer) -> RequestRow:
         """What the journal keeps for `key` (written with the request's records)."""

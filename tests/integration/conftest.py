@@ -16,7 +16,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import httpx
+import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -246,6 +248,27 @@ class Job:
         for key in self.keys():
             out += self.read(key).to_pylist()
         return out
+
+
+def readable_rows(job: Job, tmp: Path) -> list[dict[str, Any]]:
+    """Every data object's rows, after checking that pyarrow, polars and DuckDB all open it and read
+    the same number of rows from it."""
+    out: list[dict[str, Any]] = []
+    s3 = job.r2.token_s3()
+    for n, key in enumerate(job.keys()):
+        body = s3.get_object(Bucket=job.r2.bucket, Key=key)["Body"].read()
+        path = tmp / f"object-{n}.parquet"
+        path.write_bytes(body)
+        table = pq.read_table(path)
+        rows = table.to_pylist()  # also checks every string is valid UTF-8
+        frame = pl.read_parquet(path)
+        assert frame.height == len(rows), key
+        assert frame.columns == table.column_names, key
+        ((count,),) = duckdb.sql(f"SELECT count(*) FROM read_parquet('{path}')").fetchall()
+        assert count == len(rows), key
+        duckdb.sql(f"SELECT * FROM read_parquet('{path}')").fetchall()  # every column, every value
+        out += rows
+    return out
 
 
 def logs_of(stderr: str) -> list[dict[str, Any]]:

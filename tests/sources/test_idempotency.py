@@ -84,3 +84,47 @@ def test_key_shape() -> None:
     assert key_problem("order-42") is None
     assert key_problem("") is not None and key_problem("x" * 256) is not None
     assert key_problem("tab\there") is not None and key_problem("ключ") is not None
+
+
+@pytest.mark.anyio
+async def test_twenty_concurrent_firsts_with_a_slow_journal_take_the_key_once(tmp_path: Path) -> None:
+    """The lookup awaits (the journal is read in a thread): every request arriving meanwhile must wait
+    for the one that got there first, not become a first itself."""
+    journal = Journal(tmp_path / "journal.db")
+    keys = _keys(journal, 3600)
+    inner = keys.lookup
+    assert inner is not None
+
+    async def slow(key: str) -> RequestRow | None:
+        await anyio.sleep(0.02)
+        return await inner(key)
+
+    keys.lookup = slow
+    digest = body_hash("default", "ndjson", "identity", b'{"id": 1}')
+    firsts = 0
+    answers: list[Answer] = []
+    refused = 0
+
+    async def request(n: int) -> None:
+        nonlocal firsts, refused
+        try:
+            earlier = await keys.begin("k", digest if n % 5 else "another body")
+        except KeyError422:
+            refused += 1
+            return
+        if earlier is not None:
+            answers.append(earlier)
+            return
+        firsts += 1
+        await anyio.sleep(0.05)  # taking the request
+        first = Answer(202, {"accepted": 1, "request_id": f"r{n}"}, [f"http:s:0:1:1:default:r{n}"])
+        journal.accept([], [keys.row("k", first)])
+        keys.end("k", first)
+
+    async with anyio.create_task_group() as tg:
+        for n in range(1, 21):
+            tg.start_soon(request, n)
+    assert firsts == 1
+    assert len(answers) + refused == 19 and refused >= 3  # n = 5, 10, 15, 20 differ (one may be first)
+    assert all(a.replayed and a.body == answers[0].body for a in answers)
+    journal.close()
