@@ -96,7 +96,8 @@ HTTP_SECONDS = Histogram(
 
 REDIS_ENTRIES = Counter(
     "ingest_redis_entries_total",
-    "Stream entries by what happened to them: read, acked, reclaimed, dead_lettered.",
+    "Stream entries by what happened to them: read, acked, reclaimed, dead_lettered, trimmed (deleted "
+    "before they were ingested).",
     ["stream", "event"],
 )
 REDIS_PENDING = Gauge(

@@ -49,10 +49,11 @@ class RunResult:
     pending_units: dict[str, str] = field(default_factory=dict)  # input not acknowledged → why
     unreadable: dict[str, str] = field(default_factory=dict)  # input that could not be read → why
     unit_noun: str = "file"  # what a source unit is called in the summary ("input": requests, stdin)
+    lost: dict[str, str] = field(default_factory=dict)  # input not ingested that cannot be kept → why
 
     @property
     def complete(self) -> bool:
-        return not self.stats.failed_objects and not self.pending_units and not self.unreadable
+        return not (self.stats.failed_objects or self.pending_units or self.unreadable or self.lost)
 
 
 def open_spool(settings: Settings) -> Spool:
@@ -346,9 +347,12 @@ async def run(settings: Settings, once: bool, say: Console, progress: Console | 
         pending = {p: "claimed, not acknowledged" for src in sources for p in src.pending()}
         pending |= pipeline.unacknowledged()
         unreadable = {where: why for src in sources for where, why in src.problems().items()}
+        from ingest.sources.stdin import StdinSource
+
+        lost = {w: why for src in sources if isinstance(src, StdinSource) for w, why in src.lost().items()}
         noun = "file" if all(isinstance(src, FileSource) for src in sources) else "input"
         return RunResult(
-            pipeline.stats, spool.dead.count, spool.dead.dir, r2.bucket, pending, unreadable, noun
+            pipeline.stats, spool.dead.count, spool.dead.dir, r2.bucket, pending, unreadable, noun, lost
         )
 
 

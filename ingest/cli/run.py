@@ -12,7 +12,7 @@ import anyio
 import typer
 
 from ingest.cli.common import err, out, settings
-from ingest.messages import count
+from ingest.messages import count, one_line
 
 
 class Only(StrEnum):
@@ -41,11 +41,13 @@ def run(
 ) -> None:
     """Watch the sources and upload Parquet batches to R2 (SIGTERM/SIGINT drains and exits 0)."""
     _memory_pool()
+    sys.unraisablehook = _unraisable
     from ingest import worker
     from ingest.config import ConfigError, SourceConfig
     from ingest.local.seaweed import SeaweedError
     from ingest.pipeline.spool import SpoolError
     from ingest.r2.credentials import CredentialError
+    from ingest.sources.base import SourceError
 
     s = settings()
     _fewer_collections()
@@ -73,15 +75,15 @@ def run(
     except SeaweedError as exc:
         err.print(f"local R2: {exc}", markup=False, highlight=False)
         raise typer.Exit(1) from None
-    except (SpoolError, BaseExceptionGroup) as exc:
+    except (SpoolError, SourceError, BaseExceptionGroup) as exc:
         config_error = _first(exc, ConfigError)  # raised inside a task group (a source's own check)
         if config_error is not None:
             err.print(f"config error: {config_error}", markup=False, highlight=False)
             raise typer.Exit(2) from None
-        spool_error = _first(exc, SpoolError)
-        if spool_error is None:
+        stopped = _first(exc, SpoolError) or _first(exc, SourceError)
+        if stopped is None:
             raise
-        err.print(f"error: {spool_error}", markup=False, highlight=False)
+        err.print(f"error: {stopped}", markup=False, highlight=False)
         raise typer.Exit(1) from None
     st = result.stats
     out.print(
@@ -125,6 +127,8 @@ def run(
             highlight=False,
         )
         _list(result.pending_units)
+    for where, why in sorted(result.lost.items()):
+        err.print(f"not ingested: {where} {why}", markup=False, highlight=False)
     if result.unreadable:
         err.print(
             f"could not read {count(len(result.unreadable), 'input')}; they are kept where they are and "
@@ -165,6 +169,16 @@ def _fewer_collections() -> None:
     import gc
 
     gc.freeze()
+
+
+def _unraisable(hook: sys.UnraisableHookArgs) -> None:
+    """An error Python can only ignore (raised inside a callback from C, e.g. pyarrow's handler of a
+    ragged CSV row that is not UTF-8: the read then fails and says so): one log line, not a traceback
+    quoting the input's bytes on the terminal."""
+    from ingest.logs import get_logger
+
+    what = one_line(f"{type(hook.exc_value).__name__}: {hook.exc_value}")
+    get_logger("ingest").warning("ignored an error inside a callback", error=what)
 
 
 def _memory_pool() -> None:

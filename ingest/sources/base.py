@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 import anyio
-
 import pyarrow as pa
 from anyio.streams.memory import MemoryObjectSendStream
 
@@ -23,6 +22,11 @@ from ingest.layout import DEFAULT_TABLE
 class AckError(Exception):
     """A unit's acknowledgement (delete, move, remote delete) failed; the unit is acknowledged again
     at the next start, so nothing is lost, but it stays where it is until then."""
+
+
+class SourceError(Exception):
+    """A source cannot go on (its input is gone, or cannot be taken as configured): one line saying
+    what happened and what to do; the run ends with exit 1, nothing it took is lost."""
 
 
 # Ids of units that cannot be read again (standard input): after a crash, their spooled rows are

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 
-from ingest.sources.ledger import text
-
 Entries = list[tuple[str, list[bytes]]]  # (entry id, [field, value, field, value, ...])
 
 
@@ -16,8 +14,13 @@ def entry_line(fields: list[bytes], field: bytes) -> bytes:
     else:
         named = dict(zip(fields[::2], fields[1::2], strict=False))
         found = named.get(field)
-        if found is None:
-            found = json.dumps({text(k): v.decode("utf-8", "replace") for k, v in named.items()}).encode()
+        if found is None:  # names and values as text; bytes that are not UTF-8 stay as they are,
+            # so the line is not UTF-8 either and becomes a dead letter holding them (never U+FFFD)
+            fields_ = {
+                k.decode("utf-8", "surrogateescape"): v.decode("utf-8", "surrogateescape")
+                for k, v in named.items()
+            }
+            found = json.dumps(fields_, ensure_ascii=False).encode("utf-8", "surrogateescape")
         data = found
     if b"\n" in data or b"\r" in data:  # a pretty-printed object: one line, same values
         try:

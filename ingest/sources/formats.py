@@ -21,6 +21,8 @@ import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
 from ingest.deadletters import DeadLetter
+from ingest.messages import one_line
+from ingest.sources.csvrows import PIECE, LongRows
 from ingest.sources.jsonlines import (
     DECODER,
     DEFAULT_MAX_RECORD,
@@ -127,7 +129,7 @@ def read_file(
             offset, line = reader.read(stream, start[1], settled)
             return start[0] + offset, line
         names = _csv_header(path, compression, options)
-        _read_csv(stream, names, source, emit, dead, options)
+        _read_csv(stream, names, source, emit, dead, options, max_record, dead_stream)
         return (0, 1)
 
 
@@ -296,17 +298,20 @@ def read_stream(
     dead: Dead,
     max_record: int,
     options: TextOptions = PLAIN,
+    dead_stream: DeadStream | None = None,
 ) -> None:
     """Read a stream that cannot be read twice (standard input) to its end: JSON lines or CSV."""
     if fmt == "csv":
         first = raw.readline() if options.header else b""
         names = _csv_names(first, options) if options.header else list(options.columns)
-        stream = pa.PythonFile(io.BufferedReader(_Prefixed(first, raw), READ_BLOCK), mode="r")
-        _read_csv(stream, names, source, emit, dead, options)
+        stream = io.BufferedReader(_Prefixed(first, raw), PIECE)
+        _read_csv(stream, names, source, emit, dead, options, max_record, dead_stream)
         return
     if fmt != "jsonl":
         raise ValueError(f"format {fmt!r} cannot be read from a stream; use jsonl or csv")
-    JsonLines(source, emit, dead, max_record).read(pa.PythonFile(raw, mode="r"))
+    reader = JsonLines(source, emit, dead, max_record)
+    reader.dead_stream = dead_stream
+    reader.read(pa.PythonFile(raw, mode="r"))
 
 
 class _Prefixed(io.RawIOBase):
@@ -383,14 +388,37 @@ def _read_csv(
     emit: Emit,
     dead: Dead,
     options: TextOptions,
+    max_record: int = DEFAULT_MAX_RECORD,
+    dead_stream: DeadStream | None = None,
 ) -> None:
     """Stream CSV rows as text columns (typed later by ingest.sources.types, so `01234` stays
     `01234`). Cells are read as bytes: a row that is not UTF-8 is a dead letter with its bytes, the
-    rest land. A read that fails midway (truncated compression) raises Unreadable: the rows before
-    it are taken, the input is kept."""
+    rest land. A row longer than `max_record` is a dead letter too (csvrows.py), streamed into
+    `dead_stream` when given. A read that fails midway (truncated compression) raises Unreadable:
+    the rows before it are taken, the input is kept."""
     invalid: list[DeadLetter] = []
-    skipped: list[int] = []  # line numbers of ragged rows, which pyarrow leaves out
+    skipped: list[int] = []  # line numbers of ragged or long rows, which pyarrow never sees
     first_line = 2 if options.header else 1
+
+    def on_long(line: int, pieces: Iterator[bytes]) -> None:
+        skipped.append(line)
+
+        def reason(size: int) -> str:
+            return (
+                f"row of {size} bytes with no end within batch.max_record_bytes ({max_record}); "
+                "raise it or split the row"
+            )
+
+        if dead_stream is not None:
+            dead_stream(DeadLetter(source, line, ""), pieces, reason)
+        else:
+            data = b"".join(pieces)
+            invalid.append(DeadLetter(source, line, reason(len(data)), data))
+
+    limit = max(min(max_record, READ_BLOCK - 2 * PIECE), 1)  # rows pyarrow's block always holds
+    stream = pa.PythonFile(
+        io.BufferedReader(LongRows(stream, limit, options.quote, options.header, on_long), PIECE), mode="r"
+    )
 
     def on_invalid(row: Any) -> str:
         line = row.number if row.number is not None else None
@@ -405,7 +433,7 @@ def _read_csv(
     def send(table: pa.Table) -> None:
         nonlocal emitted
         n = table.num_rows
-        lines = _csv_lines(emitted, n, skipped, first_line) if skipped else None
+        lines = _csv_lines(emitted, n, sorted(skipped), first_line) if skipped else None
         table, bad = _as_text(table, options.delimiter.encode())
         if bad:
             numbers = lines or list(range(emitted + first_line, emitted + first_line + n))
@@ -442,7 +470,7 @@ def _read_csv(
     except (OSError, pa.ArrowInvalid) as exc:
         if "Empty CSV file" not in str(exc):
             dead(invalid)
-            raise Unreadable(f"unreadable from row {emitted + 1} on: {exc}") from exc
+            raise Unreadable(f"unreadable from row {emitted + 1} on: {one_line(str(exc))}") from exc
     dead(invalid)
 
 

@@ -64,6 +64,8 @@ class Ledger:
         base = f"ingest:{{{stream}}}:{group}"
         self.entries = f"{base}:entries"
         self.objects = f"{base}:object:"
+        # Set once the group exists: a group missing while this is set was deleted, not never made.
+        self.marker = f"{base}:group"
         self._record = client.register_script(_RECORD)
         self._forget = client.register_script(_FORGET)
         self._xack = client.register_script(_XACK)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 import uuid
+from functools import partial
 from typing import BinaryIO
 
 import anyio
@@ -21,6 +22,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 
 from ingest.config import SourceConfig
 from ingest.deadletters import DeadLetters
+from ingest.messages import one_line
 from ingest.sources.base import UNREPEATABLE, Item, SourceUnit, UnitRead, Units
 from ingest.sources.formats import read_stream
 
@@ -62,13 +64,20 @@ class StdinSource:
             def read() -> None:
                 fmt = self.config.format or "jsonl"
                 dead = lambda letters: self.dead.write(letters, NAME)  # noqa: E731
-                read_stream(self.stream, fmt, NAME, emit, dead, self.max_record_bytes)
+                streamed = partial(self.dead.write_stream, origin=NAME)
+                read_stream(self.stream, fmt, NAME, emit, dead, self.max_record_bytes, dead_stream=streamed)
 
             try:
                 await anyio.to_thread.run_sync(read)
-            except (OSError, pa.ArrowException) as exc:
-                # What was read is kept and uploaded; the rest of the input never arrived.
-                unit.read_error = self._read_error = f"standard input could not be read to its end: {exc}"
+            except (OSError, pa.ArrowException, UnicodeError, ValueError) as exc:
+                # What was read is uploaded; the rest cannot be kept (a pipe is read once): it is
+                # read to its end and counted, so the run can say how much was not ingested.
+                rest = await anyio.to_thread.run_sync(_lines_left, self.stream)
+                self._read_error = (
+                    f"could not be read to its end ({one_line(str(exc))}): the {unit.next_row} rows "
+                    f"before the failure are ingested; the rest ({rest} more lines) is not, and a pipe "
+                    "cannot be kept: fix the input and send those rows again"
+                )
             await send.send(UnitRead(unit))
 
     def stop(self) -> None:
@@ -78,4 +87,18 @@ class StdinSource:
         return []
 
     def problems(self) -> dict[str, str]:
-        return {NAME: self._read_error} if self._read_error else {}
+        return {}
+
+    def lost(self) -> dict[str, str]:
+        """Input that was not ingested and cannot be taken again (what is past a read failure)."""
+        return {"standard input": self._read_error} if self._read_error else {}
+
+
+def _lines_left(stream: BinaryIO) -> int:
+    lines = 0
+    try:
+        while piece := stream.read(1 << 20):
+            lines += piece.count(b"\n")
+    except OSError:
+        pass
+    return lines

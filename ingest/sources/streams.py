@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
 from urllib.parse import urlparse
@@ -40,7 +41,16 @@ from ingest.config import ConfigError, RetryConfig, SourceConfig
 from ingest.deadletters import DeadLetter, DeadLetters
 from ingest.faults import crash_point
 from ingest.logs import get_logger, register_secret
-from ingest.sources.base import AckError, Item, Ranges, SourceUnit, UnitRead, Units
+from ingest.sources.base import (
+    AckError,
+    Item,
+    Ranges,
+    SourceError,
+    SourceUnit,
+    UnitRead,
+    Units,
+    merge_ranges,
+)
 from ingest.sources.entries import Entries, entry_line
 from ingest.sources.jsonlines import Parsed, parse_lines
 from ingest.sources.ledger import Ledger, text
@@ -55,6 +65,21 @@ TAKING = 3  # reads being parsed, journaled and sent at once (units are independ
 T = TypeVar("T")
 _RAW_REPLIES = ("XREADGROUP", "XRANGE", "XAUTOCLAIM", "XCLAIM")  # parsed here, not into dicts
 _TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError)
+DEAD = ";dead="  # in a unit's fingerprint: positions of its entries that were dead letters
+
+
+@dataclass(frozen=True)
+class Known:
+    """A journaled unit as it was first read: its entries and the entry of each of its rows, in
+    order ("" where the stream no longer says which), and its journaled fingerprint."""
+
+    entries: list[str]
+    rows: list[str]
+    fingerprint: str
+
+
+class GroupGone(SourceError):
+    """The consumer group (or its stream) vanished: XGROUP DESTROY, DEL, Redis restarted empty."""
 
 
 class RedisSource(TakeOver):
@@ -101,6 +126,7 @@ class RedisSource(TakeOver):
         self._stopped = False
         self._problem: str | None = None
         self._inflight: dict[str, set[str]] = {s: set() for s in self.streams}  # taken, not yet acked
+        self._last_read: dict[str, str] = {}  # stream → the last entry id this worker read (for `gone`)
         self._ledgers: dict[str, Ledger] = {}
 
     # -- connection --------------------------------------------------------------------------------
@@ -135,10 +161,15 @@ class RedisSource(TakeOver):
 
     async def check(self) -> None:
         """At start: Redis answers and every stream has the group (created when missing), else a
-        config error naming the URL (without its password)."""
+        config error naming the URL (without its password). A group that existed before (its marker
+        says so) and is gone now is not created again: see `gone`."""
         try:
             await self.client.ping()
             for stream in self.streams:
+                marker = self.ledger(stream).marker
+                existed = bool(await self.client.exists(marker))
+                if existed and not await self._has_group(stream):
+                    raise self.gone(stream)
                 try:
                     await self.cmd.xgroup_create(stream, self.group, id=self.config.start, mkstream=True)
                     log.info(
@@ -147,11 +178,34 @@ class RedisSource(TakeOver):
                 except ResponseError as exc:
                     if "BUSYGROUP" not in str(exc):
                         raise
+                await self.client.set(marker, self.config.start)
         except (RedisError, OSError) as exc:
             await self.close()
             raise ConfigError(
                 f"sources: redis at {self.where}: {_describe(exc)}; check url and that Redis runs"
             ) from None
+
+    async def _has_group(self, stream: str) -> bool:
+        try:
+            groups = await self.cmd.xinfo_groups(stream)
+        except ResponseError:  # no such stream
+            return False
+        return any(text(g["name"]) == self.group for g in groups)
+
+    def gone(self, stream: str | None = None) -> GroupGone:
+        """One line: what vanished, and why the worker does not create it again by itself: from where
+        to go on is a choice (the last entry already ingested, or only new entries) that only the
+        operator can make; creating it at `start` would ingest again what was delivered."""
+        streams = [stream] if stream else self.streams
+        last = ", ".join(f"{s}: {self._last_read[s]}" for s in streams if self._last_read.get(s))
+        ours = f" (the last entry this worker read: {last})" if last else ""
+        return GroupGone(
+            f"redis at {self.where}: consumer group {self.group!r} of stream {', '.join(streams)} is gone "
+            "(XGROUP DESTROY, DEL of the stream, or Redis restarted without its data); it is not "
+            f"created again by itself, so that nothing is ingested twice: create it with XGROUP CREATE "
+            f"<stream> {self.group} <id> MKSTREAM, <id> being the last entry already ingested{ours}, "
+            "$ for new entries only, or 0 for a stream created anew"
+        )
 
     async def close(self) -> None:
         if self._client is not None:
@@ -159,29 +213,44 @@ class RedisSource(TakeOver):
             self._client = None
 
     async def _call(self, what: str, fn: Callable[[], Awaitable[T]]) -> T:
-        """A Redis call, retried through connection failures (failover, restart) with backoff; readiness
-        says why meanwhile. `--once` gives up after retry.once_max_elapsed."""
+        """A Redis call, retried through connection failures (failover, restart) with backoff, and
+        (a daemon) while its group is gone, until someone creates it again; readiness says why
+        meanwhile. `--once` gives up after retry.once_max_elapsed, and at once if the group is gone."""
 
         def failing(state: RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
-            reason = f"redis at {self.where} unreachable ({what}): {_describe(exc)}"
-            if self._problem != reason:
-                log.warning("redis unreachable; retrying", error=_describe(exc), request=what)
+            if isinstance(exc, GroupGone):
+                reason = str(exc)
+                if self._problem != reason:
+                    log.error("redis consumer group gone; waiting for it to be created", error=reason)
+            else:
+                reason = f"redis at {self.where} unreachable ({what}): {_describe(exc)}"
+                if self._problem != reason:
+                    log.warning("redis unreachable; retrying", error=_describe(exc), request=what)
             self._problem = reason
             if self._units is not None:
                 self._units.source_problem(self.name, reason)
 
+        async def call() -> T:
+            try:
+                return await fn()
+            except ResponseError as exc:
+                if str(exc).startswith("NOGROUP"):
+                    raise self.gone() from None
+                raise
+
+        retried = _TRANSIENT if self.once else (*_TRANSIENT, GroupGone)
         async for attempt in AsyncRetrying(
-            retry=retry_if_exception_type(_TRANSIENT),
+            retry=retry_if_exception_type(retried),
             wait=wait_random_exponential(multiplier=self.retry.initial, max=self.retry.max),
             stop=stop_after_delay(self.retry.once_max_elapsed) if self.once else stop_never,
             before_sleep=failing,
             reraise=True,
         ):
             with attempt:
-                result = await fn()
+                result = await call()
         if self._problem is not None:
-            log.info("redis reachable again")
+            log.info("redis consumer group back" if "gone" in self._problem else "redis reachable again")
             self._problem = None
             if self._units is not None:
                 self._units.source_problem(self.name, None)
@@ -260,14 +329,22 @@ class RedisSource(TakeOver):
                 if once and not got:
                     return
 
-    async def _read(self, where: dict[str, str], block: int | None) -> list[tuple[str, Entries]]:
+    async def _read(
+        self, where: dict[str, str], block: int | None, trimmed: list[str] | None = None
+    ) -> list[tuple[str, Entries]]:
+        """XREADGROUP; entries of this consumer's pending list that were deleted from the stream
+        since (they come back without fields) go to `trimmed`."""
         reply = await self.cmd.xreadgroup(
             self.group, self.consumer, where, count=self.config.read_count, block=block or None
         )
         # Ids arrive as bytes (replies are not decoded): one decode each, no helper call per entry.
-        return [
-            (text(s), [(i.decode(), f) for i, f in entries if f is not None]) for s, entries in reply or ()
-        ]
+        out = [(text(s), [(i.decode(), f) for i, f in es if f is not None]) for s, es in reply or ()]
+        for stream, entries in out:
+            if entries and where.get(stream) == ">":
+                self._last_read[stream] = entries[-1][0]
+        if trimmed is not None:
+            trimmed += [i.decode() for _, entries in reply or () for i, f in entries if f is None]
+        return out
 
     # -- taking entries ------------------------------------------------------------------------------
 
@@ -278,10 +355,12 @@ class RedisSource(TakeOver):
         send: MemoryObjectSendStream[Item],
         unit_id: str | None = None,
         contiguous: bool = False,
+        known: Known | None = None,
     ) -> None:
-        """One unit: parse the entries (in a thread), dead-letter the malformed ones, send the rows."""
+        """One unit: parse the entries (in a thread), dead-letter the malformed ones, send the rows.
+        `known`: a journaled unit read again whose stream lost some of its entries since."""
         assert self._units is not None
-        if not entries:
+        if not entries and known is None:
             return
         ids = [i for i, _ in entries]
         metrics.REDIS_ENTRIES.labels(stream, "read").inc(len(ids))
@@ -294,15 +373,19 @@ class RedisSource(TakeOver):
             block = b"\n".join(data) + b"\n"
             if block.count(b"\n") != len(data) or b"\r" in block:  # a value with a line break inside
                 block = b"".join(entry_line(f, field) + b"\n" for _, f in entries)
-            return parse_lines(block, source, self.max_record_bytes)
+            return parse_lines(block, source, self.max_record_bytes) if data else ([], [])
 
         tables, bad = await anyio.to_thread.run_sync(parse)
+        fingerprint = "range" if contiguous else "ids:" + ",".join(ids)
+        if bad:  # which entries had no row: the rows of a unit that loses entries are found again
+            fingerprint += DEAD + ",".join(str((d.line or 1) - 1) for d in bad)
+        first_last = f"{ids[0]}..{ids[-1]}" if ids else "(trimmed)"
         unit = SourceUnit(
-            name=f"{source} {ids[0]}..{ids[-1]}",
+            name=f"{source} {first_last}",
             id=unit_id or f"{PREFIX}{ids[0]}:{ids[-1]}:{len(ids)}:{stream}",
             # A `>` read is every entry of the stream between its first and last id: the range says
             # which; entries taken over or resumed are listed.
-            fingerprint="range" if contiguous else "ids:" + ",".join(ids),
+            fingerprint=known.fingerprint if known is not None else fingerprint,
             origin=self.name,
             table=self.config.default_table,
         )
@@ -318,20 +401,64 @@ class RedisSource(TakeOver):
             if self.config.include_id:
                 table = table.append_column(ENTRY_ID_COLUMN, pa.array(row_ids, pa.string()))
             shaped.append((table, first, numbered))
+        acked = ids
+        if known is not None:  # rows numbered as when the unit was first read, not as now
+            acked = sorted({*ids, *known.entries}, key=_entry_order)
+            rows = known.rows
         unit.total, unit.counted = len(rows), True  # journaled when opened: no second write when read
-        unit.ack = partial(self._ack, stream, unit, ids, rows)
+        unit.ack = partial(self._ack, stream, unit, acked, rows)
         unit.before_upload = partial(self._before_upload, stream, rows)
-        self._inflight[stream].update(ids)
+        self._inflight[stream].update(acked)
         unit = await self._units.open_unit(unit)
         if bad:
             letters = [DeadLetter(source, None, d.reason, d.raw, entry=ids[(d.line or 1) - 1]) for d in bad]
             await anyio.to_thread.run_sync(lambda: self.dead.write(letters, self.name))
             metrics.REDIS_ENTRIES.labels(stream, "dead_lettered").inc(len(letters))
-        if not unit.fully_covered:
+        if known is not None:
+            await self._send_known(stream, unit, known, shaped, ids, send)
+        elif not unit.fully_covered:
             for table, first, numbered in shaped:
                 for chunk in unit.chunks(table, first, numbered):
                     await send.send(chunk)
         await send.send(UnitRead(unit))
+
+    async def _send_known(
+        self,
+        stream: str,
+        unit: SourceUnit,
+        known: Known,
+        shaped: list[tuple[pa.Table, int, list[int] | None]],
+        ids: list[str],
+        send: MemoryObjectSendStream[Item],
+    ) -> None:
+        """The rows of entries still in the stream, each at its first reading's row number; rows of
+        entries gone from the stream and not already taken are lost: counted and logged once."""
+        position = {entry: row for row, entry in enumerate(known.rows) if entry}
+        sent: list[int] = []
+        for table, first, numbered in shaped:
+            lines = numbered if numbered is not None else list(range(first, first + table.num_rows))
+            at = [position[ids[n - 1]] for n in lines]
+            start = 0
+            while start < len(at):  # runs of consecutive row numbers
+                end = start + 1
+                while end < len(at) and at[end] == at[end - 1] + 1:
+                    end += 1
+                if at[start] >= unit.next_row:
+                    unit.next_row = at[start]
+                    for chunk in unit.chunks(table.slice(start, end - start), lines[start], None):
+                        await send.send(chunk)
+                    sent += range(at[start], at[end - 1] + 1)
+                start = end
+        taken = merge_ranges([*unit.skip, *((r, r + 1) for r in sent)])
+        lost = len(known.rows) - sum(b - a for a, b in taken if a < len(known.rows))
+        metrics.REDIS_ENTRIES.labels(stream, "trimmed").inc(len(known.entries) - len(ids))
+        log.warning(
+            "entries were deleted from the stream (trimmed) before this worker ingested them",
+            stream=stream,
+            unit=unit.name,
+            entries_gone=len(known.entries) - len(ids),
+            rows_lost=max(lost, 0),
+        )
 
     async def _before_upload(
         self, stream: str, rows: list[str], key: str, object_id: str, ranges: Ranges
@@ -356,29 +483,30 @@ class RedisSource(TakeOver):
         assert self._units is not None
         resumed: set[str] = set()
         for known in self._units.known_units(PREFIX):
-            _, _, _, _, stream = known.id.split(":", 4)
+            _, first, last, count, stream = known.id.split(":", 4)
             if stream not in self._inflight:
                 continue  # a stream no longer configured: its rows stay as they are
-            first, last, count = known.id.split(":", 4)[1:4]
+            listed, _, dead = known.fingerprint.partition(DEAD)
             ids: list[str] | None = None
-            if known.fingerprint == "range":
+            if listed == "range":
                 entries = await self._call("XRANGE", partial(self._range, stream, first, last))
             else:
-                ids = known.fingerprint.removeprefix("ids:").split(",")
+                ids = listed.removeprefix("ids:").split(",")
                 entries = await self._call("XRANGE", partial(self._entries, stream, ids))
-            if len(entries) != int(count):
-                log.warning(
-                    "pending entries were trimmed from the stream before they were ingested",
-                    stream=stream,
-                    unit=known.name,
-                    missing=int(count) - len(entries),
-                )
             resumed.update(i for i, _ in entries)
-            await self._take(stream, entries, send, unit_id=known.id, contiguous=ids is None)
+            gone = None
+            if len(entries) != int(count):  # trimmed or deleted since: rows are tied to entry ids
+                pel = await self._call("XPENDING", partial(self._pending_ids, stream, first, last))
+                resumed.update(pel)
+                gone = _known(known.fingerprint, ids, int(count), [i for i, _ in entries], pel, dead)
+            await self._take(stream, entries, send, unit_id=known.id, contiguous=ids is None, known=gone)
         for stream in self.streams:
             after = "0"
             while True:
-                reads = await self._call("XREADGROUP", partial(self._read, {stream: after}, None))
+                trimmed: list[str] = []
+                reads = await self._call("XREADGROUP", partial(self._read, {stream: after}, None, trimmed))
+                if trimmed := [i for i in trimmed if i not in resumed]:
+                    await self._settle_trimmed(stream, trimmed)
                 entries = [(i, f) for _, es in reads for i, f in es]
                 if not entries:
                     break
@@ -386,6 +514,34 @@ class RedisSource(TakeOver):
                 await self._take(stream, [(i, f) for i, f in entries if i not in resumed], send)
         if resumed:
             log.info("resumed this worker's pending entries", entries=len(resumed))
+
+    async def _settle_trimmed(self, stream: str, ids: list[str]) -> None:
+        """Entries delivered to this consumer, never journaled (it stopped right after reading them),
+        and deleted from the stream since: nothing can read them now. Counted, logged, acknowledged
+        (else they would stay pending for ever)."""
+        log.warning(
+            "entries delivered to this worker were deleted from the stream (trimmed) before it "
+            "ingested them; they are lost",
+            stream=stream,
+            entries=len(ids),
+            first=ids[0],
+            last=ids[-1],
+        )
+        metrics.REDIS_ENTRIES.labels(stream, "trimmed").inc(len(ids))
+        await self._call("XACK", partial(self.ledger(stream).acknowledge, ids, []))
+
+    async def _pending_ids(self, stream: str, first: str, last: str) -> list[str]:
+        """This consumer's pending entries between `first` and `last`, deleted ones included."""
+        out: list[str] = []
+        start = first
+        while True:
+            got = await self.cmd.xpending_range(
+                stream, self.group, start, last, 10_000, consumername=self.consumer
+            )
+            out += [text(p["message_id"]) for p in got]
+            if len(got) < 10_000:
+                return out
+            start = "(" + out[-1]
 
     async def _range(self, stream: str, first: str, last: str) -> Entries:
         reply = await self.cmd.xrange(stream, first, last)
@@ -397,6 +553,26 @@ class RedisSource(TakeOver):
                 pipe.xrange(stream, i, i)
             replies = await pipe.execute()
         return [(text(i), f) for reply in replies for i, f in reply if f is not None]
+
+
+def _known(
+    fingerprint: str, listed: list[str] | None, count: int, present: list[str], pel: list[str], dead: str
+) -> Known:
+    """What a unit was when first read, from what is left of it: its entries are those listed in its
+    fingerprint, or those still pending for this consumer in its range (deleted ones too: XACK alone
+    removes them); failing both, the entries gone are taken to be its first ones (trimming removes the
+    oldest). Its rows are its entries minus the dead letters its fingerprint names."""
+    entries = listed or sorted({*pel, *present}, key=_entry_order)
+    if len(entries) != count:
+        entries = [""] * (count - len(present)) + present
+    skipped = {int(n) for n in dead.split(",") if n}
+    rows = [e for n, e in enumerate(entries) if n not in skipped]
+    return Known([e for e in entries if e], rows, fingerprint)
+
+
+def _entry_order(entry: str) -> tuple[int, int]:
+    ms, _, seq = entry.partition("-")
+    return int(ms), int(seq or 0)
 
 
 def _as_is(response: object, **options: object) -> object:

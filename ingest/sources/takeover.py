@@ -95,6 +95,17 @@ class TakeOver:
                 )
                 cursor = text(reply[0])
                 entries = [(text(i), f) for i, f in reply[1] if f is not None]
+                # Redis 7: entries deleted since were dropped from the pending list (not this
+                # worker's own: their units count them when settled)
+                gone = [g for i in reply[2:3] for g in map(text, i) if g not in self._inflight[stream]]
+                if gone:
+                    log.warning(
+                        "entries of a stopped worker were deleted from the stream (trimmed) before "
+                        "anyone ingested them; they are lost",
+                        stream=stream,
+                        entries=len(gone),
+                    )
+                    metrics.REDIS_ENTRIES.labels(stream, "trimmed").inc(len(gone))
                 fresh = [(i, f) for i, f in entries if i not in self._inflight[stream]]
                 if fresh:
                     metrics.REDIS_ENTRIES.labels(stream, "reclaimed").inc(len(fresh))
