@@ -14,6 +14,7 @@ import tomllib
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal, get_args
+from urllib.parse import urlparse
 
 from pydantic import (
     BaseModel,
@@ -197,6 +198,28 @@ class SourceConfig(_Section):
     claim_idle: Duration = Field(default=300.0, gt=0)  # entries idle this long belong to a dead worker
     max_deliveries: int = Field(default=5, ge=1)  # delivered more often: a dead letter (then acked)
 
+    @field_validator("url")
+    @classmethod
+    def _redis_url(cls, v: SecretStr) -> SecretStr:
+        if v.get_secret_value() and (problem := redis_url_problem(v.get_secret_value())) is not None:
+            raise ValueError(problem)
+        return v
+
+    @field_validator("token")
+    @classmethod
+    def _token(cls, v: SecretStr) -> SecretStr:
+        raw = v.get_secret_value()
+        if raw and not raw.strip():
+            raise ValueError("blank (only spaces): no sender could present it; set a token or remove the key")
+        return SecretStr(raw.strip())
+
+    @field_validator("tokens")
+    @classmethod
+    def _tokens(cls, v: list[SecretStr]) -> list[SecretStr]:
+        if any(not t.get_secret_value().strip() for t in v):
+            raise ValueError("a token is blank (empty or only spaces): no sender could present it")
+        return [SecretStr(t.get_secret_value().strip()) for t in v]
+
     @field_validator("table")
     @classmethod
     def _table_name(cls, v: str) -> str:
@@ -242,6 +265,33 @@ class SourceConfig(_Section):
     @property
     def default_table(self) -> str:
         return self.table or DEFAULT_TABLE
+
+
+def redis_url_problem(url: str) -> str | None:
+    """What is wrong with a Redis URL (never quoting it: it may hold a password), or None."""
+    parsed = urlparse(url)
+    if parsed.scheme not in ("redis", "rediss", "unix"):
+        return "use redis://[:password@]host:port/db, rediss://… (TLS) or unix:///path/to/socket"
+    try:
+        port = parsed.port
+    except ValueError:
+        return "the port is not a number from 0 to 65535; use redis://host:6379/0"
+    if parsed.scheme != "unix" and not parsed.hostname:
+        return "no host; use redis://host:port/db"
+    db = parsed.path.strip("/")
+    if parsed.scheme != "unix" and db and not db.isdigit():
+        return f"the database ({db!r}) is not a number; use redis://host:{port or 6379}/0"
+    return None
+
+
+def redis_where(url: str) -> str:
+    """`host:port` (or the socket path) of a Redis URL, for messages: never its password."""
+    parsed = urlparse(url)
+    try:
+        port = parsed.port or 6379
+    except ValueError:
+        port = 6379
+    return f"{parsed.hostname or parsed.path}:{port}"
 
 
 def table_problem(name: str) -> str | None:

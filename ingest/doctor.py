@@ -10,7 +10,7 @@ from email.utils import parsedate_to_datetime
 import httpx
 from botocore.exceptions import ClientError
 
-from ingest.config import ServerConfig, Settings
+from ingest.config import ConfigError, ServerConfig, Settings, redis_url_problem, redis_where
 from ingest.r2.api import cloudflare_client
 from ingest.r2.client import R2AccessDenied, R2Client
 from ingest.r2.cors import CorsRule, evaluate
@@ -58,7 +58,6 @@ async def diagnose(settings: Settings) -> list[Check]:
 async def _source_checks(settings: Settings) -> list[Check]:
     """What push and stream sources need besides R2: a token to accept, a Redis to read from."""
     import os
-    from urllib.parse import urlparse
 
     checks: list[Check] = []
     for i, cfg in enumerate(settings.sources):
@@ -77,8 +76,9 @@ async def _source_checks(settings: Settings) -> list[Check]:
             )
         elif cfg.kind == "redis":
             url = cfg.url.get_secret_value() or os.environ.get("INGEST_REDIS_URL", "")
-            parsed = urlparse(url)
-            where = f"{parsed.hostname or parsed.path}:{parsed.port or 6379}"  # never the password
+            if url and (problem := redis_url_problem(url)) is not None:  # (a config file's is checked
+                raise ConfigError(f"INGEST_REDIS_URL: {problem}")  # when it is loaded)
+            where = redis_where(url)  # never the password
             checks += await _redis_checks(name, url, where, cfg.streams or [cfg.stream], cfg.group)
     return checks
 

@@ -8,7 +8,7 @@ from typing import Annotated
 import anyio
 import typer
 
-from ingest.cli.common import out, print_checks, settings
+from ingest.cli.common import err, out, print_checks, settings
 
 
 def status(
@@ -34,10 +34,15 @@ def status(
 
 def doctor() -> None:
     """Check config, endpoint, token, credentials and bucket behaviour; exit 1 on any ✗."""
+    from ingest.config import ConfigError
     from ingest.doctor import diagnose
 
     s = settings()
-    checks = anyio.run(diagnose, s)
+    try:
+        checks = anyio.run(diagnose, s)
+    except ConfigError as exc:
+        err.print(f"config error: {exc}", markup=False, highlight=False)
+        raise typer.Exit(2) from None
     print_checks(checks)
     if any(c.ok is False for c in checks):
         raise typer.Exit(1)

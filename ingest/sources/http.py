@@ -78,7 +78,7 @@ class _Pending:
 def tokens_of(config: SourceConfig, index: int) -> list[str]:
     """The bearer tokens a sender may present; at least one is required."""
     values = [config.token, *config.tokens, SecretStr(os.environ.get(TOKEN_ENV, ""))]
-    tokens = [v.get_secret_value() for v in values if v.get_secret_value()]
+    tokens = [t for v in values if (t := v.get_secret_value().strip())]  # blank: no token at all
     if not tokens:
         raise ConfigError(
             f"sources.{index}.token: required for an http source (or set {TOKEN_ENV}); senders present "

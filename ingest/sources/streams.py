@@ -37,7 +37,7 @@ from tenacity import (
 from tenacity.stop import stop_never
 
 from ingest import metrics
-from ingest.config import ConfigError, RetryConfig, SourceConfig
+from ingest.config import ConfigError, RetryConfig, SourceConfig, redis_url_problem, redis_where
 from ingest.deadletters import DeadLetter, DeadLetters
 from ingest.faults import crash_point
 from ingest.logs import get_logger, register_secret
@@ -99,12 +99,13 @@ class RedisSource(TakeOver):
         url = config.url.get_secret_value() or os.environ.get(URL_ENV, "")
         if not url:
             raise ConfigError(f"sources.{index}.url: required for a redis source (or set {URL_ENV})")
+        if (problem := redis_url_problem(url)) is not None:
+            key = f"sources.{index}.url" if config.url.get_secret_value() else URL_ENV
+            raise ConfigError(f"{key}: {problem}")
         parsed = urlparse(url)
-        if parsed.scheme not in ("redis", "rediss", "unix"):
-            raise ConfigError(f"sources.{index}.url: use redis://host:port/db, rediss:// or unix://")
         register_secret(parsed.password, url if parsed.password else None)
         self.url = url
-        self.where = f"{parsed.hostname or parsed.path}:{parsed.port or 6379}"  # no credentials
+        self.where = redis_where(url)  # no credentials
         self.streams = config.streams or ([config.stream] if config.stream else [])
         if not self.streams:
             raise ConfigError(f"sources.{index}.stream: required: the stream to read (or streams = [...])")

@@ -76,9 +76,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def ingest_without_r2(cwd: Path, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+def ingest_without_r2(
+    cwd: Path, *args: str, timeout: float = 180, **extra: str
+) -> subprocess.CompletedProcess[str]:
     """`ingest …` in `cwd` with no R2 settings at all: it falls back to the embedded local R2."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("R2_", "CLOUDFLARE_"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("R2_", "CLOUDFLARE_"))} | extra
     return subprocess.run(
         [sys.executable, "-m", "ingest", *args],
         cwd=cwd,
