@@ -362,6 +362,8 @@ class ServerConfig(_Section):
     cors_origins: list[str] = []  # browser origins that may call the worker's API (upload grants)
     # a request's headers arrive within this of the connection's start (or the previous answer)
     header_timeout: Duration = Field(default=30.0, gt=0)
+    # open connections at most (0: three quarters of the open-files limit); see ingest/connections.py
+    max_connections: int = Field(default=0, ge=0)
     # HTTPS for the whole server (probes, metrics, http sources): PEM files
     tls_cert: str = ""
     tls_key: str = ""

@@ -87,6 +87,12 @@ SLOW_HEADERS = Counter(
     "ingest_http_slow_headers_total",
     "Connections to the server closed because a request's headers did not arrive within header_timeout.",
 )
+CONNECTIONS_SHED = Counter(
+    "ingest_http_connections_shed_total",
+    "Connections closed at server.max_connections: the longest idle one (idle_closed), or the new "
+    "one (refused).",
+    ["reason"],
+)
 HTTP_SECONDS = Histogram(
     "ingest_http_request_duration_seconds",
     "Time from a request's arrival to its answer (202: durable in the spool).",

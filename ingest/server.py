@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hmac
 import os
 import socket
-from typing import Any
 
-import h11
 import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import SecretStr
@@ -20,16 +17,17 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from ingest import metrics
 from ingest.config import ConfigError
+from ingest.connections import header_deadline
 from ingest.grants import GrantError, UploadGrants
 from ingest.health import Health
 from ingest.logs import get_logger
 from ingest.r2.errors import describe
 
 log = get_logger("ingest.server")
+ACCEPT_BURST = 16  # connections accepted in a row (see ProbeServer)
+LISTEN_QUEUE = 1024
 
 
 def app(
@@ -147,63 +145,11 @@ def bind(listen: str) -> socket.socket:
     return sock
 
 
-class HeaderDeadline(H11Protocol):
-    """uvicorn's h11 protocol with a limit on the wait for a request's headers: from the connection's
-    start, and on a kept-alive connection from the next request's first byte (uvicorn's keep-alive
-    timeout closes it while it is idle). uvicorn has no such limit, and its keep-alive timer stops at
-    the first byte, so a client sending a header byte now and then (slowloris) held a connection and
-    its file descriptor for ever. Bodies have their own limit (`body_timeout`)."""
-
-    header_timeout = 30.0
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._deadline: asyncio.TimerHandle | None = None
-        self._between = False  # kept alive after an answer; no byte of the next request yet
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        self._arm()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
-        super().connection_lost(exc)
-
-    def data_received(self, data: bytes) -> None:
-        if self._between:
-            self._between = False
-            self._arm()
-        super().data_received(data)
-
-    def handle_events(self) -> None:
-        super().handle_events()
-        if self.conn.their_state is not h11.IDLE:  # the headers are in (or the connection is done)
-            self._disarm()
-
-    def on_response_complete(self) -> None:
-        super().on_response_complete()
-        self._between = self.conn.their_state is h11.IDLE and not self.transport.is_closing()
-
-    def _arm(self) -> None:
-        self._disarm()
-        self._deadline = self.loop.call_later(self.header_timeout, self._too_slow)
-
-    def _disarm(self) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
-
-    def _too_slow(self) -> None:
-        self._deadline = None
-        if not self.transport.is_closing():
-            metrics.SLOW_HEADERS.inc()
-            log.debug("closed a connection whose request headers did not arrive in time", client=self.client)
-            self.transport.close()
-
-
-def header_deadline(seconds: float) -> type[HeaderDeadline]:
-    """The protocol class with its limit (uvicorn builds one per connection, without arguments)."""
-    return type("HeaderDeadline", (HeaderDeadline,), {"header_timeout": seconds})
+class _Server(uvicorn.Server):
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        for sock in sockets or []:  # asyncio set the kernel's queue to ACCEPT_BURST: back to a long one
+            sock.listen(LISTEN_QUEUE)
 
 
 class ProbeServer:
@@ -216,6 +162,7 @@ class ProbeServer:
         tls_cert: str = "",
         tls_key: str = "",
         header_timeout: float = 30.0,
+        max_connections: int = 0,
     ) -> None:
         self.sock = sock
         if bool(tls_cert) != bool(tls_key):
@@ -231,13 +178,17 @@ class ProbeServer:
             log_config=None,
             ssl_certfile=tls_cert or None,
             ssl_keyfile=tls_key or None,
-            http=header_deadline(header_timeout),
+            http=header_deadline(header_timeout, max_connections),
+            # asyncio accepts up to `backlog` connections in a row before any of them is seen by
+            # the protocol (which closes what is over max_connections): a small number keeps that
+            # burst within the descriptors kept free. The kernel's queue is set back after start.
+            backlog=ACCEPT_BURST,
         )
         try:
             config.load()  # reads the certificate now: a bad one is a start-up error, not a log line
         except (OSError, ValueError) as exc:
             raise ConfigError(f"server.tls_cert: cannot use {tls_cert} with {tls_key}: {exc}") from None
-        self.server = uvicorn.Server(config)
+        self.server = _Server(config)
         self.server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
 
     @property

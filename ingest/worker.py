@@ -5,6 +5,7 @@ With no R2 configured it starts the embedded local R2 first, so `ingest run` wor
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -255,6 +256,10 @@ async def run(settings: Settings, once: bool, say: Console, progress: Console | 
     """Run the worker; `progress`: a terminal's console to show a progress bar on (log lines then go
     through it too, above the bar)."""
     per_table = check_sources(settings, once)  # before the local R2 starts: said at once
+    from ingest.connections import connection_cap, open_files_limit, quiet_accept_errors
+
+    open_files = open_files_limit()  # raised to the hard limit: connections, spool files, sockets
+    asyncio.get_running_loop().set_exception_handler(quiet_accept_errors)
     async with r2_settings(settings, say) as s, AsyncExitStack() as stack:
         r2 = s.r2
         if not r2.bucket:
@@ -306,8 +311,9 @@ async def run(settings: Settings, once: bool, say: Console, progress: Console | 
 
             routes = [r for src in sources for r in getattr(src, "routes", list)()]
             application = server_app(health, grants, s.server.upload_token, s.server.cors_origins, routes)
+            cap = connection_cap(s.server.max_connections, open_files)
             probes = ProbeServer(
-                application, probe_sock, s.server.tls_cert, s.server.tls_key, s.server.header_timeout
+                application, probe_sock, s.server.tls_cert, s.server.tls_key, s.server.header_timeout, cap
             )
 
         async with anyio.create_task_group() as tg:

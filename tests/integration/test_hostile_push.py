@@ -5,6 +5,9 @@ Real worker, real local R2, objects read back with pyarrow, polars and DuckDB.""
 from __future__ import annotations
 
 import json
+import resource
+import socket
+import subprocess
 import threading
 import time
 from collections import Counter
@@ -13,7 +16,7 @@ from typing import Any
 
 import httpx
 
-from tests.integration.conftest import Job, readable_rows
+from tests.integration.conftest import Job, logs_of, readable_rows, readyz, wait_for
 from tests.integration.test_http import TOKEN, Worker, ndjson
 from tests.integration.test_http import _no_worker_outlives_its_test as _no_worker_outlives_its_test
 
@@ -207,3 +210,49 @@ def test_once_readyz_answers_200_records_are_taken(job: Job, tmp_path: Path) -> 
     assert answer.status_code == 202, answer.text
     worker.stop()
     assert sorted(_ids(job, tmp_path)) == [-1, *range(200_000)]
+
+
+# -- 11. more connections than file descriptors ---------------------------------------------------------
+
+
+def _limited(nofile: int) -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
+
+def test_idle_connections_beyond_the_descriptor_limit_never_starve_probes_or_uploads(
+    job: Job, tmp_path: Path
+) -> None:
+    worker = Worker(job)
+    proc = subprocess.Popen(  # a hard limit of 256 open files: the connections alone would exhaust it
+        job.command(),
+        cwd=job.dir,
+        env=job.env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        preexec_fn=lambda: _limited(256),
+    )
+    Worker.started.append(proc)
+    worker.proc = proc
+    wait_for(worker._taking, 90, "the http source to take requests")
+    idle: list[socket.socket] = []
+    try:
+        for _ in range(400):
+            idle.append(socket.create_connection(("127.0.0.1", worker.port), timeout=5))
+        time.sleep(1)
+        for n in range(5):
+            assert readyz(worker.port) == 200  # probes get through
+            answer = worker.post(ndjson([{"id": n}]), timeout=10)
+            assert answer.status_code == 202, answer.text
+        time.sleep(1)
+        assert proc.poll() is None
+    finally:
+        for s in idle:
+            s.close()
+    worker.stop()
+    assert sorted(_ids(job, tmp_path)) == list(range(5))
+    assert "Traceback" not in worker.stderr and "Too many open files" not in worker.stderr
+    shed = [e for e in logs_of(worker.stderr) if "too many connections" in str(e.get("event"))]
+    assert 1 <= len(shed) <= 3, shed  # once per interval, with counts
+    assert len(worker.stderr.splitlines()) < 100
