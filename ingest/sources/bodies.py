@@ -232,18 +232,19 @@ def _lines_of_objects(data: bytes) -> bool:
 
 
 def _json_lines(data: bytes, source: str, max_record: int) -> Records:
+    count = data.count(b"\n") + (0 if not data or data.endswith(b"\n") else 1)
+    rejected: list[DeadLetter] = []
+    tables, dead = parse_lines(data, source, max_record)
+    if not dead and sum(t.num_rows for t, _, _ in tables) == count:  # the common case: all good
+        block = data if data.endswith(b"\n") or not data else data + b"\n"
+        if block is not data:
+            tables, dead = parse_lines(block, source, max_record)
+        if not dead:
+            return Records(block, tables, list(range(1, count + 1)))
     raw = data.split(b"\n")
     if raw and raw[-1] == b"":
         raw.pop()
     numbered = list(range(1, len(raw) + 1))
-    rejected: list[DeadLetter] = []
-    tables, dead = parse_lines(data, source, max_record)
-    if not dead and sum(t.num_rows for t, _, _ in tables) == len(raw):  # the common case: all good
-        block = data if data.endswith(b"\n") else data + b"\n"
-        if block is not data:
-            tables, dead = parse_lines(block, source, max_record)
-        if not dead:
-            return Records(block, tables, numbered)
     # Keep the good lines only, and parse exactly those bytes (what the segment will hold). A line
     # that parsed among its neighbours but not in the smaller block (rare: a type that only fitted
     # beside them) is rejected too, until the block parses whole.
@@ -268,7 +269,7 @@ def _document(data: bytes, source: str, max_record: int) -> Records:
     element that is not UTF-8 or not an object is rejected with the line it starts on; an array
     nested too deep to parse, or not JSON, is refused whole (400)."""
     text = data.decode("utf-8", "surrogateescape")  # bytes that are not UTF-8 stay, marked
-    lines: list[bytes] = []
+    block = bytearray()
     where: list[int] = []
     rejected: list[DeadLetter] = []
     try:
@@ -294,7 +295,8 @@ def _document(data: bytes, source: str, max_record: int) -> Records:
                 continue
             if b"\n" in raw or b"\r" in raw:  # only whitespace: a JSON string holds no raw line break
                 raw = raw.replace(b"\r", b" ").replace(b"\n", b" ")
-            lines.append(raw)
+            block += raw
+            block += b"\n"
             where.append(line)
     except RecursionError:
         raise BodyError(400, f"body: {too_deep_reason()}; nothing was accepted") from None
@@ -306,7 +308,8 @@ def _document(data: bytes, source: str, max_record: int) -> Records:
     except ValueError as exc:  # a number no double holds, a JavaScript constant
         raise BodyError(400, f"body: not JSON we can store: {exc}; nothing was accepted") from None
     del text
-    out = _json_lines(b"".join(t + b"\n" for t in lines), source, max_record)
+    out = _json_lines(bytes(block), source, max_record)
+    del block
     # Lines of the block are numbered 1..n; say which line of the body each element started on.
     for d in out.rejected:
         rejected.append(DeadLetter(source, where[(d.line or 1) - 1], d.reason, d.raw))
