@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
 from urllib.parse import urlparse
@@ -49,40 +48,28 @@ from ingest.sources.base import (
     SourceUnit,
     UnitRead,
     Units,
-    merge_ranges,
 )
 from ingest.sources.entries import Entries, entry_line
 from ingest.sources.jsonlines import Parsed, parse_lines
 from ingest.sources.ledger import Ledger, text
+from ingest.sources.resume import DEAD, PREFIX, Known, Resume, entry_order
 from ingest.sources.takeover import TakeOver
 
 log = get_logger("ingest.sources.streams")
 URL_ENV = "INGEST_REDIS_URL"
-PREFIX = "redis:"
 ENTRY_ID_COLUMN = "_entry_id"
 POOL_SIZE = 16
 TAKING = 3  # reads being parsed, journaled and sent at once (units are independent)
 T = TypeVar("T")
 _RAW_REPLIES = ("XREADGROUP", "XRANGE", "XAUTOCLAIM", "XCLAIM")  # parsed here, not into dicts
 _TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError)
-DEAD = ";dead="  # in a unit's fingerprint: positions of its entries that were dead letters
-
-
-@dataclass(frozen=True)
-class Known:
-    """A journaled unit as it was first read: its entries and the entry of each of its rows, in
-    order ("" where the stream no longer says which), and its journaled fingerprint."""
-
-    entries: list[str]
-    rows: list[str]
-    fingerprint: str
 
 
 class GroupGone(SourceError):
     """The consumer group (or its stream) vanished: XGROUP DESTROY, DEL, Redis restarted empty."""
 
 
-class RedisSource(TakeOver):
+class RedisSource(TakeOver, Resume):
     resumes_first = PREFIX  # its recovered objects wait for `_resume` (Units.resumed)
 
     def __init__(
@@ -404,7 +391,7 @@ class RedisSource(TakeOver):
             shaped.append((table, first, numbered))
         acked = ids
         if known is not None:  # rows numbered as when the unit was first read, not as now
-            acked = sorted({*ids, *known.entries}, key=_entry_order)
+            acked = sorted({*ids, *known.entries}, key=entry_order)
             rows = known.rows
         unit.total, unit.counted = len(rows), True  # journaled when opened: no second write when read
         unit.ack = partial(self._ack, stream, unit, acked, rows)
@@ -423,44 +410,6 @@ class RedisSource(TakeOver):
                     await send.send(chunk)
         await send.send(UnitRead(unit))
 
-    async def _send_known(
-        self,
-        stream: str,
-        unit: SourceUnit,
-        known: Known,
-        shaped: list[tuple[pa.Table, int, list[int] | None]],
-        ids: list[str],
-        send: MemoryObjectSendStream[Item],
-    ) -> None:
-        """The rows of entries still in the stream, each at its first reading's row number; rows of
-        entries gone from the stream and not already taken are lost: counted and logged once."""
-        position = {entry: row for row, entry in enumerate(known.rows) if entry}
-        sent: list[int] = []
-        for table, first, numbered in shaped:
-            lines = numbered if numbered is not None else list(range(first, first + table.num_rows))
-            at = [position[ids[n - 1]] for n in lines]
-            start = 0
-            while start < len(at):  # runs of consecutive row numbers
-                end = start + 1
-                while end < len(at) and at[end] == at[end - 1] + 1:
-                    end += 1
-                if at[start] >= unit.next_row:
-                    unit.next_row = at[start]
-                    for chunk in unit.chunks(table.slice(start, end - start), lines[start], None):
-                        await send.send(chunk)
-                    sent += range(at[start], at[end - 1] + 1)
-                start = end
-        taken = merge_ranges([*unit.skip, *((r, r + 1) for r in sent)])
-        lost = len(known.rows) - sum(b - a for a, b in taken if a < len(known.rows))
-        metrics.REDIS_ENTRIES.labels(stream, "trimmed").inc(len(known.entries) - len(ids))
-        log.warning(
-            "entries were deleted from the stream (trimmed) before this worker ingested them",
-            stream=stream,
-            unit=unit.name,
-            entries_gone=len(known.entries) - len(ids),
-            rows_lost=max(lost, 0),
-        )
-
     async def _before_upload(
         self, stream: str, rows: list[str], key: str, object_id: str, ranges: Ranges
     ) -> None:
@@ -475,105 +424,6 @@ class RedisSource(TakeOver):
         self._inflight[stream].difference_update(ids)
         metrics.REDIS_ENTRIES.labels(stream, "acked").inc(len(ids))
         return True
-
-    # -- after a restart -----------------------------------------------------------------------------
-
-    async def _resume(self, send: MemoryObjectSendStream[Item]) -> None:
-        """Take back this consumer's pending entries: first the units the journal knows (same rows,
-        the spooled ones skipped), then whatever else is pending for it."""
-        assert self._units is not None
-        resumed: set[str] = set()
-        for known in self._units.known_units(PREFIX):
-            _, first, last, count, stream = known.id.split(":", 4)
-            if stream not in self._inflight:
-                continue  # a stream no longer configured: its rows stay as they are
-            listed, _, dead = known.fingerprint.partition(DEAD)
-            ids: list[str] | None = None
-            if listed == "range":
-                entries = await self._call("XRANGE", partial(self._range, stream, first, last))
-            else:
-                ids = listed.removeprefix("ids:").split(",")
-                entries = await self._call("XRANGE", partial(self._entries, stream, ids))
-            resumed.update(i for i, _ in entries)
-            gone = None
-            if len(entries) != int(count):  # trimmed or deleted since: rows are tied to entry ids
-                pel = await self._call("XPENDING", partial(self._pending_ids, stream, first, last))
-                resumed.update(pel)
-                gone = _known(known.fingerprint, ids, int(count), [i for i, _ in entries], pel, dead)
-            await self._take(stream, entries, send, unit_id=known.id, contiguous=ids is None, known=gone)
-        for stream in self.streams:
-            after = "0"
-            while True:
-                trimmed: list[str] = []
-                reads = await self._call("XREADGROUP", partial(self._read, {stream: after}, None, trimmed))
-                if trimmed := [i for i in trimmed if i not in resumed]:
-                    await self._settle_trimmed(stream, trimmed)
-                entries = [(i, f) for _, es in reads for i, f in es]
-                if not entries:
-                    break
-                after = entries[-1][0]
-                await self._take(stream, [(i, f) for i, f in entries if i not in resumed], send)
-        if resumed:
-            log.info("resumed this worker's pending entries", entries=len(resumed))
-
-    async def _settle_trimmed(self, stream: str, ids: list[str]) -> None:
-        """Entries delivered to this consumer, never journaled (it stopped right after reading them),
-        and deleted from the stream since: nothing can read them now. Counted, logged, acknowledged
-        (else they would stay pending for ever)."""
-        log.warning(
-            "entries delivered to this worker were deleted from the stream (trimmed) before it "
-            "ingested them; they are lost",
-            stream=stream,
-            entries=len(ids),
-            first=ids[0],
-            last=ids[-1],
-        )
-        metrics.REDIS_ENTRIES.labels(stream, "trimmed").inc(len(ids))
-        await self._call("XACK", partial(self.ledger(stream).acknowledge, ids, []))
-
-    async def _pending_ids(self, stream: str, first: str, last: str) -> list[str]:
-        """This consumer's pending entries between `first` and `last`, deleted ones included."""
-        out: list[str] = []
-        start = first
-        while True:
-            got = await self.cmd.xpending_range(
-                stream, self.group, start, last, 10_000, consumername=self.consumer
-            )
-            out += [text(p["message_id"]) for p in got]
-            if len(got) < 10_000:
-                return out
-            start = "(" + out[-1]
-
-    async def _range(self, stream: str, first: str, last: str) -> Entries:
-        reply = await self.cmd.xrange(stream, first, last)
-        return [(text(i), f) for i, f in reply if f is not None]
-
-    async def _entries(self, stream: str, ids: list[str]) -> Entries:
-        async with self.cmd.pipeline(transaction=False) as pipe:
-            for i in ids:
-                pipe.xrange(stream, i, i)
-            replies = await pipe.execute()
-        return [(text(i), f) for reply in replies for i, f in reply if f is not None]
-
-
-def _known(
-    fingerprint: str, listed: list[str] | None, count: int, present: list[str], pel: list[str], dead: str
-) -> Known:
-    """What a unit was when first read, from what is left of it: its entries are those listed in its
-    fingerprint, or those still pending for this consumer in its range (deleted ones too: XACK alone
-    removes them); failing both, the entries gone are taken to be its first ones (trimming removes the
-    oldest). Its rows are its entries minus the dead letters its fingerprint names."""
-    entries = listed or sorted({*pel, *present}, key=_entry_order)
-    if len(entries) != count:
-        entries = [""] * (count - len(present)) + present
-    skipped = {int(n) for n in dead.split(",") if n}
-    rows = [e for n, e in enumerate(entries) if n not in skipped]
-    return Known([e for e in entries if e], rows, fingerprint)
-
-
-def _entry_order(entry: str) -> tuple[int, int]:
-    ms, _, seq = entry.partition("-")
-    return int(ms), int(seq or 0)
 
 
 def _as_is(response: object, **options: object) -> object:
