@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import zlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -94,6 +96,36 @@ class Bodies:
                 "send it faster or in smaller requests",
             )
         return b"".join(pieces)
+
+
+class ParseBudget:
+    """Bytes of bodies being parsed at once, at most `limit` (a body bigger than that alone): a parse
+    holds a few times its body (the body, the block, the rows), so concurrent requests stay within a
+    bound set by configuration (`batch.max_bytes` / 2), whatever their number. A request that cannot
+    start within `wait` seconds gets 503."""
+
+    def __init__(self, limit: int, wait: float, retry_after: int) -> None:
+        self.limit = max(limit, 1)
+        self.wait = wait
+        self.retry_after = retry_after
+        self.used = 0
+        self._freed = anyio.Event()
+
+    @asynccontextmanager
+    async def hold(self, size: int) -> AsyncIterator[None]:
+        size = min(size, self.limit)
+        with anyio.move_on_after(self.wait):
+            while self.used and self.used + size > self.limit:
+                await self._freed.wait()
+        if self.used and self.used + size > self.limit:
+            raise BodyError(503, "too many bodies being parsed at once; send again", self.retry_after)
+        self.used += size
+        try:
+            yield
+        finally:
+            self.used -= size
+            self._freed.set()
+            self._freed = anyio.Event()
 
 
 def media_type(content_type: str | None) -> Media:

@@ -40,6 +40,7 @@ from ingest.sources.base import Ack, Chunk, Item, RequestRow, SourceUnit, UnitRe
 from ingest.sources.bodies import (
     Bodies,
     BodyError,
+    ParseBudget,
     Records,
     check_encoding,
     consecutive,
@@ -121,6 +122,7 @@ class HttpSource:
         self._inflight = 0  # requests past admission and not yet answered (the commit leader is one)
         self._quiet = anyio.Event()  # set when the last of them is answered
         self._bodies = Bodies(config.max_request_bytes, config.body_timeout, RETRY_AFTER)
+        self._parsing = ParseBudget(buffer_bytes // 2, ROOM_WAIT * 5, RETRY_AFTER)
         self._acked: dict[str, anyio.Event] = {}  # block id → set once its rows are in R2
 
     # -- the Source protocol -----------------------------------------------------------------------
@@ -331,7 +333,10 @@ class HttpSource:
             data = decompress(body, encoding, self.config.max_request_bytes)
             return records(data, media, source, self.max_record_bytes)  # type: ignore[arg-type]
 
-        recs = await anyio.to_thread.run_sync(parse)
+        # A compressed body may inflate to max_request_bytes: it is counted so.
+        size = len(body) if encoding == "identity" else self.config.max_request_bytes
+        async with self._parsing.hold(size):
+            recs = await anyio.to_thread.run_sync(parse)
         rejected = [{"line": d.line, "reason": d.reason} for d in recs.rejected]
         if recs.rejected and self.config.strict:
             metrics.HTTP_RECORDS.labels(self.name, "rejected").inc(len(recs.rejected))

@@ -17,6 +17,7 @@ from ingest.sources.bodies import (
     Bodies,
     BodyError,
     Media,
+    ParseBudget,
     check_encoding,
     consecutive,
     decompress,
@@ -194,3 +195,27 @@ def test_a_json_array_body_is_decoded_one_element_at_a_time() -> None:
     as_lines, as_array = peak(lines, "ndjson"), peak(array, "json")
     assert as_array < 4 * len(array), (as_array, len(array))
     assert as_array < 4 * max(as_lines, len(lines)), (as_array, as_lines)
+
+
+@pytest.mark.anyio
+async def test_bodies_parsed_at_once_stay_within_the_budget() -> None:
+    budget = ParseBudget(100, wait=5, retry_after=5)
+    most = 0
+
+    async def parse(size: int) -> None:
+        nonlocal most
+        async with budget.hold(size):
+            most = max(most, budget.used)
+            await anyio.sleep(0.02)
+
+    async with anyio.create_task_group() as tg:
+        for size in (40, 40, 40, 40, 250, 10):  # 250: over the budget, parsed alone
+            tg.start_soon(parse, size)
+    assert most <= 100 and budget.used == 0
+
+    stuck = ParseBudget(100, wait=0.05, retry_after=5)
+    async with stuck.hold(100):
+        with pytest.raises(BodyError) as refused:
+            async with stuck.hold(1):
+                pass
+    assert refused.value.status == 503 and refused.value.retry_after == 5
