@@ -180,6 +180,28 @@ class RedisSource(TakeOver, Resume):
             return False
         return any(text(g["name"]) == self.group for g in groups)
 
+    async def _recreate_after_data_loss(self) -> bool:
+        """A group is missing: if Redis lost all its data (restarted empty: every marker is gone too),
+        nothing old is left to ingest twice, so the groups are created again at `start`, as at a first
+        start; otherwise (a group deleted) False, and the operator decides (see `gone`)."""
+        markers = [self.ledger(stream).marker for stream in self.streams]
+        if await self.client.exists(*markers):
+            return False
+        for stream, marker in zip(self.streams, markers, strict=True):
+            try:
+                await self.cmd.xgroup_create(stream, self.group, id=self.config.start, mkstream=True)
+            except ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+            await self.client.set(marker, self.config.start)
+        log.warning(
+            "redis lost its data (restarted empty): consumer groups created again",
+            streams=self.streams,
+            group=self.group,
+            start=self.config.start,
+        )
+        return True
+
     def gone(self, stream: str | None = None) -> GroupGone:
         """One line: what vanished, and why the worker does not create it again by itself: from where
         to go on is a choice (the last entry already ingested, or only new entries) that only the
@@ -223,9 +245,11 @@ class RedisSource(TakeOver, Resume):
             try:
                 return await fn()
             except ResponseError as exc:
-                if str(exc).startswith("NOGROUP"):
-                    raise self.gone() from None
-                raise
+                if not str(exc).startswith("NOGROUP"):
+                    raise
+            if not await self._recreate_after_data_loss():
+                raise self.gone()
+            return await fn()
 
         retried = _TRANSIENT if self.once else (*_TRANSIENT, GroupGone)
         async for attempt in AsyncRetrying(

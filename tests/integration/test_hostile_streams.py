@@ -8,6 +8,7 @@ import base64
 import signal
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -24,6 +25,21 @@ def _crash(job: Job, point: str) -> None:
     dead = run_worker(job, "w1", "--once", INGEST_CRASH_AT=point)
     _, err = dead.communicate(timeout=120)
     assert dead.returncode == -signal.SIGKILL, f"{point} was never reached: {err[-2000:]}"
+
+
+def _restarted_empty(server: RedisServer) -> Any:
+    """redis-server restarted without its data (a cache node, a lost volume): a client for it."""
+    server.stop()
+    for name in ("appendonlydir", "dump.rdb"):
+        target = server.dir / name
+        if target.is_dir():
+            for f in target.iterdir():
+                f.unlink()
+            target.rmdir()
+        elif target.exists():
+            target.unlink()
+    server.start()
+    return server.client()
 
 
 def _warnings(stderr: str, words: str) -> list[dict[str, object]]:
@@ -151,17 +167,7 @@ def test_a_deleted_stream_under_a_once_run_ends_it_in_one_line(job: Job, redis_s
     r = job.run_once(INGEST_WORKER_ID="w1")
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert "is gone" in r.stderr and "0 for a stream created anew" in r.stderr
-    redis_server.stop()  # restarted without its data: nothing of the old group is left to re-ingest
-    for name in ("appendonlydir", "dump.rdb"):
-        target = redis_server.dir / name
-        if target.is_dir():
-            for f in target.iterdir():
-                f.unlink()
-            target.rmdir()
-        elif target.exists():
-            target.unlink()
-    redis_server.start()
-    redis = redis_server.client()
+    redis = _restarted_empty(redis_server)  # nothing of the old group is left to re-ingest
     load(redis, 300, 10)
     r = job.run_once(INGEST_WORKER_ID="w1")
     assert r.returncode == 0, r.stderr[-2000:]
@@ -213,3 +219,26 @@ def test_deeply_nested_entries_are_dead_letters_and_every_later_start_is_unharme
     assert set(letters) == {i.decode() for i in deep.values()}
     assert all("nested" in d["reason"] for d in letters.values())
     assert group_state(redis) == {"pending": 0, "lag": 0}
+
+
+def test_redis_restarted_without_its_data_under_a_running_worker_goes_on_with_new_entries(
+    job: Job, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    redis = redis_server.client()
+    load(redis, 0, 1000)
+    port = free_port()
+    configure(job, redis_server)
+    job.configure(**{**job.config, "server": {"listen": f"127.0.0.1:{port}"}})
+    worker = run_worker(job, "w1")
+    try:
+        wait_for(lambda: group_state(redis) == {"pending": 0, "lag": 0}, 60, "the first entries acked")
+        redis = _restarted_empty(redis_server)
+        load(redis, 1000, 500)  # producers go on into a new, empty Redis
+        wait_for(lambda: group_state(redis) == {"pending": 0, "lag": 0}, 60, "the new entries acked")
+        wait_for(lambda: readyz(port) == 200, 30, "readiness")
+    finally:
+        err = stop(worker)
+    assert "Traceback" not in err
+    assert _warnings(err, "redis lost its data")
+    got = _ids(job, tmp_path)
+    assert sorted(got) == list(range(1500)) and max(got.values()) == 1
