@@ -11,24 +11,22 @@ not taken is counted and logged once, and the unit is settled. Entries delivered
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, TypeVar
 
 import pyarrow as pa
 from anyio.streams.memory import MemoryObjectSendStream
 
 from ingest import metrics
 from ingest.logs import get_logger
-from ingest.sources.base import Item, SourceUnit, Units, merge_ranges
+from ingest.sources.base import Item, SourceUnit, merge_ranges
+from ingest.sources.consumer import Consumer
 from ingest.sources.entries import Entries
-from ingest.sources.ledger import Ledger, text
+from ingest.sources.ledger import text
 
 log = get_logger("ingest.sources.streams")
 PREFIX = "redis:"  # unit ids of stream reads start with this
 DEAD = ";dead="  # in a unit's fingerprint: positions of its entries that were dead letters
-T = TypeVar("T")
 Shaped = list[tuple[pa.Table, int, list[int] | None]]
 
 
@@ -42,25 +40,8 @@ class Known:
     fingerprint: str
 
 
-class Resume:
+class Resume(Consumer):
     """Taking back pending entries after a restart."""
-
-    streams: list[str]
-    group: str
-    consumer: str
-    _inflight: dict[str, set[str]]
-    _units: Units | None
-    _take: Callable[..., Awaitable[None]]  # (stream, entries, send, unit_id=, contiguous=, known=)
-
-    @property
-    def cmd(self) -> Any:
-        raise NotImplementedError
-
-    def ledger(self, stream: str) -> Ledger:
-        raise NotImplementedError
-
-    async def _call(self, what: str, fn: Callable[[], Awaitable[T]]) -> T:
-        raise NotImplementedError
 
     async def _read(
         self, where: dict[str, str], block: int | None, trimmed: list[str] | None = None

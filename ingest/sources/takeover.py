@@ -9,9 +9,7 @@ workers with nothing pending are removed.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import Any, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -21,37 +19,20 @@ from ingest import metrics
 from ingest.config import SourceConfig
 from ingest.deadletters import DeadLetter, DeadLetters
 from ingest.logs import get_logger
-from ingest.sources.base import Item, Units
+from ingest.sources.base import Item
+from ingest.sources.consumer import Consumer
 from ingest.sources.entries import Entries, entry_line
-from ingest.sources.ledger import Ledger, text
+from ingest.sources.ledger import text
 
 log = get_logger("ingest.sources.streams")
-T = TypeVar("T")
 
 
-class TakeOver:
-    """The stream source's upkeep of its group (a base of `RedisSource`: what it needs from the source
-    is declared here and provided there)."""
+class TakeOver(Consumer):
+    """The stream source's upkeep of its group (a base of `RedisSource`)."""
 
     config: SourceConfig
-    streams: list[str]
-    group: str
-    consumer: str
     name: str
     dead: DeadLetters
-    _inflight: dict[str, set[str]]  # taken, not yet acked
-    _units: Units | None
-    _take: Callable[..., Awaitable[None]]  # (stream, entries, send): parse and send one unit
-
-    @property
-    def cmd(self) -> Any:
-        raise NotImplementedError
-
-    def ledger(self, stream: str) -> Ledger:
-        raise NotImplementedError
-
-    async def _call(self, what: str, fn: Callable[[], Awaitable[T]]) -> T:
-        raise NotImplementedError
 
     async def _maintain(self, send: MemoryObjectSendStream[Item]) -> None:
         async with send:

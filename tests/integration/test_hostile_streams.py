@@ -13,8 +13,16 @@ from typing import Any
 import httpx
 
 from tests.conftest import RedisServer
-from tests.integration.conftest import Job, free_port, logs_of, readable_rows, readyz, wait_for
-from tests.integration.test_redis import STREAM, configure, group_state, load, run_worker, stop
+from tests.integration.conftest import Job, logs_of, readable_rows, readyz, wait_for
+from tests.integration.test_redis import (
+    STREAM,
+    configure,
+    daemon_with_probes,
+    group_state,
+    load,
+    run_worker,
+    stop,
+)
 
 
 def _ids(job: Job, tmp: Path) -> Counter[int]:
@@ -125,10 +133,7 @@ def test_a_destroyed_group_is_reported_in_one_line_and_never_recreated_from_the_
 ) -> None:
     redis = redis_server.client()
     load(redis, 0, 3200)
-    port = free_port()
-    configure(job, redis_server, read_count=1000)
-    job.configure(**{**job.config, "server": {"listen": f"127.0.0.1:{port}"}})
-    worker = run_worker(job, "w1")
+    worker, port = daemon_with_probes(job, redis_server, read_count=1000)
     try:
         wait_for(lambda: group_state(redis) == {"pending": 0, "lag": 0}, 60, "the first entries acked")
         last = redis.xinfo_stream(STREAM)["last-generated-id"].decode()
@@ -226,10 +231,7 @@ def test_redis_restarted_without_its_data_under_a_running_worker_goes_on_with_ne
 ) -> None:
     redis = redis_server.client()
     load(redis, 0, 1000)
-    port = free_port()
-    configure(job, redis_server)
-    job.configure(**{**job.config, "server": {"listen": f"127.0.0.1:{port}"}})
-    worker = run_worker(job, "w1")
+    worker, port = daemon_with_probes(job, redis_server)
     try:
         wait_for(lambda: group_state(redis) == {"pending": 0, "lag": 0}, 60, "the first entries acked")
         redis = _restarted_empty(redis_server)

@@ -68,6 +68,16 @@ def run_worker(job: Job, worker_id: str, *args: str, **env: str) -> subprocess.P
     return job.start(*args, INGEST_WORKER_ID=worker_id, **env)
 
 
+def daemon_with_probes(
+    job: Job, server: RedisServer, worker_id: str = "w1", **source: Any
+) -> tuple[subprocess.Popen[str], int]:
+    """A daemon reading the stream, with its probes on a port of its own: (process, port)."""
+    port = free_port()
+    configure(job, server, **source)
+    job.configure(**{**job.config, "server": {"listen": f"127.0.0.1:{port}"}})
+    return run_worker(job, worker_id), port
+
+
 def stop(proc: subprocess.Popen[str], signalled: bool = True) -> str:
     """SIGTERM a daemon (or, `signalled=False`, wait for a --once run) and check it exited 0."""
     if signalled and proc.poll() is None:
@@ -180,10 +190,7 @@ def test_redis_stopped_ten_seconds_mid_run_loses_and_duplicates_nothing(
 ) -> None:
     redis = redis_server.client()
     load(redis, 0, 10_000)
-    port = free_port()
-    configure(job, redis_server)
-    job.configure(**{**job.config, "server": {"listen": f"127.0.0.1:{port}"}})
-    worker = run_worker(job, "w1")
+    worker, port = daemon_with_probes(job, redis_server)
     try:
         wait_for(lambda: group_state(redis).get("lag") == 0, 60, "the first entries to be read")
         redis_server.stop()
