@@ -90,3 +90,14 @@ def test_stdin_that_cannot_be_read_to_its_end_says_what_is_lost_and_exits_1(job:
     assert "kept where they are" not in r.stderr and "taken again by the next run" not in r.stderr
     assert all(c >= " " or c in "\n\t" for c in r.stderr), "control characters on the terminal"
     assert "\ufffd" not in r.stderr
+
+
+def test_a_csv_header_with_a_repeated_name_on_stdin_keeps_both_columns(job: Job, tmp_path: Path) -> None:
+    data = tmp_path / "dup.csv"
+    data.write_bytes(b"id,name,id\n" + b"".join(f"{i},n{i},{i + 1000}\n".encode() for i in range(100)))
+    r = job.pipe(data, "--format", "csv")
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = sorted(readable_rows(job, tmp_path), key=lambda x: int(x["id"]))
+    assert [(int(x["id"]), x["name"], int(x["id_2"])) for x in rows] == [
+        (i, f"n{i}", i + 1000) for i in range(100)
+    ]
