@@ -132,12 +132,14 @@ class Resume(Consumer):
         known: Known,
         shaped: Shaped,
         ids: list[str],
+        rows: list[str],
         send: MemoryObjectSendStream[Item],
     ) -> None:
-        """The rows of entries still in the stream, each at its first reading's row number; rows of
-        entries gone from the stream and not already taken are lost: counted and logged once."""
-        position = {entry: row for row, entry in enumerate(known.rows) if entry}
-        sent: list[int] = []
+        """The rows of entries still in the stream, each at its first reading's row number (`rows`:
+        the entry of each row, the first reading's then any found only now); rows of entries gone from
+        the stream and not already taken are lost: counted and logged once."""
+        position = {entry: row for row, entry in enumerate(rows) if entry}
+        runs: list[tuple[int, pa.Table, int]] = []  # (first row number, rows, first line)
         for table, first, numbered in shaped:
             lines = numbered if numbered is not None else list(range(first, first + table.num_rows))
             at = [position[ids[n - 1]] for n in lines]
@@ -146,14 +148,17 @@ class Resume(Consumer):
                 end = start + 1
                 while end < len(at) and at[end] == at[end - 1] + 1:
                     end += 1
-                if at[start] >= unit.next_row:
-                    unit.next_row = at[start]
-                    for chunk in unit.chunks(table.slice(start, end - start), lines[start], None):
-                        await send.send(chunk)
-                    sent += range(at[start], at[end - 1] + 1)
+                runs.append((at[start], table.slice(start, end - start), lines[start]))
                 start = end
-        taken = merge_ranges([*unit.skip, *((r, r + 1) for r in sent)])
-        lost = len(known.rows) - sum(b - a for a, b in taken if a < len(known.rows))
+        sent: list[tuple[int, int]] = []
+        for row, table, line in sorted(runs, key=lambda run: run[0]):
+            unit.next_row = row
+            for chunk in unit.chunks(table, line, None):
+                await send.send(chunk)
+            sent.append((row, row + table.num_rows))
+        n = len(known.rows)
+        taken = merge_ranges([*unit.skip, *sent])
+        lost = n - sum(min(b, n) - a for a, b in taken if a < n)
         metrics.REDIS_ENTRIES.labels(stream, "trimmed").inc(len(known.entries) - len(ids))
         log.warning(
             "entries were deleted from the stream (trimmed) before this worker ingested them",

@@ -416,7 +416,8 @@ class RedisSource(TakeOver, Resume):
         acked = ids
         if known is not None:  # rows numbered as when the unit was first read, not as now
             acked = sorted({*ids, *known.entries}, key=entry_order)
-            rows = known.rows
+            first_read = set(known.rows)  # (an entry that is a row now and was not then: after them)
+            rows = known.rows + [i for i in rows if i not in first_read]
         unit.total, unit.counted = len(rows), True  # journaled when opened: no second write when read
         unit.ack = partial(self._ack, stream, unit, acked, rows)
         unit.before_upload = partial(self._before_upload, stream, rows)
@@ -427,7 +428,7 @@ class RedisSource(TakeOver, Resume):
             await anyio.to_thread.run_sync(lambda: self.dead.write(letters, self.name))
             metrics.REDIS_ENTRIES.labels(stream, "dead_lettered").inc(len(letters))
         if known is not None:
-            await self._send_known(stream, unit, known, shaped, ids, send)
+            await self._send_known(stream, unit, known, shaped, ids, rows, send)
         elif not unit.fully_covered:
             for table, first, numbered in shaped:
                 for chunk in unit.chunks(table, first, numbered):

@@ -61,13 +61,17 @@ def test_entries_trimmed_and_deleted_under_a_half_uploaded_unit_shift_no_row(
     job: Job, redis_server: RedisServer, tmp_path: Path
 ) -> None:
     redis = redis_server.client()
-    load(redis, 0, 10_000)
-    configure(job, redis_server, read_count=10_000)
+    load(redis, 0, 200)
+    poison = [redis.xadd(STREAM, {"data": "{not json"})]  # dead letters: entries without a row
+    load(redis, 200, 8800)
+    poison.append(redis.xadd(STREAM, {"data": "[1, 2]"}))
+    load(redis, 9000, 1000)
+    configure(job, redis_server, read_count=20_000)
     job.configure(**{**job.config, "batch": {"max_age": "2s", "max_records": 3000}})
-    _crash(job, "uploaded:3")  # 9,000 rows of the one unit in R2, nothing acknowledged
-    assert len(job.keys()) == 3
+    _crash(job, "uploaded:3")  # 9,000 rows (or all: uploads run at once) in R2, nothing acknowledged
+    assert job.keys()
     ids = [i for i, _ in redis.xrange(STREAM)]
-    redis.xtrim(STREAM, maxlen=9500, approximate=False)  # the 500 oldest: already in R2
+    redis.xtrim(STREAM, maxlen=9500, approximate=False)  # the 502 oldest (a dead one too): in R2
     redis.xdel(STREAM, *ids[5000:5100])  # and 100 from the middle: in R2 too
     r = job.run_once(INGEST_WORKER_ID="w1")
     assert r.returncode == 0, r.stderr[-3000:]
@@ -75,7 +79,8 @@ def test_entries_trimmed_and_deleted_under_a_half_uploaded_unit_shift_no_row(
     assert sorted(got) == list(range(10_000)), f"missing {sorted(set(range(10_000)) - set(got))[:5]}"
     assert max(got.values()) == 1
     [warned] = _warnings(r.stderr, "deleted from the stream")
-    assert warned["entries_gone"] == 600 and warned["rows_lost"] == 0
+    assert warned["entries_gone"] == 602 and warned["rows_lost"] == 0
+    assert {d["entry"] for d in job.dead_letters()} == {p.decode() for p in poison}
     assert group_state(redis) == {"pending": 0, "lag": 0}
 
 
