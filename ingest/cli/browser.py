@@ -17,8 +17,8 @@ import anyio
 import typer
 
 from ingest.cli.common import err, out, r2_client, settings
+from ingest.config.origins import origin_problem
 from ingest.messages import count
-from ingest.origins import origin_problem
 from ingest.r2.cors import CorsError, CorsRule, dumps, evaluate, holds, parse_policy
 
 if TYPE_CHECKING:  # the S3 and Cloudflare clients are imported when a command runs, not for --help
@@ -206,8 +206,8 @@ def presign_command(
     ] = False,
 ) -> None:
     """Print a presigned URL for one object (a browser or curl can use it without credentials)."""
+    from ingest.config.quantities import parse_duration
     from ingest.r2.presign import PresignError, check_request, presign
-    from ingest.units import parse_duration
 
     try:
         seconds = parse_duration(expires)

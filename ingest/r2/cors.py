@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from ingest.origins import origin_problem
+from ingest.config.origins import origin_problem
 
 METHODS = ("GET", "PUT", "POST", "DELETE", "HEAD")
 MAX_AGE_LIMIT = 86400

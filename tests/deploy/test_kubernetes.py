@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from ingest.config import ENV_KEYS, load_settings
-from ingest.units import parse_size
+from ingest.config.quantities import parse_size
 
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "config" / "kubernetes"

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from ingest.config import ENV_KEYS, WorkerConfig
-from ingest.units import parse_duration
+from ingest.config.quantities import parse_duration
 
 REPO = Path(__file__).resolve().parents[2]
 UNITS = REPO / "config" / "systemd"

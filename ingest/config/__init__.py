@@ -32,6 +32,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from ingest.config.origins import origin_problem
+from ingest.config.quantities import ByteSize, Duration
 from ingest.layout import (
     DEFAULT_KEY_TEMPLATE,
     DEFAULT_TABLE,
@@ -40,8 +42,6 @@ from ingest.layout import (
     RESERVED_TABLE_START,
     TABLE_NAME,
 )
-from ingest.origins import origin_problem
-from ingest.units import ByteSize, Duration
 
 DEFAULT_CONFIG_FILE = Path("ingest.toml")
 

@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import pytest
 
+from ingest.config.quantities import parse_duration, parse_size
 from ingest.messages import count
 from ingest.starter import duration, size
-from ingest.units import parse_duration, parse_size
 
 
 def test_counts_agree_with_their_number() -> None:
