@@ -17,10 +17,11 @@ from pathlib import Path
 import anyio
 from rich.console import Console
 
-from ingest import logs, systemd
+from ingest import logs
 from ingest.config import ConfigError, Settings, SourceConfig
-from ingest.grants import UploadGrants
-from ingest.health import Health, Stats
+from ingest.daemon import systemd
+from ingest.daemon.grants import UploadGrants
+from ingest.daemon.health import Health, Stats
 from ingest.layout import TABLE_KEY_TEMPLATE
 from ingest.local.fallback import r2_settings
 from ingest.logs import get_logger
@@ -256,7 +257,7 @@ async def run(settings: Settings, once: bool, say: Console, progress: Console | 
     """Run the worker; `progress`: a terminal's console to show a progress bar on (log lines then go
     through it too, above the bar)."""
     per_table = check_sources(settings, once)  # before the local R2 starts: said at once
-    from ingest.connections import connection_cap, open_files_limit, quiet_accept_errors
+    from ingest.daemon.connections import connection_cap, open_files_limit, quiet_accept_errors
 
     open_files = open_files_limit()  # raised to the hard limit: connections, spool files, sockets
     asyncio.get_running_loop().set_exception_handler(quiet_accept_errors)
@@ -278,7 +279,7 @@ async def run(settings: Settings, once: bool, say: Console, progress: Console | 
         sources = build_sources(s, spool, say, client, per_table)
         probe_sock = None  # bound after the sources' config is checked: a taken port does not hide it
         if not once and s.server.listen:  # --once serves no probes: the server is not even imported
-            from ingest.server import bind
+            from ingest.daemon.server import bind
 
             probe_sock = bind(s.server.listen)
             stack.callback(probe_sock.close)
@@ -306,8 +307,8 @@ async def run(settings: Settings, once: bool, say: Console, progress: Console | 
 
         probes = None
         if probe_sock is not None:  # built before the task group: a bad certificate is a config error
-            from ingest.server import ProbeServer
-            from ingest.server import app as server_app
+            from ingest.daemon.server import ProbeServer
+            from ingest.daemon.server import app as server_app
 
             routes = [r for src in sources for r in getattr(src, "routes", list)()]
             application = server_app(health, grants, s.server.upload_token, s.server.cors_origins, routes)

@@ -18,10 +18,10 @@ from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from botocore.exceptions import ClientError
 
-from ingest import metrics
 from ingest.config import Settings
+from ingest.daemon import metrics
+from ingest.daemon.health import Health, Stats
 from ingest.faults import crash_point
-from ingest.health import Health, Stats
 from ingest.layout import ERRORS_TEMPLATE
 from ingest.logs import get_logger
 from ingest.pipeline.batch import Batch, Batcher

@@ -29,9 +29,9 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ingest import metrics
 from ingest.commits import GroupCommit
 from ingest.config import ConfigError, SourceConfig, table_problem
+from ingest.daemon import metrics
 from ingest.deadletters import DeadLetters
 from ingest.faults import crash_point
 from ingest.files import is_disk_full

@@ -9,7 +9,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from ingest.health import Stats
+from ingest.daemon.health import Stats
 from ingest.pipeline.batch import Batch
 from ingest.pipeline.spool import Spool
 from ingest.pipeline.units import UnitBook

@@ -16,12 +16,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ingest import metrics
-from ingest.grants import UploadGrants
-from ingest.health import Health
+from ingest.daemon import metrics
+from ingest.daemon.grants import UploadGrants
+from ingest.daemon.health import Health
+from ingest.daemon.server import ProbeServer, app, bind
 from ingest.r2.client import R2Client
 from ingest.r2.credentials import CredentialProvider, S3Credentials
-from ingest.server import ProbeServer, app, bind
 from tests.conftest import LocalR2
 
 pytestmark = pytest.mark.anyio

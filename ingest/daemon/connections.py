@@ -25,10 +25,10 @@ from typing import Any, ClassVar
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from ingest import metrics
+from ingest.daemon import metrics
 from ingest.logs import get_logger
 
-log = get_logger("ingest.server")
+log = get_logger("ingest.daemon.server")
 LOG_INTERVAL = 10.0  # seconds between log lines about refused connections or failed accepts
 RESERVE = 64  # descriptors kept for everything but connections, at least
 _REFUSAL = b'{"error": "too many connections (server.max_connections); send again"}'

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ingest import systemd
+from ingest.daemon import systemd
 
 
 def test_notify_reaches_a_path_socket_and_an_abstract_one(

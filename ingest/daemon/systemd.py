@@ -15,7 +15,7 @@ import anyio
 
 from ingest.logs import get_logger
 
-log = get_logger("ingest.systemd")
+log = get_logger("ingest.daemon.systemd")
 
 
 def notify(*states: str) -> bool:

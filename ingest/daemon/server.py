@@ -19,13 +19,13 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ingest.config import ConfigError
-from ingest.connections import header_deadline
-from ingest.grants import GrantError, UploadGrants
-from ingest.health import Health
+from ingest.daemon.connections import header_deadline
+from ingest.daemon.grants import GrantError, UploadGrants
+from ingest.daemon.health import Health
 from ingest.logs import get_logger
 from ingest.r2.errors import describe
 
-log = get_logger("ingest.server")
+log = get_logger("ingest.daemon.server")
 ACCEPT_BURST = 16  # connections accepted in a row (see ProbeServer)
 LISTEN_QUEUE = 1024
 
