@@ -132,7 +132,7 @@ def test_version_and_config_after_the_command_as_people_type_it(tmp_path: Path) 
 
 def test_init_offers_exactly_the_source_kinds_the_config_accepts() -> None:
     from ingest.cli.init import SOURCE_KINDS
-    from ingest.starter import SOURCE_KINDS as CONFIG_KINDS  # read from SourceConfig.kind
+    from ingest.commands.starter import SOURCE_KINDS as CONFIG_KINDS  # read from SourceConfig.kind
 
     assert SOURCE_KINDS == CONFIG_KINDS
 

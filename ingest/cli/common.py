@@ -11,8 +11,8 @@ import typer
 from rich.console import Console
 
 if TYPE_CHECKING:  # pydantic, structlog and the clients load when a command runs, not for --help
+    from ingest.commands.doctor import Check
     from ingest.config import Settings
-    from ingest.doctor import Check
     from ingest.r2.client import R2Client
 
 app = typer.Typer(

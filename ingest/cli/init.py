@@ -29,7 +29,7 @@ def init(
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
 ) -> None:
     """Write a commented ingest.toml for the chosen sources, with the defaults and the names to set."""
-    from ingest.starter import INBOX, render
+    from ingest.commands.starter import INBOX, render
 
     target = path / "ingest.toml" if path.is_dir() else path
     if target.exists() and not force:

@@ -25,7 +25,7 @@ def _run(s: Settings, work: Callable[[Any, str], Awaitable[T]]) -> T:
     """Run `work(client, bucket)`; a missing or non-Parquet key, or R2 failing, is one line on stderr
     and exit 1 (caught inside, so the local R2, when it was started, stops cleanly)."""
     from ingest import logs
-    from ingest.landed import ObjectProblem
+    from ingest.commands.landed import ObjectProblem
     from ingest.r2.errors import describe
 
     async def main() -> T | str:
@@ -58,7 +58,7 @@ def ls(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON array of objects, for scripts.")] = False,
 ) -> None:
     """The output objects: key, size, rows (from each Parquet footer), time and batch id."""
-    from ingest.landed import listing
+    from ingest.commands.landed import listing
     from ingest.layout import DEFAULT_TABLE, errors_prefix, landing_prefix
     from ingest.pipeline.keys import KeyTemplate
 
@@ -105,7 +105,7 @@ def head(
     as_json: Annotated[bool, typer.Option("--json", help="Schema and rows as one JSON object.")] = False,
 ) -> None:
     """The schema and first rows of an uploaded object (reads its footer and first row group only)."""
-    from ingest.landed import head as read_head
+    from ingest.commands.landed import head as read_head
 
     s = settings()
     schema, table, total = _run(s, lambda client, bucket: read_head(client, bucket, key, rows))

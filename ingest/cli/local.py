@@ -32,7 +32,7 @@ def local(
     ] = False,
 ) -> None:
     """Run an offline R2 (SeaweedFS + Cloudflare API emulator) on 127.0.0.1 until SIGINT/SIGTERM."""
-    from ingest.doctor import diagnose
+    from ingest.commands.doctor import diagnose
     from ingest.local.seaweed import SeaweedError
     from ingest.local.server import LocalR2
 

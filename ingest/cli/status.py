@@ -17,7 +17,7 @@ def status(
     """Spool backlog (objects, bytes, oldest), last successful upload, dead letters today."""
     import json
 
-    from ingest.status import describe, spool_status
+    from ingest.commands.status import describe, spool_status
 
     s = settings()
     workers = spool_status(Path(s.spool.dir))
@@ -34,8 +34,8 @@ def status(
 
 def doctor() -> None:
     """Check config, endpoint, token, credentials and bucket behaviour; exit 1 on any ✗."""
+    from ingest.commands.doctor import diagnose
     from ingest.config import ConfigError
-    from ingest.doctor import diagnose
 
     s = settings()
     try:

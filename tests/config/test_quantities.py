@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import pytest
 
+from ingest.commands.starter import duration, size
 from ingest.config.quantities import parse_duration, parse_size
 from ingest.messages import count
-from ingest.starter import duration, size
 
 
 def test_counts_agree_with_their_number() -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from ingest.doctor import _seconds
+from ingest.commands.doctor import _seconds
 from tests.conftest import LocalR2
 
 

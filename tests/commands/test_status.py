@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from ingest.commands.status import describe, spool_status
 from ingest.deadletters import DeadLetter
 from ingest.pipeline.spool import Spool, SpooledObject
-from ingest.status import describe, spool_status
 
 
 @pytest.mark.anyio
