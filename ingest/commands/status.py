@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from ingest.deadletters import DeadLetters
+from ingest.durable.deadletters import DeadLetters
 from ingest.messages import count
 from ingest.pipeline.journal import Journal
 

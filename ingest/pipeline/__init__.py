@@ -21,7 +21,7 @@ from botocore.exceptions import ClientError
 from ingest.config import Settings
 from ingest.daemon import metrics
 from ingest.daemon.health import Health, Stats
-from ingest.faults import crash_point
+from ingest.durable.faults import crash_point
 from ingest.layout import ERRORS_TEMPLATE
 from ingest.logs import get_logger
 from ingest.pipeline.batch import Batch, Batcher

@@ -23,9 +23,9 @@ import pyarrow.ipc
 import pyarrow.parquet as pq
 
 from ingest.config import ConfigError, OutputConfig
-from ingest.deadletters import DeadLetter, DeadLetters
-from ingest.faults import disk_full_point
-from ingest.files import fsync_dir, sha256_of
+from ingest.durable.deadletters import DeadLetter, DeadLetters
+from ingest.durable.faults import disk_full_point
+from ingest.durable.files import fsync_dir, sha256_of
 from ingest.layout import DEFAULT_TABLE
 from ingest.pipeline.batch import Batch
 from ingest.pipeline.spool import SpooledObject

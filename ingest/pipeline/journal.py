@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from dataclasses import astuple, dataclass
 from pathlib import Path
 
-from ingest.faults import disk_full_point, journal_delay
+from ingest.durable.faults import disk_full_point, journal_delay
 from ingest.layout import DEFAULT_TABLE
 from ingest.sources.base import RequestRow
 

@@ -29,10 +29,10 @@ import anyio
 import anyio.to_thread
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential
 
-from ingest.commits import GroupCommit
 from ingest.config import ConfigError
-from ingest.deadletters import DeadLetters
-from ingest.files import WorkerIdInUse, is_disk_full, lock_worker_id, sha256_of
+from ingest.durable.commits import GroupCommit
+from ingest.durable.deadletters import DeadLetters
+from ingest.durable.files import WorkerIdInUse, is_disk_full, lock_worker_id, sha256_of
 from ingest.layout import DEFAULT_TABLE
 from ingest.logs import get_logger
 from ingest.pipeline.batch import Batch

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from anyio.abc import TaskGroup
 
-from ingest.commits import Backlog
 from ingest.daemon import metrics
 from ingest.daemon.health import Stats
-from ingest.faults import ack_lost, crash_point
+from ingest.durable.commits import Backlog
+from ingest.durable.faults import ack_lost, crash_point
 from ingest.logs import get_logger
 from ingest.pipeline.batch import Batch
 from ingest.pipeline.journal import UnitRow

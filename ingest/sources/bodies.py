@@ -22,7 +22,7 @@ import anyio
 import pyarrow as pa
 from starlette.requests import Request
 
-from ingest.deadletters import DeadLetter
+from ingest.durable.deadletters import DeadLetter
 from ingest.sources.formats import iter_elements
 from ingest.sources.jsonlines import Parsed, parse_lines
 from ingest.sources.nesting import too_deep_reason

@@ -29,9 +29,9 @@ from anyio.streams.memory import MemoryObjectSendStream
 from watchfiles import awatch
 
 from ingest.config import ConfigError, SourceConfig
-from ingest.deadletters import DeadLetters
-from ingest.faults import crash_point
-from ingest.files import WorkerIdInUse, fitting, lock_worker_id, move_durably, numbered, printable
+from ingest.durable.deadletters import DeadLetters
+from ingest.durable.faults import crash_point
+from ingest.durable.files import WorkerIdInUse, fitting, lock_worker_id, move_durably, numbered, printable
 from ingest.layout import CLAIM_DIR
 from ingest.logs import get_logger
 from ingest.sources.base import AckError, Chunk, FreshUnits, Item, SourceUnit, Units

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
-from ingest.deadletters import DeadLetter
+from ingest.durable.deadletters import DeadLetter
 from ingest.messages import one_line
 from ingest.sources.csvrows import PIECE, LongRows
 from ingest.sources.jsonlines import (

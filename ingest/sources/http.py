@@ -29,12 +29,12 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ingest.commits import GroupCommit
 from ingest.config import ConfigError, SourceConfig, table_problem
 from ingest.daemon import metrics
-from ingest.deadletters import DeadLetters
-from ingest.faults import crash_point
-from ingest.files import is_disk_full
+from ingest.durable.commits import GroupCommit
+from ingest.durable.deadletters import DeadLetters
+from ingest.durable.faults import crash_point
+from ingest.durable.files import is_disk_full
 from ingest.logs import get_logger, register_secret
 from ingest.sources.base import Ack, Chunk, Item, RequestRow, SourceUnit, UnitRead, Units
 from ingest.sources.bodies import (

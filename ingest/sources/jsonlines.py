@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pjson
 
-from ingest.deadletters import DeadLetter
+from ingest.durable.deadletters import DeadLetter
 from ingest.sources.nesting import MAX_DEPTH, maybe_too_deep, schema_too_deep, too_deep_reason, value_depth
 from ingest.sources.types import column_from_values, lossy_doubles, numbers_as_text, recognise_timestamps
 from ingest.sources.width import EXTRA, fold, sparse_wide

@@ -34,9 +34,9 @@ from tenacity import (
 )
 
 from ingest.config import RetryConfig, SourceConfig
-from ingest.deadletters import DeadLetters
-from ingest.faults import crash_point, disk_full_point
-from ingest.files import fsync_dir, is_disk_full
+from ingest.durable.deadletters import DeadLetters
+from ingest.durable.faults import crash_point, disk_full_point
+from ingest.durable.files import fsync_dir, is_disk_full
 from ingest.layout import CLAIMS, landing_prefix
 from ingest.logs import get_logger
 from ingest.r2.client import R2AccessDenied, R2Client

@@ -24,8 +24,8 @@ import pyarrow as pa
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ingest.config import SourceConfig
-from ingest.deadletters import DeadLetters
-from ingest.files import printable
+from ingest.durable.deadletters import DeadLetters
+from ingest.durable.files import printable
 from ingest.logs import get_logger
 from ingest.sources.base import Chunk, Item, SourceUnit, UnitRead, Units
 from ingest.sources.formats import PLAIN, TextOptions, detect, raw_lines, read_file

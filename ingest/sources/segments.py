@@ -16,8 +16,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from ingest.faults import disk_full_point
-from ingest.files import fsync_dir
+from ingest.durable.faults import disk_full_point
+from ingest.durable.files import fsync_dir
 
 PREFIX = "http:"  # unit ids of blocks start with this
 

@@ -21,7 +21,7 @@ import pyarrow as pa
 from anyio.streams.memory import MemoryObjectSendStream
 
 from ingest.config import SourceConfig
-from ingest.deadletters import DeadLetters
+from ingest.durable.deadletters import DeadLetters
 from ingest.messages import one_line
 from ingest.sources.base import UNREPEATABLE, Item, SourceUnit, UnitRead, Units
 from ingest.sources.formats import read_stream

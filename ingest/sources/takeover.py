@@ -17,7 +17,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 
 from ingest.config import SourceConfig
 from ingest.daemon import metrics
-from ingest.deadletters import DeadLetter, DeadLetters
+from ingest.durable.deadletters import DeadLetter, DeadLetters
 from ingest.logs import get_logger
 from ingest.sources.base import Item
 from ingest.sources.consumer import Consumer

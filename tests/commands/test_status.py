@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from ingest.commands.status import describe, spool_status
-from ingest.deadletters import DeadLetter
+from ingest.durable.deadletters import DeadLetter
 from ingest.pipeline.spool import Spool, SpooledObject
 
 

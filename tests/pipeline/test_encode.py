@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from ingest.config import ConfigError, OutputConfig
-from ingest.deadletters import DeadLetters
+from ingest.durable.deadletters import DeadLetters
 from ingest.pipeline.batch import Batch
 from ingest.pipeline.encode import Encoder, load_schema
 from ingest.sources.base import Chunk, SourceUnit
@@ -184,7 +184,7 @@ def test_a_batch_that_fails_to_write_leaves_no_field_in_the_tables_schema(
 ) -> None:
     import errno
 
-    from ingest import faults
+    from ingest.durable import faults
 
     enc = _encoder(tmp_path)
     enc.encode(_batch(pa.table({"id": pa.array([1], pa.int64())})))

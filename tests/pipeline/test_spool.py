@@ -9,7 +9,7 @@ import anyio
 import pytest
 
 from ingest.config import ConfigError
-from ingest.files import sha256_of
+from ingest.durable.files import sha256_of
 from ingest.pipeline.batch import Batch
 from ingest.pipeline.spool import Spool, SpooledObject
 

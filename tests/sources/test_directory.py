@@ -7,7 +7,7 @@ import anyio
 import pytest
 
 from ingest.config import ConfigError, SourceConfig
-from ingest.deadletters import DeadLetters
+from ingest.durable.deadletters import DeadLetters
 from ingest.sources.base import Chunk, FreshUnits, Item, UnitRead
 from ingest.sources.directory import DirectorySource
 

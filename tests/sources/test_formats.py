@@ -7,7 +7,7 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
-from ingest.deadletters import DeadLetter
+from ingest.durable.deadletters import DeadLetter
 from ingest.sources import formats, jsonlines
 from ingest.sources.formats import detect, read_file
 from ingest.sources.jsonlines import Unreadable

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from ingest.deadletters import DeadLetter
+from ingest.durable.deadletters import DeadLetter
 from ingest.sources.jsonlines import Joint, JsonLines, _parse
 
 Emitted = list[tuple[pa.Table, int, list[int] | None]]

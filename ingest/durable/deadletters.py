@@ -20,11 +20,11 @@ from typing import Any
 
 from tenacity import RetryCallState, Retrying, retry_if_exception, wait_exponential
 
-from ingest.faults import disk_full_point
-from ingest.files import fsync_dir, is_disk_full
+from ingest.durable.faults import disk_full_point
+from ingest.durable.files import fsync_dir, is_disk_full
 from ingest.logs import get_logger
 
-log = get_logger("ingest.deadletters")
+log = get_logger("ingest.durable.deadletters")
 MAX_RAW = 1 << 20  # HTTP: at most 1 MiB of a rejected line is answered back and kept
 
 
