@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from ingest.daemon import metrics
+from ingest import metrics
 from ingest.logs import get_logger
 
 log = get_logger("ingest.daemon.server")

@@ -123,7 +123,7 @@ class DeadLetters:
         """One dead letter whose raw bytes arrive in pieces (a record too big to hold), written as
         `raw_base64` as they come; its reason is made from its size once that is known. A failure
         (a full disk) raises: the input is then read again, it cannot be replayed here."""
-        from ingest.daemon import metrics
+        from ingest import metrics
 
         head = json.dumps({"source": letter.source, "line": letter.line})[:-1]
         with self._lock:
@@ -156,7 +156,7 @@ class DeadLetters:
         """Append and fsync `letters`; `origin` names the configured source they came from (metrics)."""
         if not letters:
             return
-        from ingest.daemon import metrics
+        from ingest import metrics
 
         data = "".join(json.dumps(d.as_json(), ensure_ascii=False) + "\n" for d in letters).encode()
         waited = False

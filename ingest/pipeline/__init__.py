@@ -18,8 +18,8 @@ from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from botocore.exceptions import ClientError
 
+from ingest import metrics
 from ingest.config import Settings
-from ingest.daemon import metrics
 from ingest.daemon.health import Health, Stats
 from ingest.durable.faults import crash_point
 from ingest.layout import ERRORS_TEMPLATE

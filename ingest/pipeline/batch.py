@@ -21,8 +21,8 @@ from datetime import UTC, datetime
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from ingest import metrics
 from ingest.config import BatchConfig
-from ingest.daemon import metrics
 from ingest.layout import DEFAULT_TABLE
 from ingest.sources.base import Chunk, Item, SourceUnit, UnitRead
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from anyio.abc import TaskGroup
 
-from ingest.daemon import metrics
+from ingest import metrics
 from ingest.daemon.health import Stats
 from ingest.durable.commits import Backlog
 from ingest.durable.faults import ack_lost, crash_point

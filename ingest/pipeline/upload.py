@@ -29,8 +29,8 @@ from tenacity import (
 )
 from tenacity.stop import stop_base
 
+from ingest import metrics
 from ingest.config import RetryConfig, UploadConfig
-from ingest.daemon import metrics
 from ingest.logs import get_logger
 from ingest.pipeline.keys import KeyAllocator
 from ingest.pipeline.spool import SpooledObject

@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from pydantic import SecretStr
 
+from ingest import metrics
 from ingest.config import AuthConfig, R2Config
-from ingest.daemon import metrics
 from ingest.logs import get_logger, register_secret
 from ingest.r2.api import cloudflare_client
 

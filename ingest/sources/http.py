@@ -29,8 +29,8 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from ingest import metrics
 from ingest.config import ConfigError, SourceConfig, table_problem
-from ingest.daemon import metrics
 from ingest.durable.commits import GroupCommit
 from ingest.durable.deadletters import DeadLetters
 from ingest.durable.faults import crash_point

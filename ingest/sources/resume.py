@@ -17,7 +17,7 @@ from functools import partial
 import pyarrow as pa
 from anyio.streams.memory import MemoryObjectSendStream
 
-from ingest.daemon import metrics
+from ingest import metrics
 from ingest.logs import get_logger
 from ingest.sources.base import Item, SourceUnit, merge_ranges
 from ingest.sources.consumer import Consumer

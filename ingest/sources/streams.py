@@ -35,8 +35,8 @@ from tenacity import (
 )
 from tenacity.stop import stop_never
 
+from ingest import metrics
 from ingest.config import ConfigError, RetryConfig, SourceConfig, redis_url_problem, redis_where
-from ingest.daemon import metrics
 from ingest.durable.deadletters import DeadLetter, DeadLetters
 from ingest.durable.faults import crash_point
 from ingest.logs import get_logger, register_secret

@@ -15,8 +15,8 @@ import anyio
 import anyio.to_thread
 from anyio.streams.memory import MemoryObjectSendStream
 
+from ingest import metrics
 from ingest.config import SourceConfig
-from ingest.daemon import metrics
 from ingest.durable.deadletters import DeadLetter, DeadLetters
 from ingest.logs import get_logger
 from ingest.sources.base import Item

@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ingest.daemon import metrics
+from ingest import metrics
 from ingest.daemon.grants import UploadGrants
 from ingest.daemon.health import Health
 from ingest.daemon.server import ProbeServer, app, bind
