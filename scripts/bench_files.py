@@ -39,7 +39,7 @@ BASE_MIB = 200
 
 def rss_bound_mib(max_bytes_mib: float) -> float:
     from ingest.pipeline import ENCODERS, ITEM_BUFFER
-    from ingest.sources.jsonlines import READ_BLOCK
+    from ingest.parsing.jsonlines import READ_BLOCK
     from ingest.sources.reader import READERS
 
     block = READ_BLOCK / 2**20

@@ -11,9 +11,9 @@ import uuid
 from pathlib import PurePosixPath
 
 from ingest.layout import landing_prefix
+from ingest.parsing.formats import detect
 from ingest.r2.client import R2Client
 from ingest.r2.presign import Presigned, presign
-from ingest.sources.formats import detect
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9._ -]{1,200}$")
 CONTENT_TYPES = {

@@ -27,11 +27,11 @@ from ingest.durable.deadletters import DeadLetter, DeadLetters
 from ingest.durable.faults import disk_full_point
 from ingest.durable.files import fsync_dir, sha256_of
 from ingest.layout import DEFAULT_TABLE
+from ingest.parsing.types import CELLS, MIXED, TEXT_CELLS, family, shown, text_fits, unify, widen
+from ingest.parsing.width import EXTRA, extra_column, set_max_columns
 from ingest.pipeline.batch import Batch
 from ingest.pipeline.spool import SpooledObject
 from ingest.sources.base import Chunk
-from ingest.sources.types import CELLS, MIXED, TEXT_CELLS, family, shown, text_fits, unify, widen
-from ingest.sources.width import EXTRA, extra_column, set_max_columns
 
 _CAST_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError)
 SPELLING = b"ingest.spelling"  # field metadata: the input's name of a field renamed for its case
@@ -266,7 +266,7 @@ class Encoder:
 
     def _learn(self, known: pa.Schema, tables: list[pa.Table]) -> pa.Schema:
         """Widen `known` by a batch: a new field takes the batch's unified type (see
-        ingest.sources.types.unify); a known field widens when that holds every value unchanged,
+        ingest.parsing.types.unify); a known field widens when that holds every value unchanged,
         else keeps its type (misfits: dead letters)."""
         seen: dict[str, dict[pa.DataType, int]] = {}
         for table in tables:

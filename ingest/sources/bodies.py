@@ -23,9 +23,9 @@ import pyarrow as pa
 from starlette.requests import Request
 
 from ingest.durable.deadletters import DeadLetter
-from ingest.sources.formats import iter_elements
-from ingest.sources.jsonlines import Parsed, parse_lines
-from ingest.sources.nesting import too_deep_reason
+from ingest.parsing.formats import iter_elements
+from ingest.parsing.jsonlines import Parsed, parse_lines
+from ingest.parsing.nesting import too_deep_reason
 
 Media = Literal["ndjson", "json"]
 MEDIA_TYPES: dict[str, Media] = {

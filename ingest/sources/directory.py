@@ -34,10 +34,10 @@ from ingest.durable.faults import crash_point
 from ingest.durable.files import WorkerIdInUse, fitting, lock_worker_id, move_durably, numbered, printable
 from ingest.layout import CLAIM_DIR
 from ingest.logs import get_logger
+from ingest.parsing.formats import Format, detect
+from ingest.parsing.jsonlines import DEFAULT_MAX_RECORD, Joint
 from ingest.sources.base import AckError, Chunk, FreshUnits, Item, SourceUnit, Units
 from ingest.sources.claimed import fingerprint, in_threads, link_target, origin_file, origin_of
-from ingest.sources.formats import Format, detect
-from ingest.sources.jsonlines import DEFAULT_MAX_RECORD, Joint
 from ingest.sources.reader import BUNDLE_FILES, FileSource, describe_read_error
 from ingest.sources.watch import Seen, Stat, Watch, stat_of
 

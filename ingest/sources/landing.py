@@ -39,11 +39,11 @@ from ingest.durable.faults import crash_point, disk_full_point
 from ingest.durable.files import fsync_dir, is_disk_full
 from ingest.layout import CLAIMS, landing_prefix
 from ingest.logs import get_logger
+from ingest.parsing.formats import detect
+from ingest.parsing.jsonlines import DEFAULT_MAX_RECORD
 from ingest.r2.client import R2AccessDenied, R2Client
 from ingest.r2.errors import code_of, describe, is_retryable
 from ingest.sources.base import Ack, AckError, FreshUnits, SourceUnit, Units
-from ingest.sources.formats import detect
-from ingest.sources.jsonlines import DEFAULT_MAX_RECORD
 from ingest.sources.reader import IGNORED_SUFFIXES, FileSource
 
 log = get_logger("ingest.sources.landing")

@@ -27,10 +27,10 @@ from ingest.config import SourceConfig
 from ingest.durable.deadletters import DeadLetters
 from ingest.durable.files import printable
 from ingest.logs import get_logger
+from ingest.parsing.formats import PLAIN, TextOptions, detect, raw_lines, read_file
+from ingest.parsing.jsonlines import Joint
+from ingest.parsing.sniff import UTF8, Sniffed, sniff
 from ingest.sources.base import Chunk, Item, SourceUnit, UnitRead, Units
-from ingest.sources.formats import PLAIN, TextOptions, detect, raw_lines, read_file
-from ingest.sources.jsonlines import Joint
-from ingest.sources.sniff import UTF8, Sniffed, sniff
 
 log = get_logger("ingest.sources.reader")
 READERS = 1  # tasks reading files: pyarrow parses with every core already; a second reader only added

@@ -23,8 +23,8 @@ from anyio.streams.memory import MemoryObjectSendStream
 from ingest.config import SourceConfig
 from ingest.durable.deadletters import DeadLetters
 from ingest.messages import one_line
+from ingest.parsing.formats import read_stream
 from ingest.sources.base import UNREPEATABLE, Item, SourceUnit, UnitRead, Units
-from ingest.sources.formats import read_stream
 
 NAME = "stdin"
 

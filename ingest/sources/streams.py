@@ -40,6 +40,7 @@ from ingest.config import ConfigError, RetryConfig, SourceConfig, redis_url_prob
 from ingest.durable.deadletters import DeadLetter, DeadLetters
 from ingest.durable.faults import crash_point
 from ingest.logs import get_logger, register_secret
+from ingest.parsing.jsonlines import Parsed, parse_lines
 from ingest.sources.base import (
     AckError,
     Item,
@@ -50,7 +51,6 @@ from ingest.sources.base import (
     Units,
 )
 from ingest.sources.entries import Entries, entry_line
-from ingest.sources.jsonlines import Parsed, parse_lines
 from ingest.sources.ledger import Ledger, text
 from ingest.sources.resume import DEAD, PREFIX, Known, Resume, entry_order
 from ingest.sources.takeover import TakeOver

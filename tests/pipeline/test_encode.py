@@ -10,10 +10,10 @@ import pytest
 
 from ingest.config import ConfigError, OutputConfig
 from ingest.durable.deadletters import DeadLetters
+from ingest.parsing.types import CELLS, TEXT_CELLS
 from ingest.pipeline.batch import Batch
 from ingest.pipeline.encode import Encoder, load_schema
 from ingest.sources.base import Chunk, SourceUnit
-from ingest.sources.types import CELLS, TEXT_CELLS
 
 
 async def _noop() -> None:

@@ -5,9 +5,9 @@ import time
 
 import pyarrow as pa
 
-from ingest.sources import width
-from ingest.sources.jsonlines import parse_lines
-from ingest.sources.width import EXTRA, extra_column, fold, sparse_wide
+from ingest.parsing import width
+from ingest.parsing.jsonlines import parse_lines
+from ingest.parsing.width import EXTRA, extra_column, fold, sparse_wide
 
 
 def _lines(rows: list[dict[str, object]]) -> bytes:

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from ingest.sources.jsonlines import parse_lines
-from ingest.sources.nesting import MAX_DEPTH, PARSER_SAFE, line_depth, maybe_too_deep, schema_too_deep
+from ingest.parsing.jsonlines import parse_lines
+from ingest.parsing.nesting import MAX_DEPTH, PARSER_SAFE, line_depth, maybe_too_deep, schema_too_deep
 
 
 def _deep(n: int, inside: bytes = b"1") -> bytes:

@@ -21,9 +21,9 @@ import pyarrow.compute as pc
 import pyarrow.json as pjson
 
 from ingest.durable.deadletters import DeadLetter
-from ingest.sources.nesting import MAX_DEPTH, maybe_too_deep, schema_too_deep, too_deep_reason, value_depth
-from ingest.sources.types import column_from_values, lossy_doubles, numbers_as_text, recognise_timestamps
-from ingest.sources.width import EXTRA, fold, sparse_wide
+from ingest.parsing.nesting import MAX_DEPTH, maybe_too_deep, schema_too_deep, too_deep_reason, value_depth
+from ingest.parsing.types import column_from_values, lossy_doubles, numbers_as_text, recognise_timestamps
+from ingest.parsing.width import EXTRA, fold, sparse_wide
 
 READ_BLOCK = 32 << 20
 SAMPLE, SAMPLE_FROM = 16 << 10, 1 << 20  # `_learn_timestamps`: its lines, and the blocks it samples
@@ -63,7 +63,7 @@ class JsonLines:
     dead: Dead
     max_record: int
     piece: int = READ_BLOCK  # read size; small for compressed input
-    text_fields: set[str] = field(default_factory=set)  # read as text, typed by ingest.sources.types
+    text_fields: set[str] = field(default_factory=set)  # read as text, typed by ingest.parsing.types
     joint: Joint | None = None  # blocks held to be parsed with other files' (see Joint)
     plain: bool = False  # an uncompressed file: read into a reused buffer (`_read_plain`)
     ahead: bool | None = None  # read the next block while parsing (None: when the file is big)
@@ -547,7 +547,7 @@ def _lone_surrogate(value: Any) -> bool:
 
 def table_from_records(records: list[dict[str, Any]]) -> tuple[pa.Table, dict[int, str]]:
     """Records parsed one by one, as columns whose types never depend on the records' order, and
-    the records that do not fit them (index → reason; see ingest.sources.types)."""
+    the records that do not fit them (index → reason; see ingest.parsing.types)."""
     names: dict[str, None] = {}
     for r in records:
         names.update(dict.fromkeys(r))

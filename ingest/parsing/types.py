@@ -19,7 +19,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ingest.sources.width import iso_text
+from ingest.parsing.width import iso_text
 
 _INT = r"^-?(0|[1-9][0-9]{0,18})$"
 _FLOAT = r"^-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][-+]?[0-9]{1,3})?$"

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from ingest.sources.sniff import UTF8, open_text, sniff, text_encoding
+from ingest.parsing.sniff import UTF8, open_text, sniff, text_encoding
 
 
 def test_compression_comes_from_the_bytes_and_a_mismatch_is_told(tmp_path: Path) -> None:

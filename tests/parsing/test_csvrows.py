@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pyarrow as pa
 import pyarrow.csv as pcsv
 
-from ingest.sources.csvrows import PIECE, LongRows
+from ingest.parsing.csvrows import PIECE, LongRows
 
 
 def _through(data: bytes, limit: int, header: bool = True) -> tuple[bytes, list[tuple[int, bytes]]]:

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 
-from ingest.sources.types import column_from_values, infer_text, recognise_timestamps, unify, widen
+from ingest.parsing.types import column_from_values, infer_text, recognise_timestamps, unify, widen
 
 
 @pytest.mark.parametrize(

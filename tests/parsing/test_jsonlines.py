@@ -5,7 +5,7 @@ from __future__ import annotations
 import pyarrow as pa
 
 from ingest.durable.deadletters import DeadLetter
-from ingest.sources.jsonlines import Joint, JsonLines, _parse
+from ingest.parsing.jsonlines import Joint, JsonLines, _parse
 
 Emitted = list[tuple[pa.Table, int, list[int] | None]]
 

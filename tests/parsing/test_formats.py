@@ -8,9 +8,9 @@ import pyarrow as pa
 import pytest
 
 from ingest.durable.deadletters import DeadLetter
-from ingest.sources import formats, jsonlines
-from ingest.sources.formats import detect, read_file
-from ingest.sources.jsonlines import Unreadable
+from ingest.parsing import formats, jsonlines
+from ingest.parsing.formats import detect, read_file
+from ingest.parsing.jsonlines import Unreadable
 
 
 def _read(

@@ -22,8 +22,8 @@ import pyarrow.parquet as pq
 
 from ingest.durable.deadletters import DeadLetter
 from ingest.messages import one_line
-from ingest.sources.csvrows import PIECE, LongRows
-from ingest.sources.jsonlines import (
+from ingest.parsing.csvrows import PIECE, LongRows
+from ingest.parsing.jsonlines import (
     DECODER,
     DEFAULT_MAX_RECORD,
     READ_BLOCK,
@@ -37,9 +37,9 @@ from ingest.sources.jsonlines import (
     record_problem,
     table_from_records,
 )
-from ingest.sources.nesting import too_deep_reason
-from ingest.sources.sniff import UTF8, open_text
-from ingest.sources.types import infer_text
+from ingest.parsing.nesting import too_deep_reason
+from ingest.parsing.sniff import UTF8, open_text
+from ingest.parsing.types import infer_text
 
 Format = Literal["jsonl", "json", "csv", "parquet"]
 PARQUET_BATCH_ROWS = 256 * 1024
@@ -391,7 +391,7 @@ def _read_csv(
     max_record: int = DEFAULT_MAX_RECORD,
     dead_stream: DeadStream | None = None,
 ) -> None:
-    """Stream CSV rows as text columns (typed later by ingest.sources.types, so `01234` stays
+    """Stream CSV rows as text columns (typed later by ingest.parsing.types, so `01234` stays
     `01234`). Cells are read as bytes: a row that is not UTF-8 is a dead letter with its bytes, the
     rest land. A row longer than `max_record` is a dead letter too (csvrows.py), streamed into
     `dead_stream` when given. A read that fails midway (truncated compression) raises Unreadable:
