@@ -136,7 +136,7 @@ def check_sources(settings: Settings, once: bool) -> bool:
                 )
             if not settings.server.listen:
                 raise ConfigError(f"sources.{i}.kind: an http source needs server.listen (host:port)")
-            from ingest.sources.http import tokens_of
+            from ingest.sources.http.source import tokens_of
 
             tokens_of(cfg, i)
         elif cfg.kind == "landing" and "landing" in kinds:
@@ -214,7 +214,7 @@ def build_sources(
 
 
 def http_source(settings: Settings, spool: Spool, cfg: SourceConfig, index: int, per_table: bool) -> Source:
-    from ingest.sources.http import HttpSource
+    from ingest.sources.http.source import HttpSource
 
     return HttpSource(
         cfg,

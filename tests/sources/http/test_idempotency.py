@@ -10,7 +10,7 @@ import pytest
 
 from ingest.pipeline.journal import Journal
 from ingest.sources.base import RequestRow
-from ingest.sources.idempotency import Answer, IdempotencyKeys, KeyError422, body_hash, key_problem
+from ingest.sources.http.idempotency import Answer, IdempotencyKeys, KeyError422, body_hash, key_problem
 
 
 def _keys(journal: Journal, window: float) -> IdempotencyKeys:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ingest.sources.segments import Block, Segments
+from ingest.sources.http.segments import Block, Segments
 
 
 def test_blocks_are_read_back_and_a_segment_goes_once_closed_and_released(tmp_path: Path) -> None:

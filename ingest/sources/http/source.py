@@ -37,7 +37,7 @@ from ingest.durable.faults import crash_point
 from ingest.durable.files import is_disk_full
 from ingest.logs import get_logger, register_secret
 from ingest.sources.base import Ack, Chunk, Item, RequestRow, SourceUnit, UnitRead, Units
-from ingest.sources.bodies import (
+from ingest.sources.http.bodies import (
     Bodies,
     BodyError,
     ParseBudget,
@@ -50,10 +50,10 @@ from ingest.sources.bodies import (
     stored,
     stored_records,
 )
-from ingest.sources.idempotency import Answer, IdempotencyKeys, KeyError422, body_hash, key_problem
-from ingest.sources.segments import PREFIX, Block, Segments
+from ingest.sources.http.idempotency import Answer, IdempotencyKeys, KeyError422, body_hash, key_problem
+from ingest.sources.http.segments import PREFIX, Block, Segments
 
-log = get_logger("ingest.sources.http")
+log = get_logger("ingest.sources.http.source")
 TOKEN_ENV = "INGEST_HTTP_TOKEN"
 RETRY_AFTER = 5  # seconds a sender is asked to wait on 503
 ROOM_WAIT = 2.0  # seconds a request waits for in-memory room before 503

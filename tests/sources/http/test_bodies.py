@@ -13,7 +13,7 @@ import pyarrow as pa
 import pytest
 from starlette.requests import Request
 
-from ingest.sources.bodies import (
+from ingest.sources.http.bodies import (
     Bodies,
     BodyError,
     Media,
