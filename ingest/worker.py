@@ -172,7 +172,7 @@ def build_sources(
             sources.append(http_source(settings, spool, cfg, i, per_table))
             continue
         if cfg.kind == "redis":
-            from ingest.sources.streams import RedisSource
+            from ingest.sources.redis.source import RedisSource
 
             sources.append(
                 RedisSource(

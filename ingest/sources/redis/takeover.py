@@ -20,11 +20,11 @@ from ingest.config import SourceConfig
 from ingest.durable.deadletters import DeadLetter, DeadLetters
 from ingest.logs import get_logger
 from ingest.sources.base import Item
-from ingest.sources.consumer import Consumer
-from ingest.sources.entries import Entries, entry_line
-from ingest.sources.ledger import text
+from ingest.sources.redis.consumer import Consumer
+from ingest.sources.redis.entries import Entries, entry_line
+from ingest.sources.redis.ledger import text
 
-log = get_logger("ingest.sources.streams")
+log = get_logger("ingest.sources.redis.source")
 
 
 class TakeOver(Consumer):

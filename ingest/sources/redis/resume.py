@@ -20,11 +20,11 @@ from anyio.streams.memory import MemoryObjectSendStream
 from ingest import metrics
 from ingest.logs import get_logger
 from ingest.sources.base import Item, SourceUnit, merge_ranges
-from ingest.sources.consumer import Consumer
-from ingest.sources.entries import Entries
-from ingest.sources.ledger import text
+from ingest.sources.redis.consumer import Consumer
+from ingest.sources.redis.entries import Entries
+from ingest.sources.redis.ledger import text
 
-log = get_logger("ingest.sources.streams")
+log = get_logger("ingest.sources.redis.source")
 PREFIX = "redis:"  # unit ids of stream reads start with this
 DEAD = ";dead="  # in a unit's fingerprint: positions of its entries that were dead letters
 Shaped = list[tuple[pa.Table, int, list[int] | None]]

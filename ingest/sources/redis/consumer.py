@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from ingest.sources.base import Units
-from ingest.sources.ledger import Ledger
+from ingest.sources.redis.ledger import Ledger
 
 T = TypeVar("T")
 

@@ -50,12 +50,12 @@ from ingest.sources.base import (
     UnitRead,
     Units,
 )
-from ingest.sources.entries import Entries, entry_line
-from ingest.sources.ledger import Ledger, text
-from ingest.sources.resume import DEAD, PREFIX, Known, Resume, entry_order
-from ingest.sources.takeover import TakeOver
+from ingest.sources.redis.entries import Entries, entry_line
+from ingest.sources.redis.ledger import Ledger, text
+from ingest.sources.redis.resume import DEAD, PREFIX, Known, Resume, entry_order
+from ingest.sources.redis.takeover import TakeOver
 
-log = get_logger("ingest.sources.streams")
+log = get_logger("ingest.sources.redis.source")
 URL_ENV = "INGEST_REDIS_URL"
 ENTRY_ID_COLUMN = "_entry_id"
 POOL_SIZE = 16

@@ -6,7 +6,7 @@ import anyio
 import pytest
 from redis.asyncio import Redis
 
-from ingest.sources.ledger import Ledger
+from ingest.sources.redis.ledger import Ledger
 from tests.conftest import RedisServer
 
 
