@@ -33,7 +33,7 @@ from ingest.r2.client import R2Client
 from ingest.r2.credentials import provider_from_settings
 from ingest.r2.endpoint import endpoint_url
 from ingest.sources.base import Source, Starting
-from ingest.sources.directory import DirectorySource
+from ingest.sources.directory.source import DirectorySource
 from ingest.sources.landing import LandingSource
 from ingest.sources.reader import FileSource
 

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from ingest.config import SourceConfig
-from ingest.sources.watch import Watch
+from ingest.sources.directory.watch import Watch
 
 
 def watch(root: Path, **settings: object) -> tuple[Watch, dict[str, str]]:

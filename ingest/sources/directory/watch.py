@@ -18,10 +18,10 @@ from pathlib import Path
 
 from ingest.config import SourceConfig
 from ingest.logs import get_logger
+from ingest.sources.directory.writers import open_for_writing
 from ingest.sources.reader import IGNORED_SUFFIXES, describe_read_error
-from ingest.sources.writers import open_for_writing
 
-log = get_logger("ingest.sources.directory")
+log = get_logger("ingest.sources.directory.source")
 
 Stat = tuple[int, int, int, int]  # (st_dev, st_ino, st_size, st_mtime_ns)
 

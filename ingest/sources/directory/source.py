@@ -37,11 +37,11 @@ from ingest.logs import get_logger
 from ingest.parsing.formats import Format, detect
 from ingest.parsing.jsonlines import DEFAULT_MAX_RECORD, Joint
 from ingest.sources.base import AckError, Chunk, FreshUnits, Item, SourceUnit, Units
-from ingest.sources.claimed import fingerprint, in_threads, link_target, origin_file, origin_of
+from ingest.sources.directory.claimed import fingerprint, in_threads, link_target, origin_file, origin_of
+from ingest.sources.directory.watch import Seen, Stat, Watch, stat_of
 from ingest.sources.reader import BUNDLE_FILES, FileSource, describe_read_error
-from ingest.sources.watch import Seen, Stat, Watch, stat_of
 
-log = get_logger("ingest.sources.directory")
+log = get_logger("ingest.sources.directory.source")
 CLAIM_NAME_MAX = 200  # bytes: with `<12 hex>--` before and `.origin` after, within NAME_MAX
 RETRY_FAILED = 10.0  # seconds between attempts to read a claimed file that could not be read
 FUTURE_SLACK = 2.0  # seconds an mtime may be ahead of this clock and still be taken as written now

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ingest.sources.claimed import FS_THREADS_FROM, in_threads, link_target, origin_file, origin_of
+from ingest.sources.directory.claimed import FS_THREADS_FROM, in_threads, link_target, origin_file, origin_of
 
 
 def test_a_file_claimed_from_the_root_needs_no_sidecar(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from typing import TypeVar
 import anyio
 import anyio.to_thread
 
-from ingest.sources.watch import Stat
+from ingest.sources.directory.watch import Stat
 
 FS_THREADS = 4  # threads finishing many files at once (see in_threads)
 FS_THREADS_FROM = 32  # files per thread below which one thread does it all

@@ -9,7 +9,7 @@ import pytest
 from ingest.config import ConfigError, SourceConfig
 from ingest.durable.deadletters import DeadLetters
 from ingest.sources.base import Chunk, FreshUnits, Item, UnitRead
-from ingest.sources.directory import DirectorySource
+from ingest.sources.directory.source import DirectorySource
 
 
 def _source(root: Path, worker: str = "w", **cfg: object) -> DirectorySource:
