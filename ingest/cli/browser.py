@@ -19,11 +19,11 @@ import typer
 from ingest.cli.common import err, out, r2_client, settings
 from ingest.config.origins import origin_problem
 from ingest.messages import count
-from ingest.r2.cors import CorsError, CorsRule, dumps, evaluate, holds, parse_policy
+from ingest.r2.cors.rules import CorsError, CorsRule, dumps, evaluate, holds, parse_policy
 
 if TYPE_CHECKING:  # the S3 and Cloudflare clients are imported when a command runs, not for --help
     from ingest.config import Settings
-    from ingest.r2.bucket_cors import BucketCors
+    from ingest.r2.cors.bucket import BucketCors
 
 cors_app = typer.Typer(help="Bucket CORS: let browsers upload to and read from R2.", no_args_is_help=True)
 Via = Annotated[
@@ -41,7 +41,7 @@ def fail(message: str, code: int = 1) -> typer.Exit:
 @asynccontextmanager
 async def bucket_cors(via: str, s: Settings | None = None) -> AsyncIterator[tuple[str, BucketCors]]:
     from ingest.r2.api import cloudflare_client
-    from ingest.r2.bucket_cors import ApiBucketCors, S3BucketCors
+    from ingest.r2.cors.bucket import ApiBucketCors, S3BucketCors
 
     s = s or settings()
     if via == "s3":

@@ -13,7 +13,7 @@ from botocore.exceptions import ClientError
 from ingest.config import ConfigError, ServerConfig, Settings, redis_url_problem, redis_where
 from ingest.r2.api import cloudflare_client
 from ingest.r2.client import R2AccessDenied, R2Client
-from ingest.r2.cors import CorsRule, evaluate
+from ingest.r2.cors.rules import CorsRule, evaluate
 from ingest.r2.credentials import (
     CredentialError,
     TemporaryCredentials,

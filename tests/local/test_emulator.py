@@ -244,7 +244,7 @@ def test_the_emulator_spells_cloudflare_formats_itself() -> None:
         assert not [
             m
             for m in imported
-            if m.startswith(("ingest.r2.cors", "ingest.r2.tokens", "ingest.r2.credentials"))
+            if m.startswith(("ingest.r2.cors.rules", "ingest.r2.tokens", "ingest.r2.credentials"))
         ], module
     assert state.token_secret("example-token-value-123") == (
         "69c37c98742bc5e82e9a382f72cf696b9b9b5ae52ed1defe4c1e5f4d3a82fb53"

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from ingest.r2.cors import CorsError, CorsRule, dumps, evaluate, holds, parse_policy, to_s3, to_wrangler
+from ingest.r2.cors.rules import CorsError, CorsRule, dumps, evaluate, holds, parse_policy, to_s3, to_wrangler
 
 OK = None
 

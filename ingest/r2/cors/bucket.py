@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, cast
 from botocore.exceptions import ClientError
 
 from ingest.r2.client import R2Client
-from ingest.r2.cors import CorsRule, to_s3, to_wrangler
+from ingest.r2.cors.rules import CorsRule, to_s3, to_wrangler
 from ingest.r2.errors import code_of
 
 if TYPE_CHECKING:  # the SDK is imported by the API path only (`--via api`)
