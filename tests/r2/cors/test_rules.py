@@ -157,7 +157,7 @@ def test_evaluate_explains_origin_method_and_header() -> None:
 def test_the_example_policy_allows_what_the_readme_describes() -> None:
     from pathlib import Path
 
-    text = (Path(__file__).parents[2] / "config" / "cors.example.json").read_text()
+    text = (Path(__file__).parents[3] / "config" / "cors.example.json").read_text()
     rules, form = parse_policy(text)
     assert form == "s3"
     upload = evaluate(rules, "https://app.example.com", "PUT", ["Content-Type"])
