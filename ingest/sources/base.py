@@ -68,7 +68,7 @@ class SourceUnit:
     path: str | None = None  # the local file holding it, if any (gone = acknowledged)
     origin: str = ""  # the configured source it came from (its `name`), for metrics
     table: str = DEFAULT_TABLE  # every row of a unit goes to one table
-    journaled: bool = False  # the source journaled the unit itself, with its row count (see http.py)
+    journaled: bool = False  # the source journaled the unit itself, with its row count (see sources/http/source.py)
     counted: bool = False  # `total` was known when it was opened and journaled with it (Redis reads)
     skip: Ranges = field(default_factory=list)
     total: int | None = None  # rows in the unit, once read to its end
@@ -214,7 +214,7 @@ class Units(Protocol):
 
     async def accept(self, units: list[SourceUnit], requests: list[RequestRow]) -> None:
         """Journal units whose rows the source keeps itself (row counts known), with request answers,
-        in one transaction (HTTP blocks; see http.py)."""
+        in one transaction (HTTP blocks; see sources/http/source.py)."""
         ...
 
     async def request(self, key: str) -> RequestRow | None:

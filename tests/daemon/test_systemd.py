@@ -1,4 +1,4 @@
-"""ingest/systemd.py against real datagram sockets: what a service manager receives."""
+"""ingest/daemon/systemd.py against real datagram sockets: what a service manager receives."""
 
 from __future__ import annotations
 

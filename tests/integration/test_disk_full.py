@@ -88,7 +88,7 @@ def test_disk_full_keeps_the_batch_fails_readiness_and_recovers_when_space_retur
     assert ids == list(range(len(rows)))
 
 
-# Every write the spool and journal make, by the name the fault hook knows it by (ingest/faults.py):
+# Every write the spool and journal make, by the name the fault hook knows it by (ingest/durable/faults.py):
 # each fails three times with the error a full disk gives that call, then the disk has room again.
 WRITES = [
     "add_unit",  # a claimed file is journaled before it is read

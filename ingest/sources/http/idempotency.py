@@ -1,6 +1,6 @@
 """Idempotency-Key: a request sent again with a key already answered gets the first answer back and
 is not ingested again, for `idempotency_window` (across restarts: the answers are in the journal,
-written in the same transaction as the request's records, see http.py).
+written in the same transaction as the request's records, see source.py).
 
 A repeat that arrives while the first is still being taken waits for it and gets its answer as soon as
 it exists. The same key with a different body is a client bug: 422. The first request of a key is

@@ -1,7 +1,7 @@
 """Segments: append-only files in the spool that hold accepted request bodies until they are in R2.
 
 The HTTP source answers 202 only once a request's block is in a segment (fdatasync) *and* the journal
-says so (one transaction per group of requests, see http.py). Bytes past the last journaled block are
+says so (one transaction per group of requests, see source.py). Bytes past the last journaled block are
 never read: a request that was written but not journaled before a crash was never answered, so its
 sender sends it again. A segment is deleted once every block in it is acknowledged and it is closed
 (a new one is started past `roll_bytes` or `roll_seconds`, and at every start).

@@ -1,5 +1,5 @@
 """What the parts of the stream source (takeover.py, resume.py) need from it: the consumer's identity
-and its Redis calls, declared here and provided by `RedisSource` (streams.py), their subclass."""
+and its Redis calls, declared here and provided by `RedisSource` (redis/source.py), their subclass."""
 
 from __future__ import annotations
 
