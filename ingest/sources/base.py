@@ -68,9 +68,7 @@ class SourceUnit:
     path: str | None = None  # the local file holding it, if any (gone = acknowledged)
     origin: str = ""  # the configured source it came from (its `name`), for metrics
     table: str = DEFAULT_TABLE  # every row of a unit goes to one table
-    journaled: bool = (
-        False  # the source journaled the unit itself, with its row count (HTTP blocks)
-    )
+    journaled: bool = False  # the source journaled the unit itself, with its row count (HTTP blocks)
     counted: bool = False  # `total` was known when it was opened and journaled with it (Redis reads)
     skip: Ranges = field(default_factory=list)
     total: int | None = None  # rows in the unit, once read to its end
