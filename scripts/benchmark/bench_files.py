@@ -28,7 +28,7 @@ import pyarrow.json as pj
 import pyarrow.parquet as pq
 from http_load import event  # scripts/ is on the path: the same events as the HTTP load generator
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
 # Peak RSS bound (see README "Performance"): the interpreter and its imports, the batches in memory
 # (the open one, one queued, and ENCODERS being encoded, each held twice while it is cast and written),
@@ -38,8 +38,8 @@ BASE_MIB = 200
 
 
 def rss_bound_mib(max_bytes_mib: float) -> float:
-    from ingest.pipeline import ENCODERS, ITEM_BUFFER
     from ingest.parsing.jsonlines import READ_BLOCK
+    from ingest.pipeline import ENCODERS, ITEM_BUFFER
     from ingest.sources.reader import READERS
 
     block = READ_BLOCK / 2**20

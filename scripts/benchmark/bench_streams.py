@@ -22,9 +22,9 @@ from http_load import event
 
 
 def _load(url: str, token: str, *extra: str) -> dict[str, object]:
-    """The load generator, in a process of its own (scripts/http_load.py: not the worker's code)."""
+    """The load generator, in a process of its own (scripts/benchmark/http_load.py: not the worker's code)."""
     out = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "http_load.py"), url, token, *extra],
+        [sys.executable, str(ROOT / "scripts" / "benchmark" / "http_load.py"), url, token, *extra],
         capture_output=True,
         text=True,
         check=True,

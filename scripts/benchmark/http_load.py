@@ -1,6 +1,6 @@
 """A load generator for the HTTP source, independent of the worker's code (standard library only).
 
-    python scripts/http_load.py URL TOKEN [--connections 16] [--requests 400] [--records 1000]
+    python scripts/benchmark/http_load.py URL TOKEN [--connections 16] [--requests 400] [--records 1000]
                                           [--rate R] [--first-id N]
 
 Bodies (NDJSON, ~200-byte records with unique ids) are built before the clock starts. Each connection

@@ -1,6 +1,6 @@
 """Soak: the daemon under a steady load for a long time; memory and the journal must stay flat.
 
-    .venv/bin/python scripts/soak.py [--minutes 30] [--rate 20000] [--json]
+    .venv/bin/python scripts/benchmark/soak.py [--minutes 30] [--rate 20000] [--json]
 
 Starts the local R2 and `ingest run` (the daemon, directory source, defaults), writes `--rate` records/s
 into its directory (a file every half second, staged and renamed in, as a real producer would), samples

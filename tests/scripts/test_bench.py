@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_bench_runs_every_scenario_on_a_tiny_input() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("R2_", "CLOUDFLARE_"))}
     done = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "bench.py"), "--tiny", "--json"],
+        [sys.executable, str(ROOT / "scripts" / "benchmark" / "bench.py"), "--tiny", "--json"],
         cwd=ROOT,
         env=env,
         capture_output=True,
