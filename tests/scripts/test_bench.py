@@ -10,9 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow  # a benchmark, if a tiny one: `bash scripts/test -m slow tests/scripts`
 def test_bench_runs_every_scenario_on_a_tiny_input() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("R2_", "CLOUDFLARE_"))}
     done = subprocess.run(
