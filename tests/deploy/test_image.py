@@ -10,6 +10,8 @@ import sys
 import venv
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "Dockerfile"
 
@@ -20,6 +22,7 @@ def test_hadolint_passes() -> None:
     assert r.returncode == 0, r.stdout + r.stderr
 
 
+@pytest.mark.slow  # a whole install in a clean venv (40 s): `bash scripts/test -m slow tests/deploy`
 def test_the_images_install_commands_install_a_working_ingest(tmp_path: Path) -> None:
     text = DOCKERFILE.read_text()
     # The image runs as a numeric non-root user, on a volume for the spool, with `ingest run`.
