@@ -15,10 +15,21 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 PIECE = 1 << 20
-HEADER = 16 << 20  # a header row longer than this is no header (formats.HEADER_LIMIT)
+HEADER_LIMIT = 16 << 20  # a header row longer than this is no header
 
 # on_long(line, pieces): the row starting on `line` (counted from the stream's first line), in pieces
 OnLong = Callable[[int, Iterator[bytes]], None]
+
+
+def first_row_end(data: bytes | bytearray, quote: bytes, newline: bytes = b"\n") -> int:
+    """Just past the first row's end in `data` (which starts at a row start; a quoted cell may hold
+    newlines), 0 if `data` does not hold it."""
+    start = 0
+    while (p := data.find(newline, start)) >= 0:
+        if not quote or data.count(quote, 0, p) % 2 == 0:
+            return p + 1
+        start = p + 1
+    return 0
 
 
 class LongRows(io.RawIOBase):
@@ -62,7 +73,11 @@ class LongRows(io.RawIOBase):
     def _next(self) -> None:
         if self._header:
             self._header = False
-            while (end := self._first_end(self._buf)) == 0 and not self._eof and len(self._buf) < HEADER:
+            while (
+                (end := first_row_end(self._buf, self.quote, self.newline)) == 0
+                and not self._eof
+                and len(self._buf) < HEADER_LIMIT
+            ):
                 self._buf += self._read()
             self._emit(end or len(self._buf))
             return
@@ -87,15 +102,6 @@ class LongRows(io.RawIOBase):
         if not self.quote:
             return 0
         return data.count(self.quote, start, len(data) if end is None else end) % 2
-
-    def _first_end(self, data: bytearray) -> int:
-        """Just past the first row end in `data` (which starts at a row start), 0 if none."""
-        start = 0
-        while (p := data.find(self.newline, start)) >= 0:
-            if self._parity(data, 0, p) == 0:
-                return p + 1
-            start = p + 1
-        return 0
 
     def _last_end(self, data: bytearray) -> int:
         """Just past the last row end in `data` (which starts at a row start), 0 if none."""

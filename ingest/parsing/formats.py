@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 from ingest.durable.deadletters import DeadLetter
 from ingest.messages import one_line
-from ingest.parsing.csvrows import PIECE, LongRows
+from ingest.parsing.csvrows import HEADER_LIMIT, PIECE, LongRows, first_row_end
 from ingest.parsing.jsonlines import (
     DECODER,
     DEFAULT_MAX_RECORD,
@@ -334,9 +334,6 @@ class _Prefixed(io.RawIOBase):
         return len(data)
 
 
-HEADER_LIMIT = 16 << 20  # a header row longer than this is no header
-
-
 def _csv_names(head: bytes, options: TextOptions) -> list[str] | None:
     """The header row's names (None: no header, an empty input): quoted names may hold the
     delimiter or a newline. Names that are empty or come again are renamed (see
@@ -510,34 +507,12 @@ def _csv_header(path: Path, compression: str | None, options: TextOptions) -> li
         return list(options.columns)
     with open_text(path, compression, options.encoding) as stream:
         head = stream.read(COMPRESSED_PIECE)
-        while (row := _first_row(head, options.quote.encode())) is None and len(head) < HEADER_LIMIT:
+        while not (end := first_row_end(head, options.quote.encode())) and len(head) < HEADER_LIMIT:
             more = stream.read(COMPRESSED_PIECE)
             if not more:
-                row = head
                 break
             head += more
-    return _csv_names(row or head, options)
-
-
-def _first_row(head: bytes, quote: bytes) -> bytes | None:
-    """The bytes of the first CSV row (a quoted cell may hold newlines); None if `head` does not
-    hold its end."""
-    pos, inside = 0, False
-    while True:
-        if inside:
-            q = head.find(quote, pos)
-            if q < 0:
-                return None
-            inside, pos = False, q + 1
-            continue
-        nl = head.find(b"\n", pos)
-        q = head.find(quote, pos, nl if nl >= 0 else len(head))
-        if q >= 0:
-            inside, pos = True, q + 1
-        elif nl >= 0:
-            return head[: nl + 1]
-        else:
-            return None
+    return _csv_names(head[:end] if end else head, options)
 
 
 def _csv_lines(first: int, n: int, skipped: list[int], first_line: int = 2) -> list[int]:

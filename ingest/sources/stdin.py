@@ -69,7 +69,7 @@ class StdinSource:
 
             try:
                 await anyio.to_thread.run_sync(read)
-            except (OSError, pa.ArrowException, UnicodeError, ValueError) as exc:
+            except (OSError, pa.ArrowException, ValueError) as exc:  # (UnicodeError is a ValueError)
                 # What was read is uploaded; the rest cannot be kept (a pipe is read once): it is
                 # read to its end and counted, so the run can say how much was not ingested.
                 rest = await anyio.to_thread.run_sync(_lines_left, self.stream)

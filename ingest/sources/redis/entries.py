@@ -16,11 +16,11 @@ def entry_line(fields: list[bytes], field: bytes) -> bytes:
         found = named.get(field)
         if found is None:  # names and values as text; bytes that are not UTF-8 stay as they are,
             # so the line is not UTF-8 either and becomes a dead letter holding them (never U+FFFD)
-            fields_ = {
+            as_text = {
                 k.decode("utf-8", "surrogateescape"): v.decode("utf-8", "surrogateescape")
                 for k, v in named.items()
             }
-            found = json.dumps(fields_, ensure_ascii=False).encode("utf-8", "surrogateescape")
+            found = json.dumps(as_text, ensure_ascii=False).encode("utf-8", "surrogateescape")
         data = found
     if b"\n" in data or b"\r" in data:  # a pretty-printed object: one line, same values
         try:

@@ -262,7 +262,7 @@ class RedisSource(TakeOver, Resume):
             with attempt:
                 result = await call()
         if self._problem is not None:
-            log.info("redis consumer group back" if "gone" in self._problem else "redis reachable again")
+            log.info("redis answering again", after=self._problem)
             self._problem = None
             if self._units is not None:
                 self._units.source_problem(self.name, None)

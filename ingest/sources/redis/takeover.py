@@ -78,7 +78,8 @@ class TakeOver(Consumer):
                 entries = [(text(i), f) for i, f in reply[1] if f is not None]
                 # Redis 7: entries deleted since were dropped from the pending list (not this
                 # worker's own: their units count them when settled)
-                gone = [g for i in reply[2:3] for g in map(text, i) if g not in self._inflight[stream]]
+                deleted = reply[2] if len(reply) > 2 else []
+                gone = [g for g in map(text, deleted) if g not in self._inflight[stream]]
                 if gone:
                     log.warning(
                         "entries of a stopped worker were deleted from the stream (trimmed) before "
