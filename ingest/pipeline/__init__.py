@@ -33,7 +33,7 @@ from ingest.pipeline.units import UnitBook
 from ingest.pipeline.upload import Uploader
 from ingest.r2.client import R2Client
 from ingest.r2.errors import describe, status_of
-from ingest.sources.base import UNREPEATABLE, Item, RequestRow, Source, SourceUnit
+from ingest.sources.base import UNREPEATABLE, Item, RequestRow, Source, SourceUnit, UnitHandle
 
 log = get_logger("ingest.pipeline")
 ENCODERS = 2  # batches encoded at once (pyarrow releases the GIL: this is what uses both cores)
@@ -143,6 +143,7 @@ class Pipeline:
     async def accept(self, units: list[SourceUnit], requests: list[RequestRow]) -> None:
         rows = [UnitRow(u.id, u.name, u.fingerprint, u.path, u.total) for u in units]
         await self.spool.durably("accept requests", self.journal.accept, rows, requests)
+        self.units.accepted(units)
 
     async def request(self, key: str) -> RequestRow | None:
         if self._reader is None:  # its own connection: reads while the journal thread commits
@@ -256,7 +257,7 @@ class Pipeline:
                 "uploaded now; rows it had not spooled yet were not kept and must be sent again",
                 unit=unit.name,
             )
-            unit.ack, unit.read_done, unit.path = _nothing_to_do, True, None
+            unit.handle, unit.read_done, unit.path = UnitHandle(_nothing_to_do), True, None
             self.units.maybe_ack(unit)
 
     def _problems(self) -> dict[str, str]:
@@ -380,8 +381,8 @@ class Pipeline:
         async def attempting(key: str) -> None:
             if obj.batch is not None:  # sources that must know first (the Redis ledger)
                 for unit, rows in obj.batch.spans.items():
-                    if unit.before_upload is not None:
-                        await unit.before_upload(key, obj.object_id, rows)
+                    if unit.handle is not None:
+                        await unit.handle.before_upload(key, obj.object_id, rows)
             await self.spool.durably("journal key", self.journal.attempting, obj.object_id, key)
 
         try:

@@ -198,7 +198,8 @@ class Encoder:
         table = chunk.table
         out, days, bad = self._cast(table, schema, batch)
         if bad:
-            raw = chunk.unit.raw_lines([chunk.line_of(r) for r in bad]) if chunk.unit.raw_lines else {}
+            handle = chunk.unit.handle
+            raw = handle.raw_lines([chunk.line_of(r) for r in bad]) if handle is not None else {}
             self.dead.write(
                 [
                     DeadLetter(

@@ -48,15 +48,19 @@ class UnitBook:
                 continue
             if known is not None:
                 log.warning("source unit replaced since it was journaled; reading all of it", unit=unit.name)
-            if not unit.journaled:
-                new.append(unit)
+            new.append(unit)
             opened.append(unit)
         if new:
-            rows = [UnitRow(u.id, u.name, u.fingerprint, u.path, u.total if u.counted else None) for u in new]
+            rows = [UnitRow(u.id, u.name, u.fingerprint, u.path, _counted(u)) for u in new]
             await self.spool.durably("add unit", self.journal.add_units, rows)
         for unit in opened:
             self.by_id[unit.id] = unit
         return opened
+
+    def accepted(self, units: list[SourceUnit]) -> None:
+        """Units their source journaled itself, with their row counts (HTTP blocks): opened next."""
+        for unit in units:
+            self.by_id[unit.id] = unit
 
     def known(self, prefix: str) -> list[SourceUnit]:
         """Units not yet acknowledged whose id starts with `prefix`."""
@@ -67,14 +71,14 @@ class UnitBook:
         (`_reads`), so the batcher does not wait on each file's commit; the unit is acknowledged
         only after that commit."""
         self.stats.units_claimed += 1
-        counted = (unit.journaled or unit.counted) and unit.total == unit.next_row  # journaled with it
+        counted = _counted(unit) == unit.next_row  # journaled with it
         covered = not unit.next_row and unit.total is not None  # fully covered: keeps its known total
         if counted or covered:
             self.maybe_ack(unit)
             return
         unit.total = unit.next_row
-        if unit.read_stat is not None:  # what the file looked like when its last byte was read
-            unit.fingerprint = ":".join(map(str, unit.read_stat))
+        if unit.handle is not None and (read := unit.handle.read_fingerprint()) is not None:
+            unit.fingerprint = read  # what the file looked like when its last byte was read
         unit.read_done = False
         assert self.tg is not None
         self._reads.add((unit, unit.total, unit.fingerprint), self.tg)
@@ -98,15 +102,15 @@ class UnitBook:
             unit.acked = True
             if ack_lost():
                 return
-            if unit.ack_many is not None:
+            if unit.handle is not None and unit.handle.ack_many is not None:
                 self._acks.add(unit, self.tg)
             else:
                 self.tg.start_soon(self._ack, unit)
 
     async def _ack(self, unit: SourceUnit) -> None:
-        assert unit.ack is not None
+        assert unit.handle is not None
         try:
-            result: bool | AckError | None = await unit.ack()
+            result: bool | AckError | None = await unit.handle.ack()
         except AckError as exc:
             result = exc
         self._acked(unit, result)
@@ -114,8 +118,8 @@ class UnitBook:
     async def _ack_many(self, units: list[SourceUnit]) -> None:
         groups: dict[AckMany, list[SourceUnit]] = {}
         for unit in units:
-            assert unit.ack_many is not None
-            groups.setdefault(unit.ack_many, []).append(unit)
+            assert unit.handle is not None and unit.handle.ack_many is not None
+            groups.setdefault(unit.handle.ack_many, []).append(unit)
         for ack_many, group in groups.items():
             for unit, result in zip(group, await ack_many(group), strict=True):
                 self._acked(unit, result)
@@ -149,11 +153,11 @@ class UnitBook:
     def _why_unacked(self, unit: SourceUnit) -> str:
         if unit.id in self._ack_errors:
             return f"acknowledgement failed: {self._ack_errors[unit.id]}"
-        if unit.read_error:
-            return f"read failed: {unit.read_error}"
+        if unit.handle is not None and unit.handle.problem:
+            return f"read failed: {unit.handle.problem}"
         if unit.failed:
             return "rows in an object that was not uploaded"
-        if unit.ack is None:
+        if unit.handle is None:
             return "in the journal, but not opened by its source in this run"
         if not unit.read_done:
             return "not read to its end"
@@ -168,11 +172,16 @@ def _reopened(known: SourceUnit, unit: SourceUnit) -> SourceUnit:
         # Grown since it was read to its end (a writer kept appending): read the rest.
         known.total = None
         known.read_again()
-    known.name, known.ack, known.path, known.origin = unit.name, unit.ack, unit.path, unit.origin
-    known.ack_many = unit.ack_many
-    known.table, known.journaled, known.before_upload = unit.table, unit.journaled, unit.before_upload
-    known.counted = unit.counted
+    if known.handle is not None and unit.handle is not None and known.handle is not unit.handle:
+        unit.handle.go_on_from(known.handle)  # e.g. a file's read position, in this run
+    known.name, known.handle, known.path = unit.name, unit.handle, unit.path
+    known.origin, known.table = unit.origin, unit.table
     return known
+
+
+def _counted(unit: SourceUnit) -> int | None:
+    """The row count its source journals with the unit when it opens it, if it does."""
+    return unit.total if unit.handle is not None and unit.handle.counted else None
 
 
 def _same_file(a: str, b: str) -> bool:

@@ -37,8 +37,6 @@ Ack = Callable[[], Awaitable[bool | None]]  # False: not acknowledged (the unit 
 # Acknowledges many units of one source at once: per unit what `ack` returns, or the AckError it raises.
 AckMany = Callable[[list["SourceUnit"]], Awaitable[list[bool | AckError | None]]]
 Ranges = list[tuple[int, int]]  # sorted, non-overlapping [start, stop) row ranges
-# before_upload(key, object_id, rows): called before each PUT of an object holding these rows of the unit
-BeforeUpload = Callable[[str, str, Ranges], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -53,6 +51,37 @@ class RequestRow:
 
 
 @dataclass(eq=False)
+class UnitHandle:
+    """How the pipeline reaches a unit's source, and where that source keeps its own state of the
+    unit (a file's read position, a read's entry ids): a source subclasses it; the pipeline calls
+    only what is here."""
+
+    ack: Ack  # runs once every row of the unit is in R2
+    ack_many: AckMany | None = None  # acknowledges many units of one source in one go (small files)
+    # The source journaled the unit's row count when it opened it (HTTP blocks, Redis reads): the
+    # pipeline does not journal it again once the unit is read.
+    counted: bool = False
+    problem: str | None = None  # the last read failed: never acknowledged; read again later
+
+    async def before_upload(self, key: str, object_id: str, rows: Ranges) -> None:
+        """Called before each PUT of an object holding these rows of the unit (the Redis ledger)."""
+
+    def raw_lines(self, lines: list[int]) -> dict[int, bytes]:
+        """Line number → its raw text, for dead letters of rows that failed after parsing."""
+        return {}
+
+    def read_fingerprint(self) -> str | None:
+        """What the unit looked like when its last byte was read, if the source knows (a file)."""
+        return None
+
+    def read_again(self) -> None:
+        """The next read starts at the top (see SourceUnit.read_again)."""
+
+    def go_on_from(self, earlier: UnitHandle) -> None:
+        """The unit is opened again in the run that read part of it: take over where that read is."""
+
+
+@dataclass(eq=False)
 class SourceUnit:
     """One acknowledgeable piece of input; `name` appears in logs and dead letters.
 
@@ -61,15 +90,12 @@ class SourceUnit:
     """
 
     name: str
-    ack: Ack | None = None  # None until a source has opened the unit in this run
-    ack_many: AckMany | None = None  # the same for many units in one go, if the source can (small files)
+    handle: UnitHandle | None = None  # None until a source has opened the unit in this run
     id: str = ""  # journal identity, stable across restarts
     fingerprint: str = ""  # what the unit looked like when first opened (e.g. inode:size:mtime)
     path: str | None = None  # the local file holding it, if any (gone = acknowledged)
     origin: str = ""  # the configured source it came from (its `name`), for metrics
     table: str = DEFAULT_TABLE  # every row of a unit goes to one table
-    journaled: bool = False  # the source journaled the unit itself, with its row count (HTTP blocks)
-    counted: bool = False  # `total` was known when it was opened and journaled with it (Redis reads)
     skip: Ranges = field(default_factory=list)
     total: int | None = None  # rows in the unit, once read to its end
     next_row: int = 0
@@ -77,11 +103,6 @@ class SourceUnit:
     read_done: bool = False
     failed: bool = False  # a batch holding its rows could not be uploaded: never ack
     acked: bool = False
-    position: tuple[int, int] = (0, 1)  # (byte offset, line) where a resumable read goes on
-    read_stat: tuple[int, int, int] | None = None  # (inode, size, mtime_ns) when its last byte was read
-    read_error: str | None = None  # the last read failed: never ack; read again later
-    raw_lines: Callable[[list[int]], dict[int, bytes]] | None = None  # line number → its raw text
-    before_upload: BeforeUpload | None = None  # e.g. the Redis source's ledger
 
     def read_again(self) -> None:
         """Read from the top next time, skipping every row already taken (parsing is deterministic):
@@ -89,12 +110,13 @@ class SourceUnit:
         if self.next_row:
             self.skip = merge_ranges([*self.skip, (0, self.next_row)])
         self.next_row = 0
-        self.position = (0, 1)
+        if self.handle is not None:
+            self.handle.read_again()
 
     @property
     def ackable(self) -> bool:
         return (
-            self.ack is not None
+            self.handle is not None
             and self.read_done
             and self.pending_batches == 0
             and not self.failed
@@ -161,7 +183,7 @@ class Chunk:
 
 @dataclass(eq=False)
 class UnitRead:
-    """Sent after the last chunk of a unit: nothing more will come from it (unless `unit.read_error`
+    """Sent after the last chunk of a unit: nothing more will come from it (unless `unit.handle.problem`
     is set: then the read failed and the unit must not be acknowledged)."""
 
     unit: SourceUnit

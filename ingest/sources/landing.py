@@ -44,7 +44,7 @@ from ingest.parsing.jsonlines import DEFAULT_MAX_RECORD
 from ingest.r2.client import R2AccessDenied, R2Client
 from ingest.r2.errors import code_of, describe, is_retryable
 from ingest.sources.base import Ack, AckError, FreshUnits, SourceUnit, Units
-from ingest.sources.reader import IGNORED_SUFFIXES, FileSource
+from ingest.sources.reader import IGNORED_SUFFIXES, FileRead, FileSource
 
 log = get_logger("ingest.sources.landing")
 ACK_RETRY_SECONDS = 300.0  # keep trying to delete an ingested object this long
@@ -281,7 +281,7 @@ class LandingSource(FileSource):
         unit = SourceUnit(
             origin=self.name,
             name=obj.key,
-            ack=self._acker(path, obj),
+            handle=FileRead(self._acker(path, obj)),
             id=f"landing:{self.bucket}/{obj.key}",
             fingerprint=f"{obj.etag}:{obj.size}",
             path=str(path),

@@ -13,7 +13,7 @@ from __future__ import annotations
 import errno
 import os
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
@@ -30,7 +30,7 @@ from ingest.logs import get_logger
 from ingest.parsing.formats import PLAIN, TextOptions, detect, raw_lines, read_file
 from ingest.parsing.jsonlines import Joint
 from ingest.parsing.sniff import UTF8, Sniffed, sniff
-from ingest.sources.base import Chunk, Item, SourceUnit, UnitRead, Units
+from ingest.sources.base import Chunk, Item, SourceUnit, UnitHandle, UnitRead, Units
 
 log = get_logger("ingest.sources.reader")
 READERS = 1  # tasks reading files: pyarrow parses with every core already; a second reader only added
@@ -42,6 +42,33 @@ BUNDLE_BYTES = 4 << 20  # of small files read in one go (their rows are held unt
 SMALL_FILE = 256 << 10  # bigger files are read on their own, each chunk sent as soon as it is parsed
 IGNORED_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".swp")  # files still being written
 READ_ERRORS = (OSError, pa.ArrowException)
+
+
+@dataclass(eq=False)
+class FileRead(UnitHandle):
+    """A file's unit: where a resumable read goes on, and how to find a line's raw text again."""
+
+    position: tuple[int, int] = (0, 1)  # (byte offset, line) where a resumable read goes on
+    stat: tuple[int, int, int] | None = None  # (inode, size, mtime_ns) when its last byte was read
+    lines: Callable[[list[int]], dict[int, bytes]] | None = None  # line number → its raw text
+
+    def raw_lines(self, lines: list[int]) -> dict[int, bytes]:
+        return self.lines(lines) if self.lines is not None else {}
+
+    def read_fingerprint(self) -> str | None:
+        return None if self.stat is None else ":".join(map(str, self.stat))
+
+    def read_again(self) -> None:
+        self.position = (0, 1)
+
+    def go_on_from(self, earlier: UnitHandle) -> None:
+        if isinstance(earlier, FileRead):
+            self.position = earlier.position
+
+
+def file_read(unit: SourceUnit) -> FileRead:
+    assert isinstance(unit.handle, FileRead), "a file source's unit has a FileRead handle"
+    return unit.handle
 
 
 def read_into(
@@ -79,12 +106,13 @@ def read_into(
         for chunk in unit.chunks(table, first_line, lines):
             emit(chunk)
 
+    handle = file_read(unit)
     if fmt != "parquet":
-        unit.raw_lines = partial(raw_lines, path, compression, encoding=found.encoding)
+        handle.lines = partial(raw_lines, path, compression, encoding=found.encoding)
     if not (fmt == "jsonl" and found.plain):  # only then does a byte offset say where to go on
         unit.read_again()
     try:
-        unit.position = read_file(
+        handle.position = read_file(
             path,
             fmt,
             compression,
@@ -92,7 +120,7 @@ def read_into(
             chunks,
             partial(dead.write, origin=unit.origin),
             max_record_bytes,
-            unit.position,
+            handle.position,
             settled,
             joint,
             text_fields,
@@ -331,13 +359,13 @@ class FileSource:
     def _read_end(self, path: Path, unit: SourceUnit, outcome: bool | Exception) -> bool:
         """Note how a read went; True when the unit is read to its end (a UnitRead follows)."""
         if isinstance(outcome, Exception):
-            unit.read_error = describe_read_error(outcome)
+            problem = file_read(unit).problem = describe_read_error(outcome)
             self._failed[path] = anyio.current_time()
-            self._problem(path, unit.read_error)
+            self._problem(path, problem)
             return False
         if not outcome:
             return False
-        unit.read_error = None
+        file_read(unit).problem = None
         self._failed.pop(path, None)
         self._solved(path)
         return True

@@ -24,7 +24,7 @@ from ingest.config import SourceConfig
 from ingest.durable.deadletters import DeadLetters
 from ingest.messages import one_line
 from ingest.parsing.formats import read_stream
-from ingest.sources.base import UNREPEATABLE, Item, SourceUnit, UnitRead, Units
+from ingest.sources.base import UNREPEATABLE, Item, SourceUnit, UnitHandle, UnitRead, Units
 
 NAME = "stdin"
 
@@ -48,7 +48,7 @@ class StdinSource:
         async with send:
             unit = SourceUnit(
                 name=NAME,
-                ack=_done,
+                handle=UnitHandle(_done),
                 id=f"{UNREPEATABLE}stdin:{uuid.uuid4().hex}",
                 fingerprint=NAME,
                 origin=NAME,

@@ -19,7 +19,7 @@ from ingest.pipeline import Pipeline
 from ingest.r2.client import R2Client
 from ingest.r2.credentials import provider_from_settings
 from ingest.r2.endpoint import endpoint_url
-from ingest.sources.base import Item, SourceUnit, UnitRead, Units
+from ingest.sources.base import Item, SourceUnit, UnitHandle, UnitRead, Units
 from ingest.worker import open_spool
 from tests.integration.conftest import Job, readable_rows, write_toml
 
@@ -48,7 +48,9 @@ class FixedSource:
                 return True
 
             unit = await units.open_unit(
-                SourceUnit(name="fixed list", ack=ack, id=unit_id, origin=self.name, table=self.table)
+                SourceUnit(
+                    name="fixed list", handle=UnitHandle(ack), id=unit_id, origin=self.name, table=self.table
+                )
             )
             # Step 4: bytes become Arrow rows with ingest.parsing (in a thread: never on the loop);
             # malformed records are dead letters, written before the unit can be acknowledged.

@@ -6,7 +6,7 @@ import pytest
 
 from ingest.config import BatchConfig
 from ingest.pipeline.batch import HALVE_FROM, HOLD, Batch, Batcher
-from ingest.sources.base import Chunk, Item, SourceUnit, UnitRead
+from ingest.sources.base import Chunk, Item, SourceUnit, UnitHandle, UnitRead
 
 
 async def _noop() -> None:
@@ -14,7 +14,7 @@ async def _noop() -> None:
 
 
 def _unit(name: str) -> SourceUnit:
-    return SourceUnit(name, _noop)
+    return SourceUnit(name, UnitHandle(_noop))
 
 
 def _chunk(unit: SourceUnit, start: int, n: int) -> Chunk:
@@ -76,7 +76,7 @@ async def test_max_age_closes_a_batch_without_more_input() -> None:
 
 
 def _table_unit(name: str, table: str) -> SourceUnit:
-    return SourceUnit(name, _noop, table=table)
+    return SourceUnit(name, UnitHandle(_noop), table=table)
 
 
 def test_batches_never_mix_tables_and_each_closes_on_its_own() -> None:

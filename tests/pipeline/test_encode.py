@@ -13,7 +13,7 @@ from ingest.durable.deadletters import DeadLetters
 from ingest.parsing.types import CELLS, TEXT_CELLS
 from ingest.pipeline.batch import Batch
 from ingest.pipeline.encode import Encoder, load_schema
-from ingest.sources.base import Chunk, SourceUnit
+from ingest.sources.base import Chunk, SourceUnit, UnitHandle
 
 
 async def _noop() -> None:
@@ -22,7 +22,7 @@ async def _noop() -> None:
 
 def _batch(*tables: pa.Table) -> Batch:
     b = Batch(closed_at=datetime(2024, 8, 2, 12, tzinfo=UTC))
-    unit = SourceUnit("in.jsonl", _noop)
+    unit = SourceUnit("in.jsonl", UnitHandle(_noop))
     line = 1
     for t in tables:
         b.add(Chunk(t, unit, first_line=line), t.nbytes)
@@ -172,7 +172,7 @@ def test_chunks_of_one_schema_are_cast_together_and_a_misfit_names_its_own_file_
     batch = Batch(closed_at=datetime(2024, 8, 2, 12, tzinfo=UTC))
     for name, values in (("a.csv", ["7", "8"]), ("b.csv", ["9", "seven"]), ("c.csv", ["10"])):
         t = _cells(pa.table({"n": pa.array(values)}))
-        batch.add(Chunk(t, SourceUnit(name, _noop), first_line=1), t.nbytes)
+        batch.add(Chunk(t, SourceUnit(name, UnitHandle(_noop)), first_line=1), t.nbytes)
     [obj] = enc.encode(batch)
     assert pq.read_table(obj.path).column("n").to_pylist() == [7, 8, 9, 10]
     [dead] = _dead(tmp_path)

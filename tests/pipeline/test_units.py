@@ -13,7 +13,8 @@ from ingest.daemon.health import Stats
 from ingest.pipeline.batch import Batch
 from ingest.pipeline.spool import Spool
 from ingest.pipeline.units import UnitBook
-from ingest.sources.base import SourceUnit
+from ingest.sources.base import SourceUnit, UnitHandle
+from ingest.sources.reader import FileRead
 
 
 def _unit(
@@ -23,7 +24,9 @@ def _unit(
         acks.append(name)
         return answer
 
-    return SourceUnit(name=name, ack=ack, id=f"file:{name}", fingerprint=fingerprint, path=f"/in/{name}")
+    return SourceUnit(
+        name=name, handle=UnitHandle(ack), id=f"file:{name}", fingerprint=fingerprint, path=f"/in/{name}"
+    )
 
 
 async def _until(done: Callable[[], bool]) -> None:
@@ -89,11 +92,39 @@ async def test_a_unit_from_the_journal_is_opened_again_as_itself_and_a_replaced_
 ) -> None:
     acks: list[str] = []
     known = _unit([], fingerprint="7:10:1")
-    known.ack, known.skip = None, [(0, 5)]  # as recovered: not opened yet, rows 0–5 already spooled
+    known.handle, known.skip = None, [(0, 5)]  # as recovered: not opened yet, rows 0–5 already spooled
     replaced = _unit([], "r.jsonl", fingerprint="8:10:1")
     book.by_id = {known.id: known, replaced.id: replaced}
     assert book.unacknowledged()["/in/a.jsonl"] == "in the journal, but not opened by its source in this run"
     same, other = await book.open([_unit(acks, fingerprint="7:20:2"), _unit(acks, "r.jsonl", "9:10:1")])
-    assert same is known and same.ack is not None and same.skip == [(0, 5)]  # grown: the rest is read
+    assert same is known and same.handle is not None and same.skip == [(0, 5)]  # grown: the rest is read
     assert other is not replaced and other.skip == []  # another inode: read whole
     assert book.known("file:") == [same, other]
+
+
+@pytest.mark.anyio
+async def test_a_file_reopened_in_the_run_that_read_part_of_it_goes_on_from_its_read_position(
+    book: UnitBook,
+) -> None:
+    """A file that changed after it was read (a writer still appending) is opened again with a fresh
+    handle: the read goes on from the byte where the last one stopped, its rows numbered after the
+    rows already taken (the position lives in the source's handle, not in the unit)."""
+    first = FileRead(_noop, position=(4096, 101))
+    unit = SourceUnit("a.jsonl", first, id="file:a.jsonl", fingerprint="7:4096:1")
+    unit.next_row = 100
+    book.by_id = {unit.id: unit}
+    again = FileRead(_noop)
+    [same] = await book.open([SourceUnit("a.jsonl", again, id="file:a.jsonl", fingerprint="7:5000:2")])
+    assert same is unit and same.handle is again and again.position == (4096, 101) and same.next_row == 100
+
+    # Read to its end before it grew: the rest cannot be found by row, so it is read from the top.
+    unit.total = 100
+    [same] = await book.open(
+        [SourceUnit("a.jsonl", FileRead(_noop), id="file:a.jsonl", fingerprint="7:6000:3")]
+    )
+    assert isinstance(same.handle, FileRead) and same.handle.position == (0, 1)
+    assert same.next_row == 0 and same.skip == [(0, 100)] and same.total is None
+
+
+async def _noop() -> bool:
+    return True

@@ -39,7 +39,7 @@ from ingest.parsing.jsonlines import DEFAULT_MAX_RECORD, Joint
 from ingest.sources.base import AckError, Chunk, FreshUnits, Item, SourceUnit, Units
 from ingest.sources.directory.claimed import fingerprint, in_threads, link_target, origin_file, origin_of
 from ingest.sources.directory.watch import Seen, Stat, Watch, stat_of
-from ingest.sources.reader import BUNDLE_FILES, FileSource, describe_read_error
+from ingest.sources.reader import BUNDLE_FILES, FileRead, FileSource, describe_read_error, file_read
 
 log = get_logger("ingest.sources.directory.source")
 CLAIM_NAME_MAX = 200  # bytes: with `<12 hex>--` before and `.origin` after, within NAME_MAX
@@ -327,7 +327,7 @@ class DirectorySource(FileSource):
         seen = self._observed.pop(path, None)
         unchanged = now - seen.stable_since if seen and seen.stat == after else 0.0
         if after == before and self._quiet(after, unchanged):
-            unit.read_stat = after[1:]
+            file_read(unit).stat = after[1:]
             self._read_stats[path] = after
             return True
         self._following[path] = Seen(after, now)
@@ -349,8 +349,7 @@ class DirectorySource(FileSource):
         unit = SourceUnit(
             origin=self.name,
             name=printable(origin.as_posix()),
-            ack=self._acker(path),
-            ack_many=self._ack_units,
+            handle=FileRead(self._acker(path), ack_many=self._ack_units),
             id=f"file:{path}",
             fingerprint=fingerprint(st),
             path=str(path),

@@ -36,7 +36,7 @@ from ingest.durable.deadletters import DeadLetters
 from ingest.durable.faults import crash_point
 from ingest.durable.files import is_disk_full
 from ingest.logs import get_logger, register_secret
-from ingest.sources.base import Ack, Chunk, Item, RequestRow, SourceUnit, UnitRead, Units
+from ingest.sources.base import Ack, Chunk, Item, RequestRow, SourceUnit, UnitHandle, UnitRead, Units
 from ingest.sources.http.bodies import (
     Bodies,
     BodyError,
@@ -209,13 +209,12 @@ class HttpSource:
     def _unit(self, block: Block, rows: int | None) -> SourceUnit:
         return SourceUnit(
             name=f"http request {block.request}",
-            ack=self._acker(block),
+            handle=UnitHandle(self._acker(block), counted=True),
             id=block.id,
             fingerprint="block",
             path=str(self.segments.path(block.segment)),
             origin=self.name,
             table=block.table,
-            journaled=True,
             total=rows,
         )
 

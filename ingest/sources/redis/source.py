@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
 from urllib.parse import urlparse
@@ -47,6 +48,7 @@ from ingest.sources.base import (
     Ranges,
     SourceError,
     SourceUnit,
+    UnitHandle,
     UnitRead,
     Units,
 )
@@ -418,9 +420,12 @@ class RedisSource(TakeOver, Resume):
             acked = sorted({*ids, *known.entries}, key=entry_order)
             first_read = set(known.rows)  # (an entry that is a row now and was not then: after them)
             rows = known.rows + [i for i in rows if i not in first_read]
-        unit.total, unit.counted = len(rows), True  # journaled when opened: no second write when read
-        unit.ack = partial(self._ack, stream, unit, acked, rows)
-        unit.before_upload = partial(self._before_upload, stream, rows)
+        unit.total = len(rows)  # journaled when opened (counted): no second write when read
+        unit.handle = EntriesRead(
+            partial(self._ack, stream, unit, acked, rows),
+            counted=True,
+            ledger=partial(self._before_upload, stream, rows),
+        )
         self._inflight[stream].update(acked)
         unit = await self._units.open_unit(unit)
         if bad:
@@ -449,6 +454,17 @@ class RedisSource(TakeOver, Resume):
         self._inflight[stream].difference_update(ids)
         metrics.REDIS_ENTRIES.labels(stream, "acked").inc(len(ids))
         return True
+
+
+@dataclass(eq=False)
+class EntriesRead(UnitHandle):
+    """A read's entries: XACKed once uploaded; their ids go in the ledger before each upload."""
+
+    ledger: Callable[[str, str, Ranges], Awaitable[None]] | None = None
+
+    async def before_upload(self, key: str, object_id: str, rows: Ranges) -> None:
+        if self.ledger is not None:
+            await self.ledger(key, object_id, rows)
 
 
 def _as_is(response: object, **options: object) -> object:

@@ -65,7 +65,9 @@ async def test_ack_moves_to_done_dir_and_leftover_claims_are_read_again(tmp_path
     assert set(units) == {"x/a.jsonl", "b.jsonl"}
     assert (root / "notes.txt").exists()  # unknown format: left alone, with a warning
 
-    await units["x/a.jsonl"].ack()
+    handle = units["x/a.jsonl"].handle
+    assert handle is not None
+    await handle.ack()
     assert (tmp_path / "done" / "x" / "a.jsonl").read_text().count("\n") == 3
 
     # b.jsonl was claimed but never acknowledged: the next run of this worker reads it again.
@@ -113,8 +115,8 @@ async def test_many_small_files_come_in_bundles_a_big_one_alone_every_row_once(t
     assert changed.path is not None
     async with await anyio.open_file(changed.path, "a") as fh:
         await fh.write(json.dumps({"id": 5000}) + "\n")
-    assert changed.ack_many is not None
-    results = await changed.ack_many(units)
+    assert changed.handle is not None and changed.handle.ack_many is not None
+    results = await changed.handle.ack_many(units)
     assert [u.name for u, r in zip(units, results, strict=True) if r is not True] == ["f007.jsonl"]
     assert results[units.index(changed)] is False
     assert [Path(p).name.split("--", 1)[1] for p in src.pending()] == ["f007.jsonl"]
