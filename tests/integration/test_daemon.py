@@ -8,6 +8,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -58,6 +59,18 @@ def test_file_still_being_written_is_taken_only_when_complete(job: Job) -> None:
     assert any(e.get("event") == "uploaded" for e in logs_of(err))
 
 
+def _refused(reason: str) -> bool:
+    return "denied" in reason.lower() or "403" in reason
+
+
+def _readiness(port: int) -> dict[str, Any]:
+    try:
+        answer: dict[str, Any] = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).json()
+        return answer
+    except httpx.HTTPError:
+        return {"reason": ""}
+
+
 def test_permanent_refusal_keeps_data_local_and_fails_readiness(job: Job) -> None:
     """A bucket the credentials may not use: no retry storm, data kept, /readyz 503, --once exits 1."""
     write_jsonl(job.inbox / "a.jsonl", [{"id": i} for i in range(30)])
@@ -85,9 +98,11 @@ def test_permanent_refusal_keeps_data_local_and_fails_readiness(job: Job) -> Non
     job.configure(server={"listen": f"127.0.0.1:{port}"}, batch={"max_age": "300ms"})
     proc = job.start(R2_BUCKET_NAME="not-our-bucket")
     try:
-        wait_for(lambda: readyz(port) == 503, 60, "readiness to turn false")
-        body = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).json()
-        assert "denied" in body["reason"].lower() or "403" in body["reason"]
+        # (503 also while it starts: wait for the refusal itself, then it stays not ready)
+        wait_for(lambda: _refused(_readiness(port)["reason"]), 60, "readiness to say: refused")
+        for _ in range(3):
+            answer = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2)
+            assert answer.status_code == 503 and _refused(answer.json()["reason"])
         assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200
         assert "ingest_upload_failures_total" in httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
     finally:
