@@ -18,7 +18,7 @@ from typing import Annotated, NoReturn
 import typer
 
 from ingest.cli import browser, init, landed, local, run, status, token
-from ingest.cli.common import State, app
+from ingest.cli.app import State, app
 
 # In the order a newcomer uses them (`ingest --help` lists them so).
 app.command()(init.init)

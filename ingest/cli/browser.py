@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 import anyio
 import typer
 
-from ingest.cli.common import err, out, r2_client, settings
+from ingest.cli.app import err, out, r2_client, settings
 from ingest.config.origins import origin_problem
 from ingest.messages import count
 from ingest.r2.cors.rules import CorsError, CorsRule, dumps, evaluate, holds, parse_policy

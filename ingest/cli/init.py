@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from ingest.cli.common import err, out
+from ingest.cli.app import err, out
 
 # SourceConfig.kind's choices, spelled here so that `ingest --help` need not load pydantic
 # (tests/test_cli.py checks they are the same).

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 import anyio
 import typer
 
-from ingest.cli.common import err, out, r2_client, settings
+from ingest.cli.app import err, out, r2_client, settings
 from ingest.messages import count
 
 if TYPE_CHECKING:

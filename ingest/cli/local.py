@@ -9,7 +9,7 @@ from typing import Annotated
 import anyio
 import typer
 
-from ingest.cli.common import err, out, print_checks, settings
+from ingest.cli.app import err, out, print_checks, settings
 
 
 def local(

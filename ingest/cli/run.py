@@ -11,7 +11,7 @@ from typing import Annotated
 import anyio
 import typer
 
-from ingest.cli.common import err, out, settings
+from ingest.cli.app import err, out, settings
 from ingest.messages import count, one_line
 
 

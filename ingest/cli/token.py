@@ -8,7 +8,7 @@ from typing import Annotated, Literal, cast
 import anyio
 import typer
 
-from ingest.cli.common import err, out, settings
+from ingest.cli.app import err, out, settings
 
 token_app = typer.Typer(help="Cloudflare API tokens for R2.", no_args_is_help=True)
 
