@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,6 +75,17 @@ class LocalR2:
     def token_s3(self) -> Any:
         """S3 client from the default bucket token (id, sha256(value))."""
         return self.s3(self.env["R2_ACCESS_KEY_ID"], self.env["R2_SECRET_ACCESS_KEY"])
+
+    def catalog(self, token: str | None = None) -> Any:
+        """PyIceberg's REST catalog on the bucket's R2 Data Catalog, as a user connects to R2's."""
+        from pyiceberg.catalog.rest import RestCatalog
+
+        return RestCatalog(
+            f"r2-{uuid.uuid4().hex[:6]}",
+            uri=self.env["R2_CATALOG_URI"],
+            warehouse=self.env["R2_WAREHOUSE"],
+            token=token or self.env["R2_CATALOG_TOKEN"],
+        )
 
     def cf(self, token: str | None = None) -> Cloudflare:
         return Cloudflare(api_token=token or self.root_token, base_url=self.api_base_url, max_retries=0)

@@ -76,6 +76,8 @@ class Emulator:
         self.state_path = state_path
         self.store = store
         self._lock = anyio.Lock()
+        self.more_routes: list[Route] = []  # of other services of the API (R2 Data Catalog)
+        self.mounts: list[Mount] = []  # served beside the API (the catalogs' Iceberg REST)
         self._rate_limited_until = 0.0  # test hook: answer 429 to temp-credential requests until then
         self._retry_after = 0
 
@@ -453,6 +455,7 @@ class Emulator:
                 "/_emulator/temp-access-credentials/{access_key_id}/revoke", self.force_revoke, "POST"
             ),
             self._route("/_emulator/rate-limit", self.rate_limit, "POST"),
+            *self.more_routes,
         ]
 
         @asynccontextmanager
@@ -462,4 +465,4 @@ class Emulator:
                 yield
                 tg.cancel_scope.cancel()
 
-        return Starlette(routes=[Mount(API_PREFIX, routes=routes)], lifespan=lifespan)
+        return Starlette(routes=[Mount(API_PREFIX, routes=routes), *self.mounts], lifespan=lifespan)

@@ -19,6 +19,8 @@ USER_RESOURCE = "com.cloudflare.api.user"
 
 STORAGE_WRITE = "Workers R2 Storage Write"
 STORAGE_READ = "Workers R2 Storage Read"
+CATALOG_WRITE = "Workers R2 Data Catalog Write"
+CATALOG_READ = "Workers R2 Data Catalog Read"
 TOKENS_WRITE = "API Tokens Write"
 TOKENS_READ = "API Tokens Read"
 
@@ -27,10 +29,13 @@ PERMISSION_GROUPS: list[dict[str, Any]] = [
     {"id": "6a018a9f2fc74eb6b293b0c548f38b39", "name": ITEM_READ, "scopes": [BUCKET_RESOURCE.rstrip(".")]},
     {"id": "bf7481a1826f439697cb59a20b22293e", "name": STORAGE_WRITE, "scopes": [ACCOUNT_RESOURCE]},
     {"id": "b4992e1108244f5d8bfbd5744320c2e1", "name": STORAGE_READ, "scopes": [ACCOUNT_RESOURCE]},
+    {"id": "d229766a2f7f4d299f20eaa8c9b1fde9", "name": CATALOG_WRITE, "scopes": [ACCOUNT_RESOURCE]},
+    {"id": "f45430d92e2b4a6cb9f94f2594c141b8", "name": CATALOG_READ, "scopes": [ACCOUNT_RESOURCE]},
     {"id": "686d18d5ac6c441c867cbf6771e58a0a", "name": TOKENS_WRITE, "scopes": [USER_RESOURCE]},
     {"id": "0cc3a61731504c89b99ec1be78b77aa0", "name": TOKENS_READ, "scopes": [USER_RESOURCE]},
 ]
 _GROUP_NAMES = {g["id"]: g["name"] for g in PERMISSION_GROUPS}
+TABLE_BUCKET_SUFFIX = "-catalog"  # a bucket's catalog tables live in <bucket>-catalog on SeaweedFS
 
 
 def bucket_resource(account_id: str, bucket: str, jurisdiction: str = "default") -> str:
@@ -55,9 +60,13 @@ class Grant:
 class Capabilities:
     grants: list[Grant]
     manage_tokens: bool = False
+    catalog: str = ""  # "write", "read" or "" (R2 Data Catalog)
 
     def allows(self, bucket: str, write: bool) -> bool:
         return any(g.bucket in ("*", bucket) and (g.write or not write) for g in self.grants)
+
+    def catalog_allows(self, write: bool) -> bool:
+        return self.catalog == "write" or (self.catalog == "read" and not write)
 
     def is_account_admin(self, write: bool) -> bool:
         return any(g.bucket == "*" and g.admin and (g.write or not write) for g in self.grants)
@@ -80,6 +89,10 @@ def capabilities(policies: list[dict[str, Any]], account_id: str) -> Capabilitie
             raise PolicyError(f"policies[{i}].resources: must name at least one resource")
         for resource in resources:
             caps.grants.extend(_grants_for(i, resource, groups, account_id))
+            if resource.startswith(ACCOUNT_RESOURCE) and CATALOG_WRITE in groups:
+                caps.catalog = "write"
+            elif resource.startswith(ACCOUNT_RESOURCE) and CATALOG_READ in groups and not caps.catalog:
+                caps.catalog = "read"
             if resource.startswith(USER_RESOURCE) and TOKENS_WRITE in groups:
                 caps.manage_tokens = True
     return caps
@@ -115,7 +128,9 @@ def seaweed_actions(grants: list[Grant]) -> list[str]:
     actions: list[str] = []
     for g in grants:
         verbs = ["Read", "List"] + (["Write", "Tagging"] if g.write else [])
-        actions += verbs if g.bucket == "*" else [f"{v}:{g.bucket}" for v in verbs]
+        # A bucket's catalog lives in its table bucket (see local/catalog.py): the same rights there.
+        scopes = [g.bucket, f"{g.bucket}{TABLE_BUCKET_SUFFIX}"]
+        actions += verbs if g.bucket == "*" else [f"{v}:{b}" for v in verbs for b in scopes]
     return sorted(set(actions))
 
 

@@ -98,12 +98,13 @@ class SeaweedPorts:
     volume: int
     filer: int
     admin: int
+    iceberg: int  # the Iceberg REST catalog (see local/catalog.py)
 
     @classmethod
     def allocate(cls, s3: int = 0, avoid: set[int] | None = None) -> SeaweedPorts:
         """Fresh ports; none of them is `s3` or in `avoid` (ports the caller will bind itself, such
         as the API emulator's: weed would otherwise be free to take it first)."""
-        wanted = 4 if s3 else 5
+        wanted = 5 if s3 else 6
         ports = free_port_pairs(wanted, taken={s3, *(avoid or ())} - {0})
         if s3:
             ports.insert(0, s3)
@@ -113,7 +114,10 @@ class SeaweedPorts:
     def reuse(cls, saved: dict[str, int], s3: int = 0) -> SeaweedPorts:
         """The ports saved for a directory, if all of them (and their gRPC twins) are free again;
         `s3` (given explicitly) replaces the saved S3 port."""
-        names = ("s3", "master", "volume", "filer", "admin")
+        names = ("s3", "master", "volume", "filer", "admin", "iceberg")
+        if "iceberg" not in saved:  # kept by a version without a catalog: one more port, the rest kept
+            kept = {saved[n] for n in names[:-1]} | {s3}
+            saved = {**saved, "iceberg": free_port_pairs(1, taken=kept - {0})[0]}
         ports = cls(*(saved[n] for n in names))
         if s3:
             ports.s3 = s3
@@ -141,8 +145,10 @@ class SeaweedServer:
         s3_port: int = 0,
         saved: dict[str, int] | None = None,
         avoid: set[int] | None = None,
+        table_buckets: tuple[str, ...] = (),
     ) -> None:
         self.data_dir = data_dir
+        self.table_buckets = table_buckets
         self.ports = SeaweedPorts.reuse(saved, s3_port) if saved else SeaweedPorts.allocate(s3_port, avoid)
         self._admin = (admin_key, admin_secret)
         self.proc: subprocess.Popen[bytes] | None = None
@@ -150,6 +156,10 @@ class SeaweedServer:
     @property
     def s3_url(self) -> str:
         return f"http://127.0.0.1:{self.ports.s3}"
+
+    @property
+    def iceberg_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.iceberg}"
 
     @property
     def filer_url(self) -> str:
@@ -175,8 +185,9 @@ class SeaweedServer:
             "-admin.ui=false",
             "-webdav=false",
             "-master.telemetry=false",
-            "-s3.port.iceberg=0",
+            f"-s3.port.iceberg={p.iceberg}",
             "-s3.port.lance=0",
+            *([f"-tableBucket={','.join(self.table_buckets)}"] if self.table_buckets else []),
         ]
 
     def _write_identities(self) -> None:
@@ -235,6 +246,7 @@ class SeaweedServer:
                 try:
                     http.get(self.s3_url)
                     http.get(self.filer_url + "/", headers={"Accept": "application/json"})
+                    http.get(self.iceberg_url + "/v1/config")
                     log.info("seaweedfs ready", pid=self.proc.pid if self.proc else None, s3=self.s3_url)
                     return
                 except httpx.TransportError:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -17,10 +18,12 @@ from typing import Any
 import anyio
 import uvicorn
 from botocore.exceptions import ClientError
+from starlette.routing import Mount
 from tenacity import AsyncRetrying, stop_after_attempt, wait_fixed
 
 from ingest.config import Settings, write_env_file
 from ingest.local import policy as pol
+from ingest.local.catalog import CATALOG_PATH, Catalogs, table_bucket
 from ingest.local.emulator import API_PREFIX, Emulator
 from ingest.local.identities import IdentityStore
 from ingest.local.seaweed import SeaweedError, SeaweedServer
@@ -51,6 +54,9 @@ class LocalR2Info:
     cloudflare_api_token: str  # may create tokens and manage buckets/CORS
     admin_access_key_id: str
     admin_secret_access_key: str
+    catalog_uri: str = ""  # the bucket's R2 Data Catalog (Iceberg REST)
+    warehouse: str = ""
+    catalog_token: str = ""  # R2 Data Catalog write + object read/write on the bucket
 
     def env(self) -> dict[str, str]:
         return {
@@ -62,6 +68,9 @@ class LocalR2Info:
             "R2_SECRET_ACCESS_KEY": self.secret_access_key,
             "CLOUDFLARE_API_BASE_URL": self.api_base_url,
             "CLOUDFLARE_API_TOKEN": self.cloudflare_api_token,
+            "R2_CATALOG_URI": self.catalog_uri,
+            "R2_WAREHOUSE": self.warehouse,
+            "R2_CATALOG_TOKEN": self.catalog_token,
         }
 
     def settings(self, mode: str = "keys") -> Settings:
@@ -114,6 +123,7 @@ class LocalR2:
             s3_port,
             saved if set(saved) >= {"s3", "master", "volume", "filer", "admin"} else None,
             avoid={self._api_port},
+            table_buckets=(table_bucket(self.state.default_bucket),),
         )
         register_secret(self.state.admin_secret_key, self.state.sts_secret_key)
 
@@ -137,8 +147,17 @@ class LocalR2:
                 "holds it, or start with --new-ports"
             ) from None
         self.state.ports = {**self.seaweed.ports.saved(), "api": sock.getsockname()[1]}
+        catalogs: Catalogs | None = None
         try:
             emulator = Emulator(self.state, self.state_path, store)
+            catalogs = Catalogs(
+                emulator,
+                self.seaweed.iceberg_url,
+                self.seaweed.s3_url,
+                (self.state.admin_access_key, self.state.admin_secret_key),
+            )
+            emulator.more_routes = catalogs.management_routes("/accounts/{account_id}")
+            emulator.mounts = [Mount(CATALOG_PATH, routes=catalogs.catalog_routes())]
             await self._bootstrap(store, emulator)
             config = uvicorn.Config(
                 emulator.app(), log_level="warning", lifespan="on", access_log=False, log_config=None
@@ -163,6 +182,8 @@ class LocalR2:
             sock.close()
             with anyio.CancelScope(shield=True):  # Ctrl-C included: SeaweedFS always stops cleanly
                 await store.aclose()
+                if catalogs is not None:
+                    await catalogs.aclose()
                 await anyio.to_thread.run_sync(self.seaweed.stop)
 
     async def _supervise(self, scope: anyio.CancelScope) -> None:
@@ -239,7 +260,22 @@ class LocalR2:
             await emulator.issue_token(
                 self._token("local bucket token", st.default_token, [(resource, [pol.ITEM_WRITE])])
             )
+        if not st.catalog_token:
+            st.catalog_token = new_token_value()
+            await emulator.issue_token(
+                self._token(
+                    "local catalog token",
+                    st.catalog_token,
+                    [
+                        (f"{pol.ACCOUNT_RESOURCE}.{st.account_id}", [pol.CATALOG_WRITE]),
+                        (pol.bucket_resource(st.account_id, st.default_bucket), [pol.ITEM_WRITE]),
+                    ],
+                )
+            )
+        # R2 Data Catalog is enabled per bucket; the local R2 enables it on its bucket at the first start.
+        st.catalogs.setdefault(st.default_bucket, {"id": str(uuid.uuid4()), "active": True})
         register_secret(st.root_token, st.default_token, token_secret(st.default_token))
+        register_secret(st.catalog_token, token_secret(st.catalog_token))
         await emulator.sweep_expired()
         st.save(self.state_path)
 
@@ -271,4 +307,7 @@ class LocalR2:
             cloudflare_api_token=st.root_token,
             admin_access_key_id=st.admin_access_key,
             admin_secret_access_key=st.admin_secret_key,
+            catalog_uri=f"{api_base_url.removesuffix(API_PREFIX)}{CATALOG_PATH}/{st.account_id}/{st.default_bucket}",
+            warehouse=f"{st.account_id}_{st.default_bucket}",
+            catalog_token=st.catalog_token,
         )

@@ -73,6 +73,8 @@ class LocalState:
     # Ports chosen on the first start (s3, master, volume, filer, admin, api): kept, so env files and
     # running workers stay right across restarts.
     ports: dict[str, int] = field(default_factory=dict)
+    catalog_token: str = ""  # R2 Data Catalog (read and write) + R2 storage on the default bucket
+    catalogs: dict[str, dict[str, Any]] = field(default_factory=dict)  # bucket → its R2 Data Catalog
 
     @classmethod
     def new(cls, default_bucket: str) -> LocalState:
