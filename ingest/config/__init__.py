@@ -62,6 +62,9 @@ ENV_KEYS: dict[str, str] = {
     "R2_API_TOKEN": "r2.auth.api_token",
     "R2_TOKEN_ID": "r2.auth.token_id",
     "CLOUDFLARE_API_TOKEN": "r2.admin_api_token",
+    "R2_CATALOG_URI": "iceberg.catalog_uri",
+    "R2_WAREHOUSE": "iceberg.warehouse",
+    "R2_CATALOG_TOKEN": "iceberg.token",
     "INGEST_UPLOAD_TOKEN": "server.upload_token",
     "INGEST_TLS_CERT": "server.tls_cert",
     "INGEST_TLS_KEY": "server.tls_key",
@@ -377,6 +380,38 @@ class ServerConfig(_Section):
         return v
 
 
+class IcebergConfig(_Section):
+    """Iceberg tables in R2 Data Catalog (docs/iceberg.md)."""
+
+    enabled: bool = False
+    namespace: str = "ingest"
+    table: str = ""  # default: each record's routed table
+    catalog_uri: str = ""  # https://catalog.cloudflarestorage.com/<account_id>/<bucket> (R2_CATALOG_URI)
+    warehouse: str = ""  # <account_id>_<bucket> (R2_WAREHOUSE)
+    token: SecretStr = SecretStr("")  # R2_CATALOG_TOKEN, else CLOUDFLARE_API_TOKEN
+    commit_interval: Duration = Field(default=10.0, gt=0)  # objects gathered into one snapshot
+    max_objects_per_commit: int = Field(default=100, ge=1, le=10_000)
+
+    @field_validator("namespace", "table")
+    @classmethod
+    def _identifier(cls, v: str) -> str:
+        if v and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", v):
+            raise ValueError(f"{v!r} is not an Iceberg identifier: use letters, digits and _")
+        return v
+
+    @model_validator(mode="after")
+    def _reachable(self) -> IcebergConfig:
+        if self.enabled and not (self.catalog_uri and self.warehouse):
+            key, env = (
+                ("catalog_uri", "R2_CATALOG_URI") if not self.catalog_uri else ("warehouse", "R2_WAREHOUSE")
+            )
+            raise ValueError(
+                f"enabled, but {key} is empty: set it or {env} (`wrangler r2 bucket catalog get <bucket>` "
+                "prints both)"
+            )
+        return self
+
+
 class LogConfig(_Section):
     format: Literal["auto", "json", "console"] = "auto"
     level: Literal["debug", "info", "warning", "error"] = "info"
@@ -394,6 +429,7 @@ class Settings(BaseSettings):
     retry: RetryConfig = RetryConfig()
     spool: SpoolConfig = SpoolConfig()
     server: ServerConfig = ServerConfig()
+    iceberg: IcebergConfig = IcebergConfig()
     log: LogConfig = LogConfig()
 
     @classmethod
