@@ -119,6 +119,11 @@ def check_sources(settings: Settings, once: bool) -> bool:
     """Every source setting that can be checked without starting anything (ConfigError, one line):
     run before the local R2 or the spool start, so a config error is said at once. Returns whether
     keys tell tables apart."""
+    if settings.iceberg.enabled:  # said, rather than taken and silently not done
+        raise ConfigError(
+            "iceberg.enabled: `ingest run` does not commit to Iceberg tables yet (docs/iceberg.md says what "
+            "is built: the local catalog, `ingest tables`); set it to false for now"
+        )
     configs = source_configs(settings)
     default = not settings.sources
     per_table = check_tables(settings, configs)

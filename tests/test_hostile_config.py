@@ -51,3 +51,24 @@ def test_a_bad_redis_url_in_the_environment_is_one_line_and_exit_2(tmp_path: Pat
         )
         assert r.returncode == 2, r.stdout + r.stderr
         assert "INGEST_REDIS_URL: the port is not a number" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize(
+    ("iceberg", "message"),
+    [
+        ({"enabled": True}, "iceberg: enabled, but catalog_uri is empty: set it or R2_CATALOG_URI"),
+        ({"namespace": "my-ns"}, "iceberg.namespace: 'my-ns' is not an Iceberg identifier"),
+        (
+            {"enabled": True, "catalog_uri": "http://127.0.0.1:9/c", "warehouse": "a_b", "token": "t"},
+            "iceberg.enabled: `ingest run` does not commit to Iceberg tables yet",
+        ),
+    ],
+)
+def test_iceberg_settings_are_checked_in_one_line_with_exit_2(
+    tmp_path: Path, iceberg: dict[str, object], message: str
+) -> None:
+    write_toml(tmp_path / "ingest.toml", {"iceberg": iceberg, "spool": {"dir": str(tmp_path / "spool")}})
+    r = ingest_without_r2(tmp_path, "--config", str(tmp_path / "ingest.toml"), "run", "--once", timeout=60)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert message in r.stderr and "Traceback" not in r.stderr
+    assert len([ln for ln in r.stderr.splitlines() if ln.strip()]) == 1, r.stderr
