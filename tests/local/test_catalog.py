@@ -50,16 +50,21 @@ def _token(r2: LocalR2, catalog: str | None, bucket_write: bool = True) -> str:
     return str(cf.user.tokens.create(name=f"catalog-{uuid.uuid4().hex[:6]}", policies=policies).value)
 
 
-def _put_parquet(table: Any, rows: pa.Table, name: str) -> str:
-    """Write a data file under the table's location with the credentials the catalog vended."""
+def _vended_s3(table: Any) -> Any:
+    """An S3 client with the credentials the catalog vended with the table."""
     props = table.io.properties
-    s3 = boto3.client(
+    return boto3.client(
         "s3",
         endpoint_url=props["s3.endpoint"],
         aws_access_key_id=props["s3.access-key-id"],
         aws_secret_access_key=props["s3.secret-access-key"],
         region_name="auto",
     )
+
+
+def _put_parquet(table: Any, rows: pa.Table, name: str) -> str:
+    """Write a data file under the table's location with the credentials the catalog vended."""
+    s3 = _vended_s3(table)
     bucket, _, path = table.location().removeprefix("s3://").partition("/")
     buf = io.BytesIO()
     pq.write_table(rows, buf)
@@ -118,14 +123,7 @@ def test_vended_credentials_are_the_tokens_own_and_reach_only_its_bucket(local_r
     namespace = f"ns_{uuid.uuid4().hex[:8]}"
     catalog.create_namespace(namespace)
     table = catalog.create_table(f"{namespace}.t", schema=pa.schema([("id", pa.int64())]))
-    props = table.io.properties
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=props["s3.endpoint"],
-        aws_access_key_id=props["s3.access-key-id"],
-        aws_secret_access_key=props["s3.secret-access-key"],
-        region_name="auto",
-    )
+    s3 = _vended_s3(table)
     local_r2.cf().r2.buckets.create(account_id=local_r2.account_id, name=f"other-{uuid.uuid4().hex[:8]}")
     others = [b.name for b in local_r2.cf().r2.buckets.list(account_id=local_r2.account_id).buckets or []]
     other = next(b for b in others if b and b.startswith("other-"))
