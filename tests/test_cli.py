@@ -27,9 +27,19 @@ def test_help_lists_every_command_in_the_order_a_newcomer_uses_them() -> None:
     r = _ingest("--help")
     assert r.returncode == 0, r.stderr
     listed = re.findall(r"│ (\w+) {2,}", r.stdout)
-    assert listed == ["init", "local", "doctor", "run", "status", "ls", "head", "presign", "token", "cors"], (
-        r.stdout
-    )
+    assert listed == [
+        "init",
+        "local",
+        "doctor",
+        "run",
+        "status",
+        "ls",
+        "head",
+        "tables",
+        "presign",
+        "token",
+        "cors",
+    ], r.stdout
     for group in ("cors", "token"):
         sub = _ingest(group, "--help")
         assert sub.returncode == 0 and "Usage:" in sub.stdout, sub.stderr
