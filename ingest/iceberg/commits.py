@@ -162,8 +162,5 @@ def _reads_as(data: pa.DataType, table: pa.DataType) -> bool:
         return True
     if pa.types.is_large_string(table) and pa.types.is_string(data):
         return True
-    if pa.types.is_large_binary(table) and pa.types.is_binary(data):
-        return True
-    if pa.types.is_nested(data) or pa.types.is_nested(table):
-        return False  # nested: let union_by_name decide (it is a no-op when nothing changes)
-    return False
+    # (nested types that differ: union_by_name decides, and is a no-op when nothing changes)
+    return bool(pa.types.is_large_binary(table) and pa.types.is_binary(data))

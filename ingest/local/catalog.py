@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
 from starlette.requests import Request
@@ -25,10 +25,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ingest.local import policy as pol
+from ingest.local.emulator import ApiError, Emulator, token_status
 from ingest.local.state import token_secret
-
-if TYPE_CHECKING:
-    from ingest.local.emulator import Emulator
 
 TABLE_BUCKET_SUFFIX = pol.TABLE_BUCKET_SUFFIX
 CATALOG_PATH = "/catalog"  # the catalog URI is <api base>/catalog/<account_id>/<bucket>
@@ -73,8 +71,6 @@ class Catalogs:
         }
 
     def _known(self, request: Request) -> str:
-        from ingest.local.emulator import ApiError
-
         bucket = str(request.path_params["bucket"])
         if bucket not in self.state.catalogs:
             raise ApiError(404, 40401, f"R2 Data Catalog is not enabled on bucket {bucket}")
@@ -89,8 +85,6 @@ class Catalogs:
         return self._warehouse(self._known(request))
 
     async def enable(self, request: Request) -> Any:
-        from ingest.local.emulator import ApiError
-
         self.emulator._require_admin(request, write=True)
         bucket = str(request.path_params["bucket"])
         if bucket != self.state.default_bucket:
@@ -165,7 +159,7 @@ class Catalogs:
         if account != self.state.account_id:
             return iceberg_error(404, "NoSuchWarehouseException", f"unknown account {account}")
         tok = self.emulator._presented(request)
-        if tok is None or tok.status != "active" or _expired(tok.expires_on):
+        if tok is None or token_status(tok) != "active":
             return iceberg_error(401, "NotAuthorizedException", "a valid Cloudflare API token is required")
         caps = self.emulator._caps(tok)
         write = request.method in ("POST", "DELETE")
@@ -231,13 +225,6 @@ class Catalogs:
         doc = answer.json()
         self._token = (str(doc["access_token"]), time.monotonic() + float(doc.get("expires_in", 3600)))
         return self._token[0]
-
-
-def _expired(expires_on: str | None) -> bool:
-    from ingest.local.emulator import _parse_time
-
-    at = _parse_time(expires_on)
-    return at is not None and at <= time.time()
 
 
 def _default_maintenance() -> dict[str, Any]:
