@@ -119,11 +119,6 @@ def check_sources(settings: Settings, once: bool) -> bool:
     """Every source setting that can be checked without starting anything (ConfigError, one line):
     run before the local R2 or the spool start, so a config error is said at once. Returns whether
     keys tell tables apart."""
-    if settings.iceberg.enabled:  # said, rather than taken and silently not done
-        raise ConfigError(
-            "iceberg.enabled: `ingest run` does not commit to Iceberg tables yet (docs/iceberg.md says what "
-            "is built: the local catalog, `ingest tables`); set it to false for now"
-        )
     configs = source_configs(settings)
     default = not settings.sources
     per_table = check_tables(settings, configs)
@@ -297,6 +292,8 @@ async def run(settings: Settings, once: bool, say: Console, progress: Console | 
         health.fail("the worker is starting", kind=STARTING)  # until every source takes input
         pipeline = Pipeline(s, client, sources, spool, health)
         stack.callback(pipeline.close)
+        if pipeline.committer is not None:  # a refused token or a missing catalog: exit 2 now
+            await pipeline.committer.start()
         interrupted = False
         drain = anyio.CancelScope()
 

@@ -58,10 +58,6 @@ def test_a_bad_redis_url_in_the_environment_is_one_line_and_exit_2(tmp_path: Pat
     [
         ({"enabled": True}, "iceberg: enabled, but catalog_uri is empty: set it or R2_CATALOG_URI"),
         ({"namespace": "my-ns"}, "iceberg.namespace: 'my-ns' is not an Iceberg identifier"),
-        (
-            {"enabled": True, "catalog_uri": "http://127.0.0.1:9/c", "warehouse": "a_b", "token": "t"},
-            "iceberg.enabled: `ingest run` does not commit to Iceberg tables yet",
-        ),
     ],
 )
 def test_iceberg_settings_are_checked_in_one_line_with_exit_2(

@@ -19,7 +19,9 @@ import time
 #   encoded: objects written to the spool, journal not yet updated
 #   spooled: journal says spooled, upload not started
 #   put: object in R2, journal not yet updated
-#   uploaded: journal says uploaded, source not yet acknowledged
+#   uploaded: journal says uploaded, source not yet acknowledged (Iceberg: not yet committed)
+#   committed: Iceberg snapshot committed, journal not yet updated
+#   commit journaled: journal says committed, source not yet acknowledged
 #   finishing: directory source: claimed file deleted (or moved to done_dir), its .origin sidecar not yet
 #   acked: source file deleted, journal not yet updated
 #   claimed: landing: claim marker created, object not yet copied

@@ -18,10 +18,22 @@ TOKEN_HELP = (
 )
 
 
+class CatalogUnreachable(ConfigError):
+    """Down, overloaded or not answering (a connection error, 5xx, 429): worth waiting for, unlike a
+    refusal."""
+
+
 def connect(config: IcebergConfig, fallback_token: SecretStr | None = None) -> Catalog:
     """The catalog, reached once (GET /v1/config); a refusal is one line naming the setting."""
     from pyiceberg.catalog.rest import RestCatalog
-    from pyiceberg.exceptions import ForbiddenError, RESTError, UnauthorizedError
+    from pyiceberg.exceptions import (
+        ForbiddenError,
+        RESTError,
+        ServerError,
+        ServiceUnavailableError,
+        TooManyRequestsError,
+        UnauthorizedError,
+    )
 
     token = config.token.get_secret_value() or (fallback_token.get_secret_value() if fallback_token else "")
     if not token:
@@ -33,13 +45,15 @@ def connect(config: IcebergConfig, fallback_token: SecretStr | None = None) -> C
         raise ConfigError(f"iceberg.token: the catalog refused it (401); use {TOKEN_HELP}") from None
     except ForbiddenError as exc:
         raise ConfigError(f"iceberg.token: {_said(exc)}; use {TOKEN_HELP}") from None
+    except (ServerError, ServiceUnavailableError, TooManyRequestsError) as exc:
+        raise CatalogUnreachable(f"iceberg.catalog_uri {config.catalog_uri}: {_said(exc)}") from None
     except RESTError as exc:
         raise ConfigError(
             f"iceberg.warehouse {config.warehouse!r} at {config.catalog_uri}: {_said(exc)} (is R2 Data "
             "Catalog enabled on the bucket? `wrangler r2 bucket catalog enable <bucket>`)"
         ) from None
     except OSError as exc:
-        raise ConfigError(f"iceberg.catalog_uri {config.catalog_uri}: not reachable ({exc})") from None
+        raise CatalogUnreachable(f"iceberg.catalog_uri {config.catalog_uri}: not reachable ({exc})") from None
 
 
 def _said(exc: Exception) -> str:

@@ -54,10 +54,7 @@ class Tables:
         wanted = iceberg_schema(schema)
         table = self._tables.get(name)
         if table is None:
-            self.catalog.create_namespace_if_not_exists(self.namespace)
-            table = self.catalog.create_table_if_not_exists(f"{self.namespace}.{name}", schema=wanted)
-            self._partition(table, wanted)
-            self._tables[name] = table
+            table = self._tables[name] = self._load_or_create(f"{self.namespace}.{name}", wanted)
         for attempt in _retrying():
             with attempt:
                 if _covers(table, wanted):
@@ -72,22 +69,29 @@ class Tables:
                     raise
         return table
 
-    def _partition(self, table: Table, schema: pa.Schema) -> None:
-        from pyiceberg.exceptions import CommitFailedException
+    def _load_or_create(self, identifier: str, schema: pa.Schema) -> Table:
+        """The table; a new one is created with its partitioning in one commit (a table someone else
+        made keeps the partitioning it has)."""
+        from pyiceberg.exceptions import NoSuchTableError, TableAlreadyExistsError
         from pyiceberg.transforms import DayTransform
 
-        field = self.partition_by
-        if not field or field not in schema.names or table.spec().fields:
-            return
-        if not (
-            pa.types.is_timestamp(schema.field(field).type) or pa.types.is_date(schema.field(field).type)
-        ):
-            return
         try:
-            with table.update_spec() as spec:
-                spec.add_field(field, DayTransform(), f"{field}_day")
-        except CommitFailedException:  # another worker partitioned it first
-            table.refresh()
+            return self.catalog.load_table(identifier)
+        except NoSuchTableError:
+            pass
+        self.catalog.create_namespace_if_not_exists(self.namespace)
+        field = self.partition_by
+        by_day = field in schema.names and (
+            pa.types.is_timestamp(schema.field(field).type) or pa.types.is_date(schema.field(field).type)
+        )
+        try:
+            with self.catalog.create_table_transaction(identifier, schema=schema) as create:
+                if by_day:
+                    with create.update_spec() as spec:
+                        spec.add_field(field, DayTransform(), f"{field}_day")
+        except TableAlreadyExistsError:  # another worker made it first
+            pass
+        return self.catalog.load_table(identifier)
 
     def committed(self, table: Table) -> set[str]:
         """Batch ids in the table's snapshots."""

@@ -1,10 +1,12 @@
-"""The data path: sources → batcher → encoders (threads) → spool + journal → uploaders → acks.
+"""The data path: sources → batcher → encoders (threads) → spool + journal → uploaders → [Iceberg
+commits] → acks.
 
 Stages are joined by anyio memory streams: bounded up to the spool, so a slow encoder slows intake;
 after the spool, objects wait on disk (bounded by `spool.max_bytes`, which pauses intake), so a store
 outage fills the spool instead of memory. A source unit is acknowledged (its file deleted or moved)
 only after every row read from it is inside an object in R2; the journal makes that hold across
-crashes (see spool.py for recovery).
+crashes (see spool.py for recovery). With Iceberg on, "in R2" means in a committed snapshot of its
+table (commit.py).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from ingest.durable.faults import crash_point
 from ingest.layout import ERRORS_TEMPLATE
 from ingest.logs import get_logger
 from ingest.pipeline.batch import Batch, Batcher
+from ingest.pipeline.commit import Committer
 from ingest.pipeline.encode import Encoder, load_schema_blob, schema_blob
 from ingest.pipeline.journal import Journal, UnitRow
 from ingest.pipeline.keys import KeyAllocator, KeyTemplate
@@ -61,7 +64,11 @@ class Pipeline:
         self.bucket = settings.r2.bucket
         learned = {table: load_schema_blob(blob) for table, blob in self.journal.schemas().items()}
         self.encoder = Encoder(
-            settings.output, spool.dir, spool.dead, {t: s for t, s in learned.items() if s is not None}
+            settings.output,
+            spool.dir,
+            spool.dead,
+            {t: s for t, s in learned.items() if s is not None},
+            iceberg=settings.iceberg.enabled,
         )
         self._journaled_schemas = {table: self.encoder.schema(table) for table in learned}
         prefix = settings.output.prefix
@@ -78,6 +85,11 @@ class Pipeline:
             settings.upload,
             settings.retry,
             self.health,
+        )
+        self.committer = (
+            Committer(settings, self.health, spool.dead, self._list_keys, self._key_exists)
+            if settings.iceberg.enabled
+            else None
         )
         self.once = False
         spool.retry_initial, spool.retry_max = settings.retry.initial, min(settings.retry.max, DISK_RETRY_MAX)
@@ -181,6 +193,8 @@ class Pipeline:
         self.once = once
         if once:  # a cron run must end: retries stop once_max_elapsed after it started
             self.uploader.deadline = time.monotonic() + self.settings.retry.once_max_elapsed
+            if self.committer is not None:
+                self.committer.deadline = self.uploader.deadline
         undecided: set[str] = set()
         for row in await self.spool.durably("recover", self.spool.damaged):
             # A damaged file whose upload may have happened before the crash: the store decides.
@@ -192,13 +206,17 @@ class Pipeline:
                 undecided.add(row.id)
                 continue
             if held and row.key is not None:
-                await self.spool.durably("recover", self.spool.forget_uploaded, row, row.key)
+                commit = self.committer is not None
+                await self.spool.durably("recover", self.spool.forget_uploaded, row, row.key, commit)
             else:
                 await self.spool.durably("recover", self.spool.drop, row)
         recovered = await self.spool.durably("recover", self.spool.recover, undecided)
         self.units.by_id = recovered.units
         if recovered.objects or recovered.units:
             log.info("resuming from the journal", objects=len(recovered.objects), units=len(recovered.units))
+        for obj in recovered.uncommitted:  # in R2; their snapshot may or may not have been committed
+            assert self.committer is not None, "objects to commit, but iceberg.enabled is false"
+            self.committer.add(obj, recovering=True)
         items_send, items_recv = anyio.create_memory_object_stream[Item](ITEM_BUFFER)
         batch_send, batch_recv = anyio.create_memory_object_stream[Batch](1)
         # Objects are on disk; the spool's high-water mark (not this stream) bounds them.
@@ -224,9 +242,9 @@ class Pipeline:
             if resuming:
                 tg.start_soon(self._release, resuming, obj_send.clone())
             obj_send.close()
-            async with obj_recv:
-                for _ in range(self.settings.upload.concurrency):
-                    tg.start_soon(self._upload, obj_recv.clone())
+            if self.committer is not None:
+                tg.start_soon(self.committer.run, self._committed, once)
+            tg.start_soon(self._upload_all, obj_recv)
         await self._record_problems()
         return self.stats
 
@@ -372,6 +390,32 @@ class Pipeline:
             self.health.clear("spool")
             log.info("spool below its low-water mark; intake resumed", used=self.spool.used)
 
+    async def _upload_all(self, objects: MemoryObjectReceiveStream[SpooledObject]) -> None:
+        async with objects, anyio.create_task_group() as tg:
+            for _ in range(self.settings.upload.concurrency):
+                tg.start_soon(self._upload, objects.clone())
+        if self.committer is not None:
+            if self.committer.dead_letters_written:  # rows that did not fit their table, after the seal
+                for obj in await self.spool.durably("seal dead letters", self.spool.seal_dead_letters):
+                    self._spooled(obj)
+                    await self._upload_one(obj)
+            self.committer.uploads_done()
+
+    async def _committed(self, objects: list[SpooledObject]) -> None:
+        """In a committed snapshot of their table: done."""
+        crash_point("committed")
+        ids = [obj.object_id for obj in objects]
+        await self.spool.durably("journal commit", self.journal.committed, ids)
+        crash_point("commit journaled")
+        for obj in objects:
+            self._object_done(obj)
+
+    def _object_done(self, obj: SpooledObject) -> None:
+        if obj.batch is not None:
+            obj.batch.pending_objects -= 1
+            if obj.batch.pending_objects == 0:
+                self.units.batch_done(obj.batch)
+
     async def _upload(self, objects: MemoryObjectReceiveStream[SpooledObject]) -> None:
         async with objects:
             async for obj in objects:
@@ -385,8 +429,19 @@ class Pipeline:
                         await unit.handle.before_upload(key, obj.object_id, rows)
             await self.spool.durably("journal key", self.journal.attempting, obj.object_id, key)
 
+        committing = self.committer is not None and obj.kind == "data"
         try:
-            done = await self.uploader.upload(obj, attempting)
+            allocator = None
+            if self.committer is not None and obj.kind == "data":
+                allocator = await self.committer.place(obj)
+                if allocator is None:  # its rows cannot fit its table: they are dead letters now
+                    await self.spool.durably("journal drop", self.journal.drop_object, obj.object_id)
+                    self._waiting.pop(obj.object_id, None)
+                    self._unspooled(obj)
+                    await anyio.Path(obj.path).unlink(missing_ok=True)
+                    self._object_done(obj)
+                    return
+            done = await self.uploader.upload(obj, attempting, allocator)
         except Exception as exc:
             # Permanent refusal, or retries exhausted: keep the file, say where, stop looking ready.
             metrics.UPLOAD_FAILURES.inc()
@@ -417,16 +472,18 @@ class Pipeline:
                 seconds=round(done.seconds, 3),
                 attempts=done.attempts,
             )
-            await self.spool.durably("journal upload", self.journal.uploaded, obj.object_id, done.key)
+            await self.spool.durably(
+                "journal upload", self.journal.uploaded, obj.object_id, done.key, committing
+            )
             crash_point("uploaded")
             self._waiting.pop(obj.object_id, None)
             self._unspooled(obj)
             self._count_upload(obj, done.key, done.seconds)
             await anyio.Path(obj.path).unlink(missing_ok=True)
-        if obj.batch is not None:
-            obj.batch.pending_objects -= 1
-            if obj.batch.pending_objects == 0:
-                self.units.batch_done(obj.batch)
+            if self.committer is not None and committing:
+                self.committer.add(obj)
+                return
+        self._object_done(obj)
 
     def _count_upload(self, obj: SpooledObject, key: str, seconds: float) -> None:
         self.health.last_upload = time.time()
@@ -443,8 +500,9 @@ class Pipeline:
         metrics.BYTES_UPLOADED.inc(obj.size)
 
     async def _key_exists(self, key: str) -> bool:
+        bucket, name = self.uploader.place(key)
         try:
-            await self.uploader.request(f"head {key}", [0], "head_object", Bucket=self.bucket, Key=key)
+            await self.uploader.request(f"head {key}", [0], "head_object", Bucket=bucket, Key=name)
         except ClientError as exc:
             if status_of(exc)[0] == 404:
                 return False
@@ -452,16 +510,19 @@ class Pipeline:
         return True
 
     async def _list_keys(self, prefix: str, start_after: str) -> list[str]:
+        """Keys under `prefix` (a key of the bucket, or `s3://bucket/…`: then so are the keys)."""
+        bucket, name = self.uploader.place(prefix)
+        whole = prefix[: len(prefix) - len(name)]  # "s3://bucket/" or ""
         keys: list[str] = []
         token: str | None = None
         while True:
-            params: dict[str, str] = {"Bucket": self.bucket, "Prefix": prefix}
+            params: dict[str, str] = {"Bucket": bucket, "Prefix": name}
             if start_after:
-                params["StartAfter"] = start_after
+                params["StartAfter"] = self.uploader.place(start_after)[1]
             if token:
                 params["ContinuationToken"] = token
             page = await self.uploader.request(f"list {prefix}", [0], "list_objects_v2", **params)
-            keys += [o["Key"] for o in page.get("Contents", [])]
+            keys += [whole + o["Key"] for o in page.get("Contents", [])]
             token = page.get("NextContinuationToken")
             if not page.get("IsTruncated") or not token:
                 return keys

@@ -14,7 +14,7 @@ import os
 import threading
 import tomllib
 import uuid
-from datetime import date
+from datetime import UTC, date
 from pathlib import Path
 
 import pyarrow as pa
@@ -26,6 +26,7 @@ from ingest.config import ConfigError, OutputConfig
 from ingest.durable.deadletters import DeadLetter, DeadLetters
 from ingest.durable.faults import disk_full_point
 from ingest.durable.files import fsync_dir, sha256_of
+from ingest.iceberg.schema import iceberg_type
 from ingest.layout import DEFAULT_TABLE
 from ingest.parsing.types import CELLS, MIXED, TEXT_CELLS, family, shown, text_fits, unify, widen
 from ingest.parsing.width import EXTRA, extra_column, set_max_columns
@@ -34,6 +35,7 @@ from ingest.pipeline.spool import SpooledObject
 from ingest.sources.base import Chunk
 
 _CAST_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError)
+INGESTED_AT = "_ingested_at"  # Iceberg tables without output.partition_by: partitioned by its day
 SPELLING = b"ingest.spelling"  # field metadata: the input's name of a field renamed for its case
 
 
@@ -97,8 +99,12 @@ class Encoder:
         spool_dir: Path,
         dead: DeadLetters,
         learned: dict[str, pa.Schema] | None = None,
+        iceberg: bool = False,
     ) -> None:
         self.output = output
+        # Files for Iceberg tables: types every Iceberg reader accepts (values that cannot keep their
+        # value in them are dead letters), and the ingestion time to partition by when no field is.
+        self.iceberg = iceberg
         self.dir = spool_dir / "objects"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.dead = dead
@@ -142,6 +148,8 @@ class Encoder:
             before = self._schemas.get(batch.table)
             learned = self._learn(self._known(batch.table), [table for table, _ in runs])
             learned = pa.schema([_spelled(f, names) for f in learned])
+            if self.iceberg:
+                learned = for_iceberg(learned)
             schema = self._schemas[batch.table] = learned
         try:
             return self._encode(batch, runs, schema)
@@ -237,7 +245,7 @@ class Encoder:
                     for row in failures:
                         bad.setdefault(
                             row,
-                            f"field {f.name!r}: value {shown(original[row].as_py())} of type "
+                            f"field {f.name!r}: value {_value(original[row])} of type "
                             f"{original.type} does not fit the table's "
                             f"type {f.type} (output.schema_file can set another)",
                         )
@@ -300,6 +308,8 @@ class Encoder:
         path = self.dir / f"{object_id}.parquet"
         tmp = path.with_suffix(".tmp")
         compression = None if self.output.compression == "none" else self.output.compression
+        if self.iceberg:
+            table = self._for_table(batch, table)
         try:
             disk_full_point("encode", "file")
             pq.write_table(table, tmp, compression=compression, row_group_size=self.output.row_group_size)
@@ -312,6 +322,24 @@ class Encoder:
             raise
         size = path.stat().st_size
         return SpooledObject(object_id, batch, path, day, table.num_rows, size, digest, table=batch.table)
+
+    def _for_table(self, batch: Batch, table: pa.Table) -> pa.Table:
+        """No column that has only been null so far (the Iceberg table gets a field once a value gives
+        it a type; readers see null where a file lacks it), and `_ingested_at` when nothing else
+        partitions the table."""
+        table = table.drop_columns([f.name for f in table.schema if pa.types.is_null(f.type)])
+        if not self.output.partition_by and INGESTED_AT not in table.column_names:
+            at = pa.scalar(batch.closed_at.astimezone(UTC), pa.timestamp("us", tz="UTC"))
+            table = table.append_column(INGESTED_AT, pa.repeat(at, table.num_rows))
+        return table
+
+
+def for_iceberg(schema: pa.Schema) -> pa.Schema:
+    """`schema` in types every Iceberg reader accepts (null stays null: see `_for_table`)."""
+    return pa.schema(
+        [f if pa.types.is_null(f.type) else f.with_type(iceberg_type(f.type)) for f in schema],
+        metadata=schema.metadata,
+    )
 
 
 def _conform_column(
@@ -389,9 +417,9 @@ def _cast_rowwise(col: pa.ChunkedArray, to: pa.DataType) -> tuple[pa.Array, list
     """Slow path, only for a column that failed to cast: cast value by value, nulls where it fails."""
     values = []
     failed = []
-    for i, v in enumerate(col.to_pylist()):
+    for i, v in enumerate(col):  # Arrow scalars: a value Python cannot hold (nanoseconds) still casts
         try:
-            values.append(pa.array([v]).cast(to)[0].as_py() if v is not None else None)
+            values.append(pa.array([v]).cast(to)[0].as_py() if v.is_valid else None)
         except (*_CAST_ERRORS, OverflowError):
             values.append(None)
             failed.append(i)
@@ -404,6 +432,14 @@ def _cast(values: pa.Array, to: pa.DataType) -> pa.Array:
         return values.cast(to)
     except (*_CAST_ERRORS, OverflowError):
         return _cast_rowwise(pa.chunked_array([values]), to)[0]
+
+
+def _value(scalar: pa.Scalar) -> str:
+    """A value for a dead letter's reason, also one Python cannot hold (a timestamp in nanoseconds)."""
+    try:
+        return shown(scalar.as_py())
+    except (ValueError, OverflowError):
+        return shown(pa.array([scalar]).cast(pa.string())[0].as_py())
 
 
 def _row(table: pa.Table, row: int) -> dict[str, object]:

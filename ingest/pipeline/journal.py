@@ -6,7 +6,7 @@ It records what a crash must not forget:
 - `spans`: which row ranges of which unit each spooled batch holds (kept until the unit is
   acknowledged, so a restart never sends those rows again);
 - `objects`: spooled files not yet known to be in R2, with size, SHA-256, and the key being attempted.
-  A row is deleted once the object is uploaded.
+  A row is deleted once the object is uploaded (with Iceberg on: once its snapshot is committed).
 Every change is one committed transaction, or part of a group committed at once (writes that queued
 up while the previous commit ran: one fsync for all of them). Written from one thread at a time (see
 Spool.durably), read by `ingest status` in other processes.
@@ -67,7 +67,9 @@ class ObjectRow:
     records: int
     size: int
     sha256: str
-    state: str  # "spooled" | "uploading" (a key was attempted; it may already hold the object)
+    # "spooled" | "uploading" (a key was attempted; it may already hold the object) | "uploaded" (in
+    # R2, its Iceberg commit not yet known to be done; its spooled file is gone)
+    state: str
     key: str | None
     created: float
     table: str = DEFAULT_TABLE
@@ -248,16 +250,27 @@ class Journal:
     def attempting(self, object_id: str, key: str) -> None:
         self._tx("attempting", [("UPDATE objects SET state='uploading', key=? WHERE id=?", (key, object_id))])
 
-    def uploaded(self, object_id: str, key: str) -> None:
+    def uploaded(self, object_id: str, key: str, commit: bool = False) -> None:
+        """In R2 at `key`. `commit`: it still has to be committed to its Iceberg table, so its row is
+        kept (state `uploaded`) until `committed`."""
         now = str(time.time())
+        done = (
+            ("UPDATE objects SET state='uploaded', key=? WHERE id=?", (key, object_id))
+            if commit
+            else ("DELETE FROM objects WHERE id = ?", (object_id,))
+        )
         self._tx(
             "uploaded",
             [
-                ("DELETE FROM objects WHERE id = ?", (object_id,)),
+                done,
                 ("INSERT OR REPLACE INTO meta VALUES ('last_upload_at', ?)", (now,)),
                 ("INSERT OR REPLACE INTO meta VALUES ('last_upload_key', ?)", (key,)),
             ],
         )
+
+    def committed(self, object_ids: list[str]) -> None:
+        """In a committed Iceberg snapshot: nothing about these objects is needed any more."""
+        self._tx("committed", [("DELETE FROM objects WHERE id = ?", (i,)) for i in object_ids])
 
     def drop_batch(self, batch_id: str) -> None:
         """Forget a batch whose spooled file is damaged: its rows will be read from the source again."""
@@ -315,7 +328,7 @@ class Journal:
 
     def backlog(self) -> Backlog:
         n, size, oldest = self.db.execute(
-            "SELECT COUNT(*), COALESCE(SUM(size), 0), MIN(created) FROM objects"
+            "SELECT COUNT(*), COALESCE(SUM(size), 0), MIN(created) FROM objects WHERE state != 'uploaded'"
         ).fetchone()
         (units,) = self.db.execute("SELECT COUNT(*) FROM units").fetchone()
         return Backlog(int(n), int(size), oldest, int(units))

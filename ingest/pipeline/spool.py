@@ -108,8 +108,9 @@ class _Call:
 
 @dataclass
 class Recovered:
-    objects: list[SpooledObject] = field(default_factory=list)
+    objects: list[SpooledObject] = field(default_factory=list)  # to upload
     units: dict[str, SourceUnit] = field(default_factory=dict)
+    uncommitted: list[SpooledObject] = field(default_factory=list)  # in R2, not known to be committed
 
 
 class Spool:
@@ -262,6 +263,8 @@ class Spool:
                 stray.unlink(missing_ok=True)
         out = []
         for r in rows:
+            if r.state == "uploaded":  # in R2 already; its file is gone
+                continue
             path = self._path(r)
             if not path.is_file() or path.stat().st_size != r.size or sha256_of(path) != r.sha256:
                 out.append(r)
@@ -282,9 +285,10 @@ class Spool:
                 self._path(r).unlink(missing_ok=True)
         self.journal.drop_batch(damaged.batch_id)
 
-    def forget_uploaded(self, row: ObjectRow, key: str) -> None:
-        """A damaged object that the store turned out to hold already (the crash came after the PUT)."""
-        self.journal.uploaded(row.id, key)
+    def forget_uploaded(self, row: ObjectRow, key: str, commit: bool = False) -> None:
+        """A damaged object that the store turned out to hold already (the crash came after the PUT);
+        `commit`: still to be committed to its Iceberg table (`recover` returns it as uncommitted)."""
+        self.journal.uploaded(row.id, key, commit and row.kind == "data")
         self._path(row).unlink(missing_ok=True)
 
     def recover(self, undecided: set[str] | None = None) -> Recovered:
@@ -328,7 +332,7 @@ class Spool:
                 r.id, batch, self._path(r), date.fromisoformat(r.day), r.records, r.size, r.sha256, r.kind
             )
             obj.key, obj.created, obj.table = r.key, r.created, r.table
-            out.objects.append(obj)
+            (out.uncommitted if r.state == "uploaded" else out.objects).append(obj)
         out.units = units
         return out
 

@@ -3,7 +3,9 @@
 Every request is retried on connection errors, timeouts, 5xx and 429 with exponential backoff and full
 jitter. 412 on our conditional write means the key is taken: if the object there carries our batch id
 it is our own earlier attempt (the answer was lost), otherwise we try the next number.
-Anything else (403 scope, 404 bucket, 400) is permanent: the object stays in the spool.
+Anything else (403 scope, 404 bucket, 400) is permanent: the object stays in the spool. A key is
+relative to the configured bucket, or a whole `s3://bucket/key` (an Iceberg table's location may be in
+another bucket).
 """
 
 from __future__ import annotations
@@ -159,10 +161,21 @@ class Uploader:
 
     # -- objects ----------------------------------------------------------------------------------
 
+    def place(self, key: str) -> tuple[str, str]:
+        """(bucket, key in it) of a key: `s3://bucket/key`, or a key in the configured bucket."""
+        if key.startswith("s3://"):
+            bucket, _, rest = key[len("s3://") :].partition("/")
+            return bucket, rest
+        return self.bucket, key
+
     async def upload(
-        self, obj: SpooledObject, attempting: Callable[[str], Awaitable[None]] | None = None
+        self,
+        obj: SpooledObject,
+        attempting: Callable[[str], Awaitable[None]] | None = None,
+        allocator: KeyAllocator | None = None,
     ) -> Uploaded:
-        """Write `obj` under the first free key of its date; returns the key.
+        """Write `obj` under the first free key of its date (from `allocator`, else the one of its
+        kind); returns the key.
 
         `attempting(key)` is called before anything is sent to a key (the journal records it). An
         object that carries the key of an attempt before a crash is looked for there first.
@@ -170,7 +183,7 @@ class Uploader:
         started = time.monotonic()
         attempts = [0]
         multipart = obj.size > self.config.multipart_threshold
-        allocator = self.allocators[obj.kind]
+        allocator = allocator or self.allocators[obj.kind]
         try:
             if obj.key is not None and await self._is_ours(obj.key, obj.object_id, attempts):
                 return Uploaded(obj.key, attempts[0], time.monotonic() - started)
@@ -183,12 +196,13 @@ class Uploader:
                 obj.key = key
                 try:
                     if body is not None:
+                        bucket, name = self.place(key)
                         await self.request(
                             key,
                             attempts,
                             "put_object",
-                            Bucket=self.bucket,
-                            Key=key,
+                            Bucket=bucket,
+                            Key=name,
                             Body=body,
                             IfNoneMatch="*",
                             ContentType=obj.content_type,
@@ -209,7 +223,7 @@ class Uploader:
         except R2AccessDenied as exc:
             raise PermanentUploadError(str(exc)) from exc
         except ClientError as exc:
-            raise PermanentUploadError(f"s3://{self.bucket}: {describe(exc)}") from exc
+            raise PermanentUploadError(f"s3://{self.place(obj.key or '')[0]}: {describe(exc)}") from exc
 
     async def holds(self, key: str, object_id: str) -> bool:
         """Does `key` hold the object with this batch id (an upload whose answer was lost)?"""
@@ -218,12 +232,13 @@ class Uploader:
         except R2AccessDenied as exc:
             raise PermanentUploadError(str(exc)) from exc
         except ClientError as exc:
-            raise PermanentUploadError(f"s3://{self.bucket}: {describe(exc)}") from exc
+            raise PermanentUploadError(f"s3://{self.place(key)[0]}: {describe(exc)}") from exc
 
     async def _is_ours(self, key: str, object_id: str, attempts: list[int]) -> bool:
         """After a 412: is the object there the one an earlier, lost-answer attempt of ours wrote?"""
+        bucket, name = self.place(key)
         try:
-            head = await self.request(key, attempts, "head_object", Bucket=self.bucket, Key=key)
+            head = await self.request(key, attempts, "head_object", Bucket=bucket, Key=name)
         except ClientError as exc:
             if status_of(exc)[0] == 404:
                 return False
@@ -234,12 +249,13 @@ class Uploader:
         size = obj.size
         part_size = max(self.config.part_size, math.ceil(size / MAX_PARTS))
         count = math.ceil(size / part_size)
+        bucket, name = self.place(key)
         created = await self.request(
             key,
             attempts,
             "create_multipart_upload",
-            Bucket=self.bucket,
-            Key=key,
+            Bucket=bucket,
+            Key=name,
             ContentType=obj.content_type,
             Metadata={BATCH_ID_META: obj.object_id},
         )
@@ -256,8 +272,8 @@ class Uploader:
                         f"{key} part {number}/{count}",
                         attempts,
                         "upload_part",
-                        Bucket=self.bucket,
-                        Key=key,
+                        Bucket=bucket,
+                        Key=name,
                         UploadId=upload_id,
                         PartNumber=number,
                         Body=data,
@@ -283,8 +299,8 @@ class Uploader:
                 key,
                 attempts,
                 "complete_multipart_upload",
-                Bucket=self.bucket,
-                Key=key,
+                Bucket=bucket,
+                Key=name,
                 UploadId=upload_id,
                 MultipartUpload={"Parts": [{"PartNumber": n, "ETag": etags[n]} for n in sorted(etags)]},
                 IfNoneMatch="*",
@@ -293,7 +309,7 @@ class Uploader:
             with anyio.CancelScope(shield=True), anyio.move_on_after(10):
                 try:
                     await self.client.call(
-                        "abort_multipart_upload", Bucket=self.bucket, Key=key, UploadId=upload_id
+                        "abort_multipart_upload", Bucket=bucket, Key=name, UploadId=upload_id
                     )
                 except Exception as exc:  # the upload id expires by itself; say so and move on
                     log.warning("could not abort multipart upload", key=key, error=describe(exc))
