@@ -47,6 +47,29 @@ def iceberg_type(t: pa.DataType) -> pa.DataType:
     return t
 
 
+def widens(old: pa.DataType, new: pa.DataType) -> bool:
+    """Can a table field of type `old` become `new` by Iceberg's schema evolution (int → long,
+    float → double, new optional fields in a struct)? Any other change (long → double, a number to
+    text) it refuses: the values are dead letters instead."""
+    a, b = iceberg_type(old), iceberg_type(new)
+    if pa.types.is_null(old) or a.equals(b) or (a, b) in _PROMOTIONS:
+        return True
+    if pa.types.is_struct(a) and pa.types.is_struct(b):
+        have = {b.field(i).name: b.field(i).type for i in range(b.num_fields)}
+        return all(
+            a.field(i).name in have and widens(a.field(i).type, have[a.field(i).name])
+            for i in range(a.num_fields)
+        )
+    if pa.types.is_list(a) and pa.types.is_list(b):
+        return widens(a.value_type, b.value_type)
+    if pa.types.is_map(a) and pa.types.is_map(b):
+        return a.key_type.equals(b.key_type) and widens(a.item_type, b.item_type)
+    return False
+
+
+_PROMOTIONS = {(pa.int32(), pa.int64()), (pa.float32(), pa.float64())}
+
+
 def _field(f: pa.Field) -> pa.Field:
     return pa.field(f.name, iceberg_type(f.type), nullable=True, metadata=None)
 

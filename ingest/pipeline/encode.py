@@ -26,7 +26,7 @@ from ingest.config import ConfigError, OutputConfig
 from ingest.durable.deadletters import DeadLetter, DeadLetters
 from ingest.durable.faults import disk_full_point
 from ingest.durable.files import fsync_dir, sha256_of
-from ingest.iceberg.schema import iceberg_type
+from ingest.iceberg.schema import iceberg_type, widens
 from ingest.layout import DEFAULT_TABLE
 from ingest.parsing.types import CELLS, MIXED, TEXT_CELLS, family, shown, text_fits, unify, widen
 from ingest.parsing.width import EXTRA, extra_column, set_max_columns
@@ -289,7 +289,11 @@ class Encoder:
             old = fields.get(name)
             if old is None or pa.types.is_null(old.type):
                 fields[name] = pa.field(name, batch_type)
-            elif name not in fixed and (wider := widen(old.type, batch_type)) is not None:
+            elif (
+                name not in fixed
+                and (wider := widen(old.type, batch_type)) is not None
+                and (not self.iceberg or widens(old.type, wider))  # what the table can take
+            ):
                 fields[name] = pa.field(name, wider)
         return pa.schema(list(fields.values()))
 
