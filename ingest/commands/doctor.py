@@ -52,7 +52,20 @@ def explain(exc: Exception, bucket: str) -> str:
 
 
 async def diagnose(settings: Settings) -> list[Check]:
-    return await _r2_checks(settings) + await _source_checks(settings)
+    return await _r2_checks(settings) + await _source_checks(settings) + await _iceberg_checks(settings)
+
+
+async def _iceberg_checks(settings: Settings) -> list[Check]:
+    """With [iceberg] on: the catalog, the token's rights in the namespace, the tables' types."""
+    if not settings.iceberg.enabled:
+        return []
+    import anyio.to_thread
+
+    from ingest.iceberg.checks import check
+    from ingest.pipeline.encode import load_schema
+
+    found = await anyio.to_thread.run_sync(check, settings, load_schema(settings.output.schema_file))
+    return [Check(f.ok, "iceberg", f.detail) for f in found]
 
 
 async def _source_checks(settings: Settings) -> list[Check]:

@@ -294,3 +294,29 @@ def _stored(job: Job, table: Any) -> list[str]:
     s3 = job.r2.token_s3()
     found = s3.list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/data/").get("Contents", [])
     return [o["Key"] for o in found]
+
+
+def test_doctor_checks_the_catalog_the_tokens_rights_and_the_tables_types(job: Job) -> None:
+    from tests.local.test_catalog import CATALOG_READ, _token
+
+    iceberg = _iceberg(job)
+    catalog = job.r2.catalog()
+    catalog.create_namespace(iceberg["namespace"])
+    catalog.create_table(f"{iceberg['namespace']}.default", schema=pa.schema([pa.field("id", pa.int64())]))
+    schema = job.dir / "schema.json"
+    schema.write_text(json.dumps({"id": "string"}))
+    job.configure(iceberg=iceberg, output={"schema_file": str(schema)})
+    r = job.cli("doctor", **_env(job))
+    lines = [ln for ln in r.stdout.splitlines() if "iceberg" in ln]
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert any("catalog at" in ln and "answers" in ln for ln in lines), r.stdout
+    assert any("may make tables and commit" in ln for ln in lines), r.stdout
+    assert any("id is int64 in the table, string in output.schema_file" in ln for ln in lines), r.stdout
+    assert not [t for t in catalog.list_tables(iceberg["namespace"]) if "doctor" in t[-1]], "probe dropped"
+
+    reader = _token(job.r2, CATALOG_READ)
+    schema.write_text(json.dumps({"id": "int64"}))
+    r = job.cli("doctor", **(_env(job) | {"R2_CATALOG_TOKEN": reader}))
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "may not write there" in r.stdout and "Workers R2 Data Catalog Write" in r.stdout, r.stdout
+    assert reader not in r.stdout + r.stderr
