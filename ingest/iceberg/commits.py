@@ -72,7 +72,7 @@ class Tables:
     def _load_or_create(self, identifier: str, schema: pa.Schema) -> Table:
         """The table; a new one is created with its partitioning in one commit (a table someone else
         made keeps the partitioning it has)."""
-        from pyiceberg.exceptions import NoSuchTableError, TableAlreadyExistsError
+        from pyiceberg.exceptions import NoSuchTableError
         from pyiceberg.transforms import DayTransform
 
         try:
@@ -89,8 +89,13 @@ class Tables:
                 if by_day:
                     with create.update_spec() as spec:
                         spec.add_field(field, DayTransform(), f"{field}_day")
-        except TableAlreadyExistsError:  # another worker made it first
-            pass
+        except Exception as exc:
+            # Another worker made it first: TableAlreadyExistsError, or (a catalog that applies the
+            # staged updates to the table that now exists) a duplicate partition field.
+            try:
+                return self.catalog.load_table(identifier)
+            except NoSuchTableError:
+                raise exc from None
         return self.catalog.load_table(identifier)
 
     def committed(self, table: Table) -> set[str]:

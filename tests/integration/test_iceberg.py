@@ -320,3 +320,84 @@ def test_doctor_checks_the_catalog_the_tokens_rights_and_the_tables_types(job: J
     assert r.returncode == 1, r.stdout + r.stderr
     assert "may not write there" in r.stdout and "Workers R2 Data Catalog Write" in r.stdout, r.stdout
     assert reader not in r.stdout + r.stderr
+
+
+def test_two_workers_committing_to_one_table_over_http_lose_and_double_nothing(
+    job: Job, tmp_path: Path
+) -> None:
+    """Two replicas take pushes for one table and commit every 100 ms: their commits race (the
+    catalog's conflict, refresh, retry); every id is in the table once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.integration.conftest import free_port
+
+    iceberg = _iceberg(job, commit_interval="100ms")
+    token = "two-workers-token"
+    workers: list[tuple[Job, int]] = []
+    for n in range(2):
+        own = Job(job.r2, tmp_path / f"w{n}", job.prefix)
+        own.dir.mkdir()
+        port = free_port()
+        own.configure(
+            sources=[{"kind": "http", "token": token}],
+            server={"listen": f"127.0.0.1:{port}"},
+            batch={"max_age": "100ms"},
+            worker={"id": f"replica-{n}"},
+            iceberg=iceberg,
+        )
+        workers.append((own, port))
+    procs = [own.start(**_env(own)) for own, _ in workers]
+    try:
+        for _, port in workers:
+            wait_for(lambda p=port: readyz(p) == 200, 60, "a worker to be ready")
+
+        def post(i: int) -> int:
+            port = workers[i % 2][1]
+            body = "".join(json.dumps({"id": i * 100 + k}) + "\n" for k in range(100))
+            answer = httpx.post(
+                f"http://127.0.0.1:{port}/v1/records",
+                content=body,
+                headers={"Authorization": f"Bearer {token}", "Content-Type": "application/x-ndjson"},
+                timeout=30,
+            )
+            return answer.status_code
+
+        with ThreadPoolExecutor(8) as pool:
+            assert set(pool.map(post, range(60))) == {202}
+        table_name = f"{iceberg['namespace']}.default"
+        late = ""
+        try:
+            wait_for(
+                lambda: _rows_or_zero(job, table_name) >= 6000, 120, "every accepted row to be committed"
+            )
+        except AssertionError as exc:
+            late = f"{exc}: {_rows_or_zero(job, table_name)} rows"
+    finally:
+        errs = []
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            try:
+                errs.append(proc.communicate(timeout=60)[1])
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                errs.append(proc.communicate()[1])
+    assert not late, late + "\n" + "\n".join(err[-6000:] for err in errs)
+    table = job.r2.catalog().load_table(table_name)
+    ids = _scan_ids(table)
+    assert len(ids) == len(set(ids)) and sorted(ids) == list(range(6000))
+    batch_ids = _snapshot_batch_ids(table)
+    assert len(batch_ids) == len(set(batch_ids))
+    committers = {i for i, err in enumerate(errs) if any(e.get("event") == "committed" for e in logs_of(err))}
+    assert committers == {0, 1}, "both workers committed"
+    print(
+        "CONFLICTS",
+        sum(e.get("event") == "iceberg commit conflict; retrying" for err in errs for e in logs_of(err)),
+    )
+
+
+def _rows_or_zero(job: Job, identifier: str) -> int:
+    try:
+        return int(job.r2.catalog().load_table(identifier).scan().to_arrow().num_rows)
+    except Exception:
+        return 0
