@@ -26,6 +26,7 @@ from tests.faultproxy import FaultProxy, Faults
 from tests.integration.conftest import Job, logs_of, readyz, wait_for, write_jsonl
 
 UTC_US = pa.timestamp("us", tz="UTC")
+OUTAGE = 20.0  # seconds the catalog answers 503 under a running worker
 
 
 def _iceberg(job: Job, **extra: Any) -> dict[str, Any]:
@@ -48,6 +49,7 @@ def _records(start: int, n: int) -> list[dict[str, Any]]:
             "id": i,
             "at": f"2026-11-{26 + i % 3:02d}T10:00:00.{i % 1000:03d}Z",
             "name": f"r{i}",
+            "local": f"2026-11-26T08:00:{i % 60:02d}",  # naive: no zone
             "tags": ["a", "b"][: i % 3],
             "where": {"x": i % 7, "y": str(i)},
         }
@@ -108,6 +110,7 @@ def test_run_once_commits_every_row_once_into_a_day_partitioned_table(job: Job, 
     schema = table.schema()
     assert str(schema.find_field("at").field_type) == "timestamptz"
     assert str(schema.find_field("id").field_type) == "long"
+    assert str(schema.find_field("local").field_type) == "timestamp"
     assert [(f.name, str(f.transform)) for f in table.spec().fields] == [("at_day", "day")]
     paths = _data_files(job, table, tmp_path)
     batch_ids = _snapshot_batch_ids(table)
@@ -119,6 +122,7 @@ def test_run_once_commits_every_row_once_into_a_day_partitioned_table(job: Job, 
     rows = {row["id"]: row for row in table.scan(row_filter="id < 3").to_arrow().to_pylist()}
     assert rows[2]["tags"] == ["a", "b"] and rows[2]["where"] == {"x": 2, "y": "2"}
     assert rows[1]["at"].isoformat() == "2026-11-27T10:00:00.001000+00:00"
+    assert rows[1]["local"].isoformat() == "2026-11-26T08:00:01"
 
 
 def test_without_partition_by_the_table_is_partitioned_by_ingestion_day(job: Job) -> None:
@@ -243,7 +247,7 @@ def test_a_crash_around_the_commit_commits_every_row_exactly_once(job: Job, poin
 
 
 def test_a_catalog_outage_holds_commits_and_readiness_then_commits_once(job: Job) -> None:
-    """The catalog answers 503 under a running worker: uploads go on into R2, readiness turns false
+    """The catalog answers 503 for 20 s under a running worker: uploads go on into R2, readiness turns false
     with the reason, the input stays unacknowledged; when it answers again, everything is committed
     once and the input acknowledged."""
     from tests.integration.conftest import free_port
@@ -265,6 +269,7 @@ def test_a_catalog_outage_holds_commits_and_readiness_then_commits_once(job: Job
             wait_for(lambda: not list(job.inbox.rglob("*a.jsonl")), 60, "the first file to be committed")
             table = _table(job, iceberg["namespace"])
             proxy.faults.unavailable = 1.0
+            outage = time.monotonic()
             write_jsonl(job.inbox / "b.jsonl", [{"id": 100 + i} for i in range(200)])
             wait_for(lambda: len(_stored(job, table)) == 2, 60, "the second object to be uploaded")
             wait_for(lambda: readyz(port) == 503, 60, "readiness to fail")
@@ -272,6 +277,7 @@ def test_a_catalog_outage_holds_commits_and_readiness_then_commits_once(job: Job
             assert "Iceberg catalog" in reason, reason
             assert list(job.inbox.rglob("*b.jsonl")), "acknowledged before its commit"
             assert sorted(_scan_ids(table)) == list(range(100))
+            time.sleep(max(0.0, OUTAGE - (time.monotonic() - outage)))  # the whole outage
             proxy.faults.unavailable = 0.0
             wait_for(lambda: not list(job.inbox.rglob("*b.jsonl")), 60, "the input to be acknowledged")
             wait_for(lambda: readyz(port) == 200, 30, "readiness to come back")
@@ -401,3 +407,55 @@ def _rows_or_zero(job: Job, identifier: str) -> int:
         return int(job.r2.catalog().load_table(identifier).scan().to_arrow().num_rows)
     except Exception:
         return 0
+
+
+SEEDS = [pytest.param(1), *(pytest.param(n, marks=pytest.mark.slow) for n in range(2, 7))]
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_sigkill_at_random_moments_commits_every_row_exactly_once(job: Job, seed: int) -> None:
+    """Two runs killed after random delays (seeded: the schedule is in the failure), then a run to the
+    end: every row once in the table, no batch id in two snapshots, every file added once."""
+    import random
+
+    rng = random.Random(seed)
+    iceberg = _iceberg(job)
+    job.configure(iceberg=iceberg, batch={"max_records": 2000}, upload={"concurrency": 4})
+    for f in range(10):
+        write_jsonl(job.inbox / f"part-{f}.jsonl", _records(f * 2000, 2000))
+    schedule = []
+    for _ in range(2):
+        delay = rng.uniform(0.5, 4.0)
+        proc = job.start("--once", **_env(job))
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=60)
+        schedule.append(f"killed after {delay:.2f}s (exit {proc.returncode})")
+    last = job.run_once(**_env(job))
+    assert last.returncode == 0, f"{schedule}\n{last.stderr}"
+    assert not list(job.inbox.rglob("*.jsonl")), schedule
+    table = _table(job, iceberg["namespace"])
+    ids = _scan_ids(table)
+    assert len(ids) == len(set(ids)), f"{len(ids) - len(set(ids))} rows twice; {schedule}"
+    assert sorted(ids) == list(range(20_000)), schedule
+    batch_ids = _snapshot_batch_ids(table)
+    assert len(batch_ids) == len(set(batch_ids)), schedule
+    files = table.inspect.files().column("file_path").to_pylist()
+    assert len(files) == len(set(files)), schedule
+
+
+@pytest.mark.slow
+def test_a_million_records_scan_back_exactly_from_dated_keys_under_the_table(
+    job: Job, tmp_path: Path
+) -> None:
+    """`bash scripts/test -m slow tests/integration/test_iceberg.py`"""
+    iceberg = _iceberg(job)
+    job.configure(iceberg=iceberg, output={"partition_by": "at"})
+    for f in range(10):
+        write_jsonl(job.inbox / f"big-{f}.jsonl", _records(f * 100_000, 100_000))
+    r = job.run_once(timeout=900, **_env(job))
+    assert r.returncode == 0, r.stderr[-5000:]
+    table = _table(job, iceberg["namespace"])
+    ids = _scan_ids(table)
+    assert len(ids) == 1_000_000 and sorted(ids) == list(range(1_000_000))
+    _data_files(job, table, tmp_path)  # dated ingested_NNNN keys under the location, DuckDB and polars
