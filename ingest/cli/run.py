@@ -92,7 +92,14 @@ def run(
         markup=False,
         highlight=False,
     )
-    if once and out.is_terminal and st.first_key:  # where it went, and how to look at it
+    if st.committed_tables:
+        tables = ", ".join(sorted(st.committed_tables))
+        out.print(
+            f"committed {count(st.records_committed, 'record')} to Iceberg {tables}: ingest tables",
+            markup=False,
+            highlight=False,
+        )
+    elif once and out.is_terminal and st.first_key:  # where it went, and how to look at it
         where = st.first_key.rpartition("/")[0]
         for line in (
             f"objects in s3://{result.bucket}/{where}/ — list them: ingest ls --prefix {where}/",

@@ -67,6 +67,8 @@ class Stats:
     objects_uploaded: int = 0
     bytes_uploaded: int = 0
     first_key: str = ""  # the first data object uploaded in this run (for "look at it" hints)
+    records_committed: int = 0  # in committed Iceberg snapshots
+    committed_tables: set[str] = field(default_factory=set)
     dead_letter_keys: list[str] = field(default_factory=list)
     failed_objects: list[SpooledObject] = field(default_factory=list)
 

@@ -408,6 +408,9 @@ class Pipeline:
         await self.spool.durably("journal commit", self.journal.committed, ids)
         crash_point("commit journaled")
         for obj in objects:
+            self.stats.records_committed += obj.records
+            if self.committer is not None:
+                self.stats.committed_tables.add(self.committer.qualified(obj))
             self._object_done(obj)
 
     def _object_done(self, obj: SpooledObject) -> None:

@@ -107,6 +107,9 @@ class Committer:
     def table_of(self, obj: SpooledObject) -> str:
         return self.config.table or iceberg_name(obj.table)
 
+    def qualified(self, obj: SpooledObject) -> str:
+        return f"{self.config.namespace}.{self.table_of(obj)}"
+
     async def place(self, obj: SpooledObject) -> KeyAllocator | None:
         """Where `obj` goes: its table made or evolved to take its schema, the allocator of keys under
         the table's location. None: its rows cannot fit the table; they are dead letters now."""

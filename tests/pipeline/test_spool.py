@@ -106,3 +106,32 @@ async def test_writes_that_queue_up_are_committed_together_in_order(tmp_path: Pa
     assert {u.id for u in spool.journal.units()} == {f"file:{i}" for i in range(300)}
     assert 1 <= len(transactions) <= 30, len(transactions)  # not 300
     spool.close()
+
+
+def test_an_object_uploaded_but_not_yet_committed_comes_back_as_uncommitted_with_its_key(
+    tmp_path: Path,
+) -> None:
+    """Iceberg: `uploaded` keeps the object's row (its spooled file gone), `recover` returns it to be
+    committed, not uploaded, and its unit still waits for it; `committed` forgets it."""
+    spool = Spool(tmp_path, "w", 10**9)
+    source = tmp_path / "a.jsonl"
+    source.write_text("x")
+    j = spool.journal
+    j.add_unit("file:a", "a.jsonl", "1:1:1", str(source))
+    j.unit_read("file:a", 10, "1:1:1")
+    obj = _spool_object(spool, "o1", "b1", b"parquet")
+    j.spooled("b1", [("file:a", 0, 10)], [obj.row()])
+    key = "s3://ingest-catalog/ns/t/data/2026/11/23/ingested_0001.parquet"
+    j.uploaded("o1", key, commit=True)
+    obj.path.unlink()
+
+    assert spool.damaged() == []  # its file is gone on purpose
+    assert j.backlog().objects == 0  # nothing waits for an upload
+    rec = spool.recover()
+    assert rec.objects == []
+    (again,) = rec.uncommitted
+    assert again.object_id == "o1" and again.key == key and again.batch is not None
+    assert rec.units["file:a"].pending_batches == 1  # acknowledged only after the commit
+    j.committed(["o1"])
+    assert spool.recover().uncommitted == []
+    spool.close()
