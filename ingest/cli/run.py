@@ -95,7 +95,9 @@ def run(
     if st.committed_tables:
         tables = ", ".join(sorted(st.committed_tables))
         out.print(
-            f"committed {count(st.records_committed, 'record')} to Iceberg {tables}: ingest tables",
+            f"committed {count(st.records_committed, 'record')} to Iceberg {tables} in "
+            f"{count(st.snapshots, 'snapshot')} ({count(st.catalog_requests, 'catalog request')}): "
+            "ingest tables",
             markup=False,
             highlight=False,
         )

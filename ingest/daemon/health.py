@@ -69,6 +69,8 @@ class Stats:
     first_key: str = ""  # the first data object uploaded in this run (for "look at it" hints)
     records_committed: int = 0  # in committed Iceberg snapshots
     committed_tables: set[str] = field(default_factory=set)
+    snapshots: int = 0
+    catalog_requests: int = 0
     dead_letter_keys: list[str] = field(default_factory=list)
     failed_objects: list[SpooledObject] = field(default_factory=list)
 

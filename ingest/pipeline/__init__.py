@@ -18,7 +18,6 @@ import anyio
 import anyio.to_thread
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
-from botocore.exceptions import ClientError
 
 from ingest import metrics
 from ingest.config import Settings
@@ -30,12 +29,12 @@ from ingest.pipeline.batch import Batch, Batcher
 from ingest.pipeline.commit import Committer
 from ingest.pipeline.encode import Encoder, load_schema_blob, schema_blob
 from ingest.pipeline.journal import Journal, UnitRow
-from ingest.pipeline.keys import KeyAllocator, KeyTemplate
+from ingest.pipeline.keys import KeyTemplate
 from ingest.pipeline.spool import Spool, SpooledObject, SpoolError
 from ingest.pipeline.units import UnitBook
 from ingest.pipeline.upload import Uploader
 from ingest.r2.client import R2Client
-from ingest.r2.errors import describe, status_of
+from ingest.r2.errors import describe
 from ingest.sources.base import UNREPEATABLE, Item, RequestRow, Source, SourceUnit, UnitHandle
 
 log = get_logger("ingest.pipeline")
@@ -76,18 +75,13 @@ class Pipeline:
         self.uploader = Uploader(
             client,
             self.bucket,
-            {
-                "data": KeyAllocator(self.template, self._list_keys, self._key_exists),
-                "deadletters": KeyAllocator(
-                    KeyTemplate(ERRORS_TEMPLATE, prefix), self._list_keys, self._key_exists
-                ),
-            },
+            {"data": self.template, "deadletters": KeyTemplate(ERRORS_TEMPLATE, prefix)},
             settings.upload,
             settings.retry,
             self.health,
         )
         self.committer = (
-            Committer(settings, self.health, spool.dead, self._list_keys, self._key_exists)
+            Committer(settings, self.health, spool.dead, self.uploader.list_keys, self.uploader.exists)
             if settings.iceberg.enabled
             else None
         )
@@ -245,6 +239,11 @@ class Pipeline:
             if self.committer is not None:
                 tg.start_soon(self.committer.run, self._committed, once)
             tg.start_soon(self._upload_all, obj_recv)
+        if self.committer is not None:
+            self.stats.snapshots, self.stats.catalog_requests = (
+                self.committer.snapshots,
+                self.committer.requests,
+            )
         await self._record_problems()
         return self.stats
 
@@ -501,34 +500,6 @@ class Pipeline:
         metrics.RECORDS_UPLOADED.inc(obj.records)
         metrics.OBJECTS_UPLOADED.inc()
         metrics.BYTES_UPLOADED.inc(obj.size)
-
-    async def _key_exists(self, key: str) -> bool:
-        bucket, name = self.uploader.place(key)
-        try:
-            await self.uploader.request(f"head {key}", [0], "head_object", Bucket=bucket, Key=name)
-        except ClientError as exc:
-            if status_of(exc)[0] == 404:
-                return False
-            raise
-        return True
-
-    async def _list_keys(self, prefix: str, start_after: str) -> list[str]:
-        """Keys under `prefix` (a key of the bucket, or `s3://bucket/…`: then so are the keys)."""
-        bucket, name = self.uploader.place(prefix)
-        whole = prefix[: len(prefix) - len(name)]  # "s3://bucket/" or ""
-        keys: list[str] = []
-        token: str | None = None
-        while True:
-            params: dict[str, str] = {"Bucket": bucket, "Prefix": name}
-            if start_after:
-                params["StartAfter"] = self.uploader.place(start_after)[1]
-            if token:
-                params["ContinuationToken"] = token
-            page = await self.uploader.request(f"list {prefix}", [0], "list_objects_v2", **params)
-            keys += [whole + o["Key"] for o in page.get("Contents", [])]
-            token = page.get("NextContinuationToken")
-            if not page.get("IsTruncated") or not token:
-                return keys
 
 
 async def _nothing_to_do() -> bool:

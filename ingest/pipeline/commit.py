@@ -88,6 +88,8 @@ class Committer:
         self._uploads_done = False
         self._failing_since: float | None = None
         self.dead_letters_written = False  # rows that could not fit their table (seal them)
+        self.snapshots = 0  # committed by this run
+        self.requests = 0  # HTTP requests to the catalog (cost: what R2 Data Catalog bills and limits)
 
     # -- start ----------------------------------------------------------------------------------------
 
@@ -100,7 +102,16 @@ class Committer:
             log.warning("the Iceberg catalog is not reachable; commits wait for it", error=str(exc))
 
     def _connect(self) -> Tables:
-        return Tables(connect(self.config, self._token), self.config.namespace, self.partition_by)
+        catalog = connect(self.config, self._token)
+        session = getattr(catalog, "_session", None)  # pyiceberg's requests.Session: count requests
+        if session is not None:
+            session.hooks["response"].append(self._counted)
+        self.requests += 1  # the GET /v1/config of connect
+        return Tables(catalog, self.config.namespace, self.partition_by)
+
+    def _counted(self, response: Any, *args: Any, **kwargs: Any) -> Any:
+        self.requests += 1
+        return response
 
     # -- placing objects ----------------------------------------------------------------------------
 
@@ -203,6 +214,7 @@ class Committer:
             return self._ready().commit(name, files, recovering)
 
         added = await self._catalog(f"commit {name}", commit)
+        self.snapshots += 1 if added else 0
         log.info(
             "committed",
             table=f"{self.config.namespace}.{name}",

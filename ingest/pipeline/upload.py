@@ -34,7 +34,7 @@ from tenacity.stop import stop_base
 from ingest import metrics
 from ingest.config import RetryConfig, UploadConfig
 from ingest.logs import get_logger
-from ingest.pipeline.keys import KeyAllocator
+from ingest.pipeline.keys import KeyAllocator, KeyTemplate
 from ingest.pipeline.spool import SpooledObject
 from ingest.r2.client import R2AccessDenied, R2Client
 from ingest.r2.errors import CLOCK_SKEW, describe, is_conflict, is_retryable, status_of
@@ -88,7 +88,7 @@ class Uploader:
         self,
         client: R2Client,
         bucket: str,
-        allocators: dict[str, KeyAllocator],  # by object kind: data, deadletters
+        templates: dict[str, KeyTemplate],  # by object kind: data, deadletters
         upload: UploadConfig,
         retry: RetryConfig,
         health: RequestHealth | None = None,
@@ -98,7 +98,7 @@ class Uploader:
         self._skew_said = False  # the clock warning is given once
         self.client = client
         self.bucket = bucket
-        self.allocators = allocators
+        self.allocators = {k: KeyAllocator(t, self.list_keys, self.exists) for k, t in templates.items()}
         self.config = upload
         self.retry_config = retry
         self.requests = anyio.CapacityLimiter(upload.concurrency)
@@ -158,6 +158,36 @@ class Uploader:
 
     async def request(self, what: str, counter: list[int], op: str, **params: Any) -> dict[str, Any]:
         return await self._retrying(what, lambda: self.client.call(op, **params), counter)
+
+    # -- keys ------------------------------------------------------------------------------------
+
+    async def exists(self, key: str) -> bool:
+        bucket, name = self.place(key)
+        try:
+            await self.request(f"head {key}", [0], "head_object", Bucket=bucket, Key=name)
+        except ClientError as exc:
+            if status_of(exc)[0] == 404:
+                return False
+            raise
+        return True
+
+    async def list_keys(self, prefix: str, start_after: str) -> list[str]:
+        """Keys under `prefix` (a key of the bucket, or `s3://bucket/…`: then so are the keys)."""
+        bucket, name = self.place(prefix)
+        whole = prefix[: len(prefix) - len(name)]  # "s3://bucket/" or ""
+        keys: list[str] = []
+        token: str | None = None
+        while True:
+            params: dict[str, str] = {"Bucket": bucket, "Prefix": name}
+            if start_after:
+                params["StartAfter"] = self.place(start_after)[1]
+            if token:
+                params["ContinuationToken"] = token
+            page = await self.request(f"list {prefix}", [0], "list_objects_v2", **params)
+            keys += [whole + o["Key"] for o in page.get("Contents", [])]
+            token = page.get("NextContinuationToken")
+            if not page.get("IsTruncated") or not token:
+                return keys
 
     # -- objects ----------------------------------------------------------------------------------
 

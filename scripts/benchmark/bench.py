@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -31,6 +32,7 @@ from bench_files import (
     generate,
     limit,
     rows_in_r2,
+    rows_in_table,
     rss_bound_mib,
     run_once,
     small_loop,
@@ -65,9 +67,23 @@ def big_files(
         assert rows_in_r2(work, work / f"{name}.toml", worker_env(env)) == records, "rows in R2 differ"
         return done
 
-    # Best of 2, as the yardsticks. The peak RSS of the input is the highest of both runs: a run of
-    # five batches may or may not meet the moment that holds the most (see README "Performance").
-    e2e_runs = [e2e_run() for _ in range(2)]
+    def iceberg_run() -> tuple[Cost, tuple[float, int, str]]:
+        name = f"iceberg-{next(runs)}"
+        copy_inbox(inbox, work / name, 1)
+        done = costed(lambda: run_once(work, env, work / name, name, iceberg=True), store)
+        assert rows_in_table(env, name) == records, "rows in the Iceberg table differ"
+        return done
+
+    # Best of 2, as the yardsticks, alternating with [iceberg] on (same files, same store). The peak
+    # RSS of the input is the highest of both runs: a run of five batches may or may not meet the
+    # moment that holds the most (see README "Performance").
+    e2e_runs, iceberg_runs = [], []
+    for _ in range(2):
+        e2e_runs.append(e2e_run())
+        iceberg_runs.append(iceberg_run())
+    ice, (_, _, ice_summary) = min(iceberg_runs, key=lambda run: run[0].wall)
+    commits = re.search(r"in ([\d,]+) snapshots? \(([\d,]+) catalog requests?\)", ice_summary)
+    snapshots, requests = (int(g.replace(",", "")) for g in commits.groups()) if commits else (0, 0)
     e2e, (_, _, summary) = min(e2e_runs, key=lambda run: run[0].wall)
     rss1 = max(rss for _, (_, rss, _) in e2e_runs)
     copy_inbox(inbox, work / "big-5x", 5)
@@ -84,6 +100,11 @@ def big_files(
         "e2e_5x_records_per_s": round(5 * records / e2e5),
         "e2e_vs_limit_a": round(limit_a.wall / e2e.wall, 3),
         "e2e_vs_limit_ab": round(limit_ab.wall / e2e.wall, 3),
+        "iceberg_records_per_s": round(records / ice.wall),
+        "iceberg_vs_e2e": round(e2e.wall / ice.wall, 3),
+        "iceberg_snapshots_per_million": round(snapshots * 1e6 / records, 1),
+        "iceberg_catalog_requests_per_million": round(requests * 1e6 / records, 1),
+        **ice.as_dict("iceberg"),
         **limit_a.as_dict("limit_a"),
         **limit_ab.as_dict("limit_ab"),
         **e2e.as_dict("e2e"),
@@ -175,6 +196,13 @@ def table(result: dict[str, Any]) -> str:
             f"{big['e2e_5x_records_per_s']:,} rec/s",
             f"{big['rss_5x_mib']} MiB",
         ),
+        ("  ingest run --once, [iceberg] on", f"{big['iceberg_records_per_s']:,} rec/s", cpu("iceberg")),
+        (
+            "  snapshots, catalog requests / 1M",
+            f"{big['iceberg_snapshots_per_million']:g}, {big['iceberg_catalog_requests_per_million']:g}",
+            "",
+        ),
+        ("  iceberg / e2e", f"{big['iceberg_vs_e2e']:.2f}", ""),
         ("  e2e / limit AB", f"{big['e2e_vs_limit_ab']:.2f}", ""),
         ("  e2e / limit A", f"{big['e2e_vs_limit_a']:.2f}", ""),
         ("  peak RSS 5× / 1×", f"{big['rss_5x_vs_1x']:.2f}", f"bound {big['rss_bound_mib']} MiB"),

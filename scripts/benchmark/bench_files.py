@@ -74,6 +74,16 @@ def rows_in_r2(work: Path, config: Path, env: dict[str, str]) -> int:
     return sum(o["rows"] or 0 for o in json.loads(listed.stdout))
 
 
+def rows_in_table(env: dict[str, str], name: str) -> int:
+    """Rows of the Iceberg table `bench.<name>`, scanned through the local R2's catalog."""
+    from pyiceberg.catalog.rest import RestCatalog
+
+    catalog = RestCatalog(
+        "r2", uri=env["R2_CATALOG_URI"], warehouse=env["R2_WAREHOUSE"], token=env["R2_CATALOG_TOKEN"]
+    )
+    return int(catalog.load_table(f"bench.{name.replace('-', '_')}").scan().to_arrow().num_rows)
+
+
 def worker_env(local: dict[str, str]) -> dict[str, str]:
     """This environment without R2 or Cloudflare settings, plus the local R2's keys."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("R2_", "CLOUDFLARE_"))}
@@ -99,13 +109,17 @@ def start_local_r2(work: Path) -> tuple[subprocess.Popen[bytes], dict[str, str]]
     return proc, env
 
 
-def run_once(work: Path, env: dict[str, str], inbox: Path, name: str) -> tuple[float, int, str]:
-    """`ingest run --once` on `inbox` with the defaults (durability on), as its own process."""
+def run_once(
+    work: Path, env: dict[str, str], inbox: Path, name: str, iceberg: bool = False
+) -> tuple[float, int, str]:
+    """`ingest run --once` on `inbox` with the defaults (durability on), as its own process;
+    `iceberg`: also committed to the local catalog's table `bench.<name>` (see rows_in_table)."""
     config = work / f"{name}.toml"
+    table = f'[iceberg]\nenabled = true\nnamespace = "bench"\ntable = "{name.replace("-", "_")}"\n'
     config.write_text(
         f'[[sources]]\nkind = "directory"\npath = "{inbox}"\n'
         f'[spool]\ndir = "{work / ("spool-" + name)}"\n[output]\nprefix = "{name}/"\n'
-        '[log]\nformat = "json"\nlevel = "warning"\n'
+        '[log]\nformat = "json"\nlevel = "warning"\n' + (table if iceberg else "")
     )
     argv = [sys.executable, "-m", "ingest", "--config", str(config), "run", "--once"]
     seconds, rss, out = timed(argv, worker_env(env), work)

@@ -103,7 +103,7 @@ def test_run_once_commits_every_row_once_into_a_day_partitioned_table(job: Job, 
     r = job.run_once(**_env(job))
     assert r.returncode == 0, r.stderr
     assert not list(job.inbox.rglob("*.jsonl")), "input acknowledged"
-    assert f"committed 4,500 records to Iceberg {iceberg['namespace']}.default" in r.stdout, r.stdout
+    assert f"committed 4,500 records to Iceberg {iceberg['namespace']}.default in 1 snapshot (" in r.stdout
 
     table = _table(job, iceberg["namespace"])
     ids = _scan_ids(table)

@@ -34,6 +34,9 @@ def test_bench_runs_every_scenario_on_a_tiny_input() -> None:
         assert big[name] > 0, name
     assert big["e2e_vs_limit_ab"] > 0 and big["e2e_vs_limit_a"] > 0
     assert big["rss_within_bound"], big
+    # [iceberg] on: every row scanned back through the catalog (the bench checks), its cost counted.
+    assert big["iceberg_records_per_s"] > 0 and big["iceberg_vs_e2e"] > 0, big
+    assert big["iceberg_snapshots_per_million"] > 0 and big["iceberg_catalog_requests_per_million"] > 0, big
     assert len(big["rss_1x_runs_mib"]) == 2 and big["rss_1x_mib"] == max(big["rss_1x_runs_mib"]), big
     # CPU accounting: the worker's and the pool's CPU are seen, and no run used more CPU than its
     # wall time on every core (a double count or a missed process would break one or the other).
