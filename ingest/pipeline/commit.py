@@ -98,8 +98,24 @@ class Committer:
         catalog that is only unreachable now is retried when the first table is needed."""
         try:
             self._tables = await anyio.to_thread.run_sync(self._connect)
+            await anyio.to_thread.run_sync(self._namespace)
         except CatalogUnreachable as exc:
             log.warning("the Iceberg catalog is not reachable; commits wait for it", error=str(exc))
+
+    def _namespace(self) -> None:
+        """The namespace exists (made now if new): a token that may not write there is refused now."""
+        from pyiceberg.exceptions import ForbiddenError, RESTError
+
+        assert self._tables is not None
+        namespace = self.config.namespace
+        try:
+            self._tables.catalog.create_namespace_if_not_exists(namespace)
+        except ForbiddenError as exc:
+            raise ConfigError(
+                f"iceberg.namespace {namespace}: the token may not write there ({exc})"
+            ) from None
+        except (RESTError, OSError) as exc:
+            raise CatalogUnreachable(f"iceberg.namespace {namespace}: {type(exc).__name__}: {exc}") from None
 
     def _connect(self) -> Tables:
         catalog = connect(self.config, self._token)

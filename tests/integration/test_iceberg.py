@@ -223,6 +223,21 @@ def test_a_refused_catalog_token_is_one_line_and_exit_2(job: Job) -> None:
     assert list(job.inbox.rglob("*.jsonl")), "nothing taken"
 
 
+def test_a_read_only_catalog_token_is_refused_at_start_naming_the_namespace(job: Job) -> None:
+    from tests.local.test_catalog import CATALOG_READ, _token
+
+    iceberg = _iceberg(job)
+    job.configure(iceberg=iceberg)
+    write_jsonl(job.inbox / "a.jsonl", [{"id": 1}])
+    reader = _token(job.r2, CATALOG_READ)
+    r = job.run_once(**(_env(job) | {"R2_CATALOG_TOKEN": reader}))
+    assert r.returncode == 2, r.stderr
+    (line,) = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert f"iceberg.namespace {iceberg['namespace']}: the token may not write there" in line, line
+    assert "Workers R2 Data Catalog Write" in line and reader not in r.stderr
+    assert list(job.inbox.rglob("*.jsonl")) and not job.keys(), "nothing taken, nothing written"
+
+
 CRASHES = [("put", 2), ("uploaded", 2), ("committed", 1), ("commit journaled", 1), ("acked", 2)]
 
 
