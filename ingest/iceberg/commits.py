@@ -98,6 +98,15 @@ class Tables:
                 raise exc from None
         return self.catalog.load_table(identifier)
 
+    def names(self) -> list[str]:
+        """The namespace's tables."""
+        return [ident[-1] for ident in self.catalog.list_tables(self.namespace)]
+
+    def location(self, name: str) -> str:
+        table = self._tables.get(name) or self.catalog.load_table(f"{self.namespace}.{name}")
+        self._tables[name] = table
+        return str(table.location())
+
     def committed(self, table: Table) -> set[str]:
         """Batch ids in the table's snapshots."""
         out: set[str] = set()

@@ -139,7 +139,13 @@ class Pipeline:
         return self.spool.room()
 
     async def in_r2(self, key: str, object_id: str) -> bool:
-        return await self.uploader.holds(key, object_id)
+        """Whether `key` holds the object (another worker's, found through a source's ledger). With
+        Iceberg on it counts only once committed: that worker may have died before its commit, so
+        the object is committed here (a no-op when its batch id is in the table already)."""
+        held = await self.uploader.holds(key, object_id)
+        if held and self.committer is not None and key.startswith("s3://"):
+            await self.committer.commit_found(key, object_id)
+        return held
 
     def intake_blocked(self) -> str | None:
         if self.spool.paused:

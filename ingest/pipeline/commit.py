@@ -240,6 +240,23 @@ class Committer:
             seconds=round(time.monotonic() - started, 3),
         )
 
+    async def commit_found(self, path: str, object_id: str) -> None:
+        """An object another worker uploaded (a source's ledger says so) that may be in no snapshot:
+        committed to the table whose location holds it, unless its batch id or path is there."""
+
+        def commit() -> list[DataFile]:
+            tables = self._ready()
+            for name in tables.names():
+                if path.startswith(tables.location(name).rstrip("/") + "/data/"):
+                    return tables.commit(name, [DataFile(path, object_id)], recovering=True)
+            log.warning("an object found in R2 is under no table's location; not committed", key=path)
+            return []
+
+        added = await self._catalog("commit a found object", commit)
+        if added:
+            self.snapshots += 1
+            log.info("committed an object another worker uploaded", key=path, batch=object_id)
+
     # -- the catalog ----------------------------------------------------------------------------------
 
     def _ready(self) -> Tables:

@@ -475,3 +475,29 @@ def test_a_million_records_scan_back_exactly_from_dated_keys_under_the_table(
     ids = _scan_ids(table)
     assert len(ids) == 1_000_000 and sorted(ids) == list(range(1_000_000))
     _data_files(job, table, tmp_path)  # dated ingested_NNNN keys under the location, DuckDB and polars
+
+
+def test_a_dead_workers_uploaded_but_uncommitted_redis_entries_are_committed_by_the_heir(
+    job: Job, redis_server: Any
+) -> None:
+    """SIGKILL after the upload, before the commit, never restarted: the heir finds the object through
+    the ledger, commits it (it was in no snapshot) and acks; every entry is in the table once."""
+    from tests.integration.test_redis import STREAM, configure, group_state, load, run_worker, stop
+
+    redis = redis_server.client()
+    load(redis, 0, 20_000)
+    iceberg = _iceberg(job)
+    configure(job, redis_server, read_count=2000)
+    job.configure(**{**job.config, "iceberg": iceberg})
+    dead = run_worker(job, "doomed", "--once", INGEST_CRASH_AT="uploaded", **_env(job))
+    dead.communicate(timeout=120)
+    assert dead.returncode == -signal.SIGKILL, "uploaded was never reached"
+    heir = run_worker(job, "heir", **_env(job))
+    try:
+        wait_for(lambda: group_state(redis, STREAM) == {"pending": 0, "lag": 0}, 120, "the heir to take over")
+    finally:
+        err = stop(heir)
+    assert "committed an object another worker uploaded" in err, err[-3000:]
+    ids = _scan_ids(_table(job, iceberg["namespace"]))
+    assert len(ids) == len(set(ids)), f"{len(ids) - len(set(ids))} rows twice"
+    assert sorted(ids) == list(range(20_000))
