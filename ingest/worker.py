@@ -257,6 +257,11 @@ async def run(settings: Settings, once: bool, say: Console, progress: Console | 
     """Run the worker; `progress`: a terminal's console to show a progress bar on (log lines then go
     through it too, above the bar)."""
     per_table = check_sources(settings, once)  # before the local R2 starts: said at once
+    catalog = None
+    if settings.iceberg.enabled:  # reached while the rest starts (its errors are said below)
+        from ingest.pipeline.commit import Connection
+
+        catalog = Connection(settings)
     from ingest.daemon.connections import connection_cap, open_files_limit, quiet_accept_errors
 
     open_files = open_files_limit()  # raised to the hard limit: connections, spool files, sockets
@@ -290,7 +295,7 @@ async def run(settings: Settings, once: bool, say: Console, progress: Console | 
         grants = upload_grants(s, client)
         health = Health()
         health.fail("the worker is starting", kind=STARTING)  # until every source takes input
-        pipeline = Pipeline(s, client, sources, spool, health)
+        pipeline = Pipeline(s, client, sources, spool, health, catalog)
         stack.callback(pipeline.close)
         if pipeline.committer is not None:  # a refused token or a missing catalog: exit 2 now
             await pipeline.committer.start()

@@ -26,7 +26,7 @@ from ingest.durable.faults import crash_point
 from ingest.layout import ERRORS_TEMPLATE
 from ingest.logs import get_logger
 from ingest.pipeline.batch import Batch, Batcher
-from ingest.pipeline.commit import Committer
+from ingest.pipeline.commit import Committer, Connection
 from ingest.pipeline.encode import Encoder, load_schema_blob, schema_blob
 from ingest.pipeline.journal import Journal, UnitRow
 from ingest.pipeline.keys import KeyTemplate
@@ -52,6 +52,7 @@ class Pipeline:
         sources: list[Source],
         spool: Spool,
         health: Health | None = None,
+        catalog: Connection | None = None,
     ) -> None:
         self.settings = settings
         self.sources = sources
@@ -81,7 +82,9 @@ class Pipeline:
             self.health,
         )
         self.committer = (
-            Committer(settings, self.health, spool.dead, self.uploader.list_keys, self.uploader.exists)
+            Committer(
+                settings, self.health, spool.dead, self.uploader.list_keys, self.uploader.exists, catalog
+            )
             if settings.iceberg.enabled
             else None
         )

@@ -18,6 +18,7 @@ uploads go on into R2 and the spool meanwhile.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -63,6 +64,65 @@ def iceberg_name(table: str) -> str:
     return table.replace("-", "_")
 
 
+class Connection:
+    """The catalog, reached in a thread of its own from the moment the worker starts: pyiceberg's
+    import and the first requests overlap the rest of the start. `result()` waits for it and raises
+    what connecting raised (a ConfigError is said at start, exit 2)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.config = settings.iceberg
+        self.token = settings.r2.admin_api_token
+        self.partition_by = settings.output.partition_by or INGESTED_AT
+        self.requests = 0  # HTTP requests to the catalog (cost: what R2 Data Catalog bills and limits)
+        self._done = threading.Event()
+        self._tables: Tables | None = None
+        self._error: BaseException | None = None
+        threading.Thread(target=self._connect, name="iceberg-connect", daemon=True).start()
+
+    def _connect(self) -> None:
+        try:
+            self._tables = self.open()
+        except BaseException as exc:  # handed to result()
+            self._error = exc
+        finally:
+            self._done.set()
+
+    def result(self) -> Tables:
+        self._done.wait()
+        if self._error is not None:
+            raise self._error
+        assert self._tables is not None
+        return self._tables
+
+    def open(self) -> Tables:
+        """Connected, the namespace made if new (blocking)."""
+        catalog = connect(self.config, self.token)
+        session = getattr(catalog, "_session", None)  # pyiceberg's requests.Session: count requests
+        if session is not None:
+            session.hooks["response"].append(self._counted)
+        self.requests += 1  # the GET /v1/config of connect
+        tables = Tables(catalog, self.config.namespace, self.partition_by)
+        _namespace(tables)
+        return tables
+
+    def _counted(self, response: Any, *args: Any, **kwargs: Any) -> Any:
+        self.requests += 1
+        return response
+
+
+def _namespace(tables: Tables) -> None:
+    """The namespace exists (made now if new): a token that may not write there is refused now."""
+    from pyiceberg.exceptions import ForbiddenError, RESTError
+
+    namespace = tables.namespace
+    try:
+        tables.catalog.create_namespace_if_not_exists(namespace)
+    except ForbiddenError as exc:
+        raise ConfigError(f"iceberg.namespace {namespace}: the token may not write there ({exc})") from None
+    except (RESTError, OSError) as exc:
+        raise CatalogUnreachable(f"iceberg.namespace {namespace}: {type(exc).__name__}: {exc}") from None
+
+
 class Committer:
     def __init__(
         self,
@@ -71,14 +131,14 @@ class Committer:
         dead: DeadLetters,
         list_keys: ListKeys,
         exists: Exists,
+        connection: Connection | None = None,
     ) -> None:
         self.config = settings.iceberg
         self.retry = settings.retry
         self.health = health
         self.dead = dead
         self._list_keys, self._exists = list_keys, exists
-        self._token = settings.r2.admin_api_token
-        self.partition_by = settings.output.partition_by or INGESTED_AT
+        self.connection = connection or Connection(settings)
         self.deadline: float | None = None  # monotonic (--once): no catalog call is retried after it
         self._tables: Tables | None = None
         self._calls = anyio.CapacityLimiter(1)  # pyiceberg's objects are not shared between threads
@@ -89,45 +149,21 @@ class Committer:
         self._failing_since: float | None = None
         self.dead_letters_written = False  # rows that could not fit their table (seal them)
         self.snapshots = 0  # committed by this run
-        self.requests = 0  # HTTP requests to the catalog (cost: what R2 Data Catalog bills and limits)
+
+    @property
+    def requests(self) -> int:
+        return self.connection.requests
 
     # -- start ----------------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Reach the catalog once: a refused token or a missing catalog is a ConfigError (exit 2). A
-        catalog that is only unreachable now is retried when the first table is needed."""
+        """The catalog reached (see Connection): a refused token, a missing catalog or a namespace the
+        token may not write in is a ConfigError (exit 2). A catalog that is only unreachable now is
+        retried when the first table is needed."""
         try:
-            self._tables = await anyio.to_thread.run_sync(self._connect)
-            await anyio.to_thread.run_sync(self._namespace)
+            self._tables = await anyio.to_thread.run_sync(self.connection.result)
         except CatalogUnreachable as exc:
             log.warning("the Iceberg catalog is not reachable; commits wait for it", error=str(exc))
-
-    def _namespace(self) -> None:
-        """The namespace exists (made now if new): a token that may not write there is refused now."""
-        from pyiceberg.exceptions import ForbiddenError, RESTError
-
-        assert self._tables is not None
-        namespace = self.config.namespace
-        try:
-            self._tables.catalog.create_namespace_if_not_exists(namespace)
-        except ForbiddenError as exc:
-            raise ConfigError(
-                f"iceberg.namespace {namespace}: the token may not write there ({exc})"
-            ) from None
-        except (RESTError, OSError) as exc:
-            raise CatalogUnreachable(f"iceberg.namespace {namespace}: {type(exc).__name__}: {exc}") from None
-
-    def _connect(self) -> Tables:
-        catalog = connect(self.config, self._token)
-        session = getattr(catalog, "_session", None)  # pyiceberg's requests.Session: count requests
-        if session is not None:
-            session.hooks["response"].append(self._counted)
-        self.requests += 1  # the GET /v1/config of connect
-        return Tables(catalog, self.config.namespace, self.partition_by)
-
-    def _counted(self, response: Any, *args: Any, **kwargs: Any) -> Any:
-        self.requests += 1
-        return response
 
     # -- placing objects ----------------------------------------------------------------------------
 
@@ -163,12 +199,14 @@ class Committer:
         return KeyAllocator(KeyTemplate(base + DATA_KEYS), self._list_keys, self._exists)
 
     async def _dead_letters(self, obj: SpooledObject, reason: str) -> None:
-        def write() -> None:
-            rows = pq.read_table(obj.path).to_pylist()
-            where = f"{obj.table} object {obj.object_id}"
-            self.dead.write(
-                [DeadLetter(where, i + 1, reason, json.dumps(r, default=str)) for i, r in enumerate(rows)]
-            )
+        def write() -> None:  # a row group at a time: an object may be as big as a batch
+            where, line = f"{obj.table} object {obj.object_id}", 0
+            for group in pq.ParquetFile(obj.path).iter_batches():
+                letters = []
+                for row in group.to_pylist():
+                    line += 1
+                    letters.append(DeadLetter(where, line, reason, json.dumps(row, default=str)))
+                self.dead.write(letters)
 
         log.error("an object's rows do not fit its Iceberg table; they are dead letters", error=reason)
         await anyio.to_thread.run_sync(write)
@@ -261,7 +299,7 @@ class Committer:
 
     def _ready(self) -> Tables:
         if self._tables is None:
-            self._tables = self._connect()
+            self._tables = self.connection.open()
         return self._tables
 
     async def _catalog(self, what: str, fn: Callable[[], T]) -> T:
