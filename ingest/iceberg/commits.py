@@ -9,6 +9,7 @@ table, checks again and retries with backoff, so no commit is lost.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -97,6 +98,13 @@ class Tables:
             except NoSuchTableError:
                 raise exc from None
         return self.catalog.load_table(identifier)
+
+    def preload(self, name: str) -> None:
+        """Load table `name` if it exists (a new one is made by `table` with the first schema)."""
+        from pyiceberg.exceptions import NoSuchTableError
+
+        with contextlib.suppress(NoSuchTableError):
+            self._tables[name] = self.catalog.load_table(f"{self.namespace}.{name}")
 
     def names(self) -> list[str]:
         """The namespace's tables."""

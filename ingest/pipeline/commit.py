@@ -103,6 +103,8 @@ class Connection:
         self.requests += 1  # the GET /v1/config of connect
         tables = Tables(catalog, self.config.namespace, self.partition_by)
         _namespace(tables)
+        if self.config.table:  # loaded now, not when the first object waits for it
+            tables.preload(self.config.table)
         return tables
 
     def _counted(self, response: Any, *args: Any, **kwargs: Any) -> Any:

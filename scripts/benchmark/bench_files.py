@@ -74,14 +74,19 @@ def rows_in_r2(work: Path, config: Path, env: dict[str, str]) -> int:
     return sum(o["rows"] or 0 for o in json.loads(listed.stdout))
 
 
-def rows_in_table(env: dict[str, str], name: str) -> int:
-    """Rows of the Iceberg table `bench.<name>`, scanned through the local R2's catalog."""
+def rows_in_table(env: dict[str, str]) -> int:
+    """Rows of the Iceberg table `bench.events` (0 before it exists), through the local R2's catalog."""
     from pyiceberg.catalog.rest import RestCatalog
 
     catalog = RestCatalog(
         "r2", uri=env["R2_CATALOG_URI"], warehouse=env["R2_WAREHOUSE"], token=env["R2_CATALOG_TOKEN"]
     )
-    return int(catalog.load_table(f"bench.{name.replace('-', '_')}").scan().to_arrow().num_rows)
+    from pyiceberg.exceptions import NoSuchNamespaceError, NoSuchTableError
+
+    try:
+        return int(catalog.load_table("bench.events").scan().to_arrow().num_rows)
+    except (NoSuchTableError, NoSuchNamespaceError):
+        return 0
 
 
 def worker_env(local: dict[str, str]) -> dict[str, str]:
@@ -113,9 +118,10 @@ def run_once(
     work: Path, env: dict[str, str], inbox: Path, name: str, iceberg: bool = False
 ) -> tuple[float, int, str]:
     """`ingest run --once` on `inbox` with the defaults (durability on), as its own process;
-    `iceberg`: also committed to the local catalog's table `bench.<name>` (see rows_in_table)."""
+    `iceberg`: also committed to the local catalog's table `bench.events`, as a worker does once its
+    table exists (see rows_in_table)."""
     config = work / f"{name}.toml"
-    table = f'[iceberg]\nenabled = true\nnamespace = "bench"\ntable = "{name.replace("-", "_")}"\n'
+    table = '[iceberg]\nenabled = true\nnamespace = "bench"\ntable = "events"\n'
     config.write_text(
         f'[[sources]]\nkind = "directory"\npath = "{inbox}"\n'
         f'[spool]\ndir = "{work / ("spool-" + name)}"\n[output]\nprefix = "{name}/"\n'
