@@ -33,6 +33,7 @@ class WorkerStatus:
     last_upload_key: str | None
     dead_letters_today: int
     unreadable: list[dict[str, object]]  # input that could not be read: {input, reason, since}
+    awaiting_commit: int = 0  # objects in R2 whose Iceberg commit is not done yet
 
     def as_json(self) -> dict[str, object]:
         return asdict(self)
@@ -71,6 +72,7 @@ def spool_status(root: Path) -> list[WorkerStatus]:
                 last_upload_key=last_key,
                 dead_letters_today=dead_today,
                 unreadable=unreadable,
+                awaiting_commit=backlog.uncommitted,
             )
         )
     return out
@@ -103,6 +105,8 @@ def describe(st: WorkerStatus) -> list[str]:
         )
     else:
         lines.append("  backlog: empty")
+    if st.awaiting_commit:
+        lines.append(f"  uploaded, awaiting their Iceberg commit: {count(st.awaiting_commit, 'object')}")
     if st.unacknowledged_units:
         lines.append(f"  source units not yet acknowledged: {st.unacknowledged_units}")
     if st.last_upload_at is not None:

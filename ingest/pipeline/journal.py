@@ -81,6 +81,7 @@ class Backlog:
     bytes: int
     oldest: float | None
     units: int
+    uncommitted: int = 0  # in R2, waiting for their Iceberg commit
 
 
 class Journal:
@@ -331,7 +332,8 @@ class Journal:
             "SELECT COUNT(*), COALESCE(SUM(size), 0), MIN(created) FROM objects WHERE state != 'uploaded'"
         ).fetchone()
         (units,) = self.db.execute("SELECT COUNT(*) FROM units").fetchone()
-        return Backlog(int(n), int(size), oldest, int(units))
+        (uncommitted,) = self.db.execute("SELECT COUNT(*) FROM objects WHERE state = 'uploaded'").fetchone()
+        return Backlog(int(n), int(size), oldest, int(units), int(uncommitted))
 
 
 def schema_key(table: str) -> str:

@@ -292,6 +292,8 @@ def test_a_catalog_outage_holds_commits_and_readiness_then_commits_once(job: Job
             reason = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5).text
             assert "Iceberg catalog" in reason, reason
             assert list(job.inbox.rglob("*b.jsonl")), "acknowledged before its commit"
+            status = job.cli("status", **_env(job)).stdout
+            assert "uploaded, awaiting their Iceberg commit: 1 object" in status, status
             assert sorted(_scan_ids(table)) == list(range(100))
             time.sleep(max(0.0, OUTAGE - (time.monotonic() - outage)))  # the whole outage
             proxy.faults.unavailable = 0.0

@@ -126,7 +126,7 @@ def test_an_object_uploaded_but_not_yet_committed_comes_back_as_uncommitted_with
     obj.path.unlink()
 
     assert spool.damaged() == []  # its file is gone on purpose
-    assert j.backlog().objects == 0  # nothing waits for an upload
+    assert j.backlog().objects == 0 and j.backlog().uncommitted == 1  # waits for its commit, not an upload
     rec = spool.recover()
     assert rec.objects == []
     (again,) = rec.uncommitted
