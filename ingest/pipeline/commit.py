@@ -17,6 +17,7 @@ uploads go on into R2 and the spool meanwhile.
 
 from __future__ import annotations
 
+import gc
 import json
 import threading
 import time
@@ -82,6 +83,10 @@ class Connection:
     def _connect(self) -> None:
         try:
             self._tables = self.open()
+            # pyiceberg's modules and models are some 10^5 objects that live as long as the process:
+            # out of the cyclic GC's reach, they no longer make every full collection slower (in a
+            # profile of a 5M-record run, collections took a sixth of the time Iceberg added).
+            gc.freeze()
         except BaseException as exc:  # handed to result()
             self._error = exc
         finally:
