@@ -462,11 +462,10 @@ def test_sigkill_at_random_moments_commits_every_row_exactly_once(job: Job, seed
     assert len(files) == len(set(files)), schedule
 
 
-@pytest.mark.slow
 def test_a_million_records_scan_back_exactly_from_dated_keys_under_the_table(
     job: Job, tmp_path: Path
 ) -> None:
-    """`bash scripts/test -m slow tests/integration/test_iceberg.py`"""
+    """About 15 s: the issue's own scale, kept in the default run."""
     iceberg = _iceberg(job)
     job.configure(iceberg=iceberg, output={"partition_by": "at"})
     for f in range(10):
