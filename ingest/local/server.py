@@ -26,6 +26,7 @@ from ingest.local import policy as pol
 from ingest.local.catalog import CATALOG_PATH, Catalogs, table_bucket
 from ingest.local.emulator import API_PREFIX, Emulator
 from ingest.local.identities import IdentityStore
+from ingest.local.queues import Queues
 from ingest.local.seaweed import SeaweedError, SeaweedServer
 from ingest.local.state import LocalState, TokenRecord, new_token_value, token_secret, utc_iso
 from ingest.logs import get_logger, register_secret
@@ -156,7 +157,10 @@ class LocalR2:
                 self.seaweed.s3_url,
                 (self.state.admin_access_key, self.state.admin_secret_key),
             )
-            emulator.more_routes = catalogs.management_routes("/accounts/{account_id}")
+            emulator.more_routes = [
+                *catalogs.management_routes("/accounts/{account_id}"),
+                *Queues(emulator).routes("/accounts/{account_id}"),
+            ]
             emulator.mounts = [Mount(CATALOG_PATH, routes=catalogs.catalog_routes())]
             await self._bootstrap(store, emulator)
             config = uvicorn.Config(

@@ -1,0 +1,192 @@
+"""Cloudflare Queues in the local R2's API emulator: queues, push, and HTTP pull consumers with leases.
+
+Spelled as the official SDK (cloudflare 5.x `client.queues`) calls it: `POST /accounts/{id}/queues`
+(`queue_name`), list, get, delete; `…/messages` (push: `body`, `content_type`, `delay_seconds`),
+`…/messages/batch` (`messages`), `…/messages/pull` (`batch_size` ≤ 100, `visibility_timeout_ms`) and
+`…/messages/ack` (`acks` and `retries` by `lease_id`). A pulled message is leased for the visibility
+timeout; unacknowledged, it is delivered again with `attempts` + 1. Kept in memory (a restart of the
+local R2 empties its queues).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from ingest.local.emulator import ApiError
+
+if TYPE_CHECKING:
+    from starlette.requests import Request
+    from starlette.routing import Route
+
+    from ingest.local.emulator import Emulator
+
+MAX_BATCH = 100
+DEFAULT_VISIBILITY_MS = 30_000
+
+
+@dataclass
+class Message:
+    id: str
+    body: str
+    content_type: str
+    timestamp_ms: float
+    visible_at: float  # monotonic: delivered no earlier
+    attempts: int = 0
+    lease_id: str | None = None
+
+
+@dataclass
+class Queue:
+    id: str
+    name: str
+    created_on: str
+    messages: list[Message] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "queue_id": self.id,
+            "queue_name": self.name,
+            "created_on": self.created_on,
+            "modified_on": self.created_on,
+            "producers": [],
+            "producers_total_count": 0,
+            "consumers": [],
+            "consumers_total_count": 0,
+            "settings": {"delivery_delay": 0, "message_retention_period": 345600},
+        }
+
+
+class Queues:
+    def __init__(self, emulator: Emulator) -> None:
+        self.emulator = emulator
+        self.queues: dict[str, Queue] = {}
+
+    def routes(self, acct: str) -> list[Route]:
+        r = self.emulator._route
+        base = f"{acct}/queues"
+        return [
+            r(base, self.create, "POST"),
+            r(base, self.list_queues, "GET"),
+            r(f"{base}/{{queue_id}}", self.get, "GET"),
+            r(f"{base}/{{queue_id}}", self.delete, "DELETE"),
+            r(f"{base}/{{queue_id}}/messages", self.push, "POST"),
+            r(f"{base}/{{queue_id}}/messages/batch", self.bulk_push, "POST"),
+            r(f"{base}/{{queue_id}}/messages/pull", self.pull, "POST"),
+            r(f"{base}/{{queue_id}}/messages/ack", self.ack, "POST"),
+        ]
+
+    def _queue(self, request: Request) -> Queue:
+        queue = self.queues.get(str(request.path_params["queue_id"]))
+        if queue is None:
+            raise ApiError(404, 11000, "Queue does not exist")
+        return queue
+
+    async def create(self, request: Request) -> Any:
+        self.emulator._require_admin(request, write=True)
+        name = (await self.emulator._body(request)).get("queue_name")
+        if not isinstance(name, str) or not name:
+            raise ApiError(400, 11001, "queue_name: required")
+        if any(q.name == name for q in self.queues.values()):
+            raise ApiError(409, 11009, f"A queue with name {name} already exists")
+        now = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+        queue = Queue(uuid.uuid4().hex, name, now)
+        self.queues[queue.id] = queue
+        return queue.as_json()
+
+    async def list_queues(self, request: Request) -> Any:
+        self.emulator._require_admin(request, write=False)
+        return [q.as_json() for q in self.queues.values()]
+
+    async def get(self, request: Request) -> Any:
+        self.emulator._require_admin(request, write=False)
+        return self._queue(request).as_json()
+
+    async def delete(self, request: Request) -> Any:
+        self.emulator._require_admin(request, write=True)
+        del self.queues[self._queue(request).id]
+        return None
+
+    async def push(self, request: Request) -> Any:
+        self.emulator._require_admin(request, write=True)
+        queue = self._queue(request)
+        queue.messages.append(_message(await self.emulator._body(request), 0.0))
+        return None
+
+    async def bulk_push(self, request: Request) -> Any:
+        self.emulator._require_admin(request, write=True)
+        queue = self._queue(request)
+        body = await self.emulator._body(request)
+        messages = body.get("messages")
+        if not isinstance(messages, list) or len(messages) > MAX_BATCH:
+            raise ApiError(400, 11002, f"messages: a list of at most {MAX_BATCH} messages is required")
+        delay = float(body.get("delay_seconds") or 0)
+        queue.messages += [_message(m, delay) for m in messages if isinstance(m, dict)]
+        return None
+
+    async def pull(self, request: Request) -> Any:
+        self.emulator._require_admin(request, write=True)
+        queue = self._queue(request)
+        body = await self.emulator._body(request)
+        size = int(body.get("batch_size") or 5)
+        if not 1 <= size <= MAX_BATCH:
+            raise ApiError(400, 11003, f"batch_size: between 1 and {MAX_BATCH}")
+        visibility = float(body.get("visibility_timeout_ms") or DEFAULT_VISIBILITY_MS) / 1000
+        now = time.monotonic()
+        out: list[dict[str, Any]] = []
+        for message in queue.messages:
+            if len(out) == size:
+                break
+            if message.visible_at <= now:
+                message.attempts += 1
+                message.lease_id = uuid.uuid4().hex
+                message.visible_at = now + visibility
+                out.append(
+                    {
+                        "id": message.id,
+                        "body": message.body,
+                        "attempts": message.attempts,
+                        "lease_id": message.lease_id,
+                        "timestamp_ms": message.timestamp_ms,
+                        "metadata": {"CF-Content-Type": message.content_type},
+                    }
+                )
+        return {"messages": out, "message_backlog_count": len(queue.messages)}
+
+    async def ack(self, request: Request) -> Any:
+        self.emulator._require_admin(request, write=True)
+        queue = self._queue(request)
+        body = await self.emulator._body(request)
+        acks = {a.get("lease_id") for a in body.get("acks") or [] if isinstance(a, dict)}
+        retries = {
+            r.get("lease_id"): float(r.get("delay_seconds") or 0)
+            for r in body.get("retries") or []
+            if isinstance(r, dict)
+        }
+        now = time.monotonic()
+        kept: list[Message] = []
+        acked, retried, warnings = 0, 0, list[str]()
+        for message in queue.messages:
+            if message.lease_id is not None and message.lease_id in acks and message.visible_at > now:
+                acked += 1
+                continue
+            if message.lease_id is not None and message.lease_id in retries and message.visible_at > now:
+                message.visible_at, message.lease_id = now + retries[message.lease_id], None
+                retried += 1
+            kept.append(message)
+        queue.messages = kept
+        if acked < len(acks):
+            warnings.append(f"{len(acks) - acked} lease(s) unknown or expired: not acknowledged")
+        return {"ackCount": acked, "retryCount": retried, "warnings": warnings}
+
+
+def _message(spec: dict[str, Any], delay: float) -> Message:
+    kind = str(spec.get("content_type") or "json")
+    raw = spec.get("body")
+    body = str(raw) if kind == "text" else json.dumps(raw)  # pulled as the text it was sent as
+    wait = float(spec.get("delay_seconds") or delay)
+    return Message(uuid.uuid4().hex, str(body), kind, time.time() * 1000, time.monotonic() + wait)
