@@ -46,6 +46,7 @@ class Queue:
     name: str
     created_on: str
     messages: list[Message] = field(default_factory=list)
+    consumer: dict[str, Any] | None = None  # the http_pull consumer: settings, dead_letter_queue
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -55,8 +56,8 @@ class Queue:
             "modified_on": self.created_on,
             "producers": [],
             "producers_total_count": 0,
-            "consumers": [],
-            "consumers_total_count": 0,
+            "consumers": [self.consumer] if self.consumer else [],
+            "consumers_total_count": 1 if self.consumer else 0,
             "settings": {"delivery_delay": 0, "message_retention_period": 345600},
         }
 
@@ -78,7 +79,40 @@ class Queues:
             r(f"{base}/{{queue_id}}/messages/batch", self.bulk_push, "POST"),
             r(f"{base}/{{queue_id}}/messages/pull", self.pull, "POST"),
             r(f"{base}/{{queue_id}}/messages/ack", self.ack, "POST"),
+            r(f"{base}/{{queue_id}}/consumers", self.add_consumer, "POST"),
         ]
+
+    async def add_consumer(self, request: Request) -> Any:
+        """An HTTP pull consumer: `settings.max_retries` (default 3) deliveries, then the message goes
+        to `dead_letter_queue` (by name), or is dropped when there is none."""
+        self.emulator._require_admin(request, write=True)
+        queue = self._queue(request)
+        body = await self.emulator._body(request)
+        if body.get("type") != "http_pull":
+            raise ApiError(400, 11004, "type: the local R2 serves http_pull consumers only")
+        given = body.get("settings")
+        settings: dict[str, Any] = given if isinstance(given, dict) else {}
+        queue.consumer = {
+            "consumer_id": uuid.uuid4().hex,
+            "queue_name": queue.name,
+            "type": "http_pull",
+            "created_on": queue.created_on,
+            "dead_letter_queue": body.get("dead_letter_queue") or "",
+            "settings": {"max_retries": 3, **settings},
+        }
+        return queue.consumer
+
+    def _exhausted(self, queue: Queue, message: Message) -> bool:
+        """Delivered max_retries + 1 times already: moved to the dead-letter queue."""
+        limit = int((queue.consumer or {}).get("settings", {}).get("max_retries", 3))
+        if message.attempts <= limit:
+            return False
+        target = (queue.consumer or {}).get("dead_letter_queue")
+        for other in self.queues.values():
+            if other.name == target:
+                message.lease_id, message.visible_at, message.attempts = None, 0.0, 0
+                other.messages.append(message)
+        return True
 
     def _queue(self, request: Request) -> Queue:
         queue = self.queues.get(str(request.path_params["queue_id"]))
@@ -138,6 +172,7 @@ class Queues:
         visibility = float(body.get("visibility_timeout_ms") or DEFAULT_VISIBILITY_MS) / 1000
         now = time.monotonic()
         out: list[dict[str, Any]] = []
+        queue.messages = [m for m in queue.messages if m.visible_at > now or not self._exhausted(queue, m)]
         for message in queue.messages:
             if len(out) == size:
                 break

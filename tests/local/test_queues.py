@@ -77,3 +77,26 @@ def test_a_retry_with_a_delay_redelivers_after_it(local_r2: LocalR2) -> None:
     time.sleep(1.1)
     (back,) = messages.pull(queue_id, account_id=acct, batch_size=10).messages
     assert back.body == "hello" and back.attempts == 2
+
+
+def test_a_message_retried_past_max_retries_goes_to_the_dead_letter_queue(local_r2: LocalR2) -> None:
+    cf, queue_id = _queue(local_r2)
+    acct = local_r2.account_id
+    dlq = cf.queues.create(account_id=acct, queue_name=f"dlq-{uuid.uuid4().hex[:8]}")
+    assert dlq is not None and dlq.queue_id and dlq.queue_name
+    cf.queues.consumers.create(
+        queue_id,
+        account_id=acct,
+        type="http_pull",
+        dead_letter_queue=dlq.queue_name,
+        settings={"max_retries": 2},
+    )
+    messages = cf.queues.messages
+    messages.push(queue_id, account_id=acct, body={"poison": True}, content_type="json")
+    for attempt in (1, 2, 3):  # the first delivery and two retries
+        (m,) = messages.pull(queue_id, account_id=acct, batch_size=10).messages
+        assert m.attempts == attempt
+        messages.ack(queue_id, account_id=acct, retries=[{"lease_id": m.lease_id, "delay_seconds": 0}])
+    assert messages.pull(queue_id, account_id=acct, batch_size=10).messages == []
+    (dead,) = messages.pull(dlq.queue_id, account_id=acct, batch_size=10).messages
+    assert json.loads(dead.body) == {"poison": True} and dead.attempts == 1
