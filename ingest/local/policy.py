@@ -21,6 +21,8 @@ STORAGE_WRITE = "Workers R2 Storage Write"
 STORAGE_READ = "Workers R2 Storage Read"
 CATALOG_WRITE = "Workers R2 Data Catalog Write"
 CATALOG_READ = "Workers R2 Data Catalog Read"
+QUEUES_WRITE = "Queues Write"
+QUEUES_READ = "Queues Read"
 TOKENS_WRITE = "API Tokens Write"
 TOKENS_READ = "API Tokens Read"
 
@@ -31,6 +33,8 @@ PERMISSION_GROUPS: list[dict[str, Any]] = [
     {"id": "b4992e1108244f5d8bfbd5744320c2e1", "name": STORAGE_READ, "scopes": [ACCOUNT_RESOURCE]},
     {"id": "d229766a2f7f4d299f20eaa8c9b1fde9", "name": CATALOG_WRITE, "scopes": [ACCOUNT_RESOURCE]},
     {"id": "f45430d92e2b4a6cb9f94f2594c141b8", "name": CATALOG_READ, "scopes": [ACCOUNT_RESOURCE]},
+    {"id": "366f57075ffc42689627bcf8242a1b6d", "name": QUEUES_WRITE, "scopes": [ACCOUNT_RESOURCE]},
+    {"id": "84a7755d54c646ca87cd50682a34bf7c", "name": QUEUES_READ, "scopes": [ACCOUNT_RESOURCE]},
     {"id": "686d18d5ac6c441c867cbf6771e58a0a", "name": TOKENS_WRITE, "scopes": [USER_RESOURCE]},
     {"id": "0cc3a61731504c89b99ec1be78b77aa0", "name": TOKENS_READ, "scopes": [USER_RESOURCE]},
 ]
@@ -61,12 +65,16 @@ class Capabilities:
     grants: list[Grant]
     manage_tokens: bool = False
     catalog: str = ""  # "write", "read" or "" (R2 Data Catalog)
+    queues: str = ""  # "write", "read" or "" (Cloudflare Queues)
 
     def allows(self, bucket: str, write: bool) -> bool:
         return any(g.bucket in ("*", bucket) and (g.write or not write) for g in self.grants)
 
     def catalog_allows(self, write: bool) -> bool:
         return self.catalog == "write" or (self.catalog == "read" and not write)
+
+    def queues_allow(self, write: bool) -> bool:
+        return self.queues == "write" or (self.queues == "read" and not write)
 
     def is_account_admin(self, write: bool) -> bool:
         return any(g.bucket == "*" and g.admin and (g.write or not write) for g in self.grants)
@@ -93,6 +101,10 @@ def capabilities(policies: list[dict[str, Any]], account_id: str) -> Capabilitie
                 caps.catalog = "write"
             elif resource.startswith(ACCOUNT_RESOURCE) and CATALOG_READ in groups and not caps.catalog:
                 caps.catalog = "read"
+            if resource.startswith(ACCOUNT_RESOURCE) and QUEUES_WRITE in groups:
+                caps.queues = "write"
+            elif resource.startswith(ACCOUNT_RESOURCE) and QUEUES_READ in groups and not caps.queues:
+                caps.queues = "read"
             if resource.startswith(USER_RESOURCE) and TOKENS_WRITE in groups:
                 caps.manage_tokens = True
     return caps

@@ -85,7 +85,7 @@ class Queues:
     async def add_consumer(self, request: Request) -> Any:
         """An HTTP pull consumer: `settings.max_retries` (default 3) deliveries, then the message goes
         to `dead_letter_queue` (by name), or is dropped when there is none."""
-        self.emulator._require_admin(request, write=True)
+        self._require(request, write=True)
         queue = self._queue(request)
         body = await self.emulator._body(request)
         if body.get("type") != "http_pull":
@@ -114,6 +114,11 @@ class Queues:
                 other.messages.append(message)
         return True
 
+    def _require(self, request: Request, write: bool) -> None:
+        if not self.emulator._caps(self.emulator._bearer(request)).queues_allow(write):
+            need = "Queues Write" if write else "Queues Read"
+            raise ApiError(403, 10000, f"Authentication error: token lacks {need} permission")
+
     def _queue(self, request: Request) -> Queue:
         queue = self.queues.get(str(request.path_params["queue_id"]))
         if queue is None:
@@ -121,7 +126,7 @@ class Queues:
         return queue
 
     async def create(self, request: Request) -> Any:
-        self.emulator._require_admin(request, write=True)
+        self._require(request, write=True)
         name = (await self.emulator._body(request)).get("queue_name")
         if not isinstance(name, str) or not name:
             raise ApiError(400, 11001, "queue_name: required")
@@ -133,26 +138,26 @@ class Queues:
         return queue.as_json()
 
     async def list_queues(self, request: Request) -> Any:
-        self.emulator._require_admin(request, write=False)
+        self._require(request, write=False)
         return [q.as_json() for q in self.queues.values()]
 
     async def get(self, request: Request) -> Any:
-        self.emulator._require_admin(request, write=False)
+        self._require(request, write=False)
         return self._queue(request).as_json()
 
     async def delete(self, request: Request) -> Any:
-        self.emulator._require_admin(request, write=True)
+        self._require(request, write=True)
         del self.queues[self._queue(request).id]
         return None
 
     async def push(self, request: Request) -> Any:
-        self.emulator._require_admin(request, write=True)
+        self._require(request, write=True)
         queue = self._queue(request)
         queue.messages.append(_message(await self.emulator._body(request), 0.0))
         return None
 
     async def bulk_push(self, request: Request) -> Any:
-        self.emulator._require_admin(request, write=True)
+        self._require(request, write=True)
         queue = self._queue(request)
         body = await self.emulator._body(request)
         messages = body.get("messages")
@@ -163,7 +168,7 @@ class Queues:
         return None
 
     async def pull(self, request: Request) -> Any:
-        self.emulator._require_admin(request, write=True)
+        self._require(request, write=True)
         queue = self._queue(request)
         body = await self.emulator._body(request)
         size = int(body.get("batch_size") or 5)
@@ -193,7 +198,7 @@ class Queues:
         return {"messages": out, "message_backlog_count": len(queue.messages)}
 
     async def ack(self, request: Request) -> Any:
-        self.emulator._require_admin(request, write=True)
+        self._require(request, write=True)
         queue = self._queue(request)
         body = await self.emulator._body(request)
         acks = {a.get("lease_id") for a in body.get("acks") or [] if isinstance(a, dict)}

@@ -254,7 +254,7 @@ class LocalR2:
                     st.root_token,
                     [
                         (f"{pol.USER_RESOURCE}.*", [pol.TOKENS_WRITE, pol.TOKENS_READ]),
-                        (f"{pol.ACCOUNT_RESOURCE}.{st.account_id}", [pol.STORAGE_WRITE]),
+                        (f"{pol.ACCOUNT_RESOURCE}.{st.account_id}", [pol.STORAGE_WRITE, pol.QUEUES_WRITE]),
                     ],
                 )
             )

@@ -100,3 +100,31 @@ def test_a_message_retried_past_max_retries_goes_to_the_dead_letter_queue(local_
     assert messages.pull(queue_id, account_id=acct, batch_size=10).messages == []
     (dead,) = messages.pull(dlq.queue_id, account_id=acct, batch_size=10).messages
     assert json.loads(dead.body) == {"poison": True} and dead.attempts == 1
+
+
+def test_queues_need_the_queues_permissions_not_r2_storage(local_r2: LocalR2) -> None:
+    from cloudflare import PermissionDeniedError
+
+    acct = local_r2.account_id
+    cf = local_r2.cf()
+    groups = {g.name: g.id for g in cf.user.tokens.permission_groups.list()}
+
+    def token(group: str) -> str:
+        policy = {
+            "effect": "allow",
+            "resources": {f"com.cloudflare.api.account.{acct}": "*"},
+            "permission_groups": [{"id": groups[group]}],
+        }
+        minted = cf.user.tokens.create(name=f"t-{uuid.uuid4().hex[:6]}", policies=[policy])
+        return str(minted.value)
+
+    storage = local_r2.cf(token("Workers R2 Storage Write"))
+    with pytest.raises(PermissionDeniedError, match="Queues Write"):
+        storage.queues.create(account_id=acct, queue_name=f"q-{uuid.uuid4().hex[:8]}")
+    reader = local_r2.cf(token("Queues Read"))
+    writer = local_r2.cf(token("Queues Write"))
+    queue = writer.queues.create(account_id=acct, queue_name=f"q-{uuid.uuid4().hex[:8]}")
+    assert queue is not None and queue.queue_id
+    assert queue.queue_id in [q.queue_id for q in reader.queues.list(account_id=acct)]
+    with pytest.raises(PermissionDeniedError, match="Queues Write"):
+        reader.queues.messages.push(queue.queue_id, account_id=acct, body="x", content_type="text")
