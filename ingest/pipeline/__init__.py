@@ -440,11 +440,11 @@ class Pipeline:
                         await unit.handle.before_upload(key, obj.object_id, rows)
             await self.spool.durably("journal key", self.journal.attempting, obj.object_id, key)
 
-        committing = self.committer is not None and obj.kind == "data"
+        committer = self.committer if obj.kind == "data" else None  # dead letters stay loose objects
         try:
             allocator = None
-            if self.committer is not None and obj.kind == "data":
-                allocator = await self.committer.place(obj)
+            if committer is not None:
+                allocator = await committer.place(obj)
                 if allocator is None:  # its rows cannot fit its table: they are dead letters now
                     await self.spool.durably("journal drop", self.journal.drop_object, obj.object_id)
                     self._waiting.pop(obj.object_id, None)
@@ -484,15 +484,15 @@ class Pipeline:
                 attempts=done.attempts,
             )
             await self.spool.durably(
-                "journal upload", self.journal.uploaded, obj.object_id, done.key, committing
+                "journal upload", self.journal.uploaded, obj.object_id, done.key, committer is not None
             )
             crash_point("uploaded")
             self._waiting.pop(obj.object_id, None)
             self._unspooled(obj)
             self._count_upload(obj, done.key, done.seconds)
             await anyio.Path(obj.path).unlink(missing_ok=True)
-            if self.committer is not None and committing:
-                self.committer.add(obj)
+            if committer is not None:
+                committer.add(obj)
                 return
         self._object_done(obj)
 

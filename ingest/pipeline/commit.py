@@ -28,7 +28,6 @@ import anyio
 import anyio.to_thread
 import pyarrow.parquet as pq
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_never, wait_random_exponential
-from tenacity.stop import stop_base
 
 from ingest.config import ConfigError, Settings
 from ingest.daemon.health import Health
@@ -40,6 +39,7 @@ from ingest.logs import get_logger
 from ingest.pipeline.encode import INGESTED_AT
 from ingest.pipeline.keys import Exists, KeyAllocator, KeyTemplate, ListKeys
 from ingest.pipeline.spool import SpooledObject
+from ingest.pipeline.upload import StopAt
 from ingest.r2.errors import describe
 
 if TYPE_CHECKING:
@@ -50,14 +50,6 @@ T = TypeVar("T")
 DATA_KEYS = "/data/{date:%Y/%m/%d}/ingested_{seq:04d}.parquet"  # after the table's location
 
 Committed = Callable[[list[SpooledObject]], Awaitable[None]]
-
-
-class _Until(stop_base):
-    def __init__(self, deadline: float | None) -> None:
-        self.deadline = deadline
-
-    def __call__(self, retry_state: RetryCallState) -> bool:
-        return self.deadline is not None and time.monotonic() >= self.deadline
 
 
 def iceberg_name(table: str) -> str:
@@ -333,7 +325,7 @@ class Committer:
 
         result: Any = None
         async for attempt in AsyncRetrying(
-            stop=_Until(self.deadline) if self.deadline is not None else stop_never,
+            stop=StopAt(self.deadline) if self.deadline is not None else stop_never,
             wait=wait_random_exponential(multiplier=self.retry.initial, max=self.retry.max),
             retry=retry_if_exception(_retryable),
             before_sleep=before_sleep,

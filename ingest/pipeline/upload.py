@@ -45,7 +45,9 @@ BATCH_ID_META = "batch-id"  # sent as x-amz-meta-batch-id
 MAX_PARTS = 10_000
 
 
-class _StopAt(stop_base):
+class StopAt(stop_base):
+    """Stop retrying once a monotonic deadline has passed (`--once` must end on time)."""
+
     def __init__(self, deadline: float) -> None:
         self.deadline = deadline
 
@@ -111,7 +113,7 @@ class Uploader:
         if rc.max_attempts:
             stop = stop_any(stop, stop_after_attempt(rc.max_attempts))
         if self.deadline is not None:
-            stop = stop_any(stop, _StopAt(self.deadline))
+            stop = stop_any(stop, StopAt(self.deadline))
 
         def before_sleep(state: RetryCallState) -> None:
             metrics.UPLOAD_RETRIES.inc()
