@@ -15,6 +15,7 @@ RESERVED_TABLE_START = "_"  # the worker's own prefixes (_landing/, _errors/) ar
 ERRORS = "_errors/"
 ERRORS_TEMPLATE = "{prefix}" + ERRORS + "{date:%Y/%m/%d}/errors_{seq:04d}.jsonl"
 LANDING = "_landing/"
+LEDGER = "_ledger/"  # which queue messages each object holds (sources/queue/ledger.py)
 CLAIMS = ".claims/"  # under the landing prefix: one marker per claimed landing object
 CLAIM_DIR = ".ingest"  # under a watched directory: `claimed/<worker-id>/` holds the claimed files
 
@@ -22,6 +23,11 @@ CLAIM_DIR = ".ingest"  # under a watched directory: `claimed/<worker-id>/` holds
 def landing_prefix(prefix: str) -> str:
     """Where browser uploads land (and the landing source lists)."""
     return f"{prefix}{LANDING}"
+
+
+def queue_ledger_prefix(prefix: str, queue_id: str) -> str:
+    """Where the queue source records, before each PUT, which messages the object holds."""
+    return f"{prefix}{LEDGER}queues/{queue_id}/"
 
 
 def errors_prefix(prefix: str) -> str:

@@ -144,6 +144,13 @@ def check_sources(settings: Settings, once: bool) -> bool:
                 f"sources.{i}.kind: a second landing source; there is one landing prefix "
                 "({output.prefix}_landing/) per worker, so keep one"
             )
+        elif cfg.kind == "queue":
+            from ingest.sources.queue.source import check_visibility
+
+            commit = settings.iceberg.commit_interval if settings.iceberg.enabled else 0.0
+            check_visibility(cfg, i, settings.batch.max_age, commit)
+            if not (cfg.queue or cfg.queue_id):
+                raise ConfigError(f"sources.{i}.queue: required: the queue's name (or queue_id)")
         elif cfg.kind == "directory":
             if not cfg.path:
                 raise ConfigError(f"sources.{i}.path: required for a directory source")
@@ -182,6 +189,26 @@ def build_sources(
                     spool.dead,
                     settings.batch.max_record_bytes,
                     settings.batch.max_age,
+                    settings.retry,
+                )
+            )
+            continue
+        if cfg.kind == "queue":
+            from ingest.sources.queue.source import QueueSource
+
+            sources.append(
+                QueueSource(
+                    cfg,
+                    i,
+                    settings.r2.account_id,
+                    settings.r2.api_base_url,
+                    settings.r2.admin_api_token,
+                    client,
+                    settings.r2.bucket,
+                    settings.output.prefix,
+                    spool.worker_id,
+                    spool.dead,
+                    settings.batch.max_record_bytes,
                     settings.retry,
                 )
             )

@@ -158,11 +158,20 @@ _ONLY_FOR: dict[str, tuple[str, ...]] = {
     "claim_interval": ("redis",),
     "claim_idle": ("redis",),
     "max_deliveries": ("redis",),
+    "queue": ("queue",),
+    "queue_id": ("queue",),
+    "batch_size": ("queue",),
+    "visibility_timeout": ("queue",),
+    "concurrency": ("queue",),
+    "api_token": ("queue", "landing"),
+    "poll_interval": ("queue", "landing"),
+    "notifications": ("landing",),
+    "reconcile_interval": ("landing",),
 }
 
 
 class SourceConfig(_Section):
-    kind: Literal["directory", "landing", "http", "stdin", "redis"]
+    kind: Literal["directory", "landing", "http", "stdin", "redis", "queue"]
     path: str = ""
     format: Literal["", "jsonl", "json", "csv", "parquet"] = ""
     table: str = ""  # the table its records go to (default: "default"; http: also the URL's)
@@ -200,6 +209,18 @@ class SourceConfig(_Section):
     claim_interval: Duration = Field(default=30.0, gt=0)  # how often idle entries of dead workers are taken
     claim_idle: Duration = Field(default=300.0, gt=0)  # entries idle this long belong to a dead worker
     max_deliveries: int = Field(default=5, ge=1)  # delivered more often: a dead letter (then acked)
+    # queue: a Cloudflare Queues HTTP pull consumer (docs/queues.md); landing: `notifications` names one
+    queue: str = ""  # the queue's name (or `queue_id`)
+    queue_id: str = ""
+    batch_size: int = Field(default=100, ge=1, le=100)  # messages per pull (the API's maximum is 100)
+    # a pulled message is hidden from other consumers this long; it must outlast a batch's age + upload
+    visibility_timeout: Duration = Field(default=300.0, gt=0, le=43200)
+    concurrency: int = Field(default=2, ge=1, le=32)  # pulls in flight at once
+    # Cloudflare API token with Queues Write (env CLOUDFLARE_API_TOKEN), not the R2 data credentials
+    api_token: SecretStr = SecretStr("")
+    poll_interval: Duration = Field(default=5.0, gt=0)  # an empty queue is asked again after at most this
+    notifications: str = ""  # landing: the queue R2 event notifications of the landing prefix go to
+    reconcile_interval: Duration = Field(default=600.0, gt=0)  # landing with notifications: LIST this often
 
     @field_validator("url")
     @classmethod

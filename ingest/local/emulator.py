@@ -42,9 +42,10 @@ STS_MIN, STS_MAX = 900, 43200  # SeaweedFS federation tokens; other TTLs get an 
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, code: int, message: str) -> None:
+    def __init__(self, status: int, code: int, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
+        self.headers = headers or {}
 
 
 def envelope(result: Any, status: int = 200) -> JSONResponse:
@@ -91,7 +92,9 @@ class Emulator:
                 result = await fn(request)
                 return result if isinstance(result, JSONResponse) else envelope(result)
             except ApiError as exc:
-                return failure(exc.status, exc.code, exc.message)
+                response = failure(exc.status, exc.code, exc.message)
+                response.headers.update(exc.headers)
+                return response
             except pol.PolicyError as exc:
                 return failure(400, 1001, str(exc))
 

@@ -66,6 +66,9 @@ class Queues:
     def __init__(self, emulator: Emulator) -> None:
         self.emulator = emulator
         self.queues: dict[str, Queue] = {}
+        self._limited_until = 0.0  # test hook: every Queues request answers 429 until then
+        self._retry_after = 1
+        self.requests = {"pull": 0, "ack": 0, "push": 0, "rate_limited": 0}  # served, for tests
 
     def routes(self, acct: str) -> list[Route]:
         r = self.emulator._route
@@ -80,7 +83,23 @@ class Queues:
             r(f"{base}/{{queue_id}}/messages/pull", self.pull, "POST"),
             r(f"{base}/{{queue_id}}/messages/ack", self.ack, "POST"),
             r(f"{base}/{{queue_id}}/consumers", self.add_consumer, "POST"),
+            r("/_emulator/queues-rate-limit", self.rate_limit, "POST"),
+            r("/_emulator/queues-requests", self.counts, "GET"),
         ]
+
+    async def rate_limit(self, request: Request) -> Any:
+        """Test hook: answer 429 with `Retry-After: retry_after` to Queues requests for `seconds`."""
+        self.emulator._require_root(request)
+        body = await self.emulator._body(request)
+        seconds = float(body.get("seconds", 0))
+        self._limited_until = time.monotonic() + seconds
+        self._retry_after = int(body.get("retry_after", max(1, round(seconds))))
+        return {"rate_limited_for": seconds}
+
+    async def counts(self, request: Request) -> Any:
+        """Test hook: how many pull/ack/push requests were served, and how many got a 429."""
+        self.emulator._require_root(request)
+        return dict(self.requests)
 
     async def add_consumer(self, request: Request) -> Any:
         """An HTTP pull consumer: `settings.max_retries` (default 3) deliveries, then the message goes
@@ -115,6 +134,14 @@ class Queues:
         return True
 
     def _require(self, request: Request, write: bool) -> None:
+        if time.monotonic() < self._limited_until:
+            self.requests["rate_limited"] += 1
+            raise ApiError(
+                429,
+                971,
+                "Please wait and consider throttling your request speed",
+                {"Retry-After": str(self._retry_after)},
+            )
         if not self.emulator._caps(self.emulator._bearer(request)).queues_allow(write):
             need = "Queues Write" if write else "Queues Read"
             raise ApiError(403, 10000, f"Authentication error: token lacks {need} permission")
@@ -152,12 +179,14 @@ class Queues:
 
     async def push(self, request: Request) -> Any:
         self._require(request, write=True)
+        self.requests["push"] += 1
         queue = self._queue(request)
         queue.messages.append(_message(await self.emulator._body(request), 0.0))
         return None
 
     async def bulk_push(self, request: Request) -> Any:
         self._require(request, write=True)
+        self.requests["push"] += 1
         queue = self._queue(request)
         body = await self.emulator._body(request)
         messages = body.get("messages")
@@ -169,6 +198,7 @@ class Queues:
 
     async def pull(self, request: Request) -> Any:
         self._require(request, write=True)
+        self.requests["pull"] += 1
         queue = self._queue(request)
         body = await self.emulator._body(request)
         size = int(body.get("batch_size") or 5)
@@ -199,6 +229,7 @@ class Queues:
 
     async def ack(self, request: Request) -> Any:
         self._require(request, write=True)
+        self.requests["ack"] += 1
         queue = self._queue(request)
         body = await self.emulator._body(request)
         acks = {a.get("lease_id") for a in body.get("acks") or [] if isinstance(a, dict)}
@@ -227,6 +258,7 @@ class Queues:
 def _message(spec: dict[str, Any], delay: float) -> Message:
     kind = str(spec.get("content_type") or "json")
     raw = spec.get("body")
-    body = str(raw) if kind == "text" else json.dumps(raw)  # pulled as the text it was sent as
+    # Pulled as sent: json as its JSON text, text as the text, bytes as the base64 the producer sent.
+    body = str(raw) if kind in ("text", "bytes") else json.dumps(raw)
     wait = float(spec.get("delay_seconds") or delay)
     return Message(uuid.uuid4().hex, str(body), kind, time.time() * 1000, time.monotonic() + wait)

@@ -35,7 +35,16 @@ from ingest.pipeline.units import UnitBook
 from ingest.pipeline.upload import Uploader
 from ingest.r2.client import R2Client
 from ingest.r2.errors import describe
-from ingest.sources.base import UNREPEATABLE, Item, RequestRow, Source, SourceUnit, UnitHandle
+from ingest.sources.base import (
+    UNREPEATABLE,
+    Gather,
+    Item,
+    Ranges,
+    RequestRow,
+    Source,
+    SourceUnit,
+    UnitHandle,
+)
 
 log = get_logger("ingest.pipeline")
 ENCODERS = 2  # batches encoded at once (pyarrow releases the GIL: this is what uses both cores)
@@ -427,6 +436,14 @@ class Pipeline:
             if obj.batch.pending_objects == 0:
                 self.units.batch_done(obj.batch)
 
+    async def _discard(self, obj: SpooledObject) -> None:
+        """An object that is not to be uploaded (its rows are dead letters, or delivered again)."""
+        await self.spool.durably("journal drop", self.journal.drop_object, obj.object_id)
+        self._waiting.pop(obj.object_id, None)
+        self._unspooled(obj)
+        await anyio.Path(obj.path).unlink(missing_ok=True)
+        self._object_done(obj)
+
     async def _upload(self, objects: MemoryObjectReceiveStream[SpooledObject]) -> None:
         async with objects:
             async for obj in objects:
@@ -434,23 +451,34 @@ class Pipeline:
 
     async def _upload_one(self, obj: SpooledObject) -> None:
         async def attempting(key: str) -> None:
-            if obj.batch is not None:  # sources that must know first (the Redis ledger)
+            if obj.batch is not None:  # sources that must know first (the Redis and queue ledgers)
+                gathered: dict[int, tuple[Gather, list[tuple[SourceUnit, Ranges]]]] = {}
                 for unit, rows in obj.batch.spans.items():
-                    if unit.handle is not None:
+                    if unit.handle is not None and unit.handle.gather is not None:
+                        gather = unit.handle.gather
+                        gathered.setdefault(id(gather), (gather, []))[1].append((unit, rows))
+                    elif unit.handle is not None:
                         await unit.handle.before_upload(key, obj.object_id, rows)
+                for gather, spans in gathered.values():
+                    await gather.before_upload(key, obj.object_id, spans)
             await self.spool.durably("journal key", self.journal.attempting, obj.object_id, key)
 
+        if _handed_back(obj):
+            log.warning(
+                "object dropped, not uploaded: the leases of all its input ran out before its upload, "
+                "so the queue delivers that input again (taken then, it lands once)",
+                records=obj.records,
+                batch=obj.object_id,
+            )
+            await self._discard(obj)
+            return
         committer = self.committer if obj.kind == "data" else None  # dead letters stay loose objects
         try:
             allocator = None
             if committer is not None:
                 allocator = await committer.place(obj)
                 if allocator is None:  # its rows cannot fit its table: they are dead letters now
-                    await self.spool.durably("journal drop", self.journal.drop_object, obj.object_id)
-                    self._waiting.pop(obj.object_id, None)
-                    self._unspooled(obj)
-                    await anyio.Path(obj.path).unlink(missing_ok=True)
-                    self._object_done(obj)
+                    await self._discard(obj)
                     return
             done = await self.uploader.upload(obj, attempting, allocator)
         except Exception as exc:
@@ -513,3 +541,9 @@ class Pipeline:
 
 async def _nothing_to_do() -> bool:
     return True
+
+
+def _handed_back(obj: SpooledObject) -> bool:
+    """Every unit of the object gave its input back to its source (see UnitHandle.expired)."""
+    spans = obj.batch.spans if obj.batch is not None and obj.kind == "data" else {}
+    return bool(spans) and all(u.handle is not None and u.handle.expired() for u in spans)

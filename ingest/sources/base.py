@@ -50,6 +50,12 @@ class RequestRow:
     created: float
 
 
+class Gather(Protocol):
+    async def before_upload(self, key: str, object_id: str, spans: list[tuple[SourceUnit, Ranges]]) -> None:
+        """Called before each PUT of an object, with the rows of every unit of this source it holds."""
+        ...
+
+
 @dataclass(eq=False)
 class UnitHandle:
     """How the pipeline reaches a unit's source, and where that source keeps its own state of the
@@ -62,6 +68,14 @@ class UnitHandle:
     # pipeline does not journal it again once the unit is read.
     counted: bool = False
     problem: str | None = None  # the last read failed: never acknowledged; read again later
+    # Records every unit of an object before its PUT in one go (the queue ledger: one record per
+    # object, not one per unit); used instead of `before_upload` when set.
+    gather: Gather | None = None
+
+    def expired(self) -> bool:
+        """The unit's input was handed back to its source (a queue lease ran out): an object holding
+        only such rows is not uploaded but dropped, since the input will be delivered again."""
+        return False
 
     async def before_upload(self, key: str, object_id: str, rows: Ranges) -> None:
         """Called before each PUT of an object holding these rows of the unit (the Redis ledger)."""

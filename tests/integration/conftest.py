@@ -215,7 +215,7 @@ class Job:
 
     def keys(self) -> list[str]:
         """Data objects only: not dead letters (`{prefix}_errors/`) nor uploads (`{prefix}_landing/`)."""
-        internal = (f"{self.prefix}_errors/", f"{self.prefix}_landing/")
+        internal = (f"{self.prefix}_errors/", f"{self.prefix}_landing/", f"{self.prefix}_ledger/")
         return [k for k in self.all_keys() if not k.startswith(internal)]
 
     def landing_keys(self) -> list[str]:

@@ -1,0 +1,111 @@
+"""The queue source against the local R2's Queues, through the official SDK: records land exactly once,
+leases are acknowledged, poison messages are dead letters with their id, 429s are waited out."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import subprocess
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from cloudflare import Cloudflare
+
+from tests.conftest import LocalR2
+from tests.integration.conftest import Job, readable_rows, wait_for
+
+
+def make_queue(r2: LocalR2, **consumer: Any) -> tuple[Cloudflare, str, str]:
+    cf = r2.cf()
+    name = f"q-{uuid.uuid4().hex[:10]}"
+    queue = cf.queues.create(account_id=r2.account_id, queue_name=name)
+    assert queue is not None and queue.queue_id
+    if consumer:
+        cf.queues.consumers.create(queue.queue_id, account_id=r2.account_id, type="http_pull", **consumer)
+    return cf, name, queue.queue_id
+
+
+def push(cf: Cloudflare, r2: LocalR2, queue_id: str, bodies: list[dict[str, Any]]) -> None:
+    for i in range(0, len(bodies), 100):
+        cf.queues.messages.bulk_push(queue_id, account_id=r2.account_id, messages=bodies[i : i + 100])  # type: ignore[arg-type]
+
+
+def json_messages(ids: range) -> list[dict[str, Any]]:
+    return [{"body": {"id": i, "pad": "x" * 900}, "content_type": "json"} for i in ids]
+
+
+def backlog(cf: Cloudflare, r2: LocalR2, queue_id: str) -> int:
+    """Messages still in the queue (leased or not), without leasing any."""
+    counts = httpx.get(
+        f"{r2.api_base_url}/_emulator/queues-requests", headers={"Authorization": f"Bearer {r2.root_token}"}
+    )
+    counts.raise_for_status()
+    got = cf.queues.messages.pull(queue_id, account_id=r2.account_id, batch_size=1, visibility_timeout_ms=1)
+    assert got is not None
+    return int(got.message_backlog_count or 0)
+
+
+def emulator(r2: LocalR2, path: str, body: dict[str, object] | None = None) -> dict[str, Any]:
+    headers = {"Authorization": f"Bearer {r2.root_token}"}
+    if body is None:
+        r = httpx.get(f"{r2.api_base_url}/_emulator/{path}", headers=headers)
+    else:
+        r = httpx.post(f"{r2.api_base_url}/_emulator/{path}", headers=headers, json=body)
+    r.raise_for_status()
+    result: dict[str, Any] = r.json()["result"]
+    return result
+
+
+def queue_job(job: Job, name: str, **source: Any) -> None:
+    job.configure(
+        sources={"kind": "queue", "queue": name, "visibility_timeout": "20s", **source},
+        batch={"max_age": "500ms"},
+    )
+    # `sources` merges into the default directory source: replace it whole.
+    job.config["sources"] = [{"kind": "queue", "queue": name, "visibility_timeout": "20s", **source}]
+    from tests.integration.conftest import write_toml
+
+    write_toml(job.dir / "ingest.toml", job.config)
+
+
+def queue_env(r2: LocalR2) -> dict[str, str]:
+    return {"CLOUDFLARE_API_TOKEN": r2.root_token, "CLOUDFLARE_API_BASE_URL": r2.api_base_url}
+
+
+def ids_of(rows: list[dict[str, Any]]) -> list[int]:
+    return sorted(int(r["id"]) for r in rows)
+
+
+def test_every_body_kind_lands_once_and_poison_messages_are_dead_letters_with_their_id(
+    job: Job, local_r2: LocalR2, tmp_path: Path
+) -> None:
+    cf, name, queue_id = make_queue(local_r2)
+    bodies: list[dict[str, Any]] = json_messages(range(0, 250))
+    bodies += [{"body": [{"id": 250}, {"id": 251}, {"id": 252}], "content_type": "json"}]  # an array
+    bodies += [{"body": '{"id": 253}\n{"id": 254}\n', "content_type": "text"}]  # NDJSON text
+    ndjson = b'{"id": 255, "name": "\xc3\xa9t\xc3\xa9"}\n{"id": 256}\n'
+    bodies += [{"body": base64.b64encode(ndjson).decode(), "content_type": "bytes"}]
+    bodies += [{"body": "not json at all {", "content_type": "text"}]  # poison: bad JSON
+    bodies += [{"body": 42, "content_type": "json"}]  # poison: not an object
+    bodies += [{"body": "@@@ not base64", "content_type": "bytes"}]  # poison
+    bodies += [{"body": '{"id": 257}\n{"id": \n', "content_type": "text"}]  # one good line, one bad
+    push(cf, local_r2, queue_id, bodies)
+
+    queue_job(job, name)
+    done = job.run_once(**queue_env(local_r2))
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = readable_rows(job, tmp_path)
+    assert ids_of(rows) == list(range(258))
+    assert [r["name"] for r in rows if r["id"] == 255] == ["été"]
+    letters = job.dead_letters()
+    assert len(letters) == 4
+    assert all(letter.get("entry") for letter in letters)  # the message id
+    reasons = " | ".join(letter["reason"] for letter in letters)
+    assert "not an object" in reasons and "base64" in reasons
+    assert backlog(cf, local_r2, queue_id) == 0  # every lease acknowledged, poison ones included
