@@ -26,6 +26,9 @@ import time
 #   acked: source file deleted, journal not yet updated
 #   claimed: landing: claim marker created, object not yet copied
 #   unlanded: landing: object deleted, its marker and local copy not yet
+#   queue-pulled: queue: messages leased to this worker, nothing kept yet
+#   queue-journaled: queue: the pull's unit journaled, its rows not yet batched
+#   queue-acked: queue: leases acknowledged, journal not yet updated
 _point, _, _nth = os.environ.get("INGEST_CRASH_AT", "").partition(":")
 _left = int(_nth or 1)
 

@@ -99,7 +99,7 @@ class Queues:
     async def counts(self, request: Request) -> Any:
         """Test hook: how many pull/ack/push requests were served, and how many got a 429."""
         self.emulator._require_root(request)
-        return dict(self.requests)
+        return {**self.requests, "backlog": {q.id: len(q.messages) for q in self.queues.values()}}
 
     async def add_consumer(self, request: Request) -> Any:
         """An HTTP pull consumer: `settings.max_retries` (default 3) deliveries, then the message goes

@@ -94,6 +94,8 @@ class UnitBook:
     def batch_done(self, batch: Batch) -> None:
         for unit in batch.units:
             unit.pending_batches -= 1
+            if batch.failed and not unit.failed and unit.handle is not None and self.tg is not None:
+                self.tg.start_soon(unit.handle.gave_up)
             unit.failed |= batch.failed
             self.maybe_ack(unit)
 

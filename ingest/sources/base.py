@@ -72,6 +72,10 @@ class UnitHandle:
     # object, not one per unit); used instead of `before_upload` when set.
     gather: Gather | None = None
 
+    async def gave_up(self) -> None:
+        """Rows of the unit are in an object that could not be uploaded (refused, or retries ran
+        out): it stays unacknowledged; a source whose input can be delivered again hands it back."""
+
     def expired(self) -> bool:
         """The unit's input was handed back to its source (a queue lease ran out): an object holding
         only such rows is not uploaded but dropped, since the input will be delivered again."""

@@ -109,3 +109,113 @@ def test_every_body_kind_lands_once_and_poison_messages_are_dead_letters_with_th
     reasons = " | ".join(letter["reason"] for letter in letters)
     assert "not an object" in reasons and "base64" in reasons
     assert backlog(cf, local_r2, queue_id) == 0  # every lease acknowledged, poison ones included
+
+
+def queued(r2: LocalR2, queue_id: str) -> int:
+    """Messages still in the queue, leased or not (the local R2's count; leases nothing)."""
+    return int(emulator(r2, "queues-requests")["backlog"].get(queue_id, 0))
+
+
+def second_worker(job: Job, name: str) -> Job:
+    """Another worker on the same queue and prefix: its own id, spool and config file."""
+    other = Job(job.r2, job.dir / name, job.prefix, job.endpoint_url)
+    other.dir.mkdir(exist_ok=True)
+    other.config = json.loads(json.dumps(job.config))
+    other.config["spool"] = {"dir": str(other.dir / "spool")}
+    other.config["worker"] = {"id": name}
+    from tests.integration.conftest import write_toml
+
+    write_toml(other.dir / "ingest.toml", other.config)
+    return other
+
+
+def stop(proc: subprocess.Popen[str]) -> str:
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    return err
+
+
+def test_50k_messages_two_workers_every_record_once_every_lease_acked(
+    job: Job, local_r2: LocalR2, tmp_path: Path
+) -> None:
+    cf, name, queue_id = make_queue(local_r2)
+    n = 50_000
+    push(cf, local_r2, queue_id, json_messages(range(n)))
+    queue_job(job, name, concurrency=2)
+    job.config["worker"] = {"id": "a"}
+    from tests.integration.conftest import write_toml
+
+    write_toml(job.dir / "ingest.toml", job.config)
+    other = second_worker(job, "b")
+    env = queue_env(local_r2)
+    a = job.start(**env)
+    b = other.start(**env)
+    try:
+        wait_for(lambda: queued(local_r2, queue_id) == 0, 300, "the queue to be drained")
+    finally:
+        err_a, err_b = stop(a), stop(b)
+    assert a.returncode == 0 and b.returncode == 0, (err_a[-2000:], err_b[-2000:])
+    ids = ids_of(job.rows())
+    assert len(ids) == n and ids == list(range(n))  # every record, none twice
+    both = [json.loads(line) for line in (err_a + err_b).splitlines() if line.startswith("{")]
+    done = [e for e in both if e.get("event") == "queue source done"]
+    assert len(done) == 2 and all(e["records"] > 0 for e in done)  # both workers took a share
+    assert not any(k for k in job.all_keys() if "/_ledger/" in k)  # acknowledged: records deleted
+
+
+def _crash_and_take_over(job: Job, local_r2: LocalR2, point: str, tmp_path: Path) -> None:
+    cf, name, queue_id = make_queue(local_r2)
+    n = 600
+    push(cf, local_r2, queue_id, json_messages(range(n)))
+    queue_job(job, name, visibility_timeout="4s", batch_size=100)
+    job.config["batch"] = {"max_age": "300ms", "max_records": 250}
+    job.config["worker"] = {"id": "a"}
+    from tests.integration.conftest import write_toml
+
+    write_toml(job.dir / "ingest.toml", job.config)
+    env = queue_env(local_r2)
+    crashed = job.run_once(**env, INGEST_CRASH_AT=point)
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-2000:]
+    time.sleep(4.5)  # the dead worker's leases run out: the queue delivers the messages again
+    other = second_worker(job, "b")
+    took = other.run_once(**env)
+    assert took.returncode == 0, took.stderr[-2000:]
+    assert ids_of(job.rows()) == list(range(n)), point
+    # The dead worker comes back: what it kept in its spool must not land a second time.
+    back = job.run_once(**env)
+    assert back.returncode == 0, back.stderr[-2000:]
+    rows = readable_rows(job, tmp_path)
+    assert ids_of(rows) == list(range(n)), point
+    assert queued(local_r2, queue_id) == 0
+
+
+@pytest.mark.parametrize("point", ["queue-journaled", "spooled", "put", "uploaded"])
+def test_a_worker_killed_holding_leases_loses_nothing_and_lands_nothing_twice(
+    job: Job, local_r2: LocalR2, tmp_path: Path, point: str
+) -> None:
+    _crash_and_take_over(job, local_r2, point, tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", ["queue-pulled", "encoded", "queue-acked", "acked"])
+def test_a_worker_killed_at_the_other_steps_loses_nothing(
+    job: Job, local_r2: LocalR2, tmp_path: Path, point: str
+) -> None:
+    _crash_and_take_over(job, local_r2, point, tmp_path)
+
+
+def test_429_from_the_queues_api_is_waited_out_and_loses_nothing(job: Job, local_r2: LocalR2) -> None:
+    cf, name, queue_id = make_queue(local_r2)
+    push(cf, local_r2, queue_id, json_messages(range(500)))
+    queue_job(job, name)
+    before = emulator(local_r2, "queues-requests")["rate_limited"]
+    emulator(local_r2, "queues-rate-limit", {"seconds": 3, "retry_after": 2})
+    started = time.monotonic()
+    done = job.run_once(**queue_env(local_r2))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert time.monotonic() - started >= 3  # it waited for the limit to pass
+    assert ids_of(job.rows()) == list(range(500))
+    limited = emulator(local_r2, "queues-requests")["rate_limited"] - before
+    # Retry-After 2 s over a 3 s limit: about two 429s per puller, never a hot loop.
+    assert 1 <= limited <= 8, limited
+    assert queued(local_r2, queue_id) == 0

@@ -18,6 +18,7 @@ import json
 import math
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import anyio
@@ -77,6 +78,7 @@ class Pull:
     ids: list[str]
     leases: list[str]
     expires: list[float]  # wall time each lease runs out
+    attempts: list[int]  # deliveries so far (the queue's count)
     rows: list[tuple[int, int]]  # unit row → (message index, line of that message)
     kept: set[int] | None = None  # resumed: the messages whose rows are all kept (None: all)
     objects: set[str] = field(default_factory=set)  # object ids holding its rows
@@ -88,13 +90,21 @@ class Pull:
                 runs[-1][2] += 1
             else:
                 runs.append([m, line, 1])
-        return json.dumps({"ids": self.ids, "leases": self.leases, "expires": self.expires, "runs": runs})
+        return json.dumps(
+            {
+                "ids": self.ids,
+                "leases": self.leases,
+                "expires": self.expires,
+                "attempts": self.attempts,
+                "runs": runs,
+            }
+        )
 
     @classmethod
     def from_fingerprint(cls, text: str) -> Pull:
         data = json.loads(text)
         rows = [(m, line + i) for m, line, n in data["runs"] for i in range(n)]
-        return cls(data["ids"], data["leases"], data["expires"], rows)
+        return cls(data["ids"], data["leases"], data["expires"], data["attempts"], rows)
 
 
 @dataclass(eq=False)
@@ -102,9 +112,15 @@ class MessagesHandle(UnitHandle):
     pull: Pull | None = None
     margin: float = 1.0
 
+    give_back: Callable[[Pull], Awaitable[None]] | None = None
+
     def expired(self) -> bool:
         assert self.pull is not None
         return bool(self.pull.expires) and time.time() > min(self.pull.expires) - self.margin
+
+    async def gave_up(self) -> None:
+        if self.give_back is not None and self.pull is not None:
+            await self.give_back(self.pull)
 
 
 class QueueSource:
@@ -253,7 +269,14 @@ class QueueSource:
         if not fresh:
             return
         again = {m.id for m in fresh if m.attempts > 1}
-        covered = await self._covered(again) if again else {}
+        try:
+            covered = await self.ledger.covered(again, self._units.in_r2) if again else {}
+        except (ClientError, BotoCoreError, OSError) as exc:
+            # Without the ledger a redelivered message might land twice: hand them back for later
+            # (the queue counts the attempt; past max_retries they go to its dead-letter queue).
+            log.warning("queue ledger unreadable: redelivered messages handed back", error=str(exc))
+            await self.api.ack([], [(m.lease_id, _backoff(m.attempts)) for m in fresh])
+            return
         source = f"queue:{self.api.queue or self.api.queue_id}"
 
         def parse() -> tuple[Parsed, list[DeadLetter], list[tuple[int, int]]]:
@@ -273,7 +296,13 @@ class QueueSource:
         self.skipped += sum(_count(r) for r in covered.values())
         if dead:  # written before the unit is journaled: acknowledged only once they are kept
             await anyio.to_thread.run_sync(lambda: self.dead.write(dead, self.name))
-        pull = Pull([m.id for m in fresh], [m.lease_id for m in fresh], [expires] * len(fresh), rows)
+        pull = Pull(
+            [m.id for m in fresh],
+            [m.lease_id for m in fresh],
+            [expires] * len(fresh),
+            [m.attempts for m in fresh],
+            rows,
+        )
         unit = SourceUnit(
             name=f"{source} {fresh[0].id}+{len(fresh) - 1}",
             id=f"{self.resumes_first}{uuid.uuid4().hex}",
@@ -295,18 +324,14 @@ class QueueSource:
 
     def _handle(self, pull: Pull) -> MessagesHandle:
         return MessagesHandle(
-            self._ack, ack_many=self._ack_many, counted=True, gather=self, pull=pull, margin=self.margin
+            self._ack,
+            ack_many=self._ack_many,
+            counted=True,
+            gather=self,
+            pull=pull,
+            margin=self.margin,
+            give_back=self._give_back,
         )
-
-    async def _covered(self, ids: set[str]) -> dict[str, Ranges]:
-        assert self._units is not None
-        try:
-            return await self.ledger.covered(ids, self._units.in_r2)
-        except (ClientError, BotoCoreError, OSError) as exc:
-            # Without the ledger, a redelivered message might be ingested twice: wait for R2 instead
-            # (the lease runs out meanwhile, and the message comes back: nothing is lost).
-            log.warning("queue ledger unreadable; redelivered messages wait", error=str(exc))
-            raise
 
     async def _resume(self, send: MemoryObjectSendStream[Item]) -> None:
         """Units journaled by an earlier run: their rows are in the recovered objects (uploaded first,
@@ -335,6 +360,34 @@ class QueueSource:
         log.info("queue leases of the last run resumed", units=len(opened))
 
     # -- the ledger and acknowledgements ---------------------------------------------------------------
+
+    async def _give_back(self, pull: Pull) -> None:
+        """Rows of these messages could not be uploaded: the queue delivers them again after a backoff
+        (and, past the consumer's max_retries, moves them to its dead-letter queue); the object
+        holding them is dropped at the next attempt (its leases are given up here)."""
+        now = time.time()
+        held = [
+            (lease, _backoff(pull.attempts[i]))
+            for i, lease in enumerate(pull.leases)
+            if pull.expires[i] > now
+        ]
+        pull.expires = [0.0] * len(pull.expires)
+        for m in pull.ids:
+            self._inflight.pop(m, None)
+        if not held:
+            return
+        try:
+            await self.api.ack([], held)
+        except Exception as exc:  # the leases run out by themselves: the same outcome, later
+            log.warning(
+                "could not hand messages back; they return when their leases run out", error=describe(exc)
+            )
+            return
+        log.warning(
+            "messages handed back to the queue: their rows could not be uploaded",
+            messages=len(held),
+            attempts=max(pull.attempts, default=0),
+        )
 
     async def before_upload(self, key: str, object_id: str, spans: list[tuple[SourceUnit, Ranges]]) -> None:
         rows: dict[str, Ranges] = {}
@@ -421,3 +474,8 @@ def _kept_messages(pull: Pull, skip: Ranges) -> set[int]:
 
 def _count(ranges: Ranges) -> int:
     return sum(b - a for a, b in ranges)
+
+
+def _backoff(attempts: int) -> float:
+    """Seconds before a handed-back message is delivered again: doubling with its attempts."""
+    return float(min(300, 2 ** max(0, attempts)))
