@@ -164,6 +164,10 @@ class Pipeline:
             return "the spool is over spool.max_bytes (uploads are behind)"
         return self.spool.full
 
+    async def note(self, unit: SourceUnit) -> None:
+        total = unit.total if unit.total is not None else unit.next_row
+        await self.spool.durably("journal unit", self.journal.unit_read, unit.id, total, unit.fingerprint)
+
     async def accept(self, units: list[SourceUnit], requests: list[RequestRow]) -> None:
         rows = [UnitRow(u.id, u.name, u.fingerprint, u.path, u.total) for u in units]
         await self.spool.durably("accept requests", self.journal.accept, rows, requests)

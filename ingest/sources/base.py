@@ -252,6 +252,11 @@ class Units(Protocol):
         """Why new input must wait now (spool over its high-water mark, disk full), or None."""
         ...
 
+    async def note(self, unit: SourceUnit) -> None:
+        """Journal what the source now says of a unit it opened (its fingerprint): e.g. a queue unit
+        whose leases were handed back, so that the next start knows."""
+        ...
+
     async def accept(self, units: list[SourceUnit], requests: list[RequestRow]) -> None:
         """Journal units whose rows the source keeps itself (row counts known), with request answers,
         in one transaction (HTTP blocks; see sources/http/source.py)."""
@@ -302,6 +307,9 @@ class FreshUnits:
         return None
 
     def intake_blocked(self) -> str | None:
+        return None
+
+    async def note(self, unit: SourceUnit) -> None:
         return None
 
     async def accept(self, units: list[SourceUnit], requests: list[RequestRow]) -> None:

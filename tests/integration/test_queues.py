@@ -219,3 +219,85 @@ def test_429_from_the_queues_api_is_waited_out_and_loses_nothing(job: Job, local
     # Retry-After 2 s over a 3 s limit: about two 429s per puller, never a hot loop.
     assert 1 <= limited <= 8, limited
     assert queued(local_r2, queue_id) == 0
+
+
+def _random_kill(job: Job, local_r2: LocalR2, seed: int) -> None:
+    import random
+
+    rng = random.Random(seed)
+    cf, name, queue_id = make_queue(local_r2)
+    n = 3000
+    push(cf, local_r2, queue_id, json_messages(range(n)))
+    queue_job(job, name, visibility_timeout="4s", concurrency=2)
+    job.config["batch"] = {"max_age": "300ms", "max_records": 700}
+    job.config["worker"] = {"id": "a"}
+    from tests.integration.conftest import write_toml
+
+    write_toml(job.dir / "ingest.toml", job.config)
+    env = queue_env(local_r2)
+    a = job.start(**env)
+    time.sleep(rng.uniform(1.5, 4.0))  # start-up, then somewhere in the middle of the work
+    os.kill(a.pid, signal.SIGKILL)
+    a.communicate(timeout=30)
+    other = second_worker(job, "b")
+    b = other.start(**env)
+    try:
+        wait_for(lambda: queued(local_r2, queue_id) == 0, 120, "the queue to be drained")
+    finally:
+        err = stop(b)
+    assert b.returncode == 0, err[-2000:]
+    back = job.run_once(**env)  # the killed worker returns with what its spool kept
+    assert back.returncode == 0, back.stderr[-2000:]
+    assert ids_of(job.rows()) == list(range(n)), seed
+
+
+def test_a_worker_killed_at_a_random_moment_loses_nothing_and_lands_nothing_twice(
+    job: Job, local_r2: LocalR2
+) -> None:
+    _random_kill(job, local_r2, 1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [2, 3, 4, 5])
+def test_random_kills_more_seeds(job: Job, local_r2: LocalR2, seed: int) -> None:
+    _random_kill(job, local_r2, seed)
+
+
+def read_only_keys(r2: LocalR2) -> dict[str, str]:
+    import asyncio
+
+    from ingest.r2.api import cloudflare_client
+    from ingest.r2.tokens import create_bucket_token
+
+    async def create() -> tuple[str, str]:
+        async with cloudflare_client(r2.root_token, r2.api_base_url) as cf:
+            made = await create_bucket_token(cf, r2.account_id, r2.bucket, permission="read")
+        return made.access_key_id, made.secret_access_key
+
+    key, secret = asyncio.run(create())
+    return {"R2_ACCESS_KEY_ID": key, "R2_SECRET_ACCESS_KEY": secret}
+
+
+def test_messages_that_cannot_be_uploaded_are_retried_then_reach_the_dead_letter_queue(
+    job: Job, local_r2: LocalR2
+) -> None:
+    cf, dlq_name, dlq_id = make_queue(local_r2)
+    cf, name, queue_id = make_queue(local_r2, dead_letter_queue=dlq_name, settings={"max_retries": 2})
+    push(cf, local_r2, queue_id, json_messages(range(50)))
+    queue_job(job, name, visibility_timeout="30s")
+    env = queue_env(local_r2) | read_only_keys(local_r2)  # R2 refuses every PUT (403)
+    worker = job.start(**env)
+    try:
+        # Delivered, refused, handed back after 2 s, 4 s: after max_retries (2) the queue moves them.
+        wait_for(lambda: queued(local_r2, dlq_id) == 50, 90, "the messages to reach the dead-letter queue")
+        assert worker.poll() is None  # the worker goes on
+        assert queued(local_r2, queue_id) == 0
+    finally:
+        err = stop(worker)
+    assert "handed back to the queue" in err
+    assert job.keys() == []
+    # With writable credentials again, what its spool kept is not uploaded: the DLQ holds those messages.
+    back = job.run_once(**queue_env(local_r2))
+    assert back.returncode == 0, back.stderr[-2000:]
+    assert job.keys() == []
+    assert queued(local_r2, dlq_id) == 50

@@ -112,15 +112,16 @@ class MessagesHandle(UnitHandle):
     pull: Pull | None = None
     margin: float = 1.0
 
-    give_back: Callable[[Pull], Awaitable[None]] | None = None
+    give_back: Callable[[SourceUnit], Awaitable[None]] | None = None
+    unit: SourceUnit | None = None
 
     def expired(self) -> bool:
         assert self.pull is not None
         return bool(self.pull.expires) and time.time() > min(self.pull.expires) - self.margin
 
     async def gave_up(self) -> None:
-        if self.give_back is not None and self.pull is not None:
-            await self.give_back(self.pull)
+        if self.give_back is not None and self.unit is not None:
+            await self.give_back(self.unit)
 
 
 class QueueSource:
@@ -311,10 +312,11 @@ class QueueSource:
             table=self.config.default_table,
             total=len(rows),
         )
-        unit.handle = self._handle(pull)
+        handle = unit.handle = self._handle(pull)
         for i, m in enumerate(fresh):
             self._inflight[m.id] = (pull, i)
         unit = await self._units.open_unit(unit)
+        handle.unit = unit
         crash_point("queue-journaled")
         self.records += len(rows)
         for table, first, numbered in tables:
@@ -354,6 +356,7 @@ class QueueSource:
             assert isinstance(unit.handle, MessagesHandle) and unit.handle.pull is not None
             pull = unit.handle.pull
             pull.kept = _kept_messages(pull, unit.skip)
+            unit.handle.unit = unit
             for i, m in enumerate(pull.ids):
                 self._inflight[m] = (pull, i)
             await send.send(UnitRead(unit))
@@ -361,10 +364,12 @@ class QueueSource:
 
     # -- the ledger and acknowledgements ---------------------------------------------------------------
 
-    async def _give_back(self, pull: Pull) -> None:
+    async def _give_back(self, unit: SourceUnit) -> None:
         """Rows of these messages could not be uploaded: the queue delivers them again after a backoff
         (and, past the consumer's max_retries, moves them to its dead-letter queue); the object
-        holding them is dropped at the next attempt (its leases are given up here)."""
+        holding them is dropped at the next attempt (its leases are given up here, and journaled so)."""
+        assert isinstance(unit.handle, MessagesHandle) and unit.handle.pull is not None
+        pull = unit.handle.pull
         now = time.time()
         held = [
             (lease, _backoff(pull.attempts[i]))
@@ -374,6 +379,9 @@ class QueueSource:
         pull.expires = [0.0] * len(pull.expires)
         for m in pull.ids:
             self._inflight.pop(m, None)
+        unit.fingerprint = pull.fingerprint()
+        if self._units is not None:
+            await self._units.note(unit)
         if not held:
             return
         try:
