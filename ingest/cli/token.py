@@ -21,6 +21,9 @@ def token_create(
     account_owned: Annotated[bool, typer.Option(help="Create an account-owned token.")] = False,
     expires_on: Annotated[str | None, typer.Option(help="Expiry, e.g. 2027-01-01T00:00:00Z.")] = None,
     name: Annotated[str, typer.Option(help="Token name.")] = "",
+    queues: Annotated[
+        bool, typer.Option(help="Also Queues Write: the token serves a queue source (CLOUDFLARE_API_TOKEN).")
+    ] = False,
     env_file: Annotated[
         Path | None, typer.Option(help="Write the keys here (mode 0600) instead of printing them.")
     ] = None,
@@ -49,6 +52,7 @@ def token_create(
                 account_owned,
                 name,
                 expires_on,
+                queues,
             )
         return tok.access_key_id, tok.secret_access_key, tok.value
 
@@ -60,6 +64,8 @@ def token_create(
         "R2_SECRET_ACCESS_KEY": secret,
         "R2_API_TOKEN": value,
     }
+    if queues:
+        lines["CLOUDFLARE_API_TOKEN"] = value  # what a queue source pulls with
     if env_file is not None:
         from ingest.config import write_env_file
 
