@@ -139,6 +139,11 @@ def check_sources(settings: Settings, once: bool) -> bool:
             from ingest.sources.http.source import tokens_of
 
             tokens_of(cfg, i)
+        elif cfg.kind == "landing" and "notifications" in cfg.model_fields_set:
+            raise ConfigError(
+                f"sources.{i}.notifications: R2 event notifications for the landing prefix are not built "
+                "yet; remove notifications and reconcile_interval (the landing source lists its prefix)"
+            )
         elif cfg.kind == "landing" and "landing" in kinds:
             raise ConfigError(
                 f"sources.{i}.kind: a second landing source; there is one landing prefix "
