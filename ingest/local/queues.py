@@ -101,6 +101,12 @@ class Queues:
         self.emulator._require_root(request)
         return {**self.requests, "backlog": {q.id: len(q.messages) for q in self.queues.values()}}
 
+    def deliver(self, queue_id: str, body: dict[str, Any]) -> None:
+        """A message from inside the local R2 (an event notification), as a producer's `json` one."""
+        queue = self.queues.get(queue_id)
+        if queue is not None:
+            queue.messages.append(_message({"body": body, "content_type": "json"}, 0.0))
+
     async def add_consumer(self, request: Request) -> Any:
         """An HTTP pull consumer: `settings.max_retries` (default 3) deliveries, then the message goes
         to `dead_letter_queue` (by name), or is dropped when there is none."""

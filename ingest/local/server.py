@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import socket
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,8 +26,9 @@ from ingest.local import policy as pol
 from ingest.local.catalog import CATALOG_PATH, Catalogs, table_bucket
 from ingest.local.emulator import API_PREFIX, Emulator
 from ingest.local.identities import IdentityStore
+from ingest.local.notifications import Notifications
 from ingest.local.queues import Queues
-from ingest.local.seaweed import SeaweedError, SeaweedServer
+from ingest.local.seaweed import SeaweedError, SeaweedServer, weed_binary
 from ingest.local.state import LocalState, TokenRecord, new_token_value, token_secret, utc_iso
 from ingest.logs import get_logger, register_secret
 
@@ -157,9 +158,14 @@ class LocalR2:
                 self.seaweed.s3_url,
                 (self.state.admin_access_key, self.state.admin_secret_key),
             )
+            queues = Queues(emulator)
+            notifications = Notifications(
+                emulator, queues, weed_binary(), f"127.0.0.1:{self.seaweed.ports.filer}"
+            )
             emulator.more_routes = [
                 *catalogs.management_routes("/accounts/{account_id}"),
-                *Queues(emulator).routes("/accounts/{account_id}"),
+                *queues.routes("/accounts/{account_id}"),
+                *notifications.routes("/accounts/{account_id}"),
             ]
             emulator.mounts = [Mount(CATALOG_PATH, routes=catalogs.catalog_routes())]
             await self._bootstrap(store, emulator)
@@ -172,6 +178,8 @@ class LocalR2:
                 tg.start_soon(server.serve, [sock])
                 supervisor = anyio.CancelScope()
                 tg.start_soon(self._supervise, supervisor)
+                feeding = anyio.CancelScope()
+                tg.start_soon(_within, feeding, notifications.feed)
                 while not server.started:  # noqa: ASYNC110 (uvicorn exposes a flag, not an event)
                     await anyio.sleep(0.02)
                 try:
@@ -179,6 +187,7 @@ class LocalR2:
                 except Exception as exc:  # the server stops as usual first: no lifespan traceback
                     failed = exc
                 supervisor.cancel()
+                feeding.cancel()
                 server.should_exit = True
             if failed is not None:
                 raise failed
@@ -315,3 +324,8 @@ class LocalR2:
             warehouse=f"{st.account_id}_{st.default_bucket}",
             catalog_token=st.catalog_token,
         )
+
+
+async def _within(scope: anyio.CancelScope, run: Callable[[], Awaitable[None]]) -> None:
+    with scope:
+        await run()
