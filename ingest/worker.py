@@ -35,6 +35,7 @@ from ingest.r2.endpoint import endpoint_url
 from ingest.sources.base import Source, Starting
 from ingest.sources.directory.source import DirectorySource
 from ingest.sources.landing import LandingSource
+from ingest.sources.notified import Notified
 from ingest.sources.reader import FileSource
 
 STARTING = "starting"  # the readiness problem open until every source takes input
@@ -139,11 +140,6 @@ def check_sources(settings: Settings, once: bool) -> bool:
             from ingest.sources.http.source import tokens_of
 
             tokens_of(cfg, i)
-        elif cfg.kind == "landing" and "notifications" in cfg.model_fields_set:
-            raise ConfigError(
-                f"sources.{i}.notifications: R2 event notifications for the landing prefix are not built "
-                "yet; remove notifications and reconcile_interval (the landing source lists its prefix)"
-            )
         elif cfg.kind == "landing" and "landing" in kinds:
             raise ConfigError(
                 f"sources.{i}.kind: a second landing source; there is one landing prefix "
@@ -235,6 +231,7 @@ def build_sources(
                     spool.dead,
                     settings.batch.max_record_bytes,
                     settings.retry,
+                    Notified.of(settings, cfg, i) if cfg.notifications else None,
                 )
             )
             continue

@@ -35,6 +35,14 @@ class FaultProxy:
     port: int = 0
     seen: Counter[str] = field(default_factory=Counter)
     received: int = 0  # bytes the upstream sent back through the proxy (what a client downloaded)
+    requests: list[str] = field(default_factory=list)  # each request's first line, in order
+
+    def lists(self, prefix: str = "") -> int:
+        """LIST requests seen so far (ListObjectsV2 / ListObjects), of keys under `prefix` if given."""
+        from urllib.parse import quote
+
+        want = "prefix=" + quote(prefix, safe="") if prefix else ""
+        return sum(1 for r in self.requests if r.startswith("GET ") and "list-type=" in r and want in r)
 
     def __post_init__(self) -> None:
         self._rng = random.Random(self.faults.seed)
@@ -95,6 +103,7 @@ class FaultProxy:
             return
         mode = self._pick()
         self.seen[mode] += 1
+        self.requests.append(head.split(b"\r\n", 1)[0].decode("latin-1"))  # e.g. "GET /b?list-type=2…"
         try:
             if mode == "drop":
                 return

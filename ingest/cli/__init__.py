@@ -17,7 +17,7 @@ from typing import Annotated, NoReturn
 
 import typer
 
-from ingest.cli import browser, init, landed, local, run, status, tables, token
+from ingest.cli import browser, init, landed, local, notifications, run, status, tables, token
 from ingest.cli.app import State, app
 
 # In the order a newcomer uses them (`ingest --help` lists them so).
@@ -31,6 +31,7 @@ app.command()(landed.head)
 app.command()(tables.tables)
 app.add_typer(token.token_app, name="token")
 app.add_typer(browser.cors_app, name="cors")
+app.add_typer(notifications.notifications_app, name="notifications")
 app.command("presign")(browser.presign_command)
 __all__ = ["app", "main"]
 

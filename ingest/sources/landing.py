@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import time
 from contextlib import closing
@@ -44,6 +45,7 @@ from ingest.parsing.jsonlines import DEFAULT_MAX_RECORD
 from ingest.r2.client import R2AccessDenied, R2Client
 from ingest.r2.errors import code_of, describe, is_retryable
 from ingest.sources.base import Ack, AckError, FreshUnits, SourceUnit, Units
+from ingest.sources.notified import Notified, Written
 from ingest.sources.reader import IGNORED_SUFFIXES, FileRead, FileSource
 
 log = get_logger("ingest.sources.landing")
@@ -75,6 +77,7 @@ class LandingSource(FileSource):
         dead: DeadLetters,
         max_record_bytes: int = DEFAULT_MAX_RECORD,
         retry: RetryConfig | None = None,
+        notified: Notified | None = None,
     ) -> None:
         self.config = config
         self.retry = retry or RetryConfig()
@@ -93,9 +96,27 @@ class LandingSource(FileSource):
         self._problems = {}
         self._failed = {}
         self._taken: set[str] = set()  # keys this run has taken (downloaded or reading)
+        self._taken_etag: dict[str, str] = {}  # of the write taken, for keys taken after a notification
         self._owners: dict[str, str] = {}  # marker key → worker id, learned once per marker
         self._warned: set[str] = set()
         self._unlisted = False
+        # R2 event notifications instead of listing (a LIST at start and every reconcile_interval)
+        self.notified = notified
+        self.lists = 0  # LIST requests made (what notifications save)
+        self._later: dict[str, Landed] = {}  # notified while an earlier write of the key is being taken
+
+    async def check(self) -> None:
+        """With notifications: the queue exists and the token may read it (else exit 2, one line)."""
+        if self.notified is not None:
+            self.notified.api.once = True
+            try:
+                await self.notified.api.resolve()
+            finally:
+                self.notified.api.once = False
+
+    async def close(self) -> None:
+        if self.notified is not None:
+            await self.notified.api.close()
 
     # -- discovery ---------------------------------------------------------------------------------
 
@@ -105,6 +126,7 @@ class LandingSource(FileSource):
         markers: dict[str, float] = {}
         params: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self.landing}
         while True:
+            self.lists += 1
             page = await self.client.call("list_objects_v2", **params)
             for o in page.get("Contents", []):
                 key, mtime = o["Key"], o["LastModified"].timestamp()
@@ -187,6 +209,7 @@ class LandingSource(FileSource):
             local = await self._download(obj)
             if local is not None:
                 self._taken.add(obj.key)
+                self._taken_etag[obj.key] = obj.etag
                 await files.send(local)
         for marker in markers:  # our marker whose object is gone: a crash between the two deletes
             key = self.landing + marker[len(self.claims) :]
@@ -264,8 +287,13 @@ class LandingSource(FileSource):
 
     async def _discover(self, files: MemoryObjectSendStream[Path], once: bool) -> None:
         for leftover in self._copies():  # copied by an earlier run, never acknowledged
-            self._taken.add(_landed(leftover).key)
+            landed = _landed(leftover)
+            self._taken.add(landed.key)
+            self._taken_etag[landed.key] = landed.etag
             await files.send(leftover)
+        if self.notified is not None and not once:
+            await self._follow(files, self.notified)
+            return
         while True:
             try:
                 await self._poll(files)
@@ -275,6 +303,59 @@ class LandingSource(FileSource):
             if once:
                 return
             await anyio.sleep(self.poll_interval)
+
+    async def _follow(self, files: MemoryObjectSendStream[Path], notified: Notified) -> None:
+        """Notifications: list at start and every reconcile_interval; in between, take what the
+        queue says was written (pulls back off from 0.2 s to `wait` while nothing comes)."""
+        cfg = self.config
+        wait_cap = cfg.poll_interval if "poll_interval" in cfg.model_fields_set else 1.0
+        wait, listed = 0.2, -math.inf
+        notified.api.on_problem = lambda reason: self._units.source_problem(self.name, reason)
+        while True:
+            if time.monotonic() - listed >= cfg.reconcile_interval:
+                try:
+                    await self._poll(files)
+                    listed = time.monotonic()
+                except (ClientError, BotoCoreError, R2AccessDenied) as exc:
+                    log.warning("landing prefix not reachable", error=describe(exc), retry=True)
+            await self._units.wait_for_room()
+            written, leases = await notified.pull(max(60.0, 4 * cfg.settle_seconds))
+            for obj in [*self._later.values()]:
+                if obj.key not in self._taken:
+                    del self._later[obj.key]
+                    written.append(Written(obj.key, obj.etag, obj.size))
+            if written:
+                try:
+                    await self._take_notified([Landed(w.key, w.etag, w.size) for w in written], files)
+                except (ClientError, BotoCoreError, R2AccessDenied) as exc:  # the reconcile LIST catches up
+                    log.warning("notified landing objects not taken", error=describe(exc))
+            if leases:
+                await notified.api.ack(leases)
+                wait = 0.2
+                continue
+            with anyio.move_on_after(wait):
+                await anyio.sleep_forever()
+            wait = min(wait * 2, wait_cap)
+
+    async def _take_notified(self, objects: list[Landed], files: MemoryObjectSendStream[Path]) -> None:
+        for obj in objects:
+            if obj.key.startswith(self.claims) or not self._wanted(obj.key):
+                continue
+            if obj.key in self._taken:  # a later write of a key still being taken: after it
+                if obj.etag != self._taken_etag.get(obj.key):
+                    self._later[obj.key] = obj
+                continue
+            await self._units.wait_for_room()
+            if not await self._claim(obj):
+                owner = await self._owner(self._marker(obj.key))
+                if owner != self.worker_id:
+                    continue  # another worker's (or being acknowledged): the reconcile LIST says more
+            crash_point("claimed")
+            local = await self._download(obj)
+            if local is not None:
+                self._taken.add(obj.key)
+                self._taken_etag[obj.key] = obj.etag
+                await files.send(local)
 
     def _unit(self, path: Path) -> tuple[SourceUnit, Path]:
         obj = _landed(path)
@@ -314,6 +395,7 @@ class LandingSource(FileSource):
             except OSError as exc:
                 raise AckError(f"could not remove the local copy {path}: {exc}") from exc
             self._taken.discard(obj.key)
+            self._taken_etag.pop(obj.key, None)
             log.info("landing object ingested and deleted", key=obj.key)
 
         return ack
