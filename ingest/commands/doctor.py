@@ -93,10 +93,11 @@ async def _source_checks(settings: Settings) -> list[Check]:
                 raise ConfigError(f"INGEST_REDIS_URL: {problem}")  # when it is loaded)
             where = redis_where(url)  # never the password
             checks += await _redis_checks(name, url, where, cfg.streams or [cfg.stream], cfg.group)
-        elif cfg.kind == "queue":
+        elif cfg.kind == "queue" or (cfg.kind == "landing" and cfg.notifications):
             from ingest.sources.queue.checks import check_queue
 
-            checks += [Check(ok, name, detail) for ok, detail in await check_queue(settings, cfg)]
+            found = await check_queue(settings, cfg, cfg.notifications if cfg.kind == "landing" else "")
+            checks += [Check(ok, name, detail) for ok, detail in found]
     return checks
 
 

@@ -100,3 +100,25 @@ def test_a_token_minted_with_queues_passes_the_queue_checks(local_r2: LocalR2, q
     with_queues, without = anyio.run(mint, True), anyio.run(mint, False)
     assert [ok for ok, _ in run(local_r2, with_queues, queue=queue)] == [True, True]
     assert run(local_r2, without, queue=queue)[0][0] is False  # an R2-only token may not use queues
+
+
+def test_landing_notifications_without_a_rule_are_named_then_pass_once_set_up(
+    local_r2: LocalR2, queue: str
+) -> None:
+    s = settings(local_r2, local_r2.root_token)
+    cfg = SourceConfig.model_validate({"kind": "landing", "notifications": queue})
+    before = anyio.run(check_queue, s, cfg, queue)
+    assert any(ok is False and "ingest notifications setup" in detail for ok, detail in before), before
+    cf = local_r2.cf()
+    queue_id = next(
+        q.queue_id for q in cf.queues.list(account_id=local_r2.account_id) if q.queue_name == queue
+    )
+    assert queue_id is not None
+    cf.r2.buckets.event_notifications.update(
+        queue_id,
+        account_id=local_r2.account_id,
+        bucket_name=local_r2.bucket,
+        rules=[{"prefix": "_landing/", "actions": ["PutObject", "CompleteMultipartUpload"]}],
+    )
+    after = anyio.run(check_queue, s, cfg, queue)
+    assert [ok for ok, _ in after] == [True, True, True], after
