@@ -3,6 +3,7 @@
     bash scripts/bench [--records N] [--files F] [--small-files N] [--tiny] [--json] [--keep]
     bash scripts/bench --dlt PYTHON            also dlt's Arrow path (PYTHON: a venv with dlt)
     bash scripts/bench --http | --redis        the stream sources (bench_streams.py)
+    bash scripts/bench --queue [--messages N]  the Cloudflare Queues source (bench_queue.py)
 
 Prints one table: big files (limit A, limit AB, `ingest run --once`, the two ratios, peak RSS at 1×
 and 5× the input, checked against the documented bound), many small files (files/s next to a
@@ -40,6 +41,7 @@ from bench_files import (
     timed,
     worker_env,
 )
+from bench_queue import bench_queue
 from bench_streams import bench_http, bench_redis
 
 MIB = 2**20
@@ -255,18 +257,25 @@ def main() -> None:
         "--dlt", metavar="PYTHON", default="", help="also time dlt's Arrow path (PYTHON has dlt installed)"
     )
     ap.add_argument("--redis", action="store_true", help="benchmark the Redis Streams source instead")
+    ap.add_argument("--queue", action="store_true", help="benchmark the Cloudflare Queues source instead")
+    ap.add_argument("--messages", type=int, default=200_000, help="--queue: 1 KB messages pre-loaded")
     ap.add_argument("--entries", type=int, default=1_000_000, help="--redis: entries pre-loaded")
     ap.add_argument(
         "--max-records", type=int, default=0, help="--http, --redis: batch.max_records (0: default)"
     )
     args = ap.parse_args()
     if args.tiny:
-        args.records, args.files, args.small_files = 20_000, 4, 200
+        args.records, args.files, args.small_files, args.messages = 20_000, 4, 200, 2_000
 
     work = Path(tempfile.mkdtemp(prefix="ingest-bench-"))
     try:
         if args.redis:
             bench_redis(work, args.entries, args.max_records)
+            return
+        if args.queue:
+            figures = bench_queue(work, args.messages, args.json)
+            if args.json:
+                print(json.dumps({"queue": figures}, indent=2))
             return
         if args.http:
             bench_http(work, args.requests, args.per_request, args.connections, args.max_records)

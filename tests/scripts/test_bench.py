@@ -46,3 +46,21 @@ def test_bench_runs_every_scenario_on_a_tiny_input() -> None:
     assert small["files"] == 200 and "from 200 files" in small["summary"]
     assert small["e2e_files_per_s"] > 0 and small["pyarrow_loop_files_per_s"] > 0
     assert all(start[k] > 0 for k in ("help_s", "cors_check_s", "run_once_10_records_s"))
+
+
+@pytest.mark.slow
+def test_bench_queue_runs_on_a_tiny_input() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("R2_", "CLOUDFLARE_"))}
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "benchmark" / "bench.py"), "--queue", "--tiny", "--json"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    queue = json.loads(done.stdout)["queue"]
+    assert queue["messages"] == 2_000  # and every row was read back (the bench fails otherwise)
+    assert queue["records_per_s"] > 0 and queue["yardstick_records_per_s"] > 0 and queue["vs_yardstick"] > 0
+    assert queue["pulls_per_million"] >= 10_000 and queue["acks_per_million"] >= 10_000  # ≤ 100 per call
