@@ -10,6 +10,7 @@ local R2 empties its queues).
 
 from __future__ import annotations
 
+import heapq
 import json
 import time
 import uuid
@@ -45,7 +46,21 @@ class Queue:
     id: str
     name: str
     created_on: str
-    messages: list[Message] = field(default_factory=list)
+    messages: dict[str, Message] = field(default_factory=dict)  # by id, in arrival order
+    # (visible from, arrival, id): the next messages a pull may take; an entry whose time no longer
+    # matches its message (acknowledged, leased again, retried) is skipped when it comes up
+    ready: list[tuple[float, int, str]] = field(default_factory=list)
+    leases: dict[str, str] = field(default_factory=dict)  # lease id → message id
+    arrivals: int = 0
+
+    def put(self, message: Message) -> None:
+        self.messages[message.id] = message
+        self.schedule(message)
+
+    def schedule(self, message: Message) -> None:
+        self.arrivals += 1
+        heapq.heappush(self.ready, (message.visible_at, self.arrivals, message.id))
+
     consumer: dict[str, Any] | None = None  # the http_pull consumer: settings, dead_letter_queue
 
     def as_json(self) -> dict[str, Any]:
@@ -105,7 +120,7 @@ class Queues:
         """A message from inside the local R2 (an event notification), as a producer's `json` one."""
         queue = self.queues.get(queue_id)
         if queue is not None:
-            queue.messages.append(_message({"body": body, "content_type": "json"}, 0.0))
+            queue.put(_message({"body": body, "content_type": "json"}, 0.0))
 
     async def add_consumer(self, request: Request) -> Any:
         """An HTTP pull consumer: `settings.max_retries` (default 3) deliveries, then the message goes
@@ -136,7 +151,7 @@ class Queues:
         for other in self.queues.values():
             if other.name == target:
                 message.lease_id, message.visible_at, message.attempts = None, 0.0, 0
-                other.messages.append(message)
+                other.put(message)
         return True
 
     def _require(self, request: Request, write: bool) -> None:
@@ -187,7 +202,7 @@ class Queues:
         self._require(request, write=True)
         self.requests["push"] += 1
         queue = self._queue(request)
-        queue.messages.append(_message(await self.emulator._body(request), 0.0))
+        queue.put(_message(await self.emulator._body(request), 0.0))
         return None
 
     async def bulk_push(self, request: Request) -> Any:
@@ -199,7 +214,9 @@ class Queues:
         if not isinstance(messages, list) or len(messages) > MAX_BATCH:
             raise ApiError(400, 11002, f"messages: a list of at most {MAX_BATCH} messages is required")
         delay = float(body.get("delay_seconds") or 0)
-        queue.messages += [_message(m, delay) for m in messages if isinstance(m, dict)]
+        for m in messages:
+            if isinstance(m, dict):
+                queue.put(_message(m, delay))
         return None
 
     async def pull(self, request: Request) -> Any:
@@ -213,24 +230,31 @@ class Queues:
         visibility = float(body.get("visibility_timeout_ms") or DEFAULT_VISIBILITY_MS) / 1000
         now = time.monotonic()
         out: list[dict[str, Any]] = []
-        queue.messages = [m for m in queue.messages if m.visible_at > now or not self._exhausted(queue, m)]
-        for message in queue.messages:
-            if len(out) == size:
-                break
-            if message.visible_at <= now:
-                message.attempts += 1
-                message.lease_id = uuid.uuid4().hex
-                message.visible_at = now + visibility
-                out.append(
-                    {
-                        "id": message.id,
-                        "body": message.body,
-                        "attempts": message.attempts,
-                        "lease_id": message.lease_id,
-                        "timestamp_ms": message.timestamp_ms,
-                        "metadata": {"CF-Content-Type": message.content_type},
-                    }
-                )
+        while queue.ready and len(out) < size and queue.ready[0][0] <= now:
+            visible_at, _, message_id = heapq.heappop(queue.ready)
+            message = queue.messages.get(message_id)
+            if message is None or message.visible_at != visible_at:
+                continue  # acknowledged, or scheduled again since
+            if self._exhausted(queue, message):
+                del queue.messages[message_id]
+                continue
+            if message.lease_id is not None:
+                queue.leases.pop(message.lease_id, None)  # that lease ran out
+            message.attempts += 1
+            message.lease_id = uuid.uuid4().hex
+            message.visible_at = now + visibility
+            queue.leases[message.lease_id] = message.id
+            queue.schedule(message)  # delivered again once the lease runs out
+            out.append(
+                {
+                    "id": message.id,
+                    "body": message.body,
+                    "attempts": message.attempts,
+                    "lease_id": message.lease_id,
+                    "timestamp_ms": message.timestamp_ms,
+                    "metadata": {"CF-Content-Type": message.content_type},
+                }
+            )
         return {"messages": out, "message_backlog_count": len(queue.messages)}
 
     async def ack(self, request: Request) -> Any:
@@ -245,20 +269,30 @@ class Queues:
             if isinstance(r, dict)
         }
         now = time.monotonic()
-        kept: list[Message] = []
         acked, retried, warnings = 0, 0, list[str]()
-        for message in queue.messages:
-            if message.lease_id is not None and message.lease_id in acks and message.visible_at > now:
+        for lease in acks:
+            message = _held(queue, lease, now)
+            if message is not None:
+                del queue.messages[message.id]
                 acked += 1
-                continue
-            if message.lease_id is not None and message.lease_id in retries and message.visible_at > now:
-                message.visible_at, message.lease_id = now + retries[message.lease_id], None
+        for lease, delay in retries.items():
+            message = _held(queue, lease, now)
+            if message is not None:
+                message.visible_at, message.lease_id = now + delay, None
+                queue.schedule(message)
                 retried += 1
-            kept.append(message)
-        queue.messages = kept
         if acked < len(acks):
             warnings.append(f"{len(acks) - acked} lease(s) unknown or expired: not acknowledged")
         return {"ackCount": acked, "retryCount": retried, "warnings": warnings}
+
+
+def _held(queue: Queue, lease: object, now: float) -> Message | None:
+    """The message a lease still holds (None: unknown, acknowledged, or run out)."""
+    message_id = queue.leases.pop(str(lease), None)
+    message = queue.messages.get(message_id) if message_id is not None else None
+    if message is None or message.lease_id != lease or message.visible_at <= now:
+        return None
+    return message
 
 
 def _message(spec: dict[str, Any], delay: float) -> Message:

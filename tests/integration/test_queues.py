@@ -143,6 +143,7 @@ def test_50k_messages_two_workers_every_record_once_every_lease_acked(
     push(cf, local_r2, queue_id, json_messages(range(n)))
     queue_job(job, name, concurrency=2)
     job.config["worker"] = {"id": "a"}
+    job.config["server"] = {"listen": ""}  # two daemons on one host: no probe port each
     from tests.integration.conftest import write_toml
 
     write_toml(job.dir / "ingest.toml", job.config)
@@ -160,6 +161,7 @@ def test_50k_messages_two_workers_every_record_once_every_lease_acked(
     both = [json.loads(line) for line in (err_a + err_b).splitlines() if line.startswith("{")]
     done = [e for e in both if e.get("event") == "queue source done"]
     assert len(done) == 2 and all(e["records"] > 0 for e in done)  # both workers took a share
+    assert sum(e["skipped_as_already_in_r2"] for e in done) == 0  # no lease ran out: none came back
     assert not any(k for k in job.all_keys() if "/_ledger/" in k)  # acknowledged: records deleted
 
 
@@ -226,11 +228,12 @@ def _random_kill(job: Job, local_r2: LocalR2, seed: int) -> None:
 
     rng = random.Random(seed)
     cf, name, queue_id = make_queue(local_r2)
-    n = 3000
+    n = 20_000  # A is still at work when it is killed
     push(cf, local_r2, queue_id, json_messages(range(n)))
     queue_job(job, name, visibility_timeout="4s", concurrency=2)
     job.config["batch"] = {"max_age": "300ms", "max_records": 700}
     job.config["worker"] = {"id": "a"}
+    job.config["server"] = {"listen": ""}
     from tests.integration.conftest import write_toml
 
     write_toml(job.dir / "ingest.toml", job.config)
@@ -241,8 +244,10 @@ def _random_kill(job: Job, local_r2: LocalR2, seed: int) -> None:
     a.communicate(timeout=30)
     other = second_worker(job, "b")
     b = other.start(**env)
+    b_started = time.monotonic()
     try:
         wait_for(lambda: queued(local_r2, queue_id) == 0, 120, "the queue to be drained")
+        time.sleep(max(0.0, 4 - (time.monotonic() - b_started)))  # B's start-up is over: SIGTERM drains
     finally:
         err = stop(b)
     assert b.returncode == 0, err[-2000:]
@@ -285,6 +290,10 @@ def test_messages_that_cannot_be_uploaded_are_retried_then_reach_the_dead_letter
     cf, name, queue_id = make_queue(local_r2, dead_letter_queue=dlq_name, settings={"max_retries": 2})
     push(cf, local_r2, queue_id, json_messages(range(50)))
     queue_job(job, name, visibility_timeout="30s")
+    job.config["server"] = {"listen": ""}
+    from tests.integration.conftest import write_toml
+
+    write_toml(job.dir / "ingest.toml", job.config)
     env = queue_env(local_r2) | read_only_keys(local_r2)  # R2 refuses every PUT (403)
     worker = job.start(**env)
     try:

@@ -166,6 +166,7 @@ class QueueSource:
         self._problem: str | None = None
         self._inflight: dict[str, tuple[Pull, int]] = {}  # message id → its unit's pull, its index
         self._objects: dict[str, set[str]] = {}  # object id → ids of units not yet acknowledged
+        self._pulls: dict[int, Pull] = {}  # pulls whose leases are held (not acknowledged nor handed back)
         self.records = 0
         self.skipped = 0  # rows of redelivered messages already in R2
 
@@ -243,6 +244,9 @@ class QueueSource:
         wait = FIRST_WAIT
         async with send:
             while not self._stopped:
+                while self._behind() and not self._stopped:  # leases held would run out before their ack
+                    with anyio.move_on_after(0.1):
+                        await self._stop_event.wait()
                 await self._units.wait_for_room()
                 started = time.time()
                 messages, _ = await self.api.pull(self.config.batch_size, self.config.visibility_timeout)
@@ -256,6 +260,13 @@ class QueueSource:
                 wait = FIRST_WAIT
                 crash_point("queue-pulled")  # leased to this worker, nothing kept yet
                 await self._take(messages, started + self.config.visibility_timeout, send)
+
+    def _behind(self) -> bool:
+        """A held lease is past half its time: the pipeline is behind the pulls; take no more until the
+        acknowledgements catch up (else leases run out, and messages come back to be skipped)."""
+        now = time.time()
+        half = self.config.visibility_timeout / 2
+        return any(now < min(p.expires) < now + half for p in self._pulls.values() if p.expires)
 
     async def _take(self, messages: list[Pulled], expires: float, send: MemoryObjectSendStream[Item]) -> None:
         assert self._units is not None
@@ -315,6 +326,7 @@ class QueueSource:
         handle = unit.handle = self._handle(pull)
         for i, m in enumerate(fresh):
             self._inflight[m.id] = (pull, i)
+        self._pulls[id(pull)] = pull
         unit = await self._units.open_unit(unit)
         handle.unit = unit
         crash_point("queue-journaled")
@@ -377,6 +389,7 @@ class QueueSource:
             if pull.expires[i] > now
         ]
         pull.expires = [0.0] * len(pull.expires)
+        self._pulls.pop(id(pull), None)
         for m in pull.ids:
             self._inflight.pop(m, None)
         unit.fingerprint = pull.fingerprint()
@@ -440,6 +453,7 @@ class QueueSource:
         crash_point("queue-acked")
         for unit in units:
             assert isinstance(unit.handle, MessagesHandle) and unit.handle.pull is not None
+            self._pulls.pop(id(unit.handle.pull), None)
             for m in unit.handle.pull.ids:
                 self._inflight.pop(m, None)
         if lost:
