@@ -206,11 +206,7 @@ class LandingSource(FileSource):
                 if not await self._claim(obj):
                     continue
                 crash_point("claimed")
-            local = await self._download(obj)
-            if local is not None:
-                self._taken.add(obj.key)
-                self._taken_etag[obj.key] = obj.etag
-                await files.send(local)
+            await self._hand_over(obj, files)
         for marker in markers:  # our marker whose object is gone: a crash between the two deletes
             key = self.landing + marker[len(self.claims) :]
             if key not in present and key not in self._taken and self._owners.get(marker) == self.worker_id:
@@ -351,11 +347,15 @@ class LandingSource(FileSource):
                 if owner != self.worker_id:
                     continue  # another worker's (or being acknowledged): the reconcile LIST says more
             crash_point("claimed")
-            local = await self._download(obj)
-            if local is not None:
-                self._taken.add(obj.key)
-                self._taken_etag[obj.key] = obj.etag
-                await files.send(local)
+            await self._hand_over(obj, files)
+
+    async def _hand_over(self, obj: Landed, files: MemoryObjectSendStream[Path]) -> None:
+        """A claimed object: copied next to the spool, then read like a file."""
+        local = await self._download(obj)
+        if local is not None:
+            self._taken.add(obj.key)
+            self._taken_etag[obj.key] = obj.etag
+            await files.send(local)
 
     def _unit(self, path: Path) -> tuple[SourceUnit, Path]:
         obj = _landed(path)

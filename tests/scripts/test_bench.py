@@ -9,17 +9,18 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.slow  # a benchmark, if a tiny one: `bash scripts/test -m slow tests/scripts`
-def test_bench_runs_every_scenario_on_a_tiny_input() -> None:
+def _bench(*args: str) -> dict[str, Any]:
+    """`bench.py --tiny --json ARGS`, without this environment's R2 settings: its figures."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("R2_", "CLOUDFLARE_"))}
     done = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "benchmark" / "bench.py"), "--tiny", "--json"],
+        [sys.executable, str(ROOT / "scripts" / "benchmark" / "bench.py"), *args, "--tiny", "--json"],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -27,7 +28,13 @@ def test_bench_runs_every_scenario_on_a_tiny_input() -> None:
         timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout)
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
+
+
+@pytest.mark.slow  # a benchmark, if a tiny one: `bash scripts/test -m slow tests/scripts`
+def test_bench_runs_every_scenario_on_a_tiny_input() -> None:
+    result = _bench()
     big, small, start = result["big"], result["small"], result["startup"]
     assert big["records"] == 20_000 and "20,000 records" in big["summary"]
     for name in ("limit_a_records_per_s", "limit_ab_records_per_s", "e2e_records_per_s", "rss_1x_mib"):
@@ -50,17 +57,7 @@ def test_bench_runs_every_scenario_on_a_tiny_input() -> None:
 
 @pytest.mark.slow
 def test_bench_queue_runs_on_a_tiny_input() -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("R2_", "CLOUDFLARE_"))}
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "benchmark" / "bench.py"), "--queue", "--tiny", "--json"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    queue = json.loads(done.stdout)["queue"]
+    queue = _bench("--queue")["queue"]
     assert queue["messages"] == 2_000  # and every row was read back (the bench fails otherwise)
     assert queue["records_per_s"] > 0 and queue["yardstick_records_per_s"] > 0 and queue["vs_yardstick"] > 0
     assert queue["pulls_per_million"] >= 10_000 and queue["acks_per_million"] >= 10_000  # ≤ 100 per call
