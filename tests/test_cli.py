@@ -39,8 +39,9 @@ def test_help_lists_every_command_in_the_order_a_newcomer_uses_them() -> None:
         "presign",
         "token",
         "cors",
+        "notifications",
     ], r.stdout
-    for group in ("cors", "token"):
+    for group in ("cors", "token", "notifications"):
         sub = _ingest(group, "--help")
         assert sub.returncode == 0 and "Usage:" in sub.stdout, sub.stderr
 
@@ -56,7 +57,7 @@ def test_a_bad_config_is_exit_2_with_one_line_naming_the_key(tmp_path: Path) -> 
 
 @pytest.mark.parametrize(
     "kinds",
-    [[], ["directory"], ["landing"], ["directory", "landing"]],
+    [[], ["directory"], ["landing"], ["directory", "landing"], ["queue"]],
     ids=lambda k: "+".join(k) or "default",
 )
 def test_init_writes_a_config_that_loads_with_the_chosen_sources(tmp_path: Path, kinds: list[str]) -> None:

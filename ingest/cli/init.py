@@ -12,7 +12,7 @@ from ingest.cli.app import err, out
 
 # SourceConfig.kind's choices, spelled here so that `ingest --help` need not load pydantic
 # (tests/test_cli.py checks they are the same).
-SOURCE_KINDS = ("directory", "landing", "http", "stdin", "redis")
+SOURCE_KINDS = ("directory", "landing", "http", "stdin", "redis", "queue")
 SourceKind = Enum("SourceKind", {kind: kind for kind in SOURCE_KINDS}, type=str)  # type: ignore[misc]
 
 

@@ -72,6 +72,13 @@ stream = "events"
 # group = "{s.group}"                  # created when missing, from the oldest entry (start = "0")
 # claim_idle = "5m"              # entries of a worker idle this long are taken by the others
 """,
+    "queue": """\
+[[sources]]
+kind = "queue"  # a Cloudflare Queue, as an HTTP pull consumer (see docs/queues.md)
+queue = "events"                 # its name; CLOUDFLARE_API_TOKEN needs Queues Write
+# visibility_timeout = "5m"      # must outlast batch.max_age plus the upload
+# concurrency = 2                # pulls in flight
+""",
 }
 
 _REST = """\
