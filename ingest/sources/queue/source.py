@@ -140,8 +140,6 @@ class QueueSource:
         max_record_bytes: int,
         retry: RetryConfig,
     ) -> None:
-        if not (config.queue or config.queue_id):
-            raise ConfigError(f"sources.{index}.queue: required: the queue's name (or queue_id)")
         token = config.api_token.get_secret_value() or fallback_token.get_secret_value()
         if not token:
             raise ConfigError(
@@ -365,9 +363,9 @@ class QueueSource:
             again.append(unit)
         opened = await self._units.open_units(again)
         for unit in opened:
-            assert isinstance(unit.handle, MessagesHandle) and unit.handle.pull is not None
-            pull = unit.handle.pull
+            pull = _pull_of(unit)
             pull.kept = _kept_messages(pull, unit.skip)
+            assert isinstance(unit.handle, MessagesHandle)
             unit.handle.unit = unit
             for i, m in enumerate(pull.ids):
                 self._inflight[m] = (pull, i)
@@ -380,8 +378,7 @@ class QueueSource:
         """Rows of these messages could not be uploaded: the queue delivers them again after a backoff
         (and, past the consumer's max_retries, moves them to its dead-letter queue); the object
         holding them is dropped at the next attempt (its leases are given up here, and journaled so)."""
-        assert isinstance(unit.handle, MessagesHandle) and unit.handle.pull is not None
-        pull = unit.handle.pull
+        pull = _pull_of(unit)
         now = time.time()
         held = [
             (lease, _backoff(pull.attempts[i]))
@@ -413,8 +410,7 @@ class QueueSource:
     async def before_upload(self, key: str, object_id: str, spans: list[tuple[SourceUnit, Ranges]]) -> None:
         rows: dict[str, Ranges] = {}
         for unit, ranges in spans:
-            assert isinstance(unit.handle, MessagesHandle) and unit.handle.pull is not None
-            pull = unit.handle.pull
+            pull = _pull_of(unit)
             pull.objects.add(object_id)
             self._objects.setdefault(object_id, set()).add(unit.id)
             for a, b in ranges:
@@ -433,9 +429,8 @@ class QueueSource:
         clean: list[SourceUnit] = []  # their ledger records may go once acknowledged
         now = time.time()
         for unit in units:
-            assert isinstance(unit.handle, MessagesHandle) and unit.handle.pull is not None
-            pull = unit.handle.pull
-            expired = unit.handle.expired()
+            pull = _pull_of(unit)
+            expired = unit.handle is not None and unit.handle.expired()
             kept = pull.kept if pull.kept is not None else set(range(len(pull.ids)))
             for i, lease in enumerate(pull.leases):
                 if pull.expires[i] <= now:
@@ -452,9 +447,9 @@ class QueueSource:
             return [AckError(f"{self.api.where}: ack: {describe(exc)}")] * len(units)
         crash_point("queue-acked")
         for unit in units:
-            assert isinstance(unit.handle, MessagesHandle) and unit.handle.pull is not None
-            self._pulls.pop(id(unit.handle.pull), None)
-            for m in unit.handle.pull.ids:
+            pull = _pull_of(unit)
+            self._pulls.pop(id(pull), None)
+            for m in pull.ids:
                 self._inflight.pop(m, None)
         if lost:
             log.warning(
@@ -468,8 +463,7 @@ class QueueSource:
 
     async def _forget_records(self, units: list[SourceUnit]) -> None:
         for unit in units:
-            assert isinstance(unit.handle, MessagesHandle) and unit.handle.pull is not None
-            for object_id in unit.handle.pull.objects:
+            for object_id in _pull_of(unit).objects:
                 waiting = self._objects.get(object_id)
                 if waiting is None:
                     continue
@@ -480,6 +474,12 @@ class QueueSource:
                         await self.ledger.forget(object_id)
                     except (ClientError, BotoCoreError, OSError) as exc:  # swept later: harmless
                         log.info("queue ledger record not deleted", object=object_id, error=str(exc))
+
+
+def _pull_of(unit: SourceUnit) -> Pull:
+    """The pull a queue unit was opened with."""
+    assert isinstance(unit.handle, MessagesHandle) and unit.handle.pull is not None
+    return unit.handle.pull
 
 
 def _kept_messages(pull: Pull, skip: Ranges) -> set[int]:
