@@ -1,7 +1,7 @@
 """Benchmark: the worker next to yardsticks on the same data, in one run (see bench_files.py).
 
     bash scripts/bench [--records N] [--files F] [--small-files N] [--tiny] [--json] [--keep]
-    bash scripts/bench --dlt PYTHON            also dlt's Arrow path (PYTHON: a venv with dlt)
+    bash scripts/bench --peers PYTHON          also DuckDB, polars and dlt (PYTHON: a venv with them)
     bash scripts/bench --http | --redis        the stream sources (bench_streams.py)
     bash scripts/bench --queue [--messages N]  the Cloudflare Queues source (bench_queue.py)
 
@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench_dlt import dlt_arrow
 from bench_files import (
     Cost,
     best,
@@ -41,6 +40,7 @@ from bench_files import (
     timed,
     worker_env,
 )
+from bench_peers import compare, python_of
 from bench_queue import bench_queue
 from bench_streams import bench_http, bench_redis
 
@@ -49,6 +49,16 @@ MIB = 2**20
 
 def say(text: str, quiet: bool) -> None:
     print(text, file=sys.stderr if quiet else sys.stdout, flush=True)
+
+
+def worker_run(
+    work: Path, env: dict[str, str], store: int, inbox: Path, records: int, name: str
+) -> tuple[Cost, tuple[float, int, str]]:
+    """One `ingest run --once` on a copy of `inbox`, costed; raises if the rows in R2 differ."""
+    copy_inbox(inbox, work / name, 1)
+    done = costed(lambda: run_once(work, env, work / name, name), store)
+    assert rows_in_r2(work, work / f"{name}.toml", worker_env(env)) == records, "rows in R2 differ"
+    return done
 
 
 def big_files(
@@ -63,11 +73,7 @@ def big_files(
     runs = iter(range(100))
 
     def e2e_run() -> tuple[Cost, tuple[float, int, str]]:
-        name = f"big1-{next(runs)}"
-        copy_inbox(inbox, work / name, 1)
-        done = costed(lambda: run_once(work, env, work / name, name), store)
-        assert rows_in_r2(work, work / f"{name}.toml", worker_env(env)) == records, "rows in R2 differ"
-        return done
+        return worker_run(work, env, store, inbox, records, f"big1-{next(runs)}")
 
     def iceberg_run() -> tuple[Cost, tuple[float, int, str]]:
         name = f"iceberg-{next(runs)}"
@@ -189,8 +195,25 @@ def startup(work: Path, env: dict[str, str]) -> dict[str, Any]:
     }
 
 
+PEER_NAMES = {
+    "duckdb": "DuckDB COPY TO 's3://' (httpfs)",
+    "polars": "polars sink_parquet('s3://')",
+    "dlt": "dlt, Arrow path",
+    "ingest": "ingest run --once",
+}
+
+
 def table(result: dict[str, Any]) -> str:
-    big, small, start = result["big"], result["small"], result["startup"]
+    rows = big_rows(result["big"]) if "big" in result else []
+    rows += peer_rows(result["peers"]) if "peers" in result else []
+    rows += small_rows(result["small"]) if "small" in result else []
+    rows += startup_rows(result["startup"]) if "startup" in result else []
+    lines = [f"{'':<40}{'figure':>20}{'peak RSS / CPU (own + store)':>30}"]
+    lines += [f"{name:<40}{figure:>20}{rss:>30}" for name, figure, rss in rows]
+    return "\n".join(lines)
+
+
+def big_rows(big: dict[str, Any]) -> list[tuple[str, str, str]]:
 
     def cpu(name: str) -> str:
         return f"{big[name + '_cpu_s']:.1f} + {big[name + '_store_cpu_s']:.1f} CPU-s"
@@ -219,25 +242,38 @@ def table(result: dict[str, Any]) -> str:
         ("  CPU floor / wall: limit AB", f"{big['limit_ab_of_floor']:.2f}", ""),
         ("  CPU floor / wall: e2e", f"{big['e2e_of_floor']:.2f}", ""),
     ]
-    if "dlt" in result:
-        peer = result["dlt"]
-        rows += [
-            ("  dlt, Arrow path (same files, store)", f"{peer['dlt_records_per_s']:,} rec/s", ""),
-            ("  e2e / dlt", f"{peer['e2e_vs_dlt']:.2f}", ""),
-        ]
-    rows += [
+    return rows
+
+
+def peer_rows(peers: dict[str, Any]) -> list[tuple[str, str, str]]:
+    rows = [("peers (same files and store, alternating)", "", "")]
+    for name in [*peers["peers"], "ingest"]:
+        p = peers[name]
+        cost = f"{p['cpu_s']:.1f} + {p['store_cpu_s']:.1f} CPU-s"
+        rows.append((f"  {PEER_NAMES[name]}", f"{p['records_per_s']:,} rec/s", cost))
+    for name in peers["peers"]:
+        p = peers[name]
+        ratio = f"{p['ingest_speed_ratio']:.2f}"
+        rows.append((f"  ingest / {name}: speed, CPU", ratio, f"CPU/record {p['ingest_cpu_ratio']:.2f}"))
+    return rows
+
+
+def small_rows(small: dict[str, Any]) -> list[tuple[str, str, str]]:
+    return [
         ("small files", "", ""),
         ("  pyarrow loop (1 process)", f"{small['pyarrow_loop_files_per_s']:,} files/s", ""),
         ("  ingest run --once", f"{small['e2e_files_per_s']:,} files/s", f"{small['rss_mib']} MiB"),
         ("  e2e / pyarrow loop", f"{small['e2e_vs_pyarrow_loop']:.2f}", ""),
+    ]
+
+
+def startup_rows(start: dict[str, Any]) -> list[tuple[str, str, str]]:
+    return [
         ("start-up (wall, best of 3)", "", ""),
         ("  ingest --help", f"{start['help_s']:.2f} s", ""),
         ("  ingest cors check", f"{start['cors_check_s']:.2f} s", ""),
         ("  run --once, 10 records", f"{start['run_once_10_records_s']:.2f} s", ""),
     ]
-    lines = [f"{'':<36}{'figure':>20}{'peak RSS / CPU (own + store)':>30}"]
-    lines += [f"{name:<36}{figure:>20}{rss:>30}" for name, figure, rss in rows]
-    return "\n".join(lines)
 
 
 def main() -> None:
@@ -246,6 +282,9 @@ def main() -> None:
     ap.add_argument("--files", type=int, default=20, help="big files: files")
     ap.add_argument("--small-files", type=int, default=20_000, help="small files: files")
     ap.add_argument("--small-records", type=int, default=10, help="small files: records per file")
+    ap.add_argument(
+        "--only", default="big,small,startup", help="file scenarios, comma-separated: big,small,startup"
+    )
     ap.add_argument("--tiny", action="store_true", help="a quick run on tiny input (the test suite's)")
     ap.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     ap.add_argument("--keep", action="store_true", help="keep the working directory")
@@ -254,7 +293,11 @@ def main() -> None:
     ap.add_argument("--per-request", type=int, default=1000, help="--http: records per request")
     ap.add_argument("--connections", type=int, default=16, help="--http: connections")
     ap.add_argument(
-        "--dlt", metavar="PYTHON", default="", help="also time dlt's Arrow path (PYTHON has dlt installed)"
+        "--peers",
+        "--dlt",
+        metavar="PYTHON",
+        default="",
+        help="also time DuckDB, polars and dlt (PYTHON: a venv with them; - for this one)",
     )
     ap.add_argument("--redis", action="store_true", help="benchmark the Redis Streams source instead")
     ap.add_argument("--queue", action="store_true", help="benchmark the Cloudflare Queues source instead")
@@ -282,14 +325,32 @@ def main() -> None:
             return
         r2, env = start_local_r2(work)
         try:
-            result = {"big": big_files(work, env, r2.pid, args.records, args.files, args.json)}
-            if args.dlt:
-                say("dlt: its Arrow path on the same files and store", args.json)
-                peer = dlt_arrow(work, env, work / "big", args.dlt, args.records)
-                peer["e2e_vs_dlt"] = round(result["big"]["e2e_records_per_s"] / peer["dlt_records_per_s"], 3)
-                result["dlt"] = peer
-            result["small"] = small_files(work, env, args.small_files, args.small_records, args.json)
-            result["startup"] = startup(work, env)
+            only = set(args.only.split(","))
+            result: dict[str, Any] = {}
+            if "big" in only:
+                result["big"] = big_files(work, env, r2.pid, args.records, args.files, args.json)
+            if args.peers:
+                if not (work / "big").exists():
+                    generate(work / "big", args.records, args.files)
+                runs = iter(range(100))
+
+                def ours() -> Cost:
+                    return worker_run(work, env, r2.pid, work / "big", args.records, f"peer-{next(runs)}")[0]
+
+                result["peers"] = compare(
+                    work,
+                    env,
+                    r2.pid,
+                    work / "big",
+                    python_of(args.peers),
+                    args.records,
+                    ours,
+                    lambda text: say(text, args.json),
+                )
+            if "small" in only:
+                result["small"] = small_files(work, env, args.small_files, args.small_records, args.json)
+            if "startup" in only:
+                result["startup"] = startup(work, env)
         finally:
             r2.terminate()
             r2.wait(30)
@@ -297,7 +358,7 @@ def main() -> None:
             print(json.dumps(result, indent=2))
         else:
             print("\n" + table(result))
-            print(f"\n{result['big']['summary']}\n{result['small']['summary']}")
+            print("\n" + "\n".join(result[k]["summary"] for k in ("big", "small") if k in result))
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)

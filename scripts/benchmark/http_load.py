@@ -22,7 +22,8 @@ from urllib.parse import urlparse
 
 
 def event(i: int, rng: random.Random) -> str:
-    """One ~200-byte event (the same shape as the other benchmarks' input)."""
+    """One ~280-byte event (the same shape as the other benchmarks' input), with a list and a struct
+    as the events users send have."""
     return json.dumps(
         {
             "id": i,
@@ -32,6 +33,8 @@ def event(i: int, rng: random.Random) -> str:
             "amount": round(rng.random() * 500, 2),
             "ok": rng.random() < 0.9,
             "path": "/p/" + "".join(rng.choices("abcdefghij", k=40)),
+            "tags": rng.sample(["new", "mobile", "promo", "beta", "eu", "returning"], k=rng.randrange(4)),
+            "device": {"os": rng.choice(["ios", "android", "web"]), "version": rng.randrange(1, 20)},
         }
     )
 

@@ -1,11 +1,11 @@
-"""Run by the dlt interpreter of `scripts/bench --dlt PYTHON` (dlt is not a dependency of ingest).
+"""Run by the peer interpreter of `scripts/bench --peers PYTHON` (dlt is not a dependency of ingest).
 
 dlt's fastest path on the benchmark's files: one Arrow table per file (pyarrow `read_json`), the
 filesystem destination writing Parquet to the local R2 through s3fs, in files of 1M rows like the
 worker's objects (dlt's default, one file per table, uploaded 0.7 s slower: measured). The caller
 sets the destination and credentials in dlt's environment variables and times the whole process.
 
-    python dlt_pipeline.py INBOX NAME
+    python peer_dlt.py INBOX NAME
 """
 
 import glob
