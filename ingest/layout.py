@@ -15,6 +15,7 @@ RESERVED_TABLE_START = "_"  # the worker's own prefixes (_landing/, _errors/) ar
 ERRORS = "_errors/"
 ERRORS_TEMPLATE = "{prefix}" + ERRORS + "{date:%Y/%m/%d}/errors_{seq:04d}.jsonl"
 LANDING = "_landing/"
+INDEX = "_index/"  # the worker's index of the objects it uploaded (pipeline/index.py)
 LEDGER = "_ledger/"  # which queue messages each object holds (sources/queue/ledger.py)
 CLAIMS = ".claims/"  # under the landing prefix: one marker per claimed landing object
 CLAIM_DIR = ".ingest"  # under a watched directory: `claimed/<worker-id>/` holds the claimed files
@@ -23,6 +24,11 @@ CLAIM_DIR = ".ingest"  # under a watched directory: `claimed/<worker-id>/` holds
 def landing_prefix(prefix: str) -> str:
     """Where browser uploads land (and the landing source lists)."""
     return f"{prefix}{LANDING}"
+
+
+def index_prefix(prefix: str) -> str:
+    """Where the worker indexes what it uploaded, in folders that mirror the objects' own."""
+    return f"{prefix}{INDEX}"
 
 
 def queue_ledger_prefix(prefix: str, queue_id: str) -> str:

@@ -59,7 +59,7 @@ def ls(
 ) -> None:
     """The output objects: key, size, rows (from each Parquet footer), time and batch id."""
     from ingest.commands.landed import listing
-    from ingest.layout import DEFAULT_TABLE, errors_prefix, landing_prefix
+    from ingest.layout import DEFAULT_TABLE, LEDGER, errors_prefix, index_prefix, landing_prefix
     from ingest.pipeline.keys import KeyTemplate
 
     s = settings()
@@ -81,8 +81,13 @@ def ls(
             raise typer.Exit(2)
         when = date(int(m[1]), int(m[2]), int(m[3]))
         where = template.list_prefix(when, table or DEFAULT_TABLE)
-    internal = (errors_prefix(s.output.prefix), landing_prefix(s.output.prefix))  # not output objects
-    found = _run(s, lambda client, bucket: listing(client, bucket, where, internal))
+    own = s.output.prefix
+    # not output objects: dead letters, uploads, the worker's index and ledgers
+    internal = (errors_prefix(own), landing_prefix(own), index_prefix(own), own + LEDGER)
+    # The index folders that mirror the listed prefix's folder (every entry is checked against the
+    # listing, so a wider folder costs reads, never a wrong figure).
+    index = index_prefix(own) + where.removeprefix(own).rpartition("/")[0] if where.startswith(own) else None
+    found = _run(s, lambda client, bucket: listing(client, bucket, where, internal, index))
     if as_json:
         print(json.dumps([o.as_json() for o in found]))
         return

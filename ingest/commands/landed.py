@@ -1,6 +1,8 @@
 """What landed in R2, read without downloading it: `ingest ls` and `ingest head`.
 
-Each object's row count and schema come from its Parquet footer, fetched with one ranged GET of the
+`ls` takes each object's row count and batch id from the index the worker keeps of what it uploaded
+(pipeline/index.py) when it has an entry of the object's key and size. Otherwise, and for `head`,
+each object's row count and schema come from its Parquet footer, fetched with one ranged GET of the
 object's tail (a second one only for a footer longer than that); its batch id comes back with the same
 answer (x-amz-meta-batch-id). `head` then fetches the byte range of the first row group(s) it needs.
 """
@@ -17,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from botocore.exceptions import ClientError
 
+from ingest.pipeline.index import Entry, read_entries
 from ingest.r2.client import R2Client
 from ingest.r2.errors import status_of
 
@@ -130,24 +133,54 @@ async def _footer(client: R2Client, bucket: str, key: str) -> _Footer:
     return _Footer(metadata, file, batch)
 
 
-async def listing(client: R2Client, bucket: str, prefix: str, skip: tuple[str, ...] = ()) -> list[Landed]:
-    """The objects under `prefix`, each with its footer's row count and its batch id; keys under the
-    `skip` prefixes are left out before any footer is fetched."""
-    found: list[Landed] = []
+async def _list(client: R2Client, bucket: str, prefix: str) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = []
     token: str | None = None
     while True:
         params: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
         if token:
             params["ContinuationToken"] = token
         page = await client.call("list_objects_v2", **params)
-        found += [
-            Landed(o["Key"], int(o["Size"]), o["LastModified"])
-            for o in page.get("Contents", [])
-            if not o["Key"].startswith(skip)
-        ]
+        found += page.get("Contents", [])
         token = page.get("NextContinuationToken")
         if not page.get("IsTruncated") or not token:
-            break
+            return found
+
+
+async def _indexed(client: R2Client, bucket: str, index: str) -> dict[str, Entry]:
+    """The worker's index entries under the index prefix `index` (see pipeline/index.py), by key."""
+    entries: dict[str, Entry] = {}
+    limit = anyio.Semaphore(LISTING_CONCURRENCY)
+
+    async def read(key: str) -> None:
+        async with limit:
+            try:
+                answer = await client.call("get_object", Bucket=bucket, Key=key)
+            except ClientError:
+                return  # gone meanwhile: its objects' footers are read instead
+            async with answer["Body"] as body:
+                text = (await body.read()).decode("utf-8", "replace")
+        for entry in read_entries(text):
+            entries[entry.key] = entry
+
+    async with anyio.create_task_group() as tg:
+        for obj in await _list(client, bucket, index):
+            tg.start_soon(read, obj["Key"])
+    return entries
+
+
+async def listing(
+    client: R2Client, bucket: str, prefix: str, skip: tuple[str, ...] = (), index: str | None = None
+) -> list[Landed]:
+    """The objects under `prefix`, each with its row count and batch id: from the worker's index
+    under `index` for a listed key of the same size, else from its footer. Keys under the `skip`
+    prefixes are left out before anything is fetched."""
+    found = [
+        Landed(o["Key"], int(o["Size"]), o["LastModified"])
+        for o in await _list(client, bucket, prefix)
+        if not o["Key"].startswith(skip)
+    ]
+    entries = await _indexed(client, bucket, index) if index is not None and found else {}
     limit = anyio.Semaphore(LISTING_CONCURRENCY)
 
     async def describe(item: Landed) -> None:
@@ -161,7 +194,11 @@ async def listing(client: R2Client, bucket: str, prefix: str, skip: tuple[str, .
 
     async with anyio.create_task_group() as tg:
         for item in found:
-            tg.start_soon(describe, item)
+            entry = entries.get(item.key)
+            if entry is not None and entry.size == item.size:
+                item.rows, item.batch = entry.rows, entry.batch
+            else:
+                tg.start_soon(describe, item)
     return found
 
 

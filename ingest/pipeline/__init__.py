@@ -28,6 +28,7 @@ from ingest.logs import get_logger
 from ingest.pipeline.batch import Batch, Batcher
 from ingest.pipeline.commit import Committer, Connection
 from ingest.pipeline.encode import Encoder, load_schema_blob, schema_blob
+from ingest.pipeline.index import UploadIndex
 from ingest.pipeline.journal import Journal, UnitRow
 from ingest.pipeline.keys import KeyTemplate
 from ingest.pipeline.spool import Spool, SpooledObject, SpoolError
@@ -90,6 +91,8 @@ class Pipeline:
             settings.retry,
             self.health,
         )
+        self.index = UploadIndex(client, self.bucket, prefix)
+        self._uploads_done = anyio.Event()
         self.committer = (
             Committer(
                 settings, self.health, spool.dead, self.uploader.list_keys, self.uploader.exists, catalog
@@ -255,6 +258,7 @@ class Pipeline:
             if not once:
                 tg.start_soon(self._seal_periodically, obj_send.clone())
                 tg.start_soon(self._record_problems_periodically)
+                tg.start_soon(self.index.run_periodically, self._uploads_done)
             if resuming:
                 tg.start_soon(self._release, resuming, obj_send.clone())
             obj_send.close()
@@ -421,6 +425,8 @@ class Pipeline:
                     self._spooled(obj)
                     await self._upload_one(obj)
             self.committer.uploads_done()
+        self._uploads_done.set()
+        await self.index.flush()
 
     async def _committed(self, objects: list[SpooledObject]) -> None:
         """In a committed snapshot of their table: done."""
@@ -534,6 +540,7 @@ class Pipeline:
         if obj.kind != "data":
             self.stats.dead_letter_keys.append(key)
             return
+        self.index.add(key, obj.size, obj.records, obj.object_id)
         self.stats.records_uploaded += obj.records
         self.stats.objects_uploaded += 1
         self.stats.first_key = self.stats.first_key or key

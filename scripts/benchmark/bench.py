@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,7 @@ from bench_files import (
     timed,
     worker_env,
 )
+from bench_ls import listing
 from bench_peers import compare, python_of
 from bench_queue import bench_queue
 from bench_streams import bench_http, bench_redis
@@ -137,16 +139,34 @@ def big_files(
     }
 
 
-def small_files(work: Path, env: dict[str, str], count: int, per_file: int, quiet: bool) -> dict[str, Any]:
-    inbox = work / "small"
+def nest(inbox: Path, layout: str, folders: int = 100) -> None:
+    """Spread the files of `inbox` over `folders` subdirectories: "subdirs" (one per producer,
+    `producer-007/`) or "dated" (an hourly `YYYY/MM/DD/HH/` tree); "flat" leaves them at the root."""
+    if layout == "flat":
+        return
+    start = datetime(2024, 8, 1, tzinfo=UTC)
+    for i, f in enumerate(sorted(inbox.iterdir())):
+        k = i % folders
+        sub = f"producer-{k:03d}" if layout == "subdirs" else f"{start + timedelta(hours=k):%Y/%m/%d/%H}"
+        (inbox / sub).mkdir(parents=True, exist_ok=True)
+        f.rename(inbox / sub / f.name)
+
+
+def small_files(
+    work: Path, env: dict[str, str], count: int, per_file: int, quiet: bool, layout: str = "flat"
+) -> dict[str, Any]:
+    inbox = work / f"small-{layout}"
     generate(inbox, count * per_file, count, seed=7)
-    say(f"small files: {count:,} files × {per_file} records", quiet)
-    files = sorted(inbox.iterdir())
+    nest(inbox, layout)
+    say(f"small files ({layout}): {count:,} files × {per_file} records", quiet)
+    files = sorted(p for p in inbox.rglob("*.jsonl"))
     loop = best(2, lambda: small_loop(files, work / "small-loop.parquet"))
-    copy_inbox(inbox, work / "small-run", 1)
-    seconds, rss, summary = run_once(work, env, work / "small-run", "small")
-    assert rows_in_r2(work, work / "small.toml", worker_env(env)) == count * per_file, "rows in R2 differ"
+    copy_inbox(inbox, work / f"small-run-{layout}", 1)
+    seconds, rss, summary = run_once(work, env, work / f"small-run-{layout}", f"small-{layout}")
+    config = work / f"small-{layout}.toml"
+    assert rows_in_r2(work, config, worker_env(env)) == count * per_file, "rows in R2 differ"
     return {
+        "layout": layout,
         "files": count,
         "records_per_file": per_file,
         "pyarrow_loop_files_per_s": round(count / loop),
@@ -206,8 +226,10 @@ PEER_NAMES = {
 def table(result: dict[str, Any]) -> str:
     rows = big_rows(result["big"]) if "big" in result else []
     rows += peer_rows(result["peers"]) if "peers" in result else []
-    rows += small_rows(result["small"]) if "small" in result else []
+    for layout in ("small", "small_subdirs", "small_dated"):
+        rows += small_rows(result[layout]) if layout in result else []
     rows += startup_rows(result["startup"]) if "startup" in result else []
+    rows += ls_rows(result["ls"]) if "ls" in result else []
     lines = [f"{'':<40}{'figure':>20}{'peak RSS / CPU (own + store)':>30}"]
     lines += [f"{name:<40}{figure:>20}{rss:>30}" for name, figure, rss in rows]
     return "\n".join(lines)
@@ -258,12 +280,24 @@ def peer_rows(peers: dict[str, Any]) -> list[tuple[str, str, str]]:
     return rows
 
 
+LAYOUTS = {"flat": "", "subdirs": ", in 100 subfolders", "dated": ", in a YYYY/MM/DD/HH tree"}
+
+
 def small_rows(small: dict[str, Any]) -> list[tuple[str, str, str]]:
     return [
-        ("small files", "", ""),
+        (f"small files{LAYOUTS[small['layout']]}", "", ""),
         ("  pyarrow loop (1 process)", f"{small['pyarrow_loop_files_per_s']:,} files/s", ""),
         ("  ingest run --once", f"{small['e2e_files_per_s']:,} files/s", f"{small['rss_mib']} MiB"),
         ("  e2e / pyarrow loop", f"{small['e2e_vs_pyarrow_loop']:.2f}", ""),
+    ]
+
+
+def ls_rows(ls: dict[str, Any]) -> list[tuple[str, str, str]]:
+    return [
+        (f"ingest ls, {ls['objects']:,} objects (best of 3)", "", ""),
+        ("  from the worker's index", f"{ls['ls_indexed_s']:.2f} s", f"{ls['index_objects']} index objects"),
+        ("  from every footer (index moved away)", f"{ls['ls_footers_s']:.2f} s", ""),
+        ("  ingest head, one object", f"{ls['head_s']:.2f} s", ""),
     ]
 
 
@@ -283,8 +317,11 @@ def main() -> None:
     ap.add_argument("--small-files", type=int, default=20_000, help="small files: files")
     ap.add_argument("--small-records", type=int, default=10, help="small files: records per file")
     ap.add_argument(
-        "--only", default="big,small,startup", help="file scenarios, comma-separated: big,small,startup"
+        "--only",
+        default="big,small,startup,ls",
+        help="file scenarios, comma-separated: big,small (all three layouts),flat,subdirs,dated,startup,ls",
     )
+    ap.add_argument("--ls-objects", type=int, default=5_000, help="ls: objects to list")
     ap.add_argument("--tiny", action="store_true", help="a quick run on tiny input (the test suite's)")
     ap.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     ap.add_argument("--keep", action="store_true", help="keep the working directory")
@@ -309,6 +346,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.tiny:
         args.records, args.files, args.small_files, args.messages = 20_000, 4, 200, 2_000
+        args.ls_objects = 100
 
     work = Path(tempfile.mkdtemp(prefix="ingest-bench-"))
     try:
@@ -347,10 +385,15 @@ def main() -> None:
                     ours,
                     lambda text: say(text, args.json),
                 )
-            if "small" in only:
-                result["small"] = small_files(work, env, args.small_files, args.small_records, args.json)
+            for layout in ("flat", "subdirs", "dated"):
+                if "small" in only or layout in only:
+                    small = small_files(work, env, args.small_files, args.small_records, args.json, layout)
+                    result["small" if layout == "flat" else f"small_{layout}"] = small
             if "startup" in only:
                 result["startup"] = startup(work, env)
+            if "ls" in only:
+                say(f"ls: {args.ls_objects:,} objects", args.json)
+                result["ls"] = listing(work, env, args.ls_objects)
         finally:
             r2.terminate()
             r2.wait(30)
@@ -358,7 +401,7 @@ def main() -> None:
             print(json.dumps(result, indent=2))
         else:
             print("\n" + table(result))
-            print("\n" + "\n".join(result[k]["summary"] for k in ("big", "small") if k in result))
+            print("\n" + "\n".join(r["summary"] for k, r in result.items() if "summary" in r))
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)

@@ -118,17 +118,17 @@ def start_local_r2(work: Path) -> tuple[subprocess.Popen[bytes], dict[str, str]]
 
 
 def run_once(
-    work: Path, env: dict[str, str], inbox: Path, name: str, iceberg: bool = False
+    work: Path, env: dict[str, str], inbox: Path, name: str, iceberg: bool = False, extra: str = ""
 ) -> tuple[float, int, str]:
     """`ingest run --once` on `inbox` with the defaults (durability on), as its own process;
     `iceberg`: also committed to the local catalog's table `bench.events`, as a worker does once its
-    table exists (see rows_in_table)."""
+    table exists (see rows_in_table); `extra`: more TOML sections."""
     config = work / f"{name}.toml"
     table = '[iceberg]\nenabled = true\nnamespace = "bench"\ntable = "events"\n'
     config.write_text(
         f'[[sources]]\nkind = "directory"\npath = "{inbox}"\n'
         f'[spool]\ndir = "{work / ("spool-" + name)}"\n[output]\nprefix = "{name}/"\n'
-        '[log]\nformat = "json"\nlevel = "warning"\n' + (table if iceberg else "")
+        '[log]\nformat = "json"\nlevel = "warning"\n' + (table if iceberg else "") + extra
     )
     argv = [sys.executable, "-m", "ingest", "--config", str(config), "run", "--once"]
     seconds, rss, out = timed(argv, worker_env(env), work)
@@ -282,8 +282,11 @@ def copy_inbox(source: Path, target: Path, times: int) -> None:
     target.mkdir(parents=True, exist_ok=True)
     then = time.time() - SETTLED_AGO
     for k in range(times):
-        for f in source.iterdir():
-            copy = target / f"{k}-{f.name}"
+        for f in source.rglob("*"):  # in the same folders (a nested inbox stays nested)
+            if f.is_dir():
+                continue
+            copy = target / f.relative_to(source).with_name(f"{k}-{f.name}")
+            copy.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(f, copy)
             os.utime(copy, (then, then))
     os.sync()  # the copies on disk before the run: their writeback would stall the worker's fsyncs

@@ -214,9 +214,14 @@ class Job:
         return sorted(keys)
 
     def keys(self) -> list[str]:
-        """Data objects only: not dead letters (`{prefix}_errors/`) nor uploads (`{prefix}_landing/`)."""
-        internal = (f"{self.prefix}_errors/", f"{self.prefix}_landing/", f"{self.prefix}_ledger/")
+        """Data objects only: not dead letters (`{prefix}_errors/`), uploads (`{prefix}_landing/`), the
+        queue ledger (`{prefix}_ledger/`) nor the upload index (`{prefix}_index/`)."""
+        internal = tuple(f"{self.prefix}{p}/" for p in ("_errors", "_landing", "_ledger", "_index"))
         return [k for k in self.all_keys() if not k.startswith(internal)]
+
+    def index_keys(self) -> list[str]:
+        """The worker's index of what it uploaded (read by `ingest ls`)."""
+        return [k for k in self.all_keys() if k.startswith(f"{self.prefix}_index/")]
 
     def landing_keys(self) -> list[str]:
         """Browser uploads not yet ingested, and the claim markers beside them."""

@@ -8,6 +8,9 @@ import random
 import string
 from urllib.parse import urlparse
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 from tests.faultproxy import FaultProxy
 from tests.integration.conftest import Job, write_jsonl
 
@@ -29,6 +32,8 @@ def _fill(job: Job) -> dict[str, int]:
     r = job.run_once()
     assert r.returncode == 0, r.stderr[-3000:]
     s3, keys = job.r2.token_s3(), job.keys()
+    for key in job.index_keys():  # without the worker's index, `ls` reads every footer
+        s3.delete_object(Bucket=job.r2.bucket, Key=key)
     return {k: s3.head_object(Bucket=job.r2.bucket, Key=k)["ContentLength"] for k in keys}
 
 
@@ -132,3 +137,51 @@ def test_ls_table_lists_one_table(job: Job) -> None:
     job.configure()  # the default template: keys name no table
     refused = job.cli("ls", "--table", "orders")
     assert refused.returncode == 2 and "has no {table}" in refused.stderr
+
+
+def test_ls_takes_rows_from_the_worker_index_and_reads_footers_only_for_the_rest(job: Job) -> None:
+    """The worker indexes what it uploads (`{prefix}_index/`, folders mirroring the objects'); `ls`
+    then reads no footer of an indexed object, and still reads one for an object the index does not
+    know (put by another tool) or no longer describes (the key holds an object of another size)."""
+    for f in range(12):
+        write_jsonl(job.inbox / f"part-{f:02d}.jsonl", [{"id": f * 100 + i, "f": f} for i in range(100)])
+    job.configure(batch={"max_records": 100})
+    r = job.run_once()
+    assert r.returncode == 0, r.stderr[-3000:]
+    data, index = job.keys(), job.index_keys()
+    assert len(data) == 12 and len(index) == 1, (data, index)
+    assert index[0].startswith(f"{job.prefix}_index/" + data[0].removeprefix(job.prefix).rpartition("/")[0])
+
+    s3 = job.r2.token_s3()
+    day = data[0].removeprefix(job.prefix)[:10]
+    foreign = f"{job.prefix}{day}/by-hand.parquet"
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.table({"id": [1, 2, 3]}), sink)
+    s3.put_object(Bucket=job.r2.bucket, Key=foreign, Body=sink.getvalue().to_pybytes())
+    replaced = data[5]
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.table({"id": list(range(7)), "note": ["rewritten"] * 7}), sink)
+    s3.put_object(Bucket=job.r2.bucket, Key=replaced, Body=sink.getvalue().to_pybytes())
+
+    port = urlparse(job.r2.endpoint_url).port or 0
+    ids = job.batch_ids()
+    # All of them; then one day's, whose listing (`{day}/ingested_`) leaves the foreign key out.
+    for args, extra in (((), [foreign]), (("--date", day), [])):
+        with FaultProxy(port) as proxy:
+            r = job.cli("ls", "--json", *args, R2_ENDPOINT_URL=proxy.url)
+            assert r.returncode == 0, r.stderr
+        listed = {o["key"]: o for o in json.loads(r.stdout)}
+        assert sorted(listed) == sorted([*data, *extra])  # the index itself is not listed
+        assert {k: o["rows"] for k, o in listed.items()} == {k: job.read(k).num_rows for k in listed}
+        assert listed[replaced]["rows"] == 7
+        assert {k: listed[k]["batch"] for k in data if k != replaced} == {
+            k: ids[k] for k in data if k != replaced
+        }
+        gets = [
+            line.split()[1] for line in proxy.requests if line.startswith("GET ") and "list-type" not in line
+        ]
+        footers = sorted(
+            p.split("?")[0].removeprefix(f"/{job.r2.bucket}/") for p in gets if "_index/" not in p
+        )
+        assert footers == sorted([replaced, *extra]), footers
+        assert sum("_index/" in p for p in gets) == 1
