@@ -346,12 +346,14 @@ def main() -> None:
     args = ap.parse_args()
     if args.tiny:
         args.records, args.files, args.small_files, args.messages = 20_000, 4, 200, 2_000
-        args.ls_objects = 100
+        args.ls_objects, args.entries, args.requests, args.per_request = 100, 20_000, 40, 200
 
     work = Path(tempfile.mkdtemp(prefix="ingest-bench-"))
     try:
         if args.redis:
-            bench_redis(work, args.entries, args.max_records)
+            figures = bench_redis(work, args.entries, args.max_records, args.json)
+            if args.json:
+                print(json.dumps({"redis": figures}, indent=2))
             return
         if args.queue:
             figures = bench_queue(work, args.messages, args.json)
@@ -359,7 +361,11 @@ def main() -> None:
                 print(json.dumps({"queue": figures}, indent=2))
             return
         if args.http:
-            bench_http(work, args.requests, args.per_request, args.connections, args.max_records)
+            figures = bench_http(
+                work, args.requests, args.per_request, args.connections, args.max_records, args.json
+            )
+            if args.json:
+                print(json.dumps({"http": figures}, indent=2))
             return
         r2, env = start_local_r2(work)
         try:

@@ -16,6 +16,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from bench_files import ROOT, rows_in_r2, start_local_r2, worker_env
 from http_load import event
@@ -34,9 +35,12 @@ def _load(url: str, token: str, *extra: str) -> dict[str, object]:
     return result
 
 
-def bench_http(work: Path, requests: int, records: int, connections: int, max_records: int = 0) -> None:
+def bench_http(
+    work: Path, requests: int, records: int, connections: int, max_records: int = 0, quiet: bool = False
+) -> dict[str, Any]:
     """The HTTP source: records/s accepted (202, durable) at full speed over `connections`
-    connections, then p99 time-to-202 at half that rate; then every row is checked in R2."""
+    connections, then p99 time-to-202 at half that rate; then every row is checked in R2. Prints
+    the table (to stderr if `quiet`) and returns the figures."""
     port = _free_port()
     token = "bench-token"
     (work / "ingest.toml").write_text(
@@ -96,22 +100,41 @@ def bench_http(work: Path, requests: int, records: int, connections: int, max_re
         r2.terminate()
         r2.wait(30)
     sent = int(full["records"]) + int(paced["records"])  # type: ignore[call-overload]
-    print(f"{'HTTP source (durable, 202)':<34}{'records/s':>12}{'p50 ms':>9}{'p99 ms':>9}{'statuses':>22}")
+    out = sys.stderr if quiet else sys.stdout
+    print(
+        f"{'HTTP source (durable, 202)':<34}{'records/s':>12}{'p50 ms':>9}{'p99 ms':>9}{'statuses':>22}",
+        file=out,
+    )
     for name, r in (
         (f"full speed, {connections} connections", full),
         (f"paced at {half_rate:.0f} req/s", paced),
     ):
         print(
-            f"{name:<34}{r['records_per_s']:>12,}{r['p50_ms']:>9}{r['p99_ms']:>9}{json.dumps(r['statuses']):>22}"
+            f"{name:<34}{r['records_per_s']:>12,}{r['p50_ms']:>9}{r['p99_ms']:>9}{json.dumps(r['statuses']):>22}",
+            file=out,
         )
-    print(f"\n{sent:,} records accepted, {in_r2:,} rows in R2 after the drain ({drained:.1f} s)")
+    print(f"\n{sent:,} records accepted, {in_r2:,} rows in R2 after the drain ({drained:.1f} s)", file=out)
     if in_r2 != sent:
         raise SystemExit("rows in R2 differ from the records accepted")
+    return {
+        "full_records_per_s": full["records_per_s"],
+        "full_p99_ms": full["p99_ms"],
+        "paced_requests_per_s": round(half_rate, 2),
+        "paced_records_per_s": paced["records_per_s"],
+        "paced_p50_ms": paced["p50_ms"],
+        "paced_p99_ms": paced["p99_ms"],
+        "records_accepted": sent,
+        "rows_read_back": in_r2,
+        "max_records": max_records or "default",
+    }
 
 
-def bench_redis(work: Path, entries: int, max_records: int = 0) -> None:
-    """The Redis Streams source: `entries` ~200-byte JSON entries pre-loaded, ingested end to end by one
-    worker (`--once`), then again by two workers in one group; every entry checked in R2."""
+def bench_redis(work: Path, entries: int, max_records: int = 0, quiet: bool = False) -> dict[str, Any]:
+    """The Redis Streams source: `entries` JSON entries pre-loaded, ingested end to end by one worker
+    (`--once`), then again by two workers in one group; every entry checked in R2. Prints the table
+    (to stderr if `quiet`) and returns the figures."""
+    out = sys.stderr if quiet else sys.stdout
+    figures: dict[str, Any] = {"entries": entries}
     import redis as redis_py
 
     port = _free_port()
@@ -145,7 +168,7 @@ def bench_redis(work: Path, entries: int, max_records: int = 0) -> None:
                     raise SystemExit("redis-server did not start") from None
                 time.sleep(0.1)
         full_env = worker_env(env)
-        print(f"{'Redis Streams source':<34}{'seconds':>9}{'entries/s':>12}{'peak RSS':>11}")
+        print(f"{'Redis Streams source':<34}{'seconds':>9}{'entries/s':>12}{'peak RSS':>11}", file=out)
         for workers in (1, 2):
             stream = f"events-{workers}"
             rng = random.Random(workers)
@@ -185,14 +208,24 @@ def bench_redis(work: Path, entries: int, max_records: int = 0) -> None:
             seconds = time.perf_counter() - start
             rows = rows_in_r2(work, config, full_env)
             name = f"{workers} worker{'s' if workers > 1 else ''}, one group"
-            print(f"{name:<34}{seconds:>9.2f}{entries / seconds:>12,.0f}{peak / 2**20:>8.0f} MiB", flush=True)
+            line = f"{name:<34}{seconds:>9.2f}{entries / seconds:>12,.0f}{peak / 2**20:>8.0f} MiB"
+            print(line, file=out, flush=True)
             if rows != entries:
                 raise SystemExit(f"{rows:,} rows in R2 for {entries:,} entries")
+            figures[f"workers_{workers}"] = {
+                "entries_per_s": round(entries / seconds),
+                "peak_rss_mib": round(peak / 2**20),
+                "rows_read_back": rows,
+            }
     finally:
         r2.terminate()
         r2.wait(30)
         server.terminate()
         server.wait(30)
+    figures["two_vs_one"] = round(
+        figures["workers_2"]["entries_per_s"] / figures["workers_1"]["entries_per_s"], 3
+    )
+    return figures
 
 
 def _free_port() -> int:

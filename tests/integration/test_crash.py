@@ -43,12 +43,18 @@ FULL = (
 assert len(FULL) == 34
 
 
+# A nested inbox, as inboxes usually are: files at the root, in one folder per producer and in a
+# YYYY/MM/DD/HH tree (a claimed file's name says where it came from: see directory/claimed.py).
+FOLDERS = ["", "producer-a/", "producer-b/", "2024/08/02/13/", "2024/08/02/14/", "deep/%2F/x%25/"]
+
+
 def _inbox(job: Job, seed: int) -> None:
     rng = random.Random(seed)
     per = RECORDS // FILES
     for f in range(FILES):
         rows = [{"id": f * per + i, "v": rng.random(), "tag": f"f{f}"} for i in range(per)]
-        name = f"part-{f:02d}.jsonl" + (".gz" if f % 4 == 0 else "")
+        name = FOLDERS[f % len(FOLDERS)] + f"part-{f:02d}.jsonl" + (".gz" if f % 4 == 0 else "")
+        (job.inbox / name).parent.mkdir(parents=True, exist_ok=True)
         write_jsonl(job.inbox / name, rows)
 
 
@@ -149,7 +155,8 @@ def _assert_exact(job: Job, trial: Trial, records: int, kills: int) -> None:
     assert len(set(stored.values())) == len(stored)
     if trial.point != "random":  # (a random kill may land between the journal commit and its log line)
         assert set(stored) <= set(writers)
-    assert not list((job.inbox / ".ingest" / "claimed").rglob("*--*")), "input left unacknowledged"
+    claimed = job.inbox / ".ingest" / "claimed"
+    assert not [*claimed.rglob("*--*"), *claimed.rglob("*~~*")], "input left unacknowledged"
 
 
 HALVES = [("encoded", 2), ("spooled", 1), ("put", 2), ("uploaded", 1), ("acked", 2)]

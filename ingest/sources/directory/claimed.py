@@ -2,6 +2,9 @@
 (its path under the watched root, and for a symlink the file it points to); finishing many at once.
 
 A file claimed straight from the root needs no sidecar: its claimed name is `<random>--<its name>`.
+Nor does a file in a subfolder whose path fits in a name: `<random>~~<its path, escaped>` ("%" as
+"%25", "/" as "%2F"), so a nested inbox costs no extra file per claim (one more write and one more
+unlink). Only a symlink, or a path that is not UTF-8 or too long for a name, has a sidecar.
 """
 
 from __future__ import annotations
@@ -63,10 +66,29 @@ def sidecar(claimed: Path) -> dict[str, str | None]:
     return {"origin": text}  # written by an earlier version: the relative path alone
 
 
+BARE, NESTED = "--", "~~"  # after the claimed name's 12 random characters (see module docstring)
+
+
+def claimed_name(origin: str, room: int) -> str | None:
+    """The part of a claimed name after its random start that says `origin` (a relative path) by
+    itself, if it fits in `room` bytes; None: a sidecar must say it."""
+    if "/" not in origin:
+        return BARE + origin if len(origin.encode("utf-8", "surrogateescape")) <= room else None
+    escaped = origin.replace("%", "%25").replace("/", "%2F")
+    try:
+        size = len(escaped.encode("utf-8"))  # a path that is not UTF-8 keeps its bytes in a sidecar
+    except UnicodeEncodeError:
+        return None
+    return NESTED + escaped if size <= room else None
+
+
 def origin_of(claimed: Path) -> Path:
     """The path the claimed file had under the watched directory."""
+    name = claimed.name
+    if name[12:14] == NESTED:
+        return Path(name[14:].replace("%2F", "/").replace("%25", "%"))
     origin = sidecar(claimed).get("origin")
-    return Path(origin) if origin else Path(claimed.name.split("--", 1)[-1])
+    return Path(origin) if origin else Path(name.split(BARE, 1)[-1])
 
 
 def link_target(claimed: Path) -> Path:

@@ -37,7 +37,15 @@ from ingest.logs import get_logger
 from ingest.parsing.formats import Format, detect
 from ingest.parsing.jsonlines import DEFAULT_MAX_RECORD, Joint
 from ingest.sources.base import AckError, Chunk, FreshUnits, Item, SourceUnit, Units
-from ingest.sources.directory.claimed import fingerprint, in_threads, link_target, origin_file, origin_of
+from ingest.sources.directory.claimed import (
+    BARE,
+    claimed_name,
+    fingerprint,
+    in_threads,
+    link_target,
+    origin_file,
+    origin_of,
+)
 from ingest.sources.directory.watch import Seen, Stat, Watch, stat_of
 from ingest.sources.reader import BUNDLE_FILES, FileRead, FileSource, describe_read_error, file_read
 
@@ -116,13 +124,18 @@ class DirectorySource(FileSource):
         # The claimed name is UTF-8 and short enough for its sidecar (a name is any bytes, up to
         # 255 of them): when it had to change, the sidecar keeps the name as it was, losslessly.
         name = fitting(path.name, CLAIM_NAME_MAX)
-        target = self.claim_dir / f"{uuid.uuid4().hex[:12]}--{name}"
         link_target = os.path.realpath(path) if path.is_symlink() else None
         origin = path.relative_to(self.root)
-        if link_target is not None or origin.parent != Path(".") or name != path.name:
-            # What the claimed name cannot tell (a file directly under the root needs none: its
-            # name follows the `--`). Written before the rename, so a claimed file always has it (a
-            # crash in between leaves a sidecar without its file, removed at the next start).
+        said = (
+            claimed_name(origin.as_posix(), CLAIM_NAME_MAX)
+            if link_target is None and name == path.name
+            else None
+        )
+        target = self.claim_dir / f"{uuid.uuid4().hex[:12]}{said or BARE + name}"
+        if said is None:
+            # What the claimed name cannot tell (a symlink's target; a name or path that had to
+            # change to fit). Written before the rename, so a claimed file always has it (a crash in
+            # between leaves a sidecar without its file, removed at the next start).
             sidecar = {"origin": origin.as_posix(), "target": link_target}
             origin_file(target).write_text(json.dumps(sidecar))
         else:
