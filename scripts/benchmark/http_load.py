@@ -52,6 +52,7 @@ def main() -> None:
     ap.add_argument("--records", type=int, default=1000)
     ap.add_argument("--rate", type=float, default=0.0, help="requests/s in total (0: as fast as answered)")
     ap.add_argument("--first-id", type=int, default=0)
+    ap.add_argument("--timeline", default="", help="write each request's start (s) and latency (ms) here")
     args = ap.parse_args()
 
     rng = random.Random(args.first_id)
@@ -59,6 +60,7 @@ def main() -> None:
     url = urlparse(args.url)
     headers = {"Authorization": f"Bearer {args.token}", "Content-Type": "application/x-ndjson"}
     latencies: list[float] = []
+    timeline: list[tuple[float, float]] = []
     statuses: Counter[int] = Counter()
     accepted = [0]
     lock = threading.Lock()
@@ -83,6 +85,7 @@ def main() -> None:
             took = time.perf_counter() - (due if args.rate else sent)  # open loop: from when it was due
             with lock:
                 latencies.append(took)
+                timeline.append((round(sent - start, 4), round(took * 1000, 2)))
                 statuses[answer.status] += 1
                 if answer.status in (200, 202):
                     accepted[0] += json.loads(data)["accepted"]
@@ -95,6 +98,9 @@ def main() -> None:
         t.join()
     seconds = time.perf_counter() - start
     latencies.sort()
+    if args.timeline:
+        with open(args.timeline, "w") as out:
+            out.writelines(f"{t} {ms}\n" for t, ms in sorted(timeline))
 
     def pct(p: float) -> float:
         return latencies[min(len(latencies) - 1, int(p * len(latencies)))] if latencies else 0.0
