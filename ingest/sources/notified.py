@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ingest.config import ConfigError, Settings, SourceConfig
 from ingest.layout import landing_prefix
 from ingest.logs import get_logger, register_secret
-from ingest.sources.queue.api import QueueApi
+
+if TYPE_CHECKING:  # the Cloudflare SDK is imported only by a landing source that has notifications
+    from ingest.sources.queue.api import QueueApi
 
 log = get_logger("ingest.sources.notified")
 WRITES = ("PutObject", "CompleteMultipartUpload", "CopyObject")
@@ -42,6 +45,8 @@ class Notified:
         if not settings.r2.account_id:
             raise ConfigError("r2.account_id: required to read R2 event notifications (R2_ACCOUNT_ID)")
         register_secret(token)
+        from ingest.sources.queue.api import QueueApi
+
         api = QueueApi(
             token, settings.r2.account_id, settings.r2.api_base_url, settings.retry, cfg.notifications
         )
