@@ -71,10 +71,12 @@ def run(
         s = s.model_copy(update={"sources": [only]})
     try:
         bar = err if once and err.is_terminal else None  # on stderr, with the log lines
-        # A thread wanting the GIL waits at most this long for another to hand it over (5 ms by
-        # default): a request's parse, which takes it many times, no longer waits out an encode's
-        # Python steps (HTTP p99 at half speed: 200 → 50-80 ms, measured; see docs/performance.md).
-        sys.setswitchinterval(SWITCH_INTERVAL)
+        if any(src.kind == "http" for src in s.sources):
+            # A thread wanting the GIL waits at most this long for another to hand it over (5 ms by
+            # default): a request's parse, which takes it many times, no longer waits out an
+            # encode's Python steps (HTTP p99 at half speed: 200 → 50-80 ms, measured). Not for the
+            # other sources: the more frequent hand-overs cost throughput (see docs/performance.md).
+            sys.setswitchinterval(SWITCH_INTERVAL)
         result = anyio.run(worker.run, s, once, out, bar)
     except (ConfigError, CredentialError) as exc:
         err.print(f"config error: {exc}", markup=False, highlight=False)

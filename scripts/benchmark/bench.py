@@ -334,7 +334,7 @@ def main() -> None:
         "--dlt",
         metavar="PYTHON",
         default="",
-        help="also time DuckDB, polars and dlt (PYTHON: a venv with them; - for this one)",
+        help="also time DuckDB, polars and dlt (PYTHON: a venv with them; - this one; auto: .venv-peers)",
     )
     ap.add_argument("--redis", action="store_true", help="benchmark the Redis Streams source instead")
     ap.add_argument("--queue", action="store_true", help="benchmark the Cloudflare Queues source instead")
@@ -386,7 +386,7 @@ def main() -> None:
                     env,
                     r2.pid,
                     work / "big",
-                    python_of(args.peers),
+                    python_of(args.peers, lambda text: say(text, args.json)),
                     args.records,
                     ours,
                     lambda text: say(text, args.json),

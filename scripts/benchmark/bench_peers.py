@@ -139,6 +139,26 @@ def compare(
     return result
 
 
-def python_of(path: str) -> str:
-    """PYTHON as given, or this interpreter for `-` (a venv that has the peers installed)."""
-    return sys.executable if path == "-" else path
+# `--peers auto`: a scratch venv with these, made once (the versions the docs' figures were measured with)
+PINNED = [
+    "duckdb==1.4.4",
+    "duckdb-ext-httpfs==1.4.4.20260205",  # DuckDB cannot download httpfs here; pinned to DuckDB's version
+    "polars==2.1.0",
+    "dlt[parquet,filesystem,s3]==1.31.0",
+]
+AUTO_VENV = HERE.parents[1] / ".venv-peers"
+
+
+def python_of(path: str, say: Callable[[str], None]) -> str:
+    """PYTHON as given; this interpreter for `-`; for `auto`, the scratch venv `.venv-peers` (made
+    and filled with PINNED the first time)."""
+    if path == "-":
+        return sys.executable
+    if path != "auto":
+        return path
+    python = AUTO_VENV / "bin" / "python"
+    if not python.exists():
+        say(f"peers: making {AUTO_VENV} with {', '.join(PINNED)}")
+        subprocess.run([sys.executable, "-m", "venv", str(AUTO_VENV)], check=True, timeout=300)
+        subprocess.run([str(python), "-m", "pip", "install", "--quiet", *PINNED], check=True, timeout=1800)
+    return str(python)

@@ -25,7 +25,7 @@ def _bench(*args: str) -> dict[str, Any]:
         env=env,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=1800,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     result: dict[str, Any] = json.loads(done.stdout)
@@ -35,7 +35,7 @@ def _bench(*args: str) -> dict[str, Any]:
 @pytest.mark.slow  # a benchmark, if a tiny one: `bash scripts/test -m slow tests/scripts`
 def test_bench_runs_every_scenario_on_a_tiny_input() -> None:
     result = _bench()
-    big, small, start = result["big"], result["small"], result["startup"]
+    big, start = result["big"], result["startup"]
     assert big["records"] == 20_000 and "20,000 records" in big["summary"]
     for name in ("limit_a_records_per_s", "limit_ab_records_per_s", "e2e_records_per_s", "rss_1x_mib"):
         assert big[name] > 0, name
@@ -50,9 +50,41 @@ def test_bench_runs_every_scenario_on_a_tiny_input() -> None:
     assert big["e2e_cpu_s"] > 0 and big["limit_a_cpu_s"] > 0 and big["limit_ab_cpu_s"] > 0
     assert big["e2e_store_cpu_s"] >= 0 and big["limit_ab_store_cpu_s"] >= 0
     assert 0 < big["e2e_of_floor"] <= 1.05 and 0 < big["limit_ab_of_floor"] <= 1.05, big
-    assert small["files"] == 200 and "from 200 files" in small["summary"]
-    assert small["e2e_files_per_s"] > 0 and small["pyarrow_loop_files_per_s"] > 0
+    for layout in ("small", "small_subdirs", "small_dated"):  # flat, in 100 folders, in a dated tree
+        small = result[layout]
+        assert small["files"] == 200 and "from 200 files" in small["summary"], layout
+        assert small["e2e_files_per_s"] > 0 and small["pyarrow_loop_files_per_s"] > 0, layout
+        assert small["e2e_vs_pyarrow_loop"] > 0, layout
     assert all(start[k] > 0 for k in ("help_s", "cors_check_s", "run_once_10_records_s"))
+    # `ingest ls` over the worker's objects, from its index and from every footer (the bench fails
+    # unless both report every object and every row it uploaded); `ingest head` beside them.
+    ls = result["ls"]
+    assert ls["objects"] == 100 and ls["index_objects"] >= 1, ls
+    assert ls["ls_indexed_s"] > 0 and ls["ls_footers_s"] > 0 and ls["head_s"] > 0, ls
+
+
+@pytest.mark.slow
+def test_bench_peers_run_on_a_tiny_input() -> None:
+    """DuckDB, polars and dlt beside the worker (a scratch venv, `--peers auto`), each run's rows
+    counted back from R2 by the bench."""
+    peers = _bench("--peers", "auto", "--only", "none")["peers"]
+    assert peers["peers"] == ["duckdb", "polars", "dlt"], peers
+    for name in ("duckdb", "polars", "dlt", "ingest"):
+        p = peers[name]
+        assert p["rows_read_back"] == 20_000 and p["records_per_s"] > 0 and p["cpu_s"] > 0, (name, p)
+        assert p["ingest_speed_ratio"] > 0 and p["ingest_cpu_ratio"] > 0, (name, p)
+
+
+@pytest.mark.slow
+def test_bench_http_and_redis_run_on_a_tiny_input() -> None:
+    http = _bench("--http")["http"]
+    assert http["rows_read_back"] == http["records_accepted"] > 0, http
+    assert http["full_records_per_s"] > 0 and http["paced_p99_ms"] > 0 and http["paced_p50_ms"] > 0, http
+    redis = _bench("--redis")["redis"]
+    assert redis["entries"] == 20_000, redis
+    for workers in ("workers_1", "workers_2"):
+        assert redis[workers]["rows_read_back"] == 20_000 and redis[workers]["entries_per_s"] > 0, redis
+    assert redis["two_vs_one"] > 0, redis
 
 
 @pytest.mark.slow
