@@ -17,7 +17,6 @@ import anyio
 import typer
 
 from ingest.cli.app import err, out, r2_client, settings
-from ingest.config.origins import origin_problem
 from ingest.messages import count
 from ingest.r2.cors.rules import CorsError, CorsRule, dumps, evaluate, holds, parse_policy
 
@@ -164,6 +163,8 @@ def cors_check(
     via: Via = "s3",
 ) -> None:
     """Would a browser on ORIGIN be allowed this request by the live policy? Exit 0 yes, 1 no."""
+    from ingest.config.origins import origin_problem  # (the config package is not imported for --help)
+
     if (problem := origin_problem(origin)) is not None or origin == "*":
         raise fail(f"usage error: --origin: {problem or 'a page has one concrete origin'}", 2)
     headers = [h.split(":", 1)[0].strip() for h in header or []]

@@ -13,8 +13,6 @@ import json
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from ingest.config.origins import origin_problem
-
 METHODS = ("GET", "PUT", "POST", "DELETE", "HEAD")
 MAX_AGE_LIMIT = 86400
 MAX_RULES = 100
@@ -159,6 +157,9 @@ def _parse_rules(items: Any, form: Form, where: str) -> list[CorsRule]:
 
 
 def _parse_rule(item: Any, form: Form, label: str, problems: list[str]) -> CorsRule | None:
+    # Imported here: `ingest.config` (pydantic) is a package whose import `ingest --help` should not pay.
+    from ingest.config.origins import origin_problem
+
     names = _S3 if form == "s3" else _WR
     if not isinstance(item, dict):
         problems.append(f"{label}: must be an object")
