@@ -35,7 +35,6 @@ from ingest.durable.deadletters import DeadLetters
 from ingest.durable.files import WorkerIdInUse, is_disk_full, lock_worker_id, sha256_of
 from ingest.layout import DEFAULT_TABLE
 from ingest.logs import get_logger
-from ingest.pipeline.background import in_background
 from ingest.pipeline.batch import Batch
 from ingest.pipeline.journal import Journal, ObjectRow, UnitRow
 from ingest.sources.base import Ranges, SourceUnit, merge_ranges
@@ -144,9 +143,6 @@ class Spool:
     async def durably(self, what: str, fn: Callable[..., T], *args: Any, serial: bool = True) -> T:
         """Run a journal or spool write in a thread (never on the event loop).
 
-        Others (`serial` false: a batch's encode) run in a low-priority thread (pipeline/background.py):
-        on contended cores the journal, the sources and the event loop go first.
-
         `serial` ones (the journal's) run one group at a time, in order: calls that arrive while a
         commit is running queue up and go together in the next one (group commit: one transaction
         and one fsync for all, e.g. the units of many small files). On a full disk report it
@@ -154,7 +150,7 @@ class Spool:
         and its writes are single statements or idempotent file steps, so trying again is safe. Any
         other failure to write (EROFS, EIO, EACCES) is a SpoolError."""
         if not serial:
-            return await self._retrying(what, partial(fn, *args), background=True)
+            return await self._retrying(what, partial(fn, *args))
         result: T = await self._commits(_Call(what, partial(fn, *args)))
         return result
 
@@ -172,7 +168,7 @@ class Spool:
         with self.journal.group():
             return [c.fn() for c in group]
 
-    async def _retrying(self, what: str, fn: Callable[[], T], background: bool = False) -> T:
+    async def _retrying(self, what: str, fn: Callable[[], T]) -> T:
         def waiting(state: RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
             self.full = f"spool disk full at {self.dir} ({what}); free space or move spool.dir"
@@ -193,7 +189,7 @@ class Spool:
                 reraise=True,
             ):
                 with attempt:
-                    result = await (in_background(fn) if background else anyio.to_thread.run_sync(fn))
+                    result = await anyio.to_thread.run_sync(fn)
         except (OSError, sqlite3.OperationalError) as exc:
             raise SpoolError(self.dir, what, exc) from exc
         if self.full is not None:
