@@ -74,7 +74,6 @@ class UploadIndex:
         self._waiting: list[Entry] = []
         self._oldest = 0.0
         self._writing = anyio.Lock()
-        self.written = 0  # index objects written by this run
 
     def add(self, key: str, size: int, rows: int, batch: str) -> None:
         if key.startswith("s3://") or not key.startswith(self.prefix):
@@ -115,8 +114,6 @@ class UploadIndex:
                         objects=len(group),
                         error=describe(exc),
                     )
-                    continue
-                self.written += 1
 
     async def run_periodically(self, done: anyio.Event) -> None:
         """The daemon's flushes, until `done`: checked every few seconds, written when due."""

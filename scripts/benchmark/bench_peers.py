@@ -89,7 +89,7 @@ def rows_under(env: dict[str, str], prefix: str) -> int:
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=env["R2_BUCKET_NAME"], Prefix=prefix):
         for obj in page.get("Contents", []):
             key = obj["Key"]
-            if not key.endswith(".parquet") or ("/_dlt_" in key or "/_dlt" in key.rpartition("/")[0]):
+            if not key.endswith(".parquet") or "/_dlt" in key:
                 continue
             body = s3.get_object(Bucket=env["R2_BUCKET_NAME"], Key=key)["Body"].read()
             rows += pq.ParquetFile(io.BytesIO(body)).metadata.num_rows

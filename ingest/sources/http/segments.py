@@ -113,20 +113,20 @@ class Segments:
             raise OSError(f"segment {block.segment} is shorter than its journaled blocks")
         return data
 
-    def release(self, block: Block) -> None:
-        """The block's rows are in R2: drop the segment once all its blocks are and it is closed."""
+    def release(self, blocks: list[Block]) -> None:
+        """The blocks' rows are in R2: drop each segment once all its blocks are and it is closed."""
         with self._lock:
-            live = self._live.get(block.segment)
-            if live is None:
-                return
-            live.discard(block.id)
-            if not live and block.segment != self._current:
-                self._remove(block.segment)
+            for block in blocks:
+                live = self._live.get(block.segment)
+                if live is None:
+                    continue
+                live.discard(block.id)
+                if not live and block.segment != self._current:
+                    self._remove(block.segment)
 
     def discard(self, blocks: list[Block]) -> None:
         """Blocks written but never journaled (the commit failed): never read, never waited for."""
-        for block in blocks:
-            self.release(block)
+        self.release(blocks)
 
     def roll(self) -> None:
         """Close the current segment (a new one starts with the next append)."""

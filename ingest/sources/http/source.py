@@ -230,10 +230,7 @@ class HttpSource:
 
     def _acker(self, block: Block) -> Ack:
         async def ack() -> bool:
-            await anyio.to_thread.run_sync(self.segments.release, block)
-            event = self._acked.pop(block.id, None)
-            if event is not None:
-                event.set()
+            await self._release([block])
             return True
 
         return ack
@@ -241,17 +238,14 @@ class HttpSource:
     async def _ack_many(self, units: list[SourceUnit]) -> list[bool | AckError | None]:
         """Blocks whose rows are in R2, released in one thread call: a batch of a thousand requests
         would otherwise take a thousand threads' turns, and new requests' parses wait behind them."""
-        blocks = [b for u in units if (b := Block.parse(u.id)) is not None]
+        await self._release([b for u in units if (b := Block.parse(u.id)) is not None])
+        return [True] * len(units)
 
-        def release() -> None:
-            for block in blocks:
-                self.segments.release(block)
-
-        await anyio.to_thread.run_sync(release)
+    async def _release(self, blocks: list[Block]) -> None:
+        await anyio.to_thread.run_sync(self.segments.release, blocks)
         for block in blocks:
             if (event := self._acked.pop(block.id, None)) is not None:
                 event.set()
-        return [True] * len(units)
 
     def _send_nowait(self, item: Item) -> None:
         assert self._out is not None

@@ -12,8 +12,8 @@ def test_blocks_are_read_back_and_a_segment_goes_once_closed_and_released(tmp_pa
     a, b = seg.append([(b'{"id":1}\n', 1, "default", "r1"), (b'{"id":2}\n{"id":3}\n', 2, "clicks", "r2")])
     assert Block.parse(b.id) == b and (b.offset, b.length, b.lines, b.table) == (9, 18, 2, "clicks")
     assert seg.read(b) == b'{"id":2}\n{"id":3}\n'
-    seg.release(a)
-    seg.release(b)
+    seg.release([a])
+    seg.release([b])
     assert seg.path(a.segment).exists(), "the current segment is kept until it is closed"
     seg.roll()
     assert not seg.path(a.segment).exists()
@@ -30,7 +30,7 @@ def test_recover_keeps_segments_with_journaled_blocks_and_removes_the_rest(tmp_p
     again.recover([kept])
     assert again.path(kept.segment).exists() and not again.path(unjournaled.segment).exists()
     assert again.read(kept) == b"{}\n"
-    again.release(kept)  # recovered segments are closed: released means removed
+    again.release([kept])  # recovered segments are closed: released means removed
     assert not again.path(kept.segment).exists()
 
 
