@@ -197,6 +197,37 @@ def test_done_dir_never_overwrites_a_name_that_comes_again(job: Job, tmp_path: P
     assert moved, "the new name must be said in the log"
 
 
+def test_nested_folders_with_odd_names_land_once_and_move_to_done_dir_under_their_own_paths(
+    job: Job, tmp_path: Path
+) -> None:
+    """A claimed file's name says its folder (`<id>~~a%2Fb.jsonl`), or a sidecar does when it cannot:
+    a folder that is not UTF-8, a path longer than a name, names holding the escape's own characters."""
+    folders = [
+        b"2024/08/02/13",
+        b"odd/%2F/100%25/x~~y--z",
+        b"caf\xe9/inbox",  # not UTF-8: a sidecar keeps its bytes
+        b"/".join([b"d" * 60] * 4),  # 243 bytes of folders: too long for a name, a sidecar again
+    ]
+    root = os.fsencode(job.inbox)
+    for n, folder in enumerate(folders):
+        path = os.path.join(root, folder, b"events.jsonl")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as fh:
+            fh.write(b"".join(b'{"id": %d, "f": %d}\n' % (n * 10 + i, n) for i in range(10)))
+    done = tmp_path / "done"
+    job.configure(sources={"done_dir": str(done)})
+    r = job.run_once()
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = readable_rows(job, tmp_path)  # pyarrow, polars and DuckDB open every object
+    assert sorted(int(x["id"]) for x in rows) == list(range(40))
+    for folder in folders:
+        with open(os.path.join(os.fsencode(done), folder, b"events.jsonl"), "rb") as moved:
+            assert moved.read().count(b"\n") == 10, folder
+    claimed = job.inbox / ".ingest" / "claimed"
+    left = [*claimed.rglob("*--*"), *claimed.rglob("*~~*"), *claimed.rglob("*.origin")]
+    assert not left, "claimed files or sidecars left after their acknowledgement"
+
+
 # -- 5. every record accounted for ----------------------------------------------------------------
 
 
