@@ -216,6 +216,10 @@ def test_nested_folders_with_odd_names_land_once_and_move_to_done_dir_under_thei
             fh.write(b"".join(b'{"id": %d, "f": %d}\n' % (n * 10 + i, n) for i in range(10)))
     done = tmp_path / "done"
     job.configure(sources={"done_dir": str(done)})
+    # Killed once the files are claimed: the next run knows where each came from by its claimed name
+    # (or sidecar) alone.
+    killed = job.run_once(INGEST_CRASH_AT="encoded:1")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     r = job.run_once()
     assert r.returncode == 0, r.stderr[-3000:]
     rows = readable_rows(job, tmp_path)  # pyarrow, polars and DuckDB open every object
