@@ -274,7 +274,7 @@ class Pipeline:
         return self.stats
 
     def _resumes_of(self, obj: SpooledObject) -> list[anyio.Event]:
-        units = obj.batch.spans if obj.batch is not None else {}
+        units = obj.unit_rows()
         return [e for p, e in self._resuming.items() if any(u.id.startswith(p) for u in units)]
 
     async def _release(
@@ -463,7 +463,7 @@ class Pipeline:
         async def attempting(key: str) -> None:
             if obj.batch is not None:  # sources that must know first (the Redis and queue ledgers)
                 gathered: dict[int, tuple[Gather, list[tuple[SourceUnit, Ranges]]]] = {}
-                for unit, rows in obj.batch.spans.items():
+                for unit, rows in obj.unit_rows().items():
                     if unit.handle is not None and unit.handle.gather is not None:
                         gather = unit.handle.gather
                         gathered.setdefault(id(gather), (gather, []))[1].append((unit, rows))
@@ -556,5 +556,5 @@ async def _nothing_to_do() -> bool:
 
 def _handed_back(obj: SpooledObject) -> bool:
     """Every unit of the object gave its input back to its source (see UnitHandle.expired)."""
-    spans = obj.batch.spans if obj.batch is not None and obj.kind == "data" else {}
+    spans = obj.unit_rows() if obj.kind == "data" else {}
     return bool(spans) and all(u.handle is not None and u.handle.expired() for u in spans)

@@ -32,10 +32,12 @@ from ingest.parsing.types import CELLS, MIXED, TEXT_CELLS, family, shown, text_f
 from ingest.parsing.width import EXTRA, extra_column, set_max_columns
 from ingest.pipeline.batch import Batch
 from ingest.pipeline.spool import SpooledObject
-from ingest.sources.base import Chunk
+from ingest.sources.base import Chunk, Ranges, SourceUnit
 
 _CAST_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError)
 INGESTED_AT = "_ingested_at"  # Iceberg tables without output.partition_by: partitioned by its day
+# The chunks behind a table's rows, in order, with the rows kept of each (None: all of them).
+Origin = list[tuple[Chunk, pa.Array | None]]
 SPELLING = b"ingest.spelling"  # field metadata: the input's name of a field renamed for its case
 
 
@@ -167,19 +169,29 @@ class Encoder:
     ) -> list[SpooledObject]:
         tables: list[pa.Table] = []
         days: list[pa.Array] = []
+        origins: Origin = []
         for merged, chunks in runs:
-            for table, day in self._conform_run(merged, chunks, schema, batch):
+            for table, day, origin in self._conform_run(merged, chunks, schema, batch):
                 if table.num_rows:
                     tables.append(table)
                     days.append(day)
+                    origins += origin
         if not tables:
             batch.chunks = []
             return []
         table = pa.concat_tables(tables)
+        by_day = _split_by_day(table, pa.concat_arrays(days))
+        # Several objects: each says which rows of which unit it holds (the ledgers record exactly
+        # those; one object in R2 says nothing of the rows in another).
+        holds = (
+            _holds_by_day(origins, pa.concat_arrays(days), [d for d, _ in by_day]) if len(by_day) > 1 else {}
+        )
         written: list[SpooledObject] = []
         try:
-            for day, part in _split_by_day(table, pa.concat_arrays(days)):
-                written.append(self._write(batch, day, part))
+            for day, part in by_day:
+                obj = self._write(batch, day, part)
+                obj.holds = holds.get(day)
+                written.append(obj)
             fsync_dir(self.dir)
         except BaseException:
             for obj in written:
@@ -192,37 +204,38 @@ class Encoder:
 
     def _conform_run(
         self, merged: pa.Table, chunks: list[Chunk], schema: pa.Schema, batch: Batch
-    ) -> list[tuple[pa.Table, pa.Array]]:
+    ) -> list[tuple[pa.Table, pa.Array, Origin]]:
         """A run of one schema cast together; one chunk at a time only when some row is a misfit
-        (its dead letter names the chunk's file and line)."""
+        (its dead letter names the chunk's file and line). With each table: the chunks its rows
+        come from, in order (and which of their rows, when misfits were left out)."""
         if len(chunks) > 1:
             out, days, bad = self._cast(merged, schema, batch)
             if not bad:
-                return [(out, days)]
+                return [(out, days, [(c, None) for c in chunks])]
         return [self._conform(c, schema, batch) for c in chunks]
 
-    def _conform(self, chunk: Chunk, schema: pa.Schema, batch: Batch) -> tuple[pa.Table, pa.Array]:
+    def _conform(self, chunk: Chunk, schema: pa.Schema, batch: Batch) -> tuple[pa.Table, pa.Array, Origin]:
         """Cast a chunk to the schema and date its rows; rows that do not fit → dead letters."""
         table = chunk.table
         out, days, bad = self._cast(table, schema, batch)
-        if bad:
-            handle = chunk.unit.handle
-            raw = handle.raw_lines([chunk.line_of(r) for r in bad]) if handle is not None else {}
-            self.dead.write(
-                [
-                    DeadLetter(
-                        chunk.unit.name,
-                        chunk.line_of(r),
-                        reason,
-                        raw.get(chunk.line_of(r)) or json.dumps(_row(table, r), default=str),
-                    )
-                    for r, reason in sorted(bad.items())
-                ],
-                chunk.unit.origin,
-            )
-            keep = pa.array([i not in bad for i in range(table.num_rows)])
-            out, days = out.filter(keep), days.filter(keep)
-        return out, days
+        if not bad:
+            return out, days, [(chunk, None)]
+        handle = chunk.unit.handle
+        raw = handle.raw_lines([chunk.line_of(r) for r in bad]) if handle is not None else {}
+        self.dead.write(
+            [
+                DeadLetter(
+                    chunk.unit.name,
+                    chunk.line_of(r),
+                    reason,
+                    raw.get(chunk.line_of(r)) or json.dumps(_row(table, r), default=str),
+                )
+                for r, reason in sorted(bad.items())
+            ],
+            chunk.unit.origin,
+        )
+        keep = pa.array([i not in bad for i in range(table.num_rows)])
+        return out.filter(keep), days.filter(keep), [(chunk, pc.indices_nonzero(keep))]
 
     def _cast(
         self, table: pa.Table, schema: pa.Schema, batch: Batch
@@ -469,6 +482,50 @@ def _same_schema_runs(chunks: list[Chunk]) -> list[tuple[pa.Table, list[Chunk]]]
 def _run(chunks: list[Chunk]) -> tuple[pa.Table, list[Chunk]]:
     table = chunks[0].table if len(chunks) == 1 else pa.concat_tables([c.table for c in chunks])
     return table, chunks
+
+
+def _holds_by_day(
+    origins: Origin, days: pa.Array, unique: list[date]
+) -> dict[date, dict[SourceUnit, Ranges]]:
+    """Day → the rows of each unit the day's object holds. `origins`: the chunks behind the rows of
+    the concatenated table, in order (with the rows kept of each, when some were misfits)."""
+    units: list[SourceUnit] = []
+    index: dict[SourceUnit, int] = {}
+    which: list[pa.Array] = []
+    rows: list[pa.Array] = []
+    for chunk, kept in origins:
+        n = chunk.table.num_rows
+        numbers = pa.array(range(chunk.row0, chunk.row0 + n), pa.int64())
+        if kept is not None:
+            numbers = numbers.take(kept)
+        if chunk.unit not in index:
+            index[chunk.unit] = len(units)
+            units.append(chunk.unit)
+        which.append(pa.repeat(pa.scalar(index[chunk.unit], pa.int32()), len(numbers)))
+        rows.append(numbers)
+    unit_of, row_of = pa.concat_arrays(which), pa.concat_arrays(rows)
+    out: dict[date, dict[SourceUnit, Ranges]] = {}
+    for day in unique:
+        on_day = pc.equal(days, pa.scalar(day, pa.date32()))
+        day_units, day_rows = unit_of.filter(on_day), row_of.filter(on_day)
+        held: dict[SourceUnit, Ranges] = {}
+        for u in pc.unique(day_units).to_pylist():
+            held[units[u]] = _ranges(day_rows.filter(pc.equal(day_units, u)))
+        out[day] = held
+    return out
+
+
+def _ranges(rows: pa.Array) -> Ranges:
+    """Row numbers as sorted [start, stop) ranges."""
+    rows = rows.take(pc.sort_indices(rows))
+    n = len(rows)
+    if n == 0:
+        return []
+    steps = pc.subtract(rows.slice(1), rows.slice(0, n - 1))
+    breaks = [i + 1 for i in pc.indices_nonzero(pc.not_equal(steps, 1)).to_pylist()]
+    firsts = rows.take(pa.array([0, *breaks], pa.int64())).to_pylist()
+    lasts = rows.take(pa.array([b - 1 for b in [*breaks, n]], pa.int64())).to_pylist()
+    return [(a, b + 1) for a, b in zip(firsts, lasts, strict=True)]
 
 
 def _split_by_day(table: pa.Table, days: pa.Array) -> list[tuple[date, pa.Table]]:

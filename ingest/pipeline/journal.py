@@ -36,7 +36,7 @@ CREATE INDEX IF NOT EXISTS spans_unit ON spans (unit_id);
 CREATE TABLE IF NOT EXISTS objects (
     id TEXT PRIMARY KEY, batch_id TEXT, kind TEXT NOT NULL, file TEXT NOT NULL, day TEXT NOT NULL,
     records INTEGER NOT NULL, size INTEGER NOT NULL, sha256 TEXT NOT NULL,
-    state TEXT NOT NULL, key TEXT, created REAL NOT NULL, tbl TEXT NOT NULL DEFAULT 'default'
+    state TEXT NOT NULL, key TEXT, created REAL NOT NULL, tbl TEXT NOT NULL DEFAULT 'default', holds TEXT
 );
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS daily (day TEXT PRIMARY KEY, dead_letters INTEGER NOT NULL);
@@ -73,6 +73,9 @@ class ObjectRow:
     key: str | None
     created: float
     table: str = DEFAULT_TABLE
+    # The rows of each unit the object holds (JSON [[unit id, start, stop], ...]) when its batch was
+    # split into several objects (one per day); None: every row of its batch.
+    holds: str | None = None
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,13 @@ class Journal:
             columns = {row[1] for row in self.db.execute("PRAGMA table_info(objects)")}
             if "tbl" not in columns:  # a journal from before tables
                 self.db.execute("ALTER TABLE objects ADD COLUMN tbl TEXT NOT NULL DEFAULT 'default'")
+            if "holds" not in columns:  # a journal from before objects said their rows
+                self.db.execute("ALTER TABLE objects ADD COLUMN holds TEXT")
+        # A journal read by `ingest status` may be older than this version (no `holds` yet).
+        columns = {row[1] for row in self.db.execute("PRAGMA table_info(objects)")}
+        self._object_columns = (
+            _OBJECT_COLUMNS if "holds" in columns else _OBJECT_COLUMNS.removesuffix(", holds")
+        )
 
     def close(self) -> None:
         self.db.close()
@@ -287,7 +297,7 @@ class Journal:
         self._tx("drop_object", [("DELETE FROM objects WHERE id = ?", (object_id,))])
 
     def objects(self) -> list[ObjectRow]:
-        rows = self.db.execute(f"SELECT {_OBJECT_COLUMNS} FROM objects ORDER BY created").fetchall()
+        rows = self.db.execute(f"SELECT {self._object_columns} FROM objects ORDER BY created").fetchall()
         return [ObjectRow(*r) for r in rows]
 
     # -- dead letters and status ---------------------------------------------------------------------
@@ -343,8 +353,8 @@ def schema_key(table: str) -> str:
 
 
 _INSERT_UNIT = "INSERT OR REPLACE INTO units (id, name, fingerprint, path, total) VALUES (?,?,?,?,?)"
-_OBJECT_COLUMNS = "id, batch_id, kind, file, day, records, size, sha256, state, key, created, tbl"
-_INSERT_OBJECT = f"INSERT OR REPLACE INTO objects ({_OBJECT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
+_OBJECT_COLUMNS = "id, batch_id, kind, file, day, records, size, sha256, state, key, created, tbl, holds"
+_INSERT_OBJECT = f"INSERT OR REPLACE INTO objects ({_OBJECT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
 
 
 def _object_values(o: ObjectRow) -> tuple[object, ...]:

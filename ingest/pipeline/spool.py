@@ -14,6 +14,7 @@ objects waiting, sources take no new input until it is back under the low-water 
 from __future__ import annotations
 
 import errno
+import json
 import os
 import sqlite3
 import time
@@ -76,10 +77,19 @@ class SpooledObject:
     key: str | None = None  # last key attempted (after a restart: may already hold this object)
     created: float = field(default_factory=time.time)  # when it was written to the spool
     table: str = DEFAULT_TABLE
+    # The rows of each unit this object holds, when its batch became several objects (one per day);
+    # None: all of its batch's rows. The ledgers record exactly these before the PUT.
+    holds: dict[SourceUnit, Ranges] | None = None
 
     @property
     def content_type(self) -> str:
         return CONTENT_TYPES[self.kind]
+
+    def unit_rows(self) -> dict[SourceUnit, Ranges]:
+        """The rows of each unit this object holds."""
+        if self.holds is not None:
+            return self.holds
+        return self.batch.spans if self.batch is not None else {}
 
     def row(self, state: str = "spooled") -> ObjectRow:
         return ObjectRow(
@@ -95,6 +105,9 @@ class SpooledObject:
             self.key,
             self.created,
             self.table,
+            None
+            if self.holds is None
+            else json.dumps([[u.id, a, b] for u, ranges in self.holds.items() for a, b in ranges]),
         )
 
 
@@ -332,6 +345,11 @@ class Spool:
                 r.id, batch, self._path(r), date.fromisoformat(r.day), r.records, r.size, r.sha256, r.kind
             )
             obj.key, obj.created, obj.table = r.key, r.created, r.table
+            if r.holds is not None:
+                obj.holds = {}
+                for unit_id, a, b in json.loads(r.holds):
+                    if unit_id in units:
+                        obj.holds.setdefault(units[unit_id], []).append((a, b))
             (out.uncommitted if r.state == "uploaded" else out.objects).append(obj)
         out.units = units
         return out

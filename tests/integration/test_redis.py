@@ -139,6 +139,50 @@ def test_a_killed_worker_that_never_returns_is_taken_over_exactly_once(
         assert "taken over entries were already in R2" in err
 
 
+def load_two_days(redis: Any, n: int) -> None:
+    """Entries dated on two days, alternating: every read and every batch holds both."""
+    with redis.pipeline(transaction=False) as pipe:
+        for i in range(n):
+            day = "2024-08-01" if i % 2 else "2024-08-02"
+            pipe.xadd(STREAM, {"data": json.dumps({"id": i, "at": f"{day}T12:00:00Z", "pad": "x" * 60})})
+        pipe.execute()
+
+
+@pytest.mark.parametrize("restarted_first", [False, True])
+def test_a_batch_split_by_day_is_taken_over_per_object_neither_lost_nor_twice(
+    job: Job, redis_server: RedisServer, restarted_first: bool
+) -> None:
+    """With output.partition_by, one batch of entries becomes one object per day. The worker is killed
+    right after the first object is in R2, the second not yet (one upload at a time). The ledger must
+    say which entries each object holds: the heir acknowledges the first day's entries and ingests the
+    second day's. It used to record every entry of the batch for each object: the heir found them all
+    "in R2" through the first object and acknowledged the second day's entries unread (lost).
+    `restarted_first`: the objects were spooled by a first run killed before any upload, and uploaded
+    by the next run of the same worker (what each holds comes back from the journal)."""
+    redis = redis_server.client()
+    load_two_days(redis, 6000)
+    configure(job, redis_server, read_count=1000)
+    job.configure(**{**job.config, "output": {"partition_by": "at"}, "upload": {"concurrency": 1}})
+    if restarted_first:
+        first = run_worker(job, "doomed", "--once", INGEST_CRASH_AT="spooled")
+        first.communicate(timeout=120)
+        assert first.returncode == -signal.SIGKILL, "spooled was never reached"
+        assert not job.rows()
+    dead = run_worker(job, "doomed", "--once", INGEST_CRASH_AT="uploaded")
+    dead.communicate(timeout=120)
+    assert dead.returncode == -signal.SIGKILL, "uploaded was never reached"
+    landed = ids_in(job)
+    assert 0 < len(landed) < 6000  # one day's object of the batch is in R2, the other is not
+    assert len({i % 2 for i in landed}) == 1
+    err = heir_takes_over(job, redis)
+    ids = ids_in(job)
+    assert sorted(ids) == list(range(6000)), f"missing {6000 - len(ids)}"
+    assert max(ids.values()) == 1, [i for i, n in ids.items() if n > 1][:5]
+    assert "taken over entries were already in R2" in err
+    days = {r["id"]: r["at"] for r in job.rows()}
+    assert all(days[i].day == (1 if i % 2 else 2) for i in range(0, 6000, 997))
+
+
 @pytest.mark.parametrize("point", ["spooled", "uploaded"])
 def test_the_same_worker_restarted_resumes_its_pending_entries_without_duplicates(
     job: Job, redis_server: RedisServer, point: str
