@@ -165,13 +165,22 @@ def test_50k_messages_two_workers_every_record_once_every_lease_acked(
     assert not any(k for k in job.all_keys() if "/_ledger/" in k)  # acknowledged: records deleted
 
 
-def _crash_and_take_over(job: Job, local_r2: LocalR2, point: str, tmp_path: Path) -> None:
+def _crash_and_take_over(
+    job: Job, local_r2: LocalR2, point: str, tmp_path: Path, two_days: bool = False
+) -> None:
     cf, name, queue_id = make_queue(local_r2)
     n = 600
-    push(cf, local_r2, queue_id, json_messages(range(n)))
+    messages = json_messages(range(n))
+    if two_days:  # each batch becomes one object per day (output.partition_by), uploaded one at a time
+        for i, m in enumerate(messages):
+            m["body"]["at"] = f"2024-08-0{1 + i % 2}T12:00:00Z"
+    push(cf, local_r2, queue_id, messages)
     queue_job(job, name, visibility_timeout="4s", batch_size=100)
     job.config["batch"] = {"max_age": "300ms", "max_records": 250}
     job.config["worker"] = {"id": "a"}
+    if two_days:
+        job.config["output"] |= {"partition_by": "at"}
+        job.config["upload"] = {"concurrency": 1}
     from tests.integration.conftest import write_toml
 
     write_toml(job.dir / "ingest.toml", job.config)
@@ -196,6 +205,15 @@ def test_a_worker_killed_holding_leases_loses_nothing_and_lands_nothing_twice(
     job: Job, local_r2: LocalR2, tmp_path: Path, point: str
 ) -> None:
     _crash_and_take_over(job, local_r2, point, tmp_path)
+
+
+def test_a_worker_killed_between_the_day_objects_of_a_batch_loses_nothing(
+    job: Job, local_r2: LocalR2, tmp_path: Path
+) -> None:
+    """A batch split into one object per day, the worker killed once the first is in R2: the ledger
+    record of that object names only its own rows, so the heir ingests the other day's rows (it
+    used to skip them as "already in R2": every row of the batch was recorded for each object)."""
+    _crash_and_take_over(job, local_r2, "uploaded", tmp_path, two_days=True)
 
 
 @pytest.mark.slow
