@@ -162,6 +162,32 @@ def test_partition_by_splits_a_batch_by_utc_day(tmp_path: Path) -> None:
     assert len(_dead(tmp_path)) == 1
 
 
+def test_each_day_object_says_which_rows_of_which_unit_it_holds(tmp_path: Path) -> None:
+    """A batch split by day: each object's `holds` names exactly its rows (the ledgers record them);
+    a misfit (here a row with no date) is in no object; one object alone says nothing (None)."""
+    enc = _encoder(tmp_path, partition_by="ts")
+    a, b = SourceUnit("a", UnitHandle(_noop)), SourceUnit("b", UnitHandle(_noop))
+    batch = Batch(closed_at=datetime(2024, 8, 2, 12, tzinfo=UTC))
+    day = ["2024-08-01T10:00:00Z", "2024-08-02T10:00:00Z"]
+    first = pa.table({"id": list(range(6)), "ts": [day[0], day[0], day[1], day[0], "never", day[1]]})
+    batch.add(Chunk(first, a, row0=100), first.nbytes)  # rows 100..105 of unit a
+    second = pa.table({"id": [6, 7, 8], "ts": [day[1], day[1], day[0]]})
+    batch.add(Chunk(second, b, row0=0), second.nbytes)
+    third = pa.table({"id": [9, 10], "ts": [day[1], day[1]]})
+    batch.add(Chunk(third, a, row0=106), third.nbytes)  # unit a again, later rows
+    objs = enc.encode(batch)
+    by_day = {o.day: o for o in objs}
+    aug1, aug2 = by_day[date(2024, 8, 1)], by_day[date(2024, 8, 2)]
+    assert pq.read_table(aug1.path).column("id").to_pylist() == [0, 1, 3, 8]
+    assert aug1.holds == {a: [(100, 102), (103, 104)], b: [(2, 3)]}
+    assert pq.read_table(aug2.path).column("id").to_pylist() == [2, 5, 6, 7, 9, 10]
+    assert aug2.holds == {a: [(102, 103), (105, 108)], b: [(0, 2)]}
+    assert aug1.unit_rows() == aug1.holds  # what the ledgers are given
+    assert len(_dead(tmp_path)) == 1  # row 104 ("never"): in no object
+    [one] = _encoder(tmp_path / "one", partition_by="ts").encode(_batch(pa.table({"ts": [day[0]]})))
+    assert one.holds is None and one.unit_rows() == one.batch.spans  # type: ignore[union-attr]
+
+
 def test_chunks_of_one_schema_are_cast_together_and_a_misfit_names_its_own_file_and_line(
     tmp_path: Path,
 ) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from datetime import date
 from pathlib import Path
 
@@ -11,9 +12,15 @@ import pytest
 from ingest.config import ConfigError
 from ingest.durable.files import sha256_of
 from ingest.pipeline.batch import Batch
+from ingest.pipeline.journal import Journal
 from ingest.pipeline.spool import Spool, SpooledObject
+from ingest.sources.base import SourceUnit, UnitHandle
 
 DAY = date(2026, 11, 23)
+
+
+async def _noop() -> None:
+    return None
 
 
 def _spool_object(spool: Spool, name: str, batch: str, body: bytes) -> SpooledObject:
@@ -134,4 +141,47 @@ def test_an_object_uploaded_but_not_yet_committed_comes_back_as_uncommitted_with
     assert rec.units["file:a"].pending_batches == 1  # acknowledged only after the commit
     j.committed(["o1"])
     assert spool.recover().uncommitted == []
+    spool.close()
+
+
+def test_the_rows_each_day_object_holds_come_back_from_the_journal_and_an_old_journal_opens(
+    tmp_path: Path,
+) -> None:
+    """Objects of a batch split by day come back each with its own rows (the ledger records them at
+    the upload after a restart); a journal written before `holds` existed gains the column."""
+    old = tmp_path / "old"
+    old.mkdir()
+    db = sqlite3.connect(old / "journal.db")
+    db.execute(
+        "CREATE TABLE objects (id TEXT PRIMARY KEY, batch_id TEXT, kind TEXT NOT NULL, file TEXT NOT NULL, "
+        "day TEXT NOT NULL, records INTEGER NOT NULL, size INTEGER NOT NULL, sha256 TEXT NOT NULL, "
+        "state TEXT NOT NULL, key TEXT, created REAL NOT NULL, tbl TEXT NOT NULL DEFAULT 'default')"
+    )
+    db.execute(
+        "INSERT INTO objects VALUES "
+        "('o0', 'b0', 'data', 'o0.parquet', '2026-11-23', 1, 1, '', 'spooled', NULL, 0, 'default')"
+    )
+    db.commit()
+    db.close()
+    assert [r.holds for r in Journal(old / "journal.db", readonly=True).objects()] == [None]  # as it is
+    assert [r.holds for r in Journal(old / "journal.db").objects()] == [None]  # migrated
+
+    spool = Spool(tmp_path / "spool", "w", 10**9)
+    source = tmp_path / "a.jsonl"
+    source.write_text("x")
+    j = spool.journal
+    j.add_unit("file:a", "a.jsonl", "1:1:1", str(source))
+    j.unit_read("file:a", 10, "1:1:1")
+    first = _spool_object(spool, "o1", "b1", b"day one")
+    second = _spool_object(spool, "o2", "b1", b"day two")
+    unit = SourceUnit("a.jsonl", UnitHandle(_noop), id="file:a")
+    first.holds = {unit: [(0, 3), (7, 10)]}
+    second.holds = {unit: [(3, 7)]}
+    j.spooled("b1", [("file:a", 0, 10)], [first.row(), second.row()])
+    rec = spool.recover()
+    back = {o.object_id: o for o in rec.objects}
+    again = rec.units["file:a"]
+    assert back["o1"].holds == {again: [(0, 3), (7, 10)]} and back["o2"].holds == {again: [(3, 7)]}
+    assert back["o1"].unit_rows() == {again: [(0, 3), (7, 10)]}
+    assert back["o1"].batch is back["o2"].batch and again.pending_batches == 1
     spool.close()
