@@ -22,7 +22,7 @@ from ingest.logs import get_logger
 from ingest.sources.base import Item, SourceUnit, merge_ranges
 from ingest.sources.redis.consumer import Consumer
 from ingest.sources.redis.entries import Entries
-from ingest.sources.redis.ledger import text
+from ingest.sources.redis.ledger import entry_order, text
 
 log = get_logger("ingest.sources.redis.source")
 PREFIX = "redis:"  # unit ids of stream reads start with this
@@ -182,8 +182,3 @@ def _known(
     skipped = {int(n) for n in dead.split(",") if n}
     rows = [e for n, e in enumerate(entries) if n not in skipped]
     return Known([e for e in entries if e], rows, fingerprint)
-
-
-def entry_order(entry: str) -> tuple[int, int]:
-    ms, _, seq = entry.partition("-")
-    return int(ms), int(seq or 0)

@@ -53,8 +53,8 @@ from ingest.sources.base import (
     Units,
 )
 from ingest.sources.redis.entries import Entries, entry_line
-from ingest.sources.redis.ledger import Ledger, text
-from ingest.sources.redis.resume import DEAD, PREFIX, Known, Resume, entry_order
+from ingest.sources.redis.ledger import Ledger, Span, entry_order, text, unit_spans
+from ingest.sources.redis.resume import DEAD, PREFIX, Known, Resume
 from ingest.sources.redis.takeover import TakeOver
 
 log = get_logger("ingest.sources.redis.source")
@@ -298,6 +298,7 @@ class RedisSource(TakeOver, Resume):
             self._units.resumed(PREFIX)  # recovered objects: their ledger records come first
             if once:
                 await self._reclaim(send)
+                await self._sweep()
             else:
                 tg.start_soon(self._maintain, send.clone())
             reads_send, reads_recv = anyio.create_memory_object_stream[list[tuple[str, Entries]]](1)
@@ -421,10 +422,13 @@ class RedisSource(TakeOver, Resume):
             first_read = set(known.rows)  # (an entry that is a row now and was not then: after them)
             rows = known.rows + [i for i in rows if i not in first_read]
         unit.total = len(rows)  # journaled when opened (counted): no second write when read
+        fields: list[str] = []  # its span records in the ledger, deleted with its XACK
+        # A `>` read read whole, and its rows numbered as read: its rows are spans of the stream.
+        spans = partial(unit_spans, rows, ids=ids, contiguous=contiguous and known is None)
         unit.handle = EntriesRead(
-            partial(self._ack, stream, unit, acked, rows),
+            partial(self._ack, stream, unit, acked, fields),
             counted=True,
-            ledger=partial(self._before_upload, stream, rows),
+            ledger=partial(self._before_upload, stream, spans, fields),
         )
         self._inflight[stream].update(acked)
         unit = await self._units.open_unit(unit)
@@ -441,14 +445,24 @@ class RedisSource(TakeOver, Resume):
         await send.send(UnitRead(unit))
 
     async def _before_upload(
-        self, stream: str, rows: list[str], key: str, object_id: str, ranges: Ranges
+        self,
+        stream: str,
+        spans: Callable[[Ranges], list[Span]],
+        fields: list[str],
+        key: str,
+        object_id: str,
+        rows: Ranges,
     ) -> None:
-        ids = [rows[i] for a, b in ranges for i in range(a, min(b, len(rows)))]
-        await self._call("ledger", partial(self.ledger(stream).attempting, object_id, key, ids))
+        held = spans(rows)
+        if not held:
+            return
+        field = await self._call("ledger", partial(self.ledger(stream).attempting, object_id, key, held))
+        if field not in fields:
+            fields.append(field)
 
-    async def _ack(self, stream: str, unit: SourceUnit, ids: list[str], rows: list[str]) -> bool:
+    async def _ack(self, stream: str, unit: SourceUnit, ids: list[str], fields: list[str]) -> bool:
         try:
-            await self._call("XACK", partial(self.ledger(stream).acknowledge, ids, rows))
+            await self._call("XACK", partial(self.ledger(stream).acknowledge, ids, fields))
         except (RedisError, OSError) as exc:
             raise AckError(f"XACK on {stream}: {_describe(exc)}") from exc
         self._inflight[stream].difference_update(ids)

@@ -22,7 +22,7 @@ from ingest.logs import get_logger
 from ingest.sources.base import Item
 from ingest.sources.redis.consumer import Consumer
 from ingest.sources.redis.entries import Entries, entry_line
-from ingest.sources.redis.ledger import text
+from ingest.sources.redis.ledger import entry_order, text
 
 log = get_logger("ingest.sources.redis.source")
 
@@ -41,6 +41,7 @@ class TakeOver(Consumer):
                 await self._heartbeat()
                 await self._reclaim(send)
                 await self._forget_consumers()
+                await self._sweep()
                 await self._measure()
 
     async def _heartbeat(self) -> None:
@@ -101,7 +102,9 @@ class TakeOver(Consumer):
         ids = [i for i, _ in entries]
         done = await self._call("ledger", partial(self.ledger(stream).in_r2, ids, self._units.in_r2))
         if done:
-            await self._call("XACK", partial(self.ledger(stream).acknowledge, sorted(done), sorted(done)))
+            await self._call(
+                "XACK", partial(self.ledger(stream).acknowledge, sorted(done, key=entry_order), [])
+            )
             metrics.REDIS_ENTRIES.labels(stream, "acked").inc(len(done))
             log.info("taken over entries were already in R2; acknowledged", stream=stream, entries=len(done))
         rest = [(i, f) for i, f in entries if i not in done]
@@ -151,6 +154,15 @@ class TakeOver(Consumer):
             )
             if gone:
                 log.info("removed idle consumers with nothing pending", stream=stream, consumers=gone)
+
+    async def _sweep(self) -> None:
+        """Span records of dead workers whose entries were all acknowledged since (see Ledger.sweep)."""
+        for stream in self.streams:
+            swept = await self._call(
+                "ledger sweep", partial(self.ledger(stream).sweep, self.config.claim_idle)
+            )
+            if swept:
+                log.info("removed ledger records of entries acknowledged since", stream=stream, records=swept)
 
     async def _measure(self) -> None:
         for stream in self.streams:

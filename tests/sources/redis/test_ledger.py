@@ -6,34 +6,75 @@ import anyio
 import pytest
 from redis.asyncio import Redis
 
-from ingest.sources.redis.ledger import Ledger
+from ingest.sources.redis.ledger import Ledger, unit_spans
 from tests.conftest import RedisServer
 
 
 @pytest.mark.anyio
-async def test_records_are_found_by_entry_and_removed_with_the_ack(redis_server: RedisServer) -> None:
+async def test_spans_are_found_by_entry_and_removed_with_the_ack(redis_server: RedisServer) -> None:
     client = Redis(port=redis_server.port)
     ids = [(await client.xadd("s", {"data": "{}"})).decode() for _ in range(5)]
     await client.xgroup_create("s", "g", id="0")
     await client.xreadgroup("g", "w1", {"s": ">"})
     ledger = Ledger(client, "s", "g")
-    await ledger.attempting("obj-1", "2024/08/02/ingested_0001.parquet", ids[:3])
-    await ledger.attempting("obj-2", "2024/08/02/ingested_0002.parquet", ids[3:])
+    one = await ledger.attempting("obj-1", "2024/08/02/ingested_0001.parquet", [(ids[0], ids[2])])
+    two = await ledger.attempting("obj-2", "2024/08/02/ingested_0002.parquet", [(ids[3], ids[4])])
+    assert await client.hlen(ledger.spans) == 2  # one record a unit and object, not one an entry
     asked: list[tuple[str, str]] = []
 
     async def holds(key: str, object_id: str) -> bool:
         asked.append((key, object_id))
         return object_id == "obj-1"  # only the first object made it into R2
 
-    assert await ledger.in_r2(ids, holds) == set(ids[:3])
+    assert await ledger.in_r2(ids, holds) == set(ids[:3])  # ids[1]: inside the span, not listed
     assert sorted(asked) == [
         ("2024/08/02/ingested_0001.parquet", "obj-1"),
         ("2024/08/02/ingested_0002.parquet", "obj-2"),
     ]
-    await ledger.acknowledge(ids[:3], ids[:3])
-    assert await client.hlen(ledger.entries) == 2
+    assert await ledger.in_r2([ids[4]], holds) == set()
+    await ledger.acknowledge(ids[:3], [one])
+    assert await client.hkeys(ledger.spans) == [two.encode()]
     pending = await client.xpending("s", "g")
     assert pending["pending"] == 2
+    await client.aclose()
+
+
+def test_a_units_rows_become_spans_around_dead_letters_and_listed_entries_stay_single() -> None:
+    ids = ["1-0", "1-1", "2-0", "5-3", "9-0"]
+    assert unit_spans(list(ids), [(0, 5)], ids, contiguous=True) == [("1-0", "9-0")]
+    assert unit_spans(list(ids), [(0, 2), (3, 5)], ids, contiguous=True) == [("1-0", "1-1"), ("5-3", "9-0")]
+    rows = ["1-0", "2-0", "5-3"]  # "1-1" and "9-0" were dead letters: in no span
+    assert unit_spans(rows, [(0, 3)], ids, contiguous=True) == [("1-0", "1-0"), ("2-0", "5-3")]
+    # taken over or resumed: not one read, so other consumers' entries may lie between these
+    assert unit_spans(["1-0", "", "2-0"], [(0, 3)], ids, contiguous=False) == [("1-0", "1-0"), ("2-0", "2-0")]
+
+
+@pytest.mark.anyio
+async def test_sweep_removes_old_records_of_entries_no_longer_pending_and_keeps_the_rest(
+    redis_server: RedisServer,
+) -> None:
+    """The records a dead worker left: once another took its entries over and acknowledged them,
+    nothing deletes them but the sweep; a record with an entry still pending stays, however old."""
+    client = Redis(port=redis_server.port)
+    ids = [(await client.xadd("s", {"data": "{}"})).decode() for _ in range(4)]
+    await client.xgroup_create("s", "g", id="0")
+    await client.xreadgroup("g", "dead", {"s": ">"})
+    ledger = Ledger(client, "s", "g")
+    done = await ledger.attempting("obj-1", "k1", [(ids[0], ids[1])])
+    waiting = await ledger.attempting("obj-2", "k2", [(ids[2], ids[3])])
+    await client.hset(ledger.entries, mapping={ids[0]: "obj-0", ids[3]: "obj-0"})  # an older version's
+    await client.set(ledger.objects + "obj-0", "k0")
+    await client.xack("s", "g", ids[0], ids[1])  # taken over and acknowledged by another worker
+    assert await ledger.sweep(older_than=60) == 1  # only the per-entry record of an acked entry
+    assert set(await client.hkeys(ledger.spans)) == {done.encode(), waiting.encode()}  # too young
+    assert await client.hkeys(ledger.entries) == [ids[3].encode()]
+    assert await ledger.sweep(older_than=0) == 1
+    assert await client.hkeys(ledger.spans) == [waiting.encode()]  # ids[2] is still pending
+
+    async def holds(key: str, object_id: str) -> bool:
+        return object_id == "obj-0"
+
+    assert await ledger.in_r2([ids[3]], holds) == {ids[3]}  # an older version's record still counts
     await client.aclose()
 
 
