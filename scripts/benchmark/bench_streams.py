@@ -18,7 +18,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from bench_files import ROOT, rows_in_r2, start_local_r2, worker_env
+from bench_files import ROOT, cpu_seconds, rows_in_r2, start_local_r2, worker_env
 from http_load import event
 
 
@@ -168,7 +168,11 @@ def bench_redis(work: Path, entries: int, max_records: int = 0, quiet: bool = Fa
                     raise SystemExit("redis-server did not start") from None
                 time.sleep(0.1)
         full_env = worker_env(env)
-        print(f"{'Redis Streams source':<34}{'seconds':>9}{'entries/s':>12}{'peak RSS':>11}", file=out)
+        print(
+            f"{'Redis Streams source':<34}{'seconds':>9}{'entries/s':>12}{'peak RSS':>11}"
+            f"{'CPU-s workers':>15}{'CPU-s Redis':>13}",
+            file=out,
+        )
         for workers in (1, 2):
             stream = f"events-{workers}"
             rng = random.Random(workers)
@@ -186,6 +190,7 @@ def bench_redis(work: Path, entries: int, max_records: int = 0, quiet: bool = Fa
                 + (f"[batch]\nmax_records = {max_records}\n" if max_records else "")
             )
             command = [sys.executable, "-m", "ingest", "--config", str(config), "run", "--once"]
+            redis_cpu0 = cpu_seconds(server.pid)
             start = time.perf_counter()
             procs = [
                 subprocess.Popen(
@@ -198,23 +203,31 @@ def bench_redis(work: Path, entries: int, max_records: int = 0, quiet: bool = Fa
                 for n in range(workers)
             ]
             peak = 0
+            workers_cpu = 0.0
             for proc in procs:
                 _, status, usage = os.wait4(proc.pid, 0)
                 peak = max(peak, usage.ru_maxrss * 1024)
+                workers_cpu += usage.ru_utime + usage.ru_stime
                 if os.waitstatus_to_exitcode(status) != 0:
                     raise SystemExit(
                         f"worker failed: {proc.stderr.read().decode()[-3000:] if proc.stderr else ''}"
                     )
             seconds = time.perf_counter() - start
+            redis_cpu = cpu_seconds(server.pid) - redis_cpu0
             rows = rows_in_r2(work, config, full_env)
             name = f"{workers} worker{'s' if workers > 1 else ''}, one group"
-            line = f"{name:<34}{seconds:>9.2f}{entries / seconds:>12,.0f}{peak / 2**20:>8.0f} MiB"
+            line = (
+                f"{name:<34}{seconds:>9.2f}{entries / seconds:>12,.0f}{peak / 2**20:>8.0f} MiB"
+                f"{workers_cpu:>15.1f}{redis_cpu:>13.1f}"
+            )
             print(line, file=out, flush=True)
             if rows != entries:
                 raise SystemExit(f"{rows:,} rows in R2 for {entries:,} entries")
             figures[f"workers_{workers}"] = {
                 "entries_per_s": round(entries / seconds),
                 "peak_rss_mib": round(peak / 2**20),
+                "cpu_s_workers": round(workers_cpu, 2),
+                "cpu_s_redis": round(redis_cpu, 2),
                 "rows_read_back": rows,
             }
     finally:

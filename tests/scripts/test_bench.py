@@ -84,6 +84,7 @@ def test_bench_http_and_redis_run_on_a_tiny_input() -> None:
     assert redis["entries"] == 20_000, redis
     for workers in ("workers_1", "workers_2"):
         assert redis[workers]["rows_read_back"] == 20_000 and redis[workers]["entries_per_s"] > 0, redis
+        assert redis[workers]["cpu_s_workers"] > 0 and redis[workers]["cpu_s_redis"] > 0, redis
     assert redis["two_vs_one"] > 0, redis
 
 
