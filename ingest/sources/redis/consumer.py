@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from ingest.sources.base import Units
+from ingest.sources.redis.entries import InFlight
 from ingest.sources.redis.ledger import Ledger
 
 T = TypeVar("T")
@@ -16,7 +17,7 @@ class Consumer:
     streams: list[str]
     group: str
     consumer: str
-    _inflight: dict[str, set[str]]  # stream → entries taken, not yet acked
+    _inflight: dict[str, InFlight]  # stream → entries taken, not yet acked
     _units: Units | None
     _take: Callable[..., Awaitable[None]]  # (stream, entries, send, …): parse and send one unit
 

@@ -52,7 +52,7 @@ from ingest.sources.base import (
     UnitRead,
     Units,
 )
-from ingest.sources.redis.entries import Entries, entry_line
+from ingest.sources.redis.entries import Entries, InFlight, entry_line
 from ingest.sources.redis.ledger import Ledger, Span, entry_order, text, unit_spans
 from ingest.sources.redis.resume import DEAD, PREFIX, Known, Resume
 from ingest.sources.redis.takeover import TakeOver
@@ -115,7 +115,7 @@ class RedisSource(TakeOver, Resume):
         self._units: Units | None = None
         self._stopped = False
         self._problem: str | None = None
-        self._inflight: dict[str, set[str]] = {s: set() for s in self.streams}  # taken, not yet acked
+        self._inflight = {s: InFlight() for s in self.streams}  # taken, not yet acked
         self._last_read: dict[str, str] = {}  # stream → the last entry id this worker read (for `gone`)
         self._ledgers: dict[str, Ledger] = {}
 
@@ -430,7 +430,7 @@ class RedisSource(TakeOver, Resume):
             counted=True,
             ledger=partial(self._before_upload, stream, spans, fields),
         )
-        self._inflight[stream].update(acked)
+        self._inflight[stream].add(unit, acked)
         unit = await self._units.open_unit(unit)
         if bad:
             letters = [DeadLetter(source, None, d.reason, d.raw, entry=ids[(d.line or 1) - 1]) for d in bad]
@@ -465,7 +465,7 @@ class RedisSource(TakeOver, Resume):
             await self._call("XACK", partial(self.ledger(stream).acknowledge, ids, fields))
         except (RedisError, OSError) as exc:
             raise AckError(f"XACK on {stream}: {_describe(exc)}") from exc
-        self._inflight[stream].difference_update(ids)
+        self._inflight[stream].remove(unit)
         metrics.REDIS_ENTRIES.labels(stream, "acked").inc(len(ids))
         return True
 

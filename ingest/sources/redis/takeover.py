@@ -48,8 +48,8 @@ class TakeOver(Consumer):
         """Entries still in flight here are claimed again by this consumer (JUSTID: not counted as a
         delivery), so they never look idle to the others while this worker lives."""
         idle = int(self.config.claim_interval * 500)  # reset before they reach 1.5 intervals idle
-        for stream, ids in self._inflight.items():
-            taken = sorted(ids)
+        for stream, inflight in self._inflight.items():
+            taken = inflight.ids()
             for i in range(0, len(taken), 5000):
                 chunk = taken[i : i + 5000]
                 await self._call(
