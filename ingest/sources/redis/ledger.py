@@ -16,7 +16,9 @@ two commands per unit and object, whatever their size.
 from __future__ import annotations
 
 import json
+import random
 import time
+import uuid
 from bisect import bisect_left, bisect_right
 from collections.abc import Awaitable, Callable
 
@@ -25,6 +27,7 @@ from redis.asyncio import Redis
 from ingest.sources.base import Ranges
 
 CHUNK = 5000  # fields per HMGET (the per-entry records of versions before spans)
+SWEEP = 500  # span records checked at most per sweep
 OBJECT_TTL = 7 * 86400  # an object record outlives any reasonable outage of the whole group
 Span = tuple[str, str]  # first and last entry id: every entry of the stream between them (both included)
 
@@ -69,6 +72,8 @@ class Ledger:
         self.objects = f"{base}:object:"
         # Set once the group exists: a group missing while this is set was deleted, not never made.
         self.marker = f"{base}:group"
+        # Which process wrote a record: this one's own records go with its acks, never by a sweep.
+        self.run = uuid.uuid4().hex[:12]
         self._xack = client.register_script(_XACK)
         self._forget_consumers = client.register_script(_FORGET_CONSUMERS)
 
@@ -81,7 +86,9 @@ class Ledger:
         """Record, before a PUT of the object under `key`, that it holds the entries of `spans` (one
         unit's); returns the record's field, to delete once the unit is acknowledged."""
         field = f"{object_id} {spans[0][0]}"
-        record = json.dumps({"o": object_id, "t": round(time.time()), "s": spans}, separators=(",", ":"))
+        record = json.dumps(
+            {"o": object_id, "t": round(time.time()), "r": self.run, "s": spans}, separators=(",", ":")
+        )
         async with self.client.pipeline(transaction=True) as pipe:
             pipe.set(self.objects + object_id, key, ex=OBJECT_TTL)
             pipe.hset(self.spans, field, record)
@@ -134,11 +141,18 @@ class Ledger:
         acknowledged since. A record with an entry still pending stays, whoever wrote it. Returns
         how many went."""
         now = time.time()
-        gone: list[str] = []
+        stale = []
         for field, record in (await self.client.hgetall(self.spans)).items():
             span_record = json.loads(record)
-            if now - span_record["t"] >= older_than and not await self._any_pending(span_record["s"]):
-                gone.append(text(field))
+            if now - span_record["t"] >= older_than and span_record.get("r") != self.run:
+                stale.append((text(field), span_record["s"]))
+        # Records of live workers held up (an R2 outage) stay stale while pending: a sample a sweep
+        # bounds the XPENDING calls; what a dead worker left goes within a few sweeps.
+        gone = [
+            f
+            for f, spans in random.sample(stale, min(len(stale), SWEEP))
+            if not await self._any_pending(spans)
+        ]
         if gone:
             await self.client.hdel(self.spans, *gone)
         # An earlier version's per-entry records, a slice at a time: each goes once not pending.
