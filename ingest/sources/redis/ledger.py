@@ -87,7 +87,7 @@ class Ledger:
         unit's); returns the record's field, to delete once the unit is acknowledged."""
         field = f"{object_id} {spans[0][0]}"
         record = json.dumps(
-            {"o": object_id, "t": round(time.time()), "r": self.run, "s": spans}, separators=(",", ":")
+            {"o": object_id, "t": int(time.time()), "r": self.run, "s": spans}, separators=(",", ":")
         )
         async with self.client.pipeline(transaction=True) as pipe:
             pipe.set(self.objects + object_id, key, ex=OBJECT_TTL)
