@@ -16,6 +16,7 @@ import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
+from operator import itemgetter
 from typing import Any, TypeVar
 from urllib.parse import urlparse
 
@@ -352,8 +353,7 @@ class RedisSource(TakeOver, Resume):
         reply = await self.cmd.xreadgroup(
             self.group, self.consumer, where, count=self.config.read_count, block=block or None
         )
-        # Ids arrive as bytes (replies are not decoded): one decode each, no helper call per entry.
-        out = [(text(s), [(i.decode(), f) for i, f in es if f is not None]) for s, es in reply or ()]
+        out = [(text(s), _entries(es)) for s, es in reply or ()]
         for stream, entries in out:
             if entries and where.get(stream) == ">":
                 self._last_read[stream] = entries[-1][0]
@@ -479,6 +479,21 @@ class EntriesRead(UnitHandle):
     async def before_upload(self, key: str, object_id: str, rows: Ranges) -> None:
         if self.ledger is not None:
             await self.ledger(key, object_id, rows)
+
+
+def _entries(reply: list[list[Any]]) -> Entries:
+    """A read's entries ([id, fields] each, ids as bytes: replies are not decoded) as (id, fields),
+    without those deleted from the stream since (no fields). Every step runs in C (map, join, split,
+    zip): a loop over the entries in Python took a tenth of the worker's time (py-spy)."""
+    if not reply:
+        return []
+    fields = list(map(_second, reply))
+    ids = b"\n".join(map(_first, reply)).decode().split("\n")
+    entries = list(zip(ids, fields, strict=True))
+    return [e for e in entries if e[1] is not None] if None in fields else entries
+
+
+_first, _second = itemgetter(0), itemgetter(1)
 
 
 def _as_is(response: object, **options: object) -> object:
