@@ -180,12 +180,11 @@ class Encoder:
             batch.chunks = []
             return []
         table = pa.concat_tables(tables)
-        by_day = _split_by_day(table, pa.concat_arrays(days))
+        every_day = pa.concat_arrays(days)
+        by_day = _split_by_day(table, every_day)
         # Several objects: each says which rows of which unit it holds (the ledgers record exactly
         # those; one object in R2 says nothing of the rows in another).
-        holds = (
-            _holds_by_day(origins, pa.concat_arrays(days), [d for d, _ in by_day]) if len(by_day) > 1 else {}
-        )
+        holds = _holds_by_day(origins, every_day, [d for d, _ in by_day]) if len(by_day) > 1 else {}
         written: list[SpooledObject] = []
         try:
             for day, part in by_day:
