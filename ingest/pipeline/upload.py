@@ -220,6 +220,7 @@ class Uploader:
             if obj.key is not None and await self._is_ours(obj.key, obj.object_id, attempts):
                 return Uploaded(obj.key, attempts[0], time.monotonic() - started)
             body = None if multipart else await anyio.Path(obj.path).read_bytes()
+
             while True:
                 seq = await allocator.candidate(obj.day, obj.table)
                 key = allocator.key(obj.day, seq, obj.table)
@@ -235,7 +236,7 @@ class Uploader:
                             "put_object",
                             Bucket=bucket,
                             Key=name,
-                            Body=body,
+                            Body=await self._body(body),
                             IfNoneMatch="*",
                             ContentType=obj.content_type,
                             Metadata={BATCH_ID_META: obj.object_id},
@@ -256,6 +257,15 @@ class Uploader:
             raise PermanentUploadError(str(exc)) from exc
         except ClientError as exc:
             raise PermanentUploadError(f"s3://{self.place(obj.key or '')[0]}: {describe(exc)}") from exc
+
+    async def _body(self, data: bytes) -> Any:
+        """`data` as a `Body` (sent a slice per loop turn). Its module imports aiohttp: only once
+        the client is built, whose thread imported it (an import from the loop meanwhile would
+        see it half done)."""
+        await self.client.built()
+        from ingest.r2.body import Body
+
+        return Body(data)
 
     async def holds(self, key: str, object_id: str) -> bool:
         """Does `key` hold the object with this batch id (an upload whose answer was lost)?"""
@@ -308,7 +318,7 @@ class Uploader:
                         Key=name,
                         UploadId=upload_id,
                         PartNumber=number,
-                        Body=data,
+                        Body=await self._body(data),
                     )
                     etags[number] = answer["ETag"]
 

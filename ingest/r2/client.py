@@ -26,6 +26,7 @@ class R2AccessDenied(Exception):
 
 
 def _session(provider: CredentialProvider) -> Any:
+    import ingest.r2.body  # noqa: F401  (aiohttp's payload for Body, registered in this thread)
     from ingest.r2.session import s3_session
 
     return s3_session(provider)
@@ -73,6 +74,9 @@ class R2Client:
                     "s3",
                     endpoint_url=self.endpoint_url,
                     config=client_config(max_pool_connections=self._max_connections),
+                    # No TLS to verify on a plain-HTTP endpoint (the local R2): no CA bundle is
+                    # loaded on the event loop at the first request (50-80 ms, measured).
+                    verify=not self.endpoint_url.startswith("http://"),
                 )
             )
             from ingest.r2.session import keep_bodies_as_bytes
