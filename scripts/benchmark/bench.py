@@ -362,7 +362,13 @@ def main() -> None:
             return
         if args.http:
             figures = bench_http(
-                work, args.requests, args.per_request, args.connections, args.max_records, args.json
+                work,
+                args.requests,
+                args.per_request,
+                args.connections,
+                args.max_records,
+                args.json,
+                cross_a_seal=not args.tiny,
             )
             if args.json:
                 print(json.dumps({"http": figures}, indent=2))
