@@ -135,6 +135,9 @@ class Job:
             "spool": {"dir": str(self.dir / "spool")},
             "retry": {"initial": "50ms", "max": "1s", "max_elapsed": "120s"},
             "log": {"format": "json"},
+            # A port of its own: the default (8080) is one for every worker on the machine, and a
+            # second daemon test running beside this one (pytest -n 2) could not start.
+            "server": {"listen": f"127.0.0.1:{free_port()}"},
         }
         for name, body in sections.items():
             if isinstance(body, dict) and isinstance(base.get(name), dict):
