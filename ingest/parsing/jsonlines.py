@@ -26,7 +26,7 @@ from ingest.parsing.types import column_from_values, lossy_doubles, numbers_as_t
 from ingest.parsing.width import EXTRA, fold, sparse_wide
 
 READ_BLOCK = 32 << 20
-SAMPLE, SAMPLE_FROM = 16 << 10, 1 << 20  # `_learn_timestamps`: its lines, and the blocks it samples
+SAMPLE, SAMPLE_FROM = 16 << 10, 64 << 10  # `_learn_timestamps`: its lines, and the blocks it samples
 DEFAULT_MAX_RECORD = 8 << 20
 # emit(table, first_line, explicit_lines)
 Emit = Callable[[pa.Table, int, list[int] | None], None]
@@ -264,17 +264,18 @@ def _parse(block: bytes | memoryview, text_fields: set[str]) -> pa.Table | None:
     our rules (`text_fields` learns them); None when only a per-line parse keeps every value exact."""
     if not valid_utf8(block) or maybe_too_deep(block) or sparse_wide(block):
         return None  # the per-line path dead-letters exactly the lines at fault, folds wide ones
-    options = None
     if not text_fields and len(block) >= SAMPLE_FROM:
         _learn_timestamps(block, text_fields)
-    if text_fields:
-        schema = pa.schema([(name, pa.string()) for name in sorted(text_fields)])
-        options = pjson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="infer")
-    table = pjson.read_json(pa.BufferReader(block), parse_options=options)
-    stamps = _timestamp_fields(table.schema)
-    if stamps - text_fields:
-        text_fields |= stamps
-        return _parse(block, text_fields)
+    while True:
+        options = None
+        if text_fields:
+            schema = pa.schema([(name, pa.string()) for name in sorted(text_fields)])
+            options = pjson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="infer")
+        table = pjson.read_json(pa.BufferReader(block), parse_options=options)
+        stamps = _timestamp_fields(table.schema)
+        if not stamps - text_fields:
+            break
+        text_fields |= stamps  # parsed again with these as text: pyarrow's inference drops zones
     if lossy_doubles(table) or schema_too_deep(table.schema) or _has_empty_record(table):
         return None
     if options is not None:  # the fields of the explicit schema came first: back to the input's order
@@ -324,9 +325,10 @@ def _has_empty_record(table: pa.Table) -> bool:
 
 
 def _learn_timestamps(block: bytes | memoryview, text_fields: set[str]) -> None:
-    """The fields a big block's first lines hold timestamps in, learned from those lines alone: else
-    the whole block is parsed twice (pyarrow's inference first, which drops zones), 0.1 s on a 32 MiB
-    first block, while the run has nothing else to do. Fields first seen further on still take the
+    """The fields a block's first lines hold timestamps in, learned from those lines alone: else the
+    whole block is parsed twice (pyarrow's inference first, which drops zones): 0.1 s on a 32 MiB
+    first block, while the run has nothing else to do, and half the parse of every HTTP body (a new
+    parser each, so nothing is learned across bodies). Fields first seen further on still take the
     second parse."""
     end = bytes(block[:SAMPLE]).rfind(b"\n") + 1
     if not end:
