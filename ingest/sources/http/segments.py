@@ -115,6 +115,7 @@ class Segments:
 
     def release(self, blocks: list[Block]) -> None:
         """The blocks' rows are in R2: drop each segment once all its blocks are and it is closed."""
+        done: list[str] = []
         with self._lock:
             for block in blocks:
                 live = self._live.get(block.segment)
@@ -122,7 +123,9 @@ class Segments:
                     continue
                 live.discard(block.id)
                 if not live and block.segment != self._current:
-                    self._remove(block.segment)
+                    self._live.pop(block.segment)
+                    done.append(block.segment)
+        self._unlink(done)
 
     def discard(self, blocks: list[Block]) -> None:
         """Blocks written but never journaled (the commit failed): never read, never waited for."""
@@ -135,8 +138,11 @@ class Segments:
         os.close(self._fd)
         with self._lock:
             done, self._fd, self._current = self._current, None, None
-            if not self._live.get(done):
-                self._remove(done)
+            finished = not self._live.get(done)
+            if finished:
+                self._live.pop(done, None)
+        if finished:
+            self._unlink([done])
 
     def live(self) -> list[Path]:
         """Segments that hold blocks not yet in R2."""
@@ -151,9 +157,11 @@ class Segments:
         self._size, self._opened = 0, time.monotonic()
         fsync_dir(self.dir)  # the new name is durable before any block in it is answered
 
-    def _remove(self, segment: str) -> None:
-        self._live.pop(segment, None)
-        self.path(segment).unlink(missing_ok=True)
+    def _unlink(self, segments: list[str]) -> None:
+        """Outside the lock: unlinking a segment of many MB took 50 ms beside an encode, and the next
+        requests' append waited for the lock that long (their 202s too)."""
+        for segment in segments:
+            self.path(segment).unlink(missing_ok=True)
 
 
 def _write_all(fd: int, data: bytes) -> None:

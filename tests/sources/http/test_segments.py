@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
+
+import pytest
 
 from ingest.sources.http.segments import Block, Segments
 
@@ -40,3 +43,39 @@ def test_a_failed_commit_leaves_nothing_to_wait_for(tmp_path: Path) -> None:
     seg.discard(blocks)
     seg.roll()
     assert seg.live() == [] and list((tmp_path / "http").iterdir()) == []
+
+
+def test_an_append_does_not_wait_for_a_released_segment_to_be_unlinked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Unlinking an acknowledged segment of many MB took ~50 ms beside an encode; under the lock, the
+    next requests' append (and their 202s) waited that long. The unlink now runs after the lock."""
+    seg = Segments(tmp_path / "http")
+    old = seg.append([(b'{"a": 1}\n', 1, "events", "r1")])
+    seg.roll()
+    unlinking, finish = threading.Event(), threading.Event()
+    unlink = Path.unlink
+
+    def held(path: Path, missing_ok: bool = False) -> None:
+        unlinking.set()
+        assert finish.wait(10)
+        unlink(path, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", held)
+    releasing = threading.Thread(target=seg.release, args=(old,))
+    releasing.start()
+    assert unlinking.wait(5)
+    appended: list[list[Block]] = []
+    appending = threading.Thread(
+        target=lambda: appended.append(seg.append([(b'{"a": 2}\n', 1, "events", "r2")]))
+    )
+    appending.start()
+    appending.join(5)
+    finished_first = bool(appended)
+    finish.set()
+    releasing.join(5)
+    appending.join(5)
+    assert finished_first, "the append waited for the unlink"
+    assert not seg.path(old[0].segment).exists()
+    assert [p.name for p in seg.live()] == [appended[0][0].segment]
+    assert seg.read(appended[0][0]) == b'{"a": 2}\n'
