@@ -115,7 +115,7 @@ class Segments:
 
     def release(self, blocks: list[Block]) -> None:
         """The blocks' rows are in R2: drop each segment once all its blocks are and it is closed."""
-        done: list[str] = []
+        gone: list[str] = []
         with self._lock:
             for block in blocks:
                 live = self._live.get(block.segment)
@@ -124,8 +124,8 @@ class Segments:
                 live.discard(block.id)
                 if not live and block.segment != self._current:
                     self._live.pop(block.segment)
-                    done.append(block.segment)
-        self._unlink(done)
+                    gone.append(block.segment)
+        self._unlink(gone)
 
     def discard(self, blocks: list[Block]) -> None:
         """Blocks written but never journaled (the commit failed): never read, never waited for."""
@@ -136,13 +136,13 @@ class Segments:
         if self._fd is None or self._current is None:
             return
         os.close(self._fd)
+        gone: list[str] = []
         with self._lock:
             done, self._fd, self._current = self._current, None, None
-            finished = not self._live.get(done)
-            if finished:
+            if not self._live.get(done):
                 self._live.pop(done, None)
-        if finished:
-            self._unlink([done])
+                gone.append(done)
+        self._unlink(gone)
 
     def live(self) -> list[Path]:
         """Segments that hold blocks not yet in R2."""
