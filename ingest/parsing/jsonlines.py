@@ -43,16 +43,17 @@ class Unreadable(OSError):
 
 
 def parse_lines(
-    block: bytes, source: str, max_record: int = DEFAULT_MAX_RECORD
+    block: bytes, source: str, max_record: int = DEFAULT_MAX_RECORD, lines: int | None = None
 ) -> tuple[Parsed, list[DeadLetter]]:
     """JSON lines held in memory (a request body), parsed exactly as a file's block is: the same
-    bytes always give the same rows in the same order (the HTTP source relies on it after a crash)."""
+    bytes always give the same rows in the same order (the HTTP source relies on it after a crash).
+    `lines`: how many the block holds, if the caller knows (else they are counted)."""
     tables: Parsed = []
     dead: list[DeadLetter] = []
     reader = JsonLines(
         source, lambda t, first, lines: tables.append((t, first, lines)), dead.extend, max_record
     )
-    reader.block(block, 1)
+    reader.block(block, 1, lines)
     return tables, dead
 
 

@@ -64,12 +64,12 @@ class Resume(Consumer):
             else:
                 ids = listed.removeprefix("ids:").split(",")
                 entries = await self._call("XRANGE", partial(self._entries, stream, ids))
-            resumed.update(i for i, _ in entries)
+            resumed.update(entries.ids)
             gone = None
             if len(entries) != int(count):  # trimmed or deleted since: rows are tied to entry ids
                 pel = await self._call("XPENDING", partial(self._pending_ids, stream, first, last))
                 resumed.update(pel)
-                gone = _known(known.fingerprint, ids, int(count), [i for i, _ in entries], pel, dead)
+                gone = _known(known.fingerprint, ids, int(count), entries.ids, pel, dead)
             await self._take(stream, entries, send, unit_id=known.id, contiguous=ids is None, known=gone)
         for stream in self.streams:
             after = "0"
@@ -78,11 +78,11 @@ class Resume(Consumer):
                 reads = await self._call("XREADGROUP", partial(self._read, {stream: after}, None, trimmed))
                 if trimmed := [i for i in trimmed if i not in resumed]:
                     await self._settle_trimmed(stream, trimmed)
-                entries = [(i, f) for _, es in reads for i, f in es]
+                entries = Entries.of(pair for _, es in reads for pair in es)
                 if not entries:
                     break
-                after = entries[-1][0]
-                await self._take(stream, [(i, f) for i, f in entries if i not in resumed], send)
+                after = entries.ids[-1]
+                await self._take(stream, entries.without(resumed), send)
         if resumed:
             log.info("resumed this worker's pending entries", entries=len(resumed))
 
@@ -115,15 +115,14 @@ class Resume(Consumer):
             start = "(" + out[-1]
 
     async def _range(self, stream: str, first: str, last: str) -> Entries:
-        reply = await self.cmd.xrange(stream, first, last)
-        return [(text(i), f) for i, f in reply if f is not None]
+        return Entries.from_reply(await self.cmd.xrange(stream, first, last))
 
     async def _entries(self, stream: str, ids: list[str]) -> Entries:
         async with self.cmd.pipeline(transaction=False) as pipe:
             for i in ids:
                 pipe.xrange(stream, i, i)
             replies = await pipe.execute()
-        return [(text(i), f) for reply in replies for i, f in reply if f is not None]
+        return Entries.from_reply([entry for reply in replies for entry in reply])
 
     async def _send_known(
         self,

@@ -76,7 +76,7 @@ class TakeOver(Consumer):
                     ),
                 )
                 cursor = text(reply[0])
-                entries = [(text(i), f) for i, f in reply[1] if f is not None]
+                entries = Entries.from_reply(reply[1])
                 # Redis 7: entries deleted since were dropped from the pending list (not this
                 # worker's own: their units count them when settled)
                 deleted = reply[2] if len(reply) > 2 else []
@@ -89,7 +89,7 @@ class TakeOver(Consumer):
                         entries=len(gone),
                     )
                     metrics.REDIS_ENTRIES.labels(stream, "trimmed").inc(len(gone))
-                fresh = [(i, f) for i, f in entries if i not in self._inflight[stream]]
+                fresh = entries.without(self._inflight[stream])
                 if fresh:
                     metrics.REDIS_ENTRIES.labels(stream, "reclaimed").inc(len(fresh))
                     await self._take_over(stream, fresh, send)
@@ -99,7 +99,7 @@ class TakeOver(Consumer):
     async def _take_over(self, stream: str, entries: Entries, send: MemoryObjectSendStream[Item]) -> None:
         """A dead worker's entries: those already in R2 (the ledger and a HEAD say so) are acked."""
         assert self._units is not None
-        ids = [i for i, _ in entries]
+        ids = entries.ids
         done = await self._call("ledger", partial(self.ledger(stream).in_r2, ids, self._units.in_r2))
         if done:
             await self._call(
@@ -107,7 +107,7 @@ class TakeOver(Consumer):
             )
             metrics.REDIS_ENTRIES.labels(stream, "acked").inc(len(done))
             log.info("taken over entries were already in R2; acknowledged", stream=stream, entries=len(done))
-        rest = [(i, f) for i, f in entries if i not in done]
+        rest = entries.without(done)
         if rest:
             log.info("taking over entries of a worker that stopped", stream=stream, entries=len(rest))
             await self._take(stream, rest, send)
