@@ -34,15 +34,17 @@ def set_max_columns(n: int) -> None:
     _limit[0] = n
 
 
-def sparse_wide(block: bytes | bytearray | memoryview) -> bool:
-    """Whether pyarrow's reader would make too many cells of this block: sampled lines that each
-    bring keys no other sampled line has, times the lines in the block, past CELL_BUDGET."""
+Sample = list[tuple[dict[str, Any], int]]  # sampled lines: (the object, its length with its newline)
+
+
+def sample(block: bytes | bytearray | memoryview) -> Sample:
+    """Up to SAMPLE_LINES objects of lines spread over a block of 64 KiB or more (none of a smaller
+    one), parsed by `json`: they tell `sparse_wide` and the timestamp fields (jsonlines) apart."""
     size = len(block)
     if size < 1 << 16:
-        return False  # at most ~65k cells per 1k keys: cheap whatever its shape
+        return []
     data = block
-    keys: Counter[str] = Counter()
-    sampled = total = 0
+    out: Sample = []
     step = size // SAMPLE_LINES
     for i in range(SAMPLE_LINES):
         start = _line_start(data, i * step)
@@ -54,17 +56,26 @@ def sparse_wide(block: bytes | bytearray | memoryview) -> bool:
         except ValueError:
             continue
         if isinstance(value, dict):
-            names = set(_paths(value))
-            keys.update(names)
-            sampled += 1
-            total += end - start + 1
-    if sampled < 2:
+            out.append((value, end - start + 1))
+    return out
+
+
+def sparse_wide(block: bytes | bytearray | memoryview, sampled: Sample | None = None) -> bool:
+    """Whether pyarrow's reader would make too many cells of this block: sampled lines that each
+    bring keys no other sampled line has, times the lines in the block, past CELL_BUDGET. A block
+    under 64 KiB is at most ~65k cells per 1k keys: cheap whatever its shape (and not sampled)."""
+    if sampled is None:
+        sampled = sample(block)
+    if len(sampled) < 2:
         return False
+    keys: Counter[str] = Counter()
+    for value, _ in sampled:
+        keys.update(set(_paths(value)))
     own = sum(1 for n in keys.values() if n == 1)  # keys only one sampled line has
-    if own <= sampled // 4:
+    if own <= len(sampled) // 4:
         return False  # lines share their keys: columns do not grow with the rows
-    rows = size * sampled / total
-    distinct = len(keys) - own + own / sampled * rows
+    rows = len(block) * len(sampled) / sum(n for _, n in sampled)
+    distinct = len(keys) - own + own / len(sampled) * rows
     return rows * distinct > CELL_BUDGET
 
 
