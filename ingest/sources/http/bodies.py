@@ -266,7 +266,7 @@ def _lines_of_objects(data: bytes) -> bool:
 def _json_lines(data: bytes, source: str, max_record: int) -> Records:
     count = data.count(b"\n") + (0 if not data or data.endswith(b"\n") else 1)
     rejected: list[DeadLetter] = []
-    tables, dead = parse_lines(data, source, max_record)
+    tables, dead = parse_lines(data, source, max_record, count)  # (its lines counted once)
     if not dead and sum(t.num_rows for t, _, _ in tables) == count:  # the common case: all good
         block = data if data.endswith(b"\n") or not data else data + b"\n"
         if block is not data:
