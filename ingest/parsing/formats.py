@@ -39,6 +39,7 @@ from ingest.parsing.jsonlines import (
 )
 from ingest.parsing.nesting import too_deep_reason
 from ingest.parsing.sniff import UTF8, open_text
+from ingest.parsing.textfields import TextFields
 from ingest.parsing.types import infer_text
 
 Format = Literal["jsonl", "json", "csv", "parquet"]
@@ -94,7 +95,7 @@ def read_file(
     start: Position = (0, 1),
     settled: Callable[[], bool] = lambda: True,
     joint: Joint | None = None,
-    text_fields: set[str] | None = None,
+    text_fields: TextFields | None = None,
     options: TextOptions = PLAIN,
     dead_stream: DeadStream | None = None,
 ) -> Position:

@@ -22,11 +22,11 @@ import pyarrow.json as pjson
 
 from ingest.durable.deadletters import DeadLetter
 from ingest.parsing.nesting import MAX_DEPTH, maybe_too_deep, schema_too_deep, too_deep_reason, value_depth
+from ingest.parsing.textfields import TextFields, inferred_stamps, sampled_stamps, settle, text_schema
 from ingest.parsing.types import column_from_values, lossy_doubles, numbers_as_text, recognise_timestamps
-from ingest.parsing.width import EXTRA, Sample, fold, sample, sparse_wide
+from ingest.parsing.width import EXTRA, fold, sample, sparse_wide
 
 READ_BLOCK = 32 << 20
-SAMPLE = 16 << 10  # `_input_order` reads the first line from this much
 DEFAULT_MAX_RECORD = 8 << 20
 # emit(table, first_line, explicit_lines)
 Emit = Callable[[pa.Table, int, list[int] | None], None]
@@ -64,7 +64,7 @@ class JsonLines:
     dead: Dead
     max_record: int
     piece: int = READ_BLOCK  # read size; small for compressed input
-    text_fields: set[str] = field(default_factory=set)  # read as text, typed by ingest.parsing.types
+    text_fields: TextFields = field(default_factory=set)  # read as text, typed by ingest.parsing.types
     joint: Joint | None = None  # blocks held to be parsed with other files' (see Joint)
     plain: bool = False  # an uncompressed file: read into a reused buffer (`_read_plain`)
     ahead: bool | None = None  # read the next block while parsing (None: when the file is big)
@@ -260,7 +260,7 @@ class JsonLines:
             self.emit(table, first_line, numbers[: table.num_rows])
 
 
-def _parse(block: bytes | memoryview, text_fields: set[str]) -> pa.Table | None:
+def _parse(block: bytes | memoryview, text_fields: TextFields) -> pa.Table | None:
     """pyarrow's reader, with timestamps kept as text (it would drop their zone) and recognised by
     our rules (`text_fields` learns them); None when only a per-line parse keeps every value exact."""
     if not valid_utf8(block) or maybe_too_deep(block):
@@ -269,38 +269,22 @@ def _parse(block: bytes | memoryview, text_fields: set[str]) -> pa.Table | None:
     if sparse_wide(block, sampled):
         return None  # the per-line path folds wide lines
     if not text_fields:
-        text_fields |= _timestamp_keys(sampled)
+        text_fields |= sampled_stamps(sampled)
     while True:
         options = None
         if text_fields:
-            schema = pa.schema([(name, pa.string()) for name in sorted(text_fields)])
+            schema = text_schema(text_fields)
             options = pjson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="infer")
         table = pjson.read_json(pa.BufferReader(block), parse_options=options)
-        stamps = _timestamp_fields(table.schema)
+        stamps = inferred_stamps(table.schema)
         if not stamps - text_fields:
             break
         text_fields |= stamps  # parsed again with these as text: pyarrow's inference drops zones
     if lossy_doubles(table) or schema_too_deep(table.schema) or _has_empty_record(table):
         return None
     if options is not None:  # the fields of the explicit schema came first: back to the input's order
-        table = _input_order(block, table)
+        table = settle(block, table, text_fields)
     return recognise_timestamps(table)
-
-
-def _input_order(block: bytes | memoryview, table: pa.Table) -> pa.Table:
-    """Columns in the order the block's first line has them (fields it lacks keep pyarrow's order,
-    after them): the columns of an object keep the order in which the input first has them."""
-    end = bytes(block[:SAMPLE]).find(b"\n")
-    try:
-        first = json.loads(bytes(block[: end if end >= 0 else SAMPLE]))
-    except ValueError:
-        return table
-    if not isinstance(first, dict):
-        return table
-    rank = {name: i for i, name in enumerate(first)}
-    names = table.column_names
-    order = sorted(range(len(names)), key=lambda i: (rank.get(names[i], len(rank)), i))
-    return table if order == list(range(len(names))) else table.select(order)
 
 
 def valid_utf8(block: bytes | bytearray | memoryview) -> bool:
@@ -328,31 +312,6 @@ def _has_empty_record(table: pa.Table) -> bool:
     return found
 
 
-def _timestamp_keys(sampled: Sample) -> set[str]:
-    """The fields that hold, in sampled lines, text pyarrow's inference would make a timestamp
-    (dropping any zone), told by a pattern: else the whole block is parsed twice. The pattern takes
-    a little more than pyarrow does (a 30th of February); such a field is then read as the text it
-    is, as inference would read it. A field it misses, or first seen further on, still takes the
-    second parse. A pyarrow parse of the block's first 16 KiB did this before: 0.7 ms of an HTTP
-    body's 5.6 (its fixed cost), where the width check had already parsed 32 of its lines."""
-    return {
-        k
-        for value, _ in sampled
-        for k, v in value.items()
-        if isinstance(v, str) and len(v) >= 10 and _ISO_STAMP.fullmatch(v) is not None
-    }
-
-
-_ISO_STAMP = re.compile(
-    r"\d{4}-\d{2}-\d{2}(?:[T ]\d{2}(?::\d{2}(?::\d{2})?)?(?:Z|[+-]\d{2}(?::?\d{2})?)?)?", re.ASCII
-)
-
-
-def _timestamp_fields(schema: pa.Schema) -> set[str]:
-    """Fields pyarrow's inference made timestamps (dropping any zone): to be parsed again as text."""
-    return {f.name for f in schema if pa.types.is_timestamp(f.type)}
-
-
 @dataclass
 class Joint:
     """Whole blocks of many small files, parsed in one pyarrow call and cut back into each file's
@@ -367,7 +326,7 @@ class Joint:
     owner: object = None  # whose blocks are taken now (the caller's handle for errors in `flush`)
     held: list[tuple[JsonLines, bytes, int, object]] = field(default_factory=list)
     size: int = 0
-    text_fields: set[str] = field(default_factory=set)
+    text_fields: TextFields = field(default_factory=set)
 
     def take(self, reader: JsonLines, block: bytes, first_line: int) -> bool:
         if (

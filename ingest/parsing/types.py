@@ -46,8 +46,81 @@ def infer_text(table: pa.Table) -> pa.Table:
 
 
 def recognise_timestamps(table: pa.Table) -> pa.Table:
-    """JSON: string columns whose every value is an ISO date/time become dates or timestamps."""
-    return _map_strings(table, _temporal)
+    """JSON: string columns whose every value is an ISO date/time become dates or timestamps, and
+    so do such strings inside objects and lists, each nested field on its own (one rule at every
+    depth: a zoned time inside an object keeps its zone as at the top level)."""
+    table = _map_strings(table, _temporal)
+    columns, changed = list(table.columns), False
+    for i, col in enumerate(columns):
+        if _nested_text(col.type) and _maybe_temporal(col):
+            typed = _temporal_inside(col.combine_chunks())
+            if typed is not None:
+                columns[i], changed = pa.chunked_array([typed]), True
+    return pa.table(columns, names=table.column_names) if changed else table
+
+
+def _nested_text(t: pa.DataType) -> bool:
+    """Does a value of type `t` hold text inside an object or list?"""
+    if pa.types.is_struct(t):
+        return any(pa.types.is_string(f.type) or _nested_text(f.type) for f in t)
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        return pa.types.is_string(t.value_type) or _nested_text(t.value_type)
+    return False
+
+
+def _leaves(arr: pa.Array) -> list[pa.Array]:
+    """The string arrays inside a nested array (struct children, list items), however deep."""
+    t = arr.type
+    if pa.types.is_string(t):
+        return [arr]
+    if pa.types.is_struct(t):
+        return [leaf for child in arr.flatten() for leaf in _leaves(child)]  # (with the rows' nulls)
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        return _leaves(arr.flatten())
+    return []
+
+
+def _maybe_temporal(col: pa.ChunkedArray) -> bool:
+    """Whether some nested text's first value looks like a date (the usual nested column, with no
+    time in it, is not copied nor searched further)."""
+    for chunk in col.chunks:
+        for leaf in _leaves(chunk):
+            valid = leaf.slice(0, 64).drop_null()
+            if not len(valid):
+                valid = leaf.drop_null()
+            if len(valid) and _looks_temporal(str(valid[0].as_py())):
+                return True
+    return False
+
+
+def _looks_temporal(first: str) -> bool:
+    return len(first) >= 10 and first[:4].isdigit() and first[4] == "-"
+
+
+def _temporal_inside(arr: pa.Array) -> pa.Array | None:
+    """`arr` with each nested text field typed as `_temporal` types a column (None: nothing changed)."""
+    t = arr.type
+    mask = arr.is_null() if arr.null_count else None
+    if pa.types.is_string(t):
+        if arr.null_count == len(arr):
+            return None
+        typed = _temporal(pa.chunked_array([arr]))
+        return None if typed is None else typed.combine_chunks()
+    if pa.types.is_struct(t):
+        children = arr.flatten()  # with the struct's nulls: a null row's children may hold ""
+        typed_children = [_temporal_inside(c) for c in children]
+        if all(c is None for c in typed_children):
+            return None
+        new = [c if n is None else n for c, n in zip(children, typed_children, strict=True)]
+        fields = [t.field(i).with_type(c.type) for i, c in enumerate(new)]
+        return pa.StructArray.from_arrays(new, fields=fields, mask=mask)
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        items = _temporal_inside(arr.values)
+        if items is None:
+            return None
+        kind = pa.ListArray if pa.types.is_list(t) else pa.LargeListArray
+        return kind.from_arrays(arr.offsets, items, mask=mask)
+    return None
 
 
 def lossy_doubles(table: pa.Table) -> list[str]:
@@ -116,7 +189,7 @@ def _typed_from_text(col: pa.ChunkedArray) -> pa.ChunkedArray | None:
 
 def _temporal(col: pa.ChunkedArray) -> pa.ChunkedArray | None:
     first = _first(col)
-    if len(first) < 10 or not first[:4].isdigit() or first[4] != "-":
+    if not _looks_temporal(first):
         return None
     if re.fullmatch(_DATE, first) and _all(col, _DATE):  # (the first tells: no pass over all)
         try:

@@ -42,6 +42,7 @@ from ingest.layout import CLAIMS, landing_prefix
 from ingest.logs import get_logger
 from ingest.parsing.formats import detect
 from ingest.parsing.jsonlines import DEFAULT_MAX_RECORD
+from ingest.parsing.textfields import TextFields
 from ingest.r2.client import R2AccessDenied, R2Client
 from ingest.r2.errors import code_of, describe, is_retryable
 from ingest.sources.base import Ack, AckError, FreshUnits, SourceUnit, Units
@@ -92,7 +93,7 @@ class LandingSource(FileSource):
         self.max_record_bytes = max_record_bytes
         self.poll_interval = max(0.05, config.settle_seconds)
         self._units: Units = FreshUnits()
-        self._text_fields: set[str] = set()
+        self._text_fields: TextFields = set()
         self._problems = {}
         self._failed = {}
         self._taken: set[str] = set()  # keys this run has taken (downloaded or reading)

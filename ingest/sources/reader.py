@@ -30,6 +30,7 @@ from ingest.logs import get_logger
 from ingest.parsing.formats import PLAIN, TextOptions, detect, raw_lines, read_file
 from ingest.parsing.jsonlines import Joint
 from ingest.parsing.sniff import UTF8, Sniffed, sniff
+from ingest.parsing.textfields import TextFields
 from ingest.sources.base import Chunk, Item, SourceUnit, UnitHandle, UnitRead, Units
 
 log = get_logger("ingest.sources.reader")
@@ -81,7 +82,7 @@ def read_into(
     max_record_bytes: int,
     settled: Callable[[], bool] = lambda: True,
     joint: Joint | None = None,
-    text_fields: set[str] | None = None,
+    text_fields: TextFields | None = None,
     options: TextOptions = PLAIN,
 ) -> None:
     """Read `path` (whose format `name` tells; its compression and text encoding its bytes tell)
@@ -171,7 +172,7 @@ class FileSource:
     _stopped = False
     _problems: dict[str, str]
     _failed: dict[Path, float]  # claimed files whose read failed → when (anyio clock)
-    _text_fields: set[str]  # timestamp fields seen so far in this source's JSON lines (formats.read_file)
+    _text_fields: TextFields  # timestamp fields seen so far in this source's JSON lines (formats.read_file)
     # Files sent to the readers and not read yet (→ bytes): discovery counts them against the spool's
     # room, and waits for `_progress` while they fill it.
     _in_hand: dict[Path, int]

@@ -53,9 +53,7 @@ def test_files_are_committed_once_with_their_batch_ids_and_scan_back(tables: Tab
     assert paths == sorted(f.path for f in [*first, *second])
     with loaded.io.new_input(paths[0]).open() as f:
         data = f.read()
-    assert duckdb.connect().sql("SELECT count(*) FROM read_parquet(?)", params=[_tmp(data)]).fetchall() == [
-        (100,)
-    ]
+    assert duckdb.sql("SELECT count(*) FROM read_parquet(?)", params=[_tmp(data)]).fetchall() == [(100,)]
 
 
 def _tmp(data: bytes) -> str:
@@ -179,9 +177,9 @@ def test_conform_gives_types_every_iceberg_reader_takes_and_refuses_what_would_c
     assert out.column("ns").cast(pa.int64()).to_pylist() == [1, 2]  # the same instants, in µs
     path = tmp_path / "c.parquet"
     pq.write_table(out, path)
-    assert pl.read_parquet(path).height == 2 and duckdb.connect().sql(
-        f"SELECT count(*) FROM '{path}'"
-    ).fetchall() == [(2,)]
+    assert pl.read_parquet(path).height == 2 and duckdb.sql(f"SELECT count(*) FROM '{path}'").fetchall() == [
+        (2,)
+    ]
 
     with pytest.raises(DoesNotFit, match="u64"):
         conform(pa.table({"u64": pa.array([2**63], pa.uint64())}))

@@ -81,7 +81,7 @@ def _data_files(job: Job, table: Any, tmp: Path) -> list[str]:
         local.write_bytes(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
         rows = pq.read_table(local).num_rows
         assert pl.read_parquet(local).height == rows
-        ((count,),) = duckdb.connect().sql(f"SELECT count(*) FROM read_parquet('{local}')").fetchall()
+        ((count,),) = duckdb.sql(f"SELECT count(*) FROM read_parquet('{local}')").fetchall()
         assert count == rows
     return list(paths)
 

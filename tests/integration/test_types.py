@@ -5,14 +5,15 @@ every common time format. Output is checked with DuckDB, a reader this project d
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
 import duckdb
+import polars as pl
 import pytest
 
-from tests.integration.conftest import Job, write_jsonl
+from tests.integration.conftest import Job, readable_rows, write_jsonl
 
 
 def _duck(job: Job, tmp_path: Path) -> duckdb.DuckDBPyConnection:
@@ -112,6 +113,67 @@ def test_timestamps_keep_their_zone_the_same_way_in_every_format(job: Job, tmp_p
         (1, datetime(2024, 8, 2, 10, tzinfo=UTC), datetime(2024, 8, 2, 10)),
         (2, datetime(2024, 8, 2, 10, tzinfo=UTC), datetime(2024, 8, 2, 11, 30, 0, 250000)),
     ]
+
+
+def _nested(i: int, zone: str) -> dict[str, Any]:
+    return {
+        "id": i,
+        "at": "2024-08-02T12:00:00+02:00",
+        "d": {
+            "n": i,
+            "at": f"2024-08-02T12:00:00{zone}",
+            "day": "2024-08-02",
+            "local": "2024-08-02T10:00:00",
+        },
+        "stamps": ["2024-08-02T10:00:00Z", None],
+        "events": [{"kind": "x", "at": "2024-08-02T10:00:00.5Z"}],
+        "mixed": {"t": "2024-08-02T10:00:00Z" if i % 2 else "2024-08-02T10:00:00"},
+    }
+
+
+def test_nested_timestamps_keep_their_zone_like_top_level_ones_whichever_path_parsed_them(
+    job: Job, tmp_path: Path
+) -> None:
+    # a.jsonl takes pyarrow's reader; b.jsonl's bad line sends its block to the per-line parse. Both
+    # are in one batch: their nested fields must come out with one type, and values unchanged.
+    write_jsonl(job.inbox / "a.jsonl", [_nested(i, "+02:00") for i in (1, 2, 3)])
+    good = "".join(json.dumps(_nested(i, "+02:00")) + "\n" for i in (4, 5))
+    (job.inbox / "b.jsonl").write_text(good + '{"id": 6, "d": \n' + json.dumps(_nested(7, "+02:00")) + "\n")
+    job.configure()
+    r = job.run_once()
+    assert r.returncode == 0, r.stderr
+    [letter] = job.dead_letters()
+    assert letter["source"] == "b.jsonl" and letter["line"] == 3
+    assert sorted(row["id"] for row in readable_rows(job, tmp_path)) == [1, 2, 3, 4, 5, 7]
+    con = _duck(job, tmp_path)
+    con.execute("SET TimeZone = 'UTC'")
+    types = con.execute(
+        "SELECT DISTINCT typeof(d.at), typeof(d.day), typeof(d.local), typeof(stamps), "
+        'typeof(events[1].at), typeof(mixed.t), typeof("at") FROM t'
+    ).fetchall()
+    zoned = "TIMESTAMP WITH TIME ZONE"
+    assert types == [(zoned, "DATE", "TIMESTAMP", f"{zoned}[]", zoned, "VARCHAR", zoned)]
+    got = con.execute(
+        'SELECT DISTINCT d.at, d.day, d.local, stamps, events[1].at, "at" = d.at FROM t'
+    ).fetchall()
+    at = datetime(2024, 8, 2, 10, tzinfo=UTC)
+    assert got == [
+        (at, date(2024, 8, 2), datetime(2024, 8, 2, 10), [at, None], at.replace(microsecond=500000), True)
+    ]
+    texts = con.execute("SELECT id, mixed.t FROM t ORDER BY id").fetchall()
+    assert texts == [(i, _nested(i, "")["mixed"]["t"]) for i in (1, 2, 3, 4, 5, 7)]
+    polars = pl.concat(
+        [pl.read_parquet(p) for p in sorted((tmp_path / "downloaded").glob("*.parquet"))], how="diagonal"
+    )
+    assert polars.schema["d"] == pl.Struct(
+        {
+            "n": pl.Int64,
+            "at": pl.Datetime("ms", "UTC"),
+            "day": pl.Date,
+            "local": pl.Datetime("ms"),
+        }
+    )
+    assert polars["d"].struct.field("at").to_list() == [at] * 6
 
 
 def _by_day(job: Job) -> dict[str, list[int]]:

@@ -93,7 +93,7 @@ def test_pyiceberg_creates_commits_and_scans_a_table_with_the_catalog_token(loca
     assert str(again.schema().find_field("at").field_type) == "timestamptz"
     # The data file itself opens in DuckDB too (fetched with the vended credentials).
     local = _fetch(again, path)
-    assert duckdb.connect().sql(f"SELECT count(*) FROM read_parquet('{local}')").fetchall() == [(3,)]
+    assert duckdb.sql(f"SELECT count(*) FROM read_parquet('{local}')").fetchall() == [(3,)]
 
 
 def _fetch(table: Any, path: str) -> str:

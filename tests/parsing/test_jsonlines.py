@@ -10,6 +10,7 @@ import pytest
 from ingest.durable.deadletters import DeadLetter
 from ingest.parsing import jsonlines
 from ingest.parsing.jsonlines import Joint, JsonLines, _parse
+from ingest.parsing.textfields import TextFields
 
 Emitted = list[tuple[pa.Table, int, list[int] | None]]
 
@@ -146,10 +147,10 @@ def test_a_big_blocks_timestamp_fields_are_learned_from_its_first_lines_same_tab
     twice). Nothing else changes: the table is the one parsed with the fields already known."""
     block = _stamped(10_000)
     assert len(block) >= 1 << 20
-    learned: set[str] = set()
+    learned: TextFields = set()
     table = _parse(memoryview(block), learned)
-    assert learned == {"ts"} and table is not None
-    assert table.equals(_parse(block, {"ts"}))
+    assert learned == {("ts",)} and table is not None
+    assert table.equals(_parse(block, {("ts",)}))
     assert table.schema.field("ts").type.tz == "UTC"
     assert table.column("ts")[0].as_py().isoformat() == "2024-08-02T08:00:00+00:00"
 
@@ -172,13 +173,13 @@ def test_a_request_sized_block_is_parsed_whole_once(monkeypatch: pytest.MonkeyPa
     wide = jsonlines.sparse_wide
     monkeypatch.setattr(jsonlines.pjson, "read_json", counted)
     monkeypatch.setattr(jsonlines, "sparse_wide", lambda b, s: widths.append(len(b)) or wide(b, s))
-    learned: set[str] = set()
+    learned: TextFields = set()
     table = _parse(block, learned)
     assert sizes == [len(block)]
     assert widths == [len(block)]
     monkeypatch.undo()
-    monkeypatch.setattr(jsonlines, "_timestamp_keys", lambda sampled: set())  # the old way: parsed twice
-    assert learned == {"ts"} and table is not None and table.equals(_parse(block, set()))
+    monkeypatch.setattr(jsonlines, "sampled_stamps", lambda sampled: set())  # the old way: parsed twice
+    assert learned == {("ts",)} and table is not None and table.equals(_parse(block, set()))
     assert table.column("ts")[0].as_py().isoformat() == "2024-08-02T08:00:00+00:00"
 
 
@@ -214,7 +215,7 @@ def test_the_sampled_timestamp_fields_give_the_table_pyarrows_inference_gives(
     block = b"\n".join(lines) + b"\n"
     assert len(block) >= 64 << 10
     table = _parse(block, set())
-    monkeypatch.setattr(jsonlines, "_timestamp_keys", lambda sampled: set())
+    monkeypatch.setattr(jsonlines, "sampled_stamps", lambda sampled: set())
     old = _parse(block, set())
     assert table is not None and old is not None
     assert table.equals(old), (table.schema, old.schema)
@@ -222,9 +223,9 @@ def test_the_sampled_timestamp_fields_give_the_table_pyarrows_inference_gives(
 
 def test_a_timestamp_field_first_seen_past_the_sample_is_still_recognised() -> None:
     late = b'{"id": 9000, "ts": "2024-08-02T10:00:00+02:00", "late": "2024-08-03T00:00:00Z", "pad": ""}'
-    learned: set[str] = set()
+    learned: TextFields = set()
     table = _parse(_stamped(10_000, n9000=late), learned)
-    assert learned == {"ts", "late"} and table is not None
+    assert learned == {("ts",), ("late",)} and table is not None
     assert table.schema.field("late").type.tz == "UTC"
     assert table.column("late")[9000].as_py().isoformat() == "2024-08-03T00:00:00+00:00"
 

@@ -36,6 +36,7 @@ from ingest.layout import CLAIM_DIR
 from ingest.logs import get_logger
 from ingest.parsing.formats import Format, detect
 from ingest.parsing.jsonlines import DEFAULT_MAX_RECORD, Joint
+from ingest.parsing.textfields import TextFields
 from ingest.sources.base import AckError, Chunk, FreshUnits, Item, SourceUnit, Units
 from ingest.sources.directory.claimed import (
     BARE,
@@ -78,7 +79,7 @@ class DirectorySource(FileSource):
             self.root, config, self.done_dir, self._problem, self._solved, lambda: self._targets.values()
         )
         self._units: Units = FreshUnits()
-        self._text_fields: set[str] = set()
+        self._text_fields: TextFields = set()
         self._problems = {}
         self._failed = {}
         self._targets: dict[Path, Path] = {}  # claimed symlink → the file it points to
