@@ -393,6 +393,17 @@ def widen(known: pa.DataType, new: pa.DataType) -> pa.DataType | None:
     for date, ts in ((known, new), (new, known)):  # a day is a naive timestamp at midnight, exactly
         if pa.types.is_date(date) and pa.types.is_timestamp(ts) and ts.tz is None:
             return ts
+    if pa.types.is_struct(known) and pa.types.is_struct(new):  # the same rules for nested fields
+        fields = {f.name: f.type for f in known}
+        for f in new:
+            merged = widen(fields[f.name], f.type) if f.name in fields else f.type
+            if merged is None:
+                return None
+            fields[f.name] = merged
+        return pa.struct(list(fields.items()))
+    if pa.types.is_list(known) and pa.types.is_list(new):
+        item = widen(known.value_type, new.value_type)
+        return None if item is None else pa.list_(known.value_field.with_type(item))
     try:
         merged = pa.unify_schemas(
             [pa.schema([("f", known)]), pa.schema([("f", new)])], promote_options="permissive"

@@ -77,3 +77,11 @@ def test_unify_is_order_independent_and_widen_never_goes_to_text() -> None:
     assert widen(pa.timestamp("ms", "UTC"), pa.timestamp("ns", "UTC")) == pa.timestamp("ns", "UTC")
     assert widen(pa.float64(), pa.string()) is None
     assert widen(pa.timestamp("ms", "UTC"), pa.timestamp("ms")) is None
+    # nested fields by the same rules: a day and a naive time meet in an object as at the top level
+    day, naive = pa.struct([("n", pa.int64()), ("at", pa.date32())]), pa.struct([("at", pa.timestamp("ms"))])
+    assert widen(day, naive) == pa.struct([("n", pa.int64()), ("at", pa.timestamp("ms"))])
+    assert widen(pa.list_(day), pa.list_(naive)) == pa.list_(
+        pa.struct([("n", pa.int64()), ("at", pa.timestamp("ms"))])
+    )
+    assert widen(pa.struct([("a", pa.int64())]), pa.struct([("a", pa.string())])) is None
+    assert widen(pa.list_(pa.timestamp("ms", "UTC")), pa.list_(pa.timestamp("ms"))) is None
