@@ -10,6 +10,7 @@ another bucket).
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import time
@@ -236,7 +237,7 @@ class Uploader:
                             "put_object",
                             Bucket=bucket,
                             Key=name,
-                            Body=await self._body(body),
+                            Body=await self._body(body, obj.sha256),
                             IfNoneMatch="*",
                             ContentType=obj.content_type,
                             Metadata={BATCH_ID_META: obj.object_id},
@@ -258,14 +259,14 @@ class Uploader:
         except ClientError as exc:
             raise PermanentUploadError(f"s3://{self.place(obj.key or '')[0]}: {describe(exc)}") from exc
 
-    async def _body(self, data: bytes) -> Any:
-        """`data` as a `Body` (sent a slice per loop turn). Its module imports aiohttp: only once
-        the client is built, whose thread imported it (an import from the loop meanwhile would
-        see it half done)."""
+    async def _body(self, data: bytes, sha256: str) -> Any:
+        """`data` as a `Body` (sent a slice per loop turn, signed with `sha256`: never hashed on the
+        loop). Its module imports aiohttp: only once the client is built, whose thread imported it
+        (an import from the loop meanwhile would see it half done)."""
         await self.client.built()
         from ingest.r2.body import Body
 
-        return Body(data)
+        return Body(data, sha256)
 
     async def holds(self, key: str, object_id: str) -> bool:
         """Does `key` hold the object with this batch id (an upload whose answer was lost)?"""
@@ -309,7 +310,7 @@ class Uploader:
 
                 async def part(number: int) -> None:
                     offset = (number - 1) * part_size
-                    data = await anyio.to_thread.run_sync(os.pread, fd, part_size, offset)
+                    data, sha256 = await anyio.to_thread.run_sync(_read_part, fd, part_size, offset)
                     answer = await self.request(
                         f"{key} part {number}/{count}",
                         attempts,
@@ -318,7 +319,7 @@ class Uploader:
                         Key=name,
                         UploadId=upload_id,
                         PartNumber=number,
-                        Body=await self._body(data),
+                        Body=await self._body(data, sha256),
                     )
                     etags[number] = answer["ETag"]
 
@@ -356,3 +357,9 @@ class Uploader:
                 except Exception as exc:  # the upload id expires by itself; say so and move on
                     log.warning("could not abort multipart upload", key=key, error=describe(exc))
             raise
+
+
+def _read_part(fd: int, size: int, offset: int) -> tuple[bytes, str]:
+    """A part's bytes and their SHA-256 (hashed here, in a thread, not by the signer on the loop)."""
+    data = os.pread(fd, size, offset)
+    return data, hashlib.sha256(data).hexdigest()

@@ -7,8 +7,8 @@ its buffer), all on the event loop: a 28 MB object held the loop 50 ms on an idl
 written as 1 MiB views of the one buffer instead, each sent before the next (aiohttp drains the
 transport between them), so the loop is never held longer than one slice.
 
-botocore sees a seekable file (it reads it for the payload's SHA-256, then seeks back); aiohttp sees
-the `BodyPayload` registered for it below.
+botocore sees a seekable file (it reads it for the payload's SHA-256 unless the body carries it:
+see signing.py); aiohttp sees the `BodyPayload` registered for it below.
 """
 
 from __future__ import annotations
@@ -27,8 +27,9 @@ class Body:
     """An object's bytes, read-only, as a seekable file (not an `io.IOBase`: aiobotocore would wrap
     it and aiohttp read it 64 KiB per turn through a thread)."""
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes, sha256: str = "") -> None:
         self.data = data
+        self.sha256 = sha256  # hex, when known: signed as is, never computed on the loop (signing.py)
         self._view = memoryview(data)
         self._pos = 0
 

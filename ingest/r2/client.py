@@ -80,8 +80,10 @@ class R2Client:
                 )
             )
             from ingest.r2.session import keep_bodies_as_bytes
+            from ingest.r2.signing import sign_with_known_digests
 
             keep_bodies_as_bytes(s3)
+            sign_with_known_digests(s3)
             self.s3 = s3
 
     async def __aexit__(self, *exc: object) -> None:
