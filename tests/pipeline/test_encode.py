@@ -123,6 +123,29 @@ def test_known_types_widen_and_survive_a_restart(tmp_path: Path) -> None:
     ]
 
 
+def test_a_table_that_learned_nested_times_as_naive_seconds_keeps_them_after_the_upgrade(
+    tmp_path: Path,
+) -> None:
+    """Before nested timestamps were typed by our rules, pyarrow's inference gave a nested ISO text
+    `timestamp[s]` (the instant in UTC, no zone; a date at midnight), and the journal kept that type.
+    Batches parsed now (zoned `timestamp[ms, tz=UTC]`, `date32`) go into it with the values the old
+    code stored, not dead letters."""
+    from ingest.parsing.jsonlines import parse_lines
+
+    old = pa.schema([("d", pa.struct([("at", pa.timestamp("s")), ("day", pa.timestamp("s"))]))])
+    enc = Encoder(OutputConfig(), tmp_path / "spool", DeadLetters(tmp_path / "dead"), {"default": old})
+    [(table, _, _)], dead = parse_lines(
+        b'{"d": {"at": "2024-08-02T12:00:00+02:00", "day": "2024-08-02"}}\n', "s"
+    )
+    assert dead == [] and table.schema.field("d").type.field("at").type == pa.timestamp("ms", "UTC")
+    [obj] = enc.encode(_batch(table))
+    out = pq.read_table(obj.path)
+    # (Parquet has no seconds: a timestamp[s] column reads back as ms, as the old objects do)
+    assert out.schema.field("d").type == pa.struct([("at", pa.timestamp("ms")), ("day", pa.timestamp("ms"))])
+    assert out.column("d").to_pylist() == [{"at": datetime(2024, 8, 2, 10), "day": datetime(2024, 8, 2)}]
+    assert _dead(tmp_path) == []
+
+
 def test_explicit_schema_file_fixes_types(tmp_path: Path) -> None:
     schema_file = tmp_path / "schema.json"
     schema_file.write_text(json.dumps({"id": "int32", "at": "timestamp[ms, tz=UTC]", "price": "double"}))
