@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import duckdb
 import pytest
 from cloudflare import Cloudflare
 
@@ -28,6 +29,14 @@ def _die_with_parent() -> None:
 
 def read_env_file(path: Path) -> dict[str, str]:
     return dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
+
+
+def duck(query: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]:
+    """Every row of a DuckDB query, on a connection of its own: DuckDB's default connection carries
+    an unfinished result from one test into the next (DuckDB 2 refuses the next query then), and a
+    connection that is not held may be closed before its rows are fetched (DuckDB 1.4)."""
+    with duckdb.connect() as con:
+        return con.execute(query, params).fetchall()
 
 
 @dataclass

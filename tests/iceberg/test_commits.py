@@ -7,7 +7,6 @@ import threading
 import uuid
 from typing import Any
 
-import duckdb
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -17,7 +16,7 @@ from ingest.config import IcebergConfig
 from ingest.iceberg.catalog import connect
 from ingest.iceberg.commits import BATCH_IDS, DoesNotFit, Tables
 from ingest.iceberg.schema import conform
-from tests.conftest import LocalR2
+from tests.conftest import LocalR2, duck
 from tests.iceberg.conftest import _put, _rows
 
 
@@ -53,7 +52,7 @@ def test_files_are_committed_once_with_their_batch_ids_and_scan_back(tables: Tab
     assert paths == sorted(f.path for f in [*first, *second])
     with loaded.io.new_input(paths[0]).open() as f:
         data = f.read()
-    assert duckdb.sql("SELECT count(*) FROM read_parquet(?)", params=[_tmp(data)]).fetchall() == [(100,)]
+    assert duck("SELECT count(*) FROM read_parquet(?)", [_tmp(data)]) == [(100,)]
 
 
 def _tmp(data: bytes) -> str:
@@ -177,9 +176,7 @@ def test_conform_gives_types_every_iceberg_reader_takes_and_refuses_what_would_c
     assert out.column("ns").cast(pa.int64()).to_pylist() == [1, 2]  # the same instants, in µs
     path = tmp_path / "c.parquet"
     pq.write_table(out, path)
-    assert pl.read_parquet(path).height == 2 and duckdb.sql(f"SELECT count(*) FROM '{path}'").fetchall() == [
-        (2,)
-    ]
+    assert pl.read_parquet(path).height == 2 and duck(f"SELECT count(*) FROM '{path}'") == [(2,)]
 
     with pytest.raises(DoesNotFit, match="u64"):
         conform(pa.table({"u64": pa.array([2**63], pa.uint64())}))

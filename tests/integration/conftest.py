@@ -16,14 +16,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import httpx
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import LocalR2, start_local_r2, stop_local_r2
+from tests.conftest import LocalR2, duck, start_local_r2, stop_local_r2
 
 
 def toml_value(v: Any) -> str:
@@ -274,9 +273,9 @@ def readable_rows(job: Job, tmp: Path) -> list[dict[str, Any]]:
         frame = pl.read_parquet(path)
         assert frame.height == len(rows), key
         assert frame.columns == table.column_names, key
-        ((count,),) = duckdb.sql(f"SELECT count(*) FROM read_parquet('{path}')").fetchall()
+        ((count,),) = duck(f"SELECT count(*) FROM read_parquet('{path}')")
         assert count == len(rows), key
-        duckdb.sql(f"SELECT * FROM read_parquet('{path}')").fetchall()  # every column, every value
+        duck(f"SELECT * FROM read_parquet('{path}')")  # every column, every value
         out += rows
     return out
 

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-import duckdb
 import httpx
 import polars as pl
 import pyarrow as pa
@@ -22,6 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from ingest.iceberg.commits import BATCH_IDS
+from tests.conftest import duck
 from tests.faultproxy import FaultProxy, Faults
 from tests.integration.conftest import Job, logs_of, readyz, wait_for, write_jsonl
 
@@ -81,7 +81,7 @@ def _data_files(job: Job, table: Any, tmp: Path) -> list[str]:
         local.write_bytes(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
         rows = pq.read_table(local).num_rows
         assert pl.read_parquet(local).height == rows
-        ((count,),) = duckdb.sql(f"SELECT count(*) FROM read_parquet('{local}')").fetchall()
+        ((count,),) = duck(f"SELECT count(*) FROM read_parquet('{local}')")
         assert count == rows
     return list(paths)
 

@@ -15,10 +15,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from tests.conftest import duck
 from tests.integration.conftest import (
     Job,
     free_port,
@@ -392,7 +392,7 @@ def test_names_that_differ_only_by_case_keep_the_first_spelling_and_rename_the_n
     [key] = job.keys()
     path = tmp_path / "case.parquet"
     path.write_bytes(job.r2.token_s3().get_object(Bucket=job.r2.bucket, Key=key)["Body"].read())
-    got = duckdb.sql(f"SELECT id, ID_2, Id_3 FROM read_parquet('{path}') ORDER BY id").fetchall()
+    got = duck(f"SELECT id, ID_2, Id_3 FROM read_parquet('{path}') ORDER BY id")
     assert got == [(1, 10, None), (2, None, 20)]  # DuckDB's `id` is our `id`, not another spelling
 
 

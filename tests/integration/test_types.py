@@ -13,6 +13,7 @@ import duckdb
 import polars as pl
 import pytest
 
+from tests.conftest import duck
 from tests.integration.conftest import Job, readable_rows, write_jsonl
 
 
@@ -35,8 +36,7 @@ def _types(job: Job, tmp_path: Path, column: str) -> set[str]:
     for i, key in enumerate(job.keys()):
         path = tmp_path / f"one-{i}.parquet"
         path.write_bytes(s3.get_object(Bucket=job.r2.bucket, Key=key)["Body"].read())
-        row = duckdb.execute(f"""DESCRIBE SELECT "{column}" FROM '{path}'""").fetchone()
-        assert row is not None
+        [row] = duck(f"""DESCRIBE SELECT "{column}" FROM '{path}'""")
         types.add(str(row[1]))
     return types
 

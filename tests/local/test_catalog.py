@@ -9,14 +9,13 @@ from typing import Any
 
 import boto3
 import cloudflare
-import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from botocore.exceptions import ClientError
 from pyiceberg.exceptions import ForbiddenError, NoSuchTableError, RESTError, UnauthorizedError
 
-from tests.conftest import LocalR2
+from tests.conftest import LocalR2, duck
 
 # The SDK marks the r2-catalog paths deprecated (in favour of basin-catalog); both are served.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -93,7 +92,7 @@ def test_pyiceberg_creates_commits_and_scans_a_table_with_the_catalog_token(loca
     assert str(again.schema().find_field("at").field_type) == "timestamptz"
     # The data file itself opens in DuckDB too (fetched with the vended credentials).
     local = _fetch(again, path)
-    assert duckdb.sql(f"SELECT count(*) FROM read_parquet('{local}')").fetchall() == [(3,)]
+    assert duck(f"SELECT count(*) FROM read_parquet('{local}')") == [(3,)]
 
 
 def _fetch(table: Any, path: str) -> str:
