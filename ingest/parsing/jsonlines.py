@@ -268,14 +268,22 @@ def _parse(block: bytes | memoryview, text_fields: TextFields) -> pa.Table | Non
     sampled = sample(block)  # (blocks of 64 KiB or more)
     if sparse_wide(block, sampled):
         return None  # the per-line path folds wide lines
-    if not text_fields:
+    inherited = bool(text_fields)  # learned from earlier blocks of the source
+    if not inherited:
         text_fields |= sampled_stamps(sampled)
     while True:
         options = None
         if text_fields:
             schema = text_schema(text_fields)
             options = pjson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="infer")
-        table = pjson.read_json(pa.BufferReader(block), parse_options=options)
+        try:
+            table = pjson.read_json(pa.BufferReader(block), parse_options=options)
+        except pa.ArrowInvalid:
+            if not inherited:
+                raise
+            # A field the earlier blocks had as a time is something else here (an object, a number):
+            # this block's own fields, not a per-line parse of a block pyarrow can read.
+            return _parse(block, set())
         stamps = inferred_stamps(table.schema)
         if not stamps - text_fields:
             break

@@ -122,3 +122,22 @@ def test_paths_found_in_sampled_lines_and_in_an_inferred_schema() -> None:
             ("l", pa.list_(pa.list_(pa.struct([("t", pa.string())])))),
         ]
     )
+
+
+@pytest.mark.parametrize(
+    ("learned", "line"),
+    [
+        ({("d", "at")}, {"id": 1, "d": "just text"}),  # an object's time before, text here
+        ({("ts",)}, {"id": 1, "ts": {"at": "2024-08-02T10:00:00Z"}}),  # a time before, an object here
+    ],
+)
+def test_fields_learned_from_earlier_blocks_that_do_not_fit_this_one_do_not_send_it_line_by_line(
+    learned: TextFields, line: dict[str, Any]
+) -> None:
+    """Such a block used to be refused by pyarrow with the learned schema, then parsed line by line
+    (the same rows, at many times the cost): it is read with its own fields instead."""
+    block = _block([line] * 3)
+    known = set(learned)
+    table = _parse(block, known)
+    assert table is not None and table.equals(_parse(block, set()))
+    assert known == learned  # what the source learned stays as it was
