@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable
 from typing import Any
 
 import pyarrow as pa
@@ -64,18 +65,27 @@ def inferred_stamps(schema: pa.Schema) -> TextFields:
 def text_schema(fields: TextFields) -> pa.Schema:
     """The explicit schema that reads `fields` as text and leaves every other field to inference
     (pyarrow still infers the fields of an object it is given some of)."""
-    tops = sorted({p[0] for p in fields if p and p[0] is not None})
-    return pa.schema([(n, _text_type([p[1:] for p in fields if p[0] == n])) for n in tops])
+    tops = _by_step(fields)
+    return pa.schema([(n, _text_type(tops[n])) for n in sorted(k for k in tops if k is not None)])
+
+
+def _by_step(paths: Iterable[FieldPath]) -> dict[str | None, list[FieldPath]]:
+    """The paths grouped by their first step, each without it (one pass: an object may have
+    thousands of fields)."""
+    out: dict[str | None, list[FieldPath]] = {}
+    for p in paths:
+        if p:
+            out.setdefault(p[0], []).append(p[1:])
+    return out
 
 
 def _text_type(rest: list[FieldPath]) -> pa.DataType:
     if any(not p for p in rest):  # this very field is text (a value that is sometimes an object
         return pa.string()  # here makes pyarrow refuse the block: the per-line parse takes it)
-    named = [p for p in rest if p[0] is not None]
-    if not named:
-        return pa.list_(_text_type([p[1:] for p in rest]))
-    names = sorted({p[0] for p in named if p[0] is not None})
-    return pa.struct([(n, _text_type([p[1:] for p in named if p[0] == n])) for n in names])
+    steps = _by_step(rest)
+    if None in steps and len(steps) == 1:
+        return pa.list_(_text_type(steps[None]))
+    return pa.struct([(n, _text_type(steps[n])) for n in sorted(k for k in steps if k is not None)])
 
 
 def settle(block: bytes | memoryview, table: pa.Table, fields: TextFields) -> pa.Table:
@@ -94,7 +104,7 @@ def settle(block: bytes | memoryview, table: pa.Table, fields: TextFields) -> pa
             col = columns[i]
             if name not in nested or col.null_count == len(col):
                 continue
-            absent = {p for p in nested[name] if _all_null(col, p)}
+            absent = _absent(col, nested[name])
             target = _laid_out(col.type, first.get(name) if first else None, absent)
             if target != col.type:
                 columns[i] = col.cast(target)  # (a struct cast matches fields by name)
@@ -116,33 +126,50 @@ def _first_line(block: bytes | memoryview) -> dict[str, Any] | None:
     return first if isinstance(first, dict) else None
 
 
-def _all_null(col: pa.ChunkedArray, path: FieldPath) -> bool:
-    """Whether the nested field at `path` (below `col`) holds no value in any row."""
+def _absent(col: pa.ChunkedArray, paths: TextFields) -> TextFields:
+    """The nested fields at `paths` (below `col`) that hold no value in any row."""
+    found: TextFields = set()
     for chunk in col.chunks:
-        arr = chunk
-        for step in path:
-            t = arr.type
-            if step is None and (pa.types.is_list(t) or pa.types.is_large_list(t)):
-                arr = arr.flatten()
-            elif step is not None and pa.types.is_struct(t) and t.get_field_index(step) >= 0:
-                arr = arr.flatten()[t.get_field_index(step)]  # (with the object's own nulls)
-            else:
-                return False
-        if arr.null_count < len(arr):
-            return False
-    return True
+        _with_values(chunk, _by_step(paths), (), found)
+    return {p for p in paths if p not in found}
+
+
+def _with_values(
+    arr: pa.Array, steps: dict[str | None, list[FieldPath]], at: FieldPath, found: TextFields
+) -> None:
+    """Add to `found` the paths (below `at`, grouped by step) that hold a value in `arr`. Each level
+    is flattened once, whatever the number of its fields."""
+    t = arr.type
+    if pa.types.is_struct(t):
+        children = arr.flatten()  # (with the object's own nulls)
+        for name, rest in steps.items():
+            index = t.get_field_index(name) if name is not None else -1
+            if index >= 0:
+                _reached(children[index], rest, (*at, name), found)
+    elif (pa.types.is_list(t) or pa.types.is_large_list(t)) and None in steps:
+        _reached(arr.flatten(), steps[None], (*at, None), found)
+
+
+def _reached(arr: pa.Array, rest: list[FieldPath], at: FieldPath, found: TextFields) -> None:
+    if any(not p for p in rest) and arr.null_count < len(arr):
+        found.add(at)
+    deeper = [p for p in rest if p]
+    if deeper:
+        _with_values(arr, _by_step(deeper), at, found)
 
 
 def _laid_out(t: pa.DataType, value: Any, absent: TextFields) -> pa.DataType:
     """`t` without the fields at `absent`, its objects' fields in the order `value` has them."""
+    below = _by_step(absent)
     if pa.types.is_struct(t):
-        kept = [f for f in t if (f.name,) not in absent] or list(t)
+        gone = {name for name, rest in below.items() if () in rest}
+        kept = [f for f in t if f.name not in gone] or list(t)
         out = [
             f.with_type(
                 _laid_out(
                     f.type,
                     value.get(f.name) if isinstance(value, dict) else None,
-                    {p[1:] for p in absent if len(p) > 1 and p[0] == f.name},
+                    {p for p in below.get(f.name, []) if p},
                 )
             )
             for f in kept
@@ -153,6 +180,6 @@ def _laid_out(t: pa.DataType, value: Any, absent: TextFields) -> pa.DataType:
         return pa.struct(out)
     if pa.types.is_list(t):
         item = next((v for v in value if v is not None), None) if isinstance(value, list) else None
-        inner = {p[1:] for p in absent if len(p) > 1 and p[0] is None}
+        inner = {p for p in below.get(None, []) if p}
         return pa.list_(t.value_field.with_type(_laid_out(t.value_type, item, inner)))
     return t
