@@ -9,6 +9,7 @@ but the client never heard), or delay.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import random
 import threading
 from collections import Counter
@@ -206,3 +207,53 @@ class LaggyProxy(FaultProxy):
             taker.cancel()
             if not dst.is_closing():
                 dst.close()
+
+
+@dataclass
+class HashCheckingProxy(FaultProxy):
+    """Checks what SeaweedFS does not and S3 does: a PUT's `X-Amz-Content-SHA256` is the SHA-256 of
+    the body that follows. A mismatch is answered 400 `XAmzContentSHA256Mismatch`, as S3 answers it.
+    `hashed` counts the PUTs whose hash was checked, `mismatched` those refused."""
+
+    hashed: int = 0
+    mismatched: int = 0
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+            writer.close()
+            return
+        self.requests.append(head.split(b"\r\n", 1)[0].decode("latin-1"))
+        lines = head[:-4].split(b"\r\n")
+        headers = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(b":") for ln in lines[1:])}
+        claimed = headers.get(b"x-amz-content-sha256", b"").decode("latin-1")
+        try:
+            body = b""
+            if lines[0].startswith(b"PUT ") and len(claimed) == 64:
+                if headers.get(b"expect", b"").lower() == b"100-continue":
+                    writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                    await writer.drain()
+                body = await reader.readexactly(int(headers.get(b"content-length", b"0")))
+                self.hashed += 1
+                if hashlib.sha256(body).hexdigest() != claimed:
+                    self.mismatched += 1
+                    refusal = b"<Error><Code>XAmzContentSHA256Mismatch</Code></Error>"
+                    writer.write(
+                        b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/xml\r\n"
+                        + b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(refusal)
+                        + refusal
+                    )
+                    await writer.drain()
+                    return
+            kept = [ln for ln in lines if not ln.lower().startswith((b"connection:", b"expect:"))]
+
+            async def relay(up_reader: asyncio.StreamReader, up_writer: asyncio.StreamWriter) -> None:
+                up_writer.write(b"\r\n".join([*kept, b"Connection: close", b"", b""]) + body)
+                await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer, count=True))
+
+            await self._upstream(relay)
+        except (ConnectionError, OSError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()

@@ -7,10 +7,12 @@ import re
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from urllib.parse import urlparse
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from tests.faultproxy import HashCheckingProxy
 from tests.integration.conftest import Job, ingest_without_r2, logs_of, today_dir, write_csv, write_jsonl
 
 
@@ -141,14 +143,18 @@ def test_multipart_upload_with_equal_parts_reads_back_intact(job: Job) -> None:
     blob = pa.array([os.urandom(256 * 1024) for _ in range(rows)], pa.binary())
     table = pa.table({"id": pa.array(range(rows), pa.int64()), "blob": blob})
     pq.write_table(table, job.inbox / "big.parquet", compression="none")
-    job.configure(
-        batch={"max_bytes": "1GiB"},
-        output={"compression": "none"},
-        upload={"multipart_threshold": "64MiB", "part_size": "16MiB"},
-    )
-
-    r = job.run_once()
+    # Through a proxy that checks each PUT's signed payload hash against its body, as S3 does (the
+    # parts' digests are computed in the threads that read them, not by botocore).
+    with HashCheckingProxy(urlparse(job.r2.endpoint_url).port or 0) as proxy:
+        job.endpoint_url = proxy.url
+        job.configure(
+            batch={"max_bytes": "1GiB"},
+            output={"compression": "none"},
+            upload={"multipart_threshold": "64MiB", "part_size": "16MiB"},
+        )
+        r = job.run_once()
     assert r.returncode == 0, r.stderr
+    assert proxy.mismatched == 0 and proxy.hashed >= 13  # every part (and the index) checked
 
     [key] = job.keys()
     s3 = job.r2.token_s3()
