@@ -97,10 +97,8 @@ class FaultProxy:
         return "pass"
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            head = await reader.readuntil(b"\r\n\r\n")
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
-            writer.close()
+        head = await _request_head(reader, writer)
+        if head is None:
             return
         mode = self._pick()
         self.seen[mode] += 1
@@ -219,10 +217,8 @@ class HashCheckingProxy(FaultProxy):
     mismatched: int = 0
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            head = await reader.readuntil(b"\r\n\r\n")
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
-            writer.close()
+        head = await _request_head(reader, writer)
+        if head is None:
             return
         self.requests.append(head.split(b"\r\n", 1)[0].decode("latin-1"))
         lines = head[:-4].split(b"\r\n")
@@ -257,3 +253,12 @@ class HashCheckingProxy(FaultProxy):
             pass
         finally:
             writer.close()
+
+
+async def _request_head(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes | None:
+    """A request's line and headers; None (the connection closed) when the client sent none."""
+    try:
+        return await reader.readuntil(b"\r\n\r\n")
+    except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+        writer.close()
+        return None
