@@ -282,8 +282,10 @@ def _parse(block: bytes | memoryview, text_fields: TextFields) -> pa.Table | Non
             if not inherited:
                 raise
             # A field the earlier blocks had as a time is something else here (an object, a number):
-            # this block's own fields, not a per-line parse of a block pyarrow can read.
-            return _parse(block, set())
+            # this block's own fields (a set of its own: the source's stays as it is), not a
+            # per-line parse of a block pyarrow can read.
+            text_fields, inherited = sampled_stamps(sampled), False
+            continue
         stamps = inferred_stamps(table.schema)
         if not stamps - text_fields:
             break

@@ -94,17 +94,14 @@ def settle(block: bytes | memoryview, table: pa.Table, fields: TextFields) -> pa
     ones came first), and a nested field given as text but found nowhere in the block left out (an
     all-null text field would keep the type of a field known elsewhere as a time from widening)."""
     first = _first_line(block)
-    nested: dict[str, TextFields] = {}
-    for p in fields:
-        if len(p) > 1 and p[0] is not None:
-            nested.setdefault(p[0], set()).add(p[1:])
+    nested = _by_step(p for p in fields if len(p) > 1)  # column → paths below it
     if nested:
         columns = list(table.columns)
         for i, name in enumerate(table.column_names):
             col = columns[i]
             if name not in nested or col.null_count == len(col):
                 continue
-            absent = _absent(col, nested[name])
+            absent = _absent(col, set(nested[name]))
             target = _laid_out(col.type, first.get(name) if first else None, absent)
             if target != col.type:
                 columns[i] = col.cast(target)  # (a struct cast matches fields by name)

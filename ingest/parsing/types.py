@@ -49,14 +49,16 @@ def recognise_timestamps(table: pa.Table) -> pa.Table:
     """JSON: string columns whose every value is an ISO date/time become dates or timestamps, and
     so do such strings inside objects and lists, each nested field on its own (one rule at every
     depth: a zoned time inside an object keeps its zone as at the top level)."""
-    table = _map_strings(table, _temporal)
-    columns, changed = list(table.columns), False
-    for i, col in enumerate(columns):
-        if _nested_text(col.type) and _maybe_temporal(col):
-            typed = _temporal_inside(col.combine_chunks())
-            if typed is not None:
-                columns[i], changed = pa.chunked_array([typed]), True
-    return pa.table(columns, names=table.column_names) if changed else table
+    return _map_columns(table, _temporal_anywhere)
+
+
+def _temporal_anywhere(col: pa.ChunkedArray) -> pa.ChunkedArray | None:
+    if pa.types.is_string(col.type):
+        return _temporal(col) if col.null_count < len(col) else None
+    if _nested_text(col.type) and _maybe_temporal(col):
+        typed = _temporal_inside(col.combine_chunks())
+        return None if typed is None else pa.chunked_array([typed])
+    return None
 
 
 def _nested_text(t: pa.DataType) -> bool:
@@ -137,15 +139,19 @@ def lossy_doubles(table: pa.Table) -> list[str]:
 
 
 def _map_strings(table: pa.Table, convert: Any) -> pa.Table:
+    """`convert` each string column holding a value (None from it: the column stays)."""
+    return _map_columns(
+        table,
+        lambda col: convert(col) if pa.types.is_string(col.type) and col.null_count < len(col) else None,
+    )
+
+
+def _map_columns(table: pa.Table, convert: Any) -> pa.Table:
     columns, changed = [], False
-    for f, col in zip(table.schema, table.columns, strict=True):
-        if pa.types.is_string(f.type) and col.null_count < len(col):
-            typed = convert(col)
-            if typed is not None:
-                columns.append(typed)
-                changed = True
-                continue
-        columns.append(col)
+    for col in table.columns:
+        typed = convert(col)
+        columns.append(col if typed is None else typed)
+        changed = changed or typed is not None
     return pa.table(columns, names=table.column_names) if changed else table
 
 
