@@ -27,6 +27,7 @@ class Faults:
     delay: float = 0.0  # wait delay_seconds before forwarding
     delay_seconds: float = 1.0
     seed: int = 1
+    methods: tuple[str, ...] = ()  # only requests of these methods get faults (empty: all of them)
 
 
 @dataclass
@@ -100,7 +101,8 @@ class FaultProxy:
         head = await _request_head(reader, writer)
         if head is None:
             return
-        mode = self._pick()
+        methods = self.faults.methods
+        mode = self._pick() if not methods or head.split(b" ", 1)[0].decode() in methods else "pass"
         self.seen[mode] += 1
         self.requests.append(head.split(b"\r\n", 1)[0].decode("latin-1"))  # e.g. "GET /b?list-type=2…"
         try:

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from botocore.exceptions import ClientError
 
-from ingest.pipeline.index import Entry, read_entries
+from ingest.pipeline.index import Entry, read_entries, read_index_object
 from ingest.r2.client import R2Client
 from ingest.r2.errors import status_of
 
@@ -155,13 +155,11 @@ async def _indexed(client: R2Client, bucket: str, index: str) -> dict[str, Entry
     async def read(key: str) -> None:
         async with limit:
             try:
-                answer = await client.call("get_object", Bucket=bucket, Key=key)
+                text = await read_index_object(client, bucket, key)
             except ClientError:
-                return  # gone meanwhile: its objects' footers are read instead
-            async with answer["Body"] as body:
-                text = (await body.read()).decode("utf-8", "replace")
-        for entry in read_entries(text):
-            entries[entry.key] = entry
+                text = None
+        for entry in read_entries(text or ""):  # None: gone (merged) meanwhile or unreadable; the
+            entries[entry.key] = entry  # footers of its objects are read instead
 
     async with anyio.create_task_group() as tg:
         for obj in await _list(client, bucket, index):

@@ -6,6 +6,12 @@ objects' own (`{prefix}_index/2024/08/02/<stamp>-<id>.jsonl` for `{prefix}2024/0
 of any prefix finds its entries under the same prefix of the index. An index object is written when
 FLUSH_ENTRIES are waiting, every `FLUSH_SECONDS` while some are, and when the run ends.
 
+A folder keeps few index objects, whatever the number of runs that wrote to it: a cron job (`--once`)
+writes one per run, so after each write, a folder that holds COMPACT_AT small ones has them merged into
+one (written first, then the merged ones deleted: a crash or a second worker doing the same leaves
+entries twice, never none). An object of COMPACT_BYTES or more is left as it is, so an entry is
+rewritten a bounded number of times.
+
 The index is a shortcut, never the truth: `ingest ls` lists the objects and trusts an entry only for a
 listed key of the same size; an object without one (written by another tool, or uploaded just before a
 crash) has its footer read as before. A failed index write is said and dropped: nothing waits on it.
@@ -21,17 +27,22 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import anyio
+from botocore.exceptions import ClientError
 
 from ingest.layout import index_prefix
 from ingest.logs import get_logger
 from ingest.r2.client import R2Client
-from ingest.r2.errors import describe
+from ingest.r2.errors import code_of, describe
 
 log = get_logger("ingest.pipeline.index")
 
 FLUSH_ENTRIES = 5_000
 FLUSH_SECONDS = 600.0
 WRITE_TIMEOUT = 30.0  # an index write that takes longer is dropped: the run does not wait on it
+COMPACT_AT = 16  # small index objects in one folder that are merged into one
+COMPACT_BYTES = 256 * 1024  # an index object this big (about 1,700 entries) is never merged again
+COMPACT_TIMEOUT = 60.0
+CONCURRENCY = 16
 
 
 @dataclass(frozen=True)
@@ -51,6 +62,20 @@ def folder_of(key: str, prefix: str) -> str:
     return index_prefix(prefix) + (folder + "/" if folder else "")
 
 
+def entry_lines(text: str) -> dict[str, str]:
+    """An index object's lines by the key they describe, as written: a line this version cannot read
+    in full (a newer version's) survives a merge unchanged; one that names no key (damage) does not."""
+    found: dict[str, str] = {}
+    for line in text.splitlines():
+        try:
+            raw = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(raw, dict) and isinstance(raw.get("key"), str):
+            found[raw["key"]] = line
+    return found
+
+
 def read_entries(text: str) -> list[Entry]:
     """The entries of one index object; a line that is not one (a newer version's, or damage) is
     skipped: the object it names then has its footer read."""
@@ -62,6 +87,18 @@ def read_entries(text: str) -> list[Entry]:
         except (ValueError, KeyError, TypeError):
             continue
     return found
+
+
+async def read_index_object(client: R2Client, bucket: str, key: str) -> str | None:
+    """One index object's text; None when it is gone (merged meanwhile: its lines are elsewhere)."""
+    try:
+        answer = await client.call("get_object", Bucket=bucket, Key=key)
+    except ClientError as exc:
+        if code_of(exc) in ("NoSuchKey", "404"):
+            return None
+        raise
+    async with answer["Body"] as body:
+        return str((await body.read()).decode("utf-8", "replace"))
 
 
 class UploadIndex:
@@ -97,16 +134,9 @@ class UploadIndex:
             stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
             for folder, group in folders.items():
                 key = f"{folder}{stamp}-{uuid.uuid4().hex[:12]}.jsonl"
-                body = ("\n".join(e.line() for e in group) + "\n").encode()
                 try:
                     with anyio.fail_after(WRITE_TIMEOUT):
-                        await self.client.call(
-                            "put_object",
-                            Bucket=self.bucket,
-                            Key=key,
-                            Body=body,
-                            ContentType="application/x-ndjson",
-                        )
+                        await self._put(key, [e.line() for e in group])
                 except Exception as exc:  # a shortcut lost: `ingest ls` reads those footers instead
                     log.warning(
                         "could not write the upload index; `ingest ls` reads these objects' footers",
@@ -114,6 +144,71 @@ class UploadIndex:
                         objects=len(group),
                         error=describe(exc),
                     )
+                    continue
+                try:
+                    with anyio.fail_after(COMPACT_TIMEOUT):
+                        await self.compact(folder, stamp)
+                except Exception as exc:  # left for the next write to the folder; `ls` reads them all
+                    log.warning(
+                        "could not merge the upload index's objects", folder=folder, error=describe(exc)
+                    )
+
+    async def _put(self, key: str, lines: list[str]) -> None:
+        body = ("\n".join(lines) + "\n").encode()
+        await self.client.call(
+            "put_object", Bucket=self.bucket, Key=key, Body=body, ContentType="application/x-ndjson"
+        )
+
+    async def compact(self, folder: str, stamp: str) -> bool:
+        """Merge the folder's small index objects into one when there are COMPACT_AT of them.
+
+        The merged object is written before any is deleted, and only objects it holds are deleted.
+        One that is gone by the time it is read was merged by another worker, whose object holds its
+        lines. Of two lines for one key, the one in the later object wins (a key written again)."""
+        small = [o for o in await self._folder(folder) if int(o["Size"]) < COMPACT_BYTES]
+        if len(small) < COMPACT_AT:
+            return False
+        small.sort(key=lambda o: (o["LastModified"], o["Key"]))
+        texts: list[str | None] = [None] * len(small)
+        limit = anyio.Semaphore(CONCURRENCY)
+
+        async def read(i: int, key: str) -> None:
+            async with limit:
+                texts[i] = await read_index_object(self.client, self.bucket, key)
+
+        async with anyio.create_task_group() as tg:
+            for i, obj in enumerate(small):
+                tg.start_soon(read, i, obj["Key"])
+        lines: dict[str, str] = {}
+        merged = []
+        for obj, text in zip(small, texts, strict=True):
+            if text is not None:
+                lines.update(entry_lines(text))
+                merged.append(obj["Key"])
+        if lines:
+            await self._put(f"{folder}{stamp}-{uuid.uuid4().hex[:12]}.jsonl", list(lines.values()))
+
+        async def delete(key: str) -> None:
+            async with limit:
+                await self.client.call("delete_object", Bucket=self.bucket, Key=key)
+
+        async with anyio.create_task_group() as tg:
+            for key in merged:
+                tg.start_soon(delete, key)
+        log.debug("merged upload index objects", folder=folder, objects=len(merged), entries=len(lines))
+        return True
+
+    async def _folder(self, folder: str) -> list[dict[str, Any]]:
+        """The index objects directly in `folder` (not those of folders below it)."""
+        found: list[dict[str, Any]] = []
+        params: dict[str, Any] = {"Bucket": self.bucket, "Prefix": folder, "Delimiter": "/"}
+        while True:
+            page = await self.client.call("list_objects_v2", **params)
+            found += page.get("Contents", [])
+            token = page.get("NextContinuationToken")
+            if not page.get("IsTruncated") or not token:
+                return found
+            params["ContinuationToken"] = token
 
     async def run_periodically(self, done: anyio.Event) -> None:
         """The daemon's flushes, until `done`: checked every few seconds, written when due."""

@@ -297,6 +297,11 @@ def ls_rows(ls: dict[str, Any]) -> list[tuple[str, str, str]]:
         (f"ingest ls, {ls['objects']:,} objects (best of 3)", "", ""),
         ("  from the worker's index", f"{ls['ls_indexed_s']:.2f} s", f"{ls['index_objects']} index objects"),
         ("  from every footer (index moved away)", f"{ls['ls_footers_s']:.2f} s", ""),
+        (
+            "  from the index of one run per object (cron)",
+            f"{ls['ls_cron_s']:.2f} s",
+            f"{ls['cron_index_objects']} index objects",
+        ),
         ("  ingest head, one object", f"{ls['head_s']:.2f} s", ""),
     ]
 

@@ -3,11 +3,15 @@
 The worker uploads OBJECTS objects (batches of 10 records) with its defaults, so it also writes its
 upload index; then whole `ingest ls --json` processes are timed (best of 3) from that index, and once
 more with the index moved away, from every object's footer (fetched concurrently). `ingest head` of
-one object is timed beside them. The rows `ls` reports must equal the rows uploaded.
+one object is timed beside them. Last, the index is written again as a cron job (`run --once` once a
+minute) leaves it: one run, one object, one index write each (the worker's own `UploadIndex`, which
+merges a folder's small index objects), and `ls` is timed from that. The rows `ls` reports must equal
+the rows uploaded.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -59,10 +63,38 @@ def listing(work: Path, env: dict[str, str], objects: int) -> dict[str, Any]:
             s3.delete_object(Bucket=bucket, Key=obj["Key"])
             moved.append(obj["Key"])
     footers = ls()
+    started = time.perf_counter()
+    asyncio.run(_as_cron_runs(env, {o["key"]: o["size"] for o in json.loads(out)}))
+    cron_setup = time.perf_counter() - started
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="ls/_index/")
+    cron_index = sum(len(p.get("Contents", [])) for p in pages)
+    cron = best(3, ls)
     return {
         "objects": objects,
         "index_objects": len(moved),
         "ls_indexed_s": round(indexed, 3),
         "ls_footers_s": round(footers, 3),
         "head_s": round(head, 3),
+        "cron_index_objects": cron_index,
+        "cron_index_writes_s": round(cron_setup, 1),
+        "ls_cron_s": round(cron, 3),
     }
+
+
+async def _as_cron_runs(env: dict[str, str], objects: dict[str, int]) -> None:
+    """The index a cron job would have written for these objects: one run per object, each ending
+    with its own index write (the worker's UploadIndex, merges included)."""
+    from pydantic import SecretStr
+
+    from ingest.logs import configure
+    from ingest.pipeline.index import UploadIndex
+    from ingest.r2.client import R2Client
+    from ingest.r2.credentials import CredentialProvider, S3Credentials
+
+    configure(level="warning")  # not a debug line per merge in the bench's output
+    creds = S3Credentials(env["R2_ACCESS_KEY_ID"], SecretStr(env["R2_SECRET_ACCESS_KEY"]))
+    async with R2Client(env["R2_ENDPOINT_URL"], CredentialProvider(creds)) as client:
+        for key, size in objects.items():
+            index = UploadIndex(client, env["R2_BUCKET_NAME"], "ls/")
+            index.add(key, size, PER_OBJECT, "cron")
+            await index.flush()

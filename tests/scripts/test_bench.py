@@ -56,11 +56,13 @@ def test_bench_runs_every_scenario_on_a_tiny_input() -> None:
         assert small["e2e_files_per_s"] > 0 and small["pyarrow_loop_files_per_s"] > 0, layout
         assert small["e2e_vs_pyarrow_loop"] > 0, layout
     assert all(start[k] > 0 for k in ("help_s", "cors_check_s", "run_once_10_records_s"))
-    # `ingest ls` over the worker's objects, from its index and from every footer (the bench fails
-    # unless both report every object and every row it uploaded); `ingest head` beside them.
+    # `ingest ls` over the worker's objects, from its index, from every footer and from the index of
+    # one run per object (the bench fails unless each reports every object and every row it
+    # uploaded); `ingest head` beside them. 100 runs' index writes leave fewer than 16 objects.
     ls = result["ls"]
     assert ls["objects"] == 100 and ls["index_objects"] >= 1, ls
     assert ls["ls_indexed_s"] > 0 and ls["ls_footers_s"] > 0 and ls["head_s"] > 0, ls
+    assert ls["ls_cron_s"] > 0 and 1 <= ls["cron_index_objects"] < 16, ls
 
 
 @pytest.mark.slow
