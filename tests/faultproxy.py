@@ -1,9 +1,9 @@
 """A real TCP proxy that injects faults between the worker and SeaweedFS (runs in its own thread).
 
 Every request gets `Connection: close`, so each request has a connection of its own and its own
-draw of behaviour by weight: pass through, answer 503, drop the connection before forwarding, drop the
-*response* after the server has done the work (the case that tests exactly-once: the write happened
-but the client never heard), or delay.
+draw of behaviour by weight: pass through, answer 503 (or 403), drop the connection before
+forwarding, drop the *response* after the server has done the work (the case that tests exactly-once:
+the write happened but the client never heard), or delay.
 """
 
 from __future__ import annotations
@@ -17,6 +17,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 _503 = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+_DENIED = b"<Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>"
+_403 = (
+    b"HTTP/1.1 403 Forbidden\r\nContent-Type: application/xml\r\nConnection: close\r\n"
+    + b"Content-Length: %d\r\n\r\n" % len(_DENIED)
+    + _DENIED
+)
 
 
 @dataclass
@@ -24,6 +30,7 @@ class Faults:
     drop: float = 0.0  # close before forwarding anything
     drop_response: float = 0.0  # forward the request, swallow the answer, close
     unavailable: float = 0.0  # answer 503
+    forbidden: float = 0.0  # answer 403 AccessDenied (as a bucket lock or a narrower token would)
     delay: float = 0.0  # wait delay_seconds before forwarding
     delay_seconds: float = 1.0
     seed: int = 1
@@ -90,6 +97,7 @@ class FaultProxy:
             ("drop", f.drop),
             ("drop_response", f.drop_response),
             ("unavailable", f.unavailable),
+            ("forbidden", f.forbidden),
             ("delay", f.delay),
         ):
             if r < weight:
@@ -108,8 +116,8 @@ class FaultProxy:
         try:
             if mode == "drop":
                 return
-            if mode == "unavailable":
-                writer.write(_503)
+            if mode in ("unavailable", "forbidden"):
+                writer.write(_503 if mode == "unavailable" else _403)
                 await writer.drain()
                 return
             if mode == "delay":

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from botocore.exceptions import ClientError
 
-from ingest.pipeline.index import Entry, read_entries, read_index_object
+from ingest.pipeline.index import read_index
 from ingest.r2.client import R2Client
 from ingest.r2.errors import status_of
 
@@ -133,40 +133,6 @@ async def _footer(client: R2Client, bucket: str, key: str) -> _Footer:
     return _Footer(metadata, file, batch)
 
 
-async def _list(client: R2Client, bucket: str, prefix: str) -> list[dict[str, Any]]:
-    found: list[dict[str, Any]] = []
-    token: str | None = None
-    while True:
-        params: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
-        if token:
-            params["ContinuationToken"] = token
-        page = await client.call("list_objects_v2", **params)
-        found += page.get("Contents", [])
-        token = page.get("NextContinuationToken")
-        if not page.get("IsTruncated") or not token:
-            return found
-
-
-async def _indexed(client: R2Client, bucket: str, index: str) -> dict[str, Entry]:
-    """The worker's index entries under the index prefix `index` (see pipeline/index.py), by key."""
-    entries: dict[str, Entry] = {}
-    limit = anyio.Semaphore(LISTING_CONCURRENCY)
-
-    async def read(key: str) -> None:
-        async with limit:
-            try:
-                text = await read_index_object(client, bucket, key)
-            except ClientError:
-                text = None
-        for entry in read_entries(text or ""):  # None: gone (merged) meanwhile or unreadable; the
-            entries[entry.key] = entry  # footers of its objects are read instead
-
-    async with anyio.create_task_group() as tg:
-        for obj in await _list(client, bucket, index):
-            tg.start_soon(read, obj["Key"])
-    return entries
-
-
 async def listing(
     client: R2Client, bucket: str, prefix: str, skip: tuple[str, ...] = (), index: str | None = None
 ) -> list[Landed]:
@@ -175,10 +141,10 @@ async def listing(
     prefixes are left out before anything is fetched."""
     found = [
         Landed(o["Key"], int(o["Size"]), o["LastModified"])
-        for o in await _list(client, bucket, prefix)
+        for o in await client.list_all(bucket, prefix)
         if not o["Key"].startswith(skip)
     ]
-    entries = await _indexed(client, bucket, index) if index is not None and found else {}
+    entries = await read_index(client, bucket, index) if index is not None and found else {}
     limit = anyio.Semaphore(LISTING_CONCURRENCY)
 
     async def describe(item: Landed) -> None:

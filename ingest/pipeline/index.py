@@ -10,7 +10,10 @@ A folder keeps few index objects, whatever the number of runs that wrote to it: 
 writes one per run, so after each write, a folder that holds COMPACT_AT small ones has them merged into
 one (written first, then the merged ones deleted: a crash or a second worker doing the same leaves
 entries twice, never none). An object of COMPACT_BYTES or more is left as it is, so an entry is
-rewritten a bounded number of times.
+rewritten a bounded number of times. A store that refuses the deletes (an R2 bucket lock on the prefix)
+would otherwise get one more merged copy at every write: the refusal is written down in the folder
+(`merge-refused-<time>`), which every worker sees in its listing, and the folder is not merged for
+REFUSED_FOR.
 
 The index is a shortcut, never the truth: `ingest ls` lists the objects and trusts an entry only for a
 listed key of the same size; an object without one (written by another tool, or uploaded just before a
@@ -32,7 +35,7 @@ from botocore.exceptions import ClientError
 from ingest.layout import index_prefix
 from ingest.logs import get_logger
 from ingest.r2.client import R2Client
-from ingest.r2.errors import code_of, describe
+from ingest.r2.errors import code_of, describe, is_retryable
 
 log = get_logger("ingest.pipeline.index")
 
@@ -43,6 +46,8 @@ COMPACT_AT = 16  # small index objects in one folder that are merged into one
 COMPACT_BYTES = 256 * 1024  # an index object this big (about 1,700 entries) is never merged again
 COMPACT_TIMEOUT = 60.0
 CONCURRENCY = 16
+REFUSED = "merge-refused-"  # in a folder: the store refused to delete merged index objects
+REFUSED_FOR = 86_400.0
 
 
 @dataclass(frozen=True)
@@ -89,6 +94,12 @@ def read_entries(text: str) -> list[Entry]:
     return found
 
 
+def _refused_lately(obj: dict[str, Any]) -> bool:
+    if not obj["Key"].rpartition("/")[2].startswith(REFUSED):
+        return False
+    return bool(time.time() - obj["LastModified"].timestamp() < REFUSED_FOR)
+
+
 async def read_index_object(client: R2Client, bucket: str, key: str) -> str | None:
     """One index object's text; None when it is gone (merged meanwhile: its lines are elsewhere)."""
     try:
@@ -99,6 +110,28 @@ async def read_index_object(client: R2Client, bucket: str, key: str) -> str | No
         raise
     async with answer["Body"] as body:
         return str((await body.read()).decode("utf-8", "replace"))
+
+
+async def read_index(client: R2Client, bucket: str, index: str) -> dict[str, Entry]:
+    """The entries of every index object under the prefix `index`, by key (for `ingest ls`). An
+    object gone meanwhile (merged) or unreadable gives none: its objects' footers are read instead."""
+    entries: dict[str, Entry] = {}
+    limit = anyio.Semaphore(CONCURRENCY)
+
+    async def read(key: str) -> None:
+        async with limit:
+            try:
+                text = await read_index_object(client, bucket, key)
+            except ClientError:
+                text = None
+        for entry in read_entries(text or ""):
+            entries[entry.key] = entry
+
+    async with anyio.create_task_group() as tg:
+        for obj in await client.list_all(bucket, index):
+            if obj["Key"].endswith(".jsonl"):  # not the notes beside them (REFUSED)
+                tg.start_soon(read, obj["Key"])
+    return entries
 
 
 class UploadIndex:
@@ -165,7 +198,10 @@ class UploadIndex:
         The merged object is written before any is deleted, and only objects it holds are deleted.
         One that is gone by the time it is read was merged by another worker, whose object holds its
         lines. Of two lines for one key, the one in the later object wins (a key written again)."""
-        small = [o for o in await self._folder(folder) if int(o["Size"]) < COMPACT_BYTES]
+        listed = await self.client.list_all(self.bucket, folder, delimiter="/")  # not folders below
+        if any(_refused_lately(o) for o in listed):
+            return False
+        small = [o for o in listed if o["Key"].endswith(".jsonl") and int(o["Size"]) < COMPACT_BYTES]
         if len(small) < COMPACT_AT:
             return False
         small.sort(key=lambda o: (o["LastModified"], o["Key"]))
@@ -188,27 +224,30 @@ class UploadIndex:
         if lines:
             await self._put(f"{folder}{stamp}-{uuid.uuid4().hex[:12]}.jsonl", list(lines.values()))
 
+        failed: list[Exception] = []
+
         async def delete(key: str) -> None:
             async with limit:
-                await self.client.call("delete_object", Bucket=self.bucket, Key=key)
+                try:
+                    await self.client.call("delete_object", Bucket=self.bucket, Key=key)
+                except Exception as exc:
+                    failed.append(exc)
 
         async with anyio.create_task_group() as tg:
             for key in merged:
                 tg.start_soon(delete, key)
+        if refusals := [exc for exc in failed if not is_retryable(exc)]:
+            await self._put(f"{folder}{REFUSED}{stamp}", ["the store refused to delete merged index objects"])
+            log.warning(
+                "the store refuses to delete merged upload index objects (a bucket lock?); "
+                "this index folder is not merged for a day, and `ingest ls` reads all of its objects",
+                folder=folder,
+                error=describe(refusals[0]),
+            )
+        elif failed:
+            raise failed[0]  # said by the caller; the next write to the folder merges again
         log.debug("merged upload index objects", folder=folder, objects=len(merged), entries=len(lines))
         return True
-
-    async def _folder(self, folder: str) -> list[dict[str, Any]]:
-        """The index objects directly in `folder` (not those of folders below it)."""
-        found: list[dict[str, Any]] = []
-        params: dict[str, Any] = {"Bucket": self.bucket, "Prefix": folder, "Delimiter": "/"}
-        while True:
-            page = await self.client.call("list_objects_v2", **params)
-            found += page.get("Contents", [])
-            token = page.get("NextContinuationToken")
-            if not page.get("IsTruncated") or not token:
-                return found
-            params["ContinuationToken"] = token
 
     async def run_periodically(self, done: anyio.Event) -> None:
         """The daemon's flushes, until `done`: checked every few seconds, written when due."""

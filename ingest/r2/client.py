@@ -96,6 +96,21 @@ class R2Client:
             await self.warm()
         return self.s3
 
+    async def list_all(self, bucket: str, prefix: str, delimiter: str = "") -> list[dict[str, Any]]:
+        """Every object under `prefix` (with a delimiter: only those not below a further one), page by
+        page; each as the listing gives it (Key, Size, LastModified, ETag)."""
+        found: list[dict[str, Any]] = []
+        params: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
+        if delimiter:
+            params["Delimiter"] = delimiter
+        while True:
+            page = await self.call("list_objects_v2", **params)
+            found += page.get("Contents", [])
+            token = page.get("NextContinuationToken")
+            if not page.get("IsTruncated") or not token:
+                return found
+            params["ContinuationToken"] = token
+
     async def call(self, operation: str, **params: Any) -> dict[str, Any]:
         """Run one S3 operation; on a credentials rejection refresh once (shared) and retry once."""
         await self.built()

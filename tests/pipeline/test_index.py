@@ -13,7 +13,15 @@ import anyio
 import pytest
 from pydantic import SecretStr
 
-from ingest.pipeline.index import COMPACT_AT, Entry, UploadIndex, folder_of, read_entries
+from ingest.pipeline.index import (
+    COMPACT_AT,
+    REFUSED,
+    Entry,
+    UploadIndex,
+    folder_of,
+    read_entries,
+    read_index,
+)
 from ingest.r2.client import R2Client
 from ingest.r2.credentials import CredentialProvider, S3Credentials
 from tests.conftest import LocalR2
@@ -171,3 +179,31 @@ async def test_a_merge_whose_deletes_fail_leaves_every_entry_and_is_finished_by_
     assert sorted(keys) == sorted(
         [f"{day}ingested_{i:04d}.parquet" for i in range(COMPACT_AT)] + [f"{day}later.parquet"]
     )
+
+
+@pytest.mark.anyio
+async def test_a_store_that_refuses_the_deletes_gets_no_merged_copy_per_run(local_r2: LocalR2) -> None:
+    """Every DELETE is refused (403 AccessDenied, as under an R2 bucket lock). Without a note of the
+    refusal, each later run would merge the same objects again into one more copy. The first merge
+    writes the note in the folder; the next runs, each a process of its own, see it and add only
+    their own index object; no entry is lost, and `ls` does not read the note as an index object."""
+    prefix = f"locked-{uuid.uuid4().hex[:8]}/"
+    day = f"{prefix}2024/08/02/"
+    folder = f"{prefix}_index/2024/08/02/"
+    port = urlparse(local_r2.endpoint_url).port or 0
+    runs = COMPACT_AT + 10
+    with FaultProxy(port, Faults(forbidden=1.0, methods=("DELETE",))) as proxy:
+        async with _client(local_r2, proxy.url) as client:
+            for i in range(runs):
+                await _run(client, local_r2.bucket, prefix, [f"{day}ingested_{i:04d}.parquet"])
+            assert proxy.seen["forbidden"] == COMPACT_AT  # one merge's deletes, refused, and no more
+            entries = await read_index(client, local_r2.bucket, f"{prefix}_index/")
+    objects = _index_objects(local_r2, prefix)
+    notes = [k for k in objects if k.rpartition("/")[2].startswith(REFUSED)]
+    assert len(notes) == 1 and notes[0].startswith(folder)
+    assert _folder_count(objects, folder) == runs + 2  # every run's object, one merged, the note
+    expected = [f"{day}ingested_{i:04d}.parquet" for i in range(runs)]
+    assert sorted(set(_entries_by_folder(objects)[folder])) == expected
+    assert sorted(entries) == expected
+    gets = [r for r in proxy.requests if r.startswith("GET ") and "list-type" not in r]
+    assert not any(REFUSED in r for r in gets)
