@@ -83,6 +83,11 @@ HTTP_COMMITS = Counter(
     "Group commits of accepted requests (one fdatasync and one journal transaction each).",
     ["source"],
 )
+HTTP_PARSES = Counter(
+    "ingest_http_parses_total",
+    "Parses of request bodies (bodies that wait for a parse are parsed together: fewer than requests).",
+    ["source"],
+)
 SLOW_HEADERS = Counter(
     "ingest_http_slow_headers_total",
     "Connections to the server closed because a request's headers did not arrive within header_timeout.",

@@ -8,6 +8,7 @@ in the same order (journaled skip ranges and the HTTP source's blocks rely on it
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import threading
@@ -23,7 +24,13 @@ import pyarrow.json as pjson
 from ingest.durable.deadletters import DeadLetter
 from ingest.parsing.nesting import MAX_DEPTH, maybe_too_deep, schema_too_deep, too_deep_reason, value_depth
 from ingest.parsing.textfields import TextFields, inferred_stamps, sampled_stamps, settle, text_schema
-from ingest.parsing.types import column_from_values, lossy_doubles, numbers_as_text, recognise_timestamps
+from ingest.parsing.types import (
+    column_from_values,
+    lossy_doubles,
+    numbers_as_text,
+    recognise_timestamps,
+    temporal_in_part,
+)
 from ingest.parsing.width import EXTRA, fold, sample, sparse_wide
 
 READ_BLOCK = 32 << 20
@@ -320,6 +327,37 @@ def _has_empty_record(table: pa.Table) -> bool:
         all_null = pc.and_(all_null, pc.is_null(col))
     found: bool = pc.any(all_null).as_py() is True
     return found
+
+
+def parse_joint(blocks: list[bytes], max_record: int = DEFAULT_MAX_RECORD) -> list[pa.Table] | None:
+    """Several blocks of whole lines (request bodies) in one pyarrow parse, cut back into each
+    block's rows: the fixed cost of a parse (the reader's start, the sample, the timestamp rules) is
+    paid once, not once per block. None when the cut-back rows might not be exactly what each
+    block's own parse gives (`parse_lines`): a block without its last newline or with an over-long
+    line, a blank or bad line anywhere, a value only a per-line parse keeps exact, or text that
+    starts like a time in some block and stayed text (times in one block, other text or other
+    zones in another: alone, that block could be typed). The caller parses each block alone.
+    A block's rows have the columns it gives values to (not the other blocks' fields, as nulls)."""
+    if any(not b.endswith(b"\n") or _long_line(b, max_record) is not None for b in blocks):
+        return None
+    counts = [b.count(b"\n") for b in blocks]
+    text_fields: TextFields = set()
+    try:
+        table = _parse(b"".join(blocks), text_fields)
+    except pa.ArrowInvalid:
+        return None
+    if table is None or table.num_rows != sum(counts):
+        return None
+    parts = list(zip(itertools.accumulate([0, *counts[:-1]]), counts, strict=True))
+    if temporal_in_part(table, parts):
+        return None
+    return [_own_columns(table.slice(offset, n)) for offset, n in parts]
+
+
+def _own_columns(part: pa.Table) -> pa.Table:
+    """A block's rows without the columns only other blocks gave values (all null in its rows)."""
+    empty = [c for c, col in zip(part.column_names, part.columns, strict=True) if col.null_count == len(col)]
+    return part.drop_columns(empty) if empty else part
 
 
 @dataclass

@@ -95,6 +95,24 @@ def _maybe_temporal(col: pa.ChunkedArray) -> bool:
     return False
 
 
+def temporal_in_part(table: pa.Table, parts: list[tuple[int, int]]) -> bool:
+    """Whether some text field that stayed text, at any depth, starts with a date-like value in one
+    of the row ranges (offset, rows): that part alone might have been typed as times, where the
+    whole stays text (times beside other text, or beside other zones)."""
+    for col in table.columns:
+        if not (pa.types.is_string(col.type) or _nested_text(col.type)):
+            continue
+        for offset, rows in parts:
+            for chunk in col.slice(offset, rows).chunks:
+                for leaf in _leaves(chunk):
+                    valid = leaf.slice(0, 64).drop_null()
+                    if not len(valid):
+                        valid = leaf.drop_null()
+                    if len(valid) and _looks_temporal(str(valid[0].as_py())):
+                        return True
+    return False
+
+
 def _looks_temporal(first: str) -> bool:
     return len(first) >= 10 and first[:4].isdigit() and first[4] == "-"
 

@@ -18,10 +18,13 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import httpx
+import polars as pl
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
-from tests.integration.conftest import Job, OwnR2, free_port, logs_of, wait_for
+from tests.conftest import duck
+from tests.integration.conftest import Job, OwnR2, free_port, logs_of, readable_rows, wait_for
 
 TOKEN = "push-token-0123456789"
 
@@ -641,3 +644,107 @@ def test_sigterm_cuts_a_body_still_arriving_with_503_and_the_drain_ends(job: Job
     assert status == 503, body
     assert "retry-after" in headers
     assert sorted(ids_in(job).elements()) == list(range(5))
+
+
+def test_bodies_sent_at_once_to_two_tables_are_parsed_together_and_land_as_sent(
+    job: Job, tmp_path: Path
+) -> None:
+    """Sixteen clients post at once to two tables whose fields differ: zoned times at the top and
+    inside an object in one, naive times and ints-or-doubles in the other, a bad line now and
+    then. Bodies that queue are parsed together (fewer parses than requests), yet each table's
+    objects hold only its own fields, with the types its bodies give alone, every row once, and
+    DuckDB and polars read them as such."""
+    template = "{prefix}{table}/{date:%Y/%m/%d}/ingested_{seq:04d}.parquet"
+    worker = Worker(job, output={"prefix": job.prefix, "key_template": template}).start()
+    sent: dict[str, dict[int, dict[str, Any]]] = {"clicks": {}, "orders": {}}
+    failures: list[str] = []
+
+    def body(c: int, r: int) -> tuple[str, bytes, int | None]:
+        first = (c * 12 + r) * 1000
+        if (c + r) % 2:
+            rows: list[dict[str, Any]] = [
+                {
+                    "id": first + i,
+                    "at": f"2024-08-02T10:{i % 60:02d}:{r:02d}Z",
+                    "url": f"/p/{c}/{r}/{i}",
+                    "d": {"ref": f"c{c}", "seen": f"2024-08-02T12:00:{i % 60:02d}+02:00"},
+                }
+                for i in range(1000)
+            ]
+            table, bad = "clicks", (3 if r % 7 == 0 else None)
+        else:
+            rows = [
+                {
+                    "id": first + i,
+                    "total": i if r % 3 == 0 else i * 0.25,
+                    "placed": f"2024-08-01T09:00:{i % 60:02d}",
+                }
+                for i in range(1000)
+            ]
+            table, bad = "orders", None
+        for row in rows:
+            sent[table][row["id"]] = row
+        lines = [json.dumps(row) for row in rows]
+        if bad is not None:
+            lines.insert(bad - 1, '{"id": broken')
+        return table, ("\n".join(lines) + "\n").encode(), bad
+
+    def client(c: int) -> None:
+        with httpx.Client(timeout=120) as http:
+            for r in range(12):
+                table, data, bad = body(c, r)
+                answer = http.post(
+                    f"{worker.url}/{table}",
+                    content=data,
+                    headers={"authorization": f"Bearer {TOKEN}", "content-type": "application/x-ndjson"},
+                )
+                rejected = [] if bad is None else [bad]
+                if answer.status_code != 202 or [d["line"] for d in answer.json()["rejected"]] != rejected:
+                    failures.append(f"{answer.status_code} {answer.text[:300]}")
+
+    threads = [threading.Thread(target=client, args=(c,)) for c in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=600)
+    assert not failures, failures[:3]
+    metrics = httpx.get(f"http://127.0.0.1:{worker.port}/metrics").text
+    parses = float(re.search(r'ingest_http_parses_total\{source="http"\} (\S+)', metrics).group(1))  # type: ignore[union-attr]
+    assert parses < 16 * 12, "bodies that waited were not parsed together"
+    worker.stop()
+
+    readable_rows(job, tmp_path)  # pyarrow, polars and DuckDB open every object
+    utc, every = pa.timestamp("ms", tz="UTC"), job.keys()
+    for table, fields in (("clicks", ["id", "at", "url", "d"]), ("orders", ["id", "total", "placed"])):
+        keys = [k for k in every if k.startswith(f"{job.prefix}{table}/")]
+        got: dict[int, dict[str, Any]] = {}
+        for key in keys:
+            path = tmp_path / "object.parquet"
+            path.write_bytes(job.r2.token_s3().get_object(Bucket=job.r2.bucket, Key=key)["Body"].read())
+            t = pq.read_table(path)
+            assert t.schema.names == fields, (key, t.schema)
+            if table == "clicks":
+                assert t.schema.field("at").type == utc and t.schema.field("d").type.field("seen").type == utc
+                query = f"SELECT typeof(\"at\"), typeof(d.seen) FROM read_parquet('{path}') LIMIT 1"
+                ((at, seen),) = duck(query)
+                assert at == seen == "TIMESTAMP WITH TIME ZONE"
+                assert pl.read_parquet(path).schema["at"] == pl.Datetime("ms", "UTC")
+            else:
+                assert t.schema.field("placed").type == pa.timestamp("ms")
+                assert t.schema.field("total").type in (pa.int64(), pa.float64())  # a batch of ints only: int
+                ((placed, total),) = duck(
+                    f"SELECT typeof(placed), typeof(total) FROM read_parquet('{path}') LIMIT 1"
+                )
+                assert placed == "TIMESTAMP" and total in ("BIGINT", "DOUBLE")
+            for row in t.to_pylist():
+                assert row["id"] not in got, f"{table} {row['id']} twice"
+                got[row["id"]] = row
+        assert sorted(got) == sorted(sent[table])
+        for i in (min(got), max(got), sorted(got)[len(got) // 2]):
+            want, row = sent[table][i], got[i]
+            if table == "clicks":
+                assert row["at"].isoformat().replace("+00:00", "Z") == want["at"]
+                assert row["url"] == want["url"] and row["d"]["ref"] == want["d"]["ref"]
+            else:
+                assert row["total"] == want["total"]
+                assert row["placed"].isoformat() == want["placed"]

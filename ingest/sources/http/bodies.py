@@ -24,7 +24,7 @@ from starlette.requests import Request
 
 from ingest.durable.deadletters import DeadLetter
 from ingest.parsing.formats import iter_elements
-from ingest.parsing.jsonlines import Parsed, parse_lines
+from ingest.parsing.jsonlines import Parsed, parse_joint, parse_lines
 from ingest.parsing.nesting import too_deep_reason
 
 Media = Literal["ndjson", "json"]
@@ -201,6 +201,35 @@ def records(data: bytes, media: Media, source: str, max_record: int) -> Records:
     if media == "json" and data.lstrip()[:1] in (b"[", b"{") and not _lines_of_objects(data):
         return _document(data, source, max_record)
     return _json_lines(data, source, max_record)
+
+
+def records_together(bodies: list[tuple[bytes, Media, str]], max_record: int) -> list[Records | Exception]:
+    """`records` of each of several decompressed bodies (data, media, source), the same Records or
+    the error `records` raises for it: bodies of JSON lines are parsed in one pyarrow call
+    (`parse_joint`) when that gives each its own rows exactly; otherwise, and any other body, alone."""
+    datas = [data.removeprefix(UTF8_BOM) for data, _, _ in bodies]
+    lines = [
+        i for i, (data, (_, media, _)) in enumerate(zip(datas, bodies, strict=True)) if _lines(data, media)
+    ]
+    together = parse_joint([datas[i] for i in lines], max_record) if len(lines) > 1 else None
+    out: list[Records | Exception] = []
+    joint = dict(zip(lines, together or [], strict=False))
+    for i, (data, media, source) in enumerate(bodies):
+        if (table := joint.get(i)) is not None:
+            out.append(Records(datas[i], [(table, 1, None)], list(range(1, table.num_rows + 1))))
+            continue
+        try:
+            out.append(records(data, media, source, max_record))
+        except Exception as exc:  # this body's answer (e.g. a BodyError), not its neighbours'
+            out.append(exc)
+    return out
+
+
+def _lines(data: bytes, media: Media) -> bool:
+    """A body `records` reads as JSON lines, whole lines only (not a JSON document)."""
+    if not data.endswith(b"\n"):
+        return False
+    return not (media == "json" and data.lstrip()[:1] in (b"[", b"{") and not _lines_of_objects(data))
 
 
 def consecutive(lines: list[int]) -> bool:

@@ -54,13 +54,12 @@ from ingest.sources.http.bodies import (
     Records,
     check_encoding,
     consecutive,
-    decompress,
     media_type,
-    records,
     stored,
     stored_records,
 )
 from ingest.sources.http.idempotency import Answer, IdempotencyKeys, KeyError422, body_hash, key_problem
+from ingest.sources.http.parses import Parses
 from ingest.sources.http.segments import PREFIX, Block, Segments
 
 log = get_logger("ingest.sources.http.source")
@@ -133,6 +132,9 @@ class HttpSource:
         self._quiet = anyio.Event()  # set when the last of them is answered
         self._bodies = Bodies(config.max_request_bytes, config.body_timeout, RETRY_AFTER)
         self._parsing = ParseBudget(buffer_bytes // 2, ROOM_WAIT * 5, RETRY_AFTER)
+        self._parses = Parses(
+            config.max_request_bytes, max_record_bytes, lanes=max(2, os.cpu_count() or 2), name=self.name
+        )
         self._acked: dict[str, anyio.Event] = {}  # block id → set once its rows are in R2
 
     # -- the Source protocol -----------------------------------------------------------------------
@@ -347,14 +349,10 @@ class HttpSource:
         request_id = uuid.uuid4().hex[:16]
         source = f"http request {request_id}"
 
-        def parse() -> Records:
-            data = decompress(body, encoding, self.config.max_request_bytes)
-            return records(data, media, source, self.max_record_bytes)  # type: ignore[arg-type]
-
         # A compressed body may inflate to max_request_bytes: it is counted so.
         size = len(body) if encoding == "identity" else self.config.max_request_bytes
         async with self._parsing.hold(size):
-            recs = await anyio.to_thread.run_sync(parse)
+            recs = await self._parses.records(body, media, encoding, source, table)  # type: ignore[arg-type]
         rejected = [{"line": d.line, "reason": d.reason} for d in recs.rejected]
         if recs.rejected and self.config.strict:
             metrics.HTTP_RECORDS.labels(self.name, "rejected").inc(len(recs.rejected))
