@@ -23,7 +23,14 @@ import pyarrow.json as pjson
 
 from ingest.durable.deadletters import DeadLetter
 from ingest.parsing.nesting import MAX_DEPTH, maybe_too_deep, schema_too_deep, too_deep_reason, value_depth
-from ingest.parsing.textfields import TextFields, inferred_stamps, sampled_stamps, settle, text_schema
+from ingest.parsing.textfields import (
+    TextFields,
+    first_line,
+    inferred_stamps,
+    sampled_stamps,
+    settle,
+    text_schema,
+)
 from ingest.parsing.types import (
     column_from_values,
     lossy_doubles,
@@ -336,10 +343,15 @@ def parse_joint(blocks: list[bytes], max_record: int = DEFAULT_MAX_RECORD) -> li
     block's own parse gives (`parse_lines`): a block without its last newline or with an over-long
     line, a blank or bad line anywhere, a value only a per-line parse keeps exact, or text that
     starts like a time in some block and stayed text (times in one block, other text or other
-    zones in another: alone, that block could be typed). The caller parses each block alone.
+    zones in another: alone, that block could be typed), or blocks whose first lines have other
+    fields (the joint table has every block's columns for every row: a few blocks of many fields
+    each would make it as wide as all of them). The caller parses each block alone.
     A block's rows have the columns it gives values to (not the other blocks' fields, as nulls)."""
     if any(not b.endswith(b"\n") or _long_line(b, max_record) is not None for b in blocks):
         return None
+    shapes = [None if (first := first_line(b)) is None else first.keys() for b in blocks]
+    if shapes[0] is None or any(shape != shapes[0] for shape in shapes):
+        return None  # blocks of other shapes: together, each would carry every other's columns
     counts = [b.count(b"\n") for b in blocks]
     text_fields: TextFields = set()
     try:

@@ -93,7 +93,7 @@ def settle(block: bytes | memoryview, table: pa.Table, fields: TextFields) -> pa
     and the fields of objects in the order in which the block's first line has them (the explicit
     ones came first), and a nested field given as text but found nowhere in the block left out (an
     all-null text field would keep the type of a field known elsewhere as a time from widening)."""
-    first = _first_line(block)
+    first = first_line(block)
     nested = _by_step(p for p in fields if len(p) > 1)  # column → paths below it
     if nested:
         columns = list(table.columns)
@@ -114,7 +114,8 @@ def settle(block: bytes | memoryview, table: pa.Table, fields: TextFields) -> pa
     return table if order == list(range(len(names))) else table.select(order)
 
 
-def _first_line(block: bytes | memoryview) -> dict[str, Any] | None:
+def first_line(block: bytes | memoryview) -> dict[str, Any] | None:
+    """The block's first line as an object (None: not one, or longer than FIRST_LINE)."""
     end = bytes(block[:FIRST_LINE]).find(b"\n")
     try:
         first = json.loads(bytes(block[: end if end >= 0 else FIRST_LINE]))
