@@ -335,6 +335,9 @@ def main() -> None:
     ap.add_argument("--per-request", type=int, default=1000, help="--http: records per request")
     ap.add_argument("--connections", type=int, default=16, help="--http: connections")
     ap.add_argument(
+        "--paced-rate", type=float, default=0.0, help="--http: paced requests/s (default: half of full speed)"
+    )
+    ap.add_argument(
         "--peers",
         "--dlt",
         metavar="PYTHON",
@@ -374,6 +377,7 @@ def main() -> None:
                 args.max_records,
                 args.json,
                 cross_a_seal=not args.tiny,
+                paced_rate=args.paced_rate,
             )
             if args.json:
                 print(json.dumps({"http": figures}, indent=2))

@@ -46,9 +46,11 @@ def bench_http(
     max_records: int = 0,
     quiet: bool = False,
     cross_a_seal: bool = True,
+    paced_rate: float = 0.0,
 ) -> dict[str, Any]:
     """The HTTP source: records/s accepted (202, durable) at full speed over `connections`
-    connections, then p99 time-to-202 at half that rate; then every row is checked in R2. Prints
+    connections, then p99 time-to-202 at half that rate (or `paced_rate` requests/s: the same load
+    for two versions of the worker); then every row is checked in R2. Prints
     the table (to stderr if `quiet`) and returns the figures. With `cross_a_seal` the paced phase
     sends at least a batch's records, so that a batch is sealed, encoded and uploaded within it
     (the moment the p99 is about); else about ten seconds' worth."""
@@ -82,7 +84,7 @@ def bench_http(
             "--connections",
             str(connections),
         )
-        half_rate = float(full["records_per_s"]) / records / 2  # type: ignore[arg-type]
+        half_rate = paced_rate or float(full["records_per_s"]) / records / 2  # type: ignore[arg-type]
         paced_requests = max(20, int(half_rate * 10))  # about ten seconds at that rate
         if cross_a_seal:  # any run of a batch's records holds a batch boundary
             paced_requests = max(paced_requests, math.ceil(1.05 * (max_records or DEFAULT_BATCH) / records))
