@@ -85,14 +85,15 @@ def _leaves(arr: pa.Array) -> list[pa.Array]:
 def _maybe_temporal(col: pa.ChunkedArray) -> bool:
     """Whether some nested text's first value looks like a date (the usual nested column, with no
     time in it, is not copied nor searched further)."""
-    for chunk in col.chunks:
-        for leaf in _leaves(chunk):
-            valid = leaf.slice(0, 64).drop_null()
-            if not len(valid):
-                valid = leaf.drop_null()
-            if len(valid) and _looks_temporal(str(valid[0].as_py())):
-                return True
-    return False
+    return any(_starts_temporal(leaf) for chunk in col.chunks for leaf in _leaves(chunk))
+
+
+def _starts_temporal(leaf: pa.Array) -> bool:
+    """Whether the text's first value looks like a date."""
+    valid = leaf.slice(0, 64).drop_null()
+    if not len(valid):
+        valid = leaf.drop_null()
+    return bool(len(valid)) and _looks_temporal(str(valid[0].as_py()))
 
 
 def temporal_in_part(table: pa.Table, parts: list[tuple[int, int]]) -> bool:
@@ -103,13 +104,9 @@ def temporal_in_part(table: pa.Table, parts: list[tuple[int, int]]) -> bool:
         if not (pa.types.is_string(col.type) or _nested_text(col.type)):
             continue
         for offset, rows in parts:
-            for chunk in col.slice(offset, rows).chunks:
-                for leaf in _leaves(chunk):
-                    valid = leaf.slice(0, 64).drop_null()
-                    if not len(valid):
-                        valid = leaf.drop_null()
-                    if len(valid) and _looks_temporal(str(valid[0].as_py())):
-                        return True
+            part = col.slice(offset, rows)
+            if any(_starts_temporal(leaf) for chunk in part.chunks for leaf in _leaves(chunk)):
+                return True
     return False
 
 
