@@ -59,7 +59,7 @@ from ingest.sources.http.bodies import (
     stored_records,
 )
 from ingest.sources.http.idempotency import Answer, IdempotencyKeys, KeyError422, body_hash, key_problem
-from ingest.sources.http.parses import Parses
+from ingest.sources.http.parses import Parses, cores
 from ingest.sources.http.segments import PREFIX, Block, Segments
 
 log = get_logger("ingest.sources.http.source")
@@ -133,7 +133,7 @@ class HttpSource:
         self._bodies = Bodies(config.max_request_bytes, config.body_timeout, RETRY_AFTER)
         self._parsing = ParseBudget(buffer_bytes // 2, ROOM_WAIT * 5, RETRY_AFTER)
         self._parses = Parses(
-            config.max_request_bytes, max_record_bytes, lanes=max(2, os.cpu_count() or 2), name=self.name
+            config.max_request_bytes, max_record_bytes, lanes=max(2, cores()), name=self.name
         )
         self._acked: dict[str, anyio.Event] = {}  # block id → set once its rows are in R2
 
