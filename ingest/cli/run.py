@@ -47,6 +47,7 @@ def run(
     sys.unraisablehook = _unraisable
     from ingest import worker
     from ingest.config import ConfigError, SourceConfig
+    from ingest.cores import size_arrow_threads
     from ingest.local.seaweed import SeaweedError
     from ingest.pipeline.spool import SpoolError
     from ingest.r2.credentials import CredentialError
@@ -54,6 +55,7 @@ def run(
 
     s = settings()
     _fewer_collections()
+    size_arrow_threads()  # (the worker's imports brought pyarrow)
     if source is None and (table is not None or fmt is not StreamFormat.jsonl):
         err.print("usage error: --format and --table go with --source stdin", markup=False, highlight=False)
         raise typer.Exit(2)

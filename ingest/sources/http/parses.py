@@ -11,10 +11,7 @@ than they are parsed, the ones that queued share a parse.
 
 from __future__ import annotations
 
-import math
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import anyio
 import anyio.to_thread
@@ -24,20 +21,6 @@ from ingest.sources.http.bodies import Media, Records, decompress, records_toget
 
 GROUP_BODIES = 8  # measured: 1,000-record bodies cost 4.8 ms alone, 3.0 by 4, 2.5 by 8, 2.7 by 16
 GROUP_BYTES = 8 << 20
-
-
-def cores(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
-    """The cores this process may use: its CPU affinity, or a container's CPU limit (cgroup v2
-    `cpu.max`) when that is lower. `os.cpu_count()` is the machine's: on a 64-core node a pod
-    limited to 2 CPUs would run 64 parses at once, and no body would ever wait to share one."""
-    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    try:
-        quota, period = cpu_max.read_text().split()[:2]
-        if quota != "max":
-            n = min(n, max(1, math.ceil(int(quota) / int(period))))
-    except (OSError, ValueError):
-        pass
-    return n
 
 
 @dataclass(eq=False)

@@ -31,6 +31,7 @@ from starlette.routing import Route
 
 from ingest import metrics
 from ingest.config import ConfigError, SourceConfig, table_problem
+from ingest.cores import cores
 from ingest.durable.commits import GroupCommit
 from ingest.durable.deadletters import DeadLetters
 from ingest.durable.faults import crash_point
@@ -59,7 +60,7 @@ from ingest.sources.http.bodies import (
     stored_records,
 )
 from ingest.sources.http.idempotency import Answer, IdempotencyKeys, KeyError422, body_hash, key_problem
-from ingest.sources.http.parses import Parses, cores
+from ingest.sources.http.parses import Parses
 from ingest.sources.http.segments import PREFIX, Block, Segments
 
 log = get_logger("ingest.sources.http.source")

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -15,7 +13,7 @@ import pytest
 
 from ingest.parsing.jsonlines import parse_joint, parse_lines
 from ingest.sources.http.bodies import BodyError, Media, Records, records, records_together
-from ingest.sources.http.parses import GROUP_BODIES, Parses, cores
+from ingest.sources.http.parses import GROUP_BODIES, Parses
 
 MAX = 1 << 20
 
@@ -239,19 +237,3 @@ async def test_a_body_comes_alone_when_nothing_waits_and_a_cancelled_wait_leaves
         await anyio.sleep(0.05)
         gate.set()
     assert results == [5, 5] and slow.groups == [1, 1]
-
-
-def test_lanes_follow_the_cores_this_process_may_use(tmp_path: Path) -> None:
-    """A container's CPU limit (cgroup v2 `cpu.max`: quota and period in µs) counts, not the node's
-    cores; no limit, a missing or unreadable file: the CPU affinity."""
-    mine = len(os.sched_getaffinity(0))
-    limit = tmp_path / "cpu.max"
-    assert cores(limit) == mine  # no such file
-    limit.write_text("max 100000\n")
-    assert cores(limit) == mine
-    limit.write_text("50000 100000\n")  # half a CPU: one lane's worth
-    assert cores(limit) == 1
-    limit.write_text(f"{(mine + 3) * 100000} 100000\n")  # a limit above the affinity
-    assert cores(limit) == mine
-    limit.write_text("garbage\n")
-    assert cores(limit) == mine
