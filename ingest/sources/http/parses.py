@@ -2,9 +2,10 @@
 
 A body's parse has a fixed cost (pyarrow's reader starting, the sample of lines, the timestamp
 rules) that is half of it for a 1,000-record body. Up to `lanes` parses run at once, each in a thread;
-a request whose body is waiting when a lane is free takes every waiting body (up to GROUP_BODIES and
-GROUP_BYTES) into one thread call, and `bodies.records_together` parses their JSON lines in one
-pyarrow call when that gives each body exactly its own rows. Nobody waits for a group to fill: when
+a request whose body is waiting when a lane is free takes the oldest waiting body and the others
+waiting for its table (up to GROUP_BODIES and GROUP_BYTES, as sent) into one thread call, and
+`bodies.records_together` parses their JSON lines in one pyarrow call when that gives each body
+exactly its own rows. Nobody waits for a group to fill: when
 requests come one at a time, each body is parsed alone, at once, as before; when they come faster
 than they are parsed, the ones that queued share a parse.
 """
