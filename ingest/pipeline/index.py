@@ -94,13 +94,17 @@ def read_entries(text: str) -> list[Entry]:
     return found
 
 
+def _object_key(folder: str, stamp: str) -> str:
+    return f"{folder}{stamp}-{uuid.uuid4().hex[:12]}.jsonl"
+
+
 def _refused_lately(obj: dict[str, Any]) -> bool:
     if not obj["Key"].rpartition("/")[2].startswith(REFUSED):
         return False
     return bool(time.time() - obj["LastModified"].timestamp() < REFUSED_FOR)
 
 
-async def read_index_object(client: R2Client, bucket: str, key: str) -> str | None:
+async def _read_index_object(client: R2Client, bucket: str, key: str) -> str | None:
     """One index object's text; None when it is gone (merged meanwhile: its lines are elsewhere)."""
     try:
         answer = await client.call("get_object", Bucket=bucket, Key=key)
@@ -112,26 +116,35 @@ async def read_index_object(client: R2Client, bucket: str, key: str) -> str | No
         return str((await body.read()).decode("utf-8", "replace"))
 
 
+async def read_index_objects(
+    client: R2Client, bucket: str, keys: list[str], lenient: bool = False
+) -> list[str | None]:
+    """The texts of index objects, CONCURRENCY at a time, in the order of `keys`: None for one gone
+    (merged meanwhile) and, when `lenient`, for one that could not be read."""
+    texts: list[str | None] = [None] * len(keys)
+    limit = anyio.Semaphore(CONCURRENCY)
+
+    async def read(i: int, key: str) -> None:
+        async with limit:
+            try:
+                texts[i] = await _read_index_object(client, bucket, key)
+            except ClientError:
+                if not lenient:
+                    raise
+
+    async with anyio.create_task_group() as tg:
+        for i, key in enumerate(keys):
+            tg.start_soon(read, i, key)
+    return texts
+
+
 async def read_index(client: R2Client, bucket: str, index: str) -> dict[str, Entry]:
     """The entries of every index object under the prefix `index`, by key (for `ingest ls`). An
     object gone meanwhile (merged) or unreadable gives none: its objects' footers are read instead."""
-    entries: dict[str, Entry] = {}
-    limit = anyio.Semaphore(CONCURRENCY)
-
-    async def read(key: str) -> None:
-        async with limit:
-            try:
-                text = await read_index_object(client, bucket, key)
-            except ClientError:
-                text = None
-        for entry in read_entries(text or ""):
-            entries[entry.key] = entry
-
-    async with anyio.create_task_group() as tg:
-        for obj in await client.list_all(bucket, index):
-            if obj["Key"].endswith(".jsonl"):  # not the notes beside them (REFUSED)
-                tg.start_soon(read, obj["Key"])
-    return entries
+    listed = await client.list_all(bucket, index)
+    keys = [o["Key"] for o in listed if o["Key"].endswith(".jsonl")]  # not the notes (REFUSED)
+    texts = await read_index_objects(client, bucket, keys, lenient=True)
+    return {entry.key: entry for text in texts for entry in read_entries(text or "")}
 
 
 class UploadIndex:
@@ -166,7 +179,7 @@ class UploadIndex:
                 folders[folder_of(entry.key, self.prefix)].append(entry)
             stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
             for folder, group in folders.items():
-                key = f"{folder}{stamp}-{uuid.uuid4().hex[:12]}.jsonl"
+                key = _object_key(folder, stamp)
                 try:
                     with anyio.fail_after(WRITE_TIMEOUT):
                         await self._put(key, [e.line() for e in group])
@@ -192,7 +205,7 @@ class UploadIndex:
             "put_object", Bucket=self.bucket, Key=key, Body=body, ContentType="application/x-ndjson"
         )
 
-    async def compact(self, folder: str, stamp: str) -> bool:
+    async def compact(self, folder: str, stamp: str) -> None:
         """Merge the folder's small index objects into one when there are COMPACT_AT of them.
 
         The merged object is written before any is deleted, and only objects it holds are deleted.
@@ -200,21 +213,12 @@ class UploadIndex:
         lines. Of two lines for one key, the one in the later object wins (a key written again)."""
         listed = await self.client.list_all(self.bucket, folder, delimiter="/")  # not folders below
         if any(_refused_lately(o) for o in listed):
-            return False
+            return
         small = [o for o in listed if o["Key"].endswith(".jsonl") and int(o["Size"]) < COMPACT_BYTES]
         if len(small) < COMPACT_AT:
-            return False
+            return
         small.sort(key=lambda o: (o["LastModified"], o["Key"]))
-        texts: list[str | None] = [None] * len(small)
-        limit = anyio.Semaphore(CONCURRENCY)
-
-        async def read(i: int, key: str) -> None:
-            async with limit:
-                texts[i] = await read_index_object(self.client, self.bucket, key)
-
-        async with anyio.create_task_group() as tg:
-            for i, obj in enumerate(small):
-                tg.start_soon(read, i, obj["Key"])
+        texts = await read_index_objects(self.client, self.bucket, [o["Key"] for o in small])
         lines: dict[str, str] = {}
         merged = []
         for obj, text in zip(small, texts, strict=True):
@@ -222,9 +226,10 @@ class UploadIndex:
                 lines.update(entry_lines(text))
                 merged.append(obj["Key"])
         if lines:
-            await self._put(f"{folder}{stamp}-{uuid.uuid4().hex[:12]}.jsonl", list(lines.values()))
+            await self._put(_object_key(folder, stamp), list(lines.values()))
 
         failed: list[Exception] = []
+        limit = anyio.Semaphore(CONCURRENCY)
 
         async def delete(key: str) -> None:
             async with limit:
@@ -247,7 +252,6 @@ class UploadIndex:
         elif failed:
             raise failed[0]  # said by the caller; the next write to the folder merges again
         log.debug("merged upload index objects", folder=folder, objects=len(merged), entries=len(lines))
-        return True
 
     async def run_periodically(self, done: anyio.Event) -> None:
         """The daemon's flushes, until `done`: checked every few seconds, written when due."""

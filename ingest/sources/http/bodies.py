@@ -198,9 +198,14 @@ def records(data: bytes, media: Media, source: str, max_record: int) -> Records:
     """Split a decompressed body into accepted records and rejected lines (blocking: run in a thread).
     A UTF-8 byte order mark before the body is skipped, whatever its media type."""
     data = data.removeprefix(UTF8_BOM)
-    if media == "json" and data.lstrip()[:1] in (b"[", b"{") and not _lines_of_objects(data):
+    if _is_document(data, media):
         return _document(data, source, max_record)
     return _json_lines(data, source, max_record)
+
+
+def _is_document(data: bytes, media: Media) -> bool:
+    """A JSON array or object sent as json (not JSON lines sent as json)."""
+    return media == "json" and data.lstrip()[:1] in (b"[", b"{") and not _lines_of_objects(data)
 
 
 def records_together(bodies: list[tuple[bytes, Media, str]], max_record: int) -> list[Records | Exception]:
@@ -213,7 +218,7 @@ def records_together(bodies: list[tuple[bytes, Media, str]], max_record: int) ->
     ]
     together = parse_joint([datas[i] for i in lines], max_record) if len(lines) > 1 else None
     out: list[Records | Exception] = []
-    joint = dict(zip(lines, together or [], strict=False))
+    joint = dict(zip(lines, together, strict=True)) if together is not None else {}
     for i, (data, media, source) in enumerate(bodies):
         if (table := joint.get(i)) is not None:
             out.append(Records(datas[i], [(table, 1, None)], list(range(1, table.num_rows + 1))))
@@ -227,9 +232,7 @@ def records_together(bodies: list[tuple[bytes, Media, str]], max_record: int) ->
 
 def _lines(data: bytes, media: Media) -> bool:
     """A body `records` reads as JSON lines, whole lines only (not a JSON document)."""
-    if not data.endswith(b"\n"):
-        return False
-    return not (media == "json" and data.lstrip()[:1] in (b"[", b"{") and not _lines_of_objects(data))
+    return data.endswith(b"\n") and not _is_document(data, media)
 
 
 def consecutive(lines: list[int]) -> bool:

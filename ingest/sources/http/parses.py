@@ -5,9 +5,9 @@ rules) that is half of it for a 1,000-record body. Up to `lanes` parses run at o
 a request whose body is waiting when a lane is free takes the oldest waiting body and the others
 waiting for its table (up to GROUP_BODIES and GROUP_BYTES, as sent) into one thread call, and
 `bodies.records_together` parses their JSON lines in one pyarrow call when that gives each body
-exactly its own rows. Nobody waits for a group to fill: when
-requests come one at a time, each body is parsed alone, at once, as before; when they come faster
-than they are parsed, the ones that queued share a parse.
+exactly its own rows. Nobody waits for a group to fill: when requests come one at a time, each body
+is parsed alone, at once, as before; when they come faster than they are parsed, the ones that
+queued share a parse.
 """
 
 from __future__ import annotations
