@@ -6,6 +6,7 @@ How the credentials follow the provider: see `ingest.r2.session`, imported when 
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -96,20 +97,25 @@ class R2Client:
             await self.warm()
         return self.s3
 
-    async def list_all(self, bucket: str, prefix: str, delimiter: str = "") -> list[dict[str, Any]]:
-        """Every object under `prefix` (with a delimiter: only those not below a further one), page by
-        page; each as the listing gives it (Key, Size, LastModified, ETag)."""
-        found: list[dict[str, Any]] = []
+    async def pages(
+        self, bucket: str, prefix: str, delimiter: str = ""
+    ) -> AsyncIterator[list[dict[str, Any]]]:
+        """The objects under `prefix` (with a delimiter: only those not below a further one), one
+        listing page at a time; each as the listing gives it (Key, Size, LastModified, ETag)."""
         params: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
         if delimiter:
             params["Delimiter"] = delimiter
         while True:
             page = await self.call("list_objects_v2", **params)
-            found += page.get("Contents", [])
+            yield page.get("Contents", [])
             token = page.get("NextContinuationToken")
             if not page.get("IsTruncated") or not token:
-                return found
+                return
             params["ContinuationToken"] = token
+
+    async def list_all(self, bucket: str, prefix: str, delimiter: str = "") -> list[dict[str, Any]]:
+        """Every object under `prefix`, all pages (see `pages`)."""
+        return [o async for page in self.pages(bucket, prefix, delimiter) for o in page]
 
     async def call(self, operation: str, **params: Any) -> dict[str, Any]:
         """Run one S3 operation; on a credentials rejection refresh once (shared) and retry once."""

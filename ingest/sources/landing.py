@@ -19,7 +19,6 @@ import time
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
 
 import anyio
 import anyio.to_thread
@@ -125,19 +124,14 @@ class LandingSource(FileSource):
         """(objects waiting, oldest first, with their mtime; markers → their mtime)."""
         objects: list[tuple[Landed, float]] = []
         markers: dict[str, float] = {}
-        params: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self.landing}
-        while True:
+        async for page in self.client.pages(self.bucket, self.landing):
             self.lists += 1
-            page = await self.client.call("list_objects_v2", **params)
-            for o in page.get("Contents", []):
+            for o in page:
                 key, mtime = o["Key"], o["LastModified"].timestamp()
                 if key.startswith(self.claims):
                     markers[key] = mtime
                 elif self._wanted(key):
                     objects.append((Landed(key, o["ETag"].strip('"'), int(o["Size"])), mtime))
-            if not page.get("IsTruncated"):
-                break
-            params["ContinuationToken"] = page["NextContinuationToken"]
         objects.sort(key=lambda x: (x[1], x[0].key))
         return objects, markers
 

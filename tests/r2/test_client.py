@@ -7,7 +7,14 @@ import json
 import subprocess
 import sys
 import textwrap
+import uuid
+from concurrent.futures import ThreadPoolExecutor
 
+import anyio
+from pydantic import SecretStr
+
+from ingest.r2.client import R2Client
+from ingest.r2.credentials import CredentialProvider, S3Credentials
 from tests.conftest import LocalR2
 
 # In a fresh interpreter: nothing else has loaded aiohttp or aiobotocore yet.
@@ -84,3 +91,28 @@ def test_an_eager_client_is_built_when_entered(local_r2: LocalR2) -> None:
     assert seen["after_import"] == [] and seen["after_enter"] == ["aiobotocore.session", "aiohttp"]
     assert seen["body"] == 5000 and seen["presigned_put"] == 200
     assert seen["loop_opened"] == []
+
+
+def test_pages_follow_every_page_and_a_delimiter_keeps_out_the_folders_below(local_r2: LocalR2) -> None:
+    """A listing past one page (1,000 keys): every key once, in order; what the landing source and
+    the queue ledger page through."""
+    env = local_r2.env
+    s3 = local_r2.s3(env["R2_ACCESS_KEY_ID"], env["R2_SECRET_ACCESS_KEY"])
+    prefix = f"pages-{uuid.uuid4().hex[:8]}/"
+    top = [f"{prefix}{i:05d}.jsonl" for i in range(1_003)]
+    below = [f"{prefix}sub/{i}.jsonl" for i in range(3)]
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda k: s3.put_object(Bucket=local_r2.bucket, Key=k, Body=b"{}\n"), top + below))
+
+    async def main() -> tuple[list[int], list[str], list[str]]:
+        creds = S3Credentials(env["R2_ACCESS_KEY_ID"], SecretStr(env["R2_SECRET_ACCESS_KEY"]))
+        async with R2Client(env["R2_ENDPOINT_URL"], CredentialProvider(creds)) as client:
+            sizes = [len(page) async for page in client.pages(local_r2.bucket, prefix)]
+            every = [o["Key"] for o in await client.list_all(local_r2.bucket, prefix)]
+            level = [o["Key"] for o in await client.list_all(local_r2.bucket, prefix, "/")]
+        return sizes, every, level
+
+    sizes, every, level = anyio.run(main)
+    assert sizes == [1_000, 6]
+    assert every == sorted(top + below)
+    assert level == top

@@ -16,7 +16,6 @@ import json
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import closing
-from typing import Any
 
 from botocore.exceptions import ClientError
 
@@ -83,19 +82,14 @@ class QueueLedger:
 
     async def _read_all(self) -> dict[str, tuple[str, dict[str, Ranges]]]:
         listed: dict[str, str] = {}
-        params: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self.prefix}
         now = time.time()
-        while True:
+        async for page in self.client.pages(self.bucket, self.prefix):
             self.reads += 1
-            page = await self.client.call("list_objects_v2", **params)
-            for o in page.get("Contents", []):
+            for o in page:
                 if now - o["LastModified"].timestamp() > KEEP:
                     await self._sweep(o["Key"])
                 else:
                     listed[o["Key"]] = o["ETag"]
-            if not page.get("IsTruncated"):
-                break
-            params["ContinuationToken"] = page["NextContinuationToken"]
         for record, etag in listed.items():
             cached = self._records.get(record + etag)
             if cached is None:
