@@ -35,6 +35,7 @@ from ingest.pipeline.spool import SpooledObject
 from ingest.sources.base import Chunk, Ranges, SourceUnit
 
 _CAST_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError)
+SMALL_PIECE = 256  # rows: a run of chunks this small on average is copied into one piece (see _run)
 INGESTED_AT = "_ingested_at"  # Iceberg tables without output.partition_by: partitioned by its day
 # The chunks behind a table's rows, in order, with the rows kept of each (None: all of them).
 Origin = list[tuple[Chunk, pa.Array | None]]
@@ -132,20 +133,25 @@ class Encoder:
 
     def encode(self, batch: Batch) -> list[SpooledObject]:
         """Parquet files for the batch, fsynced; on failure (disk full) none is left behind."""
+        # Names are looked at once per run of one schema, not once per chunk: a batch of 20,000
+        # small files is 20,000 chunks in a few hundred runs.
+        runs = _same_schema_runs(batch.chunks)
+        run_names = [merged.column_names for merged, _ in runs]
         with self._lock:
             known = self._known(batch.table)
-            names = case_twins(known, [c.table.column_names for c in batch.chunks])
+            names = case_twins(known, run_names)
             if names:
                 for c in batch.chunks:
                     if any(n in names for n in c.table.column_names):
                         c.table = c.table.rename_columns([names.get(n, n) for n in c.table.column_names])
-            overflow = self._overflow(known, batch.chunks)
+            overflow = self._overflow(known, run_names)
         if overflow:
             for c in batch.chunks:
                 if fold := [n for n in c.table.column_names if n in overflow]:
                     kept = c.table.drop_columns([*fold, EXTRA] if EXTRA in c.table.column_names else fold)
                     c.table = kept.append_column(EXTRA, extra_column(c.table, fold))
-        runs = _same_schema_runs(batch.chunks)
+        if names or overflow:
+            runs = _same_schema_runs(batch.chunks)
         with self._lock:
             before = self._schemas.get(batch.table)
             learned = self._learn(self._known(batch.table), [table for table, _ in runs])
@@ -273,14 +279,15 @@ class Encoder:
                 bad.setdefault(row, reason)
         return out, days, bad
 
-    def _overflow(self, known: pa.Schema, chunks: list[Chunk]) -> set[str]:
+    def _overflow(self, known: pa.Schema, names: list[list[str]]) -> set[str]:
         """New fields that would take the table past output.max_columns (they go into EXTRA): the
-        first ones in input order get columns, one column is kept for EXTRA."""
+        first ones in input order get columns, one column is kept for EXTRA. `names`: the columns
+        of each run of chunks, in order."""
         have = set(known.names)
         room = self.output.max_columns - len(known) - (0 if EXTRA in have else 1)
         new: dict[str, None] = {}
-        for c in chunks:
-            new.update((n, None) for n in c.table.column_names if n not in have and n != EXTRA)
+        for columns in names:
+            new.update((n, None) for n in columns if n not in have and n != EXTRA)
         if len(new) <= room + (0 if EXTRA in have else 1):
             return set()
         return set(list(new)[max(room, 0) :])
@@ -479,7 +486,14 @@ def _same_schema_runs(chunks: list[Chunk]) -> list[tuple[pa.Table, list[Chunk]]]
 
 
 def _run(chunks: list[Chunk]) -> tuple[pa.Table, list[Chunk]]:
-    table = chunks[0].table if len(chunks) == 1 else pa.concat_tables([c.table for c in chunks])
+    """The chunks' tables as one; copied into one piece when they are small (the files of a
+    bundle, a few rows each): Arrow's casts and Parquet's writer pay per piece, and the writer took
+    2.5× as long over pieces of 10 rows (measured: 200,000 rows, 0.45 s against 0.17 s)."""
+    if len(chunks) == 1:
+        return chunks[0].table, chunks
+    table = pa.concat_tables([c.table for c in chunks])
+    if table.num_rows < SMALL_PIECE * len(chunks):
+        table = table.combine_chunks()
     return table, chunks
 
 

@@ -4,6 +4,7 @@ import json
 from datetime import UTC, date, datetime
 from pathlib import Path
 
+import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -11,9 +12,11 @@ import pytest
 from ingest.config import ConfigError, OutputConfig
 from ingest.durable.deadletters import DeadLetters
 from ingest.parsing.types import CELLS, TEXT_CELLS
+from ingest.pipeline import encode
 from ingest.pipeline.batch import Batch
 from ingest.pipeline.encode import Encoder, load_schema
 from ingest.sources.base import Chunk, SourceUnit, UnitHandle
+from tests.conftest import duck
 
 
 async def _noop() -> None:
@@ -246,3 +249,57 @@ def test_a_batch_that_fails_to_write_leaves_no_field_in_the_tables_schema(
     assert enc.schema().names == ["id"]  # the failed batch's field is not the table's
     [obj] = enc.encode(_batch(pa.table({"id": pa.array([3], pa.int64())})))
     assert pq.read_table(obj.path).column_names == ["id"]
+
+
+def test_tiny_chunks_of_one_schema_become_one_piece_and_big_ones_are_not_copied() -> None:
+    """The files of a bundle (a few rows each) are copied into one piece before the casts and the
+    writer (each pays per piece); chunks of SMALL_PIECE rows or more are concatenated without a copy,
+    so a batch of big blocks is never held twice."""
+    unit = SourceUnit("in.jsonl", UnitHandle(_noop))
+    source = pa.table({"id": list(range(3_000)), "tags": [["a"]] * 3_000, "dev": [{"os": "ios"}] * 3_000})
+    tiny = [Chunk(source.slice(i, 3), unit) for i in range(0, 3_000, 3)]
+    [(merged, chunks)] = encode._same_schema_runs(tiny)
+    assert merged.column("id").num_chunks == 1 and len(chunks) == 1_000
+    assert merged.equals(source)
+    big = [Chunk(source.slice(i, encode.SMALL_PIECE), unit) for i in range(0, 2_048, encode.SMALL_PIECE)]
+    [(kept, _)] = encode._same_schema_runs(big)
+    assert kept.column("id").num_chunks == len(big)  # not copied
+    values = source.column("id").chunk(0).buffers()[1]
+    assert kept.column("id").chunk(0).buffers()[1].address == values.address  # the same memory
+
+
+def test_thousands_of_tiny_files_keep_every_value_and_a_case_twin_and_a_misfit_name_their_file(
+    tmp_path: Path,
+) -> None:
+    """2,000 files of 3 rows in one batch (as 20,000 small files in an inbox give): the names are
+    looked at once per run of one schema, not per file. A file spelling `ID` gets its own column,
+    a misfit is a dead letter naming its own file and line, and every other value is written."""
+    enc = _encoder(tmp_path)
+    enc.encode(_batch(pa.table({"id": pa.array([0], pa.int64())})))  # the table knows id: int64
+    batch = Batch(closed_at=datetime(2024, 8, 2, 12, tzinfo=UTC))
+    expected = []
+    for f in range(2_000):
+        rows = [{"id": f * 3 + r, "tags": [f"t{f}"], "dev": {"os": "web", "v": r}} for r in range(3)]
+        if f == 700:
+            rows = [{"ID": r, "tags": [], "dev": {"os": "ios", "v": r}} for r in range(3)]
+        t = pa.Table.from_pylist(rows)
+        if f == 1_300:  # a CSV file among them: cells that take int64, and one that does not
+            t = _cells(pa.table({"id": ["3900", "seven", "3902"]}))
+            rows = [{"id": 3900, "tags": None, "dev": None}, {"id": 3902, "tags": None, "dev": None}]
+        batch.add(Chunk(t, SourceUnit(f"f{f:04d}.jsonl", UnitHandle(_noop)), first_line=1), t.nbytes)
+        expected += rows
+    [obj] = enc.encode(batch)
+    out = pq.read_table(obj.path)
+    assert out.num_rows == 5_999 and out.column("id").type == pa.int64()
+    got = out.to_pylist()
+    assert [r["ID_2"] for r in got if r["ID_2"] is not None] == [0, 1, 2]
+    assert [(r["id"], r["tags"], r["dev"]) for r in got if r["ID_2"] is None] == [
+        (r["id"], r["tags"], r["dev"]) for r in expected if "ID" not in r
+    ]
+    [dead] = _dead(tmp_path)
+    assert (dead["source"], dead["line"]) == ("f1300.jsonl", 2) and "does not fit" in str(dead["reason"])
+    # Other readers see the same rows.
+    assert duck(f"SELECT count(*), count(ID_2), sum(id) FROM '{obj.path}'") == [
+        (5_999, 3, sum(r["id"] for r in expected if "ID" not in r))
+    ]
+    assert pl.read_parquet(obj.path).height == 5_999
