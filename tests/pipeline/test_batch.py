@@ -5,7 +5,7 @@ import pyarrow as pa
 import pytest
 
 from ingest.config import BatchConfig
-from ingest.pipeline.batch import HALVE_FROM, HOLD, Batch, Batcher
+from ingest.pipeline.batch import CHUNK_COST, HALVE_FROM, HOLD, Batch, Batcher
 from ingest.sources.base import Chunk, Item, SourceUnit, UnitHandle, UnitRead
 
 
@@ -64,8 +64,19 @@ async def test_max_records_splits_chunks_and_batches_span_files() -> None:
 @pytest.mark.anyio
 async def test_max_bytes_closes_a_batch() -> None:
     u = _unit("u")
-    batches, _ = await _run(BatchConfig(max_bytes=8 * 100), [_chunk(u, 0, 250)])
+    batches, _ = await _run(BatchConfig(max_bytes=8 * 100 + CHUNK_COST), [_chunk(u, 0, 250)])
     assert [x.records for x in batches] == [100, 100, 50]
+
+
+@pytest.mark.anyio
+async def test_a_chunk_counts_what_it_costs_besides_its_rows() -> None:
+    """Tiny files: each chunk's slice and objects weigh more than its rows' Arrow bytes, and count
+    against max_bytes, so a batch of them is bounded by the memory it really holds."""
+    units = [_unit(f"f{n}") for n in range(100)]
+    items: list[Item | float] = [_chunk(u, n * 10, 10) for n, u in enumerate(units)]  # 80 bytes of rows each
+    batches, _ = await _run(BatchConfig(max_bytes=10 * (80 + CHUNK_COST)), items)
+    assert [len(x.chunks) for x in batches] == [10] * 10  # 8,000 bytes of rows would have been one batch
+    assert [i for x in batches for i in _ids(x)] == list(range(1000))
 
 
 @pytest.mark.anyio
@@ -92,8 +103,9 @@ def test_batches_never_mix_tables_and_each_closes_on_its_own() -> None:
 def test_tables_share_the_memory_bound() -> None:
     """max_bytes holds for all open batches together: the biggest is sent first."""
     units = [_table_unit(f"u{n}", f"t{n}") for n in range(4)]
-    items: list[Item | float] = [_chunk(u, 0, 100) for u in units]  # 800 bytes each
-    batches, _ = anyio.run(_run, BatchConfig(max_bytes=2000, max_age=60.0), items)
+    items: list[Item | float] = [_chunk(u, 0, 100) for u in units]  # 800 bytes of rows each
+    each = 800 + CHUNK_COST
+    batches, _ = anyio.run(_run, BatchConfig(max_bytes=2 * each + each // 2, max_age=60.0), items)
     assert [x.records for x in batches][:2] == [100, 100]  # sent before the end of input
     assert sorted(x.table for x in batches) == ["t0", "t1", "t2", "t3"]
 
@@ -139,7 +151,7 @@ async def test_a_last_batch_halves_at_its_unit_row_where_the_rows_divide() -> No
     ("config", "rows", "halve_from"),
     [
         (BatchConfig(max_records=1000), 499, 0),  # under half the limits
-        (BatchConfig(max_records=1000), 1000, 8 * 1000 + 1),  # under halve_from bytes
+        (BatchConfig(max_records=1000), 1000, 8 * 1000 + CHUNK_COST + 1),  # under halve_from bytes
     ],
 )
 async def test_a_last_batch_under_half_the_limits_or_under_halve_from_goes_whole(
