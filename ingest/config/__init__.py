@@ -337,7 +337,7 @@ class WorkerConfig(_Section):
 class BatchConfig(_Section):
     max_records: int = Field(default=1_000_000, ge=1)
     max_record_bytes: ByteSize = Field(default=8 * 2**20, ge=1)  # longer records go to dead letters
-    max_bytes: ByteSize = Field(default=128 * 2**20, ge=1)
+    max_bytes: ByteSize = Field(default=128 * 2**20, ge=1)  # Arrow bytes + 8 KiB a chunk (batch.CHUNK_COST)
     max_age: Duration = Field(default=60.0, gt=0)
 
 
