@@ -258,11 +258,11 @@ def test_tiny_chunks_of_one_schema_become_one_piece_and_big_ones_are_not_copied(
     unit = SourceUnit("in.jsonl", UnitHandle(_noop))
     source = pa.table({"id": list(range(3_000)), "tags": [["a"]] * 3_000, "dev": [{"os": "ios"}] * 3_000})
     tiny = [Chunk(source.slice(i, 3), unit) for i in range(0, 3_000, 3)]
-    [(merged, chunks)] = encode._same_schema_runs(tiny)
+    [(merged, chunks)] = [encode._run(g) for g in encode._same_schema_groups(tiny)]
     assert merged.column("id").num_chunks == 1 and len(chunks) == 1_000
     assert merged.equals(source)
     big = [Chunk(source.slice(i, encode.SMALL_PIECE), unit) for i in range(0, 2_048, encode.SMALL_PIECE)]
-    [(kept, _)] = encode._same_schema_runs(big)
+    [(kept, _)] = [encode._run(g) for g in encode._same_schema_groups(big)]
     assert kept.column("id").num_chunks == len(big)  # not copied
     values = source.column("id").chunk(0).buffers()[1]
     assert kept.column("id").chunk(0).buffers()[1].address == values.address  # the same memory
