@@ -547,3 +547,41 @@ def test_once_with_a_store_that_never_answers_ends_by_once_max_elapsed(job: Job,
     assert r.returncode == 1, r.stderr[-3000:]
     assert "kept in" in r.stderr
     assert elapsed < 4 + 10, elapsed  # start-up and shutdown aside, no sleep or request past the limit
+
+
+def test_thousands_of_tiny_files_with_twins_overflow_and_odd_names_land_whole_everywhere(
+    job: Job, tmp_path: Path
+) -> None:
+    """1,500 files of 3 records in a dated tree, bundled and merged into one piece per schema, with
+    a file spelling `ID`, files bringing keys past max_columns, a name that is not UTF-8 and Latin-1
+    text: every record lands once, every field somewhere, and every object opens in pyarrow, polars
+    and DuckDB."""
+    expected: dict[int, dict[str, Any]] = {}
+    for f in range(1_500):
+        folder = job.inbox / f"2024/08/{1 + f % 3:02d}/{f % 24:02d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        rows = [
+            {"id": f * 3 + r, "tags": [f"t{f}"] * r, "dev": {"os": "web", "v": r}, "note": "café ✓"}
+            for r in range(3)
+        ]
+        if f % 500 == 7:
+            rows = [{**row, "ID": -row["id"]} for row in rows]  # a case twin of `id`
+        if f % 300 == 11:
+            rows = [{**row, **{f"x{f}_{k}": k for k in range(20)}} for row in rows]  # past max_columns
+        name = b"caf\xe9-%d.jsonl" % f if f == 900 else f"part-{f:04d}.jsonl".encode()
+        with open(os.path.join(os.fsencode(folder), name), "wb") as out:
+            out.write(b"".join(json.dumps(row).encode() + b"\n" for row in rows))
+        expected |= {row["id"]: row for row in rows}
+    job.configure(output={"prefix": job.prefix, "max_columns": 40})
+    r = job.run_once(timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = readable_rows(job, tmp_path)
+    assert sorted(x["id"] for x in rows) == sorted(expected)  # each once
+    for x in rows:
+        fields = {k: v for k, v in x.items() if k != "_extra" and v is not None}
+        fields |= json.loads(x["_extra"]) if x.get("_extra") else {}
+        if "ID_2" in fields:
+            fields["ID"] = fields.pop("ID_2")
+        assert fields == expected[x["id"]]
+    assert not job.dead_letters()
+    assert not [p for p in job.inbox.rglob("*") if p.is_file() and ".ingest" not in p.parts]
