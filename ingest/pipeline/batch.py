@@ -146,7 +146,8 @@ class Batcher:
         """Add rows, splitting the chunk where a batch reaches max_records or max_bytes."""
         full: list[Batch] = []
         table = chunk.unit.table
-        row_bytes = max(1, chunk.nbytes // max(1, chunk.table.num_rows))  # (its slices count pro rata)
+        # Once per chunk (it walks every buffer of every column); its slices count pro rata.
+        row_bytes = max(1, chunk.table.nbytes // max(1, chunk.table.num_rows))
         while chunk.table.num_rows:
             batch = self.open.get(table)
             if batch is None:

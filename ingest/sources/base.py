@@ -186,14 +186,6 @@ class Chunk:
     first_line: int = 1
     lines: list[int] | None = None  # explicit line per row when rows are not consecutive
     row0: int = 0  # the unit's row number of the first row (see SourceUnit)
-    # The rows' Arrow bytes, measured once where the chunk is made (a reader's thread, for files):
-    # pyarrow's measure walks every buffer and lets go of the GIL, which on the event loop cost the
-    # batcher a third of its time with many small files. A slice counts its share, pro rata.
-    nbytes: int = -1
-
-    def __post_init__(self) -> None:
-        if self.nbytes < 0:
-            self.nbytes = self.table.nbytes
 
     def line_of(self, row: int) -> int:
         return self.lines[row] if self.lines is not None else self.first_line + row
@@ -201,11 +193,10 @@ class Chunk:
     def slice(self, offset: int, length: int | None = None) -> Chunk:
         table = self.table.slice(offset, length)
         row0 = self.row0 + offset
-        share = self.nbytes * table.num_rows // max(1, self.table.num_rows)
         if self.lines is not None:
             end = len(self.lines) if length is None else offset + length
-            return Chunk(table, self.unit, lines=self.lines[offset:end], row0=row0, nbytes=share)
-        return Chunk(table, self.unit, first_line=self.first_line + offset, row0=row0, nbytes=share)
+            return Chunk(table, self.unit, lines=self.lines[offset:end], row0=row0)
+        return Chunk(table, self.unit, first_line=self.first_line + offset, row0=row0)
 
 
 @dataclass(eq=False)

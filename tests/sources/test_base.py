@@ -21,15 +21,3 @@ def test_a_unit_is_fully_covered_only_once_its_total_is_known() -> None:
     assert unit.fully_covered
     unit.total = 11
     assert not unit.fully_covered
-
-
-def test_a_chunk_is_measured_once_where_it_is_made_and_its_slices_count_their_share() -> None:
-    table = pa.table({"id": list(range(1_000)), "name": [f"user-{i:04d}" for i in range(1_000)]})
-    (whole,) = SourceUnit("a.jsonl").chunks(table, 1, None)
-    assert whole.nbytes == table.nbytes > 0
-    head, tail = whole.slice(0, 250), whole.slice(250)
-    assert (head.nbytes, tail.nbytes) == (table.nbytes // 4, table.nbytes * 3 // 4)
-    assert (head.table.num_rows, tail.table.num_rows, tail.first_line, tail.row0) == (250, 750, 251, 250)
-    numbered = SourceUnit("b.jsonl").chunks(table, 1, [2 * i + 1 for i in range(1_000)])[0].slice(500, 10)
-    assert numbered.nbytes == table.nbytes // 100 and numbered.line_of(0) == 1_001
-    assert whole.slice(0, 0).nbytes == 0

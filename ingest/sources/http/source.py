@@ -176,7 +176,7 @@ class HttpSource:
                     async for item in out_recv:
                         await send.send(item)
                         if isinstance(item, Chunk):
-                            self._buffered -= item.nbytes
+                            self._buffered -= item.table.nbytes
                             self._room.set()
 
             tg.start_soon(forward)
@@ -253,7 +253,7 @@ class HttpSource:
     def _send_nowait(self, item: Item) -> None:
         assert self._out is not None
         if isinstance(item, Chunk):
-            self._buffered += item.nbytes
+            self._buffered += item.table.nbytes
         self._out.send_nowait(item)
 
     # -- requests ---------------------------------------------------------------------------------
