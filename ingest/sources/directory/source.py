@@ -209,7 +209,7 @@ class DirectorySource(FileSource):
         # Claimed earlier by this worker but never acknowledged (e.g. a previous run stopped).
         for leftover in await anyio.to_thread.run_sync(self.pending):
             await files.send(Path(leftover))
-        at_start: set[Path] | None = set(self.watch.candidates()) if once else None
+        at_start: set[Path] | None = None  # --once: the files there at start (the first walk's)
         watcher = awatch(
             self.root,
             watch_filter=lambda _change, p: f"/{CLAIM_DIR}/" not in p,
@@ -220,7 +220,10 @@ class DirectorySource(FileSource):
 
         async def scan() -> bool:
             """Claim what is complete; True once --once has taken everything that was there at start."""
+            nonlocal at_start
             ready = await anyio.to_thread.run_sync(self.watch.complete, anyio.current_time())
+            if once and at_start is None:
+                at_start = set(self.watch.walked)
             if at_start is not None:
                 ready = [p for p in ready if p in at_start]  # --once takes what was there at start
             while ready:

@@ -60,6 +60,7 @@ class Watch:
         self.skipped: dict[Path, str] = {}  # left alone by policy → what was said about it
         self._writers: set[tuple[int, int]] = set()
         self._writers_at = -float("inf")  # monotonic time of the last /proc scan
+        self.walked: list[Path] = []  # every candidate of the last `complete` walk
 
     def skip(self, path: Path, message: str, **kw: object) -> None:
         """Leave a path alone by policy (not an error): said once, and --once does not wait for it."""
@@ -67,22 +68,38 @@ class Watch:
             self.skipped[path] = message
             log.warning(message, path=str(path), **kw)
 
-    def candidates(self) -> Iterator[Path]:
+    def candidates(self) -> Iterator[tuple[Path, bool]]:
+        """Every file that may be taken, top-down, and whether it is a symlink: told by the listing
+        itself (scandir), not a stat of each file (20,000 of those took 0.09 s)."""
         follow = self.config.follow_symlinks
         visited = {self.root}
-
-        def unreadable_dir(exc: OSError) -> None:
-            where = Path(exc.filename) if exc.filename else self.root
-            self._problem(where, f"cannot list directory: {describe_read_error(exc)}")
-
-        for dirpath, dirnames, filenames in os.walk(self.root, onerror=unreadable_dir, followlinks=follow):
-            here = Path(dirpath)
-            keep = []
-            for d in dirnames:
-                sub = here / d
-                if d.startswith(".") or sub.resolve() == self.done_dir:
+        below = [self.root]
+        while below:
+            here = below.pop()
+            try:
+                with os.scandir(here) as listing:
+                    entries = list(listing)
+            except OSError as exc:
+                self._problem(here, f"cannot list directory: {describe_read_error(exc)}")
+                continue
+            self._solved(here)
+            subdirs: list[Path] = []
+            for entry in entries:
+                name = entry.name
+                if name.startswith("."):
                     continue
-                if sub.is_symlink():
+                try:
+                    is_dir = entry.is_dir()  # (a symlink: of its target)
+                except OSError:
+                    is_dir = False
+                if not is_dir:
+                    if not name.endswith(IGNORED_SUFFIXES):
+                        yield here / name, entry.is_symlink()
+                    continue
+                sub = here / name
+                if self.done_dir is not None and sub.resolve() == self.done_dir:
+                    continue
+                if entry.is_symlink():
                     if not follow:
                         self.skip(sub, "symlinked directory skipped; set follow_symlinks = true")
                         continue
@@ -91,13 +108,8 @@ class Watch:
                         self.skip(sub, "symlinked directory skipped: it loops back", target=str(real))
                         continue
                     visited.add(real)
-                keep.append(d)
-            dirnames[:] = keep
-            self._solved(here)
-            for name in filenames:
-                if name.startswith(".") or name.endswith(IGNORED_SUFFIXES):
-                    continue
-                yield here / name
+                subdirs.append(sub)
+            below.extend(reversed(subdirs))
 
     def writing(self, st: Stat) -> bool:
         return (st[0], st[1]) in self._writers
@@ -114,8 +126,9 @@ class Watch:
     def complete(self, now: float) -> list[Path]:
         """Files whose size and mtime held still for settle_seconds and that no process is writing;
         updates what was seen (blocking: runs in a thread)."""
-        candidates = list(self.candidates())
-        links = {p for p in candidates if p.is_symlink()}
+        walked = list(self.candidates())
+        self.walked = candidates = [path for path, _ in walked]
+        links = {path for path, link in walked if link}
         self.scan_writers([Path(os.path.realpath(p)) for p in links])
         ready: list[Path] = []
         present: set[Path] = set()

@@ -79,3 +79,33 @@ def test_an_unreadable_file_is_a_problem_not_a_candidate(tmp_path: Path) -> None
     w, problems = watch(tmp_path, settle_seconds=0.0)
     assert w.complete(time.monotonic()) == []
     assert len(problems) == 1 and expected in next(iter(problems.values())).lower()
+
+
+def test_one_walk_finds_nested_files_tells_links_from_its_listing_and_skips_loops(tmp_path: Path) -> None:
+    root, outside = tmp_path / "inbox", tmp_path / "elsewhere"
+    for folder in ("2024/08/01/13", "2024/08/02/00", "producer-7", ".ingest/claimed", ".git"):
+        (root / folder).mkdir(parents=True)
+    outside.mkdir()
+    files = ["2024/08/01/13/a.jsonl", "2024/08/02/00/b.jsonl", "producer-7/c.jsonl", "d.jsonl"]
+    for name in [*files, ".ingest/claimed/x.jsonl", ".git/y.jsonl", "2024/e.jsonl.part"]:
+        (root / name).write_text("{}\n")
+    (outside / "far.jsonl").write_text("{}\n")
+    (root / "far.jsonl").symlink_to(outside / "far.jsonl")  # a file outside: taken
+    (root / "shared").symlink_to(outside)  # a folder outside: walked
+    (root / "2024/again").symlink_to(root)  # loops back: skipped, said once
+    (root / "broken.jsonl").symlink_to(tmp_path / "nowhere.jsonl")
+    w, _ = watch(root, settle_seconds=0.0)
+    walked = dict(w.candidates())
+    real = root.resolve()
+    plain, links = [*files, "shared/far.jsonl"], ["far.jsonl", "broken.jsonl"]  # (shared/: a linked folder)
+    assert walked == {real / n: False for n in plain} | {real / n: True for n in links}
+    assert list(w.skipped) == [real / "2024/again"]
+    ready = w.complete(time.monotonic())
+    assert ready == sorted([real / n for n in [*files, "far.jsonl", "shared/far.jsonl"]], key=str)
+    assert sorted(w.walked) == sorted(walked)  # what --once takes as "there at start"
+
+    unfollowed, _ = watch(root, settle_seconds=0.0, follow_symlinks=False)
+    assert dict(unfollowed.candidates()) == {real / n: False for n in files} | {
+        real / n: True for n in ("far.jsonl", "broken.jsonl")
+    }
+    assert set(unfollowed.skipped) == {real / "shared", real / "2024/again"}
