@@ -53,8 +53,9 @@ class Watch:
         self.root = root
         self.config = config
         self.done_dir = done_dir
-        self._problem = problem
+        self._report = problem
         self._solved = solved
+        self._reported: set[Path] = set()  # what the last walk found wrong (see complete)
         self._link_targets = link_targets  # files claimed links point to: their writers count too
         self.seen: dict[Path, Seen] = {}
         self.skipped: dict[Path, str] = {}  # left alone by policy → what was said about it
@@ -80,6 +81,8 @@ class Watch:
                 with os.scandir(here) as listing:
                     entries = list(listing)
             except OSError as exc:
+                if isinstance(exc, FileNotFoundError | NotADirectoryError) and here != self.root:
+                    continue  # a folder removed (or replaced) since its parent was listed: a cleanup
                 self._problem(here, f"cannot list directory: {describe_read_error(exc)}")
                 continue
             self._solved(here)
@@ -126,6 +129,7 @@ class Watch:
     def complete(self, now: float) -> list[Path]:
         """Files whose size and mtime held still for settle_seconds and that no process is writing;
         updates what was seen (blocking: runs in a thread)."""
+        reported, self._reported = self._reported, set()
         walked = list(self.candidates())
         self.walked = candidates = [path for path, _ in walked]
         links = {path for path, link in walked if link}
@@ -150,7 +154,13 @@ class Watch:
                 ready.append(path)
         for gone in set(self.seen) - present:
             del self.seen[gone]
+        for path in reported - self._reported:  # removed since (or readable again: said already)
+            self._solved(path)
         return sorted(ready, key=str)  # (Path comparisons cost ten times more)
+
+    def _problem(self, path: Path, reason: str) -> None:
+        self._reported.add(path)
+        self._report(path, reason)
 
     def _inspect(self, path: Path, link: bool) -> Stat | None:
         """The stat of a candidate (of its target, for a symlink), or None to leave it alone."""

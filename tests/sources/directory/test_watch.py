@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -109,3 +110,29 @@ def test_one_walk_finds_nested_files_tells_links_from_its_listing_and_skips_loop
         real / n: True for n in ("far.jsonl", "broken.jsonl")
     }
     assert set(unfollowed.skipped) == {real / "shared", real / "2024/again"}
+
+
+def test_a_folder_removed_mid_walk_is_no_problem_and_a_problem_removed_since_is_solved(
+    tmp_path: Path,
+) -> None:
+    """A producer's cleanup removes an empty dated folder while we walk: no error reported (it made a
+    --once run say "could not read 1 input" and exit 1). A path reported once and removed since is
+    solved at the next walk, not reported until a restart."""
+    root = tmp_path / "inbox"
+    (root / "2024/08/01").mkdir(parents=True)
+    (root / "first.jsonl").write_text("{}\n")
+    (root / "2024/08/01/late.jsonl").write_text("{}\n")
+    w, problems = watch(root, settle_seconds=0.0)
+    first = (root / "first.jsonl").resolve()
+    walk = w.candidates()
+    assert next(walk) == (first, False)  # the root is listed …
+    shutil.rmtree(root / "2024")  # … and its folder removed before the walk goes down into it
+    assert list(walk) == []
+    assert problems == {}
+
+    (root / "gone.jsonl").symlink_to(tmp_path / "nowhere.jsonl")
+    assert w.complete(time.monotonic()) == [first]
+    assert list(problems) == [str(root.resolve() / "gone.jsonl")]
+    (root / "gone.jsonl").unlink()  # its owner removed the broken link
+    assert w.complete(time.monotonic()) == [first]
+    assert problems == {}
