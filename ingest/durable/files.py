@@ -29,6 +29,19 @@ def is_disk_full(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
+def make_dirs(path: Path) -> None:
+    """`mkdir -p` one level after another: pathlib's (and os.makedirs) recurse once per missing level,
+    and an input tree deeper than Python's recursion limit (1,000) stopped the worker."""
+    missing: list[Path] = []
+    while not path.is_dir():
+        missing.append(path)
+        if path.parent == path:
+            break
+        path = path.parent
+    for folder in reversed(missing):
+        folder.mkdir(exist_ok=True)
+
+
 def move_durably(src: Path, dst: Path, overwrite: bool = True) -> None:
     """Move `src` to `dst`, across filesystems too: a rename where it can be, else copy, fsync, rename
     into place, fsync the directory, then delete `src`. Safe to repeat after a crash at any step (a

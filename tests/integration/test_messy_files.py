@@ -309,6 +309,46 @@ def test_a_250_byte_file_name_is_claimed_read_and_moved_to_done(job: Job, tmp_pa
     assert (done / "d" / nested.name).read_bytes() == b'{"id": 2}\n'
 
 
+def test_a_file_1100_folders_deep_is_taken_and_moved_to_done_under_its_path(job: Job, tmp_path: Path) -> None:
+    """os.walk and mkdir(parents=True) recurse once per level: a tree deeper than the recursion limit
+    stopped the run with RecursionError, at the walk and at the move to done_dir (found by this
+    test). Both now go level by level."""
+    deep = job.inbox
+    for _ in range(1_100):  # about 2,200 bytes of path, within PATH_MAX
+        deep = deep / "a"
+        deep.mkdir()
+    (deep / "deep.jsonl").write_bytes(b'{"id": 1}\n')
+    (job.inbox / "top.jsonl").write_bytes(b'{"id": 2}\n')
+    done = tmp_path / "done"
+    job.configure(sources={"done_dir": str(done)})
+    try:
+        r = job.run_once()
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert sorted(x["id"] for x in readable_rows(job, tmp_path)) == [1, 2]
+        assert done.joinpath(*["a"] * 1_100, "deep.jsonl").read_bytes() == b'{"id": 1}\n'
+        assert not (deep / "deep.jsonl").exists()
+    finally:  # (pytest's clean-up of tmp_path recurses too)
+        _remove_tree(job.inbox / "a")
+        _remove_tree(done / "a")
+
+
+def _remove_tree(top: Path) -> None:
+    """shutil.rmtree, level by level."""
+    if not top.is_dir():
+        return
+    below, folders = [top], []
+    while below:
+        folders.append(folder := below.pop())
+        with os.scandir(folder) as listing:
+            for entry in listing:
+                if entry.is_dir(follow_symlinks=False):
+                    below.append(Path(entry.path))
+                else:
+                    os.unlink(entry.path)
+    for folder in reversed(folders):
+        folder.rmdir()
+
+
 def test_deep_records_are_dead_letters_and_never_reach_the_schema(job: Job, tmp_path: Path) -> None:
     def deep(n: int) -> bytes:
         return b'{"id": 1, "a": ' + b"[" * n + b"1" + b"]" * n + b"}"

@@ -31,7 +31,15 @@ from watchfiles import awatch
 from ingest.config import ConfigError, SourceConfig
 from ingest.durable.deadletters import DeadLetters
 from ingest.durable.faults import crash_point
-from ingest.durable.files import WorkerIdInUse, fitting, lock_worker_id, move_durably, numbered, printable
+from ingest.durable.files import (
+    WorkerIdInUse,
+    fitting,
+    lock_worker_id,
+    make_dirs,
+    move_durably,
+    numbered,
+    printable,
+)
 from ingest.layout import CLAIM_DIR
 from ingest.logs import get_logger
 from ingest.parsing.formats import Format, detect
@@ -435,7 +443,7 @@ class DirectorySource(FileSource):
     def _finish(self, claimed: Path) -> None:
         if self.done_dir is not None:
             target = wanted = self.done_dir / self._origin(claimed)
-            target.parent.mkdir(parents=True, exist_ok=True)
+            make_dirs(target.parent)
             n = 1
             while os.path.lexists(claimed):
                 try:
