@@ -136,3 +136,16 @@ def test_a_folder_removed_mid_walk_is_no_problem_and_a_problem_removed_since_is_
     (root / "gone.jsonl").unlink()  # its owner removed the broken link
     assert w.complete(time.monotonic()) == [first]
     assert problems == {}
+
+
+def test_a_done_dir_inside_the_inbox_is_never_walked_even_deep_down(tmp_path: Path) -> None:
+    """Compared without resolve() on real paths: resolving every folder stat'ed every level above it,
+    13 s a walk for a tree 1,100 folders deep (found by the deep-inbox test)."""
+    root = tmp_path / "inbox"
+    done = root / "archive" / "done"
+    (done / "2024").mkdir(parents=True)
+    (done / "2024" / "taken.jsonl").write_text("{}\n")
+    (root / "archive" / "new.jsonl").write_text("{}\n")
+    config = SourceConfig(kind="directory", path=str(root), done_dir=str(done))
+    w = Watch(root.resolve(), config, done.resolve(), lambda p, why: None, lambda p: None, lambda: [])
+    assert dict(w.candidates()) == {(root / "archive" / "new.jsonl").resolve(): False}
