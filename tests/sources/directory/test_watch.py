@@ -18,7 +18,7 @@ def watch(root: Path, **settings: object) -> tuple[Watch, dict[str, str]]:
     w = Watch(
         root.resolve(),
         config,
-        None,
+        Path(config.done_dir).resolve() if config.done_dir else None,
         lambda p, why: problems.__setitem__(str(p), why),
         lambda p: problems.pop(str(p), None),
         lambda: [],
@@ -146,6 +146,5 @@ def test_a_done_dir_inside_the_inbox_is_never_walked_even_deep_down(tmp_path: Pa
     (done / "2024").mkdir(parents=True)
     (done / "2024" / "taken.jsonl").write_text("{}\n")
     (root / "archive" / "new.jsonl").write_text("{}\n")
-    config = SourceConfig(kind="directory", path=str(root), done_dir=str(done))
-    w = Watch(root.resolve(), config, done.resolve(), lambda p, why: None, lambda p: None, lambda: [])
+    w, _ = watch(root, done_dir=str(done))
     assert dict(w.candidates()) == {(root / "archive" / "new.jsonl").resolve(): False}
