@@ -291,7 +291,7 @@ async def run(settings: Settings, once: bool, say: Console, progress: Console | 
         from ingest.pipeline.commit import Connection
 
         catalog = Connection(settings)
-    from ingest.daemon.connections import connection_cap, open_files_limit, quiet_accept_errors
+    from ingest.daemon.limits import connection_cap, open_files_limit, quiet_accept_errors
 
     open_files = open_files_limit()  # raised to the hard limit: connections, spool files, sockets
     asyncio.get_running_loop().set_exception_handler(quiet_accept_errors)

@@ -5,7 +5,7 @@ and Redis. Under the common soft limit of 1,024, about a thousand idle connectio
 kept alive, a flood) used to leave nothing for the rest: uploads failed with `Too many open
 files`, probes stopped answering, and asyncio logged a traceback at every failed accept. Now:
 
-- at start the soft limit is raised to the hard one (`open_files_limit`);
+- at start the soft limit is raised to the hard one (`ingest.daemon.limits`);
 - at most `server.max_connections` are open (default: three quarters of the soft limit). At the
   cap, the connection idle the longest (waiting for a request's headers, or kept alive between
   requests) is closed to make room, as HTTP allows; if none is idle, the new one gets a 503 and is
@@ -18,63 +18,22 @@ Headers must also arrive within `server.header_timeout` (slowloris), see `Header
 from __future__ import annotations
 
 import asyncio
-import resource
-import time
 from typing import Any, ClassVar
 
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from ingest import metrics
+from ingest.daemon.limits import Tally
 from ingest.logs import get_logger
 
 log = get_logger("ingest.daemon.server")
-LOG_INTERVAL = 10.0  # seconds between log lines about refused connections or failed accepts
-RESERVE = 64  # descriptors kept for everything but connections, at least
 _REFUSAL = b'{"error": "too many connections (server.max_connections); send again"}'
 REFUSED = (
     b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 5\r\nContent-Type: application/json\r\n"
     + f"Content-Length: {len(_REFUSAL)}\r\nConnection: close\r\n\r\n".encode()
     + _REFUSAL
 )
-
-
-def open_files_limit() -> int:
-    """Raise the soft limit on open files to the hard one (allowed without privileges); the soft
-    limit now in force."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY:
-        hard = max(soft, 1 << 20)
-    if soft != resource.RLIM_INFINITY and soft < hard:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-            soft = hard
-        except (OSError, ValueError):
-            pass
-    return soft
-
-
-def connection_cap(configured: int, limit: int) -> int:
-    """`server.max_connections`, or (0) three quarters of the open-files limit."""
-    if configured:
-        return configured
-    return max(16, min(limit * 3 // 4, limit - RESERVE))
-
-
-class _Tally:
-    """Events counted and logged at most once every LOG_INTERVAL (with the counts since the last)."""
-
-    def __init__(self, message: str) -> None:
-        self.message = message
-        self.counts: dict[str, int] = {}
-        self.logged = 0.0
-
-    def add(self, what: str, **context: int) -> None:
-        self.counts[what] = self.counts.get(what, 0) + 1
-        now = time.monotonic()
-        if now - self.logged >= LOG_INTERVAL:
-            log.warning(self.message, **context, **self.counts)
-            self.counts, self.logged = {}, now
 
 
 _AT_CAP = "too many connections: the longest idle closed, or the new one refused (server.max_connections)"
@@ -93,7 +52,7 @@ class HeaderDeadline(H11Protocol):
     # Per server (set by `header_deadline`): open connections, and the idle ones, oldest first.
     open: ClassVar[set[HeaderDeadline]] = set()
     idle: ClassVar[dict[HeaderDeadline, None]] = {}
-    tally: ClassVar[_Tally] = _Tally(_AT_CAP)
+    tally: ClassVar[Tally] = Tally(_AT_CAP)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -181,19 +140,6 @@ def header_deadline(seconds: float, max_connections: int = 0) -> type[HeaderDead
         "max_connections": max_connections,
         "open": set(),
         "idle": {},
-        "tally": _Tally(_AT_CAP),
+        "tally": Tally(_AT_CAP),
     }
     return type("HeaderDeadline", (HeaderDeadline,), attributes)
-
-
-def quiet_accept_errors(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-    """The event loop's exception handler: a failed accept (out of file descriptors) is one log line
-    per LOG_INTERVAL with a count, not a traceback each time (asyncio retries the accept each second);
-    anything else goes to asyncio's default handler."""
-    if str(context.get("message", "")).startswith("socket.accept() out of system resource"):
-        _accepts.add("failed_accepts")
-        return
-    loop.default_exception_handler(context)
-
-
-_accepts = _Tally("cannot accept connections: out of file descriptors (raise LimitNOFILE / ulimit -n)")

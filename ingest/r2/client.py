@@ -71,7 +71,7 @@ class R2Client:
                 return
             session = await anyio.to_thread.run_sync(_session, self.provider)
             s3 = await self._stack.enter_async_context(
-                session.client(
+                session.create_client(
                     "s3",
                     endpoint_url=self.endpoint_url,
                     config=client_config(max_pool_connections=self._max_connections),
