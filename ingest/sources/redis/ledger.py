@@ -21,8 +21,12 @@ import time
 import uuid
 from bisect import bisect_left, bisect_right
 from collections.abc import Awaitable, Callable
+from typing import Any
 
+import anyio.to_thread
+import hiredis
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from ingest.sources.base import Ranges
 
@@ -31,19 +35,6 @@ SWEEP = 500  # span records checked at most per sweep
 OBJECT_TTL = 7 * 86400  # an object record outlives any reasonable outage of the whole group
 Span = tuple[str, str]  # first and last entry id: every entry of the stream between them (both included)
 
-
-# XACK of many ids, in slices that stay under Lua's stack limit for unpack().
-_XACK = """
-local ids = {}
-local acked = 0
-for id in string.gmatch(ARGV[2], '[^,]+') do
-  ids[#ids + 1] = id
-  if #ids == 4000 then acked = acked + redis.call('XACK', KEYS[1], ARGV[1], unpack(ids)); ids = {} end
-end
-if #ids > 0 then acked = acked + redis.call('XACK', KEYS[1], ARGV[1], unpack(ids)) end
-if #ARGV > 2 then redis.call('HDEL', KEYS[2], unpack(ARGV, 3)) end
-return acked
-"""
 
 # Consumers with nothing pending that have not been seen for a while are removed, checked and deleted in
 # one step: a consumer with pending entries is never deleted (its entries would leave every PEL).
@@ -74,7 +65,6 @@ class Ledger:
         self.marker = f"{base}:group"
         # Which process wrote a record: this one's own records go with its acks, never by a sweep.
         self.run = uuid.uuid4().hex[:12]
-        self._xack = client.register_script(_XACK)
         self._forget_consumers = client.register_script(_FORGET_CONSUMERS)
 
     async def forget_consumers(self, keep: str, idle_ms: int) -> list[str]:
@@ -96,9 +86,34 @@ class Ledger:
         return field
 
     async def acknowledge(self, ids: list[str], fields: list[str]) -> None:
-        """XACK the entries and delete the span records of their unit, in one step (an ack retried
-        after a failure is harmless: XACK and HDEL of what is gone do nothing)."""
-        await self._xack(keys=[self.stream, self.spans], args=[self.group, ",".join(ids), *fields])
+        """XACK the entries, then (only if that worked) delete the span records of their unit. An
+        ack retried after a failure is harmless: XACK and HDEL of what is gone do nothing; a record
+        left by a failure between the two goes with a sweep (none of its entries is pending).
+
+        The XACK is packed in a thread and sent as it is: Redis spends half the time on a plain
+        XACK of 10,000 ids that it spent on a Lua script splitting them from one argument (measured:
+        100 acks of 10,000 ids, 0.35 against 0.65 s, the tail of every `--once`), and redis-py
+        would pack the 10,000 arguments on the event loop (4 ms each)."""
+        if ids:
+            packed = await anyio.to_thread.run_sync(_packed, ("XACK", self.stream, self.group, *ids))
+            await self._send(packed)  # NOGROUP (the group deleted), WRONGTYPE: raised, nothing deleted
+        if fields:
+            await self.client.hdel(self.spans, *fields)
+
+    async def _send(self, packed: bytes) -> object:
+        """One packed command on a connection of the client's pool; its reply (an error raised)."""
+        pool = self.client.connection_pool
+        connection = await pool.get_connection()  # type: ignore[no-untyped-call]
+        try:
+            await connection.send_packed_command(packed)
+            return await connection.read_response()
+        except ResponseError:  # the reply was read whole: the connection is fine
+            raise
+        except BaseException:
+            await connection.disconnect()  # a reply may be left unread on it
+            raise
+        finally:
+            await pool.release(connection)
 
     async def in_r2(self, ids: list[str], holds: Callable[[str, str], Awaitable[bool]]) -> set[str]:
         """The entries among `ids` that are inside an object in R2 (`holds(key, object_id)`)."""
@@ -203,3 +218,8 @@ def entry_order(entry: str) -> tuple[int, int]:
 def text(value: bytes | str) -> str:
     """A Redis reply (bytes: replies are not decoded) as text."""
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _packed(command: tuple[str, ...]) -> bytes:
+    pack: Any = hiredis.pack_command  # (its stub types a one-argument command only)
+    return bytes(pack(command))

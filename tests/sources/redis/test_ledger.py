@@ -5,6 +5,7 @@ from __future__ import annotations
 import anyio
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from ingest.sources.redis.ledger import Ledger, unit_spans
 from tests.conftest import RedisServer
@@ -95,4 +96,36 @@ async def test_idle_consumers_go_only_when_nothing_is_pending_for_them(redis_ser
     names = {c["name"] for c in await client.xinfo_consumers("s", "g")}
     assert names == {b"holder", b"me"}  # the one with pending entries stays, however idle
     assert await ledger.forget_consumers(keep="me", idle_ms=60_000) == []  # not idle long enough
+    await client.aclose()
+
+
+@pytest.mark.anyio
+async def test_an_ack_of_many_entries_takes_them_all_and_a_failed_one_deletes_nothing(
+    redis_server: RedisServer,
+) -> None:
+    """12,000 ids in one XACK (sent packed as it is). When Redis refuses it (the key is no stream any
+    more), its error is raised, the unit's record stays and the connection it went over serves the
+    next command."""
+    client = Redis(port=redis_server.port, max_connections=1)  # one connection: the failed ack's
+    async with client.pipeline(transaction=False) as pipe:
+        for n in range(12_000):
+            pipe.xadd("s", {"data": f'{{"n": {n}}}'})
+        ids = [i.decode() for i in await pipe.execute()]
+    await client.xgroup_create("s", "g", id="0")
+    await client.xreadgroup("g", "w1", {"s": ">"}, count=20_000)
+    ledger = Ledger(client, "s", "g")
+    first = await ledger.attempting("obj-1", "k1", [(ids[0], ids[11_998])])
+    last = await ledger.attempting("obj-2", "k2", [(ids[11_999], ids[11_999])])
+    await ledger.acknowledge(ids[:11_999], [first])
+    pending = await client.xpending_range("s", "g", "-", "+", 10)
+    assert [p["message_id"].decode() for p in pending] == [ids[11_999]]
+    assert await client.hkeys(ledger.spans) == [last.encode()]
+
+    await client.delete("s")
+    await client.set("s", "not a stream")
+    with pytest.raises(ResponseError, match=r"^WRONGTYPE"):
+        await ledger.acknowledge(ids[11_999:], [last])
+    assert await client.hkeys(ledger.spans) == [last.encode()]
+    assert await client.get("s") == b"not a stream"  # the connection answers the next command
+    await ledger.acknowledge([], [])  # nothing to do: no command sent
     await client.aclose()
