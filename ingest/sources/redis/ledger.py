@@ -23,6 +23,7 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import anyio
 import anyio.to_thread
 import hiredis
 from redis.asyncio import Redis
@@ -110,10 +111,12 @@ class Ledger:
         except ResponseError:  # the reply was read whole: the connection is fine
             raise
         except BaseException:
-            await connection.disconnect()  # a reply may be left unread on it
+            with anyio.CancelScope(shield=True):  # (cancelled: still closed and given back)
+                await connection.disconnect()  # a reply may be left unread on it
             raise
         finally:
-            await pool.release(connection)
+            with anyio.CancelScope(shield=True):
+                await pool.release(connection)
 
     async def in_r2(self, ids: list[str], holds: Callable[[str, str], Awaitable[bool]]) -> set[str]:
         """The entries among `ids` that are inside an object in R2 (`holds(key, object_id)`)."""

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import signal
+
 import anyio
 import pytest
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ingest.sources.redis.ledger import Ledger, unit_spans
 from tests.conftest import RedisServer
@@ -128,4 +132,34 @@ async def test_an_ack_of_many_entries_takes_them_all_and_a_failed_one_deletes_no
     assert await client.hkeys(ledger.spans) == [last.encode()]
     assert await client.get("s") == b"not a stream"  # the connection answers the next command
     await ledger.acknowledge([], [])  # nothing to do: no command sent
+    await client.aclose()
+
+
+@pytest.mark.anyio
+async def test_an_ack_that_times_out_or_is_cancelled_gives_its_connection_back(
+    redis_server: RedisServer,
+) -> None:
+    """Redis stopped (SIGSTOP) under an ack: the ack times out, or its task is cancelled (a worker
+    shutting down), and either way its connection goes back to the pool; with a pool of one, the
+    ack retried once Redis runs again would otherwise wait for ever."""
+    pool = BlockingConnectionPool(port=redis_server.port, max_connections=1, timeout=None, socket_timeout=0.5)
+    client = Redis(connection_pool=pool)
+    ids = [(await client.xadd("s", {"data": "{}"})).decode() for _ in range(3)]
+    await client.xgroup_create("s", "g", id="0")
+    await client.xreadgroup("g", "w1", {"s": ">"})
+    ledger = Ledger(client, "s", "g")
+    assert redis_server.proc is not None
+    pid = redis_server.proc.pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        with pytest.raises(RedisTimeoutError):
+            await ledger.acknowledge(ids[:1], [])
+        with anyio.move_on_after(0.2) as cancelled:
+            await ledger.acknowledge(ids[1:2], [])
+        assert cancelled.cancelled_caught
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    with anyio.fail_after(10):
+        await ledger.acknowledge(ids, [])
+    assert (await client.xpending("s", "g"))["pending"] == 0
     await client.aclose()
