@@ -27,7 +27,6 @@ import anyio
 import anyio.to_thread
 import hiredis
 from redis.asyncio import Redis
-from redis.exceptions import ResponseError
 
 from ingest.sources.base import Ranges
 
@@ -97,23 +96,19 @@ class Ledger:
         would pack the 10,000 arguments on the event loop (4 ms each)."""
         if ids:
             packed = await anyio.to_thread.run_sync(_packed, ("XACK", self.stream, self.group, *ids))
-            await self._send(packed)  # NOGROUP (the group deleted), WRONGTYPE: raised, nothing deleted
+            await self._send(packed)  # an error (WRONGTYPE: no stream) is raised, nothing deleted
         if fields:
             await self.client.hdel(self.spans, *fields)
 
     async def _send(self, packed: bytes) -> object:
-        """One packed command on a connection of the client's pool; its reply (an error raised)."""
+        """One packed command on a connection of the client's pool; its reply (an error reply
+        raised). redis-py closes the connection itself when sending or reading fails (a reply may be
+        left unread on it); it goes back to the pool even when the ack is cancelled."""
         pool = self.client.connection_pool
         connection = await pool.get_connection()  # type: ignore[no-untyped-call]
         try:
             await connection.send_packed_command(packed)
             return await connection.read_response()
-        except ResponseError:  # the reply was read whole: the connection is fine
-            raise
-        except BaseException:
-            with anyio.CancelScope(shield=True):  # (cancelled: still closed and given back)
-                await connection.disconnect()  # a reply may be left unread on it
-            raise
         finally:
             with anyio.CancelScope(shield=True):
                 await pool.release(connection)
