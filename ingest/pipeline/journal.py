@@ -14,6 +14,7 @@ Spool.durably), read by `ingest status` in other processes.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
@@ -24,6 +25,13 @@ from pathlib import Path
 from ingest.durable.faults import disk_full_point, journal_delay
 from ingest.layout import DEFAULT_TABLE
 from ingest.sources.base import RequestRow
+
+
+def _as_json(values: object) -> str:
+    """Values for a json_each(?) parameter. Not ASCII-escaped: a str that SQLite could not take
+    (a lone surrogate) fails here as it fails as a plain parameter, never stored changed."""
+    return json.dumps(values, ensure_ascii=False)
+
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS units (
@@ -152,17 +160,8 @@ class Journal:
 
     def add_units(self, units: list[UnitRow]) -> None:
         """Units opened, in one transaction (e.g. a bundle of small files)."""
-        self._tx(
-            "add_unit",
-            [
-                stmt
-                for u in units
-                for stmt in (
-                    (_INSERT_UNIT, astuple(u)),
-                    ("DELETE FROM spans WHERE unit_id = ?", (u.id,)),
-                )
-            ],
-        )
+        rows, ids = _as_json([astuple(u) for u in units]), _as_json([u.id for u in units])
+        self._tx("add_unit", [(_INSERT_UNITS, (rows,)), (_DELETE_SPANS_OF, (ids,))])
 
     def unit_read(self, unit_id: str, total: int, fingerprint: str) -> None:
         """Read to its end: its row count, and what the file looked like then (a later change means
@@ -171,25 +170,15 @@ class Journal:
 
     def units_read(self, units: list[tuple[str, int, str]]) -> None:
         """`unit_read` for many (id, total, fingerprint), in one transaction."""
-        sql = "UPDATE units SET total = ?, fingerprint = ? WHERE id = ?"
-        self._tx("unit_read", [(sql, (total, fp, unit_id)) for unit_id, total, fp in units])
+        self._tx("unit_read", [(_UNITS_READ, (_as_json(units),))])
 
     def forget_unit(self, unit_id: str) -> None:
         """After the unit is acknowledged: nothing about it is needed any more."""
         self.forget_units([unit_id])
 
     def forget_units(self, unit_ids: list[str]) -> None:
-        self._tx(
-            "forget_unit",
-            [
-                stmt
-                for unit_id in unit_ids
-                for stmt in (
-                    ("DELETE FROM spans WHERE unit_id = ?", (unit_id,)),
-                    ("DELETE FROM units WHERE id = ?", (unit_id,)),
-                )
-            ],
-        )
+        ids = (_as_json(unit_ids),)
+        self._tx("forget_unit", [(_DELETE_SPANS_OF, ids), ("DELETE FROM units WHERE id IN " + _IDS, ids)])
 
     def accept(self, units: list[UnitRow], requests: list[RequestRow]) -> None:
         """Units a source wrote down itself (HTTP blocks, rows known), and the request's answer for
@@ -235,10 +224,7 @@ class Journal:
         self._tx(
             "spooled",
             [
-                *(
-                    ("INSERT INTO spans VALUES (?,?,?,?)", (batch_id, unit_id, a, b))
-                    for unit_id, a, b in spans
-                ),
+                (_INSERT_SPANS, (batch_id, _as_json(spans))),  # (a batch of small files: 10,000 spans)
                 *((_INSERT_OBJECT, _object_values(o)) for o in objects),
                 *(
                     [("INSERT OR REPLACE INTO meta VALUES (?, ?)", (schema_key(table), schema))]
@@ -353,6 +339,27 @@ def schema_key(table: str) -> str:
 
 
 _INSERT_UNIT = "INSERT OR REPLACE INTO units (id, name, fingerprint, path, total) VALUES (?,?,?,?,?)"
+# Many units in one statement, their values as one JSON array: a statement a unit (two, with the
+# spans) cost a bundle of 256 small files 13 ms in the worker, most of it this thread waiting for the
+# GIL after each statement (measured); one statement waits once.
+# (json_extract, not ->>, and an upsert, not UPDATE … FROM: SQLite 3.24 and later, not only 3.38.)
+_IDS = "(SELECT value FROM json_each(?))"
+_INSERT_UNITS = (
+    "INSERT OR REPLACE INTO units (id, name, fingerprint, path, total) SELECT json_extract(value, '$[0]'),"
+    " json_extract(value, '$[1]'), json_extract(value, '$[2]'), json_extract(value, '$[3]'),"
+    " json_extract(value, '$[4]') FROM json_each(?) ORDER BY key"
+)
+_INSERT_SPANS = (
+    "INSERT INTO spans (batch_id, unit_id, start, stop) SELECT ?, json_extract(value, '$[0]'),"
+    " json_extract(value, '$[1]'), json_extract(value, '$[2]') FROM json_each(?) ORDER BY key"
+)
+_DELETE_SPANS_OF = "DELETE FROM spans WHERE unit_id IN " + _IDS
+_UNITS_READ = (  # only units still there (an upsert of each with its own name and path)
+    "INSERT INTO units (id, name, fingerprint, path, total) SELECT u.id, u.name,"
+    " json_extract(r.value, '$[2]'), u.path, json_extract(r.value, '$[1]') FROM json_each(?) AS r"
+    " JOIN units AS u ON u.id = json_extract(r.value, '$[0]') WHERE true ORDER BY r.key"
+    " ON CONFLICT (id) DO UPDATE SET total = excluded.total, fingerprint = excluded.fingerprint"
+)
 _OBJECT_COLUMNS = "id, batch_id, kind, file, day, records, size, sha256, state, key, created, tbl, holds"
 _INSERT_OBJECT = f"INSERT OR REPLACE INTO objects ({_OBJECT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
 
