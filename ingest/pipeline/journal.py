@@ -26,13 +26,6 @@ from ingest.durable.faults import disk_full_point, journal_delay
 from ingest.layout import DEFAULT_TABLE
 from ingest.sources.base import RequestRow
 
-
-def _as_json(values: object) -> str:
-    """Values for a json_each(?) parameter. Not ASCII-escaped: a str that SQLite could not take
-    (a lone surrogate) fails here as it fails as a plain parameter, never stored changed."""
-    return json.dumps(values, ensure_ascii=False)
-
-
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS units (
     id TEXT PRIMARY KEY, name TEXT NOT NULL, fingerprint TEXT NOT NULL, path TEXT, total INTEGER
@@ -360,8 +353,16 @@ _UNITS_READ = (  # only units still there (an upsert of each with its own name a
     " JOIN units AS u ON u.id = json_extract(r.value, '$[0]') WHERE true ORDER BY r.key"
     " ON CONFLICT (id) DO UPDATE SET total = excluded.total, fingerprint = excluded.fingerprint"
 )
+
+
 _OBJECT_COLUMNS = "id, batch_id, kind, file, day, records, size, sha256, state, key, created, tbl, holds"
 _INSERT_OBJECT = f"INSERT OR REPLACE INTO objects ({_OBJECT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
+
+
+def _as_json(values: object) -> str:
+    """Values for a json_each(?) parameter. Not ASCII-escaped: a str that SQLite could not take
+    (a lone surrogate) fails here as it fails as a plain parameter, never stored changed."""
+    return json.dumps(values, ensure_ascii=False)
 
 
 def _object_values(o: ObjectRow) -> tuple[object, ...]:
