@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -42,8 +42,17 @@ from ingest.parsing.width import EXTRA, fold, sample, sparse_wide
 
 READ_BLOCK = 32 << 20
 DEFAULT_MAX_RECORD = 8 << 20
-# emit(table, first_line, explicit_lines)
-Emit = Callable[[pa.Table, int, list[int] | None], None]
+
+
+class Emit(Protocol):
+    """emit(table, first_line, explicit_lines, nbytes): `nbytes`, the rows' Arrow bytes when the
+    caller measured them already (-1: not measured)."""
+
+    def __call__(
+        self, table: pa.Table, first_line: int, lines: list[int] | None, nbytes: int = -1, /
+    ) -> None: ...
+
+
 Dead = Callable[[list[DeadLetter]], None]
 Position = tuple[int, int]  # (byte offset, line number) where a resumable read continues
 
@@ -65,7 +74,7 @@ def parse_lines(
     tables: Parsed = []
     dead: list[DeadLetter] = []
     reader = JsonLines(
-        source, lambda t, first, lines: tables.append((t, first, lines)), dead.extend, max_record
+        source, lambda t, first, lines, _=-1: tables.append((t, first, lines)), dead.extend, max_record
     )
     reader.block(block, 1, lines)
     return tables, dead
@@ -416,9 +425,11 @@ class Joint:
         except pa.ArrowInvalid:
             table = None
         if table is not None and table.num_rows == sum(counts):
-            offset = 0
+            # Measured once here, each file's slice counting its share by rows: pyarrow's measure
+            # lets go of the GIL, and once a file it held up the batcher (see Chunk.nbytes).
+            size, offset = table.nbytes, 0
             for (reader, _, first_line, _), n in zip(held, counts, strict=True):
-                reader.emit(table.slice(offset, n), first_line, None)
+                reader.emit(table.slice(offset, n), first_line, None, size * n // max(1, table.num_rows))
                 offset += n
             return {}
         failed: dict[object, Exception] = {}

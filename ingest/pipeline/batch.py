@@ -146,8 +146,10 @@ class Batcher:
         """Add rows, splitting the chunk where a batch reaches max_records or max_bytes."""
         full: list[Batch] = []
         table = chunk.unit.table
-        # Once per chunk (it walks every buffer of every column); its slices count pro rata.
-        row_bytes = max(1, chunk.table.nbytes // max(1, chunk.table.num_rows))
+        # Once per chunk (it walks every buffer of every column), unless measured where it was made
+        # (Chunk.nbytes); its slices count pro rata.
+        size = chunk.nbytes if chunk.nbytes >= 0 else chunk.table.nbytes
+        row_bytes = max(1, size // max(1, chunk.table.num_rows))
         while chunk.table.num_rows:
             batch = self.open.get(table)
             if batch is None:

@@ -146,11 +146,14 @@ class SourceUnit:
         """Every row is already in a spooled or uploaded batch: nothing to read again."""
         return self.total is not None and _covered(self.skip, 0, self.total) == self.total
 
-    def chunks(self, table: pa.Table, first_line: int, lines: list[int] | None) -> list[Chunk]:
-        """The next rows read from this unit, minus those already in journaled batches."""
+    def chunks(
+        self, table: pa.Table, first_line: int, lines: list[int] | None, nbytes: int = -1
+    ) -> list[Chunk]:
+        """The next rows read from this unit, minus those already in journaled batches (`nbytes`:
+        the table's Arrow bytes, if measured already)."""
         start, n = self.next_row, table.num_rows
         self.next_row += n
-        whole = Chunk(table, self, first_line, lines, row0=start)
+        whole = Chunk(table, self, first_line, lines, row0=start, nbytes=nbytes)
         if not self.skip or _covered(self.skip, start, start + n) == 0:
             return [whole] if n else []
         out: list[Chunk] = []
@@ -186,6 +189,10 @@ class Chunk:
     first_line: int = 1
     lines: list[int] | None = None  # explicit line per row when rows are not consecutive
     row0: int = 0  # the unit's row number of the first row (see SourceUnit)
+    # The rows' Arrow bytes if measured where they were made (-1: the batcher measures them). Small
+    # files parsed together are slices of one table, measured once for all of them: pyarrow's
+    # measure lets go of the GIL, and once a file it held up the batcher on the event loop.
+    nbytes: int = -1
 
     def line_of(self, row: int) -> int:
         return self.lines[row] if self.lines is not None else self.first_line + row
@@ -193,10 +200,11 @@ class Chunk:
     def slice(self, offset: int, length: int | None = None) -> Chunk:
         table = self.table.slice(offset, length)
         row0 = self.row0 + offset
+        share = -1 if self.nbytes < 0 else self.nbytes * table.num_rows // max(1, self.table.num_rows)
         if self.lines is not None:
             end = len(self.lines) if length is None else offset + length
-            return Chunk(table, self.unit, lines=self.lines[offset:end], row0=row0)
-        return Chunk(table, self.unit, first_line=self.first_line + offset, row0=row0)
+            return Chunk(table, self.unit, lines=self.lines[offset:end], row0=row0, nbytes=share)
+        return Chunk(table, self.unit, first_line=self.first_line + offset, row0=row0, nbytes=share)
 
 
 @dataclass(eq=False)

@@ -103,8 +103,8 @@ def read_into(
     if found.encoding != options.encoding:
         options = replace(options, encoding=found.encoding)
 
-    def chunks(table: pa.Table, first_line: int, lines: list[int] | None) -> None:
-        for chunk in unit.chunks(table, first_line, lines):
+    def chunks(table: pa.Table, first_line: int, lines: list[int] | None, nbytes: int = -1, /) -> None:
+        for chunk in unit.chunks(table, first_line, lines, nbytes):
             emit(chunk)
 
     handle = file_read(unit)

@@ -56,8 +56,8 @@ class StdinSource:
             )
             unit = await units.open_unit(unit)
 
-            def emit(table: pa.Table, first_line: int, lines: list[int] | None) -> None:
-                for chunk in unit.chunks(table, first_line, lines):
+            def emit(table: pa.Table, first_line: int, lines: list[int] | None, nbytes: int = -1, /) -> None:
+                for chunk in unit.chunks(table, first_line, lines, nbytes):
                     anyio.from_thread.run(units.wait_for_room)
                     anyio.from_thread.run(send.send, chunk)
 

@@ -15,11 +15,18 @@ from ingest.parsing.textfields import TextFields
 Emitted = list[tuple[pa.Table, int, list[int] | None]]
 
 
+SIZES: dict[str, list[int]] = {}  # the Arrow bytes each emit said its table holds (-1: not measured)
+
+
 def _reader(name: str, joint: Joint | None, out: dict[str, Emitted], dead: list[DeadLetter]) -> JsonLines:
     emitted: Emitted = out.setdefault(name, [])
-    return JsonLines(
-        name, lambda t, first, lines: emitted.append((t, first, lines)), dead.extend, 1 << 20, joint=joint
-    )
+    sizes = SIZES.setdefault(name, [])
+
+    def emit(t: pa.Table, first: int, lines: list[int] | None, nbytes: int = -1, /) -> None:
+        emitted.append((t, first, lines))
+        sizes.append(nbytes)
+
+    return JsonLines(name, emit, dead.extend, 1 << 20, joint=joint)
 
 
 def _rows(emitted: Emitted) -> list[tuple[int, int]]:
@@ -48,6 +55,7 @@ def test_small_files_parsed_together_give_each_file_its_own_rows_and_lines() -> 
         b"".join(b'{"id": %d, "at": "2024-08-02T10:00:0%dZ"}\n' % (f * 10 + i, i) for i in range(3))
         for f in range(4)
     ]
+    SIZES.clear()
     alone, _, _ = _files(*bodies, joint=None)
     joint = Joint()
     together, dead, tables = _files(*bodies, joint=joint)
@@ -61,6 +69,11 @@ def test_small_files_parsed_together_give_each_file_its_own_rows_and_lines() -> 
     # One parse: every file's rows are a slice of the same Arrow buffer.
     buffers = {t.column("id").chunk(0).buffers()[1].address for v in together.values() for t, _, _ in v}
     assert len(buffers) == 1
+    # measured once, for all: each file is told its share by rows (the batcher need not measure)
+    whole = pa.concat_tables([t for v in together.values() for t, _, _ in v]).combine_chunks().nbytes
+    shares = [n for name in together for n in SIZES[name][-len(together[name]) :]]
+    assert shares == [shares[0]] * 4 and 0 < sum(shares) <= whole + 4
+    assert all(n == -1 for name in alone for n in SIZES[name][: len(alone[name])])
 
 
 def test_a_blank_or_bad_line_in_one_file_makes_every_file_parse_on_its_own() -> None:

@@ -69,6 +69,20 @@ async def test_max_bytes_closes_a_batch() -> None:
 
 
 @pytest.mark.anyio
+async def test_a_chunk_measured_where_it_was_made_counts_that_size_and_its_slices_their_share() -> None:
+    """Small files parsed together are slices of one table, measured once (Chunk.nbytes): the batcher
+    takes that size, not its own measure of each slice, and splits by it."""
+    u = _unit("u")
+    chunk = _chunk(u, 0, 250)
+    chunk.nbytes = 250 * 100  # said to weigh 100 bytes a row (its own measure: 8)
+    batches, _ = await _run(BatchConfig(max_bytes=100 * 100 + CHUNK_COST), [chunk])
+    assert [x.records for x in batches] == [100, 100, 50]
+    assert [x.nbytes for x in batches] == [100 * 100 + CHUNK_COST] * 2 + [50 * 100 + CHUNK_COST]
+    assert [c.nbytes for x in batches for c in x.chunks] == [10_000, 10_000, 5_000]
+    assert [i for x in batches for i in _ids(x)] == list(range(250))
+
+
+@pytest.mark.anyio
 async def test_a_chunk_counts_what_it_costs_besides_its_rows() -> None:
     """Tiny files: each chunk's slice and objects weigh more than its rows' Arrow bytes, and count
     against max_bytes, so a batch of them is bounded by the memory it really holds."""
