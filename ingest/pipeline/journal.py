@@ -179,7 +179,7 @@ class Journal:
         self._tx(
             "accept",
             [
-                *((_INSERT_UNIT, astuple(u)) for u in units),  # UnitRow's fields in column order
+                (_INSERT_UNITS, (_as_json([astuple(u) for u in units]),)),  # (UnitRow: column order)
                 *(("INSERT OR REPLACE INTO requests VALUES (?,?,?,?,?)", astuple(r)) for r in requests),
             ],
         )
@@ -331,7 +331,6 @@ def schema_key(table: str) -> str:
     return "schema" if table == DEFAULT_TABLE else f"schema:{table}"
 
 
-_INSERT_UNIT = "INSERT OR REPLACE INTO units (id, name, fingerprint, path, total) VALUES (?,?,?,?,?)"
 # Many units in one statement, their values as one JSON array: a statement a unit (two, with the
 # spans) cost a bundle of 256 small files 13 ms in the worker, most of it this thread waiting for the
 # GIL after each statement (measured); one statement waits once.
