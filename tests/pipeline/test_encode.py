@@ -251,6 +251,50 @@ def test_a_batch_that_fails_to_write_leaves_no_field_in_the_tables_schema(
     assert pq.read_table(obj.path).column_names == ["id"]
 
 
+def test_a_written_batch_lets_go_of_its_tables_and_a_failed_one_keeps_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The encoder empties the batch's own list of chunks, one at a time (`let_go`): were it left to
+    die with its last holder, 1,000 request bodies would be freed in one go, with the GIL held."""
+    import errno
+
+    from ingest.durable import faults
+
+    enc = _encoder(tmp_path)
+    batch = _batch(*[pa.table({"id": pa.array([i], pa.int64())}) for i in range(50)])
+    chunks = batch.chunks
+    [obj] = enc.encode(batch)
+    assert chunks == [] and batch.chunks == []
+    assert pq.read_table(obj.path).column("id").to_pylist() == list(range(50))
+
+    monkeypatch.setattr(faults, "_full_point", "encode")
+    monkeypatch.setattr(faults, "_full_left", 1)
+    monkeypatch.setattr(faults, "_full_skip", 0)
+    monkeypatch.setattr(faults, "_full_code", errno.ENOSPC)
+    kept = _batch(pa.table({"id": pa.array([7], pa.int64())}))
+    with pytest.raises(OSError):
+        enc.encode(kept)
+    assert [c.table.column("id").to_pylist() for c in kept.chunks] == [[7]]  # kept to be written again
+
+
+def test_let_go_drops_one_reference_at_a_time_the_rest_still_held() -> None:
+    """Each object goes while the list still holds the ones after it: the frees are spread over as
+    many steps as there are objects (the event loop may run between two), not done in one."""
+    seen: list[int] = []
+
+    class Held:
+        def __init__(self, items: list[object]) -> None:
+            self.items = items
+
+        def __del__(self) -> None:
+            seen.append(len(self.items))
+
+    items: list[object] = []
+    items.extend(Held(items) for _ in range(5))
+    encode.let_go(items)
+    assert items == [] and seen == [4, 3, 2, 1, 0]
+
+
 def test_tiny_chunks_of_one_schema_become_one_piece_and_big_ones_are_not_copied() -> None:
     """The files of a bundle (a few rows each) are copied into one piece before the casts and the
     writer (each pays per piece); chunks of SMALL_PIECE rows or more are concatenated without a copy,
