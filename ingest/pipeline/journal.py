@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from dataclasses import astuple, dataclass
 from pathlib import Path
 
+from ingest.config import ConfigError
 from ingest.durable.faults import disk_full_point, journal_delay
 from ingest.layout import DEFAULT_TABLE
 from ingest.sources.base import RequestRow
@@ -99,6 +100,7 @@ class Journal:
             )
         else:
             self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            require_sqlite(self.db)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=FULL")
             self.db.executescript(SCHEMA)
@@ -352,6 +354,24 @@ _UNITS_READ = (  # only units still there (an upsert of each with its own name a
     " JOIN units AS u ON u.id = json_extract(r.value, '$[0]') WHERE true ORDER BY r.key"
     " ON CONFLICT (id) DO UPDATE SET total = excluded.total, fingerprint = excluded.fingerprint"
 )
+
+
+def require_sqlite(db: sqlite3.Connection, version: tuple[int, ...] = sqlite3.sqlite_version_info) -> None:
+    """The journal's statements need SQLite 3.24 (upserts) and its JSON functions: checked once at
+    start, so that an old or stripped-down SQLite is one clear line, not "no such function" at the
+    first batch."""
+    shown = ".".join(map(str, version))
+    try:
+        db.execute("SELECT json_extract(value, '$[0]') FROM json_each('[[1]]')").fetchall()
+        works = version >= (3, 24)
+    except sqlite3.Error:
+        works = False
+    if not works:
+        raise ConfigError(
+            f"the journal needs SQLite 3.24 or later with its JSON functions; this Python's sqlite3 "
+            f"module uses SQLite {shown} without them: run the worker with a Python built against a "
+            "newer SQLite (Debian 10, Ubuntu 20.04 and later have one), or the Docker image"
+        )
 
 
 _OBJECT_COLUMNS = "id, batch_id, kind, file, day, records, size, sha256, state, key, created, tbl, holds"

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from ingest.pipeline.journal import Journal, UnitRow
+from ingest.config import ConfigError
+from ingest.pipeline.journal import Journal, UnitRow, require_sqlite
 
 AWKWARD = [
     'quote " and backslash \\ and newline \n and tab \t',
@@ -90,4 +91,28 @@ def test_a_name_sqlite_cannot_store_fails_and_nothing_of_the_call_is_written(tmp
     with pytest.raises(UnicodeEncodeError):
         sqlite3.connect(":memory:").execute("SELECT ?", (bad,))
     assert journal.units() == []
+    journal.close()
+
+
+def test_an_sqlite_without_json_functions_or_too_old_is_one_clear_config_error(tmp_path: Path) -> None:
+    """An SQLite built without its JSON functions (here: a real one whose authorizer refuses them,
+    which fails the same statement the same way) or older than 3.24 stops the worker at start, with
+    the version and the fix, not at the first batch."""
+    db = sqlite3.connect(tmp_path / "j.db")
+    require_sqlite(db)  # this machine's SQLite has them
+
+    def no_json(action: int, arg1: str | None, arg2: str | None, *_: object) -> int:
+        refused = action == sqlite3.SQLITE_FUNCTION and (arg2 or "").startswith("json")
+        return sqlite3.SQLITE_DENY if refused else sqlite3.SQLITE_OK
+
+    db.set_authorizer(no_json)
+    with pytest.raises(
+        ConfigError, match=r"needs SQLite 3\.24 or later with its JSON functions.*SQLite 3\.4"
+    ):
+        require_sqlite(db, (3, 45, 1))
+    db.set_authorizer(None)
+    with pytest.raises(ConfigError, match=r"uses SQLite 3\.23\.1 without them"):
+        require_sqlite(db, (3, 23, 1))
+    db.close()
+    journal = Journal(tmp_path / "journal.db")  # the journal checks it as it opens: here, it opens
     journal.close()
