@@ -376,7 +376,7 @@ async def run(settings: Settings, once: bool, say: Console, progress: Console | 
                         tg.start_soon(deadline)
 
             tg.start_soon(on_signals)
-            tg.start_soon(client.warm)
+            tg.start_soon(_warm, client, pipeline, once)
             tg.start_soon(_started, pipeline, sources, health)
             if progress is not None:
                 tg.start_soon(_show_progress, pipeline, progress)
@@ -397,6 +397,16 @@ async def run(settings: Settings, once: bool, say: Console, progress: Console | 
         return RunResult(
             pipeline.stats, spool.dead.count, spool.dead.dir, r2.bucket, pending, unreadable, noun, lost
         )
+
+
+async def _warm(client: R2Client, pipeline: Pipeline, once: bool) -> None:
+    """Build the S3 client while the first input is read. A `--once` run builds it only once a
+    source has opened something: one that finds nothing ends without it (its build was 0.25 s of
+    such a run's 0.7 s, measured). Anything uploaded before (a crash's spooled objects) builds it
+    at its first use."""
+    if once:
+        await pipeline.has_input.wait()
+    await client.warm()
 
 
 async def _started(pipeline: Pipeline, sources: list[Source], health: Health) -> None:

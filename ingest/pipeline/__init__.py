@@ -118,6 +118,7 @@ class Pipeline:
         )
         self._intake_done = anyio.Event()
         self.started = anyio.Event()  # recovery done, sources running (systemd READY=1)
+        self.has_input = anyio.Event()  # a source opened a unit: there will be something to upload
         self._tg: TaskGroup | None = None
         self._recorded_problems: dict[str, str] | None = None  # None: not written in this run yet
         self._reader: Journal | None = None  # Idempotency-Key lookups (HTTP source)
@@ -134,6 +135,8 @@ class Pipeline:
         return (await self.open_units([unit]))[0]
 
     async def open_units(self, units: list[SourceUnit]) -> list[SourceUnit]:
+        if units:
+            self.has_input.set()
         return await self.units.open(units)
 
     def resumed(self, prefix: str) -> None:

@@ -86,6 +86,7 @@ class R2Client:
             keep_bodies_as_bytes(s3)
             sign_with_known_digests(s3)
             self.s3 = s3
+            log.debug("s3 client built", endpoint=self.endpoint_url)
 
     async def __aexit__(self, *exc: object) -> None:
         await self._stack.aclose()

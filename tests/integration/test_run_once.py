@@ -53,6 +53,24 @@ def test_fifty_files_become_numbered_objects_without_gaps(job: Job) -> None:
     assert re.fullmatch(r"[0-9a-f-]{36}", meta["batch-id"])
 
 
+def test_a_run_that_finds_nothing_ends_without_building_the_s3_client_and_one_with_input_uploads(
+    job: Job,
+) -> None:
+    """The S3 client (a third of an empty cron run's time) is built once a source opened input."""
+    job.configure(log={"level": "debug"})
+    r = job.run_once()
+    assert r.returncode == 0, r.stderr
+    events = [e.get("event") for e in logs_of(r.stderr)]
+    assert "s3 client built" not in events and job.keys() == []
+    assert "uploaded 0 records" in r.stdout
+
+    write_jsonl(job.inbox / "a.jsonl", _rows(0, 3))
+    r = job.run_once()
+    assert r.returncode == 0, r.stderr
+    assert [e.get("event") for e in logs_of(r.stderr)].count("s3 client built") == 1
+    assert sorted(job.rows(), key=lambda row: int(row["id"])) == _rows(0, 3)  # type: ignore[call-overload]
+
+
 def test_a_big_last_batch_is_encoded_and_uploaded_as_two_halves_rows_exact(job: Job) -> None:
     """The input ends on a full batch (60,000 rows, 26 MB in Arrow): both encoders share it."""
     pad = "x" * 400

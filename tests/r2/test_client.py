@@ -72,7 +72,8 @@ def run(r2: LocalR2, mode: str) -> dict[str, object]:
         timeout=120,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    result: dict[str, object] = json.loads(done.stdout)
+    # The figures are the last line (structlog, not configured here, prints log lines before it).
+    result: dict[str, object] = json.loads(done.stdout.splitlines()[-1])
     return result
 
 
