@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import sqlite3
 from datetime import date
 from pathlib import Path
@@ -185,3 +186,22 @@ def test_the_rows_each_day_object_holds_come_back_from_the_journal_and_an_old_jo
     assert back["o1"].unit_rows() == {again: [(0, 3), (7, 10)]}
     assert back["o1"].batch is back["o2"].batch and again.pending_batches == 1
     spool.close()
+
+
+@pytest.mark.anyio
+async def test_writes_that_work_leave_no_reference_cycles_for_the_collector(tmp_path: Path) -> None:
+    """A write that works takes no retry machinery: tenacity's state was some 36 objects in
+    reference cycles per journal write, most of what the cyclic GC collected in an HTTP run, in
+    passes that stalled the event loop 13-25 ms."""
+    spool = Spool(tmp_path, "w", 10**9)
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(100):
+            await spool.durably("parallel write", lambda: None, serial=False)
+            await spool.durably("journal write", lambda: None)
+        cyclic = gc.collect()
+    finally:
+        gc.enable()
+        spool.close()
+    assert cyclic < 100  # 200 writes: 7,000 and more before
