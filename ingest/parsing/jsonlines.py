@@ -278,9 +278,28 @@ class JsonLines:
             lines = block.count(b"\n") + (0 if block.endswith(b"\n") else 1)
         if table.num_rows == lines:
             self.emit(table, first_line, None)
-        else:  # blank lines were skipped: number the rows explicitly
-            numbers = [first_line + i for i, text in enumerate(block.split(b"\n")) if text.strip()]
-            self.emit(table, first_line, numbers[: table.num_rows])
+            return
+        numbers = _object_lines(block, first_line)
+        if numbers is not None and len(numbers) == table.num_rows:  # only blank lines were skipped
+            self.emit(table, first_line, numbers)
+        else:  # pyarrow read a line as two objects, or one object over lines: not JSON lines
+            _parse_json_slowly(block, first_line, self.source, self.emit, self.dead)
+
+
+def _object_lines(block: bytes, first_line: int) -> list[int] | None:
+    """The numbers of the block's lines that are not blank, if each of those starts with `{` and
+    ends with `}`; else None. pyarrow's reader also takes two objects on one line, and one object
+    over several lines: neither is JSON lines (the per-line path makes them dead letters). No object
+    can span lines that all start with `{` and end with `}` (inside one, a line ending `}` is
+    followed by `,`, `}` or `]`), so then a row per such line is exactly what pyarrow read, when
+    its row count is theirs. Only blocks whose rows are not their line count come here."""
+    numbers = []
+    for i, text in enumerate(block.split(b"\n")):
+        if text := text.strip():
+            if text[0] != 123 or text[-1] != 125:  # { and }
+                return None
+            numbers.append(first_line + i)
+    return numbers
 
 
 def _parse(block: bytes | memoryview, text_fields: TextFields) -> pa.Table | None:

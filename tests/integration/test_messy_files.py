@@ -413,6 +413,24 @@ def test_a_number_no_double_holds_is_a_dead_letter_not_infinity(job: Job, tmp_pa
     assert "1e400" in letters[0]["reason"] and "NaN" in letters[1]["reason"]
 
 
+def test_two_objects_on_one_line_are_a_dead_letter_and_the_file_still_lands(job: Job, tmp_path: Path) -> None:
+    """pyarrow's reader takes `{..} {..}` on one line as two rows. The rows of such a file were numbered
+    with one line number too few, and a later row's dead letter (here 4.5, which the schema's int64
+    cannot hold) failed its batch with an IndexError in every run: the file was never taken. The
+    line is a dead letter, as JSON lines want, and every other row lands or is a dead letter."""
+    (job.inbox / "two-per-line.jsonl").write_bytes(b'{"n": 1} {"n": 2}\n{"n": 3}\n{"n": 4.5}\n')
+    schema = job.dir / "schema.json"
+    schema.write_text('{"n": "int64"}')
+    job.configure(output={"schema_file": str(schema)})
+    r = job.run_once()
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert readable_rows(job, tmp_path) == [{"n": 3}]
+    letters = sorted(job.dead_letters(), key=lambda d: d["line"])
+    assert [(d["line"], d["raw"]) for d in letters] == [(1, '{"n": 1} {"n": 2}'), (3, '{"n": 4.5}')]
+    assert "Extra data" in letters[0]["reason"] and "int64" in letters[1]["reason"]
+    assert not any(job.inbox.glob("*.jsonl"))  # taken and acknowledged
+
+
 def test_columns_keep_the_order_the_input_first_has_them(job: Job, tmp_path: Path) -> None:
     (job.inbox / "order.jsonl").write_bytes(b'{"id": 1, "ts": "2026-01-01T00:00:00Z", "v": 2.5, "s": "x"}\n')
     job.configure()

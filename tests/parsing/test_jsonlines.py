@@ -249,3 +249,28 @@ def test_a_sampled_timestamp_field_with_a_later_value_that_is_not_one_stays_text
     assert table is not None and table.schema.field("ts").type == pa.string()
     assert table.column("ts")[0].as_py() == "2024-08-02T10:00:00+02:00"
     assert table.column("ts")[9000].as_py() == "soon"
+
+
+@pytest.mark.parametrize("plain", [False, True])
+def test_a_line_pyarrow_reads_as_two_objects_or_an_object_over_lines_takes_the_per_line_path(
+    plain: bool,
+) -> None:
+    """pyarrow's reader takes `{..} {..}` on one line as two rows and an object broken over lines as
+    one: a block of them numbered its rows with fewer line numbers than rows, and the encoder's dead
+    letter for the last row then failed the batch on every run (IndexError). Such lines are dead
+    letters, as the per-line path makes them, and every other row keeps its own line."""
+    body = b'{"id": 1} {"id": 2}\n{"id": 3}\n\n{"id":\n4}\n{"id": 5}\n'
+    for piece in (16, 1 << 20):
+        rows, dead, (offset, line) = _read(body, plain=plain, piece=piece, settled=True, max_record=1 << 20)
+        assert rows == [(3, 2), (5, 6)], piece
+        assert [d for d, _ in dead] == [1, 4, 5], piece
+        assert (offset, line) == (len(body), 7)
+    tables, letters = jsonlines.parse_lines(body, "body")
+    assert [(t.column("id").to_pylist(), first, lines) for t, first, lines in tables] == [([3, 5], 1, [2, 6])]
+    assert [(d.line, d.raw) for d in letters] == [(1, b'{"id": 1} {"id": 2}'), (4, b'{"id":'), (5, b"4}")]
+
+
+def test_blank_lines_alone_keep_the_fast_parse_and_number_each_row_by_its_line() -> None:
+    tables, letters = jsonlines.parse_lines(b'{"id": 1}\n\n  \n{"id": 2}\n', "body")
+    assert letters == []
+    assert [(t.column("id").to_pylist(), lines) for t, _, lines in tables] == [([1, 2], [1, 4])]
