@@ -1,13 +1,18 @@
 """Request bodies that wait for a parse are parsed together.
 
 A body's parse has a fixed cost (pyarrow's reader starting, the sample of lines, the timestamp
-rules) that is half of it for a 1,000-record body. Up to `lanes` parses run at once, each in a thread;
-a request whose body is waiting when a lane is free takes the oldest waiting body and the others
-waiting for its table (up to GROUP_BODIES and GROUP_BYTES, as sent) into one thread call, and
-`bodies.records_together` parses their JSON lines in one pyarrow call when that gives each body
-exactly its own rows. Nobody waits for a group to fill: when requests come one at a time, each body
-is parsed alone, at once, as before; when they come faster than they are parsed, the ones that
-queued share a parse.
+rules) that is half of it for a 1,000-record body. One parse runs at a time, in a thread (pyarrow's
+reader spreads one over every core); a request whose body is waiting when the parse is free takes the
+oldest waiting body and the others waiting for its table (up to GROUP_BODIES and GROUP_BYTES, as
+sent) into one thread call, and `bodies.records_together` parses their JSON lines in one pyarrow
+call when that gives each body exactly its own rows. Nobody waits for a group to fill: when requests
+come one at a time, each body is parsed alone, at once; when they come faster than they are parsed,
+the ones that queued share a parse. A big body (BIG_BODY) never holds the others: while every parse
+running holds one, another starts, up to `lanes` at once.
+
+One parse at a time, not one a core: with two, the bodies of a busy minute were mostly parsed alone
+(a lane was free as each came), at the whole fixed cost each, and two parses beside a batch's encode
+left the event loop less of the cores (measured in docs/performance.md).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from ingest.sources.http.bodies import Media, Records, decompress, records_toget
 
 GROUP_BODIES = 8  # measured: 1,000-record bodies cost 4.8 ms alone, 3.0 by 4, 2.5 by 8, 2.7 by 16
 GROUP_BYTES = 8 << 20
+BIG_BODY = 1 << 20  # a body whose parse would hold others' for about 10 ms or more
 
 
 @dataclass(eq=False)
@@ -45,7 +51,8 @@ class Parses:
         self.lanes = lanes
         self._waiting: list[_Body] = []
         self._busy = 0
-        self._free = anyio.Event()
+        self._holding = 0  # parses running that hold a big body
+        self._free = anyio.Event()  # set when a parse ends or a big one starts
 
     async def records(self, body: bytes, media: Media, encoding: str, source: str, table: str) -> Records:
         """The body's records (decompressed and parsed in a thread), or the error its parse raises.
@@ -54,7 +61,7 @@ class Parses:
         self._waiting.append(job)
         try:
             while not job.taken:
-                if self._busy < self.lanes:
+                if self._busy == 0 or (self._busy < self.lanes and self._holding == self._busy):
                     await self._lead()
                 else:
                     await self._free.wait()
@@ -81,7 +88,11 @@ class Parses:
         for job in group:
             job.taken = True
             self._waiting.remove(job)
+        big = any(_parsed_size(job) >= BIG_BODY for job in group)
         self._busy += 1
+        self._holding += big
+        if big:  # the bodies waiting behind it may take another lane
+            self._wake()
         metrics.HTTP_PARSES.labels(self.name).inc()
         try:
             await anyio.to_thread.run_sync(self._parse, group)
@@ -90,12 +101,16 @@ class Parses:
                 job.error = job.error or exc
         finally:
             self._busy -= 1
+            self._holding -= big
             for job in group:
                 if job.result is None and job.error is None:
                     job.error = RuntimeError("the body's parse did not finish")
                 job.done.set()
-            self._free.set()
-            self._free = anyio.Event()
+            self._wake()
+
+    def _wake(self) -> None:
+        self._free.set()
+        self._free = anyio.Event()
 
     def _parse(self, group: list[_Body]) -> None:
         plain: list[_Body] = []
@@ -113,3 +128,8 @@ class Parses:
                 job.error = out
             else:
                 job.result = out
+
+
+def _parsed_size(job: _Body) -> int:
+    """About how many bytes the body's parse reads: compressed JSON is taken at 8 times its size."""
+    return len(job.body) if job.encoding in ("", "identity") else 8 * len(job.body)

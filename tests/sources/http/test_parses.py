@@ -13,7 +13,7 @@ import pytest
 
 from ingest.parsing.jsonlines import parse_joint, parse_lines
 from ingest.sources.http.bodies import BodyError, Media, Records, records, records_together
-from ingest.sources.http.parses import GROUP_BODIES, Parses
+from ingest.sources.http.parses import BIG_BODY, GROUP_BODIES, Parses
 
 MAX = 1 << 20
 
@@ -237,3 +237,61 @@ async def test_a_body_comes_alone_when_nothing_waits_and_a_cancelled_wait_leaves
         await anyio.sleep(0.05)
         gate.set()
     assert results == [5, 5] and slow.groups == [1, 1]
+
+
+class _Held(_Counted):
+    """Counted parses, each held in its thread until `gate` is set; `started` lists each group's
+    first source as it starts."""
+
+    def __init__(self, lanes: int) -> None:
+        super().__init__(lanes)
+        self.gate = anyio.Event()
+        self.started: list[str] = []
+
+    def _parse(self, group: list[Any]) -> None:
+        self.started.append(group[0].source)
+        anyio.from_thread.run(self.gate.wait)
+        super()._parse(group)
+
+
+@pytest.mark.anyio
+async def test_small_bodies_wait_for_the_running_parse_and_share_the_next_one() -> None:
+    """Two lanes: small bodies that come while one is parsed do not take the second lane (each
+    would pay the whole fixed cost alone, beside the first); they queue and share the next parse."""
+    parses = _Held(lanes=2)
+    rows: list[int] = []
+
+    async def send(i: int) -> None:
+        rows.append((await parses.records(_events(i * 10, 10), "ndjson", "identity", f"r{i}", "t")).rows)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(send, 0)
+        await anyio.sleep(0.05)
+        for i in range(1, 5):
+            tg.start_soon(send, i)
+        await anyio.sleep(0.1)
+        assert parses.started == ["r0"]  # the others wait: no second parse beside a small one
+        parses.gate.set()
+    assert parses.groups == [1, 4] and rows == [10] * 5
+
+
+@pytest.mark.anyio
+async def test_a_big_body_never_holds_the_small_ones_behind_it() -> None:
+    """While the only parse running holds a big body, a small body takes the second lane at once."""
+    parses = _Held(lanes=2)
+    big = _events(0, 9_000)
+    assert len(big) >= BIG_BODY
+    answered: list[str] = []
+
+    async def send(name: str, body: bytes) -> None:
+        await parses.records(body, "ndjson", "identity", name, "t")
+        answered.append(name)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(send, "big", big)
+        await anyio.sleep(0.05)
+        tg.start_soon(send, "small", _events(9_000, 10))
+        await anyio.sleep(0.1)
+        assert parses.started == ["big", "small"]  # the small one started beside the big one
+        parses.gate.set()
+    assert sorted(answered) == ["big", "small"] and parses.groups == [1, 1]
