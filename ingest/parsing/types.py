@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import pyarrow as pa
@@ -63,22 +64,28 @@ def _temporal_anywhere(col: pa.ChunkedArray) -> pa.ChunkedArray | None:
 
 def _nested_text(t: pa.DataType) -> bool:
     """Does a value of type `t` hold text inside an object or list?"""
+    return _nested(t, pa.types.is_string)
+
+
+def _nested(t: pa.DataType, kind: Callable[[pa.DataType], bool]) -> bool:
+    """Does a value of type `t` hold values of a `kind` type inside an object or list?"""
     if pa.types.is_struct(t):
-        return any(pa.types.is_string(f.type) or _nested_text(f.type) for f in t)
+        return any(kind(f.type) or _nested(f.type, kind) for f in t)
     if pa.types.is_list(t) or pa.types.is_large_list(t):
-        return pa.types.is_string(t.value_type) or _nested_text(t.value_type)
+        return kind(t.value_type) or _nested(t.value_type, kind)
     return False
 
 
-def _leaves(arr: pa.Array) -> list[pa.Array]:
-    """The string arrays inside a nested array (struct children, list items), however deep."""
+def _leaves(arr: pa.Array, kind: Callable[[pa.DataType], bool] = pa.types.is_string) -> list[pa.Array]:
+    """The arrays of a `kind` type (text unless told) inside a nested array (struct children, list
+    items), however deep."""
     t = arr.type
-    if pa.types.is_string(t):
+    if kind(t):
         return [arr]
     if pa.types.is_struct(t):
-        return [leaf for child in arr.flatten() for leaf in _leaves(child)]  # (with the rows' nulls)
+        return [leaf for child in arr.flatten() for leaf in _leaves(child, kind)]  # (with the rows' nulls)
     if pa.types.is_list(t) or pa.types.is_large_list(t):
-        return _leaves(arr.flatten())
+        return _leaves(arr.flatten(), kind)
     return []
 
 
@@ -141,16 +148,27 @@ def _temporal_inside(arr: pa.Array) -> pa.Array | None:
 
 
 def lossy_doubles(table: pa.Table) -> list[str]:
-    """Double columns holding integers a double cannot hold exactly (JSON integers past int64 that
-    the reader turned into doubles): their block must be parsed again, exactly."""
+    """Columns holding, at any depth (a list's items, an object's fields), doubles past 2**53: such a
+    double may be a JSON integer the reader could not hold (past int64, or beside fractions in one
+    field), so the block must be parsed again, exactly."""
     out = []
     for f, col in zip(table.schema, table.columns, strict=True):
-        if not pa.types.is_floating(f.type) or col.null_count == len(col):
+        if col.null_count == len(col):
             continue
-        biggest = pc.max(pc.abs(col)).as_py()
-        if biggest is not None and biggest >= SAFE_INT:
+        if pa.types.is_floating(f.type):
+            leaves: list[pa.Array] = list(col.chunks)
+        elif _nested(f.type, pa.types.is_floating):
+            leaves = [leaf for chunk in col.chunks for leaf in _leaves(chunk, pa.types.is_floating)]
+        else:
+            continue
+        if any(_past_safe(leaf) for leaf in leaves):
             out.append(f.name)
     return out
+
+
+def _past_safe(doubles: pa.Array) -> bool:
+    biggest = pc.max(pc.abs(doubles)).as_py()
+    return biggest is not None and biggest >= SAFE_INT
 
 
 def _map_strings(table: pa.Table, convert: Any) -> pa.Table:

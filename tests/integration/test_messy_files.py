@@ -413,6 +413,24 @@ def test_a_number_no_double_holds_is_a_dead_letter_not_infinity(job: Job, tmp_pa
     assert "1e400" in letters[0]["reason"] and "NaN" in letters[1]["reason"]
 
 
+def test_big_integers_inside_lists_and_objects_land_with_every_digit(job: Job, tmp_path: Path) -> None:
+    """An id past 2**53 inside an object, and one beside a fraction in a list: pyarrow's reader made
+    them doubles (9007199254740993 landed as 9007199254740992.0). They land exactly (as the JSON
+    text of their field), and the object opens in DuckDB and polars."""
+    (job.inbox / "nested-ids.jsonl").write_bytes(
+        b'{"id": 1, "refs": [9223372036854775808], "user": {"id": 9007199254740993}}\n'
+        b'{"id": 2, "refs": [0.5, 9007199254740993], "user": {"id": 7}}\n'
+    )
+    job.configure()
+    r = job.run_once()
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = sorted(readable_rows(job, tmp_path), key=lambda x: x["id"])
+    assert [x["id"] for x in rows] == [1, 2] and job.dead_letters() == []
+    text = json.dumps(rows)
+    assert "9223372036854775808" in text and text.count("9007199254740993") == 2
+    assert "9007199254740992" not in text and "e+18" not in text
+
+
 def test_two_objects_on_one_line_are_a_dead_letter_and_the_file_still_lands(job: Job, tmp_path: Path) -> None:
     """pyarrow's reader takes `{..} {..}` on one line as two rows. The rows of such a file were numbered
     with one line number too few, and a later row's dead letter (here 4.5, which the schema's int64

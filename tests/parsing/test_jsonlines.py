@@ -274,3 +274,27 @@ def test_blank_lines_alone_keep_the_fast_parse_and_number_each_row_by_its_line()
     tables, letters = jsonlines.parse_lines(b'{"id": 1}\n\n  \n{"id": 2}\n', "body")
     assert letters == []
     assert [(t.column("id").to_pylist(), lines) for t, _, lines in tables] == [([1, 2], [1, 4])]
+
+
+def test_integers_past_two_to_the_53_inside_lists_and_objects_keep_every_digit() -> None:
+    """pyarrow's reader turns an integer past int64 into a double, and an integer beside fractions
+    in one list into a double too: inside a list or an object that changed the value
+    (9007199254740993 became 9007199254740992.0). Only top-level columns were checked; now every
+    depth is, and such a block keeps its values exactly, as the per-line path does."""
+    body = (
+        b'{"id": 1, "a": [9223372036854775808], "b": {"c": 9007199254740993}}\n'
+        b'{"id": 2, "a": [1.5, 9007199254740993], "b": {"c": 1}}\n'
+    )
+    tables, dead = jsonlines.parse_lines(body, "body")
+    assert dead == []
+    rows = [row for table, _, _ in tables for row in table.to_pylist()]
+    text = json.dumps(rows)
+    assert "9223372036854775808" in text and "9007199254740993" in text
+    assert "e+18" not in text and "9007199254740992" not in text
+    # what the per-line path gives (the reference for exact values): the same rows
+    slow: list[tuple[pa.Table, int, list[int] | None]] = []
+    jsonlines._parse_json_slowly(body, 1, "body", lambda t, f, n, _=-1: slow.append((t, f, n)), dead.extend)
+    assert [r for t, _, _ in slow for r in t.to_pylist()] == rows
+    # a nested double within 2**53 is no reason to leave the fast path
+    small = b'{"a": [1.5, 2], "b": {"c": 0.25}}\n'
+    assert _parse(small, set()) is not None
