@@ -33,10 +33,9 @@ def first_row_end(data: bytes | bytearray, quote: bytes, newline: bytes = b"\n")
 
 
 class LongRows(io.RawIOBase):
-    def __init__(self, raw: Any, limit: int, quote: str, header: bool, on_long: OnLong) -> None:
+    def __init__(self, raw: Any, limit: int, quote: str, on_long: OnLong) -> None:
         self.raw = raw
         self.limit = limit
-        self._header = header  # the first row names the columns: passed whole, never a dead letter
         self.quote = quote.encode() if quote else b""
         self.on_long = on_long
         self.line = 1  # the line the next row starts on
@@ -71,16 +70,6 @@ class LongRows(io.RawIOBase):
         return piece
 
     def _next(self) -> None:
-        if self._header:
-            self._header = False
-            while (
-                (end := first_row_end(self._buf, self.quote, self.newline)) == 0
-                and not self._eof
-                and len(self._buf) < HEADER_LIMIT
-            ):
-                self._buf += self._read()
-            self._emit(end or len(self._buf))
-            return
         while len(self._buf) < self.limit and not self._eof:
             self._buf += self._read()
         if self._eof and len(self._buf) <= self.limit:

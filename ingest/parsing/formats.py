@@ -129,8 +129,12 @@ def read_file(
             reader.dead_stream = dead_stream
             offset, line = reader.read(stream, start[1], settled)
             return start[0] + offset, line
-        names = _csv_header(path, compression, options)
-        _read_csv(stream, names, source, emit, dead, options, max_record, dead_stream)
+        with open_text(path, compression, encoding) as head:
+            header = _find_header(lambda: head.read(COMPRESSED_PIECE), options)
+        skip = header.skip
+        while skip and (skipped := len(stream.read(min(skip, COMPRESSED_PIECE)))):
+            skip -= skipped  # the header row and any blank lines before it
+        _read_csv(stream, header.names, source, emit, dead, options, max_record, dead_stream, header.lead)
         return (0, 1)
 
 
@@ -303,10 +307,10 @@ def read_stream(
 ) -> None:
     """Read a stream that cannot be read twice (standard input) to its end: JSON lines or CSV."""
     if fmt == "csv":
-        first = raw.readline() if options.header else b""
-        names = _csv_names(first, options) if options.header else list(options.columns)
-        stream = io.BufferedReader(_Prefixed(first, raw), PIECE)
-        _read_csv(stream, names, source, emit, dead, options, max_record, dead_stream)
+        read = getattr(raw, "read1", raw.read)  # what has come, not a whole piece: stdin may be slow
+        header = _find_header(lambda: read(PIECE), options)
+        stream = io.BufferedReader(_Prefixed(header.rest, raw), PIECE)
+        _read_csv(stream, header.names, source, emit, dead, options, max_record, dead_stream, header.lead)
         return
     if fmt != "jsonl":
         raise ValueError(f"format {fmt!r} cannot be read from a stream; use jsonl or csv")
@@ -388,17 +392,20 @@ def _read_csv(
     options: TextOptions,
     max_record: int = DEFAULT_MAX_RECORD,
     dead_stream: DeadStream | None = None,
+    lead: int = 0,
 ) -> None:
     """Stream CSV rows as text columns (typed later by ingest.parsing.types, so `01234` stays
     `01234`). Cells are read as bytes: a row that is not UTF-8 is a dead letter with its bytes, the
     rest land. A row longer than `max_record` is a dead letter too (csvrows.py), streamed into
     `dead_stream` when given. A read that fails midway (truncated compression) raises Unreadable:
-    the rows before it are taken, the input is kept."""
+    the rows before it are taken, the input is kept. `stream` starts at the first data row, after
+    `lead` lines (the header row and any blank lines before it: see `_find_header`)."""
     invalid: list[DeadLetter] = []
     skipped: list[int] = []  # line numbers of ragged or long rows, which pyarrow never sees
-    first_line = 2 if options.header else 1
+    first_line = lead + 1
 
     def on_long(line: int, pieces: Iterator[bytes]) -> None:
+        line += lead
         skipped.append(line)
 
         def reason(size: int) -> str:
@@ -415,11 +422,11 @@ def _read_csv(
 
     limit = max(min(max_record, READ_BLOCK - 2 * PIECE), 1)  # rows pyarrow's block always holds
     stream = pa.PythonFile(
-        io.BufferedReader(LongRows(stream, limit, options.quote, options.header, on_long), PIECE), mode="r"
+        io.BufferedReader(LongRows(stream, limit, options.quote, on_long), PIECE), mode="r"
     )
 
     def on_invalid(row: Any) -> str:
-        line = row.number if row.number is not None else None
+        line = row.number + lead if row.number is not None else None
         reason = f"expected {row.expected_columns} columns, got {row.actual_columns}"
         invalid.append(DeadLetter(source, line, reason, row.text))
         if line is not None:
@@ -453,8 +460,7 @@ def _read_csv(
         newlines_in_values=True,
         invalid_row_handler=on_invalid,
     )
-    skip = 1 if options.header else 0  # the header row was read apart (`_csv_names`)
-    read = pcsv.ReadOptions(block_size=READ_BLOCK, use_threads=False, column_names=names, skip_rows=skip)
+    read = pcsv.ReadOptions(block_size=READ_BLOCK, use_threads=False, column_names=names)
     convert = pcsv.ConvertOptions(
         column_types=dict.fromkeys(names, pa.binary()),
         strings_can_be_null=bool(options.null_values),
@@ -502,18 +508,46 @@ def _as_text(table: pa.Table, delimiter: bytes) -> tuple[pa.Table, dict[int, tup
     return pa.table(columns, names=table.column_names), bad
 
 
-def _csv_header(path: Path, compression: str | None, options: TextOptions) -> list[str] | None:
-    """The column names (the header row, or the configured ones); None for an empty file."""
+@dataclass
+class _Header:
+    names: list[str] | None  # None: the input is empty (or blank)
+    skip: int  # bytes before the first data row: the header row and blank lines before it
+    lead: int  # lines before the first data row
+    rest: bytes  # bytes read past the header row
+
+
+def _find_header(more: Callable[[], bytes], options: TextOptions) -> _Header:
+    """The column names (the header row, or the configured ones), reading from the input's start
+    with `more` (b"": the end). The header row is the first row that is not blank: a blank first
+    line taken for it made every row of a file vanish (an empty header is an empty input). A quoted
+    name may hold a newline; rows may end with CR alone (old Mac files)."""
     if not options.header:
-        return list(options.columns)
-    with open_text(path, compression, options.encoding) as stream:
-        head = stream.read(COMPRESSED_PIECE)
-        while not (end := first_row_end(head, options.quote.encode())) and len(head) < HEADER_LIMIT:
-            more = stream.read(COMPRESSED_PIECE)
-            if not more:
+        return _Header(list(options.columns), 0, 0, b"")
+    quote = options.quote.encode()
+    data, offset, blank, newline, end, eof = b"", 0, 0, b"", 0, False
+    while True:
+        if not newline:  # (a CR at the very end may be the first half of CRLF)
+            if b"\n" in data:
+                newline = b"\n"
+            elif b"\r" in data[:-1] or (eof and b"\r" in data):
+                newline = b"\r"
+        if newline:
+            start = 0
+            while (nl := data.find(newline, start)) >= 0 and not data[start:nl].strip():
+                start, blank = nl + 1, blank + 1
+            data, offset = data[start:], offset + start
+            if end := first_row_end(data, quote, newline):
                 break
-            head += more
-    return _csv_names(head[:end] if end else head, options)
+        if eof:
+            break
+        if len(data) >= HEADER_LIMIT:
+            raise Unreadable(f"the CSV header row has no end within {HEADER_LIMIT >> 20} MiB")
+        piece = more()
+        eof = not piece
+        data += piece
+    row = data[:end] if end else data
+    lines = row.count(newline) if newline else 0
+    return _Header(_csv_names(row, options), offset + len(row), blank + lines, data[len(row) :])
 
 
 def _csv_lines(first: int, n: int, skipped: list[int], first_line: int = 2) -> list[int]:

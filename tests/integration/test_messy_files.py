@@ -497,6 +497,23 @@ def test_a_file_dated_in_the_future_is_read_and_acknowledged_in_one_run(job: Job
     assert not path.exists()
 
 
+def test_a_csv_with_blank_lines_before_its_header_and_an_old_mac_csv_land_whole(
+    job: Job, tmp_path: Path
+) -> None:
+    """A blank first line was taken for the header: the file read as empty and was acknowledged,
+    its rows gone. An old Mac CSV (CR line ends, Excel's "CSV (Macintosh)") was kept for ever as
+    unreadable. Both land whole; the ragged row is a dead letter with its own line."""
+    (job.inbox / "blank-first.csv").write_bytes(b"\r\n\r\nid,name\r\n1,a\r\n2\r\n3,c\r\n")
+    (job.inbox / "mac.csv").write_bytes(b"id,name\r4,d\r5,e\r")
+    job.configure()
+    r = job.run_once()
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    rows = sorted(readable_rows(job, tmp_path), key=lambda x: x["id"])
+    assert rows == [{"id": i, "name": n} for i, n in [(1, "a"), (3, "c"), (4, "d"), (5, "e")]]
+    assert [(d["source"], d["line"], d["raw"]) for d in job.dead_letters()] == [("blank-first.csv", 5, "2")]
+    assert not any(job.inbox.glob("*.csv"))
+
+
 def test_csv_dialects_people_need(job: Job, tmp_path: Path) -> None:
     (job.inbox / "eu.csv").write_text("id;price;note\n1;12,5;'a;b'\n2;NULL;\n")
     job.configure(sources={"delimiter": ";", "quote": "'", "null_values": ["NULL"]})

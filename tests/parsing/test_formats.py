@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import gzip
+import io
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +104,84 @@ def test_csv_ragged_rows_are_dead_letters(tmp_path: Path) -> None:
     assert [(d.line, d.raw) for d in dead] == [(3, "2"), (5, "4,d,extra")]
     # Rows after a skipped row keep their real line numbers.
     assert _rows_and_lines(chunks) == [(1, 2), (3, 4), (5, 6)]
+
+
+BLANK_FIRST = b"\n\r\n  \nid,name\n1,a\n2\n3,c\n"  # the header on line 4
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_blank_lines_before_a_csv_header_are_skipped_and_every_row_lands(
+    tmp_path: Path, compressed: bool
+) -> None:
+    """A blank first line was taken for the header: the file read as empty, and it was acknowledged
+    with none of its rows. The header is the first row that is not blank; lines keep their numbers."""
+    p = tmp_path / ("a.csv.gz" if compressed else "a.csv")
+    p.write_bytes(gzip.compress(BLANK_FIRST) if compressed else BLANK_FIRST)
+    chunks, dead = _read(p)
+    assert _rows_and_lines(chunks) == [(1, 5), (3, 7)]
+    assert [(d.line, d.raw) for d in dead] == [(6, "2")]
+
+
+def _stdin_csv(data: bytes) -> tuple[list[tuple[dict[str, object], int]], list[DeadLetter]]:
+    rows: list[tuple[dict[str, object], int]] = []
+    dead: list[DeadLetter] = []
+
+    def emit(table: pa.Table, first: int, lines: list[int] | None) -> None:
+        numbers = lines or [first + i for i in range(table.num_rows)]
+        rows.extend(zip(table.to_pylist(), numbers, strict=True))
+
+    formats.read_stream(io.BytesIO(data), "csv", "stdin", emit, dead.extend, 1 << 20)
+    return rows, dead
+
+
+@pytest.mark.parametrize(
+    ("data", "names", "lines"),
+    [
+        (BLANK_FIRST, ["id", "name"], [5, 6, 7]),
+        (b'\nid,"first\nname"\n1,a\n2\n3,c\n', ["id", "first\nname"], [4, 5, 6]),
+        (b"\r\rid,name\r1,a\r2\r3,c\r", ["id", "name"], [4, 5, 6]),
+    ],
+)
+def test_standard_input_csv_skips_blank_lines_before_its_header_and_keeps_a_quoted_one_whole(
+    data: bytes, names: list[str], lines: list[int]
+) -> None:
+    """The same for standard input, whose rows would have been lost for good; a header cell holding
+    a newline (quoted) is one header row, not two; rows may end with CR alone."""
+    rows, dead = _stdin_csv(data)
+    assert [list(r) for r, _ in rows] == [names, names]
+    assert [r[names[0]] for r, _ in rows] == [1, 3]
+    assert [(d.line, d.raw) for d in dead] == [(lines[1], "2")]
+    assert [n for _, n in rows] == [lines[0], lines[2]]
+
+
+def test_old_mac_csv_with_cr_line_ends_is_read_with_its_header(tmp_path: Path) -> None:
+    """Excel's "CSV (Macintosh)" ends rows with CR alone: the header row could not be found (the
+    file was kept for ever as unreadable). Rows, header and line numbers are read as with LF."""
+    p = tmp_path / "mac.csv"
+    p.write_bytes(b"\rid,name\r1,a\r2\r3,c\r")
+    chunks, dead = _read(p)
+    assert _rows_and_lines(chunks) == [(1, 3), (3, 5)]
+    assert [(d.line, d.raw) for d in dead] == [(4, "2")]
+
+
+def test_a_csv_header_longer_than_max_record_bytes_and_one_with_a_quoted_newline(tmp_path: Path) -> None:
+    """The header row is read apart (up to 16 MiB): it is never a dead letter, however long, and a
+    quoted name holding a newline is one row."""
+    names = [f"a_rather_long_column_name_number_{i:05d}" for i in range(20_000)]  # 0.8 MB
+    header = ",".join(names).encode() + b"\n"
+    row = b",".join(b"7" for _ in names) + b"\n"
+    p = tmp_path / "wide.csv"
+    p.write_bytes(header + row + row)
+    chunks, dead = _read(p, max_record=64 << 10)
+    assert dead == [] and [len(r) for t, _ in chunks for r in t] == [20_000, 20_000]
+    q = tmp_path / "quoted.csv"
+    q.write_bytes(b'id,"first\nname"\n1,a\n3,c\n')
+    chunks, dead = _read(q)
+    assert dead == [] and [r for t, _ in chunks for r in t] == [
+        {"id": 1, "first\nname": "a"},
+        {"id": 3, "first\nname": "c"},
+    ]
+    assert _rows_and_lines(chunks) == [(1, 3), (3, 4)]
 
 
 @pytest.mark.parametrize("block", [64, 1 << 20])
