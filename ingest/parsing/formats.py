@@ -215,13 +215,15 @@ def _read_document(
 
 
 def _elements(text: str) -> list[tuple[Any, int]]:
-    """(value, line it starts on) of each element of a top-level array, or of the one value."""
-    return [(value, line) for value, line, _, _ in iter_elements(text)]
+    """(value, line it starts on) of each element of a top-level array, or of each top-level value
+    (one object, or objects one after another as `jq` prints them)."""
+    return [(value, line) for value, line, _, _ in iter_elements(text, sequence=True)]
 
 
-def iter_elements(text: str) -> Iterator[tuple[Any, int, int, int]]:
+def iter_elements(text: str, sequence: bool = False) -> Iterator[tuple[Any, int, int, int]]:
     """(value, line it starts on, start, end offsets in `text`) of each element of a top-level JSON
-    array, or of the one value, one at a time: a caller that keeps only the text of each holds one
+    array, or of the one value (`sequence`: of each of the values that follow one another, like
+    `jq`'s pretty-printed output), one at a time: a caller that keeps only the text of each holds one
     value at a time. Raises json.JSONDecodeError (RecursionError past Python's nesting limit)."""
     pos, line, counted = _skip_space(text, 0), 1, 0
 
@@ -234,6 +236,9 @@ def iter_elements(text: str) -> Iterator[tuple[Any, int, int, int]]:
     if not text.startswith("[", pos):
         value, end = DECODER.raw_decode(text, pos)
         yield value, line_at(pos), pos, end
+        while sequence and (pos := _skip_space(text, end)) < len(text):
+            value, end = DECODER.raw_decode(text, pos)
+            yield value, line_at(pos), pos, end
     else:
         pos = _skip_space(text, pos + 1)
         end = pos + 1 if text.startswith("]", pos) else -1

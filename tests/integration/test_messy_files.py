@@ -514,6 +514,18 @@ def test_a_csv_with_blank_lines_before_its_header_and_an_old_mac_csv_land_whole(
     assert not any(job.inbox.glob("*.csv"))
 
 
+def test_a_json_file_as_jq_prints_it_lands_one_row_per_object(job: Job, tmp_path: Path) -> None:
+    """`jq . events.json > out.json`: objects one after another, each over several lines. The file
+    was refused whole and kept for ever; each object is now a row."""
+    objects = [{"id": i, "user": {"name": f"u{i}"}, "tags": ["a"] * i} for i in range(3)]
+    (job.inbox / "out.json").write_text("".join(json.dumps(o, indent=2) + "\n" for o in objects))
+    job.configure()
+    r = job.run_once()
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert sorted(readable_rows(job, tmp_path), key=lambda x: x["id"]) == objects
+    assert job.dead_letters() == [] and not (job.inbox / "out.json").exists()
+
+
 def test_csv_dialects_people_need(job: Job, tmp_path: Path) -> None:
     (job.inbox / "eu.csv").write_text("id;price;note\n1;12,5;'a;b'\n2;NULL;\n")
     job.configure(sources={"delimiter": ";", "quote": "'", "null_values": ["NULL"]})

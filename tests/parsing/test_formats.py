@@ -184,6 +184,23 @@ def test_a_csv_header_longer_than_max_record_bytes_and_one_with_a_quoted_newline
     assert _rows_and_lines(chunks) == [(1, 3), (3, 4)]
 
 
+def test_a_json_file_of_objects_one_after_another_as_jq_prints_them(tmp_path: Path) -> None:
+    """`jq . events.json` prints each object over several lines, one after another: not one JSON
+    document, and not JSON lines. It was refused whole ("extra data after the document") and kept
+    for ever; each object is now a row, numbered by its first line. One that does not parse still
+    refuses the whole file, and an array followed by another stays refused."""
+    p = tmp_path / "jq.json"
+    p.write_text('{\n  "id": 1,\n  "tags": ["a"]\n}\n{\n  "id": 2,\n  "tags": []\n}\n7\n')
+    chunks, dead = _read(p)
+    assert [r for t, _ in chunks for r in t] == [{"id": 1, "tags": ["a"]}, {"id": 2, "tags": []}]
+    assert _rows_and_lines(chunks) == [(1, 1), (2, 5)]
+    assert [(d.line, d.raw) for d in dead] == [(9, b"7")]  # not an object: a dead letter
+    for broken in ('{\n  "id": 1\n}\n{\n  "id":\n', '[{"id": 1}]\n[{"id": 2}]\n'):
+        p.write_text(broken)
+        with pytest.raises(pa.ArrowInvalid, match="nothing of it was ingested"):
+            _read(p)
+
+
 @pytest.mark.parametrize("block", [64, 1 << 20])
 def test_lines_over_max_record_bytes_are_dead_letters_and_the_rest_is_read(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, block: int
