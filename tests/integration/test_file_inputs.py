@@ -8,6 +8,7 @@ import ctypes
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -233,6 +234,33 @@ def test_symlinks_are_skipped_with_a_warning_when_not_followed(job: Job, tmp_pat
     assert _ids(job) == [0, 1]
     assert os.path.lexists(job.inbox / "c.jsonl")
     assert any(e["event"].startswith("symlink skipped; set follow_symlinks") for e in logs_of(r.stderr))
+
+
+def test_a_fifo_a_socket_and_a_link_to_a_device_are_skipped_and_the_run_ends(job: Job) -> None:
+    """A named pipe in the inbox: opening it waits for a writer for ever, and a link to /dev/zero is
+    never read to its end. Either one hung `--once` (a cron job that never ends) and, in a daemon,
+    every file behind it. They are skipped with one warning each; the files beside them land."""
+    write_jsonl(job.inbox / "a.jsonl", _rows(0, 2))
+    (job.inbox / "sub").mkdir()
+    write_jsonl(job.inbox / "sub" / "b.jsonl", _rows(2, 1))
+    os.mkfifo(job.inbox / "pipe.jsonl")
+    os.symlink("/dev/zero", job.inbox / "sub" / "zero.jsonl")
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(job.inbox / "sock.jsonl"))
+    try:
+        job.configure()
+        r = job.run_once(timeout=60)
+    finally:
+        sock.close()
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert _ids(job) == [0, 1, 2]
+    skipped = Counter(e["event"] for e in logs_of(r.stderr) if "only regular files are read" in e["event"])
+    assert skipped == {
+        "a named pipe (FIFO) skipped: only regular files are read": 1,
+        "a device skipped: only regular files are read": 1,
+        "a socket skipped: only regular files are read": 1,
+    }
+    assert all(os.path.lexists(job.inbox / p) for p in ("pipe.jsonl", "sock.jsonl", "sub/zero.jsonl"))
 
 
 def test_done_dir_on_another_filesystem(job: Job) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -29,6 +30,28 @@ Stat = tuple[int, int, int, int]  # (st_dev, st_ino, st_size, st_mtime_ns)
 def stat_of(path: Path) -> Stat:
     st = os.stat(path)
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def special_file(entry: os.DirEntry[str], link: bool) -> str | None:
+    """What a listed entry that is no directory is, when it is no regular file either (itself or,
+    for a link, its target): opening a FIFO waits for a writer for ever, and a link to /dev/zero
+    never ends, so one of them in an inbox stopped every file behind it. None for a regular file
+    (told by the listing, no stat) and for a dangling link (reported where it is read)."""
+    try:
+        if not link and entry.is_file(follow_symlinks=False):
+            return None
+        mode = entry.stat().st_mode  # (a link: its target's)
+    except OSError:
+        return None
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISFIFO(mode):
+        return "a named pipe (FIFO)"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "not a regular file"
 
 
 @dataclass
@@ -96,8 +119,13 @@ class Watch:
                 except OSError:
                     is_dir = False
                 if not is_dir:
-                    if not name.endswith(IGNORED_SUFFIXES):
-                        yield here / name, entry.is_symlink()
+                    if name.endswith(IGNORED_SUFFIXES):
+                        continue
+                    link = entry.is_symlink()
+                    if (kind := special_file(entry, link)) is not None:
+                        self.skip(here / name, f"{kind} skipped: only regular files are read")
+                        continue
+                    yield here / name, link
                     continue
                 sub = here / name
                 link = entry.is_symlink()
