@@ -153,19 +153,7 @@ def decompress(body: bytes, encoding: str, limit: int) -> bytes:
         return body
     too_big = BodyError(413, f"body over max_request_bytes ({limit} bytes) once decompressed")
     if encoding in ("gzip", "x-gzip"):
-        inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        try:
-            out = inflate.decompress(body, limit + 1)
-            if len(out) > limit or inflate.unconsumed_tail:
-                raise too_big
-            out += inflate.flush()
-        except zlib.error as exc:
-            raise BodyError(400, f"body: not valid gzip ({exc})") from None
-        if len(out) > limit:
-            raise too_big
-        if not inflate.eof:
-            raise BodyError(400, "body: gzip stream cut short")
-        return out
+        return _gunzip(body, limit, too_big)
     pieces: list[bytes] = []
     size = 0
     try:
@@ -178,6 +166,30 @@ def decompress(body: bytes, encoding: str, limit: int) -> bytes:
     except (OSError, pa.ArrowException) as exc:
         raise BodyError(400, f"body: not valid zstd ({exc})") from None
     return b"".join(pieces)
+
+
+def _gunzip(body: bytes, limit: int, too_big: BodyError) -> bytes:
+    """Every member of a gzip body, one after another (RFC 1952: a gzip stream may hold several, as
+    writers that compress a piece at a time send them; only the first was read, and the records in
+    the others were dropped without a word), with the zero bytes allowed between them."""
+    out = b""
+    rest = body
+    while True:
+        inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        try:
+            out += inflate.decompress(rest, limit + 1 - len(out))
+            if len(out) > limit or inflate.unconsumed_tail:
+                raise too_big
+            out += inflate.flush()
+        except zlib.error as exc:
+            raise BodyError(400, f"body: not valid gzip ({exc})") from None
+        if len(out) > limit:
+            raise too_big
+        if not inflate.eof:
+            raise BodyError(400, "body: gzip stream cut short")
+        rest = inflate.unused_data.lstrip(b"\0")
+        if not rest:
+            return out
 
 
 @dataclass

@@ -111,9 +111,22 @@ def test_decompression_is_bounded_and_a_broken_stream_is_400() -> None:
     with pytest.raises(BodyError) as exc:
         decompress(packed, "zstd", 100)
     assert exc.value.status == 413
-    for coding, junk in (("gzip", b"not gzip"), ("gzip", gzip.compress(data)[:-20]), ("zstd", b"nope")):
+    # several gzip members (writers that compress a piece at a time): every one is read, within the
+    # limit, with zero bytes between them allowed; junk after a member is a 400, not dropped
+    members = gzip.compress(data) + b"\0\0" + gzip.compress(b"tail")
+    assert decompress(members, "gzip", len(data) + 4) == data + b"tail"
+    with pytest.raises(BodyError) as exc:
+        decompress(members, "gzip", len(data) + 3)
+    assert exc.value.status == 413
+    for coding, junk in (
+        ("gzip", b"not gzip"),
+        ("gzip", gzip.compress(data)[:-20]),
+        ("gzip", gzip.compress(data) + gzip.compress(b"x" * 50)[:-20]),
+        ("gzip", gzip.compress(data) + b"junk"),
+        ("zstd", b"nope"),
+    ):
         with pytest.raises(BodyError) as exc:
-            decompress(junk, coding, len(data))
+            decompress(junk, coding, len(data) + 100)
         assert exc.value.status == 400
 
 
