@@ -571,6 +571,9 @@ def parse_record(raw: bytes) -> tuple[dict[str, Any] | None, str | None]:
             f"invalid UTF-8: {exc.reason} at byte {exc.start}; if the input is in another encoding, "
             "set the source's encoding (e.g. cp1252)"
         )
+    # A byte order mark opening a line is no part of its JSON (files joined with `cat`, each
+    # written with one): the record is read, where it was a dead letter for "Expecting value".
+    text = text.removeprefix("\ufeff")
     try:
         value = DECODER.decode(text)
     except _Unfit as exc:

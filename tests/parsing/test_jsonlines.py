@@ -305,6 +305,9 @@ ODD_LINES = [
     b'{"a":1,"a":2}\n',
     b'{"a":1}\n[1,2]\n5\nnull\n"x"\n',
     b'{"a":1}\x00\n\x1e{"a":1}\n{"a":2}\x0c\n',
+    b'{"a":1}\n\xef\xbb\xbf{"a":2}\n\xef\xbb\xbf\xef\xbb\xbf{"a":3}\n',
+    b'\xef\xbb\xbf\n{"a":1}\n',
+    b' \xef\xbb\xbf{"a":1}\n',  # (not at the line's start: invalid)
     b'{"a":"\\u0000"}\n{"a":"\\ud800"}\n{"a":"\\ud83d\\ude00"}\n{"a\\u0000b":1}\n',
     b'{"a":"x\ty"}\n{"a":"x\x01y"}\n{"a":"x\ry"}\n',
     b'{"a":1.0}\n{"a":2}\n',
@@ -357,3 +360,17 @@ def test_the_fast_parse_gives_what_the_per_line_parse_gives_for_odd_lines(block:
     dead: list[DeadLetter] = []
     jsonlines._parse_json_slowly(block, 1, "s", lambda t, f, n, _=-1: tables.append((t, f, n)), dead.extend)
     assert fast == _as_compared(tables, dead)
+
+
+def test_files_joined_with_cat_each_with_a_byte_order_mark_lose_no_record() -> None:
+    """`cat a.jsonl b.jsonl` where each was written with a UTF-8 byte order mark: the second file's
+    first line starts with one. It was a dead letter ("Expecting value"); the mark is no part of
+    the JSON, and the record is read."""
+    body = b'\xef\xbb\xbf{"id": 1}\n{"id": 2}\n\xef\xbb\xbf{"id": 3}\n'
+    tables, dead = jsonlines.parse_lines(body, "joined")
+    assert dead == []
+    assert [(r["id"], (lines or [])[i]) for t, _, lines in tables for i, r in enumerate(t.to_pylist())] == [
+        (1, 1),
+        (2, 2),
+        (3, 3),
+    ]
