@@ -7,8 +7,9 @@ oldest waiting body and the others waiting for its table (up to GROUP_BODIES and
 sent) into one thread call, and `bodies.records_together` parses their JSON lines in one pyarrow
 call when that gives each body exactly its own rows. Nobody waits for a group to fill: when requests
 come one at a time, each body is parsed alone, at once; when they come faster than they are parsed,
-the ones that queued share a parse. A big body (BIG_BODY) never holds the others: while every parse
-running holds one, another starts, up to `lanes` at once.
+the ones that queued share a parse. A big body (BIG_BODY), or a parse that runs long (`slow_parse`),
+never holds the others: while every parse running is one of those, another starts, up to `lanes` at
+once.
 
 One parse at a time, not one a core: with two, the bodies of a busy minute were mostly parsed alone
 (a lane was free as each came), at the whole fixed cost each, and two parses beside a batch's encode
@@ -44,14 +45,17 @@ class _Body:
 
 
 class Parses:
+    # A parse running this long (seconds) holds the bodies behind it as a big one does: a small body
+    # can take seconds (20,000 keys a line, nesting to fold), and nobody else should wait that long.
+    slow_parse = 0.1
+
     def __init__(self, max_request_bytes: int, max_record: int, lanes: int, name: str = "http") -> None:
         self.name = name
         self.max_request_bytes = max_request_bytes
         self.max_record = max_record
         self.lanes = lanes
         self._waiting: list[_Body] = []
-        self._busy = 0
-        self._holding = 0  # parses running that hold a big body
+        self._running: dict[object, tuple[bool, float]] = {}  # parse → (holds a big body, started)
         self._free = anyio.Event()  # set when a parse ends or a big one starts
 
     async def records(self, body: bytes, media: Media, encoding: str, source: str, table: str) -> Records:
@@ -61,10 +65,11 @@ class Parses:
         self._waiting.append(job)
         try:
             while not job.taken:
-                if self._busy == 0 or (self._busy < self.lanes and self._holding == self._busy):
+                if self._may_lead():
                     await self._lead()
                 else:
-                    await self._free.wait()
+                    with anyio.move_on_after(self.slow_parse):
+                        await self._free.wait()
             await job.done.wait()
         finally:
             if not job.taken:  # cancelled while waiting: nobody parses it
@@ -73,6 +78,14 @@ class Parses:
             raise job.error
         assert job.result is not None
         return job.result
+
+    def _may_lead(self) -> bool:
+        """Whether a waiting body may start a parse: none runs, or each running one holds a big body
+        or has run for `slow_parse` (up to `lanes` at once)."""
+        if len(self._running) >= self.lanes:
+            return False
+        now = anyio.current_time()
+        return all(big or now - started >= self.slow_parse for big, started in self._running.values())
 
     async def _lead(self) -> None:
         """Parse the oldest waiting body, and the others waiting for its table, in one thread call."""
@@ -89,8 +102,8 @@ class Parses:
             job.taken = True
             self._waiting.remove(job)
         big = any(_parsed_size(job) >= BIG_BODY for job in group)
-        self._busy += 1
-        self._holding += big
+        token = object()
+        self._running[token] = (big, anyio.current_time())
         if big:  # the bodies waiting behind it may take another lane
             self._wake()
         metrics.HTTP_PARSES.labels(self.name).inc()
@@ -100,8 +113,7 @@ class Parses:
             for job in group:
                 job.error = job.error or exc
         finally:
-            self._busy -= 1
-            self._holding -= big
+            del self._running[token]
             for job in group:
                 if job.result is None and job.error is None:
                     job.error = RuntimeError("the body's parse did not finish")

@@ -240,17 +240,20 @@ async def test_a_body_comes_alone_when_nothing_waits_and_a_cancelled_wait_leaves
 
 
 class _Held(_Counted):
-    """Counted parses, each held in its thread until `gate` is set; `started` lists each group's
-    first source as it starts."""
+    """Counted parses, each held in its thread until `gate` is set (only those whose first source is
+    in `only`, when given); `started` lists each group's first source as it starts."""
 
-    def __init__(self, lanes: int) -> None:
+    def __init__(self, lanes: int, slow_parse: float = 60.0, only: set[str] | None = None) -> None:
         super().__init__(lanes)
+        self.slow_parse = slow_parse
+        self.only = only
         self.gate = anyio.Event()
         self.started: list[str] = []
 
     def _parse(self, group: list[Any]) -> None:
         self.started.append(group[0].source)
-        anyio.from_thread.run(self.gate.wait)
+        if self.only is None or group[0].source in self.only:
+            anyio.from_thread.run(self.gate.wait)
         super()._parse(group)
 
 
@@ -295,3 +298,30 @@ async def test_a_big_body_never_holds_the_small_ones_behind_it() -> None:
         assert parses.started == ["big", "small"]  # the small one started beside the big one
         parses.gate.set()
     assert sorted(answered) == ["big", "small"] and parses.groups == [1, 1]
+
+
+@pytest.mark.anyio
+async def test_a_parse_that_runs_long_never_holds_the_bodies_behind_it_for_longer() -> None:
+    """A small body can take seconds to parse (20,000 keys a line): once a parse has run for
+    `slow_parse`, a body behind it takes the second lane, and is answered while it still runs."""
+    parses = _Held(lanes=2, slow_parse=0.05, only={"slow"})
+    answered: list[str] = []
+    behind_answered = anyio.Event()
+
+    async def send(name: str) -> None:
+        await parses.records(_events(0, 10), "ndjson", "identity", name, "t")
+        answered.append(name)
+        if name == "behind":
+            behind_answered.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(send, "slow")
+        await anyio.sleep(0.01)
+        started = anyio.current_time()
+        tg.start_soon(send, "behind")
+        with anyio.fail_after(5):
+            await behind_answered.wait()
+        assert anyio.current_time() - started >= 0.03  # it waited for the slow mark, not at once
+        assert answered == ["behind"]  # while the slow one still runs
+        parses.gate.set()
+    assert answered == ["behind", "slow"]
