@@ -208,6 +208,27 @@ def test_entries_with_fields_that_are_not_utf8_are_dead_letters_holding_their_by
     assert group_state(redis) == {"pending": 0, "lag": 0}
 
 
+def test_an_entry_holding_two_objects_is_a_dead_letter_and_every_other_entry_lands(
+    job: Job, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """pyarrow's reader takes `{..} {..}` in one entry as two rows: the rows no longer matched the
+    entries they came from. The entry is a dead letter naming it; an id past 2**53 inside a list
+    keeps every digit; every entry is acknowledged."""
+    redis = redis_server.client()
+    first = redis.xadd(STREAM, {"data": '{"id": 1, "refs": [1]}'})
+    two = redis.xadd(STREAM, {"data": '{"id": 2, "refs": [2]} {"id": 3, "refs": [3]}'})
+    redis.xadd(STREAM, {"data": '{"id": 4, "refs": [0.5, 9007199254740993]}'})
+    configure(job, redis_server)
+    r = job.run_once(INGEST_WORKER_ID="w1")
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = sorted(readable_rows(job, tmp_path), key=lambda x: int(x["id"]))
+    assert [int(x["id"]) for x in rows] == [1, 4]
+    assert "9007199254740993" in str(rows[1]["refs"]) and first.decode() not in str(rows)
+    letters = job.dead_letters()
+    assert [d["entry"] for d in letters] == [two.decode()] and "Extra data" in letters[0]["reason"]
+    assert group_state(redis) == {"pending": 0, "lag": 0}
+
+
 # -- 7. entries nested deeper than any reader opens ---------------------------------------------------
 
 
