@@ -13,6 +13,7 @@ import io
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
@@ -129,12 +130,8 @@ def read_file(
             reader.dead_stream = dead_stream
             offset, line = reader.read(stream, start[1], settled)
             return start[0] + offset, line
-        with open_text(path, compression, encoding) as head:
-            header = _find_header(lambda: head.read(COMPRESSED_PIECE), options)
-        skip = header.skip
-        while skip and (skipped := len(stream.read(min(skip, COMPRESSED_PIECE)))):
-            skip -= skipped  # the header row and any blank lines before it
-        _read_csv(stream, header.names, source, emit, dead, options, max_record, dead_stream, header.lead)
+        more = partial(stream.read, COMPRESSED_PIECE)
+        _read_csv_input(stream, more, source, emit, dead, options, max_record, dead_stream)
         return (0, 1)
 
 
@@ -313,9 +310,7 @@ def read_stream(
     """Read a stream that cannot be read twice (standard input) to its end: JSON lines or CSV."""
     if fmt == "csv":
         read = getattr(raw, "read1", raw.read)  # what has come, not a whole piece: stdin may be slow
-        header = _find_header(lambda: read(PIECE), options)
-        stream = io.BufferedReader(_Prefixed(header.rest, raw), PIECE)
-        _read_csv(stream, header.names, source, emit, dead, options, max_record, dead_stream, header.lead)
+        _read_csv_input(raw, lambda: read(PIECE), source, emit, dead, options, max_record, dead_stream)
         return
     if fmt != "jsonl":
         raise ValueError(f"format {fmt!r} cannot be read from a stream; use jsonl or csv")
@@ -325,7 +320,7 @@ def read_stream(
 
 
 class _Prefixed(io.RawIOBase):
-    """`head`, then the rest of `rest`: a stream whose first line was already read."""
+    """`head`, then the rest of `rest`: a stream whose start was already read."""
 
     def __init__(self, head: bytes, rest: BinaryIO) -> None:
         self.head, self.rest = head, rest
@@ -386,6 +381,23 @@ def unique_names(names: list[str]) -> list[str]:
         taken.add(name)
         out.append(name)
     return out
+
+
+def _read_csv_input(
+    raw: Any,
+    more: Callable[[], bytes],
+    source: str,
+    emit: Emit,
+    dead: Dead,
+    options: TextOptions,
+    max_record: int,
+    dead_stream: DeadStream | None,
+) -> None:
+    """CSV from its start (a file or standard input, read once): the header row, found with `more`
+    (which reads `raw`), then the rows after it."""
+    header = _find_header(more, options)
+    stream = io.BufferedReader(_Prefixed(header.rest, raw), PIECE)
+    _read_csv(stream, header.names, source, emit, dead, options, max_record, dead_stream, header.lead)
 
 
 def _read_csv(
@@ -516,8 +528,7 @@ def _as_text(table: pa.Table, delimiter: bytes) -> tuple[pa.Table, dict[int, tup
 @dataclass
 class _Header:
     names: list[str] | None  # None: the input is empty (or blank)
-    skip: int  # bytes before the first data row: the header row and blank lines before it
-    lead: int  # lines before the first data row
+    lead: int  # lines before the first data row: the header row and blank lines before it
     rest: bytes  # bytes read past the header row
 
 
@@ -527,9 +538,9 @@ def _find_header(more: Callable[[], bytes], options: TextOptions) -> _Header:
     line taken for it made every row of a file vanish (an empty header is an empty input). A quoted
     name may hold a newline; rows may end with CR alone (old Mac files)."""
     if not options.header:
-        return _Header(list(options.columns), 0, 0, b"")
+        return _Header(list(options.columns), 0, b"")
     quote = options.quote.encode()
-    data, offset, blank, newline, end, eof = b"", 0, 0, b"", 0, False
+    data, blank, newline, end, eof = b"", 0, b"", 0, False
     while True:
         if not newline:  # (a CR at the very end may be the first half of CRLF)
             if b"\n" in data:
@@ -540,7 +551,7 @@ def _find_header(more: Callable[[], bytes], options: TextOptions) -> _Header:
             start = 0
             while (nl := data.find(newline, start)) >= 0 and not data[start:nl].strip():
                 start, blank = nl + 1, blank + 1
-            data, offset = data[start:], offset + start
+            data = data[start:]
             if end := first_row_end(data, quote, newline):
                 break
         if eof:
@@ -552,7 +563,7 @@ def _find_header(more: Callable[[], bytes], options: TextOptions) -> _Header:
         data += piece
     row = data[:end] if end else data
     lines = row.count(newline) if newline else 0
-    return _Header(_csv_names(row, options), offset + len(row), blank + lines, data[len(row) :])
+    return _Header(_csv_names(row, options), blank + lines, data[len(row) :])
 
 
 def _csv_lines(first: int, n: int, skipped: list[int], first_line: int = 2) -> list[int]:

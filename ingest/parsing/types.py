@@ -156,7 +156,7 @@ def lossy_doubles(table: pa.Table) -> list[str]:
         if col.null_count == len(col):
             continue
         if pa.types.is_floating(f.type):
-            leaves: list[pa.Array] = list(col.chunks)
+            leaves: list[pa.Array | pa.ChunkedArray] = [col]  # (one call, not one a chunk)
         elif _nested(f.type, pa.types.is_floating):
             leaves = [leaf for chunk in col.chunks for leaf in _leaves(chunk, pa.types.is_floating)]
         else:
@@ -166,7 +166,7 @@ def lossy_doubles(table: pa.Table) -> list[str]:
     return out
 
 
-def _past_safe(doubles: pa.Array) -> bool:
+def _past_safe(doubles: pa.Array | pa.ChunkedArray) -> bool:
     biggest = pc.max(pc.abs(doubles)).as_py()
     return biggest is not None and biggest >= SAFE_INT
 
