@@ -144,6 +144,8 @@ def test_probes_follow_the_store_and_metrics_equal_what_r2_holds(job: Job, own_r
         wait_for(lambda: len(job.rows()) == 2100, 60, "the rows written while it was down")
         ids = Counter(int(r["id"]) for r in job.rows())  # type: ignore[call-overload]
         assert set(ids) == set(range(2100)) and max(ids.values()) == 1
+        # (an object is in R2 a moment before the worker drops it from its spool)
+        wait_for(lambda: _metrics(probe)[1]["ingest_spool_objects"] == 0, 30, "the spool to empty")
         _, m = _metrics(probe)
         assert m["ingest_records_uploaded_total"] == 2100 and m["ingest_spool_objects"] == 0
     finally:
